@@ -1,0 +1,11 @@
+"""Typed keys of the objects `create_app` puts on the application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Config
+from .store import FileStore
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", FileStore)

@@ -1,0 +1,81 @@
+"""Bearer-key authentication: which project a request belongs to.
+
+Keys are held only as SHA-256 digests. A presented key is hashed and its digest compared with
+every configured digest in constant time (`hmac.compare_digest`), so response timing tells an
+attacker nothing about any stored key. Keys are never logged; error messages show a masked form.
+
+With no keys configured the server is *open*: any non-empty token is accepted, and each distinct
+token is its own project, named from the token's digest (never the token itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .config import AuthConfig
+from .errors import AuthenticationFailed
+
+PROJECT = web.RequestKey("project", str)
+API_PREFIX = "/v1/"
+
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+class Authenticator:
+    """Resolves an `Authorization` header to a project name, or raises `AuthenticationFailed`."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._projects = {bytes.fromhex(k.key_sha256): k.project for k in config.keys}
+        self.open_mode = config.open_mode
+
+    def project_for(self, authorization: str | None) -> str:
+        token = _bearer_token(authorization)
+        if token is None:
+            raise AuthenticationFailed(_NO_KEY)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        if self.open_mode:
+            return "open-" + digest.hex()[:32]
+        for known, project in self._projects.items():
+            if hmac.compare_digest(known, digest):
+                return project
+        raise AuthenticationFailed(
+            f"Incorrect API key provided: {mask_key(token)}. "
+            "You can find your API key in the filesd configuration ([[auth.keys]]).",
+            code="invalid_api_key",
+        )
+
+
+def mask_key(key: str) -> str:
+    """A form of the key that is safe to show: a few characters at each end, at most."""
+    if len(key) < 12:
+        return "***"
+    return f"{key[:5]}***{key[-2:]}"
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def auth_middleware(authenticator: Authenticator) -> Middleware:
+    """Sets `request[PROJECT]` for every request under /v1; other paths need no key."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(API_PREFIX) or request.path == "/v1":
+            request[PROJECT] = authenticator.project_for(request.headers.get("Authorization"))
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,240 @@
+"""Content-addressed blob store on the local filesystem.
+
+A blob is a byte string named by its SHA-256 digest, kept at `blobs/ab/cd/<digest>`. Its path is
+built from the digest alone, never from anything a client sent. New content is written to a temp
+file under `tmp/` on the same filesystem, hashed while it is written, fsynced, and only then
+renamed into place, so a blob path either holds the complete bytes of its digest or nothing.
+
+Blocking calls never run on the event loop: `BlobWriter` batches incoming chunks and hands each
+batch (at least `BATCH_BYTES`) to a worker thread, which hashes and writes it while the caller goes
+on reading the network. Everything else here is synchronous and meant to be called in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BATCH_BYTES = 1024 * 1024
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_TEMP_SUFFIX = ".part"
+
+
+class BlobTooLarge(Exception):
+    """The content being written exceeded the writer's byte limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"content exceeds {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """Complete, fsynced content in a temp file, not yet linked into the store."""
+
+    temp_path: Path
+    sha256: str
+    size: int
+
+
+class BlobStore:
+    """Blobs under `root/blobs`, temp files under `root/tmp` (the same filesystem)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.temp_dir = root / "tmp"
+
+    def prepare(self) -> int:
+        """Create the directories and remove temp files left by interrupted writes.
+
+        Must run before any writer is created. Returns how many temp files were removed.
+        """
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for entry in os.scandir(self.temp_dir):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    def path_for(self, digest: str) -> Path:
+        """The path of the blob with this digest (which need not exist)."""
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError("not a lowercase hex SHA-256 digest")
+        return self.blob_dir / digest[:2] / digest[2:4] / digest
+
+    def writer(self, max_bytes: int | None = None) -> BlobWriter:
+        """A writer for new content; raises `BlobTooLarge` once more than `max_bytes` arrive."""
+        return BlobWriter(self.temp_dir / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}", max_bytes)
+
+    def exists(self, digest: str) -> bool:
+        return self.path_for(digest).is_file()
+
+    def link(self, staged: StagedBlob) -> bool:
+        """Move staged content into place under its digest; the temp file is gone afterwards.
+
+        Returns True if the blob was new, False if identical content was already stored (the
+        temp file is then simply removed). Durable on return: the directory entry is fsynced.
+        """
+        target = self.path_for(staged.sha256)
+        try:
+            if target.exists():
+                return False
+            _makedirs_durable(target.parent, stop=self.blob_dir)
+            os.replace(staged.temp_path, target)
+        finally:
+            staged.temp_path.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+        return True
+
+    def discard(self, staged: StagedBlob) -> None:
+        staged.temp_path.unlink(missing_ok=True)
+
+    def remove(self, digest: str) -> bool:
+        """Delete a blob; returns False if it was not there."""
+        try:
+            self.path_for(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def digests(self) -> Iterator[str]:
+        """Every digest stored, in no particular order; stray names are skipped."""
+        for top in _subdirs(self.blob_dir):
+            for mid in _subdirs(top):
+                for entry in os.scandir(mid):
+                    if _DIGEST.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                        yield entry.name
+
+
+class BlobWriter:
+    """Streams content into a temp file, hashing it, with disk work in a worker thread.
+
+    Use `write` for each chunk, then exactly one of `finish` (returns a `StagedBlob`) or `abort`
+    (removes the temp file). At most one batch is being written while the next one fills, so
+    memory stays near two batches whatever the content size.
+    """
+
+    def __init__(self, temp_path: Path, max_bytes: int | None) -> None:
+        self._path = temp_path
+        self._max_bytes = max_bytes
+        self._hash = hashlib.sha256()
+        self._fd: int | None = None
+        self._size = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        """Bytes accepted so far."""
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        if not data:
+            return
+        self._size += len(data)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            raise BlobTooLarge(self._max_bytes)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
+            await self._submit_batch()
+
+    async def finish(self) -> StagedBlob:
+        """Write what is left, fsync and close; the content is then complete on disk."""
+        await self._submit_batch()
+        await self._wait_pending()
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._sync_and_close)
+        return StagedBlob(temp_path=self._path, sha256=self._hash.hexdigest(), size=self._size)
+
+    async def abort(self) -> None:
+        """Stop and remove the temp file. Safe to call at any point, also after `finish`."""
+        self._closed = True
+        self._batch.clear()
+        # The worker may still be writing to the fd: let it finish before closing it.
+        with contextlib.suppress(Exception):
+            await self._wait_pending()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._close_and_unlink)
+
+    async def _submit_batch(self) -> None:
+        await self._wait_pending()
+        if not self._batch and self._fd is not None:
+            return
+        chunks, self._batch, self._batch_bytes = self._batch, [], 0
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, self._write_chunks, chunks)
+
+    async def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    def _write_chunks(self, chunks: list[bytes]) -> None:
+        if self._fd is None:
+            self._fd = os.open(
+                self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
+        for chunk in chunks:
+            self._hash.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    def _sync_and_close(self) -> None:
+        if self._fd is None:  # empty content: nothing was written yet
+            self._write_chunks([])
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _close_and_unlink(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        self._path.unlink(missing_ok=True)
+
+
+def _subdirs(path: Path) -> Iterator[Path]:
+    with os.scandir(path) as it:
+        for entry in it:
+            if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False):
+                yield Path(entry.path)
+
+
+def _makedirs_durable(path: Path, *, stop: Path) -> None:
+    """Create `path` and missing parents below `stop`, fsyncing each parent that gained one."""
+    if path.is_dir():
+        return
+    if path.parent != stop:
+        _makedirs_durable(path.parent, stop=stop)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,246 @@
+"""Configuration: one TOML file, every key optional, validated strictly.
+
+`parse_config` is pure: it turns an already-parsed TOML mapping into a frozen `Config`, or raises
+`ConfigError` with a message that names the offending key. Unknown keys and wrong types are errors,
+never ignored, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_PURPOSES: tuple[str, ...] = (
+    "assistants",
+    "batch",
+    "fine-tune",
+    "vision",
+    "user_data",
+    "evals",
+)
+ID_FORMATS = ("uuid", "openai")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path = Path("filesd-data")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_file_bytes: int = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    id_format: str = "uuid"
+    purposes: tuple[str, ...] = DEFAULT_PURPOSES
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A configured key, kept only as the SHA-256 digest of the secret."""
+
+    key_sha256: str
+    project: str
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    keys: tuple[ApiKey, ...] = ()
+
+    @property
+    def open_mode(self) -> bool:
+        """True when no keys are configured: any bearer token is accepted as its own project."""
+        return not self.keys
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def with_overrides(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        data_dir: Path | None = None,
+    ) -> Config:
+        """Return a copy with command-line overrides applied (None leaves a value alone)."""
+        server = replace(
+            self.server,
+            host=self.server.host if host is None else host,
+            port=self.server.port if port is None else port,
+        )
+        storage = self.storage if data_dir is None else replace(self.storage, data_dir=data_dir)
+        return replace(self, server=server, storage=storage)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a TOML file; `None` gives the defaults (data_dir relative to the cwd)."""
+    if path is None:
+        return parse_config({}, base_dir=Path.cwd())
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_config(data, base_dir=path.resolve().parent)
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
+    """Validate a parsed TOML document; relative paths are resolved against `base_dir`."""
+    _check_keys(data, "", {"server", "storage", "limits", "files", "auth"})
+
+    server = _table(data, "server")
+    _check_keys(server, "server.", {"host", "port"})
+    host = _get(server, "server.host", str, ServerConfig.host)
+    if not host:
+        raise ConfigError("server.host: must not be empty")
+    port = _get(server, "server.port", int, ServerConfig.port)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"server.port: must be between 0 and 65535, got {port}")
+
+    storage = _table(data, "storage")
+    _check_keys(storage, "storage.", {"data_dir"})
+    data_dir_raw = _get(storage, "storage.data_dir", str, str(StorageConfig.data_dir))
+    if not data_dir_raw:
+        raise ConfigError("storage.data_dir: must not be empty")
+    data_dir = Path(data_dir_raw).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = base_dir / data_dir
+
+    limits = _table(data, "limits")
+    _check_keys(limits, "limits.", {"max_file_bytes"})
+    max_file_bytes = _get(limits, "limits.max_file_bytes", int, LimitsConfig.max_file_bytes)
+    if max_file_bytes < 1:
+        raise ConfigError(f"limits.max_file_bytes: must be at least 1, got {max_file_bytes}")
+
+    files = _table(data, "files")
+    _check_keys(files, "files.", {"id_format", "purposes"})
+    id_format = _get(files, "files.id_format", str, FilesConfig.id_format)
+    if id_format not in ID_FORMATS:
+        raise ConfigError(f"files.id_format: must be one of {list(ID_FORMATS)}, got {id_format!r}")
+    purposes = _get_str_list(files, "files.purposes", DEFAULT_PURPOSES)
+    if not purposes:
+        raise ConfigError("files.purposes: must list at least one purpose")
+
+    auth = _table(data, "auth")
+    _check_keys(auth, "auth.", {"keys"})
+    keys = _parse_keys(auth.get("keys", []))
+
+    return Config(
+        server=ServerConfig(host=host, port=port),
+        storage=StorageConfig(data_dir=data_dir),
+        limits=LimitsConfig(max_file_bytes=max_file_bytes),
+        files=FilesConfig(id_format=id_format, purposes=purposes),
+        auth=AuthConfig(keys=keys),
+    )
+
+
+def _parse_keys(raw: object) -> tuple[ApiKey, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"auth.keys: expected an array of tables, got {_type_name(raw)}")
+    keys: list[ApiKey] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"auth.keys[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table, got {_type_name(entry)}")
+        _check_keys(entry, f"{where}.", {"key", "key_sha256", "project"})
+        project = _get(entry, f"{where}.project", str, "")
+        if not project:
+            raise ConfigError(f"{where}.project: required, a non-empty string")
+        if ("key" in entry) == ("key_sha256" in entry):
+            raise ConfigError(f"{where}: set exactly one of 'key' or 'key_sha256'")
+        if "key" in entry:
+            secret = _get(entry, f"{where}.key", str, "")
+            if not secret:
+                raise ConfigError(f"{where}.key: must not be empty")
+            digest = hashlib.sha256(secret.encode()).hexdigest()
+        else:
+            digest = _get(entry, f"{where}.key_sha256", str, "").lower()
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ConfigError(f"{where}.key_sha256: must be 64 hexadecimal characters")
+        if digest in seen:
+            raise ConfigError(f"{where}: the same key is configured twice")
+        seen.add(digest)
+        keys.append(ApiKey(key_sha256=digest, project=project))
+    return tuple(keys)
+
+
+def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table, got {_type_name(value)}")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _get(table: Mapping[str, Any], name: str, kind: type[_T], default: _T) -> _T:
+    key = name.rsplit(".", 1)[-1]
+    if key not in table:
+        return default
+    value = table[key]
+    # bool is a subclass of int in Python, but `port = true` is a mistake, not a port.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{name}: expected {_type_name_of(kind)}, got {_type_name(value)}")
+    return value
+
+
+def _get_str_list(table: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    key = name.rsplit(".", 1)[-1]
+    if key not in table:
+        return default
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name}: expected an array of non-empty strings")
+    return tuple(dict.fromkeys(value))
+
+
+def _type_name_of(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "a boolean"}.get(kind, kind.__name__)
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__

@@ -1,0 +1,161 @@
+"""API errors in OpenAI's envelope, and the one boundary where everything else becomes one.
+
+Every error response, whatever raised it (a handler, the store, aiohttp's router or body limits,
+an unexpected bug), is `{"error": {"message", "type", "param", "code"}}` with
+`Content-Type: application/json`. Every response carries `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .store import BlobMissing, BlobTooLarge, CursorNotFound, FileNotFound
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+class ApiError(Exception):
+    """An error the client sees. Subclasses fix the status and the OpenAI error type."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+
+class InvalidRequest(ApiError):
+    status = 400
+
+
+class AuthenticationFailed(ApiError):
+    status = 401
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class RangeNotSatisfiable(ApiError):
+    status = 416
+
+
+class ServerError(ApiError):
+    status = 500
+    type = "server_error"
+
+
+def error_response(error: ApiError) -> web.Response:
+    body = {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+    return web.json_response(body, status=error.status, headers=error.headers)
+
+
+def file_not_found(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param="id")
+
+
+def file_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"File is too large: the maximum size is {limit} bytes.",
+        param="file",
+        code="file_too_large",
+    )
+
+
+def _from_exception(request: web.Request, exc: Exception) -> ApiError:
+    """Map anything raised below the HTTP layer to the error the client sees."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, FileNotFound):
+        return file_not_found(exc.file_id)
+    if isinstance(exc, CursorNotFound):
+        return InvalidRequest(f"No such File object: {exc.file_id}", param="after")
+    if isinstance(exc, BlobTooLarge):
+        return file_too_large(exc.limit)
+    if isinstance(exc, BlobMissing):
+        return ServerError(
+            f"The content of file {exc.record.id} is missing from storage; "
+            "run `filesd fsck` on the server.",
+            code="blob_missing",
+        )
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(
+            f"Invalid method for URL ({request.method} {request.path})",
+            headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound(f"Invalid URL ({request.method} {request.path})")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(f"Request body is too large: {exc.text}")
+    if isinstance(exc, web.HTTPException):
+        return ApiError(exc.reason, status=exc.status)
+    log.error(
+        "unhandled error in %s %s (request %s)",
+        request.method,
+        request.path,
+        request.get(REQUEST_ID),
+        exc_info=exc,
+    )
+    return ServerError(
+        "The server had an error while processing your request. Sorry about that! "
+        f"Quote the request id {request.get(REQUEST_ID)} when reporting it."
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id and turn every exception into an enveloped error response."""
+    request[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_exception(request, exc))
+    except Exception as exc:
+        return error_response(_from_exception(request, exc))
+
+
+async def add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response the app sends carries its request id."""
+    request_id = request.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    response.headers["x-request-id"] = request_id

@@ -1,0 +1,24 @@
+"""File ids: random, never derived from anything a client sent."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from collections.abc import Callable
+
+_BASE62 = string.digits + string.ascii_letters
+
+
+def uuid_id() -> str:
+    return str(uuid.uuid4())
+
+
+def openai_id() -> str:
+    """`file-` and 24 base62 characters (~143 bits), the shape of OpenAI's ids."""
+    return "file-" + "".join(secrets.choice(_BASE62) for _ in range(24))
+
+
+def id_factory(id_format: str) -> Callable[[], str]:
+    """The id generator for a `[files] id_format` value ("uuid" or "openai")."""
+    return {"uuid": uuid_id, "openai": openai_id}[id_format]

@@ -1,0 +1,56 @@
+"""The records the store hands out: plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of one project, as stored. `sha256` names the blob holding its bytes."""
+
+    id: str
+    project: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    created_at: int
+    expires_at: int | None
+    status: str = "processed"
+    status_details: str | None = None
+
+    def as_file_object(self) -> dict[str, Any]:
+        """The OpenAI `file` object."""
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": self.status,
+            "status_details": self.status_details,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True)
+class FilePage:
+    """One page of a listing; `total` counts every live match, whatever the page."""
+
+    files: list[FileRecord]
+    total: int
+    has_more: bool
+
+    def as_list_object(self) -> dict[str, Any]:
+        """The OpenAI `list` object."""
+        return {
+            "object": "list",
+            "data": [f.as_file_object() for f in self.files],
+            "total": self.total,
+            "has_more": self.has_more,
+            "first_id": self.files[0].id if self.files else None,
+            "last_id": self.files[-1].id if self.files else None,
+        }

@@ -1,0 +1,185 @@
+"""HTTP handlers of the Files API. Each one translates HTTP to a store call and back."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from urllib.parse import quote
+
+from aiohttp import HttpVersion11, web
+from multidict import MultiMapping
+
+from .appkeys import CONFIG, STORE
+from .auth import PROJECT
+from .errors import (
+    ApiError,
+    InvalidRequest,
+    RangeNotSatisfiable,
+    error_response,
+    file_too_large,
+)
+from .forms import FORM_OVERHEAD, read_upload_form
+from .store import ListQuery
+
+LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
+_INT = re.compile(r"-?[0-9]+")
+_CONTENT_HEADERS = {
+    "Content-Type": "application/octet-stream",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, no-cache",
+}
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/files", create_file, expect_handler=expect_upload)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_get("/v1/files/{file_id}", retrieve_file)
+    app.router.add_delete("/v1/files/{file_id}", delete_file)
+    app.router.add_get("/v1/files/{file_id}/content", file_content)
+
+
+async def expect_upload(request: web.Request) -> web.Response | None:
+    """Answer `Expect: 100-continue`, refusing an oversized body before the client sends it.
+
+    aiohttp calls this before any middleware, so errors are returned, not raised.
+    """
+    try:
+        _check_upload_length(request)
+    except ApiError as error:
+        return error_response(error)
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return error_response(
+            ApiError(f"Unsupported Expect header: {expect}", param="Expect", status=417)
+        )
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The interim response is not part of the response body's size.
+    request.writer.output_size = 0
+    return None
+
+
+def _check_upload_length(request: web.Request) -> None:
+    limit = request.app[STORE].max_file_bytes
+    length = request.content_length
+    if length is not None and length > limit + FORM_OVERHEAD:
+        raise file_too_large(limit)
+
+
+async def create_file(request: web.Request) -> web.Response:
+    _check_upload_length(request)
+    store = request.app[STORE]
+    form = await read_upload_form(request, store, request.app[CONFIG].files.purposes)
+    record = await store.create_file(
+        request[PROJECT],
+        form.staged,
+        filename=form.filename,
+        purpose=form.purpose,
+        expires_after=form.expires_after,
+    )
+    return web.json_response(record.as_file_object())
+
+
+async def list_files(request: web.Request) -> web.Response:
+    query = _list_query(request.query)
+    page = await request.app[STORE].list_files(request[PROJECT], query)
+    return web.json_response(page.as_list_object())
+
+
+async def retrieve_file(request: web.Request) -> web.Response:
+    record = await request.app[STORE].get_file(request[PROJECT], request.match_info["file_id"])
+    return web.json_response(record.as_file_object())
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    record = await request.app[STORE].delete_file(request[PROJECT], request.match_info["file_id"])
+    return web.json_response({"id": record.id, "object": "file", "deleted": True})
+
+
+async def file_content(request: web.Request) -> web.FileResponse:
+    record, path = await request.app[STORE].content_path(
+        request[PROJECT], request.match_info["file_id"]
+    )
+    _check_range(request, record.bytes)
+    headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
+    return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / RFC 8187)."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+^`|~')}"
+    return value
+
+
+def _check_range(request: web.Request, size: int) -> None:
+    """Answer an unsatisfiable Range with 416 in the envelope (FileResponse would send none)."""
+    if "Range" not in request.headers or request.if_range is not None:
+        return
+    try:
+        rng = request.http_range
+    except ValueError:
+        rng = None
+    unsatisfiable = rng is None or (
+        rng.start is not None and not (rng.start < 0 and rng.stop is None) and rng.start >= size
+    )
+    if unsatisfiable:
+        raise RangeNotSatisfiable(
+            f"Range not satisfiable for a file of {size} bytes: {request.headers['Range']}",
+            param="Range",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+
+
+def _list_query(params: MultiMapping[str]) -> ListQuery:
+    for name in ("purpose", "limit", "offset", "after", "order"):
+        if len(params.getall(name, [])) > 1:
+            raise InvalidRequest(f"Duplicate query parameter '{name}'.", param=name)
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(
+            f"Invalid value: {order!r}. Supported values are: 'asc' and 'desc'.",
+            param="order",
+            code="invalid_value",
+        )
+    sort: Literal["asc", "desc"] = "asc" if order == "asc" else "desc"
+    return ListQuery(
+        purpose=params.get("purpose") or None,
+        limit=_int_param(params, "limit", LIMIT_DEFAULT, LIMIT_MIN, LIMIT_MAX),
+        offset=_int_param(params, "offset", 0, 0, None),
+        after=params.get("after") or None,
+        order=sort,
+    )
+
+
+def _int_param(
+    params: MultiMapping[str], name: str, default: int, minimum: int, maximum: int | None
+) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not _INT.fullmatch(raw) or len(raw) > 19:
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected an integer, but got a string instead.",
+            param=name,
+            code="invalid_type",
+        )
+    value = int(raw)
+    if value < minimum:
+        raise InvalidRequest(
+            f"Invalid '{name}': integer below minimum value. "
+            f"Expected a value >= {minimum}, but got {value} instead.",
+            param=name,
+            code="integer_below_min_value",
+        )
+    if maximum is not None and value > maximum:
+        raise InvalidRequest(
+            f"Invalid '{name}': integer above maximum value. "
+            f"Expected a value <= {maximum}, but got {value} instead.",
+            param=name,
+            code="integer_above_max_value",
+        )
+    return value

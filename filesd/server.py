@@ -1,0 +1,42 @@
+"""Running an application on a TCP socket until SIGTERM or Ctrl-C, then draining it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+
+SHUTDOWN_TIMEOUT = 30.0
+
+
+def format_url(address: Any) -> str:
+    """The http URL of a listening socket address (IPv4 or IPv6 tuple)."""
+    host, port = address[0], address[1]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
+    runner = web.AppRunner(create_app(config), shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        urls = ", ".join(format_url(a) for a in runner.addresses)
+        print(f"filesd listening on {urls} (data in {config.storage.data_dir})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("filesd shutting down", file=sys.stderr, flush=True)
+    finally:
+        await runner.cleanup()

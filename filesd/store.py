@@ -1,0 +1,266 @@
+"""The file store: the one service the HTTP layer talks to.
+
+It joins the metadata database and the blob store and keeps them consistent:
+- content is linked into the blob store (fsynced, renamed) before its row is committed, so a
+  committed row always has its bytes;
+- identical content is stored once; a blob is reclaimed when no file that is not deleted refers
+  to it;
+- linking a blob and inserting its row, and deleting a row and reclaiming its blob, each happen
+  under one write lock, so a delete can never remove a blob that a concurrent upload of the same
+  bytes is about to refer to.
+Blobs left without a row by a crash are swept by `sweep_orphans`, under the same lock.
+
+Errors are plain exceptions (`FileNotFound`, `CursorNotFound`, `BlobMissing`, `BlobTooLarge`);
+mapping them to HTTP is the caller's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .blobs import BlobStore, BlobTooLarge, BlobWriter, StagedBlob
+from .db import Database
+from .ids import id_factory
+from .models import FilePage, FileRecord
+
+__all__ = [
+    "BlobMissing",
+    "BlobTooLarge",
+    "CursorNotFound",
+    "DataDirLocked",
+    "FileNotFound",
+    "FileStore",
+    "ListQuery",
+]
+
+log = logging.getLogger(__name__)
+
+_SWEEP_BATCH = 500
+
+
+class FileNotFound(Exception):
+    """No live file with this id in this project (another project's file is not found too)."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(file_id)
+        self.file_id = file_id
+
+
+class CursorNotFound(Exception):
+    """The `after` cursor names no file of this project."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(file_id)
+        self.file_id = file_id
+
+
+class BlobMissing(Exception):
+    """A live file's bytes are not on disk: the data directory was damaged from outside."""
+
+    def __init__(self, record: FileRecord) -> None:
+        super().__init__(f"blob {record.sha256} of file {record.id} is missing")
+        self.record = record
+
+
+class DataDirLocked(Exception):
+    """Another filesd process is using this data directory."""
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    purpose: str | None = None
+    limit: int = 100
+    offset: int = 0
+    after: str | None = None
+    order: Literal["asc", "desc"] = "desc"
+
+
+class FileStore:
+    """Files of all projects. Create with `await FileStore.open(...)`, end with `close()`."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        lock_fd: int,
+        id_format: str,
+        max_file_bytes: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._lock_fd = lock_fd
+        self._new_id = id_factory(id_format)
+        self._max_file_bytes = max_file_bytes
+        self._clock = clock
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        id_format: str = "uuid",
+        max_file_bytes: int = 512 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> FileStore:
+        """Open (creating if needed) the store in `data_dir` and clean up interrupted uploads.
+
+        Raises `DataDirLocked` if another process holds the directory.
+        """
+        blobs = BlobStore(data_dir)
+        lock_fd = await asyncio.to_thread(_lock_data_dir, data_dir)
+        try:
+            removed = await asyncio.to_thread(blobs.prepare)
+            if removed:
+                log.info("removed %d temp file(s) of interrupted uploads", removed)
+            db = await Database.open(data_dir / "filesd.db")
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(
+            db,
+            blobs,
+            lock_fd=lock_fd,
+            id_format=id_format,
+            max_file_bytes=max_file_bytes,
+            clock=clock,
+        )
+
+    async def close(self) -> None:
+        await self._db.close()
+        os.close(self._lock_fd)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self._max_file_bytes
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def blob_writer(self) -> BlobWriter:
+        """A writer for the content of a new file, capped at `max_file_bytes`."""
+        return self._blobs.writer(self._max_file_bytes)
+
+    async def discard(self, staged: StagedBlob) -> None:
+        """Drop staged content that will not become a file."""
+        await asyncio.to_thread(self._blobs.discard, staged)
+
+    async def create_file(
+        self,
+        project: str,
+        staged: StagedBlob,
+        *,
+        filename: str,
+        purpose: str,
+        expires_after: int | None = None,
+    ) -> FileRecord:
+        """Store staged content as a new file; the staged temp file is consumed either way."""
+        linked = False
+        try:
+            async with self._write_lock:
+                created_at = self.now()
+                record = FileRecord(
+                    id=self._new_id(),
+                    project=project,
+                    filename=filename,
+                    purpose=purpose,
+                    bytes=staged.size,
+                    sha256=staged.sha256,
+                    created_at=created_at,
+                    expires_at=None if expires_after is None else created_at + expires_after,
+                )
+                await asyncio.to_thread(self._blobs.link, staged)
+                linked = True
+                # A crash here leaves a blob with no row: invisible, and swept at start-up.
+                await self._db.insert_file(record)
+                return record
+        finally:
+            if not linked:
+                await self.discard(staged)
+
+    async def get_file(self, project: str, file_id: str) -> FileRecord:
+        record = await self._db.get_live_file(project, file_id, now=self.now())
+        if record is None:
+            raise FileNotFound(file_id)
+        return record
+
+    async def content_path(self, project: str, file_id: str) -> tuple[FileRecord, Path]:
+        """The file and the path of its bytes; raises `BlobMissing` if they are gone."""
+        record = await self.get_file(project, file_id)
+        path = self._blobs.path_for(record.sha256)
+        if not await asyncio.to_thread(path.is_file):
+            log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
+            raise BlobMissing(record)
+        return record, path
+
+    async def list_files(self, project: str, query: ListQuery) -> FilePage:
+        now = self.now()
+        after_seq = None
+        if query.after is not None:
+            after_seq = await self._db.file_seq(project, query.after)
+            if after_seq is None:
+                raise CursorNotFound(query.after)
+        # One row more than asked for tells whether another page follows.
+        rows = await self._db.list_live_files(
+            project,
+            now=now,
+            purpose=query.purpose,
+            descending=query.order == "desc",
+            after_seq=after_seq,
+            limit=query.limit + 1,
+            offset=query.offset,
+        )
+        total = await self._db.count_live_files(project, now=now, purpose=query.purpose)
+        return FilePage(files=rows[: query.limit], total=total, has_more=len(rows) > query.limit)
+
+    async def delete_file(self, project: str, file_id: str) -> FileRecord:
+        """Soft-delete a file and reclaim its blob if no other file refers to it."""
+        async with self._write_lock:
+            record = await self._db.mark_deleted(project, file_id, now=self.now())
+            if record is None:
+                raise FileNotFound(file_id)
+            # A crash between the commit above and the unlink leaves an orphan blob: swept later.
+            if not await self._db.blob_in_use(record.sha256):
+                await asyncio.to_thread(self._blobs.remove, record.sha256)
+        return record
+
+    async def sweep_orphans(self) -> int:
+        """Remove blobs no file refers to (left by a crash); returns how many were removed."""
+        digests = await asyncio.to_thread(lambda: list(self._blobs.digests()))
+        removed = 0
+        for start in range(0, len(digests), _SWEEP_BATCH):
+            batch = digests[start : start + _SWEEP_BATCH]
+            # Under the lock no upload is between linking its blob and committing its row,
+            # so a blob without a row here is truly unreferenced.
+            async with self._write_lock:
+                in_use = await self._db.blobs_in_use(batch)
+                orphans = [d for d in batch if d not in in_use]
+                if orphans:
+                    removed += await asyncio.to_thread(self._remove_blobs, orphans)
+        if removed:
+            log.info("removed %d orphaned blob(s)", removed)
+        return removed
+
+    def _remove_blobs(self, digests: list[str]) -> int:
+        return sum(self._blobs.remove(d) for d in digests)
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "filesd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirLocked(f"{data_dir} is in use by another filesd process") from None
+    return fd
