@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from aiohttp.typedefs import Handler
 
 from .store import BlobMissing, BlobTooLarge, CursorNotFound, FileNotFound
@@ -126,6 +128,13 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
         return PayloadTooLarge(f"Request body is too large: {exc.text}")
     if isinstance(exc, web.HTTPException):
         return ApiError(exc.reason, status=exc.status)
+    if isinstance(exc, HttpProcessingError):
+        # aiohttp's parsers: malformed multipart headers, truncated or mis-encoded bodies.
+        status = exc.code if 400 <= exc.code < 500 else 400
+        return ApiError(f"Malformed request: {exc.message}", status=status)
+    if isinstance(exc, BadContentDispositionHeader | BadContentDispositionParam):
+        # aiohttp warns about these; raised only where warnings are errors (as in the tests).
+        return InvalidRequest("Malformed Content-Disposition header in a multipart part.")
     log.error(
         "unhandled error in %s %s (request %s)",
         request.method,

@@ -1,0 +1,172 @@
+"""Shared fixtures: real apps from real configs, and real `filesd serve` processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from filesd.app import create_app
+from filesd.config import Config, parse_config
+
+ALPHA_KEY = "sk-test-alpha-0123456789"
+BETA_KEY = "sk-test-beta-9876543210"
+ALPHA = {"Authorization": f"Bearer {ALPHA_KEY}"}
+BETA = {"Authorization": f"Bearer {BETA_KEY}"}
+
+KEYS_TOML = f"""
+[[auth.keys]]
+key = "{ALPHA_KEY}"
+project = "alpha"
+
+[[auth.keys]]
+key = "{BETA_KEY}"
+project = "beta"
+"""
+
+
+def make_config(data_dir: Path, **tables: dict[str, Any]) -> Config:
+    """A config with the alpha/beta keys, `data_dir`, and any other tables given."""
+    doc: dict[str, Any] = {
+        "storage": {"data_dir": str(data_dir)},
+        "auth": {
+            "keys": [
+                {"key": ALPHA_KEY, "project": "alpha"},
+                {"key": BETA_KEY, "project": "beta"},
+            ]
+        },
+    }
+    doc.update(tables)
+    return parse_config(doc, base_dir=data_dir)
+
+
+def upload_form(
+    content: bytes,
+    *,
+    purpose: str | None = "assistants",
+    filename: str = "data.jsonl",
+    purpose_first: bool = True,
+    extra: dict[str, str] | None = None,
+) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    if purpose is not None and purpose_first:
+        form.add_field("purpose", purpose)
+    form.add_field(
+        "file", io.BytesIO(content), filename=filename, content_type="application/octet-stream"
+    )
+    if purpose is not None and not purpose_first:
+        form.add_field("purpose", purpose)
+    for name, value in (extra or {}).items():
+        form.add_field(name, value)
+    return form
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """A test client of an app with keys for projects alpha and beta."""
+    yield await aiohttp_client(create_app(make_config(tmp_path / "data")))
+
+
+async def upload(
+    client: TestClient[Any, Any],
+    content: bytes,
+    headers: dict[str, str] = ALPHA,
+    **form: Any,
+) -> dict[str, Any]:
+    resp = await client.post("/v1/files", data=upload_form(content, **form), headers=headers)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return dict(body)
+
+
+def blob_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file())
+
+
+def temp_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "tmp").iterdir()) if (data_dir / "tmp").exists() else []
+
+
+class ServerProcess:
+    """A `filesd serve` subprocess on a free port; `stop()` sends SIGTERM and returns the code."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "filesd", "serve", "--port", "0", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"http://\S+?:\d+", line)
+        if match is None:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"filesd did not start: {line!r} {err}")
+        self.url = match.group(0)
+        self.base_url = self.url + "/v1"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    def stderr_text(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+
+def write_config(path: Path, data_dir: Path, extra: str = "") -> Path:
+    path.write_text(f'[storage]\ndata_dir = "{data_dir}"\n{KEYS_TOML}\n{extra}')
+    return path
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start real servers (with the alpha/beta keys); all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, extra_config: str = "") -> ServerProcess:
+        data_dir = data_dir or tmp_path / "data"
+        config = write_config(tmp_path / f"filesd-{len(started)}.toml", data_dir, extra_config)
+        server = ServerProcess(["--config", str(config)], cwd=tmp_path)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)

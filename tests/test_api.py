@@ -1,0 +1,616 @@
+"""Every route end to end through HTTP, and the error envelope on every error path."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from filesd.app import create_app
+
+from .conftest import (
+    ALPHA,
+    BETA,
+    ClientFactory,
+    blob_files,
+    make_config,
+    temp_files,
+    upload,
+    upload_form,
+)
+
+Client = TestClient[Any, Any]
+REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
+
+
+async def assert_error(
+    resp: Any, status: int, message: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The response is OpenAI's error envelope with this status (and message/param if given)."""
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    assert REQUEST_ID.fullmatch(resp.headers["x-request-id"])
+    body = await resp.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    if message is not None:
+        assert error["message"] == message
+    assert error["param"] == param
+    return dict(error)
+
+
+async def assert_nothing_stored(client: Client, data_dir: Path) -> None:
+    resp = await client.get("/v1/files", headers=ALPHA)
+    assert (await resp.json())["total"] == 0
+    assert blob_files(data_dir) == []
+    assert temp_files(data_dir) == []
+
+
+# --- POST /v1/files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("purpose_first", [True, False])
+async def test_upload_returns_the_file_object(client: Client, purpose_first: bool) -> None:
+    body = await upload(client, b'{"a": 1}\n', purpose="fine-tune", purpose_first=purpose_first)
+    assert set(body) == {
+        "id",
+        "object",
+        "bytes",
+        "created_at",
+        "filename",
+        "purpose",
+        "status",
+        "status_details",
+        "expires_at",
+    }
+    assert uuid.UUID(body["id"])
+    assert body["object"] == "file"
+    assert body["bytes"] == 9
+    assert body["filename"] == "data.jsonl"
+    assert body["purpose"] == "fine-tune"
+    assert body["status"] == "processed"
+    assert body["status_details"] is None
+    assert body["expires_at"] is None
+    assert abs(body["created_at"] - __import__("time").time()) < 60
+
+
+async def test_upload_with_expiry(client: Client) -> None:
+    body = await upload(
+        client,
+        b"x",
+        extra={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+    )
+    assert body["expires_at"] == body["created_at"] + 3600
+
+
+async def test_openai_id_format(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    config = make_config(tmp_path, files={"id_format": "openai"})
+    client = await aiohttp_client(create_app(config))
+    body = await upload(client, b"x")
+    assert re.fullmatch(r"file-[0-9A-Za-z]{24}", body["id"])
+
+
+async def test_a_large_upload_streams_and_round_trips(client: Client) -> None:
+    content = os.urandom(5 * 1024 * 1024 + 17)
+    body = await upload(client, content)
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    assert resp.status == 200
+    assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(content).digest()
+
+
+async def test_fifty_concurrent_uploads(client: Client) -> None:
+    contents = [os.urandom(20_000 + i) for i in range(50)]
+    bodies = await asyncio.gather(
+        *(upload(client, c, filename=f"f{i}") for i, c in enumerate(contents))
+    )
+    assert len({b["id"] for b in bodies}) == 50
+    listing = await (await client.get("/v1/files?limit=1000", headers=ALPHA)).json()
+    assert listing["total"] == 50
+    for body, content in zip(bodies, contents, strict=True):
+        resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+        assert await resp.read() == content
+
+
+BAD_PURPOSE = (
+    "'nope' is not one of ['assistants', 'batch', 'fine-tune', 'vision', 'user_data', 'evals']"
+    " - 'purpose'"
+)
+
+
+@pytest.mark.parametrize(
+    ("form_kwargs", "message", "param"),
+    [
+        ({"purpose": "nope"}, BAD_PURPOSE, "purpose"),
+        ({"purpose": "nope", "purpose_first": False}, BAD_PURPOSE, "purpose"),
+        ({"purpose": None}, "'purpose' is a required property", "purpose"),
+        ({"extra": {"model": "x"}}, "Unrecognized request argument supplied: model", "model"),
+        ({"extra": {"purpose": "batch"}}, "Duplicate field 'purpose'.", "purpose"),
+        ({"purpose": "x" * 5000}, None, "purpose"),
+        ({"filename": "x" * 2000}, None, "file"),
+        ({"extra": {"expires_after[seconds]": "3600"}}, None, "expires_after[anchor]"),
+        ({"extra": {"expires_after[anchor]": "created_at"}}, None, "expires_after[seconds]"),
+        (
+            {"extra": {"expires_after[anchor]": "now", "expires_after[seconds]": "3600"}},
+            None,
+            "expires_after[anchor]",
+        ),
+        (
+            {"extra": {"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}},
+            None,
+            "expires_after[seconds]",
+        ),
+        (
+            {
+                "extra": {
+                    "expires_after[anchor]": "created_at",
+                    "expires_after[seconds]": "2592001",
+                }
+            },
+            None,
+            "expires_after[seconds]",
+        ),
+        (
+            {"extra": {"expires_after[anchor]": "created_at", "expires_after[seconds]": "1h"}},
+            None,
+            "expires_after[seconds]",
+        ),
+    ],
+)
+async def test_bad_upload_forms_are_refused_and_store_nothing(
+    client: Client, tmp_path: Path, form_kwargs: dict[str, Any], message: str | None, param: str
+) -> None:
+    resp = await client.post(
+        "/v1/files", data=upload_form(b"content", **form_kwargs), headers=ALPHA
+    )
+    await assert_error(resp, 400, message, param)
+    await assert_nothing_stored(client, tmp_path / "data")
+
+
+async def test_upload_without_file_or_not_multipart(client: Client, tmp_path: Path) -> None:
+    resp = await client.post(
+        "/v1/files",
+        data=_raw_form([("purpose", None, b"assistants")]),
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 400, "'file' is a required property", "file")
+    resp = await client.post("/v1/files", data={"purpose": "assistants"}, headers=ALPHA)
+    await assert_error(resp, 400)
+    resp = await client.post("/v1/files", json={"purpose": "assistants"}, headers=ALPHA)
+    await assert_error(resp, 400)
+    resp = await client.post("/v1/files", headers=ALPHA)
+    await assert_error(resp, 400)
+    # A 'file' field that is not a file upload (no filename).
+    resp = await client.post(
+        "/v1/files",
+        data=_raw_form([("purpose", None, b"assistants"), ("file", None, b"abc")]),
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 400, param="file")
+    # A duplicate file part.
+    resp = await client.post(
+        "/v1/files",
+        data=_raw_form([("file", "a", b"1"), ("file", "b", b"2"), ("purpose", None, b"batch")]),
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 400, "Duplicate field 'file'.", "file")
+    await assert_nothing_stored(client, tmp_path / "data")
+
+
+BOUNDARY = "filesd-test-boundary"
+
+
+@pytest.mark.parametrize("filename", ["a\x00b.txt", "a\x01b", "esc\x1b[31m", "del\x7f"])
+async def test_raw_control_characters_in_part_headers_are_refused(
+    client: Client, tmp_path: Path, filename: str
+) -> None:
+    # aiohttp's header parser refuses these before any field is known: a 400, no param.
+    resp = await client.post(
+        "/v1/files",
+        data=_raw_form([("purpose", None, b"assistants"), ("file", filename, b"abc")]),
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 400)
+    await assert_nothing_stored(client, tmp_path / "data")
+
+
+@pytest.mark.parametrize("encoded", ["a%00b.txt", "a%0Ab.txt", "a%0D%0AX-Evil%3A1", "del%7F"])
+async def test_encoded_control_characters_in_filenames_are_refused(
+    client: Client, tmp_path: Path, encoded: str
+) -> None:
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        f"filename*=UTF-8''{encoded}\r\n\r\nabc\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+    resp = await client.post(
+        "/v1/files",
+        data=body,
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 400, "The filename must not contain control characters.", "file")
+    await assert_nothing_stored(client, tmp_path / "data")
+
+
+async def test_malformed_content_disposition_is_400(client: Client, tmp_path: Path) -> None:
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        f"filename*=UTF-8''a b:c\r\n\r\nabc\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+    resp = await client.post(
+        "/v1/files",
+        data=body,
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 400)
+    await assert_nothing_stored(client, tmp_path / "data")
+
+
+def _raw_form(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            # As curl and httpx send it: raw UTF-8 in a quoted string.
+            escaped = filename.replace("\\", "\\\\").replace('"', '\\"')
+            disposition += f'; filename="{escaped}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += content + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.fixture
+async def small_client(aiohttp_client: ClientFactory, tmp_path: Path) -> AsyncIterator[Client]:
+    config = make_config(tmp_path / "data", limits={"max_file_bytes": 100_000})
+    yield await aiohttp_client(create_app(config))
+
+
+async def test_too_large_by_content_length_is_refused_at_once(
+    small_client: Client, tmp_path: Path
+) -> None:
+    resp = await small_client.post(
+        "/v1/files", data=upload_form(os.urandom(300_000)), headers=ALPHA
+    )
+    error = await assert_error(resp, 413, param="file")
+    assert error["code"] == "file_too_large"
+    await assert_nothing_stored(small_client, tmp_path / "data")
+
+
+async def test_too_large_while_streaming_is_refused(small_client: Client, tmp_path: Path) -> None:
+    # Chunked: no Content-Length, so the limit is only crossed while the body streams in.
+    body = _raw_form([("purpose", None, b"assistants"), ("file", "big", os.urandom(100_001))])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 8192):
+            yield body[i : i + 8192]
+
+    resp = await small_client.post(
+        "/v1/files",
+        data=chunks(),
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    await assert_error(resp, 413, param="file")
+    await assert_nothing_stored(small_client, tmp_path / "data")
+    # Exactly at the limit is fine.
+    await upload(small_client, os.urandom(100_000))
+
+
+async def test_expect_100_continue(small_client: Client, tmp_path: Path) -> None:
+    resp = await small_client.post(
+        "/v1/files", data=upload_form(b"ok"), headers=ALPHA, expect100=True
+    )
+    assert resp.status == 200
+    resp = await small_client.post(
+        "/v1/files", data=upload_form(os.urandom(300_000)), headers=ALPHA, expect100=True
+    )
+    await assert_error(resp, 413, param="file")
+
+
+# --- GET /v1/files ---------------------------------------------------------------------------
+
+
+async def test_list_pages_by_offset_and_after(client: Client) -> None:
+    ids = [(await upload(client, str(i).encode(), purpose="batch"))["id"] for i in range(5)]
+    await upload(client, b"vision", purpose="vision")
+    resp = await client.get("/v1/files?purpose=batch&limit=2", headers=ALPHA)
+    page = await resp.json()
+    assert page["object"] == "list"
+    assert [f["id"] for f in page["data"]] == [ids[4], ids[3]]
+    assert page["total"] == 5
+    assert page["has_more"] is True
+    assert page["first_id"] == ids[4] and page["last_id"] == ids[3]
+
+    page = await (
+        await client.get(f"/v1/files?purpose=batch&limit=2&after={ids[3]}", headers=ALPHA)
+    ).json()
+    assert [f["id"] for f in page["data"]] == [ids[2], ids[1]]
+
+    page = await (
+        await client.get("/v1/files?purpose=batch&limit=2&offset=4", headers=ALPHA)
+    ).json()
+    assert [f["id"] for f in page["data"]] == [ids[0]]
+    assert page["has_more"] is False and page["total"] == 5
+
+    page = await (await client.get("/v1/files?order=asc&limit=100", headers=ALPHA)).json()
+    assert [f["id"] for f in page["data"]][:5] == ids
+    assert page["total"] == 6
+
+
+async def test_empty_list(client: Client) -> None:
+    page = await (await client.get("/v1/files", headers=ALPHA)).json()
+    assert page == {
+        "object": "list",
+        "data": [],
+        "total": 0,
+        "has_more": False,
+        "first_id": None,
+        "last_id": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=1_0", "limit"),
+        ("limit=99999999999999999999999", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=x", "offset"),
+        ("order=up", "order"),
+        ("limit=1&limit=2", "limit"),
+        ("after=no-such-file", "after"),
+    ],
+)
+async def test_bad_list_queries_are_400(client: Client, query: str, param: str) -> None:
+    resp = await client.get(f"/v1/files?{query}", headers=ALPHA)
+    await assert_error(resp, 400, param=param)
+
+
+# --- GET / DELETE /v1/files/{id} -------------------------------------------------------------
+
+
+async def test_retrieve_and_delete(client: Client) -> None:
+    body = await upload(client, b"bytes")
+    file_id = body["id"]
+    got = await (await client.get(f"/v1/files/{file_id}", headers=ALPHA)).json()
+    assert got == body
+
+    resp = await client.delete(f"/v1/files/{file_id}", headers=ALPHA)
+    assert resp.status == 200
+    assert await resp.json() == {"id": file_id, "object": "file", "deleted": True}
+
+    for method, path in [
+        ("GET", f"/v1/files/{file_id}"),
+        ("DELETE", f"/v1/files/{file_id}"),
+        ("GET", f"/v1/files/{file_id}/content"),
+    ]:
+        resp = await client.request(method, path, headers=ALPHA)
+        await assert_error(resp, 404, f"No such File object: {file_id}", "id")
+    page = await (await client.get("/v1/files", headers=ALPHA)).json()
+    assert page["total"] == 0
+
+
+@pytest.mark.parametrize("file_id", ["nope", "..%2F..%2Fetc%2Fpasswd", "1%27%20OR%201%3D1"])
+async def test_unknown_ids_are_404(client: Client, file_id: str) -> None:
+    resp = await client.get(f"/v1/files/{file_id}", headers=ALPHA)
+    error = await assert_error(resp, 404, param="id")
+    assert error["message"].startswith("No such File object: ")
+
+
+# --- GET /v1/files/{id}/content --------------------------------------------------------------
+
+
+async def test_content_headers(client: Client) -> None:
+    content = b"0123456789" * 100
+    body = await upload(client, content, filename="report.txt")
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    assert resp.status == 200
+    assert await resp.read() == content
+    assert resp.headers["Content-Type"] == "application/octet-stream"
+    assert resp.headers["Content-Length"] == "1000"
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="report.txt"'
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    assert REQUEST_ID.fullmatch(resp.headers["x-request-id"])
+
+
+@pytest.mark.parametrize(
+    "filename", ["résumé €.txt", "日本語.pdf", 'quote"and\\slash.txt', "50%.csv", "../../x"]
+)
+async def test_content_disposition_is_safe_for_any_name(client: Client, filename: str) -> None:
+    resp = await client.post(
+        "/v1/files",
+        data=_raw_form([("purpose", None, b"assistants"), ("file", filename, b"x")]),
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    body = await resp.json()
+    assert body["filename"] == filename
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    value = resp.headers["Content-Disposition"]
+    assert value.isascii() and "\r" not in value and "\n" not in value
+    fallback = re.fullmatch(r'attachment; filename="([^"\\]*)"(; filename\*=(.*))?', value)
+    assert fallback is not None
+    if fallback.group(3) is not None:
+        assert fallback.group(3) == "UTF-8''" + quote(filename, safe="!#$&+^`|~")
+    else:
+        assert fallback.group(1) == filename
+
+
+async def test_range_head_and_conditional_get(client: Client) -> None:
+    content = bytes(range(256)) * 4
+    body = await upload(client, content)
+    url = f"/v1/files/{body['id']}/content"
+
+    resp = await client.get(url, headers={**ALPHA, "Range": "bytes=10-19"})
+    assert resp.status == 206
+    assert await resp.read() == content[10:20]
+    assert resp.headers["Content-Range"] == "bytes 10-19/1024"
+
+    resp = await client.get(url, headers={**ALPHA, "Range": "bytes=-4"})
+    assert resp.status == 206 and await resp.read() == content[-4:]
+
+    resp = await client.get(url, headers={**ALPHA, "Range": "bytes=5000-"})
+    await assert_error(resp, 416, param="Range")
+    assert resp.headers["Content-Range"] == "bytes */1024"
+    resp = await client.get(url, headers={**ALPHA, "Range": "pages=1-2"})
+    await assert_error(resp, 416, param="Range")
+
+    resp = await client.head(url, headers=ALPHA)
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == "1024"
+    assert await resp.read() == b""
+
+    resp = await client.get(url, headers=ALPHA)
+    etag, modified = resp.headers["ETag"], resp.headers["Last-Modified"]
+    resp = await client.get(url, headers={**ALPHA, "If-None-Match": etag})
+    assert resp.status == 304
+    resp = await client.get(url, headers={**ALPHA, "If-Modified-Since": modified})
+    assert resp.status == 304
+    resp = await client.get(url, headers={**ALPHA, "If-None-Match": '"other"'})
+    assert resp.status == 200 and await resp.read() == content
+
+
+async def test_empty_file_downloads(client: Client) -> None:
+    body = await upload(client, b"")
+    assert body["bytes"] == 0
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    assert resp.status == 200 and await resp.read() == b""
+
+
+async def test_missing_blob_is_a_clear_500(client: Client, tmp_path: Path) -> None:
+    body = await upload(client, b"will vanish")
+    for blob in blob_files(tmp_path / "data"):
+        blob.unlink()
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    error = await assert_error(resp, 500)
+    assert error["type"] == "server_error"
+    assert error["code"] == "blob_missing"
+    assert "fsck" in error["message"]
+
+
+# --- dedupe, isolation, auth ---------------------------------------------------------------
+
+
+async def test_dedupe_one_blob_and_delete_one_keeps_the_other(
+    client: Client, tmp_path: Path
+) -> None:
+    a = await upload(client, b"twin")
+    b = await upload(client, b"twin", headers=BETA)
+    assert len(blob_files(tmp_path / "data")) == 1
+    assert (await client.delete(f"/v1/files/{a['id']}", headers=ALPHA)).status == 200
+    resp = await client.get(f"/v1/files/{b['id']}/content", headers=BETA)
+    assert await resp.read() == b"twin"
+    assert (await client.delete(f"/v1/files/{b['id']}", headers=BETA)).status == 200
+    assert blob_files(tmp_path / "data") == []
+
+
+async def test_another_projects_file_is_a_404_on_every_route(client: Client) -> None:
+    body = await upload(client, b"alpha's secret")
+    file_id = body["id"]
+    for method, path in [
+        ("GET", f"/v1/files/{file_id}"),
+        ("GET", f"/v1/files/{file_id}/content"),
+        ("HEAD", f"/v1/files/{file_id}/content"),
+        ("DELETE", f"/v1/files/{file_id}"),
+    ]:
+        resp = await client.request(method, path, headers=BETA)
+        assert resp.status == 404
+    resp = await client.get(f"/v1/files/{file_id}", headers=BETA)
+    await assert_error(resp, 404, f"No such File object: {file_id}", "id")
+    assert (await (await client.get("/v1/files", headers=BETA)).json())["total"] == 0
+    resp = await client.get(f"/v1/files?after={file_id}", headers=BETA)
+    await assert_error(resp, 400, param="after")
+    # Still there for its owner.
+    assert (await client.get(f"/v1/files/{file_id}", headers=ALPHA)).status == 200
+
+
+NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": ""}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}],
+)
+async def test_missing_key_is_401(client: Client, headers: dict[str, str]) -> None:
+    for method, path in [("GET", "/v1/files"), ("GET", "/v1/files/x"), ("GET", "/v1/nope")]:
+        resp = await client.request(method, path, headers=headers)
+        error = await assert_error(resp, 401, NO_KEY)
+        assert error["code"] is None
+
+
+async def test_wrong_key_is_401_with_a_masked_key(client: Client, tmp_path: Path) -> None:
+    resp = await client.post(
+        "/v1/files",
+        data=upload_form(b"x"),
+        headers={"Authorization": "Bearer sk-wrong-key-abcdefyz"},
+    )
+    error = await assert_error(resp, 401)
+    assert error["code"] == "invalid_api_key"
+    assert error["message"].startswith("Incorrect API key provided: sk-wr***yz.")
+    assert "sk-wrong-key-abcdefyz" not in error["message"]
+    resp = await client.get("/v1/files", headers={"Authorization": "Bearer short"})
+    error = await assert_error(resp, 401)
+    assert "short" not in error["message"]
+    await assert_nothing_stored(client, tmp_path / "data")
+
+
+async def test_key_given_as_sha256(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"sk-hashed-secret").hexdigest()
+    config = make_config(tmp_path, auth={"keys": [{"key_sha256": digest, "project": "hashed"}]})
+    client = await aiohttp_client(create_app(config))
+    await upload(client, b"x", headers={"Authorization": "Bearer sk-hashed-secret"})
+    resp = await client.get("/v1/files", headers={"Authorization": "bearer sk-hashed-secret"})
+    assert (await resp.json())["total"] == 1
+
+
+async def test_open_mode_each_token_is_its_own_project(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, auth={})
+    client = await aiohttp_client(create_app(config))
+    one, two = {"Authorization": "Bearer one"}, {"Authorization": "Bearer two"}
+    body = await upload(client, b"x", headers=one)
+    assert (await client.get(f"/v1/files/{body['id']}", headers=one)).status == 200
+    assert (await client.get(f"/v1/files/{body['id']}", headers=two)).status == 404
+    assert (await (await client.get("/v1/files", headers=two)).json())["total"] == 0
+    resp = await client.get("/v1/files")
+    await assert_error(resp, 401, NO_KEY)
+
+
+# --- router errors ---------------------------------------------------------------------------
+
+
+async def test_unknown_routes_and_methods_use_the_envelope(client: Client) -> None:
+    resp = await client.get("/v1/nope", headers=ALPHA)
+    await assert_error(resp, 404, "Invalid URL (GET /v1/nope)")
+    resp = await client.get("/", headers=ALPHA)
+    await assert_error(resp, 404, "Invalid URL (GET /)")
+    resp = await client.put("/v1/files", headers=ALPHA)
+    await assert_error(resp, 405, "Invalid method for URL (PUT /v1/files)")
+    assert "POST" in resp.headers["Allow"]
+    resp = await client.post("/v1/files/abc", headers=ALPHA)
+    await assert_error(resp, 405)
+
+
+async def test_every_response_has_a_distinct_request_id(client: Client) -> None:
+    ids = set()
+    for _ in range(3):
+        resp = await client.get("/v1/files", headers=ALPHA)
+        ids.add(resp.headers["x-request-id"])
+    assert len(ids) == 3 and all(REQUEST_ID.fullmatch(i) for i in ids)

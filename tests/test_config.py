@@ -1,0 +1,148 @@
+"""Configuration: defaults, the example file, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filesd.config import (
+    DEFAULT_PURPOSES,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "filesd.toml.example"
+
+
+def test_defaults_need_no_file(tmp_path: Path) -> None:
+    config = parse_config({}, base_dir=tmp_path)
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 8080
+    assert config.storage.data_dir == tmp_path / "filesd-data"
+    assert config.limits.max_file_bytes == 512 * 1024 * 1024
+    assert config.files.id_format == "uuid"
+    assert config.files.purposes == DEFAULT_PURPOSES
+    assert config.auth.open_mode
+
+
+def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "filesd.toml"
+    path.parent.mkdir()
+    path.write_text('[storage]\ndata_dir = "store"\n')
+    assert load_config(path).storage.data_dir == tmp_path / "conf" / "store"
+
+
+def test_keys_are_kept_only_as_digests(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"sk-beta").hexdigest()
+    config = parse_config(
+        {
+            "auth": {
+                "keys": [
+                    {"key": "sk-alpha", "project": "alpha"},
+                    {"key_sha256": digest.upper(), "project": "beta"},
+                ]
+            }
+        },
+        base_dir=tmp_path,
+    )
+    assert [(k.key_sha256, k.project) for k in config.auth.keys] == [
+        (hashlib.sha256(b"sk-alpha").hexdigest(), "alpha"),
+        (digest, "beta"),
+    ]
+    assert "sk-alpha" not in repr(config)
+    assert not config.auth.open_mode
+
+
+def test_overrides_replace_only_what_is_given(tmp_path: Path) -> None:
+    config = parse_config({"server": {"port": 9000}}, base_dir=tmp_path)
+    assert config.with_overrides(host="::1").server == dataclasses.replace(
+        config.server, host="::1"
+    )
+    assert config.with_overrides(port=0).server.port == 0
+    assert config.with_overrides(data_dir=tmp_path / "x").storage.data_dir == tmp_path / "x"
+    assert config.with_overrides() == config
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"sever": {}}, "sever: unknown key"),
+        ({"server": {"prot": 1}}, "server.prot: unknown key"),
+        ({"server": {"port": "8080"}}, "server.port: expected an integer, got a string"),
+        ({"server": {"port": True}}, "server.port: expected an integer, got a boolean"),
+        ({"server": {"port": 70000}}, "server.port: must be between 0 and 65535"),
+        ({"server": {"host": ""}}, "server.host: must not be empty"),
+        ({"server": []}, "server: expected a table, got an array"),
+        ({"storage": {"data_dir": 1}}, "storage.data_dir: expected a string, got an integer"),
+        ({"limits": {"max_file_bytes": 0}}, "limits.max_file_bytes: must be at least 1"),
+        ({"limits": {"max_file_bytes": 1.5}}, "limits.max_file_bytes: expected an integer"),
+        ({"files": {"id_format": "ulid"}}, "files.id_format: must be one of"),
+        ({"files": {"purposes": []}}, "files.purposes: must list at least one purpose"),
+        ({"files": {"purposes": ["a", 1]}}, "files.purposes: expected an array"),
+        ({"auth": {"keys": {}}}, "auth.keys: expected an array of tables"),
+        ({"auth": {"keys": [{"key": "k"}]}}, "auth.keys[0].project: required"),
+        ({"auth": {"keys": [{"project": "p"}]}}, "auth.keys[0]: set exactly one of"),
+        (
+            {"auth": {"keys": [{"key": "k", "key_sha256": "0" * 64, "project": "p"}]}},
+            "auth.keys[0]: set exactly one of",
+        ),
+        ({"auth": {"keys": [{"key_sha256": "xyz", "project": "p"}]}}, "auth.keys[0].key_sha256"),
+        ({"auth": {"keys": [{"key": "k", "project": "p", "role": "x"}]}}, "auth.keys[0].role"),
+        (
+            {"auth": {"keys": [{"key": "k", "project": "p"}, {"key": "k", "project": "q"}]}},
+            "auth.keys[1]: the same key is configured twice",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base_dir=tmp_path)
+    assert message in str(info.value)
+
+
+def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
+
+
+def _leaf_keys(value: Any, prefix: str = "") -> set[str]:
+    """Dotted names of every setting in a config dataclass or TOML document."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        keys: set[str] = set()
+        for name, sub in value.items():
+            keys |= _leaf_keys(sub, f"{prefix}{name}.")
+        return keys
+    if isinstance(value, list | tuple) and value and isinstance(value[0], dict):
+        return set().union(*(_leaf_keys(entry, prefix[:-1] + "[].") for entry in value))
+    return {prefix[:-1]}
+
+
+def test_example_parses_and_documents_every_key(tmp_path: Path) -> None:
+    config = load_config(EXAMPLE)
+    assert isinstance(config, Config)
+    doc = tomllib.loads(EXAMPLE.read_text())
+    documented = _leaf_keys(doc)
+    # Every setting the parser has, except derived ones, appears in the example...
+    known = _leaf_keys(Config()) - {"auth.keys"}
+    known |= {"auth.keys[].key", "auth.keys[].key_sha256", "auth.keys[].project"}
+    assert known <= documented
+    # ...and the example's values of the plain settings are the defaults.
+    defaults = parse_config({}, base_dir=EXAMPLE.parent)
+    assert config.server == defaults.server
+    assert config.storage == defaults.storage
+    assert config.limits == defaults.limits
+    assert config.files == defaults.files

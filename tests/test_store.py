@@ -1,0 +1,196 @@
+"""The store service: dedupe, blob reclaim, races, orphan sweeping, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from filesd.blobs import BlobStore, StagedBlob
+from filesd.store import (
+    BlobMissing,
+    CursorNotFound,
+    DataDirLocked,
+    FileNotFound,
+    FileStore,
+    ListQuery,
+)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FileStore]:
+    s = await FileStore.open(tmp_path)
+    yield s
+    await s.close()
+
+
+async def stage(store: FileStore, content: bytes) -> StagedBlob:
+    writer = store.blob_writer()
+    await writer.write(content)
+    return await writer.finish()
+
+
+async def create(store: FileStore, content: bytes, project: str = "p", **kw: object) -> str:
+    staged = await stage(store, content)
+    record = await store.create_file(
+        project,
+        staged,
+        filename=str(kw.get("filename", "f.txt")),
+        purpose=str(kw.get("purpose", "assistants")),
+    )
+    return record.id
+
+
+def blob_count(root: Path) -> int:
+    return len(list(BlobStore(root).digests()))
+
+
+async def test_two_uploads_of_the_same_bytes_are_two_files_and_one_blob(
+    store: FileStore, tmp_path: Path
+) -> None:
+    a = await create(store, b"same bytes")
+    b = await create(store, b"same bytes")
+    assert a != b
+    assert blob_count(tmp_path) == 1
+    await store.delete_file("p", a)
+    _, path = await store.content_path("p", b)
+    assert path.read_bytes() == b"same bytes"
+    await store.delete_file("p", b)
+    assert blob_count(tmp_path) == 0
+
+
+async def test_delete_is_soft_and_a_second_delete_is_not_found(store: FileStore) -> None:
+    file_id = await create(store, b"x")
+    deleted = await store.delete_file("p", file_id)
+    assert deleted.id == file_id
+    for call in (store.get_file, store.delete_file, store.content_path):
+        with pytest.raises(FileNotFound):
+            await call("p", file_id)
+    page = await store.list_files("p", ListQuery())
+    assert page.files == [] and page.total == 0
+
+
+async def test_projects_never_see_each_other(store: FileStore) -> None:
+    file_id = await create(store, b"secret", project="alpha")
+    for call in (store.get_file, store.delete_file, store.content_path):
+        with pytest.raises(FileNotFound):
+            await call("beta", file_id)
+    assert (await store.list_files("beta", ListQuery())).total == 0
+    with pytest.raises(CursorNotFound):
+        await store.list_files("beta", ListQuery(after=file_id))
+    assert (await store.get_file("alpha", file_id)).id == file_id
+
+
+async def test_paging_by_offset_and_cursor_covers_every_file_once(store: FileStore) -> None:
+    # Created within one second: insertion order breaks the tie.
+    ids = [await create(store, str(i).encode()) for i in range(7)]
+    newest_first = list(reversed(ids))
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await store.list_files("p", ListQuery(limit=3, after=after))
+        assert page.total == 7
+        seen += [f.id for f in page.files]
+        if not page.has_more:
+            break
+        after = page.files[-1].id
+    assert seen == newest_first
+    by_offset = [
+        f.id
+        for offset in range(0, 7, 2)
+        for f in (await store.list_files("p", ListQuery(limit=2, offset=offset))).files
+    ]
+    assert by_offset == newest_first
+    asc = await store.list_files("p", ListQuery(order="asc", limit=100))
+    assert [f.id for f in asc.files] == ids and not asc.has_more
+
+
+async def test_cursor_survives_deletion_of_its_file(store: FileStore) -> None:
+    ids = [await create(store, str(i).encode()) for i in range(4)]
+    await store.delete_file("p", ids[2])
+    page = await store.list_files("p", ListQuery(after=ids[2]))
+    assert [f.id for f in page.files] == [ids[1], ids[0]]
+
+
+async def test_concurrent_upload_and_delete_of_the_same_bytes(
+    store: FileStore, tmp_path: Path
+) -> None:
+    # Each round deletes the only file holding the blob while a new upload of the same bytes
+    # commits: whatever the interleaving, the surviving file must still have its bytes.
+    content = os.urandom(64 * 1024)
+    for _ in range(30):
+        old = await create(store, content)
+        staged = await stage(store, content)
+        new_record, _ = await asyncio.gather(
+            store.create_file("p", staged, filename="n", purpose="assistants"),
+            store.delete_file("p", old),
+        )
+        _, path = await store.content_path("p", new_record.id)
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(content).digest()
+        await store.delete_file("p", new_record.id)
+    assert blob_count(tmp_path) == 0
+
+
+async def test_orphan_blobs_are_swept_and_referenced_ones_kept(
+    store: FileStore, tmp_path: Path
+) -> None:
+    kept = await create(store, b"kept")
+    # A crash between linking a blob and committing its row leaves exactly this state.
+    orphan = await stage(store, b"orphan")
+    BlobStore(tmp_path).link(orphan)
+    assert blob_count(tmp_path) == 2
+    assert await store.sweep_orphans() == 1
+    assert blob_count(tmp_path) == 1
+    _, path = await store.content_path("p", kept)
+    assert path.read_bytes() == b"kept"
+
+
+async def test_a_missing_blob_is_reported_not_hidden(store: FileStore, tmp_path: Path) -> None:
+    file_id = await create(store, b"doomed")
+    _, path = await store.content_path("p", file_id)
+    path.unlink()
+    with pytest.raises(BlobMissing) as info:
+        await store.content_path("p", file_id)
+    assert info.value.record.id == file_id
+
+
+async def test_discarded_uploads_leave_nothing(store: FileStore, tmp_path: Path) -> None:
+    staged = await stage(store, b"never mind")
+    await store.discard(staged)
+    assert os.listdir(tmp_path / "tmp") == []
+    assert blob_count(tmp_path) == 0
+
+
+async def test_one_process_per_data_dir(store: FileStore, tmp_path: Path) -> None:
+    with pytest.raises(DataDirLocked):
+        await FileStore.open(tmp_path)
+
+
+async def test_openai_style_ids(tmp_path: Path) -> None:
+    s = await FileStore.open(tmp_path, id_format="openai")
+    try:
+        file_id = await create(s, b"x")
+    finally:
+        await s.close()
+    assert file_id.startswith("file-") and len(file_id) == 29
+    assert file_id[5:].isalnum() and file_id[5:].isascii()
+
+
+async def test_expiry_sets_expires_at_and_hides_the_file(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    s = await FileStore.open(tmp_path, clock=lambda: now[0])
+    try:
+        staged = await stage(s, b"short-lived")
+        record = await s.create_file("p", staged, filename="f", purpose="batch", expires_after=3600)
+        assert record.expires_at == 1_000_000 + 3600
+        assert (await s.get_file("p", record.id)).expires_at == record.expires_at
+        now[0] += 3600
+        with pytest.raises(FileNotFound):
+            await s.get_file("p", record.id)
+        assert (await s.list_files("p", ListQuery())).total == 0
+    finally:
+        await s.close()
