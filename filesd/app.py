@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .appkeys import CONFIG, STORE
+from .appkeys import CONFIG, REQUESTS, STORE
 from .auth import Authenticator, auth_middleware
 from .config import Config
+from .drain import RequestTracker
 from .errors import add_request_id, error_middleware
 from .routes import setup_routes
 from .store import FileStore
@@ -26,11 +27,13 @@ CLIENT_MAX_SIZE = 1024 * 1024
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """A filesd application for `config`. The store opens on start-up and closes on clean-up."""
     authenticator = Authenticator(config.auth)
+    requests = RequestTracker()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(authenticator)],
+        middlewares=[requests.middleware, error_middleware, auth_middleware(authenticator)],
         client_max_size=CLIENT_MAX_SIZE,
     )
     app[CONFIG] = config
+    app[REQUESTS] = requests
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await FileStore.open(
@@ -56,6 +59,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     app.cleanup_ctx.append(store_ctx)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(requests.on_response_prepare)
     setup_routes(app)
     return app
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from .config import Config
+from .drain import RequestTracker
 from .store import FileStore
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", FileStore)
+REQUESTS = web.AppKey("requests", RequestTracker)

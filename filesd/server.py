@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import create_app
+from .appkeys import REQUESTS
 from .config import Config
 
 SHUTDOWN_TIMEOUT = 30.0
@@ -25,7 +26,8 @@ def format_url(address: Any) -> str:
 
 async def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
-    runner = web.AppRunner(create_app(config), shutdown_timeout=SHUTDOWN_TIMEOUT)
+    app = create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -37,6 +39,23 @@ async def serve(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        print("filesd shutting down", file=sys.stderr, flush=True)
+        requests = app[REQUESTS]
+        print(
+            f"filesd shutting down: finishing {requests.running} request(s) in flight",
+            file=sys.stderr,
+            flush=True,
+        )
+        for running_site in runner.sites:
+            await running_site.stop()  # stops listening; open connections carry on
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                await requests.drain()
+        except TimeoutError:
+            print(
+                f"filesd: {requests.running} request(s) still running after "
+                f"{SHUTDOWN_TIMEOUT:.0f}s; cancelling them",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         await runner.cleanup()

@@ -104,41 +104,44 @@ def temp_files(data_dir: Path) -> list[Path]:
 
 
 class ServerProcess:
-    """A `filesd serve` subprocess on a free port; `stop()` sends SIGTERM and returns the code."""
+    """A `filesd serve` subprocess on a free port; `stop()` sends SIGTERM and returns the code.
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    Output goes to files, not pipes: a pipe nobody drains would block the server once its
+    access log filled the pipe's buffer.
+    """
+
+    _count = 0
+
+    def __init__(self, args: list[str], cwd: Path, timeout: float = 20.0) -> None:
+        ServerProcess._count += 1
         self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "filesd", "serve", "--port", "0", *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"http://\S+?:\d+", line)
-        if match is None:
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-            raise RuntimeError(f"filesd did not start: {line!r} {err}")
+        self.stdout_path = cwd / f"server-{ServerProcess._count}.out"
+        self.stderr_path = cwd / f"server-{ServerProcess._count}.err"
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "filesd", "serve", "--port", "0", *args],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while (match := re.search(r"http://\S+?:\d+", self.stdout_path.read_text())) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(signal.SIGKILL)
+                raise RuntimeError(f"filesd did not start: {self.stderr_text()}")
+            time.sleep(0.02)
         self.url = match.group(0)
         self.base_url = self.url + "/v1"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
+        return self.proc.wait(timeout=timeout)
 
     def stderr_text(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        return self.stderr_path.read_text(errors="replace")
 
 
 def write_config(path: Path, data_dir: Path, extra: str = "") -> Path:

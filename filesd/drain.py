@@ -1,0 +1,50 @@
+"""Graceful drain: let requests in flight finish, including ones still reading their body.
+
+aiohttp's own shutdown stops feeding received bytes to handlers as soon as it starts
+(aio-libs/aiohttp#2298), so an upload in mid-body would wait out the timeout and be lost.
+filesd therefore drains first: stop listening, ask clients to close their connections, and
+wait until no handler is running; only then does aiohttp's shutdown run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+
+class RequestTracker:
+    """Counts handlers running; once draining, every response closes its connection."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._running += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    async def on_response_prepare(
+        self, request: web.BaseRequest, response: web.StreamResponse
+    ) -> None:
+        if self.draining:
+            response.force_close()
+
+    async def drain(self) -> None:
+        """Start draining and wait until no handler is running (bound it with a timeout)."""
+        self.draining = True
+        await self._idle.wait()

@@ -1,0 +1,224 @@
+"""The command line and the server process: start-up, errors, SIGTERM, restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filesd.cli import main
+
+from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, temp_files, wait_until
+
+pytestmark = pytest.mark.slow
+
+StartServer = Callable[..., ServerProcess]
+
+
+def api(server: ServerProcess, path: str, key: str = ALPHA_KEY, method: str = "GET") -> Any:
+    req = urllib.request.Request(
+        server.url + path, method=method, headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback test server)
+        body = resp.read()
+    return json.loads(body) if path.endswith("/content") is False else body
+
+
+def raw_upload_request(host: str, port: int, content: bytes, *, total: int | None = None) -> bytes:
+    """Headers and the start of a multipart upload whose file part holds `content`."""
+    boundary = "crash-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    length = len(head) + (len(content) if total is None else total) + len(tail)
+    request = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {ALPHA_KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    return request + head + content + (tail if total is None else b"")
+
+
+def upload(server: ServerProcess, content: bytes, key: str = ALPHA_KEY) -> dict[str, Any]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(raw_upload_request(host, int(port), content))
+        response = _read_all(sock)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), response[:500]
+    return dict(json.loads(body))
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_config_errors_exit_2_and_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "filesd.toml"
+    config.write_text("[server]\nprot = 8080\n")
+    assert main(["--config", str(config)]) == 2
+    assert "server.prot: unknown key" in capsys.readouterr().err
+    config.write_text('[limits]\nmax_file_bytes = "big"\n')
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "limits.max_file_bytes: expected an integer" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--port", "http"], ["--port", "70000"], ["--bogus"]])
+def test_bad_flags_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_version_and_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "filesd", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("filesd ")
+
+
+def test_starts_on_defaults_in_the_working_directory(tmp_path: Path) -> None:
+    # `filesd` with no config: open mode, ./filesd-data, announced on start-up.
+    server = ServerProcess([], cwd=tmp_path)
+    try:
+        body = api(server, "/v1/files", key="sk-anything")
+        assert body["object"] == "list"
+        assert (tmp_path / "filesd-data" / "filesd.db").is_file()
+    finally:
+        assert server.stop() == 0
+    assert "running open" in server.stderr_text()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServer) -> None:
+    first = start_server()
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "filesd",
+            "--port",
+            "0",
+            "--data-dir",
+            str(first.args[1]).replace("filesd-0.toml", "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert "in use by another filesd process" in second.stderr
+
+
+def test_keys_and_tokens_never_reach_the_logs(start_server: StartServer) -> None:
+    server = start_server()
+    api(server, "/v1/files")
+    with pytest.raises(urllib.error.HTTPError):
+        api(server, "/v1/files", key="sk-wrong-secret-123456")
+    server.stop()
+    log = server.stderr_text()
+    assert "POST" in log or "GET" in log  # the access log is there...
+    for secret in (ALPHA_KEY, BETA_KEY, "sk-wrong-secret-123456"):
+        assert secret not in log  # ...and no key is in it
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def test_files_persist_across_restarts(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server()
+    content = os.urandom(300_000)
+    created = upload(server, content)
+    deleted = upload(server, b"to delete")
+    api(server, f"/v1/files/{deleted['id']}", method="DELETE")
+    assert server.stop() == 0
+
+    server = start_server()
+    listing = api(server, "/v1/files")
+    assert [f["id"] for f in listing["data"]] == [created["id"]]
+    assert api(server, f"/v1/files/{created['id']}") == created
+    assert api(server, f"/v1/files/{created['id']}/content") == content
+    assert server.stop() == 0
+
+
+def test_sigterm_finishes_requests_in_flight(start_server: StartServer) -> None:
+    server = start_server()
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    content = os.urandom(4 * 1024 * 1024)
+    request = raw_upload_request(host, int(port), content)
+    half = len(request) // 2
+    response: list[bytes] = []
+
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request[:half])
+        time.sleep(0.3)  # the upload is now in flight
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        sender = threading.Thread(target=sock.sendall, args=(request[half:],))
+        sender.start()
+        response.append(_read_all(sock))
+        sender.join()
+
+    head, _, body = response[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    file_id = json.loads(body)["id"]
+    assert server.stop() == 0
+
+    server = start_server()
+    got = api(server, f"/v1/files/{file_id}/content")
+    assert hashlib.sha256(got).digest() == hashlib.sha256(content).digest()
+
+
+def test_sigkill_mid_upload_leaves_no_trace(start_server: StartServer, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = start_server()
+    committed = [upload(server, os.urandom(100_000 + i)) for i in range(3)]
+    contents = {f["id"]: api(server, f"/v1/files/{f['id']}/content") for f in committed}
+    blobs_before = sorted((data_dir / "blobs").rglob("*"))
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    partial = os.urandom(8 * 1024 * 1024)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        # Announce 64 MiB, send 8 MiB, and kill the server while it waits for the rest.
+        sock.sendall(raw_upload_request(host, int(port), partial, total=64 * 1024 * 1024))
+        wait_until(lambda: any(p.stat().st_size > 0 for p in temp_files(data_dir)))
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+    assert temp_files(data_dir)  # the interrupted upload did leave a temp file...
+
+    server = start_server()
+    assert temp_files(data_dir) == []  # ...which start-up removed
+    assert sorted((data_dir / "blobs").rglob("*")) == blobs_before
+    listing = api(server, "/v1/files")
+    assert sorted(f["id"] for f in listing["data"]) == sorted(contents)
+    assert listing["total"] == 3
+    for file_id, content in contents.items():
+        assert api(server, f"/v1/files/{file_id}/content") == content
+    assert server.stop() == 0

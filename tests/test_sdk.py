@@ -1,0 +1,148 @@
+"""The official `openai` SDK, unchanged, against a real filesd on a free port."""
+
+from __future__ import annotations
+
+import io
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module, run open: each test uses its own token, so its own project."""
+    root = tmp_path_factory.mktemp("sdk")
+    proc = ServerProcess(["--data-dir", str(root / "data")], cwd=root)
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[OpenAI]:
+    with OpenAI(base_url=server.base_url, api_key=f"sk-{uuid.uuid4().hex}", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def aclient(server: ServerProcess) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=server.base_url, api_key=f"sk-{uuid.uuid4().hex}", max_retries=0)
+
+
+def test_create_from_bytes_path_file_object_and_tuple(client: OpenAI, tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n')
+    from_bytes = client.files.create(file=b"raw bytes", purpose="assistants")
+    from_path = client.files.create(file=path, purpose="fine-tune")
+    with path.open("rb") as f:
+        from_object = client.files.create(file=f, purpose="batch")
+    from_tuple = client.files.create(
+        file=("données.csv", io.BytesIO(b"a,b\n"), "text/csv"), purpose="user_data"
+    )
+
+    assert from_bytes.filename == "upload"  # what the SDK sends for raw bytes
+    assert from_bytes.bytes == len(b"raw bytes")
+    assert from_bytes.status == "processed"
+    assert from_path.filename == "train.jsonl" and from_path.purpose == "fine-tune"
+    assert from_object.filename == "train.jsonl" and from_object.purpose == "batch"
+    assert from_tuple.filename == "données.csv"
+    assert client.files.content(from_tuple.id).text == "a,b\n"
+    assert client.files.content(from_path.id).read() == path.read_bytes()
+
+
+def test_list_auto_paginates_in_both_orders(client: OpenAI) -> None:
+    ids = [client.files.create(file=f"f{i}".encode(), purpose="batch").id for i in range(7)]
+    client.files.create(file=b"other", purpose="vision")
+
+    newest_first = [f.id for f in client.files.list(limit=3, purpose="batch")]
+    assert newest_first == list(reversed(ids))
+    oldest_first = [f.id for f in client.files.list(limit=2, order="asc", purpose="batch")]
+    assert oldest_first == ids
+
+    page = client.files.list(limit=3, purpose="batch")
+    assert len(page.data) == 3 and page.has_next_page()
+    assert len(list(client.files.list())) == 8
+
+
+def test_retrieve_content_delete_and_wait(client: OpenAI) -> None:
+    created = client.files.create(file=("notes.txt", b"some notes"), purpose="assistants")
+    assert client.files.retrieve(created.id) == created
+    done = client.files.wait_for_processing(created.id, poll_interval=0.05)
+    assert done.status == "processed"
+    assert client.files.content(created.id).content == b"some notes"
+
+    deleted = client.files.delete(created.id)
+    assert deleted.deleted is True and deleted.id == created.id
+    with pytest.raises(openai.NotFoundError) as info:
+        client.files.retrieve(created.id)
+    assert info.value.status_code == 404
+    assert info.value.body == {
+        "message": f"No such File object: {created.id}",
+        "type": "invalid_request_error",
+        "param": "id",
+        "code": None,
+    }
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(created.id)
+
+
+def test_errors_are_the_sdks_exceptions(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.files.create(file=b"x", purpose="nonsense")  # type: ignore[arg-type]
+    assert bad.value.param == "purpose"  # type: ignore[attr-defined]
+    assert bad.value.request_id is not None and bad.value.request_id.startswith("req_")
+    with pytest.raises(openai.BadRequestError):
+        client.files.list(limit=0).data  # noqa: B018
+
+
+def test_keys_through_the_sdk(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server()
+    with OpenAI(base_url=server.base_url, api_key="sk-not-a-configured-key", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError) as info:
+            c.files.list()
+    assert info.value.code == "invalid_api_key"  # type: ignore[attr-defined]
+    with OpenAI(base_url=server.base_url, api_key=ALPHA_KEY, max_retries=0) as alpha:
+        created = alpha.files.create(file=b"alpha", purpose="assistants")
+    with OpenAI(base_url=server.base_url, api_key=BETA_KEY, max_retries=0) as beta:
+        with pytest.raises(openai.NotFoundError):
+            beta.files.retrieve(created.id)
+
+
+def test_projects_are_isolated_through_the_sdk(client: OpenAI, server: ServerProcess) -> None:
+    mine = client.files.create(file=b"mine", purpose="assistants")
+    with OpenAI(base_url=server.base_url, api_key="sk-someone-else", max_retries=0) as other:
+        with pytest.raises(openai.NotFoundError):
+            other.files.retrieve(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            other.files.content(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            other.files.delete(mine.id)
+        assert mine.id not in [f.id for f in other.files.list()]
+    assert client.files.retrieve(mine.id).id == mine.id
+
+
+async def test_async_client(aclient: AsyncOpenAI) -> None:
+    async with aclient:
+        ids = [
+            (await aclient.files.create(file=(f"a{i}.txt", b"x" * i), purpose="batch")).id
+            for i in range(5)
+        ]
+        listed = [f.id async for f in aclient.files.list(limit=2)]
+        assert listed == list(reversed(ids))
+        got = await aclient.files.retrieve(ids[3])
+        assert got.bytes == 3 and got.filename == "a3.txt"
+        content = await aclient.files.content(ids[4])
+        assert content.content == b"xxxx"
+        done = await aclient.files.wait_for_processing(ids[0], poll_interval=0.05)
+        assert done.status == "processed"
+        assert (await aclient.files.delete(ids[0])).deleted
+        with pytest.raises(openai.NotFoundError):
+            await aclient.files.retrieve(ids[0])
