@@ -31,7 +31,7 @@ def api(server: ServerProcess, path: str, key: str = ALPHA_KEY, method: str = "G
     req = urllib.request.Request(
         server.url + path, method=method, headers={"Authorization": f"Bearer {key}"}
     )
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback test server)
+    with urllib.request.urlopen(req, timeout=30) as resp:
         body = resp.read()
     return json.loads(body) if path.endswith("/content") is False else body
 
@@ -221,4 +221,51 @@ def test_sigkill_mid_upload_leaves_no_trace(start_server: StartServer, tmp_path:
     assert listing["total"] == 3
     for file_id, content in contents.items():
         assert api(server, f"/v1/files/{file_id}/content") == content
+    assert server.stop() == 0
+
+
+def _peak_rss(pid: int) -> int:
+    """Peak resident set size of a process, in bytes (VmHWM from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_memory_stays_flat_for_a_large_file(start_server: StartServer) -> None:
+    server = start_server()
+    upload(server, b"warm-up")
+    baseline = _peak_rss(server.proc.pid)
+
+    size = 256 * 1024 * 1024
+    block = os.urandom(1024 * 1024)
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    request = raw_upload_request(host, int(port), b"", total=size)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(request)
+        for _ in range(size // len(block)):
+            sock.sendall(block)
+        sock.sendall(b"\r\n--crash-test-boundary--\r\n")
+        head, _, body = _read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    created = json.loads(body)
+    assert created["bytes"] == size
+
+    req = urllib.request.Request(
+        f"{server.url}/v1/files/{created['id']}/content",
+        headers={"Authorization": f"Bearer {ALPHA_KEY}"},
+    )
+    received = 0
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        while chunk := resp.read(1024 * 1024):
+            received += len(chunk)
+            digest.update(chunk)
+    assert received == size
+    assert digest.hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+
+    growth = _peak_rss(server.proc.pid) - baseline
+    print(f"peak RSS growth for a 256 MiB upload and download: {growth / 2**20:.1f} MiB")
+    assert growth < 64 * 1024 * 1024
     assert server.stop() == 0

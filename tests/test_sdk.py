@@ -105,15 +105,15 @@ def test_errors_are_the_sdks_exceptions(client: OpenAI) -> None:
 
 def test_keys_through_the_sdk(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server()
-    with OpenAI(base_url=server.base_url, api_key="sk-not-a-configured-key", max_retries=0) as c:
-        with pytest.raises(openai.AuthenticationError) as info:
-            c.files.list()
+    wrong = OpenAI(base_url=server.base_url, api_key="sk-not-a-configured-key", max_retries=0)
+    with wrong, pytest.raises(openai.AuthenticationError) as info:
+        wrong.files.list()
     assert info.value.code == "invalid_api_key"  # type: ignore[attr-defined]
     with OpenAI(base_url=server.base_url, api_key=ALPHA_KEY, max_retries=0) as alpha:
         created = alpha.files.create(file=b"alpha", purpose="assistants")
-    with OpenAI(base_url=server.base_url, api_key=BETA_KEY, max_retries=0) as beta:
-        with pytest.raises(openai.NotFoundError):
-            beta.files.retrieve(created.id)
+    beta = OpenAI(base_url=server.base_url, api_key=BETA_KEY, max_retries=0)
+    with beta, pytest.raises(openai.NotFoundError):
+        beta.files.retrieve(created.id)
 
 
 def test_projects_are_isolated_through_the_sdk(client: OpenAI, server: ServerProcess) -> None:
