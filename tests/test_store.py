@@ -119,19 +119,28 @@ async def test_cursor_survives_deletion_of_its_file(store: FileStore) -> None:
 async def test_concurrent_upload_and_delete_of_the_same_bytes(
     store: FileStore, tmp_path: Path
 ) -> None:
-    # Each round deletes the only file holding the blob while a new upload of the same bytes
-    # commits: whatever the interleaving, the surviving file must still have its bytes.
+    # Each round deletes the only file holding a blob while an upload of the same bytes
+    # commits. The race to catch: the upload finds the blob already stored, the delete sees no
+    # other file referring to it, and reclaims it under the upload's new row. It needs the
+    # upload to start near the end of the delete's first database step, so the rounds sweep
+    # the offset between the two starts, in both orders, in steps of 100 microseconds.
     content = os.urandom(64 * 1024)
-    for _ in range(30):
+    digest = hashlib.sha256(content).digest()
+    for offset in range(-10, 50):
         old = await create(store, content)
         staged = await stage(store, content)
-        new_record, _ = await asyncio.gather(
-            store.create_file("p", staged, filename="n", purpose="assistants"),
-            store.delete_file("p", old),
-        )
-        _, path = await store.content_path("p", new_record.id)
-        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(content).digest()
-        await store.delete_file("p", new_record.id)
+        upload = store.create_file("p", staged, filename="n", purpose="assistants")
+        delete = store.delete_file("p", old)
+        first, second = (delete, upload) if offset >= 0 else (upload, delete)
+        first_task = asyncio.create_task(first)
+        await asyncio.sleep(abs(offset) * 0.0001)
+        await second
+        await first_task
+        records = (await store.list_files("p", ListQuery())).files
+        assert len(records) == 1, f"offset {offset}"
+        _, path = await store.content_path("p", records[0].id)
+        assert hashlib.sha256(path.read_bytes()).digest() == digest, f"offset {offset}"
+        await store.delete_file("p", records[0].id)
     assert blob_count(tmp_path) == 0
 
 
