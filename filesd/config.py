@@ -226,21 +226,20 @@ def _get_str_list(table: Mapping[str, Any], name: str, default: tuple[str, ...])
     return tuple(dict.fromkeys(value))
 
 
+# bool before int: bool is a subclass of int, and `true` is not an integer here.
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
 def _type_name_of(kind: type) -> str:
-    return {str: "a string", int: "an integer", bool: "a boolean"}.get(kind, kind.__name__)
+    return next((name for t, name in _TYPE_NAMES if t is kind), kind.__name__)
 
 
 def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
+    return next((name for t, name in _TYPE_NAMES if isinstance(value, t)), type(value).__name__)

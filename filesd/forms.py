@@ -38,12 +38,15 @@ async def read_upload_form(
     request: web.Request, store: FileStore, purposes: tuple[str, ...]
 ) -> UploadForm:
     """Read and validate the form; the caller owns `staged` in the result (create or discard)."""
+    not_a_form = InvalidRequest(
+        "The request must be multipart/form-data with a 'file' and a 'purpose' field."
+    )
+    if request.content_type != "multipart/form-data":
+        raise not_a_form
     try:
         reader = await request.multipart()
-    except (AssertionError, ValueError, KeyError):
-        raise InvalidRequest(
-            "The request must be multipart/form-data with a 'file' and a 'purpose' field."
-        ) from None
+    except (ValueError, KeyError):  # no or a malformed boundary
+        raise not_a_form from None
     fields: dict[str, str] = {}
     staged: StagedBlob | None = None
     filename = ""

@@ -178,11 +178,7 @@ async def test_bad_upload_forms_are_refused_and_store_nothing(
 
 
 async def test_upload_without_file_or_not_multipart(client: Client, tmp_path: Path) -> None:
-    resp = await client.post(
-        "/v1/files",
-        data=_raw_form([("purpose", None, b"assistants")]),
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-    )
+    resp = await post_raw(client, _raw_form([("purpose", None, b"assistants")]))
     await assert_error(resp, 400, "'file' is a required property", "file")
     resp = await client.post("/v1/files", data={"purpose": "assistants"}, headers=ALPHA)
     await assert_error(resp, 400)
@@ -190,18 +186,18 @@ async def test_upload_without_file_or_not_multipart(client: Client, tmp_path: Pa
     await assert_error(resp, 400)
     resp = await client.post("/v1/files", headers=ALPHA)
     await assert_error(resp, 400)
-    # A 'file' field that is not a file upload (no filename).
     resp = await client.post(
-        "/v1/files",
-        data=_raw_form([("purpose", None, b"assistants"), ("file", None, b"abc")]),
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        "/v1/files", data=b"x", headers={**ALPHA, "Content-Type": "multipart/form-data"}
+    )
+    await assert_error(resp, 400)  # no boundary
+    # A 'file' field that is not a file upload (no filename).
+    resp = await post_raw(
+        client, _raw_form([("purpose", None, b"assistants"), ("file", None, b"abc")])
     )
     await assert_error(resp, 400, param="file")
     # A duplicate file part.
-    resp = await client.post(
-        "/v1/files",
-        data=_raw_form([("file", "a", b"1"), ("file", "b", b"2"), ("purpose", None, b"batch")]),
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    resp = await post_raw(
+        client, _raw_form([("file", "a", b"1"), ("file", "b", b"2"), ("purpose", None, b"batch")])
     )
     await assert_error(resp, 400, "Duplicate field 'file'.", "file")
     await assert_nothing_stored(client, tmp_path / "data")
@@ -210,15 +206,22 @@ async def test_upload_without_file_or_not_multipart(client: Client, tmp_path: Pa
 BOUNDARY = "filesd-test-boundary"
 
 
+async def post_raw(client: Client, body: bytes) -> Any:
+    """POST a hand-made multipart body, for what aiohttp's client refuses to produce."""
+    return await client.post(
+        "/v1/files",
+        data=body,
+        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+
+
 @pytest.mark.parametrize("filename", ["a\x00b.txt", "a\x01b", "esc\x1b[31m", "del\x7f"])
 async def test_raw_control_characters_in_part_headers_are_refused(
     client: Client, tmp_path: Path, filename: str
 ) -> None:
     # aiohttp's header parser refuses these before any field is known: a 400, no param.
-    resp = await client.post(
-        "/v1/files",
-        data=_raw_form([("purpose", None, b"assistants"), ("file", filename, b"abc")]),
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    resp = await post_raw(
+        client, _raw_form([("purpose", None, b"assistants"), ("file", filename, b"abc")])
     )
     await assert_error(resp, 400)
     await assert_nothing_stored(client, tmp_path / "data")
@@ -233,11 +236,7 @@ async def test_encoded_control_characters_in_filenames_are_refused(
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
         f"filename*=UTF-8''{encoded}\r\n\r\nabc\r\n--{BOUNDARY}--\r\n"
     ).encode()
-    resp = await client.post(
-        "/v1/files",
-        data=body,
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-    )
+    resp = await post_raw(client, body)
     await assert_error(resp, 400, "The filename must not contain control characters.", "file")
     await assert_nothing_stored(client, tmp_path / "data")
 
@@ -247,11 +246,7 @@ async def test_malformed_content_disposition_is_400(client: Client, tmp_path: Pa
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
         f"filename*=UTF-8''a b:c\r\n\r\nabc\r\n--{BOUNDARY}--\r\n"
     ).encode()
-    resp = await client.post(
-        "/v1/files",
-        data=body,
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-    )
+    resp = await post_raw(client, body)
     await assert_error(resp, 400)
     await assert_nothing_stored(client, tmp_path / "data")
 
@@ -431,10 +426,8 @@ async def test_content_headers(client: Client) -> None:
     "filename", ["résumé €.txt", "日本語.pdf", 'quote"and\\slash.txt', "50%.csv", "../../x"]
 )
 async def test_content_disposition_is_safe_for_any_name(client: Client, filename: str) -> None:
-    resp = await client.post(
-        "/v1/files",
-        data=_raw_form([("purpose", None, b"assistants"), ("file", filename, b"x")]),
-        headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    resp = await post_raw(
+        client, _raw_form([("purpose", None, b"assistants"), ("file", filename, b"x")])
     )
     body = await resp.json()
     assert body["filename"] == filename
