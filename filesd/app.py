@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .appkeys import CONFIG, REQUESTS, STORE
+from .appkeys import CONFIG, REQUESTS, STORE, UPLOADS
 from .auth import Authenticator, auth_middleware
 from .config import Config
 from .drain import RequestTracker
-from .errors import add_request_id, error_middleware
+from .errors import add_api_headers, error_middleware
 from .routes import setup_routes
 from .store import FileStore
+from .upload_routes import setup_upload_routes
+from .uploads import UploadService
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +42,50 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             config.storage.data_dir,
             id_format=config.files.id_format,
             max_file_bytes=config.limits.max_file_bytes,
+            default_expires_after=config.files.default_expires_after,
             clock=clock,
         )
+        uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store
+        app[UPLOADS] = uploads
         if authenticator.open_mode:
             log.warning(
                 "no API keys configured: running open, any bearer token is accepted "
                 "and each distinct token is its own project"
             )
-        sweep = asyncio.create_task(_sweep_orphans(store))
+        maintenance = asyncio.create_task(
+            _maintain(store, uploads, interval=config.storage.sweep_interval)
+        )
         try:
             yield
         finally:
-            sweep.cancel()
+            maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await sweep
+                await maintenance
             await store.close()
 
     app.cleanup_ctx.append(store_ctx)
-    app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(add_api_headers)
     app.on_response_prepare.append(requests.on_response_prepare)
     setup_routes(app)
+    setup_upload_routes(app)
     return app
 
 
-async def _sweep_orphans(store: FileStore) -> None:
-    """Start-up clean-up of blobs a crash left without a file; serving goes on meanwhile."""
-    try:
-        await store.sweep_orphans()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("sweeping orphaned blobs failed")
+async def _maintain(store: FileStore, uploads: UploadService, *, interval: int) -> None:
+    """Background upkeep while serving: start-up recovery once, then periodic sweeps.
+
+    Start-up: blobs and part files a crash left unreferenced, uploads caught mid-completion.
+    Every `interval` seconds: expired files (already hidden) and expired uploads.
+    """
+    steps = [store.sweep_orphans, uploads.recover]
+    while True:
+        for step in [*steps, store.sweep_expired, uploads.sweep_expired]:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background %s failed", step.__name__)
+        steps = []
+        await asyncio.sleep(interval)

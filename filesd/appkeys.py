@@ -7,7 +7,9 @@ from aiohttp import web
 from .config import Config
 from .drain import RequestTracker
 from .store import FileStore
+from .uploads import UploadService
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", FileStore)
 REQUESTS = web.AppKey("requests", RequestTracker)
+UPLOADS = web.AppKey("uploads", UploadService)

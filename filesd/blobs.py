@@ -24,6 +24,7 @@ from pathlib import Path
 
 BATCH_BYTES = 1024 * 1024
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 _TEMP_SUFFIX = ".part"
 
 
@@ -44,13 +45,24 @@ class StagedBlob:
     size: int
 
 
+@dataclass(frozen=True)
+class ConcatResult:
+    staged: StagedBlob
+    md5: str
+
+
 class BlobStore:
-    """Blobs under `root/blobs`, temp files under `root/tmp` (the same filesystem)."""
+    """Blobs under `root/blobs`, temp files under `root/tmp`, upload parts under `root/parts`.
+
+    Parts are the pieces of an upload in progress: they outlive a restart (unlike temp files)
+    and are named by tokens this server generates, never by ids a client sends.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blob_dir = root / "blobs"
         self.temp_dir = root / "tmp"
+        self.part_dir = root / "parts"
 
     def prepare(self) -> int:
         """Create the directories and remove temp files left by interrupted writes.
@@ -59,6 +71,7 @@ class BlobStore:
         """
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.part_dir.mkdir(parents=True, exist_ok=True)
         removed = 0
         for entry in os.scandir(self.temp_dir):
             if entry.is_file(follow_symlinks=False):
@@ -114,6 +127,71 @@ class BlobStore:
                 for entry in os.scandir(mid):
                     if _DIGEST.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                         yield entry.name
+
+    # --- upload parts ----------------------------------------------------------------------
+
+    def save_part(self, staged: StagedBlob) -> str:
+        """Keep staged content as an upload part; returns the token that names it."""
+        token = uuid.uuid4().hex
+        try:
+            os.replace(staged.temp_path, self.part_path(token))
+        except BaseException:
+            staged.temp_path.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.part_dir)
+        return token
+
+    def part_path(self, token: str) -> Path:
+        if not _TOKEN.fullmatch(token):
+            raise ValueError("not a part token")
+        return self.part_dir / token
+
+    def remove_parts(self, tokens: list[str]) -> int:
+        removed = 0
+        for token in tokens:
+            try:
+                self.part_path(token).unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
+    def part_tokens_older_than(self, cutoff: float) -> list[str]:
+        """Tokens of the part files last modified before `cutoff` (a Unix time).
+
+        Parts saved since then may still be on their way to the database.
+        """
+        with os.scandir(self.part_dir) as it:
+            return [
+                e.name
+                for e in it
+                if _TOKEN.fullmatch(e.name)
+                and e.is_file(follow_symlinks=False)
+                and e.stat().st_mtime < cutoff
+            ]
+
+    def concat_parts(self, tokens: list[str]) -> ConcatResult:
+        """Join parts, in order, into new staged content, computing its SHA-256 and MD5.
+
+        Blocking: run it in a thread. The parts themselves are left in place.
+        """
+        temp = self.temp_dir / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            with temp.open("xb", buffering=0) as out:
+                for token in tokens:
+                    with self.part_path(token).open("rb", buffering=0) as part:
+                        while chunk := part.read(BATCH_BYTES):
+                            sha256.update(chunk)
+                            md5.update(chunk)
+                            _write_all(out.fileno(), chunk)
+                            size += len(chunk)
+                os.fsync(out.fileno())
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return ConcatResult(StagedBlob(temp, sha256.hexdigest(), size), md5.hexdigest())
 
 
 class BlobWriter:
@@ -192,10 +270,7 @@ class BlobWriter:
             )
         for chunk in chunks:
             self._hash.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, chunk)
 
     def _sync_and_close(self) -> None:
         if self._fd is None:  # empty content: nothing was written yet
@@ -212,6 +287,12 @@ class BlobWriter:
             fd, self._fd = self._fd, None
             os.close(fd)
         self._path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _subdirs(path: Path) -> Iterator[Path]:

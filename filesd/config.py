@@ -24,6 +24,10 @@ DEFAULT_PURPOSES: tuple[str, ...] = (
     "evals",
 )
 ID_FORMATS = ("uuid", "openai")
+# OpenAI's defaults: batch files expire after 30 days, other files never.
+DEFAULT_EXPIRES_AFTER: dict[str, int] = {"batch": 30 * 24 * 3600}
+# The purposes whose files OpenAI refuses to let you download.
+OPENAI_REFUSED_DOWNLOADS: tuple[str, ...] = ("assistants", "user_data")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _T = TypeVar("_T")
 
@@ -41,17 +45,30 @@ class ServerConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     data_dir: Path = Path("filesd-data")
+    sweep_interval: int = 60
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     max_file_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = 8 * 1024 * 1024 * 1024
+    max_part_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class FilesConfig:
     id_format: str = "uuid"
     purposes: tuple[str, ...] = DEFAULT_PURPOSES
+    default_expires_after: Mapping[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_EXPIRES_AFTER)
+    )
+    refuse_downloads: bool = False
+    refused_download_purposes: tuple[str, ...] = OPENAI_REFUSED_DOWNLOADS
+
+    @property
+    def download_refused(self) -> frozenset[str]:
+        """Purposes whose files cannot be downloaded (none unless `refuse_downloads`)."""
+        return frozenset(self.refused_download_purposes if self.refuse_downloads else ())
 
 
 @dataclass(frozen=True)
@@ -125,28 +142,50 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {port}")
 
     storage = _table(data, "storage")
-    _check_keys(storage, "storage.", {"data_dir"})
+    _check_keys(storage, "storage.", {"data_dir", "sweep_interval"})
     data_dir_raw = _get(storage, "storage.data_dir", str, str(StorageConfig.data_dir))
     if not data_dir_raw:
         raise ConfigError("storage.data_dir: must not be empty")
     data_dir = Path(data_dir_raw).expanduser()
     if not data_dir.is_absolute():
         data_dir = base_dir / data_dir
+    sweep_interval = _get(storage, "storage.sweep_interval", int, StorageConfig.sweep_interval)
+    if sweep_interval < 1:
+        raise ConfigError(
+            f"storage.sweep_interval: must be at least 1 second, got {sweep_interval}"
+        )
 
     limits = _table(data, "limits")
-    _check_keys(limits, "limits.", {"max_file_bytes"})
-    max_file_bytes = _get(limits, "limits.max_file_bytes", int, LimitsConfig.max_file_bytes)
-    if max_file_bytes < 1:
-        raise ConfigError(f"limits.max_file_bytes: must be at least 1, got {max_file_bytes}")
+    _check_keys(limits, "limits.", {"max_file_bytes", "max_upload_bytes", "max_part_bytes"})
+    sizes = {
+        name: _get(limits, f"limits.{name}", int, getattr(LimitsConfig, name))
+        for name in ("max_file_bytes", "max_upload_bytes", "max_part_bytes")
+    }
+    for name, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"limits.{name}: must be at least 1, got {value}")
 
     files = _table(data, "files")
-    _check_keys(files, "files.", {"id_format", "purposes"})
+    _check_keys(
+        files,
+        "files.",
+        {
+            "id_format",
+            "purposes",
+            "default_expires_after",
+            "refuse_downloads",
+            "refused_download_purposes",
+        },
+    )
     id_format = _get(files, "files.id_format", str, FilesConfig.id_format)
     if id_format not in ID_FORMATS:
         raise ConfigError(f"files.id_format: must be one of {list(ID_FORMATS)}, got {id_format!r}")
     purposes = _get_str_list(files, "files.purposes", DEFAULT_PURPOSES)
     if not purposes:
         raise ConfigError("files.purposes: must list at least one purpose")
+    default_expires_after = _parse_expiry_defaults(files, purposes)
+    refuse_downloads = _get(files, "files.refuse_downloads", bool, FilesConfig.refuse_downloads)
+    refused = _get_str_list(files, "files.refused_download_purposes", OPENAI_REFUSED_DOWNLOADS)
 
     auth = _table(data, "auth")
     _check_keys(auth, "auth.", {"keys"})
@@ -154,11 +193,36 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
 
     return Config(
         server=ServerConfig(host=host, port=port),
-        storage=StorageConfig(data_dir=data_dir),
-        limits=LimitsConfig(max_file_bytes=max_file_bytes),
-        files=FilesConfig(id_format=id_format, purposes=purposes),
+        storage=StorageConfig(data_dir=data_dir, sweep_interval=sweep_interval),
+        limits=LimitsConfig(**sizes),
+        files=FilesConfig(
+            id_format=id_format,
+            purposes=purposes,
+            default_expires_after=default_expires_after,
+            refuse_downloads=refuse_downloads,
+            refused_download_purposes=refused,
+        ),
         auth=AuthConfig(keys=keys),
     )
+
+
+def _parse_expiry_defaults(files: Mapping[str, Any], purposes: tuple[str, ...]) -> dict[str, int]:
+    name = "files.default_expires_after"
+    if "default_expires_after" not in files:
+        return dict(DEFAULT_EXPIRES_AFTER)
+    table = files["default_expires_after"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: expected a table of purpose = seconds")
+    defaults: dict[str, int] = {}
+    for purpose in table:
+        seconds = _get(table, f"{name}.{purpose}", int, 0)
+        if purpose not in purposes:
+            raise ConfigError(f"{name}.{purpose}: not one of files.purposes")
+        if seconds < 0:
+            raise ConfigError(f"{name}.{purpose}: must be 0 (never) or more seconds")
+        if seconds:
+            defaults[purpose] = seconds
+    return defaults
 
 
 def _parse_keys(raw: object) -> tuple[ApiKey, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from .models import FileRecord
+from .models import FileRecord, PartRecord, UploadRecord
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: files
@@ -39,12 +39,43 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE deleted_at IS NULL;
     CREATE INDEX files_live_by_blob ON files (sha256) WHERE deleted_at IS NULL;
     """,
+    # 2: uploads in parts, and the expiry sweep
+    """
+    CREATE INDEX files_live_by_expiry ON files (expires_at)
+        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        mime_type TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        file_expires_after INTEGER,
+        status TEXT NOT NULL,
+        file_id TEXT
+    );
+    CREATE INDEX uploads_pending_by_expiry ON uploads (expires_at) WHERE status = 'pending';
+    CREATE TABLE upload_parts (
+        id TEXT PRIMARY KEY,
+        upload_id TEXT NOT NULL REFERENCES uploads (id),
+        token TEXT NOT NULL UNIQUE,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX upload_parts_by_upload ON upload_parts (upload_id);
+    """,
 )
 
 _COLUMNS = (
     "id, project, filename, purpose, bytes, sha256, created_at, expires_at, status, status_details"
 )
 _LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)"
+_UPLOAD_COLUMNS = (
+    "id, project, filename, purpose, mime_type, bytes, created_at, expires_at, "
+    "file_expires_after, status, file_id"
+)
 
 
 class SchemaTooNew(Exception):
@@ -111,6 +142,11 @@ class Database:
             ),
         )
 
+    async def file_exists(self, file_id: str) -> bool:
+        """True if a row with this id exists, in any state."""
+        async with self._conn.execute("SELECT 1 FROM files WHERE id = ?", (file_id,)) as cur:
+            return await cur.fetchone() is not None
+
     async def get_live_file(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
         sql = f"SELECT {_COLUMNS} FROM files WHERE id = :id AND project = :project AND {_LIVE}"
         async with self._conn.execute(sql, {"id": file_id, "project": project, "now": now}) as cur:
@@ -172,6 +208,17 @@ class Database:
             row = await cur.fetchone()
         return _record(row) if row is not None else None
 
+    async def delete_expired_files(self, *, now: int, limit: int) -> list[str]:
+        """Soft-delete up to `limit` expired files; returns their blob digests."""
+        sql = (
+            "UPDATE files SET deleted_at = expires_at WHERE seq IN ("
+            "  SELECT seq FROM files WHERE deleted_at IS NULL AND expires_at IS NOT NULL"
+            "  AND expires_at <= :now LIMIT :limit"
+            ") RETURNING sha256"
+        )
+        async with self._conn.execute(sql, {"now": now, "limit": limit}) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
     async def blob_in_use(self, sha256: str) -> bool:
         """True if any file not deleted refers to this blob (expired ones count until swept)."""
         sql = "SELECT 1 FROM files WHERE sha256 = ? AND deleted_at IS NULL LIMIT 1"
@@ -188,6 +235,86 @@ class Database:
                 "SELECT DISTINCT sha256 FROM files "
                 f"WHERE deleted_at IS NULL AND sha256 IN ({marks})"
             )
+            async with self._conn.execute(sql, chunk) as cur:
+                found.update(row[0] for row in await cur.fetchall())
+        return found
+
+    # --- uploads ------------------------------------------------------------------------------
+
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        await self._conn.execute(
+            f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                upload.id,
+                upload.project,
+                upload.filename,
+                upload.purpose,
+                upload.mime_type,
+                upload.bytes,
+                upload.created_at,
+                upload.expires_at,
+                upload.file_expires_after,
+                upload.status,
+                upload.file_id,
+            ),
+        )
+
+    async def get_upload(self, project: str, upload_id: str) -> UploadRecord | None:
+        sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND project = ?"
+        async with self._conn.execute(sql, (upload_id, project)) as cur:
+            row = await cur.fetchone()
+        return UploadRecord(*row) if row is not None else None
+
+    async def set_upload_status(
+        self, upload_id: str, *, old: str, new: str, file_id: str | None = None
+    ) -> bool:
+        """Move an upload from status `old` to `new`; False if it was not in `old`."""
+        sql = "UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = ?"
+        async with self._conn.execute(sql, (new, file_id, upload_id, old)) as cur:
+            return cur.rowcount == 1
+
+    async def insert_part(self, part: PartRecord, *, now: int) -> bool:
+        """Add a part to a pending, unexpired upload; False (nothing added) otherwise."""
+        sql = (
+            "INSERT INTO upload_parts (id, upload_id, token, bytes, created_at) "
+            "SELECT ?, ?, ?, ?, ? FROM uploads WHERE id = ? AND status = 'pending' "
+            "AND expires_at > ?"
+        )
+        params = (part.id, part.upload_id, part.token, part.bytes, part.created_at)
+        async with self._conn.execute(sql, (*params, part.upload_id, now)) as cur:
+            return cur.rowcount == 1
+
+    async def get_parts(self, upload_id: str) -> list[PartRecord]:
+        sql = "SELECT id, upload_id, token, bytes, created_at FROM upload_parts WHERE upload_id = ?"
+        async with self._conn.execute(sql, (upload_id,)) as cur:
+            return [PartRecord(*row) for row in await cur.fetchall()]
+
+    async def delete_parts(self, upload_id: str) -> list[str]:
+        """Remove the part rows of an upload; returns their file tokens."""
+        sql = "DELETE FROM upload_parts WHERE upload_id = ? RETURNING token"
+        async with self._conn.execute(sql, (upload_id,)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def expire_uploads(self, *, now: int) -> list[str]:
+        """Mark pending uploads past their expiry as expired; returns their ids."""
+        sql = (
+            "UPDATE uploads SET status = 'expired' "
+            "WHERE status = 'pending' AND expires_at <= ? RETURNING id"
+        )
+        async with self._conn.execute(sql, (now,)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def uploads_in_status(self, status: str) -> list[UploadRecord]:
+        sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = ?"
+        async with self._conn.execute(sql, (status,)) as cur:
+            return [UploadRecord(*row) for row in await cur.fetchall()]
+
+    async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(tokens), 500):
+            chunk = tokens[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT token FROM upload_parts WHERE token IN ({marks})"
             async with self._conn.execute(sql, chunk) as cur:
                 found.update(row[0] for row in await cur.fetchall())
         return found

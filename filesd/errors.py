@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 
@@ -18,10 +19,21 @@ from aiohttp.multipart import BadContentDispositionHeader, BadContentDisposition
 from aiohttp.typedefs import Handler
 
 from .store import BlobMissing, BlobTooLarge, CursorNotFound, FileNotFound
+from .uploads import (
+    DuplicatePart,
+    Md5Mismatch,
+    PartsSizeMismatch,
+    UnknownPart,
+    UploadNotFound,
+    UploadNotPending,
+)
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+_STARTED = web.RequestKey("started", float)
+# The API version OpenAI reports in its `openai-version` header.
+OPENAI_VERSION = "2020-10-01"
 
 
 class ApiError(Exception):
@@ -111,6 +123,29 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
         return InvalidRequest(f"No such File object: {exc.file_id}", param="after")
     if isinstance(exc, BlobTooLarge):
         return file_too_large(exc.limit)
+    if isinstance(exc, UploadNotFound):
+        return NotFound(f"No such Upload object: {exc.upload_id}", param="upload_id")
+    if isinstance(exc, UploadNotPending):
+        return InvalidRequest(
+            f"Upload {exc.upload_id} is {exc.status}: only a pending upload accepts parts, "
+            "completion or cancellation."
+        )
+    if isinstance(exc, UnknownPart):
+        return InvalidRequest(f"No such Part object: {exc.part_id}", param="part_ids")
+    if isinstance(exc, DuplicatePart):
+        return InvalidRequest(f"Part {exc.part_id} is listed more than once.", param="part_ids")
+    if isinstance(exc, PartsSizeMismatch):
+        return InvalidRequest(
+            f"The parts hold {exc.actual} bytes, but the upload was created with "
+            f"bytes={exc.expected}.",
+            param="part_ids",
+        )
+    if isinstance(exc, Md5Mismatch):
+        return InvalidRequest(
+            f"The MD5 checksum of the parts ({exc.actual}) does not match the md5 given "
+            f"({exc.expected}).",
+            param="md5",
+        )
     if isinstance(exc, BlobMissing):
         return ServerError(
             f"The content of file {exc.record.id} is missing from storage; "
@@ -152,6 +187,7 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request its id and turn every exception into an enveloped error response."""
     request[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
+    request[_STARTED] = time.monotonic()
     try:
         return await handler(request)
     except asyncio.CancelledError:
@@ -164,7 +200,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(_from_exception(request, exc))
 
 
-async def add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response the app sends carries its request id."""
-    request_id = request.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
-    response.headers["x-request-id"] = request_id
+async def add_api_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: the headers OpenAI sends that clients read, on every response."""
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    response.headers["openai-version"] = OPENAI_VERSION
+    started = request.get(_STARTED)
+    if started is not None:
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        response.headers["openai-processing-ms"] = str(elapsed_ms)

@@ -1,29 +1,38 @@
-"""The multipart form of `POST /v1/files`, read as a stream.
+"""Multipart forms read as a stream: `POST /v1/files` and the parts of an upload.
 
-Fields may come in any order. The `file` part is streamed into a blob writer in large chunks and
-never held in memory; text fields are small and capped. Any error leaves nothing behind: staged
-content is removed before the error propagates.
+Fields may come in any order. The one content field is streamed into a blob writer in large
+chunks and never held in memory; text fields are small and capped. Any error leaves nothing
+behind: staged content is removed before the error propagates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
 
-from .blobs import StagedBlob
+from .blobs import BlobWriter, StagedBlob
 from .errors import InvalidRequest
 from .store import FileStore
+from .validation import check_expires_after, check_filename, check_purpose
 
 READ_CHUNK = 1024 * 1024
 TEXT_FIELD_MAX = 1024
-FILENAME_MAX = 1024
 # Slack for the form around the file: boundaries, part headers, the text fields. A request whose
-# Content-Length exceeds max_file_bytes by more than this cannot hold an acceptable file.
+# Content-Length exceeds the content limit by more than this cannot hold acceptable content.
 FORM_OVERHEAD = 64 * 1024
-EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
 
-_TEXT_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+_UPLOAD_TEXT_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+
+
+@dataclass(frozen=True)
+class Form:
+    """A read form: the staged content (owned by the caller: use it or discard it) and fields."""
+
+    staged: StagedBlob
+    filename: str | None
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,47 @@ class UploadForm:
 async def read_upload_form(
     request: web.Request, store: FileStore, purposes: tuple[str, ...]
 ) -> UploadForm:
-    """Read and validate the form; the caller owns `staged` in the result (create or discard)."""
+    """The form of `POST /v1/files`: `file` (with a filename), `purpose`, `expires_after[...]`."""
+
+    def check_text(name: str, value: str) -> None:
+        if name == "purpose":  # fail before the file is read, when purpose comes first
+            check_purpose(value, purposes)
+
+    form = await read_form(
+        request,
+        content_field="file",
+        text_fields=_UPLOAD_TEXT_FIELDS,
+        new_writer=store.blob_writer,
+        discard=store.discard,
+        check_text=check_text,
+    )
+    try:
+        filename = check_filename(form.filename)
+        if "purpose" not in form.fields:
+            raise InvalidRequest("'purpose' is a required property", param="purpose")
+        anchor = form.fields.get("expires_after[anchor]")
+        seconds = form.fields.get("expires_after[seconds]")
+        expires_after = None
+        if anchor is not None or seconds is not None:
+            expires_after = check_expires_after(anchor, seconds, prefix="expires_after")
+    except BaseException:
+        await store.discard(form.staged)
+        raise
+    return UploadForm(form.staged, filename, form.fields["purpose"], expires_after)
+
+
+async def read_form(
+    request: web.Request,
+    *,
+    content_field: str,
+    text_fields: tuple[str, ...],
+    new_writer: Callable[[], BlobWriter],
+    discard: Callable[[StagedBlob], Awaitable[None]],
+    check_text: Callable[[str, str], None] | None = None,
+) -> Form:
+    """Read a form with one content field (streamed) and some small text fields."""
     not_a_form = InvalidRequest(
-        "The request must be multipart/form-data with a 'file' and a 'purpose' field."
+        f"The request must be multipart/form-data with a '{content_field}' field."
     )
     if request.content_type != "multipart/form-data":
         raise not_a_form
@@ -49,7 +96,7 @@ async def read_upload_form(
         raise not_a_form from None
     fields: dict[str, str] = {}
     staged: StagedBlob | None = None
-    filename = ""
+    filename: str | None = None
     try:
         while True:
             try:
@@ -63,31 +110,27 @@ async def read_upload_form(
             name = part.name
             if name is None:
                 raise InvalidRequest("Every multipart part needs a name.")
-            if name in fields or (name == "file" and staged is not None):
+            if name in fields or (name == content_field and staged is not None):
                 raise InvalidRequest(f"Duplicate field '{name}'.", param=name)
-            if name == "file":
-                filename = _check_filename(part.filename)
-                staged = await _stream_file(part, store)
-            elif name in _TEXT_FIELDS:
+            if name == content_field:
+                filename = part.filename
+                staged = await _stream_content(part, new_writer())
+            elif name in text_fields:
                 fields[name] = await _read_text(part, name)
-                if name == "purpose":
-                    _check_purpose(fields[name], purposes)
+                if check_text is not None:
+                    check_text(name, fields[name])
             else:
                 raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
         if staged is None:
-            raise InvalidRequest("'file' is a required property", param="file")
-        if "purpose" not in fields:
-            raise InvalidRequest("'purpose' is a required property", param="purpose")
-        expires_after = _expires_after(fields)
+            raise InvalidRequest(f"'{content_field}' is a required property", param=content_field)
     except BaseException:
         if staged is not None:
-            await store.discard(staged)
+            await discard(staged)
         raise
-    return UploadForm(staged, filename, fields["purpose"], expires_after)
+    return Form(staged, filename, fields)
 
 
-async def _stream_file(part: BodyPartReader, store: FileStore) -> StagedBlob:
-    writer = store.blob_writer()
+async def _stream_content(part: BodyPartReader, writer: BlobWriter) -> StagedBlob:
     try:
         while chunk := await part.read_chunk(READ_CHUNK):
             await writer.write(chunk)
@@ -109,65 +152,3 @@ async def _read_text(part: BodyPartReader, name: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest(f"Field '{name}' is not valid UTF-8.", param=name) from None
-
-
-def _check_filename(filename: str | None) -> str:
-    if not filename:
-        raise InvalidRequest(
-            "'file' must be a file upload: a multipart part with a filename.", param="file"
-        )
-    try:
-        filename.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("The filename is not valid UTF-8.", param="file") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename):
-        raise InvalidRequest("The filename must not contain control characters.", param="file")
-    if len(filename) > FILENAME_MAX:
-        raise InvalidRequest(
-            f"The filename is too long (at most {FILENAME_MAX} characters).", param="file"
-        )
-    return filename
-
-
-def _check_purpose(purpose: str, purposes: tuple[str, ...]) -> None:
-    if purpose not in purposes:
-        listed = ", ".join(repr(p) for p in purposes)
-        raise InvalidRequest(f"{purpose!r} is not one of [{listed}] - 'purpose'", param="purpose")
-
-
-def _expires_after(fields: dict[str, str]) -> int | None:
-    anchor = fields.get("expires_after[anchor]")
-    seconds = fields.get("expires_after[seconds]")
-    if anchor is None and seconds is None:
-        return None
-    if anchor is None:
-        raise InvalidRequest(
-            "'expires_after[anchor]' is required with 'expires_after[seconds]'",
-            param="expires_after[anchor]",
-        )
-    if anchor != "created_at":
-        raise InvalidRequest(
-            f"Invalid value: {anchor!r}. Supported values are: 'created_at'.",
-            param="expires_after[anchor]",
-            code="invalid_value",
-        )
-    if seconds is None:
-        raise InvalidRequest(
-            "'expires_after[seconds]' is required with 'expires_after[anchor]'",
-            param="expires_after[seconds]",
-        )
-    if not seconds.isascii() or not seconds.isdigit():
-        raise InvalidRequest(
-            f"Invalid type for 'expires_after[seconds]': expected an integer, got {seconds!r}.",
-            param="expires_after[seconds]",
-            code="invalid_type",
-        )
-    value = int(seconds)
-    if not EXPIRES_MIN <= value <= EXPIRES_MAX:
-        raise InvalidRequest(
-            f"Invalid 'expires_after[seconds]': expected a value between {EXPIRES_MIN} and "
-            f"{EXPIRES_MAX}, but got {value} instead.",
-            param="expires_after[seconds]",
-            code="invalid_value",
-        )
-    return value

@@ -14,9 +14,13 @@ def uuid_id() -> str:
     return str(uuid.uuid4())
 
 
+def prefixed_id(prefix: str) -> str:
+    """`prefix` and 24 base62 characters (~143 bits), the shape of OpenAI's ids."""
+    return prefix + "".join(secrets.choice(_BASE62) for _ in range(24))
+
+
 def openai_id() -> str:
-    """`file-` and 24 base62 characters (~143 bits), the shape of OpenAI's ids."""
-    return "file-" + "".join(secrets.choice(_BASE62) for _ in range(24))
+    return prefixed_id("file-")
 
 
 def id_factory(id_format: str) -> Callable[[], str]:

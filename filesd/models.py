@@ -54,3 +54,53 @@ class FilePage:
             "first_id": self.files[0].id if self.files else None,
             "last_id": self.files[-1].id if self.files else None,
         }
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """An upload in parts. `status`: pending, completing, completed, cancelled or expired."""
+
+    id: str
+    project: str
+    filename: str
+    purpose: str
+    mime_type: str
+    bytes: int
+    created_at: int
+    expires_at: int
+    file_expires_after: int | None
+    status: str
+    file_id: str | None = None
+
+    def as_upload_object(self, file: FileRecord | None = None) -> dict[str, Any]:
+        """The OpenAI `upload` object; a `completing` upload still shows as pending."""
+        return {
+            "id": self.id,
+            "object": "upload",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "pending" if self.status == "completing" else self.status,
+            "expires_at": self.expires_at,
+            "file": file.as_file_object() if file is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """A part of an upload; its bytes are in the parts area under `token`."""
+
+    id: str
+    upload_id: str
+    token: str
+    bytes: int
+    created_at: int
+
+    def as_part_object(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "upload.part",
+            "created_at": self.created_at,
+            "upload_id": self.upload_id,
+        }

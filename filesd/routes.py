@@ -98,9 +98,11 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def file_content(request: web.Request) -> web.FileResponse:
-    record, path = await request.app[STORE].content_path(
-        request[PROJECT], request.match_info["file_id"]
-    )
+    store = request.app[STORE]
+    record = await store.get_file(request[PROJECT], request.match_info["file_id"])
+    if record.purpose in request.app[CONFIG].files.download_refused:
+        raise InvalidRequest(f"Not allowed to download files of purpose: {record.purpose}")
+    path = await store.blob_path(record)
     _check_range(request, record.bytes)
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
     return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)

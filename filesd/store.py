@@ -21,7 +21,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,13 +94,16 @@ class FileStore:
         lock_fd: int,
         id_format: str,
         max_file_bytes: int,
+        default_expires_after: Mapping[str, int],
         clock: Callable[[], float],
     ) -> None:
-        self._db = db
-        self._blobs = blobs
+        # db and blobs are shared with the upload service, which builds on this store.
+        self.db = db
+        self.blobs = blobs
         self._lock_fd = lock_fd
-        self._new_id = id_factory(id_format)
+        self.new_file_id = id_factory(id_format)
         self._max_file_bytes = max_file_bytes
+        self._default_expires_after = dict(default_expires_after)
         self._clock = clock
         self._write_lock = asyncio.Lock()
 
@@ -111,6 +114,7 @@ class FileStore:
         *,
         id_format: str = "uuid",
         max_file_bytes: int = 512 * 1024 * 1024,
+        default_expires_after: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> FileStore:
         """Open (creating if needed) the store in `data_dir` and clean up interrupted uploads.
@@ -133,11 +137,12 @@ class FileStore:
             lock_fd=lock_fd,
             id_format=id_format,
             max_file_bytes=max_file_bytes,
+            default_expires_after=default_expires_after or {},
             clock=clock,
         )
 
     async def close(self) -> None:
-        await self._db.close()
+        await self.db.close()
         os.close(self._lock_fd)
 
     @property
@@ -149,11 +154,11 @@ class FileStore:
 
     def blob_writer(self) -> BlobWriter:
         """A writer for the content of a new file, capped at `max_file_bytes`."""
-        return self._blobs.writer(self._max_file_bytes)
+        return self.blobs.writer(self._max_file_bytes)
 
     async def discard(self, staged: StagedBlob) -> None:
         """Drop staged content that will not become a file."""
-        await asyncio.to_thread(self._blobs.discard, staged)
+        await asyncio.to_thread(self.blobs.discard, staged)
 
     async def create_file(
         self,
@@ -163,14 +168,21 @@ class FileStore:
         filename: str,
         purpose: str,
         expires_after: int | None = None,
+        file_id: str | None = None,
     ) -> FileRecord:
-        """Store staged content as a new file; the staged temp file is consumed either way."""
+        """Store staged content as a new file; the staged temp file is consumed either way.
+
+        Without `expires_after` the purpose's default expiry applies (if any). `file_id` lets a
+        caller reserve the id beforehand (see `new_file_id`); by default a new one is made.
+        """
+        if expires_after is None:
+            expires_after = self._default_expires_after.get(purpose)
         linked = False
         try:
             async with self._write_lock:
                 created_at = self.now()
                 record = FileRecord(
-                    id=self._new_id(),
+                    id=file_id or self.new_file_id(),
                     project=project,
                     filename=filename,
                     purpose=purpose,
@@ -179,39 +191,38 @@ class FileStore:
                     created_at=created_at,
                     expires_at=None if expires_after is None else created_at + expires_after,
                 )
-                await asyncio.to_thread(self._blobs.link, staged)
+                await asyncio.to_thread(self.blobs.link, staged)
                 linked = True
                 # A crash here leaves a blob with no row: invisible, and swept at start-up.
-                await self._db.insert_file(record)
+                await self.db.insert_file(record)
                 return record
         finally:
             if not linked:
                 await self.discard(staged)
 
     async def get_file(self, project: str, file_id: str) -> FileRecord:
-        record = await self._db.get_live_file(project, file_id, now=self.now())
+        record = await self.db.get_live_file(project, file_id, now=self.now())
         if record is None:
             raise FileNotFound(file_id)
         return record
 
-    async def content_path(self, project: str, file_id: str) -> tuple[FileRecord, Path]:
-        """The file and the path of its bytes; raises `BlobMissing` if they are gone."""
-        record = await self.get_file(project, file_id)
-        path = self._blobs.path_for(record.sha256)
+    async def blob_path(self, record: FileRecord) -> Path:
+        """The path of a file's bytes; raises `BlobMissing` if they are gone."""
+        path = self.blobs.path_for(record.sha256)
         if not await asyncio.to_thread(path.is_file):
             log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
             raise BlobMissing(record)
-        return record, path
+        return path
 
     async def list_files(self, project: str, query: ListQuery) -> FilePage:
         now = self.now()
         after_seq = None
         if query.after is not None:
-            after_seq = await self._db.file_seq(project, query.after)
+            after_seq = await self.db.file_seq(project, query.after)
             if after_seq is None:
                 raise CursorNotFound(query.after)
         # One row more than asked for tells whether another page follows.
-        rows = await self._db.list_live_files(
+        rows = await self.db.list_live_files(
             project,
             now=now,
             purpose=query.purpose,
@@ -220,30 +231,46 @@ class FileStore:
             limit=query.limit + 1,
             offset=query.offset,
         )
-        total = await self._db.count_live_files(project, now=now, purpose=query.purpose)
+        total = await self.db.count_live_files(project, now=now, purpose=query.purpose)
         return FilePage(files=rows[: query.limit], total=total, has_more=len(rows) > query.limit)
 
     async def delete_file(self, project: str, file_id: str) -> FileRecord:
         """Soft-delete a file and reclaim its blob if no other file refers to it."""
         async with self._write_lock:
-            record = await self._db.mark_deleted(project, file_id, now=self.now())
+            record = await self.db.mark_deleted(project, file_id, now=self.now())
             if record is None:
                 raise FileNotFound(file_id)
             # A crash between the commit above and the unlink leaves an orphan blob: swept later.
-            if not await self._db.blob_in_use(record.sha256):
-                await asyncio.to_thread(self._blobs.remove, record.sha256)
+            if not await self.db.blob_in_use(record.sha256):
+                await asyncio.to_thread(self.blobs.remove, record.sha256)
         return record
+
+    async def sweep_expired(self) -> int:
+        """Delete expired files for good (they are already hidden) and reclaim their blobs."""
+        swept = 0
+        while True:
+            async with self._write_lock:
+                digests = await self.db.delete_expired_files(now=self.now(), limit=_SWEEP_BATCH)
+                unused = set(digests) - await self.db.blobs_in_use(sorted(set(digests)))
+                if unused:
+                    await asyncio.to_thread(self._remove_blobs, sorted(unused))
+            swept += len(digests)
+            if len(digests) < _SWEEP_BATCH:
+                break
+        if swept:
+            log.info("swept %d expired file(s)", swept)
+        return swept
 
     async def sweep_orphans(self) -> int:
         """Remove blobs no file refers to (left by a crash); returns how many were removed."""
-        digests = await asyncio.to_thread(lambda: list(self._blobs.digests()))
+        digests = await asyncio.to_thread(lambda: list(self.blobs.digests()))
         removed = 0
         for start in range(0, len(digests), _SWEEP_BATCH):
             batch = digests[start : start + _SWEEP_BATCH]
             # Under the lock no upload is between linking its blob and committing its row,
             # so a blob without a row here is truly unreferenced.
             async with self._write_lock:
-                in_use = await self._db.blobs_in_use(batch)
+                in_use = await self.db.blobs_in_use(batch)
                 orphans = [d for d in batch if d not in in_use]
                 if orphans:
                     removed += await asyncio.to_thread(self._remove_blobs, orphans)
@@ -252,7 +279,7 @@ class FileStore:
         return removed
 
     def _remove_blobs(self, digests: list[str]) -> int:
-        return sum(self._blobs.remove(d) for d in digests)
+        return sum(self.blobs.remove(d) for d in digests)
 
 
 def _lock_data_dir(data_dir: Path) -> int:

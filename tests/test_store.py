@@ -45,6 +45,10 @@ async def create(store: FileStore, content: bytes, project: str = "p", **kw: obj
     return record.id
 
 
+async def content_path(store: FileStore, project: str, file_id: str) -> Path:
+    return await store.blob_path(await store.get_file(project, file_id))
+
+
 def blob_count(root: Path) -> int:
     return len(list(BlobStore(root).digests()))
 
@@ -57,7 +61,7 @@ async def test_two_uploads_of_the_same_bytes_are_two_files_and_one_blob(
     assert a != b
     assert blob_count(tmp_path) == 1
     await store.delete_file("p", a)
-    _, path = await store.content_path("p", b)
+    path = await content_path(store, "p", b)
     assert path.read_bytes() == b"same bytes"
     await store.delete_file("p", b)
     assert blob_count(tmp_path) == 0
@@ -67,7 +71,7 @@ async def test_delete_is_soft_and_a_second_delete_is_not_found(store: FileStore)
     file_id = await create(store, b"x")
     deleted = await store.delete_file("p", file_id)
     assert deleted.id == file_id
-    for call in (store.get_file, store.delete_file, store.content_path):
+    for call in (store.get_file, store.delete_file):
         with pytest.raises(FileNotFound):
             await call("p", file_id)
     page = await store.list_files("p", ListQuery())
@@ -76,7 +80,7 @@ async def test_delete_is_soft_and_a_second_delete_is_not_found(store: FileStore)
 
 async def test_projects_never_see_each_other(store: FileStore) -> None:
     file_id = await create(store, b"secret", project="alpha")
-    for call in (store.get_file, store.delete_file, store.content_path):
+    for call in (store.get_file, store.delete_file):
         with pytest.raises(FileNotFound):
             await call("beta", file_id)
     assert (await store.list_files("beta", ListQuery())).total == 0
@@ -138,7 +142,7 @@ async def test_concurrent_upload_and_delete_of_the_same_bytes(
         await first_task
         records = (await store.list_files("p", ListQuery())).files
         assert len(records) == 1, f"offset {offset}"
-        _, path = await store.content_path("p", records[0].id)
+        path = await content_path(store, "p", records[0].id)
         assert hashlib.sha256(path.read_bytes()).digest() == digest, f"offset {offset}"
         await store.delete_file("p", records[0].id)
     assert blob_count(tmp_path) == 0
@@ -154,16 +158,16 @@ async def test_orphan_blobs_are_swept_and_referenced_ones_kept(
     assert blob_count(tmp_path) == 2
     assert await store.sweep_orphans() == 1
     assert blob_count(tmp_path) == 1
-    _, path = await store.content_path("p", kept)
+    path = await content_path(store, "p", kept)
     assert path.read_bytes() == b"kept"
 
 
 async def test_a_missing_blob_is_reported_not_hidden(store: FileStore, tmp_path: Path) -> None:
     file_id = await create(store, b"doomed")
-    _, path = await store.content_path("p", file_id)
+    path = await content_path(store, "p", file_id)
     path.unlink()
     with pytest.raises(BlobMissing) as info:
-        await store.content_path("p", file_id)
+        await content_path(store, "p", file_id)
     assert info.value.record.id == file_id
 
 

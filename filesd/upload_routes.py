@@ -1,0 +1,144 @@
+"""HTTP handlers of the Uploads API: create, add a part, complete, cancel."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from .appkeys import CONFIG, UPLOADS
+from .auth import PROJECT
+from .blobs import BlobTooLarge
+from .errors import InvalidRequest
+from .forms import FORM_OVERHEAD, read_form
+from .validation import (
+    check_expires_after,
+    check_filename,
+    check_no_unknown,
+    check_purpose,
+    require,
+)
+
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+MIME_TYPE_MAX = 255
+_BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The API expects a JSON payload, but what was sent was "
+    "not valid JSON.)"
+)
+
+
+def setup_upload_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/uploads", create_upload)
+    app.router.add_post("/v1/uploads/{upload_id}/parts", add_part)
+    app.router.add_post("/v1/uploads/{upload_id}/complete", complete_upload)
+    app.router.add_post("/v1/uploads/{upload_id}/cancel", cancel_upload)
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    body = await _json_object(request)
+    check_no_unknown(body, {"bytes", "filename", "mime_type", "purpose", "expires_after"})
+    size = require(body, "bytes", int, "an integer")
+    if not 0 <= size <= config.limits.max_upload_bytes:
+        raise InvalidRequest(
+            f"Invalid 'bytes': an upload holds 0 to {config.limits.max_upload_bytes} bytes, "
+            f"but got {size}.",
+            param="bytes",
+            code="invalid_value",
+        )
+    filename = check_filename(require(body, "filename", str, "a string"), param="filename")
+    mime_type = require(body, "mime_type", str, "a string")
+    if not mime_type or len(mime_type) > MIME_TYPE_MAX:
+        raise InvalidRequest(
+            f"Invalid 'mime_type': expected 1 to {MIME_TYPE_MAX} characters.", param="mime_type"
+        )
+    purpose = check_purpose(require(body, "purpose", str, "a string"), config.files.purposes)
+    file_expires_after = None
+    if body.get("expires_after") is not None:
+        policy = require(body, "expires_after", dict, "an object")
+        check_no_unknown(policy, {"anchor", "seconds"})
+        file_expires_after = check_expires_after(
+            policy.get("anchor"), policy.get("seconds"), prefix="expires_after"
+        )
+    upload = await request.app[UPLOADS].create(
+        request[PROJECT],
+        filename=filename,
+        purpose=purpose,
+        mime_type=mime_type,
+        size=size,
+        file_expires_after=file_expires_after,
+    )
+    return web.json_response(upload.as_upload_object())
+
+
+async def add_part(request: web.Request) -> web.Response:
+    uploads = request.app[UPLOADS]
+    project, upload_id = request[PROJECT], request.match_info["upload_id"]
+    # Refuse before reading the body: no point receiving 64 MiB for a finished upload.
+    await uploads.get_pending(project, upload_id)
+    limit = request.app[CONFIG].limits.max_part_bytes
+    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+        raise _part_too_large(limit)
+    try:
+        form = await read_form(
+            request,
+            content_field="data",
+            text_fields=(),
+            new_writer=uploads.part_writer,
+            discard=uploads.discard,
+        )
+    except BlobTooLarge:
+        raise _part_too_large(limit) from None
+    part = await uploads.add_part(project, upload_id, form.staged)
+    return web.json_response(part.as_part_object())
+
+
+async def complete_upload(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    check_no_unknown(body, {"part_ids", "md5"})
+    part_ids = require(body, "part_ids", list, "an array")
+    if not all(isinstance(p, str) for p in part_ids):
+        raise InvalidRequest(
+            "Invalid 'part_ids': expected an array of strings.",
+            param="part_ids",
+            code="invalid_type",
+        )
+    md5 = body.get("md5")
+    if md5 is not None and (not isinstance(md5, str) or not _MD5.fullmatch(md5)):
+        raise InvalidRequest(
+            "Invalid 'md5': expected 32 hexadecimal characters.", param="md5", code="invalid_value"
+        )
+    upload, record = await request.app[UPLOADS].complete(
+        request[PROJECT], request.match_info["upload_id"], part_ids, md5
+    )
+    return web.json_response(upload.as_upload_object(record))
+
+
+async def cancel_upload(request: web.Request) -> web.Response:
+    check_no_unknown(await _json_object(request, allow_empty=True), set())
+    upload = await request.app[UPLOADS].cancel(request[PROJECT], request.match_info["upload_id"])
+    return web.json_response(upload.as_upload_object())
+
+
+async def _json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()  # capped by the app's client_max_size (413 beyond)
+    if not raw.strip() and allow_empty:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(_BAD_JSON) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _part_too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"The part is too large: a part holds at most {limit} bytes.",
+        param="data",
+        code="part_too_large",
+    )

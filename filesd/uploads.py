@@ -1,0 +1,225 @@
+"""Uploads in parts (OpenAI's Uploads API), built on the file store.
+
+An upload is created pending and lives for `UPLOAD_TTL` seconds. Parts stream into the parts
+area (named by server tokens) and are recorded only while the upload is pending. Completing
+claims the upload (status `completing`, with the file id reserved), joins the chosen parts in a
+worker thread while hashing them, and hands the result to `FileStore.create_file`, so the file is
+content-addressed and deduplicated like any other. After a crash, `recover` finishes or reopens a
+claimed upload by whether its reserved file exists, and removes part files without a row.
+
+Errors are plain exceptions; the HTTP layer maps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+
+from .blobs import BlobWriter, StagedBlob
+from .ids import prefixed_id
+from .models import FileRecord, PartRecord, UploadRecord
+from .store import FileStore
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TTL = 3600
+
+
+class UploadNotFound(Exception):
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(upload_id)
+        self.upload_id = upload_id
+
+
+class UploadNotPending(Exception):
+    """The upload is completed, cancelled or expired (or being completed)."""
+
+    def __init__(self, upload_id: str, status: str) -> None:
+        super().__init__(f"{upload_id} is {status}")
+        self.upload_id = upload_id
+        self.status = status
+
+
+class UnknownPart(Exception):
+    def __init__(self, part_id: str) -> None:
+        super().__init__(part_id)
+        self.part_id = part_id
+
+
+class DuplicatePart(Exception):
+    def __init__(self, part_id: str) -> None:
+        super().__init__(part_id)
+        self.part_id = part_id
+
+
+class PartsSizeMismatch(Exception):
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"parts hold {actual} bytes, the upload declared {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class Md5Mismatch(Exception):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"md5 {actual} does not match {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class UploadService:
+    def __init__(self, files: FileStore, *, max_part_bytes: int) -> None:
+        self._files = files
+        self._db = files.db
+        self._blobs = files.blobs
+        self._max_part_bytes = max_part_bytes
+        self._started = time.time()
+
+    async def create(
+        self,
+        project: str,
+        *,
+        filename: str,
+        purpose: str,
+        mime_type: str,
+        size: int,
+        file_expires_after: int | None,
+    ) -> UploadRecord:
+        now = self._files.now()
+        upload = UploadRecord(
+            id=prefixed_id("upload_"),
+            project=project,
+            filename=filename,
+            purpose=purpose,
+            mime_type=mime_type,
+            bytes=size,
+            created_at=now,
+            expires_at=now + UPLOAD_TTL,
+            file_expires_after=file_expires_after,
+            status="pending",
+        )
+        await self._db.insert_upload(upload)
+        return upload
+
+    async def get_pending(self, project: str, upload_id: str) -> UploadRecord:
+        """The upload, if it still takes parts; raises `UploadNotFound` / `UploadNotPending`."""
+        upload = await self._db.get_upload(project, upload_id)
+        if upload is None:
+            raise UploadNotFound(upload_id)
+        if upload.status != "pending":
+            raise UploadNotPending(upload_id, upload.status)
+        if upload.expires_at <= self._files.now():
+            raise UploadNotPending(upload_id, "expired")
+        return upload
+
+    def part_writer(self) -> BlobWriter:
+        return self._blobs.writer(self._max_part_bytes)
+
+    async def discard(self, staged: StagedBlob) -> None:
+        await self._files.discard(staged)
+
+    async def add_part(self, project: str, upload_id: str, staged: StagedBlob) -> PartRecord:
+        """Keep staged content as the next part; consumes `staged` either way."""
+        try:
+            await self.get_pending(project, upload_id)
+            token = await asyncio.to_thread(self._blobs.save_part, staged)
+        except BaseException:
+            await self.discard(staged)
+            raise
+        part = PartRecord(
+            id=prefixed_id("part_"),
+            upload_id=upload_id,
+            token=token,
+            bytes=staged.size,
+            created_at=self._files.now(),
+        )
+        # The insert re-checks the status: a part racing a complete or cancel is refused.
+        if not await self._db.insert_part(part, now=self._files.now()):
+            await asyncio.to_thread(self._blobs.remove_parts, [token])
+            await self.get_pending(project, upload_id)  # raises with the current status
+            raise UploadNotPending(upload_id, "expired")
+        return part
+
+    async def complete(
+        self, project: str, upload_id: str, part_ids: list[str], md5: str | None
+    ) -> tuple[UploadRecord, FileRecord]:
+        upload = await self.get_pending(project, upload_id)
+        parts = {p.id: p for p in await self._db.get_parts(upload_id)}
+        seen: set[str] = set()
+        for part_id in part_ids:
+            if part_id not in parts:
+                raise UnknownPart(part_id)
+            if part_id in seen:
+                raise DuplicatePart(part_id)
+            seen.add(part_id)
+        total = sum(parts[p].bytes for p in part_ids)
+        if total != upload.bytes:
+            raise PartsSizeMismatch(upload.bytes, total)
+
+        file_id = self._files.new_file_id()
+        if not await self._db.set_upload_status(
+            upload_id, old="pending", new="completing", file_id=file_id
+        ):
+            await self.get_pending(project, upload_id)
+            raise UploadNotPending(upload_id, "completing")
+        try:
+            joined = await asyncio.to_thread(
+                self._blobs.concat_parts, [parts[p].token for p in part_ids]
+            )
+            if md5 is not None and joined.md5 != md5.lower():
+                await self.discard(joined.staged)
+                raise Md5Mismatch(md5, joined.md5)
+            record = await self._files.create_file(
+                project,
+                joined.staged,
+                filename=upload.filename,
+                purpose=upload.purpose,
+                expires_after=upload.file_expires_after,
+                file_id=file_id,
+            )
+        except BaseException:
+            await self._db.set_upload_status(upload_id, old="completing", new="pending")
+            raise
+        await self._finish(upload_id, file_id)
+        return replace(upload, status="completed", file_id=file_id), record
+
+    async def cancel(self, project: str, upload_id: str) -> UploadRecord:
+        upload = await self.get_pending(project, upload_id)
+        if not await self._db.set_upload_status(upload_id, old="pending", new="cancelled"):
+            await self.get_pending(project, upload_id)
+            raise UploadNotPending(upload_id, "completing")
+        await self._drop_parts(upload_id)
+        return replace(upload, status="cancelled")
+
+    async def sweep_expired(self) -> int:
+        """Mark uploads past their expiry as expired and remove their parts."""
+        expired = await self._db.expire_uploads(now=self._files.now())
+        for upload_id in expired:
+            await self._drop_parts(upload_id)
+        if expired:
+            log.info("expired %d upload(s)", len(expired))
+        return len(expired)
+
+    async def recover(self) -> None:
+        """Start-up: settle uploads a crash left mid-completion; remove unrecorded part files."""
+        for upload in await self._db.uploads_in_status("completing"):
+            if upload.file_id is not None and await self._db.file_exists(upload.file_id):
+                await self._finish(upload.id, upload.file_id)
+            else:
+                await self._db.set_upload_status(upload.id, old="completing", new="pending")
+        on_disk = await asyncio.to_thread(self._blobs.part_tokens_older_than, self._started)
+        orphans = set(on_disk) - await self._db.part_tokens_in_use(on_disk)
+        if orphans:
+            await asyncio.to_thread(self._blobs.remove_parts, sorted(orphans))
+            log.info("removed %d part file(s) of interrupted uploads", len(orphans))
+
+    async def _finish(self, upload_id: str, file_id: str) -> None:
+        await self._db.set_upload_status(
+            upload_id, old="completing", new="completed", file_id=file_id
+        )
+        await self._drop_parts(upload_id)
+
+    async def _drop_parts(self, upload_id: str) -> None:
+        tokens = await self._db.delete_parts(upload_id)
+        await asyncio.to_thread(self._blobs.remove_parts, tokens)

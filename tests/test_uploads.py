@@ -1,0 +1,297 @@
+"""The Uploads API end to end: parts, completion, cancellation, expiry, and every misuse."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from filesd.app import create_app
+from filesd.appkeys import UPLOADS
+
+from .conftest import ALPHA, BETA, ClientFactory, blob_files, make_config, temp_files
+
+Client = TestClient[Any, Any]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: ClientFactory, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Client]:
+    config = make_config(tmp_path / "data", limits={"max_part_bytes": 1024 * 1024})
+    yield await aiohttp_client(create_app(config, clock=clock))
+
+
+def part_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "data" / "parts").iterdir())
+
+
+async def create_upload(
+    client: Client, size: int, headers: dict[str, str] = ALPHA, **kw: Any
+) -> Any:
+    body = {"bytes": size, "filename": "big.jsonl", "mime_type": "text/jsonl", "purpose": "batch"}
+    body.update(kw)
+    resp = await client.post("/v1/uploads", json=body, headers=headers)
+    data = await resp.json()
+    assert resp.status == 200, data
+    return data
+
+
+async def add_part(
+    client: Client, upload_id: str, data: bytes, headers: dict[str, str] = ALPHA
+) -> Any:
+    form = aiohttp.FormData()
+    form.add_field("data", io.BytesIO(data), filename="upload")
+    return await client.post(f"/v1/uploads/{upload_id}/parts", data=form, headers=headers)
+
+
+async def part_id(client: Client, upload_id: str, data: bytes) -> str:
+    resp = await add_part(client, upload_id, data)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return str(body["id"])
+
+
+async def complete(client: Client, upload_id: str, part_ids: list[str], **kw: Any) -> Any:
+    return await client.post(
+        f"/v1/uploads/{upload_id}/complete", json={"part_ids": part_ids, **kw}, headers=ALPHA
+    )
+
+
+async def assert_400(resp: Any, param: str | None = None, status: int = 400) -> str:
+    body = await resp.json()
+    assert resp.status == status, body
+    assert body["error"]["param"] == param, body
+    assert body["error"]["type"] == "invalid_request_error"
+    return str(body["error"]["message"])
+
+
+async def test_parts_become_one_file_in_the_order_given(client: Client, tmp_path: Path) -> None:
+    chunks = [os.urandom(300_000), os.urandom(200_000), os.urandom(7)]
+    upload = await create_upload(client, sum(map(len, chunks)))
+    assert upload["object"] == "upload"
+    assert upload["id"].startswith("upload_")
+    assert upload["status"] == "pending"
+    assert upload["expires_at"] == upload["created_at"] + 3600
+    assert upload["file"] is None
+
+    # Parts arrive in parallel and out of order; part_ids fixes the order.
+    ids = await asyncio.gather(*(part_id(client, upload["id"], c) for c in reversed(chunks)))
+    ids.reverse()
+    content = b"".join(chunks)
+    resp = await complete(client, upload["id"], ids, md5=md5(content))
+    done = await resp.json()
+    assert resp.status == 200, done
+    assert done["status"] == "completed"
+    assert done["id"] == upload["id"]
+    file = done["file"]
+    assert file["object"] == "file" and file["bytes"] == len(content)
+    assert file["filename"] == "big.jsonl" and file["purpose"] == "batch"
+    assert file["status"] == "processed"
+
+    got = await client.get(f"/v1/files/{file['id']}/content", headers=ALPHA)
+    assert await got.read() == content
+    listing = await (await client.get("/v1/files", headers=ALPHA)).json()
+    assert [f["id"] for f in listing["data"]] == [file["id"]]
+    assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
+
+    # The same bytes through POST /v1/files: two files, one blob.
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", io.BytesIO(content), filename="again.jsonl")
+    assert (await client.post("/v1/files", data=form, headers=ALPHA)).status == 200
+    assert len(blob_files(tmp_path / "data")) == 1
+
+
+async def test_part_object(client: Client) -> None:
+    upload = await create_upload(client, 3)
+    resp = await add_part(client, upload["id"], b"abc")
+    part = await resp.json()
+    assert part["object"] == "upload.part"
+    assert part["id"].startswith("part_")
+    assert part["upload_id"] == upload["id"]
+    assert isinstance(part["created_at"], int)
+
+
+async def test_expires_after_sets_the_files_expiry(client: Client, clock: Clock) -> None:
+    upload = await create_upload(
+        client, 1, purpose="assistants", expires_after={"anchor": "created_at", "seconds": 7200}
+    )
+    done = await (
+        await complete(client, upload["id"], [await part_id(client, upload["id"], b"x")])
+    ).json()
+    assert done["file"]["expires_at"] == done["file"]["created_at"] + 7200
+
+
+async def test_wrong_md5_size_and_parts_leave_it_pending(client: Client, tmp_path: Path) -> None:
+    upload = await create_upload(client, 6)
+    a = await part_id(client, upload["id"], b"abc")
+    b = await part_id(client, upload["id"], b"def")
+
+    message = await assert_400(await complete(client, upload["id"], [a, b], md5="0" * 32), "md5")
+    assert "does not match" in message
+    message = await assert_400(await complete(client, upload["id"], [a]), "part_ids")
+    assert "3 bytes" in message and "bytes=6" in message
+    await assert_400(await complete(client, upload["id"], [a, "part_nope"]), "part_ids")
+    await assert_400(await complete(client, upload["id"], [a, a]), "part_ids")
+    for bad in ({"part_ids": "a"}, {"part_ids": [1]}, {}, {"part_ids": [a], "md5": "xyz"}):
+        resp = await client.post(f"/v1/uploads/{upload['id']}/complete", json=bad, headers=ALPHA)
+        assert resp.status == 400
+    assert blob_files(tmp_path / "data") == [] and temp_files(tmp_path / "data") == []
+    assert len(part_files(tmp_path)) == 2
+    assert (await (await client.get("/v1/files", headers=ALPHA)).json())["total"] == 0
+
+    # Still pending: a correct completion goes through.
+    resp = await complete(client, upload["id"], [b, a], md5=md5(b"defabc"))
+    assert resp.status == 200
+    file_id = (await resp.json())["file"]["id"]
+    got = await client.get(f"/v1/files/{file_id}/content", headers=ALPHA)
+    assert await got.read() == b"defabc"
+
+
+async def test_finished_uploads_refuse_everything(client: Client, tmp_path: Path) -> None:
+    done = await create_upload(client, 1)
+    p = await part_id(client, done["id"], b"x")
+    assert (await complete(client, done["id"], [p])).status == 200
+    cancelled = await create_upload(client, 1)
+    await part_id(client, cancelled["id"], b"y")
+    resp = await client.post(
+        f"/v1/uploads/{cancelled['id']}/cancel",
+        data=b"",
+        headers={**ALPHA, "Content-Type": "application/json"},
+    )
+    body = await resp.json()
+    assert resp.status == 200 and body["status"] == "cancelled" and body["file"] is None
+    assert part_files(tmp_path) == []
+
+    for upload, status in ((done, "completed"), (cancelled, "cancelled")):
+        message = await assert_400(await add_part(client, upload["id"], b"z"))
+        assert status in message
+        await assert_400(await complete(client, upload["id"], [p]))
+        resp = await client.post(f"/v1/uploads/{upload['id']}/cancel", json={}, headers=ALPHA)
+        await assert_400(resp)
+    assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
+
+
+async def test_unknown_and_foreign_uploads_are_404(client: Client) -> None:
+    upload = await create_upload(client, 1)
+    for target, headers in (("upload_nope", ALPHA), (upload["id"], BETA)):
+        resp = await add_part(client, target, b"x", headers=headers)
+        message = await assert_400(resp, "upload_id", status=404)
+        assert message == f"No such Upload object: {target}"
+        for action, body in (("complete", {"part_ids": []}), ("cancel", {})):
+            resp = await client.post(f"/v1/uploads/{target}/{action}", json=body, headers=headers)
+            await assert_400(resp, "upload_id", status=404)
+    # The owner still sees it pending.
+    assert (await add_part(client, upload["id"], b"x")).status == 200
+
+
+async def test_expired_uploads_are_refused_and_swept(
+    client: Client, clock: Clock, tmp_path: Path
+) -> None:
+    upload = await create_upload(client, 2)
+    p = await part_id(client, upload["id"], b"a")
+    clock.now += 3600
+    assert "expired" in await assert_400(await add_part(client, upload["id"], b"b"))
+    assert "expired" in await assert_400(await complete(client, upload["id"], [p]))
+    assert len(part_files(tmp_path)) == 1
+    assert await client.app[UPLOADS].sweep_expired() == 1
+    assert part_files(tmp_path) == []
+
+
+async def test_part_size_limits(client: Client, tmp_path: Path) -> None:
+    upload = await create_upload(client, 3 * 1024 * 1024)
+    resp = await add_part(client, upload["id"], os.urandom(1024 * 1024 + 1))
+    assert "at most 1048576 bytes" in await assert_400(resp, "data")
+    assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
+    assert (await add_part(client, upload["id"], os.urandom(1024 * 1024))).status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"filename": "f", "mime_type": "t", "purpose": "batch"}, "bytes"),
+        ({"bytes": "1", "filename": "f", "mime_type": "t", "purpose": "batch"}, "bytes"),
+        ({"bytes": True, "filename": "f", "mime_type": "t", "purpose": "batch"}, "bytes"),
+        ({"bytes": -1, "filename": "f", "mime_type": "t", "purpose": "batch"}, "bytes"),
+        ({"bytes": 8 * 2**30 + 1, "filename": "f", "mime_type": "t", "purpose": "batch"}, "bytes"),
+        ({"bytes": 1, "mime_type": "t", "purpose": "batch"}, "filename"),
+        ({"bytes": 1, "filename": "a\nb", "mime_type": "t", "purpose": "batch"}, "filename"),
+        ({"bytes": 1, "filename": "f", "purpose": "batch"}, "mime_type"),
+        ({"bytes": 1, "filename": "f", "mime_type": "", "purpose": "batch"}, "mime_type"),
+        ({"bytes": 1, "filename": "f", "mime_type": "t", "purpose": "nope"}, "purpose"),
+        ({"bytes": 1, "filename": "f", "mime_type": "t"}, "purpose"),
+        (
+            {"bytes": 1, "filename": "f", "mime_type": "t", "purpose": "batch", "x": 1},
+            "x",
+        ),
+        (
+            {
+                "bytes": 1,
+                "filename": "f",
+                "mime_type": "t",
+                "purpose": "batch",
+                "expires_after": {"anchor": "created_at", "seconds": 10},
+            },
+            "expires_after[seconds]",
+        ),
+        (
+            {
+                "bytes": 1,
+                "filename": "f",
+                "mime_type": "t",
+                "purpose": "batch",
+                "expires_after": "soon",
+            },
+            "expires_after",
+        ),
+    ],
+)
+async def test_bad_upload_bodies(client: Client, body: dict[str, Any], param: str) -> None:
+    await assert_400(await client.post("/v1/uploads", json=body, headers=ALPHA), param)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[1]", b"\xff\xfe", b"null"])
+async def test_bodies_that_are_not_json_objects(client: Client, raw: bytes) -> None:
+    resp = await client.post(
+        "/v1/uploads", data=raw, headers={**ALPHA, "Content-Type": "application/json"}
+    )
+    await assert_400(resp)
+
+
+async def test_parts_need_a_data_field(client: Client, tmp_path: Path) -> None:
+    upload = await create_upload(client, 1)
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(b"x"), filename="upload")
+    resp = await client.post(f"/v1/uploads/{upload['id']}/parts", data=form, headers=ALPHA)
+    await assert_400(resp, "file")
+    form = aiohttp.FormData(default_to_multipart=True)
+    form.add_field("other", "x")
+    resp = await client.post(f"/v1/uploads/{upload['id']}/parts", data=form, headers=ALPHA)
+    await assert_400(resp, "other")
+    assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
