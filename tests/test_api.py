@@ -607,3 +607,66 @@ async def test_every_response_has_a_distinct_request_id(client: Client) -> None:
         resp = await client.get("/v1/files", headers=ALPHA)
         ids.add(resp.headers["x-request-id"])
     assert len(ids) == 3 and all(REQUEST_ID.fullmatch(i) for i in ids)
+
+
+# --- expiry, download refusal, OpenAI's headers -----------------------------------------------
+
+
+async def test_batch_files_expire_after_30_days_by_default(client: Client) -> None:
+    batch = await upload(client, b"b", purpose="batch")
+    assert batch["expires_at"] == batch["created_at"] + 30 * 24 * 3600
+    vision = await upload(client, b"v", purpose="vision")
+    assert vision["expires_at"] is None
+
+
+async def test_an_expired_file_is_gone_from_every_route_at_once(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    now = [1_800_000_000.0]
+    client = await aiohttp_client(create_app(make_config(tmp_path), clock=lambda: now[0]))
+    body = await upload(
+        client,
+        b"ephemeral",
+        extra={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+    )
+    assert (await client.get(f"/v1/files/{body['id']}", headers=ALPHA)).status == 200
+    now[0] += 3600
+    for method, path in [
+        ("GET", f"/v1/files/{body['id']}"),
+        ("GET", f"/v1/files/{body['id']}/content"),
+        ("DELETE", f"/v1/files/{body['id']}"),
+    ]:
+        await assert_error(await client.request(method, path, headers=ALPHA), 404, param="id")
+    page = await (await client.get("/v1/files", headers=ALPHA)).json()
+    assert page["total"] == 0 and page["data"] == []
+
+
+async def test_downloads_refused_like_openai_when_configured(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, files={"refuse_downloads": True})
+    client = await aiohttp_client(create_app(config))
+    for purpose in ("assistants", "user_data"):
+        body = await upload(client, b"secret", purpose=purpose)
+        resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+        await assert_error(resp, 400, f"Not allowed to download files of purpose: {purpose}")
+    body = await upload(client, b"fine", purpose="fine-tune")
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    assert resp.status == 200 and await resp.read() == b"fine"
+
+
+async def test_downloads_allowed_by_default(client: Client) -> None:
+    body = await upload(client, b"mine", purpose="assistants")
+    resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
+    assert resp.status == 200 and await resp.read() == b"mine"
+
+
+async def test_openai_headers_on_every_response(client: Client) -> None:
+    for resp in (
+        await client.get("/v1/files", headers=ALPHA),
+        await client.get("/v1/files"),
+        await client.get("/v1/nope", headers=ALPHA),
+    ):
+        assert REQUEST_ID.fullmatch(resp.headers["x-request-id"])
+        assert resp.headers["openai-version"] == "2020-10-01"
+        assert int(resp.headers["openai-processing-ms"]) >= 0

@@ -19,6 +19,7 @@ from filesd.store import (
     FileStore,
     ListQuery,
 )
+from filesd.uploads import UploadNotPending, UploadService
 
 
 @pytest.fixture
@@ -207,3 +208,126 @@ async def test_expiry_sets_expires_at_and_hides_the_file(tmp_path: Path) -> None
         assert (await s.list_files("p", ListQuery())).total == 0
     finally:
         await s.close()
+
+
+# --- uploads in parts ------------------------------------------------------------------------
+
+
+async def new_upload(uploads: UploadService, chunks: list[bytes]) -> tuple[str, list[str]]:
+    upload = await uploads.create(
+        "p",
+        filename="f",
+        purpose="batch",
+        mime_type="text/plain",
+        size=sum(map(len, chunks)),
+        file_expires_after=None,
+    )
+    ids = []
+    for chunk in chunks:
+        writer = uploads.part_writer()
+        await writer.write(chunk)
+        ids.append((await uploads.add_part("p", upload.id, await writer.finish())).id)
+    return upload.id, ids
+
+
+async def test_recovery_finishes_a_completion_whose_file_was_committed(
+    store: FileStore, tmp_path: Path
+) -> None:
+    uploads = UploadService(store, max_part_bytes=1024)
+    upload_id, _ = await new_upload(uploads, [b"ab", b"cd"])
+    # A crash after the file was committed but before the upload was marked completed:
+    file_id = store.new_file_id()
+    assert await store.db.set_upload_status(
+        upload_id, old="pending", new="completing", file_id=file_id
+    )
+    parts = await store.db.get_parts(upload_id)
+    joined = store.blobs.concat_parts([p.token for p in parts])
+    await store.create_file("p", joined.staged, filename="f", purpose="batch", file_id=file_id)
+
+    await uploads.recover()
+    upload = await store.db.get_upload("p", upload_id)
+    assert upload is not None and upload.status == "completed" and upload.file_id == file_id
+    assert await store.db.get_parts(upload_id) == []
+    assert os.listdir(tmp_path / "parts") == []
+
+
+async def test_recovery_reopens_a_completion_that_did_not_commit(
+    store: FileStore, tmp_path: Path
+) -> None:
+    uploads = UploadService(store, max_part_bytes=1024)
+    upload_id, part_ids = await new_upload(uploads, [b"ab", b"cd"])
+    assert await store.db.set_upload_status(
+        upload_id, old="pending", new="completing", file_id=store.new_file_id()
+    )
+    await uploads.recover()
+    upload = await store.db.get_upload("p", upload_id)
+    assert upload is not None and upload.status == "pending"
+    _, record = await uploads.complete("p", upload_id, part_ids, None)
+    assert (await content_path(store, "p", record.id)).read_bytes() == b"abcd"
+
+
+async def test_recovery_removes_part_files_without_a_row(tmp_path: Path) -> None:
+    store = await FileStore.open(tmp_path)
+    try:
+        uploads = UploadService(store, max_part_bytes=1024)
+        await new_upload(uploads, [b"kept"])
+        stray = tmp_path / "parts" / ("f" * 32)
+        stray.write_bytes(b"a part saved just before a crash")
+        os.utime(stray, (1, 1))
+        await uploads.recover()
+        assert not stray.exists()
+        assert len(os.listdir(tmp_path / "parts")) == 1  # the recorded part is kept
+    finally:
+        await store.close()
+
+
+async def test_a_part_racing_a_completion_is_refused(store: FileStore, tmp_path: Path) -> None:
+    uploads = UploadService(store, max_part_bytes=1024)
+    upload_id, part_ids = await new_upload(uploads, [b"ab"])
+    writer = uploads.part_writer()
+    await writer.write(b"late")
+    late = await writer.finish()
+    await uploads.complete("p", upload_id, part_ids, None)
+    with pytest.raises(UploadNotPending):
+        await uploads.add_part("p", upload_id, late)
+    assert os.listdir(tmp_path / "parts") == []
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+async def test_expired_files_are_swept_and_shared_blobs_kept(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    s = await FileStore.open(tmp_path, clock=lambda: now[0])
+    try:
+        short = await s.create_file(
+            "p", await stage(s, b"short"), filename="a", purpose="batch", expires_after=3600
+        )
+        shared = await s.create_file(
+            "p", await stage(s, b"shared"), filename="b", purpose="batch", expires_after=3600
+        )
+        keeper = await s.create_file("p", await stage(s, b"shared"), filename="c", purpose="x")
+        now[0] += 3599
+        assert await s.sweep_expired() == 0
+        now[0] += 1
+        assert await s.sweep_expired() == 2
+        assert blob_count(tmp_path) == 1  # "shared" is still used by the keeper
+        assert (await content_path(s, "p", keeper.id)).read_bytes() == b"shared"
+        for record in (short, shared):
+            with pytest.raises(FileNotFound):
+                await s.delete_file("p", record.id)
+    finally:
+        await s.close()
+
+
+async def test_default_expiry_by_purpose(tmp_path: Path) -> None:
+    s = await FileStore.open(tmp_path, default_expires_after={"batch": 86400})
+    try:
+        batch = await s.create_file("p", await stage(s, b"b"), filename="b", purpose="batch")
+        other = await s.create_file("p", await stage(s, b"o"), filename="o", purpose="vision")
+        explicit = await s.create_file(
+            "p", await stage(s, b"e"), filename="e", purpose="batch", expires_after=3600
+        )
+    finally:
+        await s.close()
+    assert batch.expires_at == batch.created_at + 86400
+    assert other.expires_at is None
+    assert explicit.expires_at == explicit.created_at + 3600
