@@ -115,6 +115,7 @@ class ServerProcess:
     def __init__(self, args: list[str], cwd: Path, timeout: float = 20.0) -> None:
         ServerProcess._count += 1
         self.args = args
+        self.cwd = cwd
         self.stdout_path = cwd / f"server-{ServerProcess._count}.out"
         self.stderr_path = cwd / f"server-{ServerProcess._count}.err"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
@@ -134,6 +135,9 @@ class ServerProcess:
             time.sleep(0.02)
         self.url = match.group(0)
         self.base_url = self.url + "/v1"
+        data = re.search(r"\(data in (.+)\)", self.stdout_path.read_text())
+        assert data is not None
+        self.data_dir = Path(data.group(1))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -127,7 +127,7 @@ def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServ
             "--port",
             "0",
             "--data-dir",
-            str(first.args[1]).replace("filesd-0.toml", "data"),
+            str(first.data_dir),
         ],
         capture_output=True,
         text=True,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -146,3 +148,97 @@ async def test_async_client(aclient: AsyncOpenAI) -> None:
         assert (await aclient.files.delete(ids[0])).deleted
         with pytest.raises(openai.NotFoundError):
             await aclient.files.retrieve(ids[0])
+
+
+# --- the Uploads API -------------------------------------------------------------------------
+
+
+# openai 1.x's upload_file_chunked closes the file it opens only on error (`except`, not
+# `finally`), so a successful upload from a path leaks that handle: ignore just that warning.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in.*paper\\.pdf:pytest.PytestUnraisableExceptionWarning"
+)
+def test_upload_file_chunked_from_bytes_and_path(client: OpenAI, tmp_path: Path) -> None:
+    content = os.urandom(700_000)
+    upload = client.uploads.upload_file_chunked(
+        file=content,
+        filename="chunked.jsonl",
+        bytes=len(content),
+        mime_type="text/jsonl",
+        purpose="batch",
+        part_size=256 * 1024,  # three parts
+    )
+    assert upload.status == "completed"
+    assert upload.file is not None and upload.file.bytes == len(content)
+    assert upload.file.filename == "chunked.jsonl"
+    assert client.files.content(upload.file.id).content == content
+
+    path = tmp_path / "paper.pdf"
+    path.write_bytes(content[:300_000])
+    md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    upload = client.uploads.upload_file_chunked(
+        file=path, mime_type="application/pdf", purpose="assistants", part_size=100_000, md5=md5
+    )
+    assert upload.status == "completed" and upload.filename == "paper.pdf"
+    assert upload.file is not None
+    assert client.files.retrieve(upload.file.id).bytes == 300_000
+
+
+def test_upload_calls_and_their_errors(client: OpenAI) -> None:
+    upload = client.uploads.create(
+        bytes=6, filename="parts.txt", mime_type="text/plain", purpose="user_data"
+    )
+    assert upload.status == "pending" and upload.expires_at == upload.created_at + 3600
+    first = client.uploads.parts.create(upload_id=upload.id, data=b"abc")
+    second = client.uploads.parts.create(upload_id=upload.id, data=b"def")
+    assert first.object == "upload.part" and first.upload_id == upload.id
+    with pytest.raises(openai.BadRequestError):
+        client.uploads.complete(upload_id=upload.id, part_ids=[first.id])  # 3 of 6 bytes
+    done = client.uploads.complete(upload_id=upload.id, part_ids=[second.id, first.id])
+    assert done.file is not None
+    assert client.files.content(done.file.id).content == b"defabc"
+    with pytest.raises(openai.BadRequestError):
+        client.uploads.parts.create(upload_id=upload.id, data=b"late")
+
+    other = client.uploads.create(bytes=1, filename="x", mime_type="text/plain", purpose="batch")
+    cancelled = client.uploads.cancel(other.id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        client.uploads.complete(upload_id=other.id, part_ids=[])
+    with pytest.raises(openai.NotFoundError):
+        client.uploads.cancel("upload_does_not_exist")
+
+
+async def test_async_chunked_upload(aclient: AsyncOpenAI) -> None:
+    async with aclient:
+        upload = await aclient.uploads.upload_file_chunked(
+            file=b"x" * 1000,
+            filename="a.txt",
+            bytes=1000,
+            mime_type="text/plain",
+            purpose="assistants",
+            part_size=300,
+        )
+        assert upload.status == "completed" and upload.file is not None
+        assert (await aclient.files.content(upload.file.id)).content == b"x" * 1000
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def test_the_sdk_retries_a_500_then_raises(server: ServerProcess) -> None:
+    # A file whose bytes vanished from disk answers 500: the SDK retries it (max_retries=2).
+    key = f"sk-{uuid.uuid4().hex}"
+    content = os.urandom(1000)
+    with OpenAI(base_url=server.base_url, api_key=key, max_retries=2) as client:
+        created = client.files.create(file=content, purpose="assistants")
+        digest = hashlib.sha256(content).hexdigest()
+        (server.data_dir / "blobs" / digest[:2] / digest[2:4] / digest).unlink()
+        with pytest.raises(openai.InternalServerError) as info:
+            client.files.content(created.id)
+    assert info.value.status_code == 500
+    assert info.value.code == "blob_missing"  # type: ignore[attr-defined]
+    attempts = [
+        line for line in server.stderr_text().splitlines() if f"{created.id}/content" in line
+    ]
+    assert len(attempts) == 3
