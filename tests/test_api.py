@@ -670,3 +670,23 @@ async def test_openai_headers_on_every_response(client: Client) -> None:
         assert REQUEST_ID.fullmatch(resp.headers["x-request-id"])
         assert resp.headers["openai-version"] == "2020-10-01"
         assert int(resp.headers["openai-processing-ms"]) >= 0
+
+
+async def test_the_background_sweeper_reclaims_expired_files(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    now = [1_800_000_000.0]
+    config = make_config(tmp_path, storage={"data_dir": str(tmp_path), "sweep_interval": 1})
+    client = await aiohttp_client(create_app(config, clock=lambda: now[0]))
+    await upload(
+        client,
+        b"short-lived bytes",
+        extra={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+    )
+    assert len(blob_files(tmp_path)) == 1
+    now[0] += 3600
+    for _ in range(100):  # the sweeper runs every second
+        if not blob_files(tmp_path):
+            break
+        await asyncio.sleep(0.05)
+    assert blob_files(tmp_path) == []
