@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,16 +98,47 @@ class BlobStore:
         Returns True if the blob was new, False if identical content was already stored (the
         temp file is then simply removed). Durable on return: the directory entry is fsynced.
         """
-        target = self.path_for(staged.sha256)
-        try:
-            if target.exists():
-                return False
-            _makedirs_durable(target.parent, stop=self.blob_dir)
-            os.replace(staged.temp_path, target)
-        finally:
-            staged.temp_path.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
-        return True
+        result = self.link_all([staged])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def link_all(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+        """`link` for many, with one fsync per directory that gained entries.
+
+        Each result is True (new blob), False (already stored) or the error for that content;
+        every temp file is gone afterwards.
+        """
+        results: list[bool | Exception] = []
+        gained: dict[Path, list[int]] = {}
+        for i, item in enumerate(staged):
+            try:
+                target = self.path_for(item.sha256)
+                try:
+                    if target.exists():
+                        results.append(False)
+                        continue
+                    _makedirs_durable(target.parent, stop=self.blob_dir)
+                    os.replace(item.temp_path, target)
+                finally:
+                    item.temp_path.unlink(missing_ok=True)
+            except Exception as error:
+                results.append(error)
+                continue
+            results.append(True)
+            gained.setdefault(target.parent, []).append(i)
+        for directory, indexes in gained.items():
+            try:
+                _fsync_dir(directory)
+            except OSError as error:
+                for i in indexes:
+                    results[i] = error
+        return results
+
+    def read(self, digest: str) -> tuple[bytes, os.stat_result]:
+        """A blob's bytes and stat (for small blobs: it is read whole)."""
+        with self.path_for(digest).open("rb", buffering=0) as f:
+            return f.read(), os.fstat(f.fileno())
 
     def discard(self, staged: StagedBlob) -> None:
         staged.temp_path.unlink(missing_ok=True)
@@ -232,12 +263,12 @@ class BlobWriter:
             await self._submit_batch()
 
     async def finish(self) -> StagedBlob:
-        """Write what is left, fsync and close; the content is then complete on disk."""
-        await self._submit_batch()
+        """Write what is left, fsync and close (one thread hop); the content is then complete."""
         await self._wait_pending()
         self._closed = True
+        chunks, self._batch = self._batch, []
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._sync_and_close)
+        await loop.run_in_executor(None, self._write_sync_close, chunks)
         return StagedBlob(temp_path=self._path, sha256=self._hash.hexdigest(), size=self._size)
 
     async def abort(self) -> None:
@@ -272,9 +303,8 @@ class BlobWriter:
             self._hash.update(chunk)
             _write_all(self._fd, chunk)
 
-    def _sync_and_close(self) -> None:
-        if self._fd is None:  # empty content: nothing was written yet
-            self._write_chunks([])
+    def _write_sync_close(self, chunks: list[bytes]) -> None:
+        self._write_chunks(chunks)  # opens the file if nothing was written yet
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:

@@ -66,6 +66,38 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX upload_parts_by_upload ON upload_parts (upload_id);
     """,
+    # 3: live-file counters, kept by triggers so every write path keeps them right, so that a
+    # listing's `total` costs no scan of the project's files.
+    """
+    CREATE TABLE file_counts (
+        project TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        files INTEGER NOT NULL,
+        PRIMARY KEY (project, purpose)
+    ) WITHOUT ROWID;
+    INSERT INTO file_counts (project, purpose, files)
+        SELECT project, purpose, COUNT(*) FROM files WHERE deleted_at IS NULL
+        GROUP BY project, purpose;
+    CREATE TRIGGER file_counts_insert AFTER INSERT ON files WHEN NEW.deleted_at IS NULL
+    BEGIN
+        INSERT INTO file_counts (project, purpose, files) VALUES (NEW.project, NEW.purpose, 1)
+            ON CONFLICT (project, purpose) DO UPDATE SET files = files + 1;
+    END;
+    CREATE TRIGGER file_counts_delete AFTER UPDATE OF deleted_at ON files
+        WHEN OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL
+    BEGIN
+        UPDATE file_counts SET files = files - 1
+            WHERE project = OLD.project AND purpose = OLD.purpose;
+    END;
+    CREATE TRIGGER file_counts_purge AFTER DELETE ON files WHEN OLD.deleted_at IS NULL
+    BEGIN
+        UPDATE file_counts SET files = files - 1
+            WHERE project = OLD.project AND purpose = OLD.purpose;
+    END;
+    DROP INDEX files_live_by_expiry;
+    CREATE INDEX files_live_by_expiry ON files (project, expires_at)
+        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+    """,
 )
 
 _COLUMNS = (
@@ -106,10 +138,12 @@ class Database:
         await self._conn.close()
 
     async def schema_version(self) -> int:
-        async with self._conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
+        rows = await self._rows("PRAGMA user_version")
+        return int(rows[0][0])
+
+    async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
+        """All rows of a statement, in one trip to the database thread."""
+        return list(await self._conn.execute_fetchall(sql, params))
 
     async def _migrate(self) -> None:
         version = await self.schema_version()
@@ -125,40 +159,35 @@ class Database:
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
             )
 
-    async def insert_file(self, record: FileRecord) -> None:
-        await self._conn.execute(
-            f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.id,
-                record.project,
-                record.filename,
-                record.purpose,
-                record.bytes,
-                record.sha256,
-                record.created_at,
-                record.expires_at,
-                record.status,
-                record.status_details,
-            ),
-        )
+    async def insert_files(self, records: Sequence[FileRecord]) -> None:
+        """Insert rows in one statement: one transaction, one commit, one trip to the thread."""
+        marks = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(records))
+        params = [
+            value
+            for r in records
+            for value in (
+                r.id,
+                r.project,
+                r.filename,
+                r.purpose,
+                r.bytes,
+                r.sha256,
+                r.created_at,
+                r.expires_at,
+                r.status,
+                r.status_details,
+            )
+        ]
+        await self._conn.execute(f"INSERT INTO files ({_COLUMNS}) VALUES {marks}", params)
 
     async def file_exists(self, file_id: str) -> bool:
         """True if a row with this id exists, in any state."""
-        async with self._conn.execute("SELECT 1 FROM files WHERE id = ?", (file_id,)) as cur:
-            return await cur.fetchone() is not None
+        return bool(await self._rows("SELECT 1 FROM files WHERE id = ?", (file_id,)))
 
     async def get_live_file(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
         sql = f"SELECT {_COLUMNS} FROM files WHERE id = :id AND project = :project AND {_LIVE}"
-        async with self._conn.execute(sql, {"id": file_id, "project": project, "now": now}) as cur:
-            row = await cur.fetchone()
-        return _record(row) if row is not None else None
-
-    async def file_seq(self, project: str, file_id: str) -> int | None:
-        """The position of any file of the project, deleted or not (a cursor stays valid)."""
-        sql = "SELECT seq FROM files WHERE id = ? AND project = ?"
-        async with self._conn.execute(sql, (file_id, project)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row is not None else None
+        rows = await self._rows(sql, {"id": file_id, "project": project, "now": now})
+        return _record(rows[0]) if rows else None
 
     async def list_live_files(
         self,
@@ -167,36 +196,54 @@ class Database:
         now: int,
         purpose: str | None,
         descending: bool,
-        after_seq: int | None,
+        after: str | None,
         limit: int,
         offset: int,
-    ) -> list[FileRecord]:
-        where = [f"project = :project AND {_LIVE}"]
-        params: dict[str, Any] = {"project": project, "now": now, "limit": limit, "offset": offset}
-        if purpose is not None:
-            where.append("purpose = :purpose")
-            params["purpose"] = purpose
-        if after_seq is not None:
-            where.append("seq < :after" if descending else "seq > :after")
-            params["after"] = after_seq
-        sql = (
-            f"SELECT {_COLUMNS} FROM files WHERE {' AND '.join(where)} "
-            f"ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT :limit OFFSET :offset"
-        )
-        async with self._conn.execute(sql, params) as cur:
-            rows = await cur.fetchall()
-        return [_record(row) for row in rows]
+    ) -> tuple[list[FileRecord], int] | None:
+        """A page of live files and the number of all live matches, in one statement.
 
-    async def count_live_files(self, project: str, *, now: int, purpose: str | None) -> int:
-        sql = f"SELECT COUNT(*) FROM files WHERE project = :project AND {_LIVE}"
-        params: dict[str, Any] = {"project": project, "now": now}
+        `after` is the id of any file of the project, deleted or not (a cursor stays valid);
+        returns None if no such file exists. `total` comes from the counters, less the files
+        that expired but are not swept yet (few: the sweeper runs every minute or so).
+        """
+        params: dict[str, Any] = {
+            "project": project,
+            "now": now,
+            "limit": limit,
+            "offset": offset,
+            "after": after,
+        }
+        page_where = f"project = :project AND {_LIVE}"
+        count_where = "project = :project"
         if purpose is not None:
-            sql += " AND purpose = :purpose"
+            page_where += " AND purpose = :purpose"
+            count_where += " AND purpose = :purpose"
             params["purpose"] = purpose
-        async with self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
+        if after is not None:
+            page_where += f" AND seq {'<' if descending else '>'} (SELECT after_seq FROM cursor)"
+        order = "DESC" if descending else "ASC"
+        sql = f"""
+            WITH cursor (after_seq) AS (
+                SELECT (SELECT seq FROM files WHERE id = :after AND project = :project)
+            ),
+            counted (total) AS (
+                SELECT COALESCE((SELECT SUM(files) FROM file_counts WHERE {count_where}), 0)
+                     - (SELECT COUNT(*) FROM files WHERE {count_where}
+                        AND deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= :now)
+            ),
+            page AS (
+                SELECT seq, {_COLUMNS} FROM files WHERE {page_where}
+                ORDER BY seq {order} LIMIT :limit OFFSET :offset
+            )
+            SELECT counted.total, cursor.after_seq, page.*
+            FROM counted CROSS JOIN cursor LEFT JOIN page ON 1
+            ORDER BY page.seq {order}
+        """
+        rows = await self._rows(sql, params)
+        total, after_seq = rows[0][0], rows[0][1]
+        if after is not None and after_seq is None:
+            return None
+        return [_record(row[3:]) for row in rows if row[2] is not None], int(total)
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
         """Soft-delete a live file; returns it, or None if there was no such live file."""
@@ -204,8 +251,8 @@ class Database:
             f"UPDATE files SET deleted_at = :now "
             f"WHERE id = :id AND project = :project AND {_LIVE} RETURNING {_COLUMNS}"
         )
-        async with self._conn.execute(sql, {"id": file_id, "project": project, "now": now}) as cur:
-            row = await cur.fetchone()
+        rows = await self._rows(sql, {"id": file_id, "project": project, "now": now})
+        row = rows[0] if rows else None
         return _record(row) if row is not None else None
 
     async def delete_expired_files(self, *, now: int, limit: int) -> list[str]:
@@ -216,14 +263,12 @@ class Database:
             "  AND expires_at <= :now LIMIT :limit"
             ") RETURNING sha256"
         )
-        async with self._conn.execute(sql, {"now": now, "limit": limit}) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        return [row[0] for row in await self._rows(sql, {"now": now, "limit": limit})]
 
     async def blob_in_use(self, sha256: str) -> bool:
         """True if any file not deleted refers to this blob (expired ones count until swept)."""
         sql = "SELECT 1 FROM files WHERE sha256 = ? AND deleted_at IS NULL LIMIT 1"
-        async with self._conn.execute(sql, (sha256,)) as cur:
-            return await cur.fetchone() is not None
+        return bool(await self._rows(sql, (sha256,)))
 
     async def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
         """The subset of `digests` that some file not deleted refers to."""
@@ -235,8 +280,7 @@ class Database:
                 "SELECT DISTINCT sha256 FROM files "
                 f"WHERE deleted_at IS NULL AND sha256 IN ({marks})"
             )
-            async with self._conn.execute(sql, chunk) as cur:
-                found.update(row[0] for row in await cur.fetchall())
+            found.update(row[0] for row in await self._rows(sql, chunk))
         return found
 
     # --- uploads ------------------------------------------------------------------------------
@@ -261,8 +305,8 @@ class Database:
 
     async def get_upload(self, project: str, upload_id: str) -> UploadRecord | None:
         sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND project = ?"
-        async with self._conn.execute(sql, (upload_id, project)) as cur:
-            row = await cur.fetchone()
+        rows = await self._rows(sql, (upload_id, project))
+        row = rows[0] if rows else None
         return UploadRecord(*row) if row is not None else None
 
     async def set_upload_status(
@@ -270,8 +314,8 @@ class Database:
     ) -> bool:
         """Move an upload from status `old` to `new`; False if it was not in `old`."""
         sql = "UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = ?"
-        async with self._conn.execute(sql, (new, file_id, upload_id, old)) as cur:
-            return cur.rowcount == 1
+        cur = await self._conn.execute(sql, (new, file_id, upload_id, old))
+        return cur.rowcount == 1
 
     async def insert_part(self, part: PartRecord, *, now: int) -> bool:
         """Add a part to a pending, unexpired upload; False (nothing added) otherwise."""
@@ -281,19 +325,17 @@ class Database:
             "AND expires_at > ?"
         )
         params = (part.id, part.upload_id, part.token, part.bytes, part.created_at)
-        async with self._conn.execute(sql, (*params, part.upload_id, now)) as cur:
-            return cur.rowcount == 1
+        cur = await self._conn.execute(sql, (*params, part.upload_id, now))
+        return cur.rowcount == 1
 
     async def get_parts(self, upload_id: str) -> list[PartRecord]:
         sql = "SELECT id, upload_id, token, bytes, created_at FROM upload_parts WHERE upload_id = ?"
-        async with self._conn.execute(sql, (upload_id,)) as cur:
-            return [PartRecord(*row) for row in await cur.fetchall()]
+        return [PartRecord(*row) for row in await self._rows(sql, (upload_id,))]
 
     async def delete_parts(self, upload_id: str) -> list[str]:
         """Remove the part rows of an upload; returns their file tokens."""
         sql = "DELETE FROM upload_parts WHERE upload_id = ? RETURNING token"
-        async with self._conn.execute(sql, (upload_id,)) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        return [row[0] for row in await self._rows(sql, (upload_id,))]
 
     async def expire_uploads(self, *, now: int) -> list[str]:
         """Mark pending uploads past their expiry as expired; returns their ids."""
@@ -301,13 +343,11 @@ class Database:
             "UPDATE uploads SET status = 'expired' "
             "WHERE status = 'pending' AND expires_at <= ? RETURNING id"
         )
-        async with self._conn.execute(sql, (now,)) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        return [row[0] for row in await self._rows(sql, (now,))]
 
     async def uploads_in_status(self, status: str) -> list[UploadRecord]:
         sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = ?"
-        async with self._conn.execute(sql, (status,)) as cur:
-            return [UploadRecord(*row) for row in await cur.fetchall()]
+        return [UploadRecord(*row) for row in await self._rows(sql, (status,))]
 
     async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -315,8 +355,7 @@ class Database:
             chunk = tokens[start : start + 500]
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT token FROM upload_parts WHERE token IN ({marks})"
-            async with self._conn.execute(sql, chunk) as cur:
-                found.update(row[0] for row in await cur.fetchall())
+            found.update(row[0] for row in await self._rows(sql, chunk))
         return found
 
 

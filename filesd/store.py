@@ -7,7 +7,10 @@ It joins the metadata database and the blob store and keeps them consistent:
   to it;
 - linking a blob and inserting its row, and deleting a row and reclaiming its blob, each happen
   under one write lock, so a delete can never remove a blob that a concurrent upload of the same
-  bytes is about to refer to.
+  bytes is about to refer to;
+- uploads that finish while a commit is under way are committed together (group commit): their
+  blobs linked with one fsync per directory, their rows inserted in one statement (one commit),
+  so concurrent uploads share the fsyncs instead of queueing behind one another's.
 Blobs left without a row by a crash are swept by `sweep_orphans`, under the same lock.
 
 Errors are plain exceptions (`FileNotFound`, `CursorNotFound`, `BlobMissing`, `BlobTooLarge`);
@@ -44,6 +47,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SWEEP_BATCH = 500
+# Small blobs read for downloads are kept in memory up to this many bytes in all. Blobs are
+# immutable (named by their digest), so the cache needs no invalidation: a digest's bytes are
+# the same whenever they are stored.
+SMALL_CACHE_BYTES = 32 * 1024 * 1024
 
 
 class FileNotFound(Exception):
@@ -74,6 +81,13 @@ class DataDirLocked(Exception):
     """Another filesd process is using this data directory."""
 
 
+@dataclass
+class _Queued:
+    staged: StagedBlob
+    record: FileRecord
+    done: asyncio.Future[None]
+
+
 @dataclass(frozen=True)
 class ListQuery:
     purpose: str | None = None
@@ -96,6 +110,7 @@ class FileStore:
         max_file_bytes: int,
         default_expires_after: Mapping[str, int],
         clock: Callable[[], float],
+        small_cache_bytes: int = SMALL_CACHE_BYTES,
     ) -> None:
         # db and blobs are shared with the upload service, which builds on this store.
         self.db = db
@@ -106,6 +121,11 @@ class FileStore:
         self._default_expires_after = dict(default_expires_after)
         self._clock = clock
         self._write_lock = asyncio.Lock()
+        self._queue: list[_Queued] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._small: dict[str, tuple[bytes, os.stat_result]] = {}
+        self._small_bytes = 0
+        self._small_limit = small_cache_bytes
 
     @classmethod
     async def open(
@@ -116,6 +136,7 @@ class FileStore:
         max_file_bytes: int = 512 * 1024 * 1024,
         default_expires_after: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.time,
+        small_cache_bytes: int = SMALL_CACHE_BYTES,
     ) -> FileStore:
         """Open (creating if needed) the store in `data_dir` and clean up interrupted uploads.
 
@@ -139,9 +160,12 @@ class FileStore:
             max_file_bytes=max_file_bytes,
             default_expires_after=default_expires_after or {},
             clock=clock,
+            small_cache_bytes=small_cache_bytes,
         )
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
         await self.db.close()
         os.close(self._lock_fd)
 
@@ -174,37 +198,86 @@ class FileStore:
 
         Without `expires_after` the purpose's default expiry applies (if any). `file_id` lets a
         caller reserve the id beforehand (see `new_file_id`); by default a new one is made.
+        Returns once the file is durable: blob fsynced and linked, row committed.
         """
         if expires_after is None:
             expires_after = self._default_expires_after.get(purpose)
-        linked = False
-        try:
-            async with self._write_lock:
-                created_at = self.now()
-                record = FileRecord(
-                    id=file_id or self.new_file_id(),
-                    project=project,
-                    filename=filename,
-                    purpose=purpose,
-                    bytes=staged.size,
-                    sha256=staged.sha256,
-                    created_at=created_at,
-                    expires_at=None if expires_after is None else created_at + expires_after,
-                )
-                await asyncio.to_thread(self.blobs.link, staged)
-                linked = True
-                # A crash here leaves a blob with no row: invisible, and swept at start-up.
-                await self.db.insert_file(record)
-                return record
-        finally:
-            if not linked:
-                await self.discard(staged)
+        created_at = self.now()
+        record = FileRecord(
+            id=file_id or self.new_file_id(),
+            project=project,
+            filename=filename,
+            purpose=purpose,
+            bytes=staged.size,
+            sha256=staged.sha256,
+            created_at=created_at,
+            expires_at=None if expires_after is None else created_at + expires_after,
+        )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(staged, record, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        # Shielded: once queued, the commit goes on even if this caller is cancelled.
+        await asyncio.shield(done)
+        return record
+
+    async def _commit_queued(self) -> None:
+        """Commit everything queued, in batches, until the queue is empty."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            linked: list[_Queued] = []
+            try:
+                async with self._write_lock:
+                    results = await asyncio.to_thread(
+                        self.blobs.link_all, [q.staged for q in batch]
+                    )
+                    for queued, result in zip(batch, results, strict=True):
+                        if isinstance(result, BaseException):
+                            queued.done.set_exception(result)
+                        else:
+                            linked.append(queued)
+                    # A crash here leaves blobs with no row: invisible, and swept at start-up.
+                    if linked:
+                        await self.db.insert_files([q.record for q in linked])
+            except BaseException as error:
+                for queued in batch:
+                    if not queued.done.done():
+                        queued.done.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+            else:
+                for queued in linked:
+                    queued.done.set_result(None)
+            finally:
+                for queued in batch:  # consumed by link_all, or never reached it
+                    if not queued.done.done():
+                        queued.done.set_exception(RuntimeError("commit abandoned"))
 
     async def get_file(self, project: str, file_id: str) -> FileRecord:
         record = await self.db.get_live_file(project, file_id, now=self.now())
         if record is None:
             raise FileNotFound(file_id)
         return record
+
+    async def read_small(self, record: FileRecord) -> tuple[bytes, os.stat_result]:
+        """A small file's bytes and its blob's stat, from memory or in one thread hop.
+
+        Raises `BlobMissing` if the blob is gone (and was not read since start-up).
+        """
+        cached = self._small.get(record.sha256)
+        if cached is not None:
+            return cached
+        try:
+            found = await asyncio.to_thread(self.blobs.read, record.sha256)
+        except FileNotFoundError:
+            log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
+            raise BlobMissing(record) from None
+        self._small[record.sha256] = found
+        self._small_bytes += len(found[0])
+        while self._small_bytes > self._small_limit:  # evict the oldest entries
+            oldest = next(iter(self._small))
+            self._small_bytes -= len(self._small.pop(oldest)[0])
+        return found
 
     async def blob_path(self, record: FileRecord) -> Path:
         """The path of a file's bytes; raises `BlobMissing` if they are gone."""
@@ -215,23 +288,19 @@ class FileStore:
         return path
 
     async def list_files(self, project: str, query: ListQuery) -> FilePage:
-        now = self.now()
-        after_seq = None
-        if query.after is not None:
-            after_seq = await self.db.file_seq(project, query.after)
-            if after_seq is None:
-                raise CursorNotFound(query.after)
         # One row more than asked for tells whether another page follows.
-        rows = await self.db.list_live_files(
+        found = await self.db.list_live_files(
             project,
-            now=now,
+            now=self.now(),
             purpose=query.purpose,
             descending=query.order == "desc",
-            after_seq=after_seq,
+            after=query.after,
             limit=query.limit + 1,
             offset=query.offset,
         )
-        total = await self.db.count_live_files(project, now=now, purpose=query.purpose)
+        if found is None:
+            raise CursorNotFound(query.after or "")
+        rows, total = found
         return FilePage(files=rows[: query.limit], total=total, has_more=len(rows) > query.limit)
 
     async def delete_file(self, project: str, file_id: str) -> FileRecord:

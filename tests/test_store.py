@@ -331,3 +331,24 @@ async def test_default_expiry_by_purpose(tmp_path: Path) -> None:
     assert batch.expires_at == batch.created_at + 86400
     assert other.expires_at is None
     assert explicit.expires_at == explicit.created_at + 3600
+
+
+async def test_small_blobs_are_cached_within_a_bound(tmp_path: Path) -> None:
+    s = await FileStore.open(tmp_path, small_cache_bytes=10_000)
+    try:
+        records = [
+            await s.create_file("p", await stage(s, bytes([i]) * 4000), filename="f", purpose="x")
+            for i in range(3)
+        ]
+        body, st = await s.read_small(records[0])
+        assert body == bytes([0]) * 4000 and st.st_size == 4000
+        # Blobs never change for a digest: once read, the bytes are served from memory...
+        (await s.blob_path(records[0])).unlink()
+        assert (await s.read_small(records[0]))[0] == body
+        # ...until more than 10,000 bytes of others push them out (oldest first).
+        await s.read_small(records[1])
+        await s.read_small(records[2])
+        with pytest.raises(BlobMissing):
+            await s.read_small(records[0])
+    finally:
+        await s.close()
