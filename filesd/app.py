@@ -66,7 +66,6 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     app.cleanup_ctx.append(store_ctx)
     app.on_response_prepare.append(add_api_headers)
-    app.on_response_prepare.append(requests.on_response_prepare)
     setup_routes(app)
     setup_upload_routes(app)
     return app

@@ -32,17 +32,14 @@ class RequestTracker:
         self._running += 1
         self._idle.clear()
         try:
-            return await handler(request)
+            response = await handler(request)
+            if self.draining:
+                response.force_close()
+            return response
         finally:
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
-
-    async def on_response_prepare(
-        self, request: web.BaseRequest, response: web.StreamResponse
-    ) -> None:
-        if self.draining:
-            response.force_close()
 
     async def drain(self) -> None:
         """Start draining and wait until no handler is running (bound it with a timeout)."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -34,6 +34,12 @@ REQUEST_ID = web.RequestKey("request_id", str)
 _STARTED = web.RequestKey("started", float)
 # The API version OpenAI reports in its `openai-version` header.
 OPENAI_VERSION = "2020-10-01"
+
+
+def new_request_id() -> str:
+    """`req_` and 32 hex digits. Request ids correlate logs and reports; they are not secrets,
+    so a fast PRNG serves (a urandom syscall per request showed in profiles)."""
+    return f"req_{random.getrandbits(128):032x}"
 
 
 class ApiError(Exception):
@@ -186,7 +192,7 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request its id and turn every exception into an enveloped error response."""
-    request[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
+    request[REQUEST_ID] = new_request_id()
     request[_STARTED] = time.monotonic()
     try:
         return await handler(request)
@@ -202,7 +208,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def add_api_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: the headers OpenAI sends that clients read, on every response."""
-    response.headers["x-request-id"] = request.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
     response.headers["openai-version"] = OPENAI_VERSION
     started = request.get(_STARTED)
     if started is not None:

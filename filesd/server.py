@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .accesslog import AccessLogger
 from .app import create_app
 from .appkeys import REQUESTS
 from .config import Config
@@ -27,7 +28,7 @@ def format_url(address: Any) -> str:
 async def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
     app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log_class=AccessLogger)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)

@@ -269,3 +269,16 @@ def test_memory_stays_flat_for_a_large_file(start_server: StartServer) -> None:
     print(f"peak RSS growth for a 256 MiB upload and download: {growth / 2**20:.1f} MiB")
     assert growth < 64 * 1024 * 1024
     assert server.stop() == 0
+
+
+def test_access_log_lines_carry_the_request_id(start_server: StartServer) -> None:
+    server = start_server()
+    req = urllib.request.Request(
+        server.url + "/v1/files?limit=5", headers={"Authorization": f"Bearer {ALPHA_KEY}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        request_id = resp.headers["x-request-id"]
+    assert server.stop() == 0
+    lines = [line for line in server.stderr_text().splitlines() if request_id in line]
+    assert len(lines) == 1
+    assert '"GET /v1/files?limit=5" 200' in lines[0]
