@@ -182,6 +182,7 @@ class Results:
 
     def add(self, measure: str, kind: str, value: float) -> None:
         self.values.setdefault((measure, kind), []).append(value)
+        print(f"  {kind:6} {measure}: {value:,.1f}", file=sys.stderr, flush=True)
 
     def median(self, measure: str, kind: str) -> float | None:
         got = self.values.get((measure, kind))
@@ -370,7 +371,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-async def main() -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
@@ -383,6 +384,7 @@ async def main() -> int:
         prefix="filesd-bench-", dir=os.environ.get("BENCH_DIR")
     ) as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx's workers run as an unprivileged user
         large = work / "large.bin"
         with large.open("wb") as f:
             for _ in range(sizes.large // MiB):
@@ -390,13 +392,13 @@ async def main() -> int:
         for round_ in range(sizes.rounds):
             order = ["filesd", "floor"] if round_ % 2 == 0 else ["floor", "filesd"]
             for kind in order:
-                await run_round(kind, work, sizes, large, results)
+                asyncio.run(run_round(kind, work, sizes, large, results))
         run_nginx(work, sizes, large, results)
         run_memory(work, sizes, large, results)
-        await run_list(work, sizes, results)
+        asyncio.run(run_list(work, sizes, results))
     print(report(results, sizes))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
