@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import platform
@@ -239,8 +240,10 @@ def run_nginx(work: Path, sizes: Sizes, large: Path, results: Results) -> None:
     (root / "www").mkdir()
     os.link(large, root / "www" / "large.bin")
     port = _free_port()
+    # As root, nginx's workers would switch to an unprivileged user that may not reach `root`.
+    user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
     (root / "nginx.conf").write_text(
-        f"daemon off; pid {root}/nginx.pid; error_log {root}/logs/error.log;\n"
+        f"{user}daemon off; pid {root}/nginx.pid; error_log {root}/logs/error.log;\n"
         "events {}\n"
         f"http {{ access_log off; sendfile on; server {{ listen 127.0.0.1:{port};"
         f" root {root}/www; }} }}\n"
@@ -384,7 +387,6 @@ def main() -> int:
         prefix="filesd-bench-", dir=os.environ.get("BENCH_DIR")
     ) as tmp:
         work = Path(tmp)
-        work.chmod(0o755)  # nginx's workers run as an unprivileged user
         large = work / "large.bin"
         with large.open("wb") as f:
             for _ in range(sizes.large // MiB):

@@ -1,9 +1,10 @@
 """Content-addressed blob store on the local filesystem.
 
-A blob is a byte string named by its SHA-256 digest, kept at `blobs/ab/cd/<digest>`. Its path is
-built from the digest alone, never from anything a client sent. New content is written to a temp
-file under `tmp/` on the same filesystem, hashed while it is written, fsynced, and only then
-renamed into place, so a blob path either holds the complete bytes of its digest or nothing.
+A blob is a byte string named by its SHA-256 digest, kept at `blobs/ab/<digest>`: 256 fan-out
+directories, all made at start-up, so storing a blob never has to create (and fsync) one. Its
+path is built from the digest alone, never from anything a client sent. New content is written to
+a temp file under `tmp/` on the same filesystem, hashed while it is written, fsynced, and only
+then renamed into place, so a blob path either holds the complete bytes of its digest or nothing.
 
 Blocking calls never run on the event loop: `BlobWriter` batches incoming chunks and hands each
 batch (at least `BATCH_BYTES`) to a worker thread, which hashes and writes it while the caller goes
@@ -19,10 +20,13 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 BATCH_BYTES = 1024 * 1024
+# Content up to this size is kept in memory by its writer (see StagedBlob.content).
+SMALL_BYTES = 64 * 1024
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _TEMP_SUFFIX = ".part"
@@ -38,11 +42,23 @@ class BlobTooLarge(Exception):
 
 @dataclass(frozen=True)
 class StagedBlob:
-    """Complete, fsynced content in a temp file, not yet linked into the store."""
+    """Complete, fsynced content in a temp file, not yet linked into the store.
+
+    `content` holds the bytes too when they are at most SMALL_BYTES (else None).
+    """
 
     temp_path: Path
     sha256: str
     size: int
+    content: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Linked:
+    """Staged content now stored: `new` if its blob was not there before; the blob's stat."""
+
+    new: bool
+    stat: os.stat_result
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,14 @@ class BlobStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.part_dir.mkdir(parents=True, exist_ok=True)
+        made = False
+        for i in range(256):
+            fan_out = self.blob_dir / f"{i:02x}"
+            if not fan_out.is_dir():
+                fan_out.mkdir()
+                made = True
+        if made:
+            _fsync_dir(self.blob_dir)
         removed = 0
         for entry in os.scandir(self.temp_dir):
             if entry.is_file(follow_symlinks=False):
@@ -83,7 +107,7 @@ class BlobStore:
         """The path of the blob with this digest (which need not exist)."""
         if not _DIGEST.fullmatch(digest):
             raise ValueError("not a lowercase hex SHA-256 digest")
-        return self.blob_dir / digest[:2] / digest[2:4] / digest
+        return self.blob_dir / digest[:2] / digest
 
     def writer(self, max_bytes: int | None = None) -> BlobWriter:
         """A writer for new content; raises `BlobTooLarge` once more than `max_bytes` arrive."""
@@ -101,38 +125,39 @@ class BlobStore:
         result = self.link_all([staged])[0]
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result.new
 
-    def link_all(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+    def link_all(self, staged: Sequence[StagedBlob]) -> list[Linked | Exception]:
         """`link` for many, with one fsync per directory that gained entries.
 
-        Each result is True (new blob), False (already stored) or the error for that content;
-        every temp file is gone afterwards.
+        Each result is a `Linked` or the error for that content; every temp file is gone
+        afterwards.
         """
-        results: list[bool | Exception] = []
+        results: list[Linked | Exception] = []
         gained: dict[Path, list[int]] = {}
         for i, item in enumerate(staged):
             try:
                 target = self.path_for(item.sha256)
                 try:
                     if target.exists():
-                        results.append(False)
+                        results.append(Linked(new=False, stat=target.stat()))
                         continue
-                    _makedirs_durable(target.parent, stop=self.blob_dir)
                     os.replace(item.temp_path, target)
+                    stat = target.stat()
                 finally:
                     item.temp_path.unlink(missing_ok=True)
             except Exception as error:
                 results.append(error)
                 continue
-            results.append(True)
+            results.append(Linked(new=True, stat=stat))
             gained.setdefault(target.parent, []).append(i)
-        for directory, indexes in gained.items():
-            try:
-                _fsync_dir(directory)
-            except OSError as error:
-                for i in indexes:
-                    results[i] = error
+        # Concurrent fsyncs can share one journal commit; one after another, each waits for its own.
+        with ThreadPoolExecutor(max_workers=min(8, len(gained) or 1)) as pool:
+            outcomes = pool.map(_try_fsync_dir, gained)
+            for (_, indexes), failure in zip(gained.items(), outcomes, strict=True):
+                if failure is not None:
+                    for i in indexes:
+                        results[i] = failure
         return results
 
     def read(self, digest: str) -> tuple[bytes, os.stat_result]:
@@ -153,9 +178,9 @@ class BlobStore:
 
     def digests(self) -> Iterator[str]:
         """Every digest stored, in no particular order; stray names are skipped."""
-        for top in _subdirs(self.blob_dir):
-            for mid in _subdirs(top):
-                for entry in os.scandir(mid):
+        for fan_out in _subdirs(self.blob_dir):
+            with os.scandir(fan_out) as it:
+                for entry in it:
                     if _DIGEST.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                         yield entry.name
 
@@ -269,7 +294,9 @@ class BlobWriter:
         chunks, self._batch = self._batch, []
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._write_sync_close, chunks)
-        return StagedBlob(temp_path=self._path, sha256=self._hash.hexdigest(), size=self._size)
+        # Nothing was written before: all the content is in `chunks`.
+        content = b"".join(chunks) if self._size <= SMALL_BYTES else None
+        return StagedBlob(self._path, self._hash.hexdigest(), self._size, content)
 
     async def abort(self) -> None:
         """Stop and remove the temp file. Safe to call at any point, also after `finish`."""
@@ -332,15 +359,12 @@ def _subdirs(path: Path) -> Iterator[Path]:
                 yield Path(entry.path)
 
 
-def _makedirs_durable(path: Path, *, stop: Path) -> None:
-    """Create `path` and missing parents below `stop`, fsyncing each parent that gained one."""
-    if path.is_dir():
-        return
-    if path.parent != stop:
-        _makedirs_durable(path.parent, stop=stop)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir()
-    _fsync_dir(path.parent)
+def _try_fsync_dir(path: Path) -> OSError | None:
+    try:
+        _fsync_dir(path)
+    except OSError as error:
+        return error
+    return None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -88,7 +88,9 @@ async def read_form(
     not_a_form = InvalidRequest(
         f"The request must be multipart/form-data with a '{content_field}' field."
     )
-    if request.content_type != "multipart/form-data":
+    # A plain split: request.content_type goes through the email module's header parser.
+    mime_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if mime_type != "multipart/form-data":
         raise not_a_form
     try:
         reader = await request.multipart()

@@ -11,6 +11,7 @@ from multidict import MultiMapping
 
 from .appkeys import CONFIG, STORE
 from .auth import PROJECT
+from .blobs import SMALL_BYTES
 from .errors import (
     ApiError,
     InvalidRequest,
@@ -22,9 +23,9 @@ from .forms import FORM_OVERHEAD, read_upload_form
 from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
-# Files up to this size are read whole in one thread hop and sent from memory, which beats
-# FileResponse's two hops (open+stat, close) plus sendfile set-up for small bodies.
-SMALL_CONTENT = 64 * 1024
+# Files up to this size are sent from memory (the store caches them, or reads them whole in one
+# thread hop), which beats FileResponse's two hops (open+stat, close) for small bodies.
+SMALL_CONTENT = SMALL_BYTES
 # Requests with these headers take the FileResponse path, which implements them.
 _CONDITIONAL = (
     "Range",

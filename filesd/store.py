@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .blobs import BlobStore, BlobTooLarge, BlobWriter, StagedBlob
+from .blobs import SMALL_BYTES, BlobStore, BlobTooLarge, BlobWriter, StagedBlob
 from .db import Database
 from .ids import id_factory
 from .models import FilePage, FileRecord
@@ -232,7 +232,7 @@ class FileStore:
                         self.blobs.link_all, [q.staged for q in batch]
                     )
                     for queued, result in zip(batch, results, strict=True):
-                        if isinstance(result, BaseException):
+                        if isinstance(result, Exception):
                             queued.done.set_exception(result)
                         else:
                             linked.append(queued)
@@ -248,6 +248,11 @@ class FileStore:
             else:
                 for queued in linked:
                     queued.done.set_result(None)
+                for queued, result in zip(batch, results, strict=True):
+                    if queued.staged.content is not None and not isinstance(result, Exception):
+                        self._remember_small(
+                            queued.staged.sha256, queued.staged.content, result.stat
+                        )
             finally:
                 for queued in batch:  # consumed by link_all, or never reached it
                     if not queued.done.done():
@@ -262,7 +267,9 @@ class FileStore:
     async def read_small(self, record: FileRecord) -> tuple[bytes, os.stat_result]:
         """A small file's bytes and its blob's stat, from memory or in one thread hop.
 
-        Raises `BlobMissing` if the blob is gone (and was not read since start-up).
+        Small blobs are kept in memory when written or read (up to the cache's bound), so a
+        blob removed from disk behind filesd's back may still be served for a while; otherwise
+        its absence raises `BlobMissing`.
         """
         cached = self._small.get(record.sha256)
         if cached is not None:
@@ -272,12 +279,18 @@ class FileStore:
         except FileNotFoundError:
             log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
             raise BlobMissing(record) from None
-        self._small[record.sha256] = found
-        self._small_bytes += len(found[0])
-        while self._small_bytes > self._small_limit:  # evict the oldest entries
+        self._remember_small(record.sha256, *found)
+        return found
+
+    def _remember_small(self, digest: str, content: bytes, stat: os.stat_result) -> None:
+        """Keep a small blob in memory (written or read just now); evicts the oldest first."""
+        if digest in self._small or len(content) > SMALL_BYTES:
+            return
+        self._small[digest] = (content, stat)
+        self._small_bytes += len(content)
+        while self._small_bytes > self._small_limit:
             oldest = next(iter(self._small))
             self._small_bytes -= len(self._small.pop(oldest)[0])
-        return found
 
     async def blob_path(self, record: FileRecord) -> Path:
         """The path of a file's bytes; raises `BlobMissing` if they are gone."""

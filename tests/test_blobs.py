@@ -49,7 +49,7 @@ async def test_link_moves_into_a_path_made_of_the_digest(blobs: BlobStore) -> No
     assert blobs.link(staged) is True
     digest = hashlib.sha256(b"hello").hexdigest()
     path = blobs.path_for(digest)
-    assert path == blobs.blob_dir / digest[:2] / digest[2:4] / digest
+    assert path == blobs.blob_dir / digest[:2] / digest
     assert path.read_bytes() == b"hello"
     assert not staged.temp_path.exists()
     assert list(blobs.digests()) == [digest]

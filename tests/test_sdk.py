@@ -228,12 +228,13 @@ async def test_async_chunked_upload(aclient: AsyncOpenAI) -> None:
 
 def test_the_sdk_retries_a_500_then_raises(server: ServerProcess) -> None:
     # A file whose bytes vanished from disk answers 500: the SDK retries it (max_retries=2).
+    # (Larger than 64 KiB: smaller files may still be served from filesd's memory.)
     key = f"sk-{uuid.uuid4().hex}"
-    content = os.urandom(1000)
+    content = os.urandom(100_000)
     with OpenAI(base_url=server.base_url, api_key=key, max_retries=2) as client:
         created = client.files.create(file=content, purpose="assistants")
         digest = hashlib.sha256(content).hexdigest()
-        (server.data_dir / "blobs" / digest[:2] / digest[2:4] / digest).unlink()
+        (server.data_dir / "blobs" / digest[:2] / digest).unlink()
         with pytest.raises(openai.InternalServerError) as info:
             client.files.content(created.id)
     assert info.value.status_code == 500

@@ -340,15 +340,18 @@ async def test_small_blobs_are_cached_within_a_bound(tmp_path: Path) -> None:
             await s.create_file("p", await stage(s, bytes([i]) * 4000), filename="f", purpose="x")
             for i in range(3)
         ]
-        body, st = await s.read_small(records[0])
-        assert body == bytes([0]) * 4000 and st.st_size == 4000
-        # Blobs never change for a digest: once read, the bytes are served from memory...
-        (await s.blob_path(records[0])).unlink()
-        assert (await s.read_small(records[0]))[0] == body
-        # ...until more than 10,000 bytes of others push them out (oldest first).
-        await s.read_small(records[1])
-        await s.read_small(records[2])
+        # Written just now, so kept (write-through) up to the bound: the oldest was pushed out.
+        for record in records:
+            (await s.blob_path(record)).unlink()
+        for record in records[1:]:
+            body, st = await s.read_small(record)
+            assert body == bytes([records.index(record)]) * 4000 and st.st_size == 4000
         with pytest.raises(BlobMissing):
             await s.read_small(records[0])
+        # Large content is never kept.
+        big = await s.create_file("p", await stage(s, b"x" * 70_000), filename="b", purpose="x")
+        (await s.blob_path(big)).unlink()
+        with pytest.raises(BlobMissing):
+            await s.read_small(big)
     finally:
         await s.close()

@@ -1,0 +1,48 @@
+"""The benchmark runs (quick mode) and reports every measure; its ratios are not checked here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+MEASURES = [
+    "large upload (MiB/s)",
+    "large download (MiB/s)",
+    "small uploads (files/s)",
+    "small downloads (req/s)",
+    "metadata (req/s)",
+    "list: first page p50 (ms)",
+    "list: offset 90% p50 (ms)",
+    "list: after paging p50 (ms)",
+    "memory: peak RSS growth (MiB)",
+]
+
+
+def test_quick_benchmark_reports_every_measure(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "BENCH_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| measure")
+    }
+    for measure in MEASURES:
+        filesd = rows[measure][0]
+        assert float(filesd.replace(",", "")) >= 0, (measure, rows[measure])
+    for measure in MEASURES[:5]:  # the floor is measured beside filesd, and a ratio printed
+        assert rows[measure][1] != "-" and float(rows[measure][3]) > 0, rows[measure]
+    assert list(tmp_path.iterdir()) == []  # the run cleaned up after itself
