@@ -1,9 +1,14 @@
 """SQLite metadata: schema migrations and the queries the store needs.
 
-One connection (aiosqlite runs it in its own thread), WAL mode, `synchronous=FULL` so a committed
-row survives power loss, not just a process crash. Rows are never removed by the API: a delete
-sets `deleted_at`. `seq` is the insertion order and the one ordering of a project's files, so
-paging by offset or by cursor never skips or repeats a file, even within one second.
+Three connections, each with its own aiosqlite thread, in WAL mode with `synchronous=FULL` (a
+committed row survives power loss, not just a process crash): one for the requests' writes, one
+read-only for reads (in WAL, readers never wait for writers, so a read never queues behind a
+write or its fsync), and one for background sweeps that does not wait on a busy database, so a
+sweep meeting a lock gives up until its next round instead of holding up the requests' writes.
+
+Rows are never removed by the API: a delete sets `deleted_at`. `seq` is the insertion order and
+the one ordering of a project's files, so paging by offset or by cursor never skips or repeats a
+file, even within one second.
 """
 
 from __future__ import annotations
@@ -117,33 +122,54 @@ class SchemaTooNew(Exception):
 class Database:
     """The metadata database. Create with `await Database.open(path)`."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    BUSY_TIMEOUT_MS = 5000
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        background: aiosqlite.Connection,
+    ) -> None:
         self._conn = conn
+        self._reader = reader
+        self._background = background
 
     @classmethod
     async def open(cls, path: Path) -> Database:
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        opened: list[aiosqlite.Connection] = []
         try:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            db = cls(conn)
+            for busy_ms in (cls.BUSY_TIMEOUT_MS, cls.BUSY_TIMEOUT_MS, 0):
+                conn = await aiosqlite.connect(path, isolation_level=None)
+                opened.append(conn)
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute("PRAGMA synchronous = FULL")
+                await conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            db = cls(*opened)
             await db._migrate()
+            await opened[1].execute("PRAGMA query_only = ON")
         except BaseException:
-            await conn.close()
+            for conn in opened:
+                await conn.close()
             raise
         return db
 
     async def close(self) -> None:
-        await self._conn.close()
+        for conn in (self._conn, self._reader, self._background):
+            await conn.close()
 
     async def schema_version(self) -> int:
         rows = await self._rows("PRAGMA user_version")
         return int(rows[0][0])
 
     async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
-        """All rows of a statement, in one trip to the database thread."""
-        return list(await self._conn.execute_fetchall(sql, params))
+        """All rows of a read-only statement, from the reader, in one trip to its thread."""
+        return list(await self._reader.execute_fetchall(sql, params))
+
+    async def _write_rows(
+        self, sql: str, params: Any = (), *, conn: aiosqlite.Connection | None = None
+    ) -> list[Any]:
+        """All rows a writing statement returns (RETURNING), in one trip to the writer's thread."""
+        return list(await (conn or self._conn).execute_fetchall(sql, params))
 
     async def _migrate(self) -> None:
         version = await self.schema_version()
@@ -251,7 +277,7 @@ class Database:
             f"UPDATE files SET deleted_at = :now "
             f"WHERE id = :id AND project = :project AND {_LIVE} RETURNING {_COLUMNS}"
         )
-        rows = await self._rows(sql, {"id": file_id, "project": project, "now": now})
+        rows = await self._write_rows(sql, {"id": file_id, "project": project, "now": now})
         row = rows[0] if rows else None
         return _record(row) if row is not None else None
 
@@ -263,7 +289,8 @@ class Database:
             "  AND expires_at <= :now LIMIT :limit"
             ") RETURNING sha256"
         )
-        return [row[0] for row in await self._rows(sql, {"now": now, "limit": limit})]
+        rows = await self._write_rows(sql, {"now": now, "limit": limit}, conn=self._background)
+        return [row[0] for row in rows]
 
     async def blob_in_use(self, sha256: str) -> bool:
         """True if any file not deleted refers to this blob (expired ones count until swept)."""
@@ -335,7 +362,7 @@ class Database:
     async def delete_parts(self, upload_id: str) -> list[str]:
         """Remove the part rows of an upload; returns their file tokens."""
         sql = "DELETE FROM upload_parts WHERE upload_id = ? RETURNING token"
-        return [row[0] for row in await self._rows(sql, (upload_id,))]
+        return [row[0] for row in await self._write_rows(sql, (upload_id,))]
 
     async def expire_uploads(self, *, now: int) -> list[str]:
         """Mark pending uploads past their expiry as expired; returns their ids."""
@@ -343,7 +370,7 @@ class Database:
             "UPDATE uploads SET status = 'expired' "
             "WHERE status = 'pending' AND expires_at <= ? RETURNING id"
         )
-        return [row[0] for row in await self._rows(sql, (now,))]
+        return [row[0] for row in await self._write_rows(sql, (now,), conn=self._background)]
 
     async def uploads_in_status(self, status: str) -> list[UploadRecord]:
         sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = ?"

@@ -8,8 +8,10 @@ an unexpected bug), is `{"error": {"message", "type", "param", "code"}}` with
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Mapping
 
@@ -95,6 +97,16 @@ class ServerError(ApiError):
     type = "server_error"
 
 
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "server_error"
+
+
+class InsufficientStorage(ApiError):
+    status = 507
+    type = "server_error"
+
+
 def error_response(error: ApiError) -> web.Response:
     body = {
         "error": {
@@ -169,6 +181,22 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
         return PayloadTooLarge(f"Request body is too large: {exc.text}")
     if isinstance(exc, web.HTTPException):
         return ApiError(exc.reason, status=exc.status)
+    disk_full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+    )
+    if disk_full:
+        log.error("storage full in %s %s: %s", request.method, request.path, exc)
+        return InsufficientStorage(
+            "The server has no room left to store this file. Try again later.",
+            code="insufficient_storage",
+        )
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        log.error("database busy in %s %s: %s", request.method, request.path, exc)
+        return ServiceUnavailable(
+            "The server's database is busy. Retry shortly.",
+            code="database_busy",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, HttpProcessingError):
         # aiohttp's parsers: malformed multipart headers, truncated or mis-encoded bodies.
         status = exc.code if 400 <= exc.code < 500 else 400

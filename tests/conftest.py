@@ -112,7 +112,14 @@ class ServerProcess:
 
     _count = 0
 
-    def __init__(self, args: list[str], cwd: Path, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        timeout: float = 20.0,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         ServerProcess._count += 1
         self.args = args
         self.cwd = cwd
@@ -120,12 +127,12 @@ class ServerProcess:
         self.stderr_path = cwd / f"server-{ServerProcess._count}.err"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "filesd", "serve", "--port", "0", *args],
+                [*(prefix or []), sys.executable, "-m", "filesd", "serve", "--port", "0", *args],
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         deadline = time.monotonic() + timeout
         while (match := re.search(r"http://\S+?:\d+", self.stdout_path.read_text())) is None:
