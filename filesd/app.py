@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .appkeys import CONFIG, REQUESTS, STORE, UPLOADS
+from .appkeys import CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
 from .auth import Authenticator, auth_middleware
 from .config import Config
-from .drain import RequestTracker
+from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers, error_middleware
 from .routes import setup_routes
 from .store import FileStore
@@ -36,6 +36,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     )
     app[CONFIG] = config
     app[REQUESTS] = requests
+    app[UPLOAD_SLOTS] = UploadSlots(config.limits.max_concurrent_uploads)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await FileStore.open(
@@ -44,6 +45,8 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             max_file_bytes=config.limits.max_file_bytes,
             default_expires_after=config.files.default_expires_after,
             clock=clock,
+            max_files_per_project=config.limits.max_files_per_project,
+            max_bytes_per_project=config.limits.max_bytes_per_project,
         )
         uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .config import Config
-from .drain import RequestTracker
+from .drain import RequestTracker, UploadSlots
 from .store import FileStore
 from .uploads import UploadService
 
@@ -13,3 +13,4 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", FileStore)
 REQUESTS = web.AppKey("requests", RequestTracker)
 UPLOADS = web.AppKey("uploads", UploadService)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)

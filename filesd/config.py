@@ -53,6 +53,11 @@ class LimitsConfig:
     max_file_bytes: int = 512 * 1024 * 1024
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     max_part_bytes: int = 64 * 1024 * 1024
+    max_concurrent_uploads: int = 64
+    body_timeout: int = 60
+    # Per project; 0 means no limit.
+    max_files_per_project: int = 0
+    max_bytes_per_project: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,14 +161,23 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         )
 
     limits = _table(data, "limits")
-    _check_keys(limits, "limits.", {"max_file_bytes", "max_upload_bytes", "max_part_bytes"})
+    positive = (
+        "max_file_bytes",
+        "max_upload_bytes",
+        "max_part_bytes",
+        "max_concurrent_uploads",
+        "body_timeout",
+    )
+    optional = ("max_files_per_project", "max_bytes_per_project")
+    _check_keys(limits, "limits.", {*positive, *optional})
     sizes = {
         name: _get(limits, f"limits.{name}", int, getattr(LimitsConfig, name))
-        for name in ("max_file_bytes", "max_upload_bytes", "max_part_bytes")
+        for name in (*positive, *optional)
     }
     for name, value in sizes.items():
-        if value < 1:
-            raise ConfigError(f"limits.{name}: must be at least 1, got {value}")
+        if value < (1 if name in positive else 0):
+            minimum = 1 if name in positive else "0 (no limit)"
+            raise ConfigError(f"limits.{name}: must be at least {minimum}, got {value}")
 
     files = _table(data, "files")
     _check_keys(

@@ -103,6 +103,36 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX files_live_by_expiry ON files (project, expires_at)
         WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
     """,
+    # 4: live bytes beside live files, for quotas
+    """
+    ALTER TABLE file_counts ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE file_counts SET bytes = (
+        SELECT COALESCE(SUM(bytes), 0) FROM files
+        WHERE files.project = file_counts.project AND files.purpose = file_counts.purpose
+        AND deleted_at IS NULL
+    );
+    DROP TRIGGER file_counts_insert;
+    DROP TRIGGER file_counts_delete;
+    DROP TRIGGER file_counts_purge;
+    CREATE TRIGGER file_counts_insert AFTER INSERT ON files WHEN NEW.deleted_at IS NULL
+    BEGIN
+        INSERT INTO file_counts (project, purpose, files, bytes)
+            VALUES (NEW.project, NEW.purpose, 1, NEW.bytes)
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = files + 1, bytes = bytes + NEW.bytes;
+    END;
+    CREATE TRIGGER file_counts_delete AFTER UPDATE OF deleted_at ON files
+        WHEN OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL
+    BEGIN
+        UPDATE file_counts SET files = files - 1, bytes = bytes - OLD.bytes
+            WHERE project = OLD.project AND purpose = OLD.purpose;
+    END;
+    CREATE TRIGGER file_counts_purge AFTER DELETE ON files WHEN OLD.deleted_at IS NULL
+    BEGIN
+        UPDATE file_counts SET files = files - 1, bytes = bytes - OLD.bytes
+            WHERE project = OLD.project AND purpose = OLD.purpose;
+    END;
+    """,
 )
 
 _COLUMNS = (
@@ -270,6 +300,16 @@ class Database:
         if after is not None and after_seq is None:
             return None
         return [_record(row[3:]) for row in rows if row[2] is not None], int(total)
+
+    async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Live files and bytes of each project (files not yet swept after expiry count)."""
+        marks = ",".join("?" * len(projects))
+        sql = (
+            "SELECT project, SUM(files), SUM(bytes) FROM file_counts "
+            f"WHERE project IN ({marks}) GROUP BY project"
+        )
+        found = {row[0]: (int(row[1]), int(row[2])) for row in await self._rows(sql, projects)}
+        return {p: found.get(p, (0, 0)) for p in projects}
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
         """Soft-delete a live file; returns it, or None if there was no such live file."""

@@ -1,4 +1,6 @@
-"""Graceful drain: let requests in flight finish, including ones still reading their body.
+"""Requests in flight: the graceful drain, and the cap on concurrent uploads.
+
+Graceful drain: let requests in flight finish, including ones still reading their body.
 
 aiohttp's own shutdown stops feeding received bytes to handlers as soon as it starts
 (aio-libs/aiohttp#2298), so an upload in mid-body would wait out the timeout and be lost.
@@ -9,9 +11,13 @@ wait until no handler is running; only then does aiohttp's shutdown run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from .errors import TooManyRequests
 
 
 class RequestTracker:
@@ -45,3 +51,28 @@ class RequestTracker:
         """Start draining and wait until no handler is running (bound it with a timeout)."""
         self.draining = True
         await self._idle.wait()
+
+
+class UploadSlots:
+    """At most `limit` uploads stream at once; the next one is refused with 429 at once.
+
+    Uploads hold a slot while their body arrives, so slow clients cannot take them all.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[None]:
+        if self.in_use >= self.limit:
+            raise TooManyRequests(
+                f"Too many uploads in progress (at most {self.limit}). Retry shortly.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1", "retry-after-ms": "1000"},
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1

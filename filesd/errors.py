@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from aiohttp.typedefs import Handler
 
-from .store import BlobMissing, BlobTooLarge, CursorNotFound, FileNotFound
+from .store import BlobMissing, BlobTooLarge, CursorNotFound, FileNotFound, QuotaExceeded
 from .uploads import (
     DuplicatePart,
     Md5Mismatch,
@@ -97,6 +97,15 @@ class ServerError(ApiError):
     type = "server_error"
 
 
+class TooManyRequests(ApiError):
+    status = 429
+    type = "requests"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+
+
 class ServiceUnavailable(ApiError):
     status = 503
     type = "server_error"
@@ -141,6 +150,11 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
         return InvalidRequest(f"No such File object: {exc.file_id}", param="after")
     if isinstance(exc, BlobTooLarge):
         return file_too_large(exc.limit)
+    if isinstance(exc, QuotaExceeded):
+        return InvalidRequest(
+            f"Quota exceeded: project {exc.project!r} may hold at most {exc.limit} {exc.what}.",
+            code="quota_exceeded",
+        )
     if isinstance(exc, UploadNotFound):
         return NotFound(f"No such Upload object: {exc.upload_id}", param="upload_id")
     if isinstance(exc, UploadNotPending):

@@ -7,13 +7,14 @@ behind: staged content is removed before the error propagates.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
 
 from .blobs import BlobWriter, StagedBlob
-from .errors import InvalidRequest
+from .errors import InvalidRequest, RequestTimeout
 from .store import FileStore
 from .validation import check_expires_after, check_filename, check_purpose
 
@@ -44,7 +45,7 @@ class UploadForm:
 
 
 async def read_upload_form(
-    request: web.Request, store: FileStore, purposes: tuple[str, ...]
+    request: web.Request, store: FileStore, purposes: tuple[str, ...], body_timeout: float
 ) -> UploadForm:
     """The form of `POST /v1/files`: `file` (with a filename), `purpose`, `expires_after[...]`."""
 
@@ -58,6 +59,7 @@ async def read_upload_form(
         text_fields=_UPLOAD_TEXT_FIELDS,
         new_writer=store.blob_writer,
         discard=store.discard,
+        body_timeout=body_timeout,
         check_text=check_text,
     )
     try:
@@ -82,9 +84,14 @@ async def read_form(
     text_fields: tuple[str, ...],
     new_writer: Callable[[], BlobWriter],
     discard: Callable[[StagedBlob], Awaitable[None]],
+    body_timeout: float,
     check_text: Callable[[str, str], None] | None = None,
 ) -> Form:
-    """Read a form with one content field (streamed) and some small text fields."""
+    """Read a form with one content field (streamed) and some small text fields.
+
+    If no bytes arrive for `body_timeout` seconds, the request fails with 408: a stalled
+    client cannot hold an upload slot forever.
+    """
     not_a_form = InvalidRequest(
         f"The request must be multipart/form-data with a '{content_field}' field."
     )
@@ -102,9 +109,12 @@ async def read_form(
     try:
         while True:
             try:
-                part = await reader.next()
+                async with asyncio.timeout(body_timeout):
+                    part = await reader.next()
             except ValueError as e:
                 raise InvalidRequest(f"Malformed multipart body: {e}") from None
+            except TimeoutError:
+                raise _too_slow(body_timeout) from None
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
@@ -116,9 +126,9 @@ async def read_form(
                 raise InvalidRequest(f"Duplicate field '{name}'.", param=name)
             if name == content_field:
                 filename = part.filename
-                staged = await _stream_content(part, new_writer())
+                staged = await _stream_content(part, new_writer(), body_timeout)
             elif name in text_fields:
-                fields[name] = await _read_text(part, name)
+                fields[name] = await _read_text(part, name, body_timeout)
                 if check_text is not None:
                     check_text(name, fields[name])
             else:
@@ -132,9 +142,11 @@ async def read_form(
     return Form(staged, filename, fields)
 
 
-async def _stream_content(part: BodyPartReader, writer: BlobWriter) -> StagedBlob:
+async def _stream_content(
+    part: BodyPartReader, writer: BlobWriter, stall_seconds: float
+) -> StagedBlob:
     try:
-        while chunk := await part.read_chunk(READ_CHUNK):
+        while chunk := await _read_chunk(part, READ_CHUNK, stall_seconds):
             await writer.write(chunk)
         return await writer.finish()
     except BaseException:
@@ -142,9 +154,26 @@ async def _stream_content(part: BodyPartReader, writer: BlobWriter) -> StagedBlo
         raise
 
 
-async def _read_text(part: BodyPartReader, name: str) -> str:
+async def _read_chunk(part: BodyPartReader, size: int, stall_seconds: float) -> bytes:
+    """The next chunk; 408 if none comes within `stall_seconds` (a limit per read, which
+    restarts with every chunk, unlike a deadline for the whole body)."""
+    try:
+        async with asyncio.timeout(stall_seconds):
+            return await part.read_chunk(size)
+    except TimeoutError:
+        raise _too_slow(stall_seconds) from None
+
+
+def _too_slow(stall_seconds: float) -> RequestTimeout:
+    return RequestTimeout(
+        f"The request body stalled: no data arrived for {stall_seconds:g} seconds.",
+        code="timeout",
+    )
+
+
+async def _read_text(part: BodyPartReader, name: str, stall_seconds: float) -> str:
     data = bytearray()
-    while chunk := await part.read_chunk(TEXT_FIELD_MAX + 1):
+    while chunk := await _read_chunk(part, TEXT_FIELD_MAX + 1, stall_seconds):
         data += chunk
         if len(data) > TEXT_FIELD_MAX:
             raise InvalidRequest(

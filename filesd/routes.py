@@ -9,7 +9,7 @@ from urllib.parse import quote
 from aiohttp import HttpVersion11, web
 from multidict import MultiMapping
 
-from .appkeys import CONFIG, STORE
+from .appkeys import CONFIG, STORE, UPLOAD_SLOTS
 from .auth import PROJECT
 from .blobs import SMALL_BYTES
 from .errors import (
@@ -82,15 +82,21 @@ def _check_upload_length(request: web.Request) -> None:
 
 async def create_file(request: web.Request) -> web.Response:
     _check_upload_length(request)
-    store = request.app[STORE]
-    form = await read_upload_form(request, store, request.app[CONFIG].files.purposes)
-    record = await store.create_file(
-        request[PROJECT],
-        form.staged,
-        filename=form.filename,
-        purpose=form.purpose,
-        expires_after=form.expires_after,
-    )
+    config, store = request.app[CONFIG], request.app[STORE]
+    with request.app[UPLOAD_SLOTS].take():
+        # Refuse early only what is certainly over: the file is at least this large.
+        smallest = max(0, (request.content_length or 0) - FORM_OVERHEAD)
+        await store.check_quota(request[PROJECT], smallest)
+        form = await read_upload_form(
+            request, store, config.files.purposes, config.limits.body_timeout
+        )
+        record = await store.create_file(
+            request[PROJECT],
+            form.staged,
+            filename=form.filename,
+            purpose=form.purpose,
+            expires_after=form.expires_after,
+        )
     return web.json_response(record.as_file_object())
 
 

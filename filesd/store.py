@@ -42,6 +42,7 @@ __all__ = [
     "FileNotFound",
     "FileStore",
     "ListQuery",
+    "QuotaExceeded",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,16 @@ class BlobMissing(Exception):
     def __init__(self, record: FileRecord) -> None:
         super().__init__(f"blob {record.sha256} of file {record.id} is missing")
         self.record = record
+
+
+class QuotaExceeded(Exception):
+    """Storing the file would take the project over one of its quotas; nothing was stored."""
+
+    def __init__(self, project: str, what: str, limit: int) -> None:
+        super().__init__(f"project {project!r} may hold at most {limit} {what}")
+        self.project = project
+        self.what = what
+        self.limit = limit
 
 
 class DataDirLocked(Exception):
@@ -111,6 +122,8 @@ class FileStore:
         default_expires_after: Mapping[str, int],
         clock: Callable[[], float],
         small_cache_bytes: int = SMALL_CACHE_BYTES,
+        max_files_per_project: int = 0,
+        max_bytes_per_project: int = 0,
     ) -> None:
         # db and blobs are shared with the upload service, which builds on this store.
         self.db = db
@@ -126,6 +139,8 @@ class FileStore:
         self._small: dict[str, tuple[bytes, os.stat_result]] = {}
         self._small_bytes = 0
         self._small_limit = small_cache_bytes
+        self._max_files = max_files_per_project
+        self._max_bytes = max_bytes_per_project
 
     @classmethod
     async def open(
@@ -137,6 +152,8 @@ class FileStore:
         default_expires_after: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.time,
         small_cache_bytes: int = SMALL_CACHE_BYTES,
+        max_files_per_project: int = 0,
+        max_bytes_per_project: int = 0,
     ) -> FileStore:
         """Open (creating if needed) the store in `data_dir` and clean up interrupted uploads.
 
@@ -161,6 +178,8 @@ class FileStore:
             default_expires_after=default_expires_after or {},
             clock=clock,
             small_cache_bytes=small_cache_bytes,
+            max_files_per_project=max_files_per_project,
+            max_bytes_per_project=max_bytes_per_project,
         )
 
     async def close(self) -> None:
@@ -221,6 +240,43 @@ class FileStore:
         await asyncio.shield(done)
         return record
 
+    async def check_quota(self, project: str, incoming_bytes: int = 0) -> None:
+        """Raise `QuotaExceeded` if the project cannot take one more file of this size.
+
+        A cheap early refusal; the binding check happens when the file is committed.
+        """
+        if self._max_files or self._max_bytes:
+            usage = await self.db.usage([project])
+            self._check_quota(project, *usage[project], incoming_bytes)
+
+    def _check_quota(self, project: str, files: int, size: int, incoming: int) -> None:
+        if self._max_files and files + 1 > self._max_files:
+            raise QuotaExceeded(project, "files", self._max_files)
+        if self._max_bytes and size + incoming > self._max_bytes:
+            raise QuotaExceeded(project, "bytes", self._max_bytes)
+
+    async def _within_quotas(self, batch: list[_Queued]) -> list[_Queued]:
+        """The queued files that fit their projects' quotas; the others are refused."""
+        if not (self._max_files or self._max_bytes):
+            return batch
+        usage = await self.db.usage(sorted({q.record.project for q in batch}))
+        accepted: list[_Queued] = []
+        refused: list[StagedBlob] = []
+        for queued in batch:
+            project = queued.record.project
+            files, size = usage[project]
+            try:
+                self._check_quota(project, files, size, queued.record.bytes)
+            except QuotaExceeded as error:
+                queued.done.set_exception(error)
+                refused.append(queued.staged)
+                continue
+            usage[project] = (files + 1, size + queued.record.bytes)
+            accepted.append(queued)
+        if refused:
+            await asyncio.to_thread(self._discard_all, refused)
+        return accepted
+
     async def _commit_queued(self) -> None:
         """Commit everything queued, in batches, until the queue is empty."""
         while self._queue:
@@ -228,6 +284,7 @@ class FileStore:
             linked: list[_Queued] = []
             try:
                 async with self._write_lock:
+                    batch = await self._within_quotas(batch)
                     results = await asyncio.to_thread(
                         self.blobs.link_all, [q.staged for q in batch]
                     )
@@ -359,6 +416,10 @@ class FileStore:
         if removed:
             log.info("removed %d orphaned blob(s)", removed)
         return removed
+
+    def _discard_all(self, staged: list[StagedBlob]) -> None:
+        for item in staged:
+            self.blobs.discard(item)
 
     def _remove_blobs(self, digests: list[str]) -> int:
         return sum(self.blobs.remove(d) for d in digests)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .appkeys import CONFIG, UPLOADS
+from .appkeys import CONFIG, UPLOAD_SLOTS, UPLOADS
 from .auth import PROJECT
 from .blobs import BlobTooLarge
 from .errors import InvalidRequest
@@ -82,17 +82,19 @@ async def add_part(request: web.Request) -> web.Response:
     limit = request.app[CONFIG].limits.max_part_bytes
     if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
         raise _part_too_large(limit)
-    try:
-        form = await read_form(
-            request,
-            content_field="data",
-            text_fields=(),
-            new_writer=uploads.part_writer,
-            discard=uploads.discard,
-        )
-    except BlobTooLarge:
-        raise _part_too_large(limit) from None
-    part = await uploads.add_part(project, upload_id, form.staged)
+    with request.app[UPLOAD_SLOTS].take():
+        try:
+            form = await read_form(
+                request,
+                content_field="data",
+                text_fields=(),
+                new_writer=uploads.part_writer,
+                discard=uploads.discard,
+                body_timeout=request.app[CONFIG].limits.body_timeout,
+            )
+        except BlobTooLarge:
+            raise _part_too_large(limit) from None
+        part = await uploads.add_part(project, upload_id, form.staged)
     return web.json_response(part.as_part_object())
 
 
