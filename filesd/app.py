@@ -15,6 +15,7 @@ from .auth import Authenticator, auth_middleware
 from .config import Config
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers, error_middleware
+from .ops import collect
 from .routes import setup_routes
 from .store import FileStore
 from .upload_routes import setup_upload_routes
@@ -51,20 +52,23 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store
         app[UPLOADS] = uploads
+        await _load_keys(store, authenticator)
         if authenticator.open_mode:
             log.warning(
                 "no API keys configured: running open, any bearer token is accepted "
                 "and each distinct token is its own project"
             )
-        maintenance = asyncio.create_task(
-            _maintain(store, uploads, interval=config.storage.sweep_interval)
-        )
+        tasks = [
+            asyncio.create_task(_maintain(store, uploads, config)),
+            asyncio.create_task(_refresh_keys(store, authenticator)),
+        ]
         try:
             yield
         finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await store.close()
 
     app.cleanup_ctx.append(store_ctx)
@@ -74,15 +78,20 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     return app
 
 
-async def _maintain(store: FileStore, uploads: UploadService, *, interval: int) -> None:
+async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:
     """Background upkeep while serving: start-up recovery once, then periodic sweeps.
 
     Start-up: blobs and part files a crash left unreferenced, uploads caught mid-completion.
-    Every `interval` seconds: expired files (already hidden) and expired uploads.
+    Every `sweep_interval` seconds: expired files (already hidden) and uploads, and rows deleted
+    longer ago than `deleted_retention` (with the blobs that frees): `filesd gc`, in the server.
     """
+
+    async def collect_garbage() -> None:
+        await collect(store, deleted_retention=config.storage.deleted_retention)
+
     steps = [store.sweep_orphans, uploads.recover]
     while True:
-        for step in [*steps, store.sweep_expired, uploads.sweep_expired]:
+        for step in [*steps, collect_garbage, uploads.sweep_expired]:
             try:
                 await step()
             except asyncio.CancelledError:
@@ -90,4 +99,24 @@ async def _maintain(store: FileStore, uploads: UploadService, *, interval: int) 
             except Exception:
                 log.exception("background %s failed", step.__name__)
         steps = []
-        await asyncio.sleep(interval)
+        await asyncio.sleep(config.storage.sweep_interval)
+
+
+KEY_REFRESH_SECONDS = 2.0
+
+
+async def _load_keys(store: FileStore, authenticator: Authenticator) -> None:
+    keys = await store.db.keys()
+    authenticator.use_made_keys(((k[1], k[2]) for k in keys if k[5] is None), any_made=bool(keys))
+
+
+async def _refresh_keys(store: FileStore, authenticator: Authenticator) -> None:
+    """Keys made or revoked with `filesd keys` take effect within KEY_REFRESH_SECONDS."""
+    while True:
+        await asyncio.sleep(KEY_REFRESH_SECONDS)
+        try:
+            await _load_keys(store, authenticator)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reloading API keys failed")

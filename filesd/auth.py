@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -32,8 +33,23 @@ class Authenticator:
     """Resolves an `Authorization` header to a project name, or raises `AuthenticationFailed`."""
 
     def __init__(self, config: AuthConfig) -> None:
-        self._projects = {bytes.fromhex(k.key_sha256): k.project for k in config.keys}
-        self.open_mode = config.open_mode
+        self._configured = {bytes.fromhex(k.key_sha256): k.project for k in config.keys}
+        self._made: dict[bytes, str] = {}
+        self._any_made = False
+
+    @property
+    def open_mode(self) -> bool:
+        """No keys configured and none ever made with `filesd keys create`.
+
+        A revoked key still counts: revoking the last key must not open the server to all.
+        """
+        return not self._configured and not self._any_made
+
+    def use_made_keys(self, active: Iterable[tuple[str, str]], *, any_made: bool) -> None:
+        """Replace the keys from the database: active (hex SHA-256, project) pairs, and
+        whether any key (revoked ones too) was ever made there."""
+        self._made = {bytes.fromhex(digest): project for digest, project in active}
+        self._any_made = any_made
 
     def project_for(self, authorization: str | None) -> str:
         token = _bearer_token(authorization)
@@ -42,9 +58,10 @@ class Authenticator:
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         if self.open_mode:
             return "open-" + digest.hex()[:32]
-        for known, project in self._projects.items():
-            if hmac.compare_digest(known, digest):
-                return project
+        for keys in (self._configured, self._made):
+            for known, project in keys.items():
+                if hmac.compare_digest(known, digest):
+                    return project
         raise AuthenticationFailed(
             f"Incorrect API key provided: {mask_key(token)}. "
             "You can find your API key in the filesd configuration ([[auth.keys]]).",

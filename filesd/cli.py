@@ -6,16 +6,17 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, load_config
+from . import __version__, ops
+from .config import Config, ConfigError, load_config
 from .db import SchemaTooNew
 from .server import serve
 from .store import DataDirLocked
 
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "fsck", "gc", "keys", "backup")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,15 +27,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"filesd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve_parser = commands.add_parser("serve", help="run the server (the default)")
-    serve_parser.add_argument("--config", type=Path, help="TOML configuration file")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML configuration file")
+    common.add_argument(
+        "--data-dir", type=Path, help="where files are kept (overrides storage.data_dir)"
+    )
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    serve_parser = command("serve", "run the server (the default)")
     serve_parser.add_argument("--host", help="address to listen on (overrides server.host)")
     serve_parser.add_argument(
         "--port", type=_port, help="port to listen on, 0 for a free one (overrides server.port)"
     )
-    serve_parser.add_argument(
-        "--data-dir", type=Path, help="where files are kept (overrides storage.data_dir)"
+    fsck_parser = command(
+        "fsck", "check every blob and file; exit status 1 if anything is wrong (server stopped)"
     )
+    fsck_parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine corrupt blobs, mark damaged files, remove orphans and stray files",
+    )
+    command("gc", "delete expired files, purge old deleted rows, reclaim unused blobs")
+    backup_parser = command("backup", "copy the data directory consistently, also while serving")
+    backup_parser.add_argument("dest", type=Path, help="an empty or new directory")
+    keys_parser = commands.add_parser(
+        "keys", help="API keys kept in the database (beside [[auth.keys]])"
+    )
+    keys = keys_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys.add_parser(
+        "create", help="make a key; it is printed once, only its digest kept", parents=[common]
+    )
+    create.add_argument("--project", required=True)
+    keys.add_parser(
+        "list", help="list the keys (id, project, last characters, dates)", parents=[common]
+    )
+    revoke = keys.add_parser(
+        "revoke", help="revoke a key by its id (takes effect in ~2 s)", parents=[common]
+    )
+    revoke.add_argument("key_id")
     return parser
 
 
@@ -50,22 +82,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config).with_overrides(
-            host=args.host,
-            port=args.port,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
             data_dir=args.data_dir.resolve() if args.data_dir else None,
         )
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config))
-    except (DataDirLocked, SchemaTooNew) as e:
+        return _run(args, config)
+    except (DataDirLocked, SchemaTooNew, FileExistsError, FileNotFoundError) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"filesd: cannot serve: {e}", file=sys.stderr)
+        print(f"filesd: {e}", file=sys.stderr)
         return 1
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    data_dir = config.storage.data_dir
+    if args.command == "serve":
+        asyncio.run(serve(config))
+        return 0
+    if args.command == "fsck":
+        report = asyncio.run(ops.fsck(data_dir, repair=args.repair))
+        print("\n".join(report.lines()))
+        if args.repair and not report.ok:
+            print("repaired")
+        return 0 if report.ok else 1
+    if args.command == "gc":
+        result = asyncio.run(ops.gc(data_dir, deleted_retention=config.storage.deleted_retention))
+        print(
+            f"expired files deleted: {result.expired_files}, deleted rows purged: "
+            f"{result.purged_rows}, unused blobs reclaimed: {result.orphaned_blobs}"
+        )
+        return 0
+    if args.command == "backup":
+        copied = ops.backup(data_dir, args.dest)
+        print(
+            f"backed up {copied.files} file(s) in {copied.blobs} blob(s) to {args.dest}"
+            + (
+                f"; {copied.deleted_meanwhile} deleted meanwhile"
+                if copied.deleted_meanwhile
+                else ""
+            )
+        )
+        return 0
+    if args.keys_command == "create":
+        key_id, key = asyncio.run(ops.create_key(data_dir, args.project))
+        print(f"{key_id} project={args.project}")
+        print(key)
+        print("(the key is shown this once; filesd keeps only its SHA-256)", file=sys.stderr)
+        return 0
+    if args.keys_command == "list":
+        for key_id, project, hint, created, revoked in asyncio.run(ops.list_keys(data_dir)):
+            state = f"revoked {_when(revoked)}" if revoked else "active"
+            print(f"{key_id}  {project}  ...{hint}  created {_when(created)}  {state}")
+        return 0
+    if not asyncio.run(ops.revoke_key(data_dir, args.key_id)):
+        print(f"filesd: no active key {args.key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}")
     return 0
+
+
+def _when(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp)) + "Z"
 
 
 def entrypoint() -> None:

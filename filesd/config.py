@@ -46,6 +46,7 @@ class ServerConfig:
 class StorageConfig:
     data_dir: Path = Path("filesd-data")
     sweep_interval: int = 60
+    deleted_retention: int = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {port}")
 
     storage = _table(data, "storage")
-    _check_keys(storage, "storage.", {"data_dir", "sweep_interval"})
+    _check_keys(storage, "storage.", {"data_dir", "sweep_interval", "deleted_retention"})
     data_dir_raw = _get(storage, "storage.data_dir", str, str(StorageConfig.data_dir))
     if not data_dir_raw:
         raise ConfigError("storage.data_dir: must not be empty")
@@ -159,6 +160,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         raise ConfigError(
             f"storage.sweep_interval: must be at least 1 second, got {sweep_interval}"
         )
+    retention = _get(storage, "storage.deleted_retention", int, StorageConfig.deleted_retention)
+    if retention < 0:
+        raise ConfigError(f"storage.deleted_retention: must be 0 or more seconds, got {retention}")
 
     limits = _table(data, "limits")
     positive = (
@@ -207,7 +211,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
 
     return Config(
         server=ServerConfig(host=host, port=port),
-        storage=StorageConfig(data_dir=data_dir, sweep_interval=sweep_interval),
+        storage=StorageConfig(
+            data_dir=data_dir, sweep_interval=sweep_interval, deleted_retention=retention
+        ),
         limits=LimitsConfig(**sizes),
         files=FilesConfig(
             id_format=id_format,

@@ -133,6 +133,17 @@ MIGRATIONS: tuple[str, ...] = (
             WHERE project = OLD.project AND purpose = OLD.purpose;
     END;
     """,
+    # 5: API keys made with `filesd keys create` (kept as digests only)
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        hint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    """,
 )
 
 _COLUMNS = (
@@ -350,6 +361,58 @@ class Database:
             found.update(row[0] for row in await self._rows(sql, chunk))
         return found
 
+    # --- operator commands ----------------------------------------------------------------------
+
+    async def live_digests(self) -> list[str]:
+        """Blobs of live files, except files already marked damaged (status `error`)."""
+        sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND status != 'error'"
+        return [row[0] for row in await self._rows(sql)]
+
+    async def mark_blob_damaged(self, sha256: str, details: str) -> int:
+        """Set status `error` on the live files of a blob; returns how many."""
+        sql = (
+            "UPDATE files SET status = 'error', status_details = ? "
+            "WHERE sha256 = ? AND deleted_at IS NULL"
+        )
+        cur = await self._conn.execute(sql, (details, sha256))
+        return cur.rowcount
+
+    async def purge_deleted(self, *, before: int) -> int:
+        """Remove rows soft-deleted before `before`, and finished uploads created before it."""
+        cur = await self._conn.execute(
+            "DELETE FROM files WHERE deleted_at IS NOT NULL AND deleted_at < ?", (before,)
+        )
+        purged = cur.rowcount
+        await self._conn.execute(
+            "DELETE FROM uploads WHERE status IN ('completed', 'cancelled', 'expired') "
+            "AND created_at < ?",
+            (before,),
+        )
+        return purged
+
+    async def insert_key(
+        self, key_id: str, key_sha256: str, project: str, hint: str, now: int
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO api_keys (id, key_sha256, project, hint, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_id, key_sha256, project, hint, now),
+        )
+
+    async def keys(self) -> list[tuple[str, str, str, str, int, int | None]]:
+        """(id, key_sha256, project, hint, created_at, revoked_at) of every key, oldest first."""
+        sql = (
+            "SELECT id, key_sha256, project, hint, created_at, revoked_at FROM api_keys "
+            "ORDER BY created_at, id"
+        )
+        return [tuple(row) for row in await self._rows(sql)]
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        cur = await self._conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id)
+        )
+        return cur.rowcount == 1
+
     # --- uploads ------------------------------------------------------------------------------
 
     async def insert_upload(self, upload: UploadRecord) -> None:
@@ -411,6 +474,14 @@ class Database:
             "WHERE status = 'pending' AND expires_at <= ? RETURNING id"
         )
         return [row[0] for row in await self._write_rows(sql, (now,), conn=self._background)]
+
+    async def finished_uploads_with_parts(self) -> list[str]:
+        """Uploads no longer pending whose parts are still recorded (a sweep was cut short)."""
+        sql = (
+            "SELECT DISTINCT upload_id FROM upload_parts JOIN uploads ON uploads.id = upload_id "
+            "WHERE uploads.status IN ('completed', 'cancelled', 'expired')"
+        )
+        return [row[0] for row in await self._rows(sql)]
 
     async def uploads_in_status(self, status: str) -> list[UploadRecord]:
         sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = ?"

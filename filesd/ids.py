@@ -14,9 +14,14 @@ def uuid_id() -> str:
     return str(uuid.uuid4())
 
 
+def random_base62(length: int) -> str:
+    """`length` characters from a CSPRNG, about 5.95 bits each."""
+    return "".join(secrets.choice(_BASE62) for _ in range(length))
+
+
 def prefixed_id(prefix: str) -> str:
     """`prefix` and 24 base62 characters (~143 bits), the shape of OpenAI's ids."""
-    return prefix + "".join(secrets.choice(_BASE62) for _ in range(24))
+    return prefix + random_base62(24)
 
 
 def openai_id() -> str:

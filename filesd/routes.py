@@ -16,6 +16,7 @@ from .errors import (
     ApiError,
     InvalidRequest,
     RangeNotSatisfiable,
+    ServerError,
     error_response,
     file_too_large,
 )
@@ -121,6 +122,8 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     record = await store.get_file(request[PROJECT], request.match_info["file_id"])
     if record.purpose in request.app[CONFIG].files.download_refused:
         raise InvalidRequest(f"Not allowed to download files of purpose: {record.purpose}")
+    if record.status == "error":
+        raise ServerError(record.status_details or "The file is damaged.", code="file_damaged")
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
     if record.bytes <= SMALL_CONTENT and not any(h in request.headers for h in _CONDITIONAL):
         body, st = await store.read_small(record)

@@ -43,6 +43,7 @@ __all__ = [
     "FileStore",
     "ListQuery",
     "QuotaExceeded",
+    "lock_data_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class FileStore:
         Raises `DataDirLocked` if another process holds the directory.
         """
         blobs = BlobStore(data_dir)
-        lock_fd = await asyncio.to_thread(_lock_data_dir, data_dir)
+        lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
         try:
             removed = await asyncio.to_thread(blobs.prepare)
             if removed:
@@ -425,7 +426,8 @@ class FileStore:
         return sum(self.blobs.remove(d) for d in digests)
 
 
-def _lock_data_dir(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory's lock (one process at a time); returns the fd holding it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(data_dir / "filesd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

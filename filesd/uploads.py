@@ -193,9 +193,13 @@ class UploadService:
         return replace(upload, status="cancelled")
 
     async def sweep_expired(self) -> int:
-        """Mark uploads past their expiry as expired and remove their parts."""
+        """Mark uploads past their expiry as expired and remove their parts.
+
+        Also removes parts any earlier sweep, completion or cancellation left behind (a crash
+        between marking an upload and removing its parts), so every sweep finishes the job.
+        """
         expired = await self._db.expire_uploads(now=self._files.now())
-        for upload_id in expired:
+        for upload_id in await self._db.finished_uploads_with_parts():
             await self._drop_parts(upload_id)
         if expired:
             log.info("expired %d upload(s)", len(expired))

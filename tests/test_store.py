@@ -355,3 +355,14 @@ async def test_small_blobs_are_cached_within_a_bound(tmp_path: Path) -> None:
             await s.read_small(big)
     finally:
         await s.close()
+
+
+async def test_a_sweep_finishes_what_a_crash_cut_short(store: FileStore, tmp_path: Path) -> None:
+    uploads = UploadService(store, max_part_bytes=1024)
+    upload_id, _ = await new_upload(uploads, [b"ab"])
+    # A crash after the upload was marked cancelled, before its parts were removed:
+    assert await store.db.set_upload_status(upload_id, old="pending", new="cancelled")
+    assert os.listdir(tmp_path / "parts") != []
+    await uploads.sweep_expired()
+    assert os.listdir(tmp_path / "parts") == []
+    assert await store.db.get_parts(upload_id) == []

@@ -1,0 +1,239 @@
+"""Operator commands: fsck, gc, backup, and API keys kept in the database.
+
+`fsck` and `gc` need the data directory to themselves (they take its lock, so they refuse to run
+beside a server: the server does gc itself). `backup` and the key commands work beside a running
+server: SQLite's WAL lets them read and write while it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .blobs import BlobStore
+from .db import Database
+from .ids import random_base62
+from .store import FileStore, lock_data_dir
+
+KEY_PREFIX = "sk-filesd-"
+
+
+@dataclass
+class FsckReport:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    stray_temp_files: list[str] = field(default_factory=list)
+    stray_part_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing
+            or self.corrupt
+            or self.orphaned
+            or self.stray_temp_files
+            or self.stray_part_files
+        )
+
+    def lines(self) -> list[str]:
+        out = [f"checked {self.checked} blob(s)"]
+        for label, items in (
+            ("missing blob", self.missing),
+            ("corrupt blob", self.corrupt),
+            ("orphaned blob", self.orphaned),
+            ("stray temp file", self.stray_temp_files),
+            ("stray part file", self.stray_part_files),
+        ):
+            out += [f"{label}: {item}" for item in items]
+        out.append("ok" if self.ok else "problems found")
+        return out
+
+
+async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
+    """Check every blob against its digest and every live file against its blob.
+
+    Changes nothing unless `repair`: then corrupt blobs move to `quarantine/` and their files
+    get `status: "error"` (as do files whose blob is missing); orphaned blobs and stray temp and
+    part files are removed. Takes the data directory's lock: not beside a running server.
+    """
+    report = FsckReport()
+    blobs = BlobStore(data_dir)
+    lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
+    try:
+        db = await Database.open(data_dir / "filesd.db")
+        try:
+            if blobs.temp_dir.is_dir():
+                report.stray_temp_files = sorted(
+                    await asyncio.to_thread(os.listdir, blobs.temp_dir)
+                )
+            live = set(await db.live_digests())
+            on_disk = set(await asyncio.to_thread(lambda: list(blobs.digests())))
+            report.missing = sorted(live - on_disk)
+            report.orphaned = sorted(on_disk - live)
+            for digest in sorted(on_disk & live):
+                report.checked += 1
+                if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) != digest:
+                    report.corrupt.append(digest)
+            if blobs.part_dir.is_dir():
+                parts = await asyncio.to_thread(blobs.part_tokens_older_than, time.time() + 1)
+                report.stray_part_files = sorted(set(parts) - await db.part_tokens_in_use(parts))
+            if repair:
+                await _repair(db, blobs, report)
+        finally:
+            await db.close()
+    finally:
+        os.close(lock_fd)
+    return report
+
+
+async def _repair(db: Database, blobs: BlobStore, report: FsckReport) -> None:
+    quarantine = blobs.root / "quarantine"
+    for digest in report.corrupt:
+        await asyncio.to_thread(quarantine.mkdir, exist_ok=True)
+        await asyncio.to_thread(os.replace, blobs.path_for(digest), quarantine / digest)
+        await db.mark_blob_damaged(
+            digest, "The stored content does not match its SHA-256; quarantined by fsck."
+        )
+    for digest in report.missing:
+        await db.mark_blob_damaged(digest, "The stored content is missing; found by fsck.")
+    for digest in report.orphaned:
+        await asyncio.to_thread(blobs.remove, digest)
+    await asyncio.to_thread(blobs.remove_parts, report.stray_part_files)
+    for name in report.stray_temp_files:
+        await asyncio.to_thread((blobs.temp_dir / name).unlink, missing_ok=True)
+
+
+def _digest_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class GcReport:
+    expired_files: int
+    purged_rows: int
+    orphaned_blobs: int
+
+
+async def gc(data_dir: Path, *, deleted_retention: int) -> GcReport:
+    """Delete expired files, purge rows soft-deleted over `deleted_retention` seconds ago,
+    and reclaim blobs no file refers to. The server runs the same in the background."""
+    store = await FileStore.open(data_dir)
+    try:
+        return await collect(store, deleted_retention=deleted_retention)
+    finally:
+        await store.close()
+
+
+async def collect(store: FileStore, *, deleted_retention: int) -> GcReport:
+    expired = await store.sweep_expired()
+    purged = await store.db.purge_deleted(before=store.now() - deleted_retention)
+    orphans = await store.sweep_orphans()
+    return GcReport(expired, purged, orphans)
+
+
+@dataclass
+class BackupReport:
+    files: int
+    blobs: int
+    deleted_meanwhile: int
+
+
+def backup(data_dir: Path, dest: Path) -> BackupReport:
+    """A consistent copy of a data directory, taken while a server may be running.
+
+    The database is copied with SQLite's backup API (one consistent snapshot); then every blob a
+    live file of that snapshot refers to. A blob reclaimed in between belonged to files deleted
+    after the snapshot: they are marked deleted in the copy, so the copy is a state the server
+    really passed through, minus those deletes' timing. Uploads in progress are not copied (they
+    show as expired). Everything is fsynced. `filesd serve --data-dir DEST` starts from it.
+    """
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} is not empty")
+    source_db = data_dir / "filesd.db"
+    if not source_db.is_file():
+        raise FileNotFoundError(f"no filesd database in {data_dir}")
+    target = BlobStore(dest)
+    target.prepare()
+    with sqlite3.connect(source_db) as src, sqlite3.connect(dest / "filesd.db") as copy:
+        src.backup(copy)
+        digests = [
+            row[0]
+            for row in copy.execute("SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL")
+        ]
+        source = BlobStore(data_dir)
+        copied, gone = 0, []
+        for digest in digests:
+            try:
+                shutil.copyfile(source.path_for(digest), target.path_for(digest))
+            except FileNotFoundError:
+                gone.append(digest)
+                continue
+            with target.path_for(digest).open("rb") as f:
+                os.fsync(f.fileno())
+            copied += 1
+        now = int(time.time())
+        for digest in gone:
+            copy.execute(
+                "UPDATE files SET deleted_at = ? WHERE sha256 = ? AND deleted_at IS NULL",
+                (now, digest),
+            )
+        copy.execute("DELETE FROM upload_parts")
+        copy.execute(
+            "UPDATE uploads SET status = 'expired' WHERE status IN ('pending', 'completing')"
+        )
+        files = copy.execute("SELECT COUNT(*) FROM files WHERE deleted_at IS NULL").fetchone()[0]
+        copy.commit()
+    for directory in (dest, target.blob_dir, *target.blob_dir.iterdir()):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return BackupReport(files=int(files), blobs=copied, deleted_meanwhile=len(gone))
+
+
+async def create_key(data_dir: Path, project: str) -> tuple[str, str]:
+    """Make a new key for `project`; returns (key id, the key). Only its digest is stored."""
+    key = KEY_PREFIX + random_base62(40)  # ~238 bits
+    key_id = "key_" + random_base62(12)
+    db = await _open_db(data_dir)
+    try:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        await db.insert_key(key_id, digest, project, key[-4:], int(time.time()))
+    finally:
+        await db.close()
+    return key_id, key
+
+
+async def list_keys(data_dir: Path) -> list[tuple[str, str, str, int, int | None]]:
+    """(id, project, hint, created_at, revoked_at) of every key made with `create_key`."""
+    db = await _open_db(data_dir)
+    try:
+        return [(k[0], k[2], k[3], k[4], k[5]) for k in await db.keys()]
+    finally:
+        await db.close()
+
+
+async def revoke_key(data_dir: Path, key_id: str) -> bool:
+    db = await _open_db(data_dir)
+    try:
+        return await db.revoke_key(key_id, int(time.time()))
+    finally:
+        await db.close()
+
+
+async def _open_db(data_dir: Path) -> Database:
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    return await Database.open(data_dir / "filesd.db")

@@ -1,0 +1,199 @@
+"""Operator commands: fsck, gc, backup and keys, on real data directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from filesd.cli import main
+
+from .conftest import ALPHA_KEY, KEYS_TOML, ServerProcess, blob_files
+from .test_cli import api, upload
+
+pytestmark = pytest.mark.slow
+
+StartServer = Callable[..., ServerProcess]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _status(url: str, key: str) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_fsck_reports_everything_changes_nothing_and_repairs(
+    start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    server = start_server()
+    good = upload(server, os.urandom(100_000))
+    corrupt = upload(server, os.urandom(100_000))
+    missing = upload(server, os.urandom(100_000))
+    assert server.stop() == 0
+    config = str(tmp_path / "filesd-0.toml")
+    assert run(capsys, "fsck", "--config", config) == (0, run_ok := _ok_output(3))
+
+    blobs = {p.name: p for p in blob_files(data)}
+    digest = {f["id"]: _sha_of(data, f["id"]) for f in (good, corrupt, missing)}
+    blobs[digest[corrupt["id"]]].write_bytes(b"bit rot")
+    blobs[digest[missing["id"]]].unlink()
+    orphan = "f" * 64
+    (data / "blobs" / "ff" / orphan).write_bytes(b"nobody's")
+    (data / "tmp" / "leftover.part").write_bytes(b"half an upload")
+    (data / "parts" / ("a" * 32)).write_bytes(b"a part without a row")
+
+    def files_on_disk() -> list[Path]:  # SQLite's -wal/-shm files come and go: leave them out
+        return sorted(p.relative_to(data) for p in data.rglob("*") if "filesd.db" not in p.name)
+
+    before = files_on_disk()
+
+    code, out = run(capsys, "fsck", "--config", config)
+    assert code == 1
+    assert f"corrupt blob: {digest[corrupt['id']]}" in out
+    assert f"missing blob: {digest[missing['id']]}" in out
+    assert f"orphaned blob: {orphan}" in out
+    assert "stray temp file: leftover.part" in out
+    assert f"stray part file: {'a' * 32}" in out
+    assert files_on_disk() == before  # changed nothing
+
+    code, out = run(capsys, "fsck", "--repair", "--config", config)
+    assert code == 1 and "repaired" in out
+    assert (data / "quarantine" / digest[corrupt["id"]]).read_bytes() == b"bit rot"
+    assert not (data / "blobs" / "ff" / orphan).exists()
+    assert os.listdir(data / "tmp") == [] and os.listdir(data / "parts") == []
+    assert run(capsys, "fsck", "--config", config) == (0, _ok_output(1))
+
+    server = start_server()
+    for damaged in (corrupt, missing):
+        assert api(server, f"/v1/files/{damaged['id']}")["status"] == "error"
+        req = urllib.request.Request(
+            f"{server.url}/v1/files/{damaged['id']}/content",
+            headers={"Authorization": f"Bearer {ALPHA_KEY}"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        body = json.loads(info.value.read())
+        assert info.value.code == 500 and body["error"]["code"] == "file_damaged"
+    assert len(api(server, f"/v1/files/{good['id']}/content")) == 100_000
+    assert run_ok
+
+
+def _ok_output(checked: int) -> str:
+    return f"checked {checked} blob(s)\nok\n"
+
+
+def _sha_of(data: Path, file_id: str) -> str:
+    with sqlite3.connect(data / "filesd.db") as conn:
+        return str(conn.execute("SELECT sha256 FROM files WHERE id = ?", (file_id,)).fetchone()[0])
+
+
+def test_fsck_and_gc_refuse_beside_a_running_server(
+    start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start_server()
+    config = str(tmp_path / "filesd-0.toml")
+    for command in ("fsck", "gc"):
+        code, out = run(capsys, command, "--config", config)
+        assert code == 1 and "in use by another filesd process" in out
+
+
+def test_gc_purges_old_deleted_rows_and_reclaims(
+    start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    server = start_server()
+    kept = upload(server, b"kept")
+    gone = upload(server, b"gone")
+    api(server, f"/v1/files/{gone['id']}", method="DELETE")
+    assert server.stop() == 0
+    (tmp_path / "gc.toml").write_text(
+        f'[storage]\ndata_dir = "{data}"\ndeleted_retention = 0\n{KEYS_TOML}'
+    )
+    time.sleep(1.1)  # deleted_at is in whole seconds
+    code, out = run(capsys, "gc", "--config", str(tmp_path / "gc.toml"))
+    assert code == 0 and "deleted rows purged: 1" in out
+    with sqlite3.connect(data / "filesd.db") as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM files")]
+    assert ids == [kept["id"]]
+
+
+def test_keys_made_in_the_database_work_and_revoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    code, out = run(capsys, "keys", "create", "--project", "team", "--data-dir", str(data))
+    assert code == 0
+    key_id, key = out.split()[0], out.splitlines()[1]
+    assert key.startswith("sk-filesd-") and len(key) == len("sk-filesd-") + 40
+    with sqlite3.connect(data / "filesd.db") as conn:
+        stored = conn.execute("SELECT * FROM api_keys").fetchall()
+    assert key not in repr(stored)  # only the digest is kept
+
+    server = ServerProcess(["--data-dir", str(data)], cwd=tmp_path)
+    try:
+        files = f"{server.url}/v1/files"
+        assert _status(files, key) == 200
+        assert _status(files, "sk-anything-else-12345") == 401  # not open: a key exists
+        code, out = run(capsys, "keys", "list", "--data-dir", str(data))
+        assert key_id in out and "team" in out and f"...{key[-4:]}" in out and "active" in out
+        assert run(capsys, "keys", "revoke", key_id, "--data-dir", str(data))[0] == 0
+        deadline = time.monotonic() + 10
+        while _status(files, key) != 401:
+            assert time.monotonic() < deadline, "revocation did not take effect"
+            time.sleep(0.2)
+        assert "revoked" in run(capsys, "keys", "list", "--data-dir", str(data))[1]
+        assert run(capsys, "keys", "revoke", key_id, "--data-dir", str(data))[0] == 1
+    finally:
+        assert server.stop() == 0
+    assert key not in server.stderr_text()
+
+
+def test_toml_and_database_keys_together(
+    start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    _, out = run(capsys, "keys", "create", "--project", "alpha", "--data-dir", str(data))
+    key = out.splitlines()[1]
+    server = start_server()  # also has ALPHA_KEY for project alpha in its TOML
+    created = upload(server, b"shared project")
+    assert _status(f"{server.url}/v1/files/{created['id']}", key) == 200
+
+
+def test_backup_while_serving_restores_exactly(
+    start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_server()
+    contents = {upload(server, os.urandom(5000 + i))["id"]: None for i in range(5)}
+    for file_id in contents:
+        contents[file_id] = api(server, f"/v1/files/{file_id}/content")
+    deleted = upload(server, b"deleted before the backup")
+    api(server, f"/v1/files/{deleted['id']}", method="DELETE")
+    listing = api(server, "/v1/files")
+    dest = tmp_path / "backup"
+    code, out = run(capsys, "backup", str(dest), "--config", str(tmp_path / "filesd-0.toml"))
+    assert code == 0 and "backed up 5 file(s)" in out
+    assert server.stop() == 0
+
+    assert run(capsys, "fsck", "--data-dir", str(dest)) == (0, _ok_output(5))
+    restored = start_server(data_dir=dest)
+    assert api(restored, "/v1/files") == listing
+    for file_id, content in contents.items():
+        assert api(restored, f"/v1/files/{file_id}/content") == content
+    assert run(capsys, "backup", str(dest), "--data-dir", str(tmp_path / "data"))[0] == 1
