@@ -22,6 +22,11 @@ def check_filename(filename: object, *, param: str = "file") -> str:
         raise InvalidRequest("The filename is not valid UTF-8.", param=param) from None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename):
         raise InvalidRequest("The filename must not contain control characters.", param=param)
+    # A file's name, not a path: no directories, no "." or "..".
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise InvalidRequest(
+            "The filename must be a plain name, without '/' or '\\' or '..'.", param=param
+        )
     if len(filename) > FILENAME_MAX:
         raise InvalidRequest(
             f"The filename is too long (at most {FILENAME_MAX} characters).", param=param
