@@ -15,6 +15,7 @@ from .auth import Authenticator, auth_middleware
 from .config import Config
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers, error_middleware
+from .health import setup_health_routes
 from .ops import collect
 from .routes import setup_routes
 from .store import FileStore
@@ -74,6 +75,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app.cleanup_ctx.append(store_ctx)
     app.on_response_prepare.append(add_api_headers)
     setup_routes(app)
+    setup_health_routes(app)
     setup_upload_routes(app)
     return app
 

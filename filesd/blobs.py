@@ -103,6 +103,17 @@ class BlobStore:
                 removed += 1
         return removed
 
+    def check_writable(self) -> None:
+        """Raise OSError unless a file can be created, synced and removed in the temp area."""
+        probe = self.temp_dir / f"{uuid.uuid4().hex}.ready"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+
     def path_for(self, digest: str) -> Path:
         """The path of the blob with this digest (which need not exist)."""
         if not _DIGEST.fullmatch(digest):

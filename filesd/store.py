@@ -385,6 +385,19 @@ class FileStore:
                 await asyncio.to_thread(self.blobs.remove, record.sha256)
         return record
 
+    async def readiness_problems(self) -> list[str]:
+        """What keeps the store from serving: an unreadable database, an unwritable data dir."""
+        problems = []
+        try:
+            await self.db.schema_version()
+        except Exception as error:
+            problems.append(f"database: {error}")
+        try:
+            await asyncio.to_thread(self.blobs.check_writable)
+        except OSError as error:
+            problems.append(f"data directory: {error}")
+        return problems
+
     async def sweep_expired(self) -> int:
         """Delete expired files for good (they are already hidden) and reclaim their blobs."""
         swept = 0

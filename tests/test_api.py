@@ -691,3 +691,24 @@ async def test_the_background_sweeper_reclaims_expired_files(
             break
         await asyncio.sleep(0.05)
     assert blob_files(tmp_path) == []
+
+
+async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status == 200 and await resp.json() == {"status": "ok"}
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and await resp.json() == {"status": "ready"}
+    # A data directory that no longer takes writes makes the server not ready (a file where
+    # a directory should be stops root too, unlike permission bits).
+    tmp_dir = tmp_path / "data" / "tmp"
+    tmp_dir.rename(tmp_path / "data" / "tmp.moved")
+    tmp_dir.write_text("not a directory")
+    try:
+        resp = await client.get("/readyz")
+        await assert_error(resp, 503)
+        body = await resp.json()
+        assert body["error"]["code"] == "not_ready" and "data directory" in body["error"]["message"]
+    finally:
+        tmp_dir.unlink()
+        (tmp_path / "data" / "tmp.moved").rename(tmp_dir)
+    assert (await client.get("/readyz")).status == 200
