@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, ops
-from .config import Config, ConfigError, load_config
+from .config import LOG_LEVELS, Config, ConfigError, load_config
 from .db import SchemaTooNew
 from .server import serve
 from .store import DataDirLocked
@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, help="TOML configuration file")
     common.add_argument(
         "--data-dir", type=Path, help="where files are kept (overrides storage.data_dir)"
+    )
+    common.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="debug, info, warning or error (overrides log.level)",
     )
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -77,18 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         config = load_config(args.config).with_overrides(
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             data_dir=args.data_dir.resolve() if args.data_dir else None,
+            log_level=args.log_level,
         )
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return 2
+    logging.basicConfig(
+        level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return _run(args, config)
     except (DataDirLocked, SchemaTooNew, FileExistsError, FileNotFoundError) as e:

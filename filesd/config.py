@@ -77,6 +77,15 @@ class FilesConfig:
         return frozenset(self.refused_download_purposes if self.refuse_downloads else ())
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    access_log: bool = True
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """A configured key, kept only as the SHA-256 digest of the secret."""
@@ -102,6 +111,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def with_overrides(
         self,
@@ -109,6 +119,7 @@ class Config:
         host: str | None = None,
         port: int | None = None,
         data_dir: Path | None = None,
+        log_level: str | None = None,
     ) -> Config:
         """Return a copy with command-line overrides applied (None leaves a value alone)."""
         server = replace(
@@ -117,7 +128,8 @@ class Config:
             port=self.server.port if port is None else port,
         )
         storage = self.storage if data_dir is None else replace(self.storage, data_dir=data_dir)
-        return replace(self, server=server, storage=storage)
+        log = self.log if log_level is None else replace(self.log, level=log_level)
+        return replace(self, server=server, storage=storage, log=log)
 
 
 def load_config(path: Path | None) -> Config:
@@ -136,7 +148,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document; relative paths are resolved against `base_dir`."""
-    _check_keys(data, "", {"server", "storage", "limits", "files", "auth"})
+    _check_keys(data, "", {"server", "storage", "limits", "files", "auth", "log"})
 
     server = _table(data, "server")
     _check_keys(server, "server.", {"host", "port"})
@@ -209,6 +221,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     _check_keys(auth, "auth.", {"keys"})
     keys = _parse_keys(auth.get("keys", []))
 
+    log_table = _table(data, "log")
+    _check_keys(log_table, "log.", {"level", "access_log"})
+    level = _get(log_table, "log.level", str, LogConfig.level).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: must be one of {list(LOG_LEVELS)}, got {level!r}")
+    access_log = _get(log_table, "log.access_log", bool, LogConfig.access_log)
+
     return Config(
         server=ServerConfig(host=host, port=port),
         storage=StorageConfig(
@@ -223,6 +242,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
             refused_download_purposes=refused,
         ),
         auth=AuthConfig(keys=keys),
+        log=LogConfig(level=level, access_log=access_log),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from typing import Any
@@ -28,7 +29,12 @@ def format_url(address: Any) -> str:
 async def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
     app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log_class=AccessLogger)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("aiohttp.access") if config.log.access_log else None,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)

@@ -282,3 +282,15 @@ def test_access_log_lines_carry_the_request_id(start_server: StartServer) -> Non
     lines = [line for line in server.stderr_text().splitlines() if request_id in line]
     assert len(lines) == 1
     assert '"GET /v1/files?limit=5" 200' in lines[0]
+
+
+def test_log_level_and_access_log_settings(start_server: StartServer) -> None:
+    quiet = start_server(extra_config="[log]\naccess_log = false\n")
+    api(quiet, "/v1/files")
+    assert quiet.stop() == 0
+    assert '"GET /v1/files' not in quiet.stderr_text()
+    warn_only = start_server(extra_config='[log]\nlevel = "warning"\n')
+    api(warn_only, "/v1/files")
+    assert warn_only.stop() == 0
+    log = warn_only.stderr_text()
+    assert '"GET /v1/files' not in log and " INFO " not in log
