@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .appkeys import CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
+from .appkeys import AUTHENTICATOR, CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
 from .auth import Authenticator, auth_middleware
 from .config import Config
 from .drain import RequestTracker, UploadSlots
@@ -37,6 +37,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         client_max_size=CLIENT_MAX_SIZE,
     )
     app[CONFIG] = config
+    app[AUTHENTICATOR] = authenticator
     app[REQUESTS] = requests
     app[UPLOAD_SLOTS] = UploadSlots(config.limits.max_concurrent_uploads)
 
@@ -110,6 +111,11 @@ KEY_REFRESH_SECONDS = 2.0
 async def _load_keys(store: FileStore, authenticator: Authenticator) -> None:
     keys = await store.db.keys()
     authenticator.use_made_keys(((k[1], k[2]) for k in keys if k[5] is None), any_made=bool(keys))
+
+
+async def reload_keys(app: web.Application) -> None:
+    """Take keys made or revoked in the database into use now (instead of within 2 s)."""
+    await _load_keys(app[STORE], app[AUTHENTICATOR])
 
 
 async def _refresh_keys(store: FileStore, authenticator: Authenticator) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .auth import Authenticator
 from .config import Config
 from .drain import RequestTracker, UploadSlots
 from .store import FileStore
@@ -14,3 +15,4 @@ STORE = web.AppKey("store", FileStore)
 REQUESTS = web.AppKey("requests", RequestTracker)
 UPLOADS = web.AppKey("uploads", UploadService)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

@@ -1,0 +1,151 @@
+"""filesd in your tests: a real server on a free port, and a fresh project per test.
+
+    from filesd.testing import serve
+
+    with serve(limits={"max_file_bytes": 1000}) as server:
+        project = server.new_project()
+        client = project.openai()          # an `openai.OpenAI` for that project
+        client.files.create(file=b"...", purpose="batch")
+
+The server runs in a background thread with its own event loop, on 127.0.0.1 and a free port,
+on a temporary data directory unless one is given. Keyword arguments are configuration tables,
+as in the TOML file. The pytest plugin (`filesd_server`, `filesd` fixtures) is built on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .app import create_app
+from .appkeys import STORE
+from .config import Config, parse_config
+from .ids import random_base62
+from .server import format_url
+
+if TYPE_CHECKING:
+    import openai as openai_sdk  # the methods below are named `openai`
+
+
+@dataclass(frozen=True)
+class FilesdProject:
+    """One project on a server: its API key, and clients for it."""
+
+    base_url: str
+    api_key: str
+
+    def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
+        """An `openai.OpenAI` for this project (max_retries=0 unless given)."""
+        import openai
+
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+
+    def async_openai(self, **kwargs: Any) -> openai_sdk.AsyncOpenAI:
+        """An `openai.AsyncOpenAI` for this project (max_retries=0 unless given)."""
+        import openai
+
+        kwargs.setdefault("max_retries", 0)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+
+
+class FilesdServer:
+    """A running filesd: `url` (root), `base_url` (`url` + "/v1"), `data_dir`, `config`."""
+
+    def __init__(self, config: Config, url: str, loop: asyncio.AbstractEventLoop, app: Any):
+        self.config = config
+        self.url = url
+        self.base_url = url + "/v1"
+        self.data_dir = config.storage.data_dir
+        self._loop = loop
+        self._app: web.Application = app
+
+    def new_project(self, name: str | None = None) -> FilesdProject:
+        """A project no other caller sees, with its own key.
+
+        Open server (no keys configured): a fresh random token is a fresh project. With keys
+        configured: a key for project `name` (default: a new unique name) is made in the
+        database and takes effect at once.
+        """
+        if self.config.auth.open_mode:
+            return FilesdProject(self.base_url, f"sk-test-{uuid.uuid4().hex}")
+        key = "sk-filesd-" + random_base62(40)
+        project = name or f"test-{uuid.uuid4().hex[:12]}"
+        future = asyncio.run_coroutine_threadsafe(self._add_key(key, project), self._loop)
+        future.result(timeout=30)
+        return FilesdProject(self.base_url, key)
+
+    async def _add_key(self, key: str, project: str) -> None:
+        from .app import reload_keys
+
+        store = self._app[STORE]
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        await store.db.insert_key(
+            "key_" + random_base62(12), digest, project, key[-4:], store.now()
+        )
+        await reload_keys(self._app)
+
+
+@contextlib.contextmanager
+def serve(*, data_dir: str | Path | None = None, **tables: Any) -> Iterator[FilesdServer]:
+    """Run filesd until the block ends. `tables` are configuration tables (`limits={...}`)."""
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="filesd-"))
+        doc = dict(tables)
+        doc["server"] = {**doc.get("server", {}), "host": "127.0.0.1", "port": 0}
+        doc["storage"] = {**doc.get("storage", {}), "data_dir": str(data_dir)}
+        config = parse_config(doc, base_dir=Path.cwd())
+        started: dict[str, Any] = {}
+        ready = threading.Event()
+        thread = threading.Thread(
+            target=_run, args=(config, started, ready), name="filesd", daemon=True
+        )
+        thread.start()
+        ready.wait(60)
+        if "error" in started:
+            raise started["error"]
+        server = FilesdServer(config, started["url"], started["loop"], started["app"])
+        try:
+            yield server
+        finally:
+            started["loop"].call_soon_threadsafe(started["stop"].set)
+            thread.join(60)
+
+
+def _run(config: Config, started: dict[str, Any], ready: threading.Event) -> None:
+    async def main() -> None:
+        app = create_app(config)
+        runner = web.AppRunner(app, access_log=None)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, config.server.host, config.server.port)
+            await site.start()
+            started.update(
+                url=format_url(runner.addresses[0]),
+                loop=asyncio.get_running_loop(),
+                app=app,
+                stop=asyncio.Event(),
+            )
+        except BaseException as error:
+            started["error"] = error
+            ready.set()
+            await runner.cleanup()
+            return
+        ready.set()
+        try:
+            await started["stop"].wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

@@ -1,0 +1,79 @@
+"""The pytest plugin, used as a user would: a sample project run by pytester."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from filesd.testing import serve
+
+from .conftest import ALPHA_KEY
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = """
+import openai
+import pytest
+
+
+def test_upload_and_read(filesd):
+    client = filesd.openai()
+    created = client.files.create(file=("a.txt", b"hello"), purpose="batch")
+    assert created.id.startswith("file-")  # from filesd_config in the ini file
+    assert client.files.content(created.id).read() == b"hello"
+
+
+def test_each_test_starts_empty(filesd):
+    assert list(filesd.openai().files.list()) == []
+    assert filesd.base_url.endswith("/v1") and filesd.api_key
+
+
+def test_projects_are_isolated(filesd_server):
+    a, b = filesd_server.new_project(), filesd_server.new_project()
+    created = a.openai().files.create(file=b"x", purpose="batch")
+    with pytest.raises(openai.NotFoundError):
+        b.openai().files.retrieve(created.id)
+    assert filesd_server.data_dir.is_dir() and filesd_server.url.startswith("http://127.0.0.1:")
+
+
+def test_async_client(filesd):
+    import asyncio
+
+    async def run():
+        async with filesd.async_openai() as client:
+            created = await client.files.create(file=b"async", purpose="batch")
+            return (await client.files.retrieve(created.id)).bytes
+
+    assert asyncio.run(run()) == 5
+
+
+@pytest.mark.filesd(limits={"max_file_bytes": 10})
+def test_marker_gives_a_server_of_its_own(filesd):
+    with pytest.raises(openai.APIStatusError) as info:
+        filesd.openai().files.create(file=b"x" * 100, purpose="batch")
+    assert info.value.status_code == 413
+"""
+
+
+def test_fixtures_in_a_sample_project(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_sample=SAMPLE)
+    pytester.makeini('[pytest]\nfilesd_config =\n    [files]\n    id_format = "openai"\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=5)
+
+
+def test_serve_with_configured_keys_mints_working_keys() -> None:
+    keys = {"keys": [{"key": ALPHA_KEY, "project": "alpha"}]}
+    with serve(auth=keys) as server:
+        project = server.new_project()
+        assert project.api_key != ALPHA_KEY
+        with project.openai() as client:
+            created = client.files.create(file=b"mine", purpose="batch")
+        alpha = openai.OpenAI(base_url=server.base_url, api_key=ALPHA_KEY, max_retries=0)
+        with alpha, pytest.raises(openai.NotFoundError):
+            alpha.files.retrieve(created.id)
+        stranger = openai.OpenAI(
+            base_url=server.base_url, api_key="sk-unknown-123456", max_retries=0
+        )
+        with stranger, pytest.raises(openai.AuthenticationError):
+            stranger.files.list()
