@@ -16,6 +16,7 @@ from .config import Config
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers, error_middleware
 from .health import setup_health_routes
+from .metrics import METRICS, Metrics, metrics
 from .ops import collect
 from .routes import setup_routes
 from .store import FileStore
@@ -75,6 +76,9 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     app.cleanup_ctx.append(store_ctx)
     app.on_response_prepare.append(add_api_headers)
+    app[METRICS] = Metrics()
+    app.on_response_prepare.append(app[METRICS].on_response_prepare)
+    app.router.add_get("/metrics", metrics)
     setup_routes(app)
     setup_health_routes(app)
     setup_upload_routes(app)

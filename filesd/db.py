@@ -363,6 +363,17 @@ class Database:
 
     # --- operator commands ----------------------------------------------------------------------
 
+    async def storage_totals(self) -> tuple[int, int, int, int]:
+        """(live files, their bytes, distinct blobs they use, those blobs' bytes)."""
+        sql = (
+            "SELECT (SELECT COALESCE(SUM(files), 0) FROM file_counts),"
+            " (SELECT COALESCE(SUM(bytes), 0) FROM file_counts),"
+            " COUNT(*), COALESCE(SUM(bytes), 0) FROM (SELECT sha256, MAX(bytes) AS bytes"
+            " FROM files WHERE deleted_at IS NULL GROUP BY sha256)"
+        )
+        row = (await self._rows(sql))[0]
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
     async def live_digests(self) -> list[str]:
         """Blobs of live files, except files already marked damaged (status `error`)."""
         sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND status != 'error'"

@@ -33,7 +33,7 @@ from .uploads import (
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-_STARTED = web.RequestKey("started", float)
+STARTED = web.RequestKey("started", float)
 # The API version OpenAI reports in its `openai-version` header.
 OPENAI_VERSION = "2020-10-01"
 
@@ -235,7 +235,7 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request its id and turn every exception into an enveloped error response."""
     request[REQUEST_ID] = new_request_id()
-    request[_STARTED] = time.monotonic()
+    request[STARTED] = time.monotonic()
     try:
         return await handler(request)
     except asyncio.CancelledError:
@@ -252,7 +252,7 @@ async def add_api_headers(request: web.BaseRequest, response: web.StreamResponse
     """on_response_prepare: the headers OpenAI sends that clients read, on every response."""
     response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
     response.headers["openai-version"] = OPENAI_VERSION
-    started = request.get(_STARTED)
+    started = request.get(STARTED)
     if started is not None:
         elapsed_ms = int((time.monotonic() - started) * 1000)
         response.headers["openai-processing-ms"] = str(elapsed_ms)

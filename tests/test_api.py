@@ -712,3 +712,31 @@ async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) 
         tmp_dir.unlink()
         (tmp_path / "data" / "tmp.moved").rename(tmp_dir)
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_metrics_in_prometheus_format(client: Client) -> None:
+    await upload(client, b"twin" * 100)
+    await upload(client, b"twin" * 100)
+    created = await upload(client, b"other")
+    await client.get(f"/v1/files/{created['id']}", headers=ALPHA)
+    await client.get("/v1/nope", headers=ALPHA)
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    text = await resp.text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['filesd_requests_total{method="POST",route="/v1/files",status="200"}'] == 3
+    assert (
+        samples['filesd_requests_total{method="GET",route="/v1/files/{file_id}",status="200"}'] == 1
+    )
+    assert samples['filesd_requests_total{method="GET",route="unmatched",status="404"}'] == 1
+    assert samples['filesd_request_duration_seconds_count{route="/v1/files"}'] == 3
+    assert samples["filesd_files"] == 3 and samples["filesd_blobs"] == 2
+    assert samples["filesd_logical_bytes"] == 805 and samples["filesd_physical_bytes"] == 405
+    assert samples["filesd_dedupe_ratio"] == pytest.approx(805 / 405)
+    assert samples["filesd_received_bytes_total"] > 805
+    assert samples["filesd_uploads_in_flight"] == 0

@@ -7,6 +7,7 @@ The venvs are cached under `.venv-sdk/` (ignored by git) and built on first use.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -24,7 +25,9 @@ def _venv_with(version: str) -> Path:
     venv = ROOT / ".venv-sdk" / f"openai-{version}"
     python = venv / "bin" / "python"
     marker = venv / "ready"
-    if not marker.exists():
+    # Rebuilt when filesd's own dependencies change, not only the SDK's version.
+    wanted = f"{version} {hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()}"
+    if not marker.exists() or marker.read_text() != wanted:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         subprocess.run(
             [
@@ -43,7 +46,7 @@ def _venv_with(version: str) -> Path:
             check=True,
             timeout=600,
         )
-        marker.write_text(version)
+        marker.write_text(wanted)
     return python
 
 

@@ -1,0 +1,73 @@
+"""GET /metrics: Prometheus text format, from a registry of this app's own.
+
+Requests by route template and status, latency to the first byte of the response, bytes in and
+out, uploads streaming; and at scrape time, live files, their bytes (logical) and the bytes of
+the distinct blobs holding them (physical), whose ratio is what deduplication saves.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .appkeys import STORE, UPLOAD_SLOTS
+from .errors import STARTED
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "filesd_requests", "Requests answered", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "filesd_request_duration_seconds",
+            "Time to the first byte of the response",
+            ["route"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.bytes_in = Counter("filesd_received_bytes", "Request body bytes", registry=r)
+        self.bytes_out = Counter("filesd_sent_bytes", "Response body bytes", registry=r)
+        self.uploads = Gauge("filesd_uploads_in_flight", "Upload bodies streaming", registry=r)
+        self.files = Gauge("filesd_files", "Live files", registry=r)
+        self.blobs = Gauge("filesd_blobs", "Distinct blobs holding live files", registry=r)
+        self.logical = Gauge("filesd_logical_bytes", "Bytes of all live files", registry=r)
+        self.physical = Gauge("filesd_physical_bytes", "Bytes of their distinct blobs", registry=r)
+        self.dedupe = Gauge(
+            "filesd_dedupe_ratio", "Logical bytes per physical byte (1 = no savings)", registry=r
+        )
+
+    async def on_response_prepare(
+        self, request: web.BaseRequest, response: web.StreamResponse
+    ) -> None:
+        """Count the response as its headers go out (its length is known by then)."""
+        resource = request.match_info.route.resource if isinstance(request, web.Request) else None
+        route = resource.canonical if resource is not None else "unmatched"
+        self.requests.labels(request.method, route, str(response.status)).inc()
+        started = request.get(STARTED)
+        if started is not None:
+            self.latency.labels(route).observe(time.monotonic() - started)
+        self.bytes_in.inc(request.content_length or 0)
+        self.bytes_out.inc(response.content_length or 0)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    files, logical, blobs, physical = await request.app[STORE].db.storage_totals()
+    m.files.set(files)
+    m.logical.set(logical)
+    m.blobs.set(blobs)
+    m.physical.set(physical)
+    m.dedupe.set(logical / physical if physical else 1.0)
+    m.uploads.set(request.app[UPLOAD_SLOTS].in_use)
+    return web.Response(
+        body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
