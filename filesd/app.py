@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from .admin import setup_admin
 from .appkeys import AUTHENTICATOR, CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
 from .auth import Authenticator, auth_middleware
+from .clock import Clock
 from .config import Config
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers, error_middleware
+from .faults import FAULTS, Faults, faults_middleware
 from .health import setup_health_routes
 from .metrics import METRICS, Metrics, metrics
 from .ops import collect
@@ -29,14 +31,26 @@ log = logging.getLogger(__name__)
 CLIENT_MAX_SIZE = 1024 * 1024
 
 
-def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    """A filesd application for `config`. The store opens on start-up and closes on clean-up."""
+def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> web.Application:
+    """A filesd application for `config`. The store opens on start-up and closes on clean-up.
+
+    `clock` replaces the server's time (tests); by default it is a `Clock`, real time unless
+    `[testing] frozen_time` is set, adjustable through the admin API.
+    """
+    if clock is None:
+        clock = Clock(config.testing.frozen_time)
     authenticator = Authenticator(config.auth)
     requests = RequestTracker()
     app = web.Application(
-        middlewares=[requests.middleware, error_middleware, auth_middleware(authenticator)],
+        middlewares=[
+            requests.middleware,
+            error_middleware,
+            auth_middleware(authenticator),
+            faults_middleware,
+        ],
         client_max_size=CLIENT_MAX_SIZE,
     )
+    app[FAULTS] = Faults(config.testing.faults, seed=config.testing.id_seed)
     app[CONFIG] = config
     app[AUTHENTICATOR] = authenticator
     app[REQUESTS] = requests
@@ -51,6 +65,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             clock=clock,
             max_files_per_project=config.limits.max_files_per_project,
             max_bytes_per_project=config.limits.max_bytes_per_project,
+            id_seed=config.testing.id_seed,
         )
         uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store
@@ -79,6 +94,13 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     app[METRICS] = Metrics()
     app.on_response_prepare.append(app[METRICS].on_response_prepare)
     app.router.add_get("/metrics", metrics)
+    if config.admin.token:
+        setup_admin(
+            app,
+            config.admin.token,
+            config.admin.journal_size,
+            clock if isinstance(clock, Clock) else None,
+        )
     setup_routes(app)
     setup_health_routes(app)
     setup_upload_routes(app)

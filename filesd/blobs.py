@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -23,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from .faultrules import storage_fault
 
 BATCH_BYTES = 1024 * 1024
 # Content up to this size is kept in memory by its writer (see StagedBlob.content).
@@ -290,6 +293,7 @@ class BlobWriter:
             raise RuntimeError("writer is closed")
         if not data:
             return
+        await _injected_storage_fault()
         self._size += len(data)
         if self._max_bytes is not None and self._size > self._max_bytes:
             raise BlobTooLarge(self._max_bytes)
@@ -300,6 +304,7 @@ class BlobWriter:
 
     async def finish(self) -> StagedBlob:
         """Write what is left, fsync and close (one thread hop); the content is then complete."""
+        await _injected_storage_fault()
         await self._wait_pending()
         self._closed = True
         chunks, self._batch = self._batch, []
@@ -355,6 +360,17 @@ class BlobWriter:
             fd, self._fd = self._fd, None
             os.close(fd)
         self._path.unlink(missing_ok=True)
+
+
+async def _injected_storage_fault() -> None:
+    """A fault injected for this request (see filesd.faultrules): a full or slow disk."""
+    rule = storage_fault.get()
+    if rule is None:
+        return
+    if rule.storage == "full":
+        raise OSError(errno.ENOSPC, "No space left on device (injected fault)")
+    if rule.storage == "slow":
+        await asyncio.sleep(rule.slow_ms / 1000)
 
 
 def _write_all(fd: int, data: bytes) -> None:

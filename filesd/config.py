@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .faultrules import FaultRule, FaultRuleError, parse_fault_rule
+
 DEFAULT_PURPOSES: tuple[str, ...] = (
     "assistants",
     "batch",
@@ -81,6 +83,23 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin API (/admin/...): off unless `token` is set."""
+
+    token: str = ""
+    journal_size: int = 1000
+
+
+@dataclass(frozen=True)
+class TestingConfig:
+    """For test runs: reproducible ids, a frozen clock, faults from the start."""
+
+    id_seed: int | None = None
+    frozen_time: float | None = None
+    faults: tuple[FaultRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     access_log: bool = True
@@ -112,6 +131,8 @@ class Config:
     files: FilesConfig = field(default_factory=FilesConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
 
     def with_overrides(
         self,
@@ -148,7 +169,9 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document; relative paths are resolved against `base_dir`."""
-    _check_keys(data, "", {"server", "storage", "limits", "files", "auth", "log"})
+    _check_keys(
+        data, "", {"server", "storage", "limits", "files", "auth", "log", "admin", "testing"}
+    )
 
     server = _table(data, "server")
     _check_keys(server, "server.", {"host", "port"})
@@ -228,6 +251,31 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         raise ConfigError(f"log.level: must be one of {list(LOG_LEVELS)}, got {level!r}")
     access_log = _get(log_table, "log.access_log", bool, LogConfig.access_log)
 
+    admin = _table(data, "admin")
+    _check_keys(admin, "admin.", {"token", "journal_size"})
+    admin_token = _get(admin, "admin.token", str, "")
+    if admin_token and len(admin_token) < 16:
+        raise ConfigError("admin.token: use at least 16 characters")
+    journal_size = _get(admin, "admin.journal_size", int, AdminConfig.journal_size)
+    if journal_size < 0:
+        raise ConfigError(f"admin.journal_size: must be 0 or more, got {journal_size}")
+
+    testing = _table(data, "testing")
+    _check_keys(testing, "testing.", {"id_seed", "frozen_time", "faults"})
+    id_seed = _get(testing, "testing.id_seed", int, None)
+    frozen = testing.get("frozen_time")
+    if frozen is not None and (not isinstance(frozen, int | float) or isinstance(frozen, bool)):
+        raise ConfigError("testing.frozen_time: expected Unix seconds (a number)")
+    raw_faults = testing.get("faults", [])
+    if not isinstance(raw_faults, list):
+        raise ConfigError("testing.faults: expected an array of tables")
+    try:
+        faults = tuple(
+            parse_fault_rule(rule, f"testing.faults[{i}]") for i, rule in enumerate(raw_faults)
+        )
+    except FaultRuleError as e:
+        raise ConfigError(str(e)) from None
+
     return Config(
         server=ServerConfig(host=host, port=port),
         storage=StorageConfig(
@@ -243,6 +291,12 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         ),
         auth=AuthConfig(keys=keys),
         log=LogConfig(level=level, access_log=access_log),
+        admin=AdminConfig(token=admin_token, journal_size=journal_size),
+        testing=TestingConfig(
+            id_seed=id_seed,
+            frozen_time=None if frozen is None else float(frozen),
+            faults=faults,
+        ),
     )
 
 

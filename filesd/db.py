@@ -374,6 +374,39 @@ class Database:
         row = (await self._rows(sql))[0]
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
+    async def project_usage(self) -> list[tuple[str, int, int, int]]:
+        """(project, live files, their bytes, bytes of the distinct blobs they use)."""
+        sql = (
+            "SELECT c.project, SUM(c.files), SUM(c.bytes), COALESCE(p.physical, 0) "
+            "FROM file_counts c LEFT JOIN ("
+            "  SELECT project, SUM(bytes) AS physical FROM ("
+            "    SELECT project, sha256, MAX(bytes) AS bytes FROM files"
+            "    WHERE deleted_at IS NULL GROUP BY project, sha256"
+            "  ) GROUP BY project"
+            ") p ON p.project = c.project "
+            "GROUP BY c.project HAVING SUM(c.files) > 0 ORDER BY c.project"
+        )
+        return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
+
+    async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
+        """Remove the rows of all projects, or of one: files, uploads and parts.
+
+        Returns how many live files went, and the part tokens to remove from disk.
+        """
+        scope = {"project": project}
+        where = ":project IS NULL OR project = :project"
+        live = await self._rows(
+            f"SELECT COUNT(*) FROM files WHERE deleted_at IS NULL AND ({where})", scope
+        )
+        tokens = await self._write_rows(
+            "DELETE FROM upload_parts WHERE upload_id IN "
+            f"(SELECT id FROM uploads WHERE {where}) RETURNING token",
+            scope,
+        )
+        await self._conn.execute(f"DELETE FROM uploads WHERE {where}", scope)
+        await self._conn.execute(f"DELETE FROM files WHERE {where}", scope)
+        return int(live[0][0]), [row[0] for row in tokens]
+
     async def live_digests(self) -> list[str]:
         """Blobs of live files, except files already marked damaged (status `error`)."""
         sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND status != 'error'"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .blobs import BlobStore
 from .db import Database
-from .ids import random_base62
+from .ids import secret_base62
 from .store import FileStore, lock_data_dir
 
 KEY_PREFIX = "sk-filesd-"
@@ -206,8 +206,8 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
 
 async def create_key(data_dir: Path, project: str) -> tuple[str, str]:
     """Make a new key for `project`; returns (key id, the key). Only its digest is stored."""
-    key = KEY_PREFIX + random_base62(40)  # ~238 bits
-    key_id = "key_" + random_base62(12)
+    key = KEY_PREFIX + secret_base62(40)  # ~238 bits
+    key_id = "key_" + secret_base62(12)
     db = await _open_db(data_dir)
     try:
         digest = hashlib.sha256(key.encode()).hexdigest()

@@ -31,7 +31,8 @@ from typing import Literal
 
 from .blobs import SMALL_BYTES, BlobStore, BlobTooLarge, BlobWriter, StagedBlob
 from .db import Database
-from .ids import id_factory
+from .faultrules import storage_fault
+from .ids import IdMaker
 from .models import FilePage, FileRecord
 
 __all__ = [
@@ -125,12 +126,14 @@ class FileStore:
         small_cache_bytes: int = SMALL_CACHE_BYTES,
         max_files_per_project: int = 0,
         max_bytes_per_project: int = 0,
+        id_seed: int | None = None,
     ) -> None:
         # db and blobs are shared with the upload service, which builds on this store.
         self.db = db
         self.blobs = blobs
         self._lock_fd = lock_fd
-        self.new_file_id = id_factory(id_format)
+        self.ids = IdMaker(id_format, id_seed)
+        self.new_file_id = self.ids.file_id
         self._max_file_bytes = max_file_bytes
         self._default_expires_after = dict(default_expires_after)
         self._clock = clock
@@ -155,6 +158,7 @@ class FileStore:
         small_cache_bytes: int = SMALL_CACHE_BYTES,
         max_files_per_project: int = 0,
         max_bytes_per_project: int = 0,
+        id_seed: int | None = None,
     ) -> FileStore:
         """Open (creating if needed) the store in `data_dir` and clean up interrupted uploads.
 
@@ -181,6 +185,7 @@ class FileStore:
             small_cache_bytes=small_cache_bytes,
             max_files_per_project=max_files_per_project,
             max_bytes_per_project=max_bytes_per_project,
+            id_seed=id_seed,
         )
 
     async def close(self) -> None:
@@ -329,6 +334,7 @@ class FileStore:
         blob removed from disk behind filesd's back may still be served for a while; otherwise
         its absence raises `BlobMissing`.
         """
+        _injected_missing_blob(record)
         cached = self._small.get(record.sha256)
         if cached is not None:
             return cached
@@ -352,6 +358,7 @@ class FileStore:
 
     async def blob_path(self, record: FileRecord) -> Path:
         """The path of a file's bytes; raises `BlobMissing` if they are gone."""
+        _injected_missing_blob(record)
         path = self.blobs.path_for(record.sha256)
         if not await asyncio.to_thread(path.is_file):
             log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
@@ -384,6 +391,19 @@ class FileStore:
             if not await self.db.blob_in_use(record.sha256):
                 await asyncio.to_thread(self.blobs.remove, record.sha256)
         return record
+
+    async def reset(self, project: str | None) -> int:
+        """Remove every file and upload, or one project's; returns how many live files went.
+
+        For tests (the admin API): unlike a delete, no row is kept for audit.
+        """
+        async with self._write_lock:
+            removed, tokens = await self.db.delete_everything(project)
+        await asyncio.to_thread(self.blobs.remove_parts, tokens)
+        self._small.clear()
+        self._small_bytes = 0
+        await self.sweep_orphans()
+        return removed
 
     async def readiness_problems(self) -> list[str]:
         """What keeps the store from serving: an unreadable database, an unwritable data dir."""
@@ -437,6 +457,13 @@ class FileStore:
 
     def _remove_blobs(self, digests: list[str]) -> int:
         return sum(self.blobs.remove(d) for d in digests)
+
+
+def _injected_missing_blob(record: FileRecord) -> None:
+    rule = storage_fault.get()
+    if rule is not None and rule.storage == "missing_blob":
+        log.error("file %s: blob %s is missing (injected fault)", record.id, record.sha256)
+        raise BlobMissing(record)
 
 
 def lock_data_dir(data_dir: Path) -> int:

@@ -30,7 +30,7 @@ from aiohttp import web
 from .app import create_app
 from .appkeys import STORE
 from .config import Config, parse_config
-from .ids import random_base62
+from .ids import secret_base62
 from .server import format_url
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class FilesdServer:
         """
         if self.config.auth.open_mode:
             return FilesdProject(self.base_url, f"sk-test-{uuid.uuid4().hex}")
-        key = "sk-filesd-" + random_base62(40)
+        key = "sk-filesd-" + secret_base62(40)
         project = name or f"test-{uuid.uuid4().hex[:12]}"
         future = asyncio.run_coroutine_threadsafe(self._add_key(key, project), self._loop)
         future.result(timeout=30)
@@ -91,7 +91,7 @@ class FilesdServer:
         store = self._app[STORE]
         digest = hashlib.sha256(key.encode()).hexdigest()
         await store.db.insert_key(
-            "key_" + random_base62(12), digest, project, key[-4:], store.now()
+            "key_" + secret_base62(12), digest, project, key[-4:], store.now()
         )
         await reload_keys(self._app)
 

@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 
 from .blobs import BlobWriter, StagedBlob
-from .ids import prefixed_id
 from .models import FileRecord, PartRecord, UploadRecord
 from .store import FileStore
 
@@ -88,7 +87,7 @@ class UploadService:
     ) -> UploadRecord:
         now = self._files.now()
         upload = UploadRecord(
-            id=prefixed_id("upload_"),
+            id=self._files.ids.prefixed("upload_"),
             project=project,
             filename=filename,
             purpose=purpose,
@@ -128,7 +127,7 @@ class UploadService:
             await self.discard(staged)
             raise
         part = PartRecord(
-            id=prefixed_id("part_"),
+            id=self._files.ids.prefixed("part_"),
             upload_id=upload_id,
             token=token,
             bytes=staged.size,

@@ -17,6 +17,7 @@ from filesd.config import (
     load_config,
     parse_config,
 )
+from filesd.faultrules import FaultRule
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "filesd.toml.example"
@@ -137,9 +138,19 @@ def test_example_parses_and_documents_every_key(tmp_path: Path) -> None:
     doc = tomllib.loads(EXAMPLE.read_text())
     documented = _leaf_keys(doc)
     # Every setting the parser has, except derived ones, appears in the example...
-    known = _leaf_keys(Config()) - {"auth.keys"}
+    # Settings with no default, and the fault rules, are shown commented out (an example to
+    # copy must not seed ids, freeze time or inject faults).
+    known = _leaf_keys(Config()) - {"auth.keys", "testing.faults"}
+    known -= {"testing.id_seed", "testing.frozen_time"}
     known |= {"auth.keys[].key", "auth.keys[].key_sha256", "auth.keys[].project"}
     assert known <= documented
+    text = EXAMPLE.read_text()
+    assert "# id_seed = " in text and "# frozen_time = " in text
+    assert "# [[testing.faults]]" in text
+    for rule_field in dataclasses.fields(FaultRule):
+        if rule_field.name != "storage":  # one action per rule: shown in the comment above it
+            assert f"# {rule_field.name} = " in text, rule_field.name
+    assert 'storage = "full"' in text
     # ...and the example's values of the plain settings are the defaults.
     defaults = parse_config({}, base_dir=EXAMPLE.parent)
     assert config.server == defaults.server

@@ -1,0 +1,189 @@
+"""The admin API, for test suites and operators: off unless `[admin] token` is set.
+
+Its own bearer token (compared in constant time), never under /v1:
+- POST /admin/reset [{"project": P}]: everything, or one project, gone (rows, blobs, parts);
+- GET /admin/projects: each project's files, bytes, and physical bytes after dedupe;
+- GET /admin/requests: the last requests to /v1 (filter: method, path, project, status);
+- GET|POST|DELETE /admin/faults, DELETE /admin/faults/{id}: fault injection rules;
+- GET|POST /admin/clock: freeze, advance or resume the server's clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .appkeys import STORE
+from .auth import PROJECT
+from .clock import Clock
+from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
+from .faultrules import FaultRuleError, parse_fault_rule
+from .faults import FAULTS
+
+JOURNAL: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("journal")
+CLOCK = web.AppKey("clock", Clock)
+CLOCK_ADJUSTABLE = web.AppKey("clock_adjustable", bool)
+
+
+def setup_admin(app: web.Application, token: str, journal_size: int, clock: Clock | None) -> None:
+    """Mount the admin API. Without a `Clock` (a test's own time source), /admin/clock is 400."""
+    app[JOURNAL] = collections.deque(maxlen=journal_size)
+    app[CLOCK] = clock if clock is not None else Clock()
+    app[CLOCK_ADJUSTABLE] = clock is not None
+    app.middlewares.append(_admin_auth(hashlib.sha256(token.encode()).digest()))
+    app.on_response_prepare.append(_record)
+    r = app.router
+    r.add_post("/admin/reset", reset)
+    r.add_get("/admin/projects", projects)
+    r.add_get("/admin/requests", requests)
+    r.add_get("/admin/faults", list_faults)
+    r.add_post("/admin/faults", add_fault)
+    r.add_delete("/admin/faults", clear_faults)
+    r.add_delete("/admin/faults/{rule_id}", remove_fault)
+    r.add_get("/admin/clock", get_clock)
+    r.add_post("/admin/clock", set_clock)
+
+
+def _admin_auth(digest: bytes) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin/"):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, digest):
+                raise AuthenticationFailed("The admin API needs the admin token ([admin] token).")
+        return await handler(request)
+
+    return middleware
+
+
+async def _record(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    if not isinstance(request, web.Request) or not request.path.startswith("/v1"):
+        return
+    started = request.get(STARTED)
+    request.app[JOURNAL].append(
+        {
+            "time": time.time(),
+            "method": request.method,
+            "path": request.path_qs,
+            "project": request.get(PROJECT),
+            "status": response.status,
+            "bytes_in": request.content_length or 0,
+            "bytes_out": response.content_length or 0,
+            "duration_ms": round((time.monotonic() - started) * 1000, 3) if started else None,
+            "request_id": request.get(REQUEST_ID),
+        }
+    )
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("The body must be JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    return body
+
+
+async def reset(request: web.Request) -> web.Response:
+    project = (await _body(request)).get("project")
+    if project is not None and not isinstance(project, str):
+        raise InvalidRequest("'project' must be a string.", param="project")
+    removed = await request.app[STORE].reset(project)
+    if project is None:
+        request.app[JOURNAL].clear()
+    return web.json_response({"reset": True, "project": project, "files_removed": removed})
+
+
+async def projects(request: web.Request) -> web.Response:
+    rows = await request.app[STORE].db.project_usage()
+    return web.json_response(
+        {
+            "data": [
+                {"project": p, "files": f, "bytes": b, "physical_bytes": pb} for p, f, b, pb in rows
+            ]
+        }
+    )
+
+
+async def requests(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        limit = int(q.get("limit", "100"))
+        status = int(q["status"]) if "status" in q else None
+    except ValueError:
+        raise InvalidRequest("'limit' and 'status' must be integers.") from None
+    journal = request.app[JOURNAL]
+    entries = [
+        e
+        for e in reversed(journal)
+        if ("method" not in q or e["method"] == q["method"].upper())
+        and ("path" not in q or e["path"].startswith(q["path"]))
+        and ("project" not in q or e["project"] == q["project"])
+        and (status is None or e["status"] == status)
+    ]
+    return web.json_response({"data": entries[: max(0, limit)]})
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    return web.json_response({"data": request.app[FAULTS].describe()})
+
+
+async def add_fault(request: web.Request) -> web.Response:
+    try:
+        rule = parse_fault_rule(await _body(request))
+    except FaultRuleError as e:
+        raise InvalidRequest(str(e)) from None
+    rule_id = request.app[FAULTS].add(rule)
+    return web.json_response({"id": rule_id})
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    request.app[FAULTS].clear()
+    return web.json_response({"cleared": True})
+
+
+async def remove_fault(request: web.Request) -> web.Response:
+    raw = request.match_info["rule_id"]
+    if not raw.isdigit() or not request.app[FAULTS].remove(int(raw)):
+        raise NotFound(f"No such fault rule: {raw}", param="rule_id")
+    return web.json_response({"id": int(raw), "deleted": True})
+
+
+def _clock_state(clock: Clock) -> dict[str, Any]:
+    return {"time": clock(), "frozen": clock.frozen}
+
+
+async def get_clock(request: web.Request) -> web.Response:
+    return web.json_response(_clock_state(request.app[CLOCK]))
+
+
+async def set_clock(request: web.Request) -> web.Response:
+    """{"freeze": true, "time"?: T} | {"advance": S} | {"resume": true}."""
+    body, clock = await _body(request), request.app[CLOCK]
+    if not request.app[CLOCK_ADJUSTABLE]:
+        raise InvalidRequest("This server's clock is not adjustable (it was given its own).")
+    number = (int, float)
+    if body.get("resume") is True:
+        clock.resume()
+    elif body.get("freeze") is True:
+        at = body.get("time")
+        if at is not None and (not isinstance(at, number) or isinstance(at, bool)):
+            raise InvalidRequest("'time' must be Unix seconds.", param="time")
+        clock.freeze(at)
+    elif isinstance(body.get("advance"), number) and not isinstance(body["advance"], bool):
+        clock.advance(body["advance"])
+    else:
+        raise InvalidRequest('Give {"freeze": true}, {"advance": seconds} or {"resume": true}.')
+    return web.json_response(_clock_state(clock))

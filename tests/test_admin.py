@@ -1,0 +1,221 @@
+"""The admin API, fault injection, the clock and seeded ids."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp.test_utils import TestClient
+
+from filesd.app import create_app
+from filesd.testing import serve
+
+from .conftest import (
+    ALPHA,
+    BETA,
+    ClientFactory,
+    blob_files,
+    make_config,
+    temp_files,
+    upload,
+    upload_form,
+)
+
+Client = TestClient[Any, Any]
+TOKEN = "admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, tmp_path: Path) -> AsyncIterator[Client]:
+    config = make_config(tmp_path / "data", admin={"token": TOKEN})
+    yield await aiohttp_client(create_app(config))
+
+
+async def admin(client: Client, method: str, path: str, **kw: Any) -> Any:
+    resp = await client.request(method, f"/admin/{path}", headers=ADMIN, **kw)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return body
+
+
+async def test_admin_is_off_without_a_token(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    plain = await aiohttp_client(create_app(make_config(tmp_path)))
+    resp = await plain.get("/admin/projects", headers=ADMIN)
+    assert resp.status == 404
+
+
+async def test_admin_needs_its_own_token(client: Client) -> None:
+    for headers in ({}, ALPHA, {"Authorization": "Bearer wrong-token-0123456789"}):
+        resp = await client.get("/admin/projects", headers=headers)
+        assert resp.status == 401
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    resp = await client.get("/v1/files", headers=ADMIN)  # and it is no API key
+    assert resp.status == 401
+
+
+async def test_projects_reset_and_journal(client: Client, tmp_path: Path) -> None:
+    await upload(client, b"twin" * 10)
+    await upload(client, b"twin" * 10)
+    await upload(client, b"beta's", headers=BETA)
+    projects = (await admin(client, "GET", "projects"))["data"]
+    assert projects == [
+        {"project": "alpha", "files": 2, "bytes": 80, "physical_bytes": 40},
+        {"project": "beta", "files": 1, "bytes": 6, "physical_bytes": 6},
+    ]
+    journal = (await admin(client, "GET", "requests?method=POST&project=alpha"))["data"]
+    assert len(journal) == 2 and journal[0]["path"] == "/v1/files"
+    assert journal[0]["status"] == 200 and journal[0]["request_id"].startswith("req_")
+    assert journal[0]["bytes_in"] > 40 and journal[0]["duration_ms"] >= 0
+    assert len((await admin(client, "GET", "requests?limit=1"))["data"]) == 1
+
+    body = await admin(client, "POST", "reset", json={"project": "alpha"})
+    assert body["files_removed"] == 2
+    assert (await (await client.get("/v1/files", headers=ALPHA)).json())["total"] == 0
+    assert (await (await client.get("/v1/files", headers=BETA)).json())["total"] == 1
+    assert len(blob_files(tmp_path / "data")) == 1
+
+    await admin(client, "POST", "reset")
+    assert (await admin(client, "GET", "projects"))["data"] == []
+    assert blob_files(tmp_path / "data") == []
+    assert (await admin(client, "GET", "requests"))["data"] == []
+
+
+async def test_injected_errors_with_retry_headers(client: Client) -> None:
+    created = await upload(client, b"x")
+    rule = {
+        "method": "GET",
+        "route": "/v1/files/{file_id}",
+        "status": 503,
+        "count": 2,
+        "retry_after_ms": 10,
+        "should_retry": True,
+        "code": "injected",
+    }
+    rule_id = (await admin(client, "POST", "faults", json=rule))["id"]
+    assert (await admin(client, "GET", "faults"))["data"][0]["remaining"] == 2
+    for _ in range(2):
+        resp = await client.get(f"/v1/files/{created['id']}", headers=ALPHA)
+        body = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "injected"
+        assert body["error"]["type"] == "server_error"
+        assert resp.headers["retry-after-ms"] == "10" and resp.headers["x-should-retry"] == "true"
+    assert (await client.get(f"/v1/files/{created['id']}", headers=ALPHA)).status == 200
+    assert (await admin(client, "GET", "faults"))["data"] == []  # spent
+    resp = await client.delete(f"/admin/faults/{rule_id}", headers=ADMIN)
+    assert resp.status == 404
+
+
+async def test_rules_match_project_route_and_probability(client: Client) -> None:
+    await admin(client, "POST", "faults", json={"project": "beta", "status": 500})
+    await admin(
+        client, "POST", "faults", json={"route": "/v1/files", "status": 429, "probability": 0}
+    )
+    assert (await client.get("/v1/files", headers=ALPHA)).status == 200
+    assert (await client.get("/v1/files", headers=BETA)).status == 500
+    await admin(client, "DELETE", "faults")
+    assert (await client.get("/v1/files", headers=BETA)).status == 200
+
+
+async def test_latency_and_disconnect(client: Client) -> None:
+    await admin(client, "POST", "faults", json={"latency_ms": 300, "count": 1})
+    started = time.monotonic()
+    assert (await client.get("/v1/files", headers=ALPHA)).status == 200
+    assert time.monotonic() - started >= 0.3
+    await admin(client, "POST", "faults", json={"disconnect": True, "count": 1})
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.get("/v1/files", headers=ALPHA)
+    assert (await client.get("/v1/files", headers=ALPHA)).status == 200
+
+
+async def test_storage_faults(client: Client, tmp_path: Path) -> None:
+    await admin(
+        client, "POST", "faults", json={"route": "/v1/files", "storage": "full", "count": 1}
+    )
+    resp = await client.post("/v1/files", data=upload_form(b"x" * 5000), headers=ALPHA)
+    body = await resp.json()
+    assert resp.status == 507 and body["error"]["code"] == "insufficient_storage"
+    assert temp_files(tmp_path / "data") == []
+    created = await upload(client, b"y" * 5000)
+    await admin(
+        client,
+        "POST",
+        "faults",
+        json={"route": "/v1/files/{file_id}/content", "storage": "missing_blob", "count": 1},
+    )
+    resp = await client.get(f"/v1/files/{created['id']}/content", headers=ALPHA)
+    assert resp.status == 500 and (await resp.json())["error"]["code"] == "blob_missing"
+    assert (await client.get(f"/v1/files/{created['id']}/content", headers=ALPHA)).status == 200
+    await admin(client, "POST", "faults", json={"storage": "slow", "slow_ms": 100, "count": 1})
+    started = time.monotonic()
+    await upload(client, b"slow disk")
+    assert time.monotonic() - started >= 0.1
+
+
+@pytest.mark.parametrize(
+    ("rule", "field"),
+    [
+        ({"status": 200}, "status"),
+        ({"status": "500"}, "status"),
+        ({"storage": "melted"}, "storage"),
+        ({"status": 500, "probability": 2}, "probability"),
+        ({"colour": "red"}, "colour"),
+        ({}, "does nothing"),
+        ({"status": 500, "disconnect": True}, "at most one"),
+    ],
+)
+async def test_bad_rules_are_400(client: Client, rule: dict[str, Any], field: str) -> None:
+    resp = await client.post("/admin/faults", json=rule, headers=ADMIN)
+    body = await resp.json()
+    assert resp.status == 400 and field in body["error"]["message"]
+
+
+async def test_the_clock_freezes_and_moves(client: Client) -> None:
+    state = await admin(client, "POST", "clock", json={"freeze": True, "time": 1_800_000_000})
+    assert state == {"time": 1_800_000_000, "frozen": True}
+    created = await upload(
+        client,
+        b"x",
+        extra={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+    )
+    assert created["created_at"] == 1_800_000_000
+    await admin(client, "POST", "clock", json={"advance": 3600})
+    assert (await client.get(f"/v1/files/{created['id']}", headers=ALPHA)).status == 404
+    state = await admin(client, "POST", "clock", json={"resume": True})
+    assert state["frozen"] is False and abs(state["time"] - time.time()) < 5
+
+
+def test_two_failures_then_success_is_one_success_for_the_sdk() -> None:
+    rule = {"method": "GET", "route": "/v1/files/{file_id}", "status": 500, "count": 2}
+    with serve(admin={"token": TOKEN}, testing={"faults": [rule]}) as server:
+        project = server.new_project()
+        with project.openai(max_retries=2) as sdk:
+            created = sdk.files.create(file=b"retried", purpose="batch")
+            assert sdk.files.retrieve(created.id).id == created.id
+        req = urllib.request.Request(
+            f"{server.url}/admin/faults",
+            data=json.dumps({**rule, "count": 1}).encode(),
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=10).close()
+        no_retries = project.openai(max_retries=0)
+        with no_retries, pytest.raises(openai.InternalServerError):
+            no_retries.files.retrieve(created.id)
+
+
+def test_seeded_ids_repeat() -> None:
+    def ids() -> list[str]:
+        with serve(testing={"id_seed": 42}, files={"id_format": "openai"}) as server:
+            sdk = server.new_project().openai()
+            with sdk:
+                return [sdk.files.create(file=b"x", purpose="batch").id for _ in range(3)]
+
+    first, second = ids(), ids()
+    assert first == second and len(set(first)) == 3 and first[0].startswith("file-")
