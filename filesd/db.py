@@ -407,6 +407,22 @@ class Database:
         await self._conn.execute(f"DELETE FROM files WHERE {where}", scope)
         return int(live[0][0]), [row[0] for row in tokens]
 
+    async def live_files(self, project: str | None) -> list[FileRecord]:
+        """Every live file (of one project, or of all), in insertion order."""
+        sql = (
+            f"SELECT {_COLUMNS} FROM files WHERE deleted_at IS NULL "
+            "AND (:project IS NULL OR project = :project) ORDER BY seq"
+        )
+        return [_record(row) for row in await self._rows(sql, {"project": project})]
+
+    async def existing_ids(self, ids: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            found += [row[0] for row in await self._rows(sql, chunk)]
+        return found
+
     async def live_digests(self) -> list[str]:
         """Blobs of live files, except files already marked damaged (status `error`)."""
         sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND status != 'error'"

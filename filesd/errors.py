@@ -20,7 +20,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from aiohttp.typedefs import Handler
 
-from .store import BlobMissing, BlobTooLarge, CursorNotFound, FileNotFound, QuotaExceeded
+from .archive import ArchiveError
+from .store import (
+    BlobMissing,
+    BlobTooLarge,
+    CursorNotFound,
+    FileNotFound,
+    ImportConflict,
+    QuotaExceeded,
+)
 from .uploads import (
     DuplicatePart,
     Md5Mismatch,
@@ -150,6 +158,10 @@ def _from_exception(request: web.Request, exc: Exception) -> ApiError:
         return InvalidRequest(f"No such File object: {exc.file_id}", param="after")
     if isinstance(exc, BlobTooLarge):
         return file_too_large(exc.limit)
+    if isinstance(exc, ArchiveError):
+        return InvalidRequest(f"Cannot import: {exc}")
+    if isinstance(exc, ImportConflict):
+        return ApiError(f"Cannot import: {exc}", code="conflict", status=409)
     if isinstance(exc, QuotaExceeded):
         return InvalidRequest(
             f"Quota exceeded: project {exc.project!r} may hold at most {exc.limit} {exc.what}.",

@@ -42,6 +42,7 @@ __all__ = [
     "DataDirLocked",
     "FileNotFound",
     "FileStore",
+    "ImportConflict",
     "ListQuery",
     "QuotaExceeded",
     "lock_data_dir",
@@ -88,6 +89,14 @@ class QuotaExceeded(Exception):
         self.project = project
         self.what = what
         self.limit = limit
+
+
+class ImportConflict(Exception):
+    """Files with these ids exist already; nothing was imported."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"{len(ids)} file id(s) exist already, e.g. {ids[0]}")
+        self.ids = ids
 
 
 class DataDirLocked(Exception):
@@ -391,6 +400,26 @@ class FileStore:
             if not await self.db.blob_in_use(record.sha256):
                 await asyncio.to_thread(self.blobs.remove, record.sha256)
         return record
+
+    async def import_files(self, records: list[FileRecord], staged: list[StagedBlob]) -> None:
+        """Store files exported elsewhere, ids and times kept; consumes `staged` either way.
+
+        Refuses (`ImportConflict`, nothing stored) if any id is taken already.
+        """
+        try:
+            async with self._write_lock:
+                taken = await self.db.existing_ids([r.id for r in records])
+                if taken:
+                    raise ImportConflict(taken)
+                results = await asyncio.to_thread(self.blobs.link_all, staged)
+                staged = []
+                failed = [r for r in results if isinstance(r, Exception)]
+                if failed:
+                    raise failed[0]
+                if records:
+                    await self.db.insert_files(records)
+        finally:
+            await asyncio.to_thread(self._discard_all, staged)
 
     async def reset(self, project: str | None) -> int:
         """Remove every file and upload, or one project's; returns how many live files went.

@@ -219,3 +219,84 @@ def test_seeded_ids_repeat() -> None:
 
     first, second = ids(), ids()
     assert first == second and len(set(first)) == 3 and first[0].startswith("file-")
+
+
+async def test_export_and_import_round_trip_exactly(client: Client, tmp_path: Path) -> None:
+    contents = [b"twin", b"twin", b"\x00binary\xff" * 1000, b""]
+    made = [await upload(client, c, filename=f"f{i}.bin") for i, c in enumerate(contents)]
+    await upload(client, b"beta's", headers=BETA)
+    listing = await (await client.get("/v1/files", headers=ALPHA)).json()
+    resp = await client.get("/admin/export?project=alpha", headers=ADMIN)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/x-tar"
+    archive = await resp.read()
+
+    await admin(client, "POST", "reset")
+    body = await admin(client, "POST", "import", data=archive)
+    assert body == {"imported": 4}
+    assert await (await client.get("/v1/files", headers=ALPHA)).json() == listing
+    for created, content in zip(made, contents, strict=True):
+        resp = await client.get(f"/v1/files/{created['id']}/content", headers=ALPHA)
+        assert await resp.read() == content
+    assert (await (await client.get("/v1/files", headers=BETA)).json())["total"] == 0
+    # Importing the same files again is a conflict, and changes nothing.
+    resp = await client.post("/admin/import", data=archive, headers=ADMIN)
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "conflict"
+    assert (await (await client.get("/v1/files", headers=ALPHA)).json())["total"] == 4
+    assert temp_files(tmp_path / "data") == []
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [
+        b"not a tar",
+        _tar({"../../etc/passwd": b"x"}),
+        _tar({"filesd-export.json": b'{"version": 1, "files": []}', "blobs/../x": b"x"}),
+        _tar({"filesd-export.json": b'{"version": 1, "files": []}', "blobs/" + "a" * 64: b"x"}),
+        _tar({"filesd-export.json": b"{not json"}),
+        _tar(
+            {
+                "filesd-export.json": json.dumps(
+                    {
+                        "version": 1,
+                        "files": [
+                            {
+                                "id": "f",
+                                "project": "alpha",
+                                "filename": "f",
+                                "purpose": "batch",
+                                "bytes": 1,
+                                "sha256": "b" * 64,
+                                "created_at": 1,
+                                "expires_at": None,
+                                "status": "processed",
+                                "status_details": None,
+                            }
+                        ],
+                    }
+                ).encode()
+            }
+        ),
+    ],
+    ids=["garbage", "traversal", "bad-blob-name", "wrong-digest", "bad-json", "missing-blob"],
+)
+async def test_bad_archives_are_refused_whole(
+    client: Client, tmp_path: Path, archive: bytes
+) -> None:
+    resp = await client.post("/admin/import", data=archive, headers=ADMIN)
+    assert resp.status == 400, await resp.text()
+    assert (await admin(client, "GET", "projects"))["data"] == []
+    assert blob_files(tmp_path / "data") == [] and temp_files(tmp_path / "data") == []
+    assert not (tmp_path / "etc").exists()

@@ -150,8 +150,9 @@ def test_any_form_is_stored_whole_or_refused_whole(
         assert status == 200, (fields, answer)
         assert answer["bytes"] == len(values["file"]) and listing["total"] == 1
     else:
-        # The error names a field that was sent, or a required one that was not.
-        assert_error(status, answer, set(names) | {None, "file", "purpose"})
+        # The error names a field that was sent, or one required with them that was not.
+        required = {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"}
+        assert_error(status, answer, set(names) | required | {None})
         assert listing["total"] == 0
 
 
