@@ -70,6 +70,9 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
         uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store
         app[UPLOADS] = uploads
+        # Before serving: recovery takes every upload found mid-completion for a crash's
+        # leftover, which a completion that is really under way is not.
+        await uploads.recover()
         await _load_keys(store, authenticator)
         if authenticator.open_mode:
             log.warning(
@@ -110,7 +113,8 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
 async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:
     """Background upkeep while serving: start-up recovery once, then periodic sweeps.
 
-    Start-up: blobs and part files a crash left unreferenced, uploads caught mid-completion.
+    Start-up: blobs a crash left unreferenced (uploads caught mid-completion were settled
+    before serving began).
     Every `sweep_interval` seconds: expired files (already hidden) and uploads, and rows deleted
     longer ago than `deleted_retention` (with the blobs that frees): `filesd gc`, in the server.
     """
@@ -118,7 +122,7 @@ async def _maintain(store: FileStore, uploads: UploadService, config: Config) ->
     async def collect_garbage() -> None:
         await collect(store, deleted_retention=config.storage.deleted_retention)
 
-    steps = [store.sweep_orphans, uploads.recover]
+    steps = [store.sweep_orphans]
     while True:
         for step in [*steps, collect_garbage, uploads.sweep_expired]:
             try:

@@ -301,3 +301,22 @@ async def test_parts_need_a_data_field(client: Client, tmp_path: Path) -> None:
     resp = await client.post(f"/v1/uploads/{upload['id']}/parts", data=form, headers=ALPHA)
     await assert_400(resp, "other")
     assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
+
+
+async def test_recovery_is_done_before_serving(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    # A data dir with an upload a crash left mid-completion: it is reopened before the first
+    # request is served, so recovery can never race a completion that is really under way.
+    config = make_config(tmp_path / "data")
+    first = await aiohttp_client(create_app(config))
+    upload = await create_upload(first, 2)
+    p = await part_id(first, upload["id"], b"ab")
+    store = first.app[STORE]
+    assert await store.db.set_upload_status(
+        upload["id"], old="pending", new="completing", file_id=store.new_file_id()
+    )
+    await first.close()
+    second = await aiohttp_client(create_app(config))
+    resp = await complete(second, upload["id"], [p])
+    assert resp.status == 200, await resp.json()
