@@ -19,6 +19,7 @@ from .errors import add_api_headers, error_middleware
 from .faults import FAULTS, Faults, faults_middleware
 from .health import setup_health_routes
 from .metrics import METRICS, Metrics, metrics
+from .openapi import openapi_json
 from .ops import collect
 from .routes import setup_routes
 from .store import FileStore
@@ -97,6 +98,7 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
     app[METRICS] = Metrics()
     app.on_response_prepare.append(app[METRICS].on_response_prepare)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     if config.admin.token:
         setup_admin(
             app,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -14,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
+from filesd.appkeys import CONFIG
 from filesd.config import Config, parse_config
+from filesd.openapi import openapi_document
 
 ALPHA_KEY = "sk-test-alpha-0123456789"
 BETA_KEY = "sk-test-beta-9876543210"
@@ -73,6 +78,55 @@ def upload_form(
 
 
 ClientFactory = Callable[..., Any]
+
+_VIOLATIONS = web.AppKey("openapi_violations", list)
+
+
+@web.middleware
+async def _check_against_openapi(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every response of the end-to-end tests, checked against /openapi.json's document."""
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    if resource is None:
+        return response
+    document = openapi_document(request.app[CONFIG])
+    method = "get" if request.method == "HEAD" else request.method.lower()
+    operation = document["paths"].get(resource.canonical, {}).get(method)
+    if operation is None:
+        return response  # not part of the public API (admin, metrics, the document itself)
+    where = f"{request.method} {resource.canonical} -> {response.status}"
+    documented = operation["responses"].get(str(response.status))
+    if documented is None:
+        request.app[_VIOLATIONS].append(f"{where}: status not documented")
+    elif isinstance(response, web.Response) and response.content_type == "application/json":
+        schema = documented["content"]["application/json"]["schema"]
+        validator = jsonschema.Draft202012Validator(
+            {**schema, "components": document["components"]}
+        )
+        assert response.body is not None
+        for error in validator.iter_errors(json.loads(bytes(response.body))):  # type: ignore[arg-type]
+            request.app[_VIOLATIONS].append(f"{where}: {error.message}")
+    return response
+
+
+@pytest.fixture
+async def aiohttp_client(
+    aiohttp_client: ClientFactory,
+) -> AsyncIterator[ClientFactory]:
+    """pytest-aiohttp's client factory, with each app's responses checked against OpenAPI."""
+    apps: list[web.Application] = []
+
+    async def factory(app: web.Application, **kwargs: Any) -> Any:
+        app[_VIOLATIONS] = []
+        app.middlewares.insert(0, _check_against_openapi)
+        apps.append(app)
+        return await aiohttp_client(app, **kwargs)
+
+    yield factory
+    violations = [v for app in apps for v in app[_VIOLATIONS]]
+    assert violations == [], "responses that /openapi.json does not describe:\n" + "\n".join(
+        violations
+    )
 
 
 @pytest.fixture

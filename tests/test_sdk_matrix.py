@@ -41,6 +41,7 @@ def _venv_with(version: str) -> Path:
                 str(ROOT),
                 "pytest",
                 "pytest-aiohttp",
+                "jsonschema",  # tests/conftest.py checks responses against OpenAPI
                 f"openai=={version}",
             ],
             check=True,
