@@ -85,9 +85,7 @@ async def faults_middleware(request: web.Request, handler: Handler) -> web.Strea
     if rule.status is not None:
         return error_response(_injected_error(rule))
     if rule.disconnect:
-        if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError  # nothing more to send: the connection is gone
+        return await _cut_mid_body(request, await handler(request))
     if rule.storage is not None:
         token = storage_fault.set(rule)
         try:
@@ -95,6 +93,21 @@ async def faults_middleware(request: web.Request, handler: Handler) -> web.Strea
         finally:
             storage_fault.reset(token)
     return await handler(request)
+
+
+async def _cut_mid_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Send the status line, the headers (announcing the whole length) and half the body, then
+    drop the connection: the client sees a body cut short."""
+    raw = response.body if isinstance(response, web.Response) else None
+    body = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+    cut = web.StreamResponse(status=response.status, headers=response.headers)
+    cut.content_length = len(body) or None
+    await cut.prepare(request)
+    if body:
+        await cut.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()  # close, not abort: what was written still goes out first
+    return cut
 
 
 def _injected_error(rule: FaultRule) -> ApiError:

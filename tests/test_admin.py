@@ -129,9 +129,12 @@ async def test_latency_and_disconnect(client: Client) -> None:
     started = time.monotonic()
     assert (await client.get("/v1/files", headers=ALPHA)).status == 200
     assert time.monotonic() - started >= 0.3
+    created = await upload(client, b"0123456789" * 100)
     await admin(client, "POST", "faults", json={"disconnect": True, "count": 1})
-    with pytest.raises(aiohttp.ClientConnectionError):
-        await client.get("/v1/files", headers=ALPHA)
+    resp = await client.get(f"/v1/files/{created['id']}/content", headers=ALPHA)
+    assert resp.status == 200 and resp.headers["Content-Length"] == "1000"
+    with pytest.raises(aiohttp.ClientPayloadError):  # the body was cut short
+        await resp.read()
     assert (await client.get("/v1/files", headers=ALPHA)).status == 200
 
 

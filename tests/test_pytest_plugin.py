@@ -47,6 +47,17 @@ def test_async_client(filesd):
     assert asyncio.run(run()) == 5
 
 
+@pytest.mark.filesd(
+    testing={"faults": [{"method": "GET", "route": "/v1/files", "status": 500, "count": 1}]}
+)
+def test_faults_from_a_marker(filesd):
+    client = filesd.openai()
+    with pytest.raises(openai.InternalServerError):
+        client.files.list().data
+    assert client.files.list().data == []  # the rule fired once
+    assert filesd.openai(max_retries=1).files.list().data == []
+
+
 @pytest.mark.filesd(limits={"max_file_bytes": 10})
 def test_marker_gives_a_server_of_its_own(filesd):
     with pytest.raises(openai.APIStatusError) as info:
@@ -59,7 +70,7 @@ def test_fixtures_in_a_sample_project(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_sample=SAMPLE)
     pytester.makeini('[pytest]\nfilesd_config =\n    [files]\n    id_format = "openai"\n')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
 
 
 def test_serve_with_configured_keys_mints_working_keys() -> None:
