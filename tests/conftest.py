@@ -78,6 +78,7 @@ def upload_form(
 
 
 ClientFactory = Callable[..., Any]
+Client = TestClient[Any, Any]
 
 _VIOLATIONS = web.AppKey("openapi_violations", list)
 

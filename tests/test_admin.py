@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
 from filesd.testing import serve
@@ -20,6 +19,7 @@ from filesd.testing import serve
 from .conftest import (
     ALPHA,
     BETA,
+    Client,
     ClientFactory,
     blob_files,
     make_config,
@@ -28,7 +28,6 @@ from .conftest import (
     upload_form,
 )
 
-Client = TestClient[Any, Any]
 TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -111,6 +110,14 @@ async def test_injected_errors_with_retry_headers(client: Client) -> None:
     assert (await admin(client, "GET", "faults"))["data"] == []  # spent
     resp = await client.delete(f"/admin/faults/{rule_id}", headers=ADMIN)
     assert resp.status == 404
+
+
+async def test_a_catch_all_rule_spares_the_admin_api(client: Client) -> None:
+    await admin(client, "POST", "faults", json={"status": 500})
+    assert (await client.get("/v1/files", headers=ALPHA)).status == 500
+    assert (await admin(client, "GET", "faults"))["data"] != []  # the admin API still answers
+    await admin(client, "DELETE", "faults")
+    assert (await client.get("/v1/files", headers=ALPHA)).status == 200
 
 
 async def test_rules_match_project_route_and_probability(client: Client) -> None:

@@ -13,13 +13,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
 
 from .conftest import (
     ALPHA,
     BETA,
+    Client,
     ClientFactory,
     blob_files,
     make_config,
@@ -28,7 +28,6 @@ from .conftest import (
     upload_form,
 )
 
-Client = TestClient[Any, Any]
 REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
 
 

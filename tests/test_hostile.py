@@ -8,11 +8,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
-from .conftest import ALPHA, BETA, blob_files, temp_files, upload
+from .conftest import ALPHA, BETA, Client, blob_files, temp_files, upload
 
-Client = TestClient[Any, Any]
 BOUNDARY = "hostile"
 
 

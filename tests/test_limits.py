@@ -7,9 +7,6 @@ import asyncio
 import os
 import socket
 from pathlib import Path
-from typing import Any
-
-from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
 from filesd.appkeys import UPLOAD_SLOTS
@@ -17,6 +14,7 @@ from filesd.appkeys import UPLOAD_SLOTS
 from .conftest import (
     ALPHA,
     BETA,
+    Client,
     ClientFactory,
     blob_files,
     make_config,
@@ -24,8 +22,6 @@ from .conftest import (
     upload,
     upload_form,
 )
-
-Client = TestClient[Any, Any]
 
 
 async def test_quotas_refuse_and_store_nothing(

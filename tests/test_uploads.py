@@ -12,14 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
 from filesd.appkeys import STORE, UPLOADS
 
-from .conftest import ALPHA, BETA, ClientFactory, blob_files, make_config, temp_files
-
-Client = TestClient[Any, Any]
+from .conftest import ALPHA, BETA, Client, ClientFactory, blob_files, make_config, temp_files
 
 
 def md5(data: bytes) -> str:
