@@ -70,7 +70,7 @@ async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
     try:
         db = await Database.open(data_dir / "filesd.db")
         try:
-            if blobs.temp_dir.is_dir():
+            if await asyncio.to_thread(blobs.temp_dir.is_dir):
                 report.stray_temp_files = sorted(
                     await asyncio.to_thread(os.listdir, blobs.temp_dir)
                 )
@@ -82,7 +82,7 @@ async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
                 report.checked += 1
                 if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) != digest:
                     report.corrupt.append(digest)
-            if blobs.part_dir.is_dir():
+            if await asyncio.to_thread(blobs.part_dir.is_dir):
                 parts = await asyncio.to_thread(blobs.part_tokens_older_than, time.time() + 1)
                 report.stray_part_files = sorted(set(parts) - await db.part_tokens_in_use(parts))
             if repair:
