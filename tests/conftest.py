@@ -210,6 +210,16 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server for a module, run open: each test uses its own token, so its own
+    project."""
+    root = tmp_path_factory.mktemp("server")
+    proc = ServerProcess(["--data-dir", str(root / "data")], cwd=root)
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0
+
+
 def write_config(path: Path, data_dir: Path, extra: str = "") -> Path:
     path.write_text(f'[storage]\ndata_dir = "{data_dir}"\n{KEYS_TOML}\n{extra}')
     return path

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import unicodedata
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -25,14 +23,6 @@ pytestmark = pytest.mark.slow
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("properties")
-    proc = ServerProcess(["--data-dir", str(root / "data")], cwd=root)
-    yield proc
-    assert proc.stop(signal.SIGTERM) == 0
 
 
 def request(

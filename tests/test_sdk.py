@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,15 +16,6 @@ from openai import AsyncOpenAI, OpenAI
 from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the module, run open: each test uses its own token, so its own project."""
-    root = tmp_path_factory.mktemp("sdk")
-    proc = ServerProcess(["--data-dir", str(root / "data")], cwd=root)
-    yield proc
-    assert proc.stop(signal.SIGTERM) == 0
 
 
 @pytest.fixture
