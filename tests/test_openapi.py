@@ -43,6 +43,7 @@ def test_schemathesis_finds_no_500_and_no_schema_violation(tmp_path: Path) -> No
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,  # schemathesis writes its .schemathesis/ cache into the cwd
         )
     finally:
         assert server.stop() == 0

@@ -20,8 +20,12 @@ from .conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
 
+# database=None: no example database written into the checkout (.hypothesis/).
 SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
