@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import io
 import json
 import os
@@ -243,9 +245,28 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             server.stop(signal.SIGKILL)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def wait_until(
+    condition: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until `condition()` is true (it may be sync or return an awaitable), polling.
+
+    Tests wait for a condition, never for a time: this is the one way they do it. Fails the
+    test (naming `what`) if it does not hold within `timeout` seconds.
+    """
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+            raise AssertionError(f"{what} did not hold within {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+def wait_until_sync(
+    condition: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """`wait_until` for tests without an event loop of their own."""
+    asyncio.run(wait_until(condition, timeout=timeout, what=what))

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from filesd.cli import main
 
-from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, temp_files, wait_until
+from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, temp_files, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -178,9 +177,14 @@ def test_sigterm_finishes_requests_in_flight(start_server: StartServer) -> None:
 
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(request[:half])
-        time.sleep(0.3)  # the upload is now in flight
+        data_dir = server.data_dir
+        # The upload is in flight once its first batch reached a temp file.
+        wait_until_sync(
+            lambda: any(p.stat().st_size > 0 for p in temp_files(data_dir)),
+            what="the upload streaming to disk",
+        )
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_until_sync(lambda: "shutting down" in server.stderr_text(), what="the server draining")
         sender = threading.Thread(target=sock.sendall, args=(request[half:],))
         sender.start()
         response.append(_read_all(sock))
@@ -208,7 +212,7 @@ def test_sigkill_mid_upload_leaves_no_trace(start_server: StartServer, tmp_path:
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         # Announce 64 MiB, send 8 MiB, and kill the server while it waits for the rest.
         sock.sendall(raw_upload_request(host, int(port), partial, total=64 * 1024 * 1024))
-        wait_until(lambda: any(p.stat().st_size > 0 for p in temp_files(data_dir)))
+        wait_until_sync(lambda: any(p.stat().st_size > 0 for p in temp_files(data_dir)))
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=10)
     assert temp_files(data_dir)  # the interrupted upload did leave a temp file...

@@ -25,7 +25,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, wait_until
+
+
+def _blob_digests(data_dir: Path) -> list[str]:
+    return [p.name for p in (data_dir / "blobs").glob("*/*") if p.is_file()]
+
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +167,10 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) ->
 
     server = ServerProcess(["--data-dir", str(data)], cwd=tmp_path)
     asyncio.run(_check(server.url, ledger))
-    time.sleep(0.5)  # the start-up clean-up of orphaned blobs runs in the background
+    # The start-up clean-up of orphaned blobs runs in the background: wait until the blobs on
+    # disk are exactly those of the files still live.
+    live = {d for i, d in ledger.acknowledged.items() if i not in ledger.deleted}
+    asyncio.run(wait_until(lambda: set(_blob_digests(data)) == live, what="orphaned blobs swept"))
     assert server.stop() == 0
     fsck = subprocess.run(
         [sys.executable, "-m", "filesd", "fsck", "--data-dir", str(data)],

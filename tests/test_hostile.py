@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import ALPHA, BETA, Client, blob_files, temp_files, upload
+from .conftest import ALPHA, BETA, Client, blob_files, temp_files, upload, wait_until
 
 BOUNDARY = "hostile"
 
@@ -117,10 +117,8 @@ def _request(body: bytes, content_length: int) -> bytes:
 async def test_a_truncated_body_leaves_nothing(client: Client, tmp_path: Path) -> None:
     body = multipart([PURPOSE, (b'form-data; name="file"; filename="f"', b"z" * 500_000)])
     await _raw(client, _request(body[: len(body) // 2], len(body)), close=True)
-    for _ in range(100):  # the server notices the closed connection and cleans up
-        if temp_files(tmp_path / "data") == []:
-            break
-        await asyncio.sleep(0.02)
+    # The server notices the closed connection and cleans up.
+    await wait_until(lambda: temp_files(tmp_path / "data") == [], what="temp files removed")
     await assert_unchanged(client, tmp_path)
     await upload(client, b"the server goes on")
 

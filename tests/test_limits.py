@@ -21,6 +21,7 @@ from .conftest import (
     temp_files,
     upload,
     upload_form,
+    wait_until,
 )
 
 
@@ -82,10 +83,7 @@ async def test_too_many_uploads_at_once_get_429(
             + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n"
             + b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow"\r\n\r\nabc'
         )
-        for _ in range(100):
-            if client.app[UPLOAD_SLOTS].in_use == 1:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: client.app[UPLOAD_SLOTS].in_use == 1, what="slot taken")
         resp = await client.post("/v1/files", data=upload_form(b"x"), headers=ALPHA)
         body = await resp.json()
         assert resp.status == 429, body

@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess
+from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +229,11 @@ def test_the_sdk_retries_a_500_then_raises(server: ServerProcess) -> None:
             client.files.content(created.id)
     assert info.value.status_code == 500
     assert info.value.code == "blob_missing"  # type: ignore[attr-defined]
-    attempts = [
-        line for line in server.stderr_text().splitlines() if f"{created.id}/content" in line
-    ]
-    assert len(attempts) == 3
+
+    def attempts() -> list[str]:
+        lines = server.stderr_text().splitlines()
+        return [line for line in lines if f"{created.id}/content" in line]
+
+    # The access log line of the last attempt may be written after the client has its answer.
+    wait_until_sync(lambda: len(attempts()) >= 3, what="three attempts in the access log")
+    assert len(attempts()) == 3

@@ -16,7 +16,16 @@ import pytest
 from filesd.app import create_app
 from filesd.appkeys import STORE, UPLOADS
 
-from .conftest import ALPHA, BETA, Client, ClientFactory, blob_files, make_config, temp_files
+from .conftest import (
+    ALPHA,
+    BETA,
+    Client,
+    ClientFactory,
+    blob_files,
+    make_config,
+    temp_files,
+    wait_until,
+)
 
 
 def md5(data: bytes) -> str:
@@ -218,11 +227,7 @@ async def test_expired_uploads_are_refused_and_swept(
     assert "expired" in await assert_400(await complete(client, upload["id"], [p]))
     # Swept by this call or by the app's own background sweep, whichever runs first.
     await client.app[UPLOADS].sweep_expired()
-    for _ in range(100):
-        if not part_files(tmp_path):
-            break
-        await asyncio.sleep(0.02)
-    assert part_files(tmp_path) == []
+    await wait_until(lambda: not part_files(tmp_path), what="the parts removed")
     stored = await client.app[STORE].db.get_upload("alpha", upload["id"])
     assert stored is not None and stored.status == "expired"
 
