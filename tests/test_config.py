@@ -142,9 +142,11 @@ def test_example_parses_and_documents_every_key(tmp_path: Path) -> None:
     # copy must not seed ids, freeze time or inject faults).
     known = _leaf_keys(Config()) - {"auth.keys", "testing.faults"}
     known -= {"testing.id_seed", "testing.frozen_time"}
-    known |= {"auth.keys[].key", "auth.keys[].key_sha256", "auth.keys[].project"}
     assert known <= documented
     text = EXAMPLE.read_text()
+    for key_field in ("key", "key_sha256", "project"):
+        assert f"# {key_field} = " in text, key_field
+    assert "# [[auth.keys]]" in text
     assert "# id_seed = " in text and "# frozen_time = " in text
     assert "# [[testing.faults]]" in text
     for rule_field in dataclasses.fields(FaultRule):
@@ -157,3 +159,7 @@ def test_example_parses_and_documents_every_key(tmp_path: Path) -> None:
     assert config.storage == defaults.storage
     assert config.limits == defaults.limits
     assert config.files == defaults.files
+    # As shipped it is exactly no configuration: no keys switched on (a copy would otherwise
+    # turn open mode off and accept a key anyone can read here), no admin token, no faults.
+    assert config == defaults
+    assert config.auth.keys == ()
