@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .appkeys import STORE
+from .appkeys import CONFIG, STORE
 from .archive import read_archive, write_archive
 from .auth import PROJECT
 from .clock import Clock
@@ -208,7 +208,9 @@ async def import_(request: web.Request) -> web.Response:
         await writer.abort()
         raise
     try:
-        records, staged = await asyncio.to_thread(read_archive, body.temp_path, store.blobs)
+        records, staged = await asyncio.to_thread(
+            read_archive, body.temp_path, store.blobs, request.app[CONFIG].files.purposes
+        )
     finally:
         await store.discard(body)
     await store.import_files(records, staged)

@@ -15,14 +15,15 @@ import os
 import re
 import tarfile
 import uuid
+from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from .blobs import BlobStore, StagedBlob
+from .manifest import FORMAT, FORMAT_VERSION, ManifestError, parse_manifest
 from .models import FileRecord
 
 MANIFEST = "filesd-export.json"
-FORMAT_VERSION = 1
 _BLOB_MEMBER = re.compile(r"blobs/([0-9a-f]{64})")
 
 
@@ -32,7 +33,7 @@ class ArchiveError(ValueError):
 
 def write_archive(out: IO[bytes], records: list[FileRecord], blobs: BlobStore) -> None:
     manifest = {
-        "format": "filesd-export",
+        "format": FORMAT,
         "version": FORMAT_VERSION,
         "files": [dataclasses.asdict(r) for r in records],
     }
@@ -49,10 +50,17 @@ def write_archive(out: IO[bytes], records: list[FileRecord], blobs: BlobStore) -
                 tar.addfile(info, f)
 
 
-def read_archive(source: Path, blobs: BlobStore) -> tuple[list[FileRecord], list[StagedBlob]]:
-    """The files of an archive and their blobs, staged (the caller links or discards them)."""
+def read_archive(
+    source: Path, blobs: BlobStore, purposes: Collection[str]
+) -> tuple[list[FileRecord], list[StagedBlob]]:
+    """The files of an archive and their blobs, staged (the caller links or discards them).
+
+    The manifest is checked field by field (`parse_manifest`), and each file's size must be its
+    blob's: a bad entry refuses the whole archive.
+    """
     staged: list[StagedBlob] = []
-    manifest: dict[str, Any] | None = None
+    manifest: object = None
+    found_manifest = False
     try:
         with tarfile.open(source, mode="r:") as tar:
             for member in tar:
@@ -62,22 +70,35 @@ def read_archive(source: Path, blobs: BlobStore) -> tuple[list[FileRecord], list
                 assert f is not None
                 if member.name == MANIFEST:
                     manifest = json.loads(f.read(64 * 1024 * 1024))
+                    found_manifest = True
                 elif match := _BLOB_MEMBER.fullmatch(member.name):
                     staged.append(_stage(f, match.group(1), blobs))
                 else:
                     raise ArchiveError(f"unexpected member {member.name!r}")
-        if manifest is None or manifest.get("version") != FORMAT_VERSION:
-            raise ArchiveError(f"no {MANIFEST} of version {FORMAT_VERSION}")
-        records = [FileRecord(**row) for row in manifest["files"]]
-        have = {s.sha256 for s in staged}
-        missing = {r.sha256 for r in records} - have
+        if not found_manifest:
+            raise ArchiveError(f"no {MANIFEST} in the archive")
+        try:
+            records = parse_manifest(manifest, purposes)
+        except ManifestError as error:
+            raise ArchiveError(f"{MANIFEST}: {error}") from None
+        sizes = {s.sha256: s.size for s in staged}
+        missing = {r.sha256 for r in records} - sizes.keys()
         if missing:
             raise ArchiveError(f"blobs missing from the archive: {sorted(missing)[:3]}")
+        for record in records:
+            if record.bytes != sizes[record.sha256]:
+                raise ArchiveError(
+                    f"file {record.id} says {record.bytes} bytes, its blob holds "
+                    f"{sizes[record.sha256]}"
+                )
         return records, staged
     except BaseException as error:
         for item in staged:
             blobs.discard(item)
-        if isinstance(error, (tarfile.TarError, json.JSONDecodeError, TypeError, KeyError)):
+        if isinstance(error, ArchiveError):
+            raise
+        # ValueError: bad JSON or UTF-8; RecursionError: JSON nested too deeply to parse.
+        if isinstance(error, tarfile.TarError | ValueError | RecursionError):
             raise ArchiveError(f"not a filesd export archive: {error}") from None
         raise
 
