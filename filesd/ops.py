@@ -143,6 +143,10 @@ async def collect(store: FileStore, *, deleted_retention: int) -> GcReport:
     return GcReport(expired, purged, orphans)
 
 
+class BackupRefused(OSError):
+    """The backup's destination is the data directory itself, or inside it."""
+
+
 @dataclass
 class BackupReport:
     files: int
@@ -159,6 +163,10 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
     really passed through, minus those deletes' timing. Uploads in progress are not copied (they
     show as expired). Everything is fsynced. `filesd serve --data-dir DEST` starts from it.
     """
+    source, target_dir = data_dir.resolve(), dest.resolve()
+    if target_dir == source or source in target_dir.parents:
+        # A copy inside its own source would be swept as stray files, or copied into itself.
+        raise BackupRefused(f"{dest} is inside the data directory {data_dir}: back up elsewhere")
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
     source_db = data_dir / "filesd.db"

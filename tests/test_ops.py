@@ -196,3 +196,16 @@ def test_backup_while_serving_restores_exactly(
     for file_id, content in contents.items():
         assert api(restored, f"/v1/files/{file_id}/content") == content
     assert run(capsys, "backup", str(dest), "--data-dir", str(tmp_path / "data"))[0] == 1
+    assert restored.stop() == 0
+
+
+@pytest.mark.parametrize("where", [".", "backups/today"])
+def test_backup_into_the_data_dir_itself_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    data = tmp_path / "data"
+    assert run(capsys, "keys", "create", "--project", "p", "--data-dir", str(data))[0] == 0
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    code, out = run(capsys, "backup", str(data / where), "--data-dir", str(data))
+    assert code == 1 and "inside the data directory" in out
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
