@@ -84,13 +84,11 @@ def _check_upload_length(request: web.Request) -> None:
 async def create_file(request: web.Request) -> web.Response:
     _check_upload_length(request)
     config, store = request.app[CONFIG], request.app[STORE]
-    with request.app[UPLOAD_SLOTS].take():
+    with request.app[UPLOAD_SLOTS].take(request[PROJECT]):
         # Refuse early only what is certainly over: the file is at least this large.
         smallest = max(0, (request.content_length or 0) - FORM_OVERHEAD)
         await store.check_quota(request[PROJECT], smallest)
-        form = await read_upload_form(
-            request, store, config.files.purposes, config.limits.body_timeout
-        )
+        form = await read_upload_form(request, store, config.files.purposes)
         record = await store.create_file(
             request[PROJECT],
             form.staged,

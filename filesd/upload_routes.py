@@ -82,7 +82,7 @@ async def add_part(request: web.Request) -> web.Response:
     limit = request.app[CONFIG].limits.max_part_bytes
     if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
         raise _part_too_large(limit)
-    with request.app[UPLOAD_SLOTS].take():
+    with request.app[UPLOAD_SLOTS].take(project):
         try:
             form = await read_form(
                 request,
@@ -90,7 +90,6 @@ async def add_part(request: web.Request) -> web.Response:
                 text_fields=(),
                 new_writer=uploads.part_writer,
                 discard=uploads.discard,
-                body_timeout=request.app[CONFIG].limits.body_timeout,
             )
         except BlobTooLarge:
             raise _part_too_large(limit) from None
