@@ -6,9 +6,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidRequest
+from .values import is_instance, is_int
 
 FILENAME_MAX = 1024
 EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
+
+
+# Bidirectional embeddings, overrides and isolates: a name like "invoice\u202egpj.exe" would
+# display as "invoiceexe.jpg".
+_BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def _is_control(c: str) -> bool:
+    """C0 and C1 control characters, DEL, and the bidirectional formatting controls."""
+    code = ord(c)
+    return code < 0x20 or 0x7F <= code <= 0x9F or c in _BIDI_CONTROLS
 
 
 def check_filename(filename: object, *, param: str = "file") -> str:
@@ -20,7 +32,7 @@ def check_filename(filename: object, *, param: str = "file") -> str:
         filename.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidRequest("The filename is not valid UTF-8.", param=param) from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename):
+    if any(_is_control(c) for c in filename):
         raise InvalidRequest("The filename must not contain control characters.", param=param)
     # A file's name, not a path: no directories, no "." or "..".
     if "/" in filename or "\\" in filename or filename in (".", ".."):
@@ -59,7 +71,7 @@ def check_expires_after(anchor: object, seconds: object, *, prefix: str) -> int:
         )
     if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit():
         seconds = int(seconds)
-    if not isinstance(seconds, int) or isinstance(seconds, bool):
+    if not is_int(seconds):
         raise InvalidRequest(
             f"Invalid type for '{prefix}[seconds]': expected an integer, got {seconds!r}.",
             param=f"{prefix}[seconds]",
@@ -86,7 +98,7 @@ def require(body: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
     if name not in body or body[name] is None:
         raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
     value = body[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not is_instance(value, kind):
         raise InvalidRequest(
             f"Invalid type for '{name}': expected {what}, but got {_json_type(value)} instead.",
             param=name,
