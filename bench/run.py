@@ -17,9 +17,7 @@ import getpass
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from filesd.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-bench"
@@ -54,43 +54,23 @@ FULL = Sizes(512 * MiB, 2000, 4000, 1_000_000, 2048 * MiB, 3)
 QUICK = Sizes(16 * MiB, 200, 400, 5_000, 64 * MiB, 1)
 
 
-class Server:
+class Server(ServerProcess):
     """A server process (filesd or the floor) on a free port, on its own data directory."""
 
     def __init__(self, kind: str, data_dir: Path) -> None:
         self.kind = kind
-        self.data_dir = data_dir
-        if kind == "filesd":
-            args = [sys.executable, "-m", "filesd", "serve", "--port", "0", "--data-dir"]
-        else:
-            args = [sys.executable, str(HERE / "floor.py"), "--port", "0", "--data-dir"]
-        self.log = open(data_dir.parent / f"{kind}-{uuid.uuid4().hex[:6]}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [*args, str(data_dir)], stdout=subprocess.PIPE, stderr=self.log, text=True
+        command = (
+            None if kind == "filesd" else [sys.executable, str(HERE / "floor.py"), "--port", "0"]
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"http://\S+?:\d+", line)
-        if match is None:
-            raise RuntimeError(f"{kind} did not start: {line!r}")
-        self.url = match.group(0)
+        super().__init__(
+            ["--data-dir", str(data_dir)], cwd=data_dir.parent, timeout=60, command=command
+        )
 
     def peak_rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         return 0
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.log.close()
 
 
 # --- workloads ---------------------------------------------------------------------------------

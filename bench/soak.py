@@ -18,9 +18,6 @@ import hashlib
 import io
 import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+
+from filesd.process import ServerProcess
 
 AUTH = {"Authorization": "Bearer sk-soak"}
 
@@ -128,23 +127,15 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.minutes * 60 + args.seconds or 60
     with tempfile.TemporaryDirectory(prefix="filesd-soak-") as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "filesd", "--port", "0", "--data-dir", f"{tmp}/data"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        server = ServerProcess(["--data-dir", f"{tmp}/data"], cwd=Path(tmp), timeout=60)
         try:
-            assert proc.stdout is not None
-            match = re.search(r"http://\S+?:\d+", proc.stdout.readline())
-            assert match is not None, "filesd did not start"
-            url = match.group(0)
+            url = server.url
             # Warm up (caches, thread pools, connections) before taking the baseline.
             asyncio.run(soak(url, args.clients, min(2.0, seconds / 5), 10_000, args.seed))
-            rss0, fds0 = rss_and_fds(proc.pid)
+            rss0, fds0 = rss_and_fds(server.pid)
             samples: list[int] = []
             sampler = threading.Thread(
-                target=_sample, args=(proc.pid, seconds / 10, samples), daemon=True
+                target=_sample, args=(server.pid, seconds / 10, samples), daemon=True
             )
             started = time.monotonic()
             sampler.start()
@@ -152,12 +143,9 @@ def main() -> int:
                 soak(url, args.clients, seconds, args.max_requests, args.seed + 1000)
             )
             elapsed = time.monotonic() - started
-            rss1, fds1 = rss_and_fds(proc.pid)
+            rss1, fds1 = rss_and_fds(server.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            status = server.stop(timeout=60)
     errors = {k: v for k, v in stats.items() if k.startswith("error")}
     requests = sum(v for k, v in stats.items() if not k.startswith("error"))
     print(
@@ -170,11 +158,11 @@ def main() -> int:
         print(f"  {count} x {kind}")
     print(
         f"RSS: {rss0 / 2**20:.1f} MiB -> {rss1 / 2**20:.1f} MiB; "
-        f"open fds: {fds0} -> {fds1}; filesd exit status {proc.returncode}"
+        f"open fds: {fds0} -> {fds1}; filesd exit status {status}"
     )
     print("RSS over the run (MiB): " + " ".join(f"{r / 2**20:.0f}" for r in samples))
     leak = (rss1 - rss0) / 2**20 > args.max_rss_growth_mib or fds1 - fds0 > args.max_fd_growth
-    return 1 if errors or leak or proc.returncode != 0 else 0
+    return 1 if errors or leak or status != 0 else 0
 
 
 if __name__ == "__main__":

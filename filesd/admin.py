@@ -14,7 +14,6 @@ import asyncio
 import collections
 import hashlib
 import hmac
-import json
 import time
 import uuid
 from pathlib import Path
@@ -25,11 +24,13 @@ from aiohttp.typedefs import Handler
 
 from .appkeys import CONFIG, STORE
 from .archive import read_archive, write_archive
-from .auth import PROJECT
+from .auth import PROJECT, bearer_token
+from .bodies import read_json_object
 from .clock import Clock
 from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
 from .faultrules import FaultRuleError, parse_fault_rule
 from .faults import FAULTS
+from .values import is_finite_number, is_number
 
 JOURNAL: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("journal")
 CLOCK = web.AppKey("clock", Clock)
@@ -61,9 +62,9 @@ def _admin_auth(digest: bytes) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/admin/"):
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given, digest):
+            token = bearer_token(request.headers.get("Authorization")) or ""
+            given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+            if not token or not hmac.compare_digest(given, digest):
                 raise AuthenticationFailed("The admin API needs the admin token ([admin] token).")
         return await handler(request)
 
@@ -90,16 +91,7 @@ async def _record(request: web.BaseRequest, response: web.StreamResponse) -> Non
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("The body must be JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return body
+    return await read_json_object(request, allow_empty=True)
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -217,6 +209,14 @@ async def import_(request: web.Request) -> web.Response:
     return web.json_response({"imported": len(records)})
 
 
+# The last second of year 9999: a clock beyond it (or NaN) breaks dates and SQLite integers.
+CLOCK_MAX = 253402300799
+
+
+def _valid_time(value: object) -> bool:
+    return is_finite_number(value) and 0 <= value <= CLOCK_MAX
+
+
 def _clock_state(clock: Clock) -> dict[str, Any]:
     return {"time": clock(), "frozen": clock.frozen}
 
@@ -230,16 +230,22 @@ async def set_clock(request: web.Request) -> web.Response:
     body, clock = await _body(request), request.app[CLOCK]
     if not request.app[CLOCK_ADJUSTABLE]:
         raise InvalidRequest("This server's clock is not adjustable (it was given its own).")
-    number = (int, float)
     if body.get("resume") is True:
         clock.resume()
     elif body.get("freeze") is True:
         at = body.get("time")
-        if at is not None and (not isinstance(at, number) or isinstance(at, bool)):
-            raise InvalidRequest("'time' must be Unix seconds.", param="time")
+        if at is not None and not _valid_time(at):
+            raise InvalidRequest(
+                f"'time' must be Unix seconds between 0 and {CLOCK_MAX}.", param="time"
+            )
         clock.freeze(at)
-    elif isinstance(body.get("advance"), number) and not isinstance(body["advance"], bool):
-        clock.advance(body["advance"])
+    elif is_number(advance := body.get("advance")):
+        if not is_finite_number(advance) or not _valid_time(clock() + advance):
+            raise InvalidRequest(
+                f"'advance' must keep the clock between 0 and {CLOCK_MAX} Unix seconds.",
+                param="advance",
+            )
+        clock.advance(advance)
     else:
         raise InvalidRequest('Give {"freeze": true}, {"advance": seconds} or {"resume": true}.')
     return web.json_response(_clock_state(clock))

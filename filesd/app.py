@@ -55,7 +55,11 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
     app[CONFIG] = config
     app[AUTHENTICATOR] = authenticator
     app[REQUESTS] = requests
-    app[UPLOAD_SLOTS] = UploadSlots(config.limits.max_concurrent_uploads)
+    app[UPLOAD_SLOTS] = UploadSlots(
+        config.limits.max_concurrent_uploads,
+        per_project=config.limits.uploads_per_project,
+        share_applies=lambda: not authenticator.open_mode,
+    )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await FileStore.open(

@@ -52,7 +52,7 @@ class Authenticator:
         self._any_made = any_made
 
     def project_for(self, authorization: str | None) -> str:
-        token = _bearer_token(authorization)
+        token = bearer_token(authorization)
         if token is None:
             raise AuthenticationFailed(_NO_KEY)
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
@@ -76,7 +76,8 @@ def mask_key(key: str) -> str:
     return f"{key[:5]}***{key[-2:]}"
 
 
-def _bearer_token(authorization: str | None) -> str | None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None if absent or empty."""
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")

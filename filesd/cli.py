@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser(
         "create", help="make a key; it is printed once, only its digest kept", parents=[common]
     )
-    create.add_argument("--project", required=True)
+    create.add_argument("--project", required=True, type=_project)
     keys.add_parser(
         "list", help="list the keys (id, project, last characters, dates)", parents=[common]
     )
@@ -97,10 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args, config)
-    except (DataDirLocked, SchemaTooNew, FileExistsError, FileNotFoundError) as e:
-        print(f"filesd: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (DataDirLocked, SchemaTooNew, OSError) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 1
 
@@ -158,6 +155,13 @@ def _when(timestamp: int) -> str:
 
 def entrypoint() -> None:
     sys.exit(main())
+
+
+def _project(value: str) -> str:
+    # The message of the config file's check of [[auth.keys]] project.
+    if not value:
+        raise argparse.ArgumentTypeError("required, a non-empty string")
+    return value
 
 
 def _port(value: str) -> int:

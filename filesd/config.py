@@ -7,15 +7,17 @@ never ignored, so a typo cannot silently fall back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .faultrules import FaultRule, FaultRuleError, parse_fault_rule
+from .values import is_finite_number, is_instance
 
 DEFAULT_PURPOSES: tuple[str, ...] = (
     "assistants",
@@ -42,6 +44,13 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Seconds a client has to send a request's headers: from the connection's start, or from
+    # the first byte of a later request on a kept-alive connection (slow-header clients).
+    header_timeout: float = 10.0
+    # Seconds an idle kept-alive connection stays open (aiohttp's own default is an hour).
+    keepalive_timeout: float = 75.0
+    # Open connections at most; beyond it a new connection gets a 503 and is closed at once.
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,16 @@ class LimitsConfig:
     # Per project; 0 means no limit.
     max_files_per_project: int = 0
     max_bytes_per_project: int = 0
+    # Bytes/s a request body must average once it has taken `body_timeout` seconds; 0: off.
+    min_body_rate: int = 1024
+    # Upload slots one project may hold when keys are configured; 0: half of
+    # max_concurrent_uploads (at least 1). Not applied in open mode: any token is a project.
+    max_concurrent_uploads_per_project: int = 0
+
+    @property
+    def uploads_per_project(self) -> int:
+        """The effective per-project share of the upload slots (keyed mode)."""
+        return self.max_concurrent_uploads_per_project or max(1, self.max_concurrent_uploads // 2)
 
 
 @dataclass(frozen=True)
@@ -169,21 +188,26 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document; relative paths are resolved against `base_dir`."""
-    _check_keys(
-        data, "", {"server", "storage", "limits", "files", "auth", "log", "admin", "testing"}
-    )
+    _check_keys(data, "", _names(Config))
 
     server = _table(data, "server")
-    _check_keys(server, "server.", {"host", "port"})
+    _check_keys(server, "server.", _names(ServerConfig))
     host = _get(server, "server.host", str, ServerConfig.host)
     if not host:
         raise ConfigError("server.host: must not be empty")
     port = _get(server, "server.port", int, ServerConfig.port)
     if not 0 <= port <= 65535:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {port}")
+    header_timeout = _get_seconds(server, "server.header_timeout", ServerConfig.header_timeout)
+    keepalive_timeout = _get_seconds(
+        server, "server.keepalive_timeout", ServerConfig.keepalive_timeout
+    )
+    max_connections = _get(server, "server.max_connections", int, ServerConfig.max_connections)
+    if max_connections < 1:
+        raise ConfigError(f"server.max_connections: must be at least 1, got {max_connections}")
 
     storage = _table(data, "storage")
-    _check_keys(storage, "storage.", {"data_dir", "sweep_interval", "deleted_retention"})
+    _check_keys(storage, "storage.", _names(StorageConfig))
     data_dir_raw = _get(storage, "storage.data_dir", str, str(StorageConfig.data_dir))
     if not data_dir_raw:
         raise ConfigError("storage.data_dir: must not be empty")
@@ -207,29 +231,24 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         "max_concurrent_uploads",
         "body_timeout",
     )
-    optional = ("max_files_per_project", "max_bytes_per_project")
-    _check_keys(limits, "limits.", {*positive, *optional})
+    _check_keys(limits, "limits.", _names(LimitsConfig))
     sizes = {
         name: _get(limits, f"limits.{name}", int, getattr(LimitsConfig, name))
-        for name in (*positive, *optional)
+        for name in _names(LimitsConfig)
     }
     for name, value in sizes.items():
         if value < (1 if name in positive else 0):
             minimum = 1 if name in positive else "0 (no limit)"
             raise ConfigError(f"limits.{name}: must be at least {minimum}, got {value}")
+    share = sizes["max_concurrent_uploads_per_project"]
+    if share > sizes["max_concurrent_uploads"]:
+        raise ConfigError(
+            "limits.max_concurrent_uploads_per_project: must not exceed "
+            f"limits.max_concurrent_uploads ({sizes['max_concurrent_uploads']}), got {share}"
+        )
 
     files = _table(data, "files")
-    _check_keys(
-        files,
-        "files.",
-        {
-            "id_format",
-            "purposes",
-            "default_expires_after",
-            "refuse_downloads",
-            "refused_download_purposes",
-        },
-    )
+    _check_keys(files, "files.", _names(FilesConfig))
     id_format = _get(files, "files.id_format", str, FilesConfig.id_format)
     if id_format not in ID_FORMATS:
         raise ConfigError(f"files.id_format: must be one of {list(ID_FORMATS)}, got {id_format!r}")
@@ -241,18 +260,18 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     refused = _get_str_list(files, "files.refused_download_purposes", OPENAI_REFUSED_DOWNLOADS)
 
     auth = _table(data, "auth")
-    _check_keys(auth, "auth.", {"keys"})
+    _check_keys(auth, "auth.", _names(AuthConfig))
     keys = _parse_keys(auth.get("keys", []))
 
     log_table = _table(data, "log")
-    _check_keys(log_table, "log.", {"level", "access_log"})
+    _check_keys(log_table, "log.", _names(LogConfig))
     level = _get(log_table, "log.level", str, LogConfig.level).lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"log.level: must be one of {list(LOG_LEVELS)}, got {level!r}")
     access_log = _get(log_table, "log.access_log", bool, LogConfig.access_log)
 
     admin = _table(data, "admin")
-    _check_keys(admin, "admin.", {"token", "journal_size"})
+    _check_keys(admin, "admin.", _names(AdminConfig))
     admin_token = _get(admin, "admin.token", str, "")
     if admin_token and len(admin_token) < 16:
         raise ConfigError("admin.token: use at least 16 characters")
@@ -261,11 +280,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         raise ConfigError(f"admin.journal_size: must be 0 or more, got {journal_size}")
 
     testing = _table(data, "testing")
-    _check_keys(testing, "testing.", {"id_seed", "frozen_time", "faults"})
+    _check_keys(testing, "testing.", _names(TestingConfig))
     id_seed = _get(testing, "testing.id_seed", int, None)
     frozen = testing.get("frozen_time")
-    if frozen is not None and (not isinstance(frozen, int | float) or isinstance(frozen, bool)):
-        raise ConfigError("testing.frozen_time: expected Unix seconds (a number)")
+    if frozen is not None and not is_finite_number(frozen):
+        raise ConfigError("testing.frozen_time: expected Unix seconds (a finite number)")
     raw_faults = testing.get("faults", [])
     if not isinstance(raw_faults, list):
         raise ConfigError("testing.faults: expected an array of tables")
@@ -277,7 +296,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         raise ConfigError(str(e)) from None
 
     return Config(
-        server=ServerConfig(host=host, port=port),
+        server=ServerConfig(
+            host=host,
+            port=port,
+            header_timeout=header_timeout,
+            keepalive_timeout=keepalive_timeout,
+            max_connections=max_connections,
+        ),
         storage=StorageConfig(
             data_dir=data_dir, sweep_interval=sweep_interval, deleted_retention=retention
         ),
@@ -328,7 +353,8 @@ def _parse_keys(raw: object) -> tuple[ApiKey, ...]:
         where = f"auth.keys[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a table, got {_type_name(entry)}")
-        _check_keys(entry, f"{where}.", {"key", "key_sha256", "project"})
+        # The secret itself may be given instead of its digest.
+        _check_keys(entry, f"{where}.", {"key", *_names(ApiKey)})
         project = _get(entry, f"{where}.project", str, "")
         if not project:
             raise ConfigError(f"{where}.project: required, a non-empty string")
@@ -357,7 +383,12 @@ def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value
 
 
-def _check_keys(table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+def _names(table: type) -> tuple[str, ...]:
+    """The keys a TOML table may hold: the fields of the dataclass it becomes."""
+    return tuple(f.name for f in dataclasses.fields(table))
+
+
+def _check_keys(table: Mapping[str, Any], prefix: str, allowed: Collection[str]) -> None:
     for key in table:
         if key not in allowed:
             raise ConfigError(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -369,9 +400,22 @@ def _get(table: Mapping[str, Any], name: str, kind: type[_T], default: _T) -> _T
         return default
     value = table[key]
     # bool is a subclass of int in Python, but `port = true` is a mistake, not a port.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not is_instance(value, kind):
         raise ConfigError(f"{name}: expected {_type_name_of(kind)}, got {_type_name(value)}")
-    return value
+    return cast(_T, value)
+
+
+def _get_seconds(table: Mapping[str, Any], name: str, default: float) -> float:
+    """A duration in seconds: an integer or a float, finite and above zero."""
+    key = name.rsplit(".", 1)[-1]
+    if key not in table:
+        return default
+    value = table[key]
+    if not is_instance(value, (int, float)):
+        raise ConfigError(f"{name}: expected seconds (a number), got {_type_name(value)}")
+    if not is_finite_number(value) or value <= 0:
+        raise ConfigError(f"{name}: must be a finite number of seconds above 0, got {value}")
+    return float(value)
 
 
 def _get_str_list(table: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:

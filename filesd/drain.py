@@ -11,8 +11,9 @@ wait until no handler is running; only then does aiohttp's shutdown run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -54,25 +55,54 @@ class RequestTracker:
 
 
 class UploadSlots:
-    """At most `limit` uploads stream at once; the next one is refused with 429 at once.
+    """At most `limit` uploads stream at once, and one project holds at most `per_project` of
+    them while `share_applies()` (keys configured: in open mode any token is a new project, so
+    a share per project would bind nobody). The next one is refused with 429 at once.
 
     Uploads hold a slot while their body arrives, so slow clients cannot take them all.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        per_project: int | None = None,
+        share_applies: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.limit = limit
+        self.per_project = per_project if per_project is not None else limit
+        self._share_applies = share_applies
         self.in_use = 0
+        self._by_project: collections.Counter[str] = collections.Counter()
 
     @contextlib.contextmanager
-    def take(self) -> Iterator[None]:
+    def take(self, project: str | None = None) -> Iterator[None]:
         if self.in_use >= self.limit:
-            raise TooManyRequests(
-                f"Too many uploads in progress (at most {self.limit}). Retry shortly.",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "1", "retry-after-ms": "1000"},
-            )
+            raise _too_many(f"Too many uploads in progress (at most {self.limit}). Retry shortly.")
+        if project is not None and self._share_applies():
+            if self._by_project[project] >= self.per_project:
+                raise _too_many(
+                    "Too many uploads in progress for this project (at most "
+                    f"{self.per_project} at once). Retry shortly."
+                )
+        else:
+            project = None
         self.in_use += 1
+        if project is not None:
+            self._by_project[project] += 1
         try:
             yield
         finally:
             self.in_use -= 1
+            if project is not None:
+                self._by_project[project] -= 1
+                if not self._by_project[project]:
+                    del self._by_project[project]
+
+
+def _too_many(message: str) -> TooManyRequests:
+    return TooManyRequests(
+        message,
+        code="rate_limit_exceeded",
+        headers={"Retry-After": "1", "retry-after-ms": "1000"},
+    )

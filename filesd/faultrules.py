@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .values import is_finite_number, is_instance
+
 STORAGE_FAULTS = ("full", "missing_blob", "slow")
 
 # The storage fault in force for the request being handled (set by the faults middleware).
@@ -78,8 +80,10 @@ def parse_fault_rule(raw: Mapping[str, Any], where: str = "fault") -> FaultRule:
         kinds = _FIELDS.get(name)
         if kinds is None:
             raise FaultRuleError(f"{where}.{name}: unknown field")
-        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        if not is_instance(value, kinds):
             raise FaultRuleError(f"{where}.{name}: wrong type ({type(value).__name__})")
+        if isinstance(value, float) and not is_finite_number(value):
+            raise FaultRuleError(f"{where}.{name}: must be a finite number")
     rule = FaultRule(**{**raw, "method": str(raw.get("method", "*")).upper()})
     actions = [rule.status is not None, rule.disconnect, rule.storage is not None]
     if sum(actions) > 1:

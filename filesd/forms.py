@@ -7,14 +7,14 @@ behind: staged content is removed before the error propagates.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
 
 from .blobs import BlobWriter, StagedBlob
-from .errors import InvalidRequest, RequestTimeout
+from .bodies import BodyPace
+from .errors import InvalidRequest
 from .store import FileStore
 from .validation import check_expires_after, check_filename, check_purpose
 
@@ -45,7 +45,7 @@ class UploadForm:
 
 
 async def read_upload_form(
-    request: web.Request, store: FileStore, purposes: tuple[str, ...], body_timeout: float
+    request: web.Request, store: FileStore, purposes: tuple[str, ...]
 ) -> UploadForm:
     """The form of `POST /v1/files`: `file` (with a filename), `purpose`, `expires_after[...]`."""
 
@@ -59,7 +59,6 @@ async def read_upload_form(
         text_fields=_UPLOAD_TEXT_FIELDS,
         new_writer=store.blob_writer,
         discard=store.discard,
-        body_timeout=body_timeout,
         check_text=check_text,
     )
     try:
@@ -84,13 +83,12 @@ async def read_form(
     text_fields: tuple[str, ...],
     new_writer: Callable[[], BlobWriter],
     discard: Callable[[StagedBlob], Awaitable[None]],
-    body_timeout: float,
     check_text: Callable[[str, str], None] | None = None,
 ) -> Form:
     """Read a form with one content field (streamed) and some small text fields.
 
-    If no bytes arrive for `body_timeout` seconds, the request fails with 408: a stalled
-    client cannot hold an upload slot forever.
+    The body must keep the pace of `BodyPace` (`[limits] body_timeout`, `min_body_rate`) or
+    the request fails with 408: a slow or stalled client cannot hold an upload slot forever.
     """
     not_a_form = InvalidRequest(
         f"The request must be multipart/form-data with a '{content_field}' field."
@@ -106,15 +104,13 @@ async def read_form(
     fields: dict[str, str] = {}
     staged: StagedBlob | None = None
     filename: str | None = None
+    pace = BodyPace.of(request)
     try:
         while True:
             try:
-                async with asyncio.timeout(body_timeout):
-                    part = await reader.next()
+                part = await pace.read(reader.next())
             except ValueError as e:
                 raise InvalidRequest(f"Malformed multipart body: {e}") from None
-            except TimeoutError:
-                raise _too_slow(body_timeout) from None
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
@@ -126,9 +122,9 @@ async def read_form(
                 raise InvalidRequest(f"Duplicate field '{name}'.", param=name)
             if name == content_field:
                 filename = part.filename
-                staged = await _stream_content(part, new_writer(), body_timeout)
+                staged = await _stream_content(part, new_writer(), pace)
             elif name in text_fields:
-                fields[name] = await _read_text(part, name, body_timeout)
+                fields[name] = await _read_text(part, name, pace)
                 if check_text is not None:
                     check_text(name, fields[name])
             else:
@@ -142,11 +138,9 @@ async def read_form(
     return Form(staged, filename, fields)
 
 
-async def _stream_content(
-    part: BodyPartReader, writer: BlobWriter, stall_seconds: float
-) -> StagedBlob:
+async def _stream_content(part: BodyPartReader, writer: BlobWriter, pace: BodyPace) -> StagedBlob:
     try:
-        while chunk := await _read_chunk(part, READ_CHUNK, stall_seconds):
+        while chunk := await _read_chunk(part, READ_CHUNK, pace):
             await writer.write(chunk)
         return await writer.finish()
     except BaseException:
@@ -154,26 +148,17 @@ async def _stream_content(
         raise
 
 
-async def _read_chunk(part: BodyPartReader, size: int, stall_seconds: float) -> bytes:
-    """The next chunk; 408 if none comes within `stall_seconds` (a limit per read, which
-    restarts with every chunk, unlike a deadline for the whole body)."""
-    try:
-        async with asyncio.timeout(stall_seconds):
-            return await part.read_chunk(size)
-    except TimeoutError:
-        raise _too_slow(stall_seconds) from None
+async def _read_chunk(part: BodyPartReader, size: int, pace: BodyPace) -> bytes:
+    """The next chunk, within the body's pace (each read has its own limit, which restarts
+    with every chunk, and the average rate is checked across them)."""
+    chunk = await pace.read(part.read_chunk(size))
+    pace.count(len(chunk))
+    return chunk
 
 
-def _too_slow(stall_seconds: float) -> RequestTimeout:
-    return RequestTimeout(
-        f"The request body stalled: no data arrived for {stall_seconds:g} seconds.",
-        code="timeout",
-    )
-
-
-async def _read_text(part: BodyPartReader, name: str, stall_seconds: float) -> str:
+async def _read_text(part: BodyPartReader, name: str, pace: BodyPace) -> str:
     data = bytearray()
-    while chunk := await _read_chunk(part, TEXT_FIELD_MAX + 1, stall_seconds):
+    while chunk := await _read_chunk(part, TEXT_FIELD_MAX + 1, pace):
         data += chunk
         if len(data) > TEXT_FIELD_MAX:
             raise InvalidRequest(

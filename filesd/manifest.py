@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from .models import FileRecord
+from .values import has_control_characters, is_int
 
 FORMAT = "filesd-export"
 FORMAT_VERSION = 1
@@ -24,9 +25,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _STATUSES = ("processed", "error")
 _FIELDS = tuple(f.name for f in dataclasses.fields(FileRecord))
 _TEXT_MAX = 1024
-# C0 and C1 controls, DEL, and the bidirectional overrides and isolates that make text display
-# other than it reads.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class ManifestError(ValueError):
@@ -95,7 +93,7 @@ def _text(value: object, where: str) -> str:
         raise ManifestError(f"{where}: must be a non-empty string")
     if len(value) > _TEXT_MAX:
         raise ManifestError(f"{where}: longer than {_TEXT_MAX} characters")
-    if _CONTROL.search(value):
+    if has_control_characters(value):
         raise ManifestError(f"{where}: must not contain control characters")
     try:
         value.encode("utf-8")
@@ -105,8 +103,7 @@ def _text(value: object, where: str) -> str:
 
 
 def _integer(value: object, where: str, maximum: int) -> int:
-    # bool is an int to Python, but `true` is not a size or a time.
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_int(value):
         raise ManifestError(f"{where}: must be an integer")
     if not 0 <= value <= maximum:
         raise ManifestError(f"{where}: must be between 0 and {maximum}")

@@ -163,8 +163,8 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
     really passed through, minus those deletes' timing. Uploads in progress are not copied (they
     show as expired). Everything is fsynced. `filesd serve --data-dir DEST` starts from it.
     """
-    source, target_dir = data_dir.resolve(), dest.resolve()
-    if target_dir == source or source in target_dir.parents:
+    resolved_source, resolved_dest = data_dir.resolve(), dest.resolve()
+    if resolved_dest == resolved_source or resolved_source in resolved_dest.parents:
         # A copy inside its own source would be swept as stray files, or copied into itself.
         raise BackupRefused(f"{dest} is inside the data directory {data_dir}: back up elsewhere")
     if dest.exists() and any(dest.iterdir()):

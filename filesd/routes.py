@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import re
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import MultiMapping
 
-from .appkeys import CONFIG, STORE, UPLOAD_SLOTS
+from .appkeys import AUTHENTICATOR, CONFIG, STORE, UPLOAD_SLOTS
 from .auth import PROJECT
 from .blobs import SMALL_BYTES
 from .errors import (
@@ -24,6 +30,7 @@ from .forms import FORM_OVERHEAD, read_upload_form
 from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
+OFFSET_MAX = 2**63 - 1  # SQLite's largest integer: beyond it the query itself would fail
 # Files up to this size are sent from memory (the store caches them, or reads them whole in one
 # thread hop), which beats FileResponse's two hops (open+stat, close) for small bodies.
 SMALL_CONTENT = SMALL_BYTES
@@ -37,6 +44,9 @@ _CONDITIONAL = (
     "If-Unmodified-Since",
 )
 _INT = re.compile(r"-?[0-9]+")
+_BYTE_RANGE = re.compile(r"([0-9]*)[ \t]*-[ \t]*([0-9]*)")
+# Conditions decided here (with the file's validators) rather than by FileResponse.
+_NEED_VALIDATORS = ("If-Match", "If-Unmodified-Since", "If-Range")
 _CONTENT_HEADERS = {
     "Content-Type": "application/octet-stream",
     "X-Content-Type-Options": "nosniff",
@@ -45,33 +55,42 @@ _CONTENT_HEADERS = {
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/files", create_file, expect_handler=expect_upload)
+    app.router.add_post(
+        "/v1/files", create_file, expect_handler=expect_continue(_check_upload_length)
+    )
     app.router.add_get("/v1/files", list_files)
     app.router.add_get("/v1/files/{file_id}", retrieve_file)
     app.router.add_delete("/v1/files/{file_id}", delete_file)
     app.router.add_get("/v1/files/{file_id}/content", file_content)
 
 
-async def expect_upload(request: web.Request) -> web.Response | None:
-    """Answer `Expect: 100-continue`, refusing an oversized body before the client sends it.
+def expect_continue(check_length: Callable[[web.Request], None]) -> Any:
+    """An `Expect: 100-continue` handler: the key is checked first, then the announced length
+    (`check_length` raises for a body that cannot fit); only then is 100 Continue sent, so a
+    client without a valid key, or with too much to send, never sends its body.
 
     aiohttp calls this before any middleware, so errors are returned, not raised.
     """
-    try:
-        _check_upload_length(request)
-    except ApiError as error:
-        return error_response(error)
-    expect = request.headers.get("Expect", "")
-    if request.version != HttpVersion11:
+
+    async def expect_handler(request: web.Request) -> web.Response | None:
+        try:
+            request.app[AUTHENTICATOR].project_for(request.headers.get("Authorization"))
+            check_length(request)
+        except ApiError as error:
+            return error_response(error)
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() != "100-continue":
+            return error_response(
+                ApiError(f"Unsupported Expect header: {expect}", param="Expect", status=417)
+            )
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # The interim response is not part of the response body's size.
+        request.writer.output_size = 0
         return None
-    if expect.lower() != "100-continue":
-        return error_response(
-            ApiError(f"Unsupported Expect header: {expect}", param="Expect", status=417)
-        )
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    # The interim response is not part of the response body's size.
-    request.writer.output_size = 0
-    return None
+
+    return expect_handler
 
 
 def _check_upload_length(request: web.Request) -> None:
@@ -84,13 +103,11 @@ def _check_upload_length(request: web.Request) -> None:
 async def create_file(request: web.Request) -> web.Response:
     _check_upload_length(request)
     config, store = request.app[CONFIG], request.app[STORE]
-    with request.app[UPLOAD_SLOTS].take():
+    with request.app[UPLOAD_SLOTS].take(request[PROJECT]):
         # Refuse early only what is certainly over: the file is at least this large.
         smallest = max(0, (request.content_length or 0) - FORM_OVERHEAD)
         await store.check_quota(request[PROJECT], smallest)
-        form = await read_upload_form(
-            request, store, config.files.purposes, config.limits.body_timeout
-        )
+        form = await read_upload_form(request, store, config.files.purposes)
         record = await store.create_file(
             request[PROJECT],
             form.staged,
@@ -134,8 +151,15 @@ async def file_content(request: web.Request) -> web.StreamResponse:
         response.headers["Accept-Ranges"] = "bytes"
         return response
     path = await store.blob_path(record)
-    _check_range(request, record.bytes)
-    return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
+    validators = None
+    if any(h in request.headers for h in _NEED_VALIDATORS):
+        st = await asyncio.to_thread(path.stat)
+        # The validators FileResponse sends (it computes them from the same stat).
+        validators = Validators(f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime)
+        _check_preconditions(request, validators)
+    if _check_range(request, record.bytes, validators):
+        return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
+    return _WholeFileResponse(path, chunk_size=256 * 1024, headers=headers)
 
 
 def content_disposition(filename: str) -> str:
@@ -147,23 +171,103 @@ def content_disposition(filename: str) -> str:
     return value
 
 
-def _check_range(request: web.Request, size: int) -> None:
-    """Answer an unsatisfiable Range with 416 in the envelope (FileResponse would send none)."""
-    if "Range" not in request.headers or request.if_range is not None:
-        return
-    try:
-        rng = request.http_range
-    except ValueError:
-        rng = None
-    unsatisfiable = rng is None or (
-        rng.start is not None and not (rng.start < 0 and rng.stop is None) and rng.start >= size
+@dataclass(frozen=True)
+class Validators:
+    """A download's current validators: the ETag's value (without quotes), Last-Modified."""
+
+    etag: str
+    last_modified: float
+
+    @property
+    def last_modified_second(self) -> int:
+        """Last-Modified as sent: whole seconds, rounded up as aiohttp rounds them."""
+        return math.ceil(self.last_modified)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "ETag": f'"{self.etag}"',
+            "Last-Modified": formatdate(self.last_modified_second, usegmt=True),
+        }
+
+
+def _check_preconditions(request: web.Request, validators: Validators) -> None:
+    """If-Match and If-Unmodified-Since (RFC 9110 §13.1.1, §13.1.4): 412 in the envelope, with
+    the validators and Cache-Control, when they fail."""
+    if_match = request.if_match
+    if if_match is not None:
+        failed = not any(
+            tag.value == "*" or (not tag.is_weak and tag.value == validators.etag)
+            for tag in if_match
+        )
+    else:
+        since = request.if_unmodified_since
+        failed = since is not None and validators.last_modified_second > since.timestamp()
+    if failed:
+        raise ApiError(
+            "Precondition failed: the file does not match If-Match / If-Unmodified-Since.",
+            code="precondition_failed",
+            status=412,
+            headers={"Cache-Control": _CONTENT_HEADERS["Cache-Control"], **validators.headers()},
+        )
+
+
+def _check_range(request: web.Request, size: int, validators: Validators | None = None) -> bool:
+    """Whether the response may follow the request's `Range` (True also when there is none).
+
+    RFC 9110 §14: a Range in another unit than bytes, or with several ranges (no
+    multipart/byteranges here), is ignored, and so is one whose If-Range does not match
+    `validators` (needed when If-Range is sent): False, send the whole file with 200. A
+    malformed or unsatisfiable byte range (`bytes=-0`, a start at or past the end) is a 416
+    in the envelope.
+    """
+    value = request.headers.get("Range")
+    if value is None:
+        return True
+    unit, _, ranges = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in ranges:
+        return False
+    if "If-Range" in request.headers and not _if_range_matches(request, validators):
+        return False
+    match = _BYTE_RANGE.fullmatch(ranges.strip())
+    unsatisfiable = (
+        match is None
+        or match.group(1) == match.group(2) == ""
+        or (match.group(1) == "" and int(match.group(2)) == 0)  # bytes=-0: zero bytes
+        or (match.group(1) != "" and int(match.group(1)) >= size)
+        or (
+            match.group(2) != ""
+            and match.group(1) != ""
+            and int(match.group(2)) < int(match.group(1))
+        )
     )
     if unsatisfiable:
         raise RangeNotSatisfiable(
-            f"Range not satisfiable for a file of {size} bytes: {request.headers['Range']}",
+            f"Range not satisfiable for a file of {size} bytes: {value}",
             param="Range",
             headers={"Content-Range": f"bytes */{size}"},
         )
+    return True
+
+
+def _if_range_matches(request: web.Request, validators: Validators | None) -> bool:
+    """If-Range holds an entity tag (strong comparison) or a date (an exact match)."""
+    if validators is None:
+        return False
+    value = request.headers["If-Range"].strip()
+    if value.startswith(('"', "W/")):
+        return value == f'"{validators.etag}"'
+    date = request.if_range
+    return date is not None and validators.last_modified_second == date.timestamp()
+
+
+class _WholeFileResponse(web.FileResponse):
+    """A FileResponse that sends the whole file whatever `Range` says: the caller decided to
+    ignore it (FileResponse would answer an unknown unit or several ranges with a 416)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        headers = request.headers.copy()
+        del headers["Range"]
+        return await super().prepare(request.clone(headers=headers))
 
 
 def _list_query(params: MultiMapping[str]) -> ListQuery:
@@ -181,7 +285,7 @@ def _list_query(params: MultiMapping[str]) -> ListQuery:
     return ListQuery(
         purpose=params.get("purpose") or None,
         limit=_int_param(params, "limit", LIMIT_DEFAULT, LIMIT_MIN, LIMIT_MAX),
-        offset=_int_param(params, "offset", 0, 0, None),
+        offset=_int_param(params, "offset", 0, 0, OFFSET_MAX),
         after=params.get("after") or None,
         order=sort,
     )

@@ -1,11 +1,18 @@
-"""Running an application on a TCP socket until SIGTERM or Ctrl-C, then draining it."""
+"""Running an application on a TCP socket until SIGTERM or Ctrl-C, then draining it.
+
+`running` is the one way a filesd server starts, for `filesd serve` and for
+`filesd.testing.serve` alike: the app, its listener and the connection limits of `[server]`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -14,8 +21,12 @@ from .accesslog import AccessLogger
 from .app import create_app
 from .appkeys import REQUESTS
 from .config import Config
+from .connections import AcceptErrorLog, ConnectionGate, fit_descriptor_limit, protocol_factory
+
+log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 30.0
+BACKLOG = 128
 
 
 def format_url(address: Any) -> str:
@@ -26,34 +37,81 @@ def format_url(address: Any) -> str:
     return f"http://{host}:{port}"
 
 
+@dataclass
+class RunningServer:
+    """A started server: its application and the URLs it listens on."""
+
+    app: web.Application
+    urls: list[str]
+    listener: asyncio.Server
+
+    def stop_listening(self) -> None:
+        """Accept no new connections; open ones carry on."""
+        self.listener.close()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: Config, *, access_log: bool | None = None
+) -> AsyncIterator[RunningServer]:
+    """Start filesd for `config` on `[server] host` and `port`; on exit stop listening and shut
+    the application down (requests in flight get up to SHUTDOWN_TIMEOUT seconds).
+
+    `access_log` overrides `[log] access_log`. Connections get `[server] header_timeout`,
+    `keepalive_timeout` and `max_connections`; accept errors are logged once per interval.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorLog(loop))
+    app = create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    listener: asyncio.Server | None = None
+    try:
+        assert runner.server is not None
+        log_access = config.log.access_log if access_log is None else access_log
+        factory = protocol_factory(
+            runner.server,
+            gate=ConnectionGate(config.server.max_connections),
+            header_timeout=config.server.header_timeout,
+            keepalive_timeout=config.server.keepalive_timeout,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger("aiohttp.access") if log_access else None,
+        )
+        listener = await loop.create_server(
+            factory,
+            config.server.host,
+            config.server.port,
+            reuse_address=True,
+            backlog=BACKLOG,
+        )
+        urls = [format_url(sock.getsockname()) for sock in listener.sockets]
+        yield RunningServer(app, urls, listener)
+    finally:
+        if listener is not None:
+            listener.close()
+        await runner.cleanup()
+
+
 async def serve(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
-    app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("aiohttp.access") if config.log.access_log else None,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
-        urls = ", ".join(format_url(a) for a in runner.addresses)
-        print(f"filesd listening on {urls} (data in {config.storage.data_dir})", flush=True)
+    fit_descriptor_limit(config.server.max_connections)
+    async with running(config) as server:
+        print(
+            f"filesd listening on {', '.join(server.urls)} (data in {config.storage.data_dir})",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        requests = app[REQUESTS]
+        requests = server.app[REQUESTS]
         print(
             f"filesd shutting down: finishing {requests.running} request(s) in flight",
             file=sys.stderr,
             flush=True,
         )
-        for running_site in runner.sites:
-            await running_site.stop()  # stops listening; open connections carry on
+        server.stop_listening()
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                 await requests.drain()
@@ -64,5 +122,3 @@ async def serve(config: Config) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    finally:
-        await runner.cleanup()

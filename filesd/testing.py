@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .app import create_app
 from .appkeys import STORE
 from .config import Config, parse_config
 from .ids import secret_base62
-from .server import format_url
+from .server import running
 
 if TYPE_CHECKING:
     import openai as openai_sdk  # the methods below are named `openai`
@@ -125,27 +124,20 @@ def serve(*, data_dir: str | Path | None = None, **tables: Any) -> Iterator[File
 
 def _run(config: Config, started: dict[str, Any], ready: threading.Event) -> None:
     async def main() -> None:
-        app = create_app(config)
-        runner = web.AppRunner(app, access_log=None)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, config.server.host, config.server.port)
-            await site.start()
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                server = await stack.enter_async_context(running(config, access_log=False))
+            except BaseException as error:
+                started["error"] = error
+                ready.set()
+                return
             started.update(
-                url=format_url(runner.addresses[0]),
+                url=server.urls[0],
                 loop=asyncio.get_running_loop(),
-                app=app,
+                app=server.app,
                 stop=asyncio.Event(),
             )
-        except BaseException as error:
-            started["error"] = error
             ready.set()
-            await runner.cleanup()
-            return
-        ready.set()
-        try:
             await started["stop"].wait()
-        finally:
-            await runner.cleanup()
 
     asyncio.run(main())

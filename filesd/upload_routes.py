@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
 from aiohttp import web
 
 from .appkeys import CONFIG, UPLOAD_SLOTS, UPLOADS
 from .auth import PROJECT
 from .blobs import BlobTooLarge
+from .bodies import read_json_object
 from .errors import InvalidRequest
 from .forms import FORM_OVERHEAD, read_form
+from .routes import expect_continue
 from .validation import (
     check_expires_after,
     check_filename,
@@ -23,23 +23,22 @@ from .validation import (
 
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 MIME_TYPE_MAX = 255
-_BAD_JSON = (
-    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-    "using your HTTP library correctly. The API expects a JSON payload, but what was sent was "
-    "not valid JSON.)"
-)
 
 
 def setup_upload_routes(app: web.Application) -> None:
     app.router.add_post("/v1/uploads", create_upload)
-    app.router.add_post("/v1/uploads/{upload_id}/parts", add_part)
+    app.router.add_post(
+        "/v1/uploads/{upload_id}/parts",
+        add_part,
+        expect_handler=expect_continue(_check_part_length),
+    )
     app.router.add_post("/v1/uploads/{upload_id}/complete", complete_upload)
     app.router.add_post("/v1/uploads/{upload_id}/cancel", cancel_upload)
 
 
 async def create_upload(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    body = await _json_object(request)
+    body = await read_json_object(request)
     check_no_unknown(body, {"bytes", "filename", "mime_type", "purpose", "expires_after"})
     size = require(body, "bytes", int, "an integer")
     if not 0 <= size <= config.limits.max_upload_bytes:
@@ -79,10 +78,8 @@ async def add_part(request: web.Request) -> web.Response:
     project, upload_id = request[PROJECT], request.match_info["upload_id"]
     # Refuse before reading the body: no point receiving 64 MiB for a finished upload.
     await uploads.get_pending(project, upload_id)
-    limit = request.app[CONFIG].limits.max_part_bytes
-    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
-        raise _part_too_large(limit)
-    with request.app[UPLOAD_SLOTS].take():
+    _check_part_length(request)
+    with request.app[UPLOAD_SLOTS].take(project):
         try:
             form = await read_form(
                 request,
@@ -90,16 +87,15 @@ async def add_part(request: web.Request) -> web.Response:
                 text_fields=(),
                 new_writer=uploads.part_writer,
                 discard=uploads.discard,
-                body_timeout=request.app[CONFIG].limits.body_timeout,
             )
         except BlobTooLarge:
-            raise _part_too_large(limit) from None
+            raise _part_too_large(request.app[CONFIG].limits.max_part_bytes) from None
         part = await uploads.add_part(project, upload_id, form.staged)
     return web.json_response(part.as_part_object())
 
 
 async def complete_upload(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await read_json_object(request)
     check_no_unknown(body, {"part_ids", "md5"})
     part_ids = require(body, "part_ids", list, "an array")
     if not all(isinstance(p, str) for p in part_ids):
@@ -120,22 +116,15 @@ async def complete_upload(request: web.Request) -> web.Response:
 
 
 async def cancel_upload(request: web.Request) -> web.Response:
-    check_no_unknown(await _json_object(request, allow_empty=True), set())
+    check_no_unknown(await read_json_object(request, allow_empty=True), set())
     upload = await request.app[UPLOADS].cancel(request[PROJECT], request.match_info["upload_id"])
     return web.json_response(upload.as_upload_object())
 
 
-async def _json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    raw = await request.read()  # capped by the app's client_max_size (413 beyond)
-    if not raw.strip() and allow_empty:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest(_BAD_JSON) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
+def _check_part_length(request: web.Request) -> None:
+    limit = request.app[CONFIG].limits.max_part_bytes
+    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+        raise _part_too_large(limit)
 
 
 def _part_too_large(limit: int) -> InvalidRequest:

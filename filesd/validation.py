@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidRequest
+from .values import has_control_characters, is_instance, is_int
 
 FILENAME_MAX = 1024
 EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
@@ -20,7 +21,7 @@ def check_filename(filename: object, *, param: str = "file") -> str:
         filename.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidRequest("The filename is not valid UTF-8.", param=param) from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename):
+    if has_control_characters(filename):
         raise InvalidRequest("The filename must not contain control characters.", param=param)
     # A file's name, not a path: no directories, no "." or "..".
     if "/" in filename or "\\" in filename or filename in (".", ".."):
@@ -59,7 +60,7 @@ def check_expires_after(anchor: object, seconds: object, *, prefix: str) -> int:
         )
     if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit():
         seconds = int(seconds)
-    if not isinstance(seconds, int) or isinstance(seconds, bool):
+    if not is_int(seconds):
         raise InvalidRequest(
             f"Invalid type for '{prefix}[seconds]': expected an integer, got {seconds!r}.",
             param=f"{prefix}[seconds]",
@@ -86,7 +87,7 @@ def require(body: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
     if name not in body or body[name] is None:
         raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
     value = body[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not is_instance(value, kind):
         raise InvalidRequest(
             f"Invalid type for '{name}': expected {what}, but got {_json_type(value)} instead.",
             param=name,

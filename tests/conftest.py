@@ -6,11 +6,7 @@ import asyncio
 import inspect
 import io
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -26,6 +22,7 @@ from filesd.app import create_app
 from filesd.appkeys import CONFIG
 from filesd.config import Config, parse_config
 from filesd.openapi import openapi_document
+from filesd.process import ServerProcess
 
 ALPHA_KEY = "sk-test-alpha-0123456789"
 BETA_KEY = "sk-test-beta-9876543210"
@@ -158,58 +155,6 @@ def blob_files(data_dir: Path) -> list[Path]:
 
 def temp_files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "tmp").iterdir()) if (data_dir / "tmp").exists() else []
-
-
-class ServerProcess:
-    """A `filesd serve` subprocess on a free port; `stop()` sends SIGTERM and returns the code.
-
-    Output goes to files, not pipes: a pipe nobody drains would block the server once its
-    access log filled the pipe's buffer.
-    """
-
-    _count = 0
-
-    def __init__(
-        self,
-        args: list[str],
-        cwd: Path,
-        timeout: float = 20.0,
-        prefix: list[str] | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        ServerProcess._count += 1
-        self.args = args
-        self.cwd = cwd
-        self.stdout_path = cwd / f"server-{ServerProcess._count}.out"
-        self.stderr_path = cwd / f"server-{ServerProcess._count}.err"
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-m", "filesd", "serve", "--port", "0", *args],
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )
-        deadline = time.monotonic() + timeout
-        while (match := re.search(r"http://\S+?:\d+", self.stdout_path.read_text())) is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop(signal.SIGKILL)
-                raise RuntimeError(f"filesd did not start: {self.stderr_text()}")
-            time.sleep(0.02)
-        self.url = match.group(0)
-        self.base_url = self.url + "/v1"
-        data = re.search(r"\(data in (.+)\)", self.stdout_path.read_text())
-        assert data is not None
-        self.data_dir = Path(data.group(1))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def stderr_text(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")

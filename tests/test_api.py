@@ -109,7 +109,10 @@ async def test_a_large_upload_streams_and_round_trips(client: Client) -> None:
     assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(content).digest()
 
 
-async def test_fifty_concurrent_uploads(client: Client) -> None:
+async def test_fifty_concurrent_uploads(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    # One project may take every upload slot here (by default it holds at most half of them).
+    limits = {"max_concurrent_uploads_per_project": 64}
+    client: Client = await aiohttp_client(create_app(make_config(tmp_path / "data", limits=limits)))
     contents = [os.urandom(20_000 + i) for i in range(50)]
     bodies = await asyncio.gather(
         *(upload(client, c, filename=f"f{i}") for i, c in enumerate(contents))
@@ -459,7 +462,7 @@ async def test_range_head_and_conditional_get(client: Client) -> None:
     await assert_error(resp, 416, param="Range")
     assert resp.headers["Content-Range"] == "bytes */1024"
     resp = await client.get(url, headers={**ALPHA, "Range": "pages=1-2"})
-    await assert_error(resp, 416, param="Range")
+    assert resp.status == 200 and await resp.read() == content  # an unknown unit is ignored
 
     resp = await client.head(url, headers=ALPHA)
     assert resp.status == 200

@@ -14,6 +14,7 @@ from filesd.config import (
     DEFAULT_PURPOSES,
     Config,
     ConfigError,
+    ServerConfig,
     load_config,
     parse_config,
 )
@@ -101,6 +102,23 @@ def test_overrides_replace_only_what_is_given(tmp_path: Path) -> None:
             {"auth": {"keys": [{"key": "k", "project": "p"}, {"key": "k", "project": "q"}]}},
             "auth.keys[1]: the same key is configured twice",
         ),
+        ({"server": {"header_timeout": 0}}, "server.header_timeout: must be a finite number"),
+        ({"server": {"header_timeout": "10"}}, "server.header_timeout: expected seconds"),
+        ({"server": {"keepalive_timeout": True}}, "server.keepalive_timeout: expected seconds"),
+        ({"server": {"keepalive_timeout": float("inf")}}, "server.keepalive_timeout: must be"),
+        ({"server": {"header_timeout": float("nan")}}, "server.header_timeout: must be"),
+        ({"server": {"max_connections": 0}}, "server.max_connections: must be at least 1"),
+        ({"limits": {"min_body_rate": -1}}, "limits.min_body_rate: must be at least 0"),
+        (
+            {"limits": {"max_concurrent_uploads": 4, "max_concurrent_uploads_per_project": 5}},
+            "limits.max_concurrent_uploads_per_project: must not exceed",
+        ),
+        ({"testing": {"frozen_time": float("nan")}}, "testing.frozen_time: expected Unix seconds"),
+        ({"testing": {"frozen_time": float("inf")}}, "testing.frozen_time: expected Unix seconds"),
+        (
+            {"testing": {"faults": [{"status": 503, "retry_after": float("nan")}]}},
+            "testing.faults[0].retry_after: must be a finite number",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, doc: dict[str, Any], message: str) -> None:
@@ -163,3 +181,26 @@ def test_example_parses_and_documents_every_key(tmp_path: Path) -> None:
     # turn open mode off and accept a key anyone can read here), no admin token, no faults.
     assert config == defaults
     assert config.auth.keys == ()
+
+
+def test_frozen_time_nan_in_a_toml_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "filesd.toml"
+    path.write_text("[testing]\nfrozen_time = nan\n")
+    with pytest.raises(ConfigError, match=r"testing\.frozen_time: expected Unix seconds"):
+        load_config(path)
+
+
+def test_the_allowed_keys_are_the_dataclass_fields(tmp_path: Path) -> None:
+    """Adding a field to a settings dataclass makes its key accepted; the error lists them."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"server": {"nope": 1}}, base_dir=tmp_path)
+    allowed = ", ".join(sorted(f.name for f in dataclasses.fields(ServerConfig)))
+    assert f"(allowed: {allowed})" in str(info.value)
+    config = parse_config(
+        {"server": {"header_timeout": 2.5, "keepalive_timeout": 5, "max_connections": 10}},
+        base_dir=tmp_path,
+    )
+    assert config.server.header_timeout == 2.5 and config.server.keepalive_timeout == 5.0
+    assert config.server.max_connections == 10
+    limits = parse_config({"limits": {"max_concurrent_uploads": 9}}, base_dir=tmp_path).limits
+    assert limits.uploads_per_project == 4 and limits.min_body_rate == 1024

@@ -7,9 +7,11 @@ import asyncio
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from filesd.app import create_app
 from filesd.appkeys import UPLOAD_SLOTS
+from filesd.config import parse_config
 
 from .conftest import (
     ALPHA,
@@ -115,3 +117,126 @@ async def test_a_stalled_body_times_out_and_frees_its_slot(
     assert temp_files(tmp_path) == []
     assert client.app[UPLOAD_SLOTS].in_use == 0
     await upload(client, b"next")
+
+
+async def _hold_a_slot(client: Client, headers: dict[str, str] = ALPHA) -> socket.socket:
+    """Start an upload whose body trickles in, and wait until it holds an upload slot."""
+    before = client.app[UPLOAD_SLOTS].in_use
+    sock = socket.create_connection((client.server.host, client.server.port))
+    sock.sendall(
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + headers["Authorization"].encode()
+        + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n"
+        + b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow"\r\n\r\nabc'
+    )
+    for _ in range(500):
+        if client.app[UPLOAD_SLOTS].in_use > before:
+            return sock
+        await asyncio.sleep(0.01)
+    sock.close()
+    raise AssertionError("the trickling upload did not take a slot")
+
+
+async def test_a_dripping_body_below_min_body_rate_gets_408_and_frees_its_slot(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """1 KiB every 2 s never stalls for body_timeout, but averages too little: 408 once the
+    body has taken body_timeout seconds (here: 10 bytes every 0.2 s against 1000 bytes/s)."""
+    config = make_config(
+        tmp_path,
+        limits={"max_concurrent_uploads": 1, "body_timeout": 1, "min_body_rate": 1000},
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + ALPHA["Authorization"].encode()
+        + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        + b'--b\r\nContent-Disposition: form-data; name="file"; filename="drip"\r\n\r\n'
+    )
+    started = loop.time()
+
+    async def drip() -> None:
+        while loop.time() - started < 5:  # then it stops, and would stall after 1 s more
+            writer.write(b"x" * 10)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    dripping = asyncio.create_task(drip())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        body = await asyncio.wait_for(reader.read(4096), 10)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"too slow" in body, body
+        assert loop.time() - started < 4  # while the client was still sending
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert temp_files(tmp_path) == []
+    assert client.app[UPLOAD_SLOTS].in_use == 0
+    await upload(client, b"next")
+
+
+async def test_a_steady_slow_body_above_min_body_rate_is_accepted(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, limits={"body_timeout": 1, "min_body_rate": 1000})
+    client: Client = await aiohttp_client(create_app(config))
+
+    async def steady() -> Any:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+        for _ in range(15):  # 1.5 s at about 2,000 bytes/s
+            yield b"y" * 200
+            await asyncio.sleep(0.1)
+        yield b"\r\n--b--\r\n"
+
+    resp = await client.post(
+        "/v1/files",
+        data=steady(),
+        headers={**ALPHA, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["bytes"] == 3000
+
+
+async def test_one_project_cannot_take_every_upload_slot(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """With keys configured a project holds at most its share (default: half) of the slots."""
+    config = make_config(tmp_path, limits={"max_concurrent_uploads": 2, "body_timeout": 30})
+    client: Client = await aiohttp_client(create_app(config))
+    sock = await _hold_a_slot(client, ALPHA)
+    try:
+        resp = await client.post("/v1/files", data=upload_form(b"x"), headers=ALPHA)
+        body = await resp.json()
+        assert resp.status == 429, body
+        assert "for this project" in body["error"]["message"]
+        assert body["error"]["code"] == "rate_limit_exceeded"
+        await upload(client, b"beta still uploads", headers=BETA)
+    finally:
+        sock.close()
+
+
+async def test_the_per_project_share_is_configurable_and_off_in_open_mode(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    limits = {"max_concurrent_uploads": 2, "max_concurrent_uploads_per_project": 2}
+    client: Client = await aiohttp_client(create_app(make_config(tmp_path / "a", limits=limits)))
+    sock = await _hold_a_slot(client, ALPHA)
+    try:
+        await upload(client, b"a second upload of alpha")
+    finally:
+        sock.close()
+    open_config = parse_config(
+        {"storage": {"data_dir": str(tmp_path / "b")}, "limits": {"max_concurrent_uploads": 2}},
+        base_dir=tmp_path,
+    )
+    client = await aiohttp_client(create_app(open_config))
+    token = {"Authorization": "Bearer sk-open-token"}
+    sock = await _hold_a_slot(client, token)
+    try:
+        await upload(client, b"the same token again", headers=token)
+    finally:
+        sock.close()

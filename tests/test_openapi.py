@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def test_schemathesis_finds_no_500_and_no_schema_violation(tmp_path: Path) -> No
             document = json.load(resp)
         assert document["openapi"].startswith("3.1")
         assert "/v1/files/{file_id}/content" in document["paths"]
-        schemathesis = shutil.which("schemathesis")
+        # The venv's own script first: the venv need not be on PATH.
+        schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+        schemathesis = schemathesis or shutil.which("schemathesis")
         assert schemathesis is not None, "schemathesis is a dev dependency: pip install -e '.[dev]'"
         result = subprocess.run(
             [

@@ -76,11 +76,18 @@ def _multipart(fields: list[tuple[str, bytes, bytes]]) -> bytes:
     return out + b"--b--\r\n"
 
 
+def _control(code: int) -> bool:
+    """C0, DEL, C1, and the bidirectional embeddings, overrides and isolates."""
+    return (
+        code < 0x20 or 0x7F <= code <= 0x9F or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069
+    )
+
+
 def acceptable(filename: str) -> bool:
     """The documented rule for filenames (README; filesd.validation)."""
     return (
         0 < len(filename) <= FILENAME_MAX
-        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename)
+        and not any(_control(ord(c)) for c in filename)
         and "/" not in filename
         and "\\" not in filename
         and filename not in (".", "..")

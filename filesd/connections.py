@@ -1,0 +1,236 @@
+"""Connection-level limits: header timeout, idle keep-alive timeout, a cap on open connections,
+and accept errors logged once per interval instead of once per attempt.
+
+aiohttp (3.14) bounds neither how long a client may take to send a request's headers nor, by
+default, how long an idle connection stays (an hour): a few hundred clients that send half a
+request line each hold a file descriptor for that long, and once descriptors run out every
+accept() fails and is logged with a traceback. `GuardedRequestHandler` is aiohttp's protocol
+with those limits added; `protocol_factory` makes one per connection (or a refusal beyond the
+cap); `AcceptErrorLog` is the event loop's exception handler that rate-limits the accept errors.
+
+The header guard relies on two attributes of aiohttp's `RequestHandler`: `_waiter` (pending
+while it waits for the next request's head) and `_request_count` (one more per parsed head).
+tests/test_connections.py fails if a new aiohttp changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# accept() failures that mean "out of descriptors or memory" (see asyncio's _accept_connection).
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+LOG_INTERVAL = 10.0
+
+
+def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
+    """A complete HTTP/1.1 error response in OpenAI's envelope, for below the application."""
+    body = json.dumps(
+        {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_HEADER_TIMEOUT = _raw_error(
+    408, "Request Timeout", "The request headers did not arrive in time.", "timeout"
+)
+_TOO_MANY = _raw_error(
+    503, "Service Unavailable", "Too many open connections. Retry shortly.", "too_many_connections"
+)
+
+
+class RateLimitedLog:
+    """Logs a recurring message at most once per `interval` seconds, with how often it recurred."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> bool:
+        """Log unless `key` was logged less than `interval` ago; True if it was logged."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        repeated = self._suppressed.pop(key, 0)
+        if repeated:
+            message += f" (and {repeated} more time(s) since)"
+        log.warning(message, *args)
+        return True
+
+
+@dataclass
+class ConnectionGate:
+    """Counts open connections against `limit`; refusals are logged through `log`."""
+
+    limit: int
+    open: int = 0
+
+    def __post_init__(self) -> None:
+        self.log = RateLimitedLog()
+
+
+class GuardedRequestHandler(web.RequestHandler):
+    """aiohttp's HTTP/1 protocol, plus a header timeout and a place in a `ConnectionGate`.
+
+    A connection must deliver a complete request head within `header_timeout` seconds of its
+    start, and later ones within `header_timeout` seconds of their first byte (the wait before
+    that first byte is aiohttp's `keepalive_timeout`). Otherwise a 408 (or nothing, if not a
+    byte came) is sent and the connection closed.
+    """
+
+    def __init__(
+        self, manager: Any, *, gate: ConnectionGate, header_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._gate = gate
+        self._header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._head_started = False
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._gate.open >= self._gate.limit:
+            self._refused = True
+            self._gate.log.warning(
+                "connections",
+                "connection limit reached ([server] max_connections = %d): refusing new ones",
+                self._gate.limit,
+            )
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(_TOO_MANY)
+            transport.close()
+            return
+        self._gate.open += 1
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return
+        self._gate.open -= 1
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:
+            self._cancel_header_timer()  # a head is complete
+        if self._header_timer is not None:
+            self._head_started = True  # the first head, still incomplete: its timer runs
+        elif self._waiter is not None and not self._waiter.done():
+            # Part of the next request's head arrived; the rest must follow in time.
+            self._head_started = True
+            self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self._loop.call_later(
+            self._header_timeout, self._header_timed_out, self._request_count
+        )
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._head_started = False
+
+    def _header_timed_out(self, count: int) -> None:
+        self._header_timer = None
+        if self._request_count != count or self.transport is None:
+            return  # a head arrived meanwhile: the timer is stale
+        if self._head_started:
+            self.transport.write(_HEADER_TIMEOUT)
+        self.force_close()
+
+
+def protocol_factory(
+    server: Any, *, gate: ConnectionGate, header_timeout: float, **handler_kwargs: Any
+) -> Callable[[], GuardedRequestHandler]:
+    """A protocol factory for `loop.create_server`: aiohttp's handling of `server` (an
+    `AppRunner`'s low-level server) with the limits above."""
+    loop = asyncio.get_running_loop()
+
+    def make() -> GuardedRequestHandler:
+        return GuardedRequestHandler(
+            server, loop=loop, gate=gate, header_timeout=header_timeout, **handler_kwargs
+        )
+
+    return make
+
+
+class AcceptErrorLog:
+    """An event loop exception handler: accept() running out of descriptors or memory is
+    logged once per interval (asyncio logs it, with a traceback, on every attempt; a flood of
+    connections made that 5 MB/s of log). Everything else goes to the previous handler."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = LOG_INTERVAL) -> None:
+        self._previous = loop.get_exception_handler()
+        self._log = RateLimitedLog(interval)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if (
+            isinstance(exc, OSError)
+            and exc.errno in _RESOURCE_ERRNOS
+            and "accept" in str(context.get("message", ""))
+        ):
+            self._log.warning(
+                "accept",
+                "cannot accept connections: %s (raise the descriptor limit or lower "
+                "[server] max_connections)",
+                exc.strerror or exc,
+            )
+            return
+        if self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+# Descriptors besides connections: the database, uploads being written, files being sent
+# (one per download in flight, so up to one per connection), the thread pool's work.
+_RESERVED_DESCRIPTORS = 256
+
+
+def fit_descriptor_limit(max_connections: int) -> None:
+    """Raise the soft limit on open files to fit `max_connections` (within the hard limit, as
+    Go programs do by default); warn if even the hard limit is too low."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    needed = 2 * max_connections + _RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit (%d) is low for [server] max_connections = %d (about %d "
+            "needed): lower max_connections or raise the limit (ulimit -n)",
+            soft,
+            max_connections,
+            needed,
+        )

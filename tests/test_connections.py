@@ -1,0 +1,235 @@
+"""Connection-level limits ([server] header_timeout, keepalive_timeout, max_connections), each
+against a running server: a real listener with filesd's own protocol, not a test client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import shutil
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from filesd.connections import AcceptErrorLog
+from filesd.process import ServerProcess
+from filesd.testing import FilesdServer, serve
+
+
+def _address(server: FilesdServer | ServerProcess) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+_OPEN: list[socket.socket] = []
+
+
+def _connect(server: FilesdServer | ServerProcess) -> socket.socket:
+    sock = socket.create_connection(_address(server), timeout=10)
+    sock.settimeout(0.05)
+    _OPEN.append(sock)
+    return sock
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (fails after `timeout`)."""
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the connection is still open after {timeout}s: {received[:200]!r}")
+
+
+def _healthz(url: str) -> int:
+    with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
+        return int(resp.status)
+
+
+@pytest.fixture
+def guarded() -> Iterator[Callable[..., FilesdServer]]:
+    """In-thread servers with the given [server] settings."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **server: stack.enter_context(serve(server=server))
+
+
+def test_a_half_sent_request_line_is_closed_after_header_timeout(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    server = guarded(header_timeout=0.5, keepalive_timeout=60)
+    sock = _connect(server)
+    started = time.monotonic()
+    sock.sendall(b"GET /healthz HT")
+    answer = _read_until_closed(sock)
+    assert time.monotonic() - started >= 0.4
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert b'"code": "timeout"' in answer
+    assert _healthz(server.url) == 200
+
+
+def test_a_dribbling_client_is_closed_although_bytes_keep_coming(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    server = guarded(header_timeout=0.5, keepalive_timeout=60)
+    sock = _connect(server)
+    started = time.monotonic()
+    header = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 1000
+    for byte in header:  # one byte every 20 ms: never idle, never done
+        time.sleep(0.02)
+        assert time.monotonic() - started < 5, "a client took 5 s over its headers"
+        try:
+            sock.sendall(bytes([byte]))
+            sock.recv(65536)  # the 408, or the end: either way the server gave up on it
+            break
+        except TimeoutError:
+            continue
+        except OSError:  # reset: the server closed the connection
+            break
+    else:
+        raise AssertionError("the server read the whole dribbled header")
+    assert time.monotonic() - started >= 0.4
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_header_timeout(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    server = guarded(header_timeout=0.5, keepalive_timeout=60)
+    assert _read_until_closed(_connect(server)) == b""  # closed, without a response
+
+
+def test_an_idle_keepalive_connection_is_closed_after_keepalive_timeout(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    server = guarded(header_timeout=30, keepalive_timeout=0.5)
+    sock = _connect(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in answer
+    assert time.monotonic() - started >= 0.4  # kept alive, then closed for idleness
+
+
+def test_a_kept_alive_connection_serves_requests_without_header_timeouts(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    """The header timer restarts with each request: idle time between requests is governed by
+    keepalive_timeout only."""
+    server = guarded(header_timeout=0.3, keepalive_timeout=30)
+    sock = _connect(server)
+    sock.settimeout(10)
+    for _ in range(3):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.5)  # longer than header_timeout, idle: must not be closed
+    sock.close()
+
+
+def test_connections_beyond_max_connections_are_refused_and_logged_once(
+    guarded: Callable[..., FilesdServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="filesd")
+    server = guarded(max_connections=4, header_timeout=30)
+    held = [_connect(server) for _ in range(4)]
+    for sock in held:
+        sock.sendall(b"GET /healthz HT")  # half-sent: each holds its place
+    refused = [_connect(server) for _ in range(20)]
+    for sock in refused:
+        answer = _read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+        assert b"too_many_connections" in answer
+    for sock in held:
+        sock.close()
+
+    def healthy() -> bool:
+        try:
+            return _healthz(server.url) == 200
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while not healthy():
+        assert time.monotonic() < deadline, "/healthz did not answer once the holders left"
+        time.sleep(0.05)
+    limit_logs = [r for r in caplog.records if "max_connections" in r.getMessage()]
+    assert len(limit_logs) == 1, [r.getMessage() for r in limit_logs]
+
+
+def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="filesd")
+    loop = asyncio.new_event_loop()
+    try:
+        handler = AcceptErrorLog(loop, interval=60)
+        for _ in range(1000):
+            handler(
+                loop,
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(errno.EMFILE, "Too many open files"),
+                },
+            )
+    finally:
+        loop.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "Too many open files" in messages[0], messages
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_a_descriptor_flood_is_logged_once_and_the_server_recovers(tmp_path: Path) -> None:
+    """The attack of issue 9: more half-sent requests than the server has descriptors. The
+    server runs with 64 descriptors and the default max_connections, so accept() fails."""
+    server = ServerProcess(
+        ["--data-dir", str(tmp_path / "data")], cwd=tmp_path, prefix=["prlimit", "--nofile=64"]
+    )
+    try:
+        flood: list[socket.socket] = []
+        for _ in range(150):
+            sock = _connect(server)
+            sock.sendall(b"GET /healthz HT")
+            flood.append(sock)
+
+        def logged() -> bool:
+            return "cannot accept connections" in server.stderr_text()
+
+        deadline = time.monotonic() + 10
+        while not logged():
+            assert time.monotonic() < deadline, server.stderr_text()[-2000:]
+            time.sleep(0.05)
+        time.sleep(2)  # asyncio retries accept() every second; each retry fails again
+        for sock in flood:
+            sock.close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if _healthz(server.url) == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "/healthz did not answer after the flood"
+            time.sleep(0.1)
+        stderr = server.stderr_text()
+        assert stderr.count("cannot accept connections") == 1, stderr[-3000:]
+        # (Other work that needs a descriptor meanwhile may fail and say so: the limit is set
+        # below what max_connections needs on purpose. accept() itself is never a traceback.)
+        assert "socket.accept()" not in stderr and "out of system resource" not in stderr
+    finally:
+        assert server.stop() == 0
