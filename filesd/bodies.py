@@ -1,10 +1,12 @@
 """Reading request bodies: the pace a client must keep, disconnects, and JSON objects.
 
 A body must keep coming: no gap between reads longer than `[limits] body_timeout` seconds, and
-once it has taken that long, an average of at least `[limits] min_body_rate` bytes/s since it
-began. Otherwise 408: a client that drips a few bytes at a time cannot hold an upload slot (or a
-connection) for as long as it likes. A client that goes away mid-body is a `ClientDisconnected`:
-logged as one line at info, never as a server error with a traceback.
+after its first `body_timeout` seconds every further window of `body_timeout` seconds must
+bring at least `min_body_rate` x `body_timeout` bytes. Otherwise 408, saying which of the two it
+was: a client that drips a few bytes at a time cannot hold an upload slot (or a connection) for
+as long as it likes. The windows are what make this hold against a burst: an average since the
+start would let 32 KiB sent at once buy minutes of dripping. A client that goes away mid-body is
+a `ClientDisconnected`: logged as one line at info, never as a server error with a traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ class ClientDisconnected(InvalidRequest):
 
 
 class BodyPace:
-    """The time limits on one request body (see the module docstring); `min_rate` 0: none."""
+    """The time limits on one request body (see the module docstring); `min_rate` 0: none.
+
+    Every read goes through `read`, and what it returned is reported to `count`. Windows are
+    tumbling: the first (the grace period) asks nothing but the stall limit; each later one
+    asks `min_rate * stall_seconds` bytes, and a read is allowed to wait only until the end of
+    a window that has not got them yet. A window that passes while the server itself is busy
+    between reads (writing to disk, say) is not held against the client.
+    """
 
     def __init__(self, request: web.BaseRequest, stall_seconds: float, min_rate: int) -> None:
         self._request = request
@@ -45,6 +54,9 @@ class BodyPace:
         self.min_rate = min_rate
         self.started = self._loop.time()
         self.received = 0
+        self._window_end = self.started + stall_seconds
+        self._window_need = 0.0  # the grace period
+        self._window_got = 0
 
     @classmethod
     def of(cls, request: web.Request) -> BodyPace:
@@ -65,7 +77,15 @@ class BodyPace:
             raise self.disconnected() from None
 
     def count(self, size: int) -> None:
+        """Report `size` bytes returned by the last `read`."""
         self.received += size
+        if self._window_got < self._window_need:
+            # The read was allowed to wait only until this window's end, and it returned in
+            # time: its bytes count for this window even if the callback ran a moment later.
+            self._window_got += size
+        else:
+            self._advance(self._loop.time())
+            self._window_got += size
 
     def disconnected(self) -> ClientDisconnected:
         elapsed = self._loop.time() - self.started
@@ -81,40 +101,62 @@ class BodyPace:
             code="client_disconnected",
         )
 
+    def _advance(self, now: float) -> None:
+        """Move on to the window holding `now` (the windows before it got what they needed)."""
+        if now < self._window_end:
+            return
+        passed = int((now - self._window_end) // self.stall_seconds) + 1
+        self._window_end += passed * self.stall_seconds
+        self._window_need = self.min_rate * self.stall_seconds
+        self._window_got = 0
+
     def _next_timeout(self) -> tuple[float, bool]:
-        """Seconds the next read may take, and whether the average rate (not the stall limit)
-        sets it. Past `stall_seconds`, the body must average `min_rate`: with `received` bytes,
-        that holds until `started + received / min_rate`."""
+        """Seconds the next read may take, and whether the window's rate (not the stall limit)
+        sets it. A window still short of its bytes ends the wait at its end; one that is over
+        and still short allows only what has already arrived (a timeout of 0 lets a read of
+        buffered bytes complete)."""
         if not self.min_rate:
             return self.stall_seconds, False
-        deadline = self.started + max(self.stall_seconds, self.received / self.min_rate)
-        remaining = deadline - self._loop.time()
+        now = self._loop.time()
+        if self._window_got >= self._window_need:
+            self._advance(now)
+        if self._window_got >= self._window_need:
+            return self.stall_seconds, False
+        remaining = self._window_end - now
         if remaining < self.stall_seconds:
             return max(remaining, 0.0), True
         return self.stall_seconds, False
 
     def _too_slow(self, rate_bound: bool) -> RequestTimeout:
         if rate_bound:
-            elapsed = self._loop.time() - self.started
             return RequestTimeout(
-                f"The request body is too slow: {self.received} bytes in {elapsed:.0f} seconds, "
-                f"below the minimum average of {self.min_rate} bytes per second.",
+                f"The request body is too slow: {self._window_got} bytes in the last "
+                f"{self.stall_seconds:g} seconds, below the minimum of {self.min_rate} bytes "
+                f"per second ({self.received} bytes received in all).",
                 code="timeout",
             )
         return RequestTimeout(
-            f"The request body stalled: no data arrived for {self.stall_seconds:g} seconds.",
+            f"The request body stalled: no data arrived for {self.stall_seconds:g} seconds "
+            f"({self.received} bytes received in all).",
             code="timeout",
         )
 
 
 async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The request's body as a JSON object (400 otherwise); `{}` for an empty body if
-    `allow_empty`. Read at the pace of `BodyPace` and capped by the app's client_max_size."""
+    `allow_empty`. Read at the pace of `BodyPace`, chunk by chunk, and capped by the app's
+    client_max_size (413 beyond it)."""
     pace = BodyPace.of(request)
-    raw = await pace.read(request.read())
+    limit = request.client_max_size
+    raw = bytearray()
+    while chunk := await pace.read(request.content.readany()):
+        pace.count(len(chunk))
+        raw += chunk
+        if limit and len(raw) > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, len(raw))
     if not raw.strip() and allow_empty:
         return {}
-    return parse_json_object(raw)
+    return parse_json_object(bytes(raw))
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -70,7 +70,8 @@ class LimitsConfig:
     # Per project; 0 means no limit.
     max_files_per_project: int = 0
     max_bytes_per_project: int = 0
-    # Bytes/s a request body must average once it has taken `body_timeout` seconds; 0: off.
+    # Bytes/s a request body must keep up, over each window of `body_timeout` seconds after its
+    # first `body_timeout` seconds (bodies.py); 0: off.
     min_body_rate: int = 1024
     # Upload slots one project may hold when keys are configured; 0: half of
     # max_concurrent_uploads (at least 1). Not applied in open mode: any token is a project.

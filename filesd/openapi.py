@@ -274,7 +274,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {"200": _json(_ref("Upload"), "The upload"), **_errors(*common)},
+                    "responses": {
+                        "200": _json(_ref("Upload"), "The upload"),
+                        **_errors(408, *common),
+                    },
                 },
             },
             "/v1/uploads/{upload_id}/parts": {
@@ -322,7 +325,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(_ref("Upload"), "The completed upload"),
-                        **_errors(404, *common),
+                        **_errors(404, 408, *common),
                     },
                 },
             },
@@ -333,7 +336,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "operationId": "cancelUpload",
                     "responses": {
                         "200": _json(_ref("Upload"), "The cancelled upload"),
-                        **_errors(404, *common),
+                        **_errors(404, 408, *common),
                     },
                 },
             },

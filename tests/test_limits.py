@@ -4,6 +4,7 @@ stalled bodies."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 from pathlib import Path
@@ -129,12 +130,14 @@ async def _hold_a_slot(client: Client, headers: dict[str, str] = ALPHA) -> socke
         + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n"
         + b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow"\r\n\r\nabc'
     )
-    for _ in range(500):
-        if client.app[UPLOAD_SLOTS].in_use > before:
-            return sock
-        await asyncio.sleep(0.01)
-    sock.close()
-    raise AssertionError("the trickling upload did not take a slot")
+    try:
+        await wait_until(
+            lambda: client.app[UPLOAD_SLOTS].in_use > before, what="the trickling upload's slot"
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def test_a_dripping_body_below_min_body_rate_gets_408_and_frees_its_slot(
@@ -181,13 +184,15 @@ async def test_a_dripping_body_below_min_body_rate_gets_408_and_frees_its_slot(
 async def test_a_steady_slow_body_above_min_body_rate_is_accepted(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    config = make_config(tmp_path, limits={"body_timeout": 1, "min_body_rate": 1000})
+    """Every window after the first is checked (3 s against body_timeout 1); the body keeps
+    4 times the rate, so a loaded machine cannot make it miss."""
+    config = make_config(tmp_path, limits={"body_timeout": 1, "min_body_rate": 500})
     client: Client = await aiohttp_client(create_app(config))
 
     async def steady() -> Any:
         yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
-        for _ in range(15):  # 1.5 s at about 2,000 bytes/s
+        for _ in range(30):  # 3 s at about 2,000 bytes/s
             yield b"y" * 200
             await asyncio.sleep(0.1)
         yield b"\r\n--b--\r\n"
@@ -198,7 +203,98 @@ async def test_a_steady_slow_body_above_min_body_rate_is_accepted(
         headers={**ALPHA, "Content-Type": "multipart/form-data; boundary=b"},
     )
     assert resp.status == 200, await resp.text()
-    assert (await resp.json())["bytes"] == 3000
+    assert (await resp.json())["bytes"] == 6000
+
+
+async def _send_head_then(
+    client: Client, head: bytes, burst: bytes, drip: bytes, every: float, until: float
+) -> tuple[bytes, bytes, float]:
+    """Send `head` and `burst` at once, then `drip` every `every` seconds for `until` seconds;
+    the server's answer (head, body) and the seconds it took after the burst."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(head + burst)
+    await writer.drain()
+    started = loop.time()
+
+    async def dripping() -> None:
+        while loop.time() - started < until:
+            writer.write(drip)
+            await writer.drain()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(dripping())
+    try:
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), until + 10)
+        took = loop.time() - started
+        body = await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        task.cancel()
+        writer.close()
+    return answer, body, took
+
+
+async def test_a_burst_then_a_drip_gets_408_within_two_windows(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """32 KiB at once would buy 32 s of dripping against an average since the start; each
+    window of body_timeout must bring its own bytes, so the drip is refused after the second."""
+    config = make_config(
+        tmp_path,
+        limits={"max_concurrent_uploads": 1, "body_timeout": 1, "min_body_rate": 1000},
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    head = (
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + ALPHA["Authorization"].encode()
+        + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+        + b'--b\r\nContent-Disposition: form-data; name="file"; filename="drip"\r\n\r\n'
+    )
+    answer, body, took = await _send_head_then(
+        client, head, b"x" * 32768, b"x" * 10, every=0.1, until=20
+    )
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert took < 6, took  # (the average since the start allowed about 30 s)
+    assert b"too slow" in body and b"in the last 1 seconds" in body, body
+    assert temp_files(tmp_path) == []
+    assert client.app[UPLOAD_SLOTS].in_use == 0
+    await upload(client, b"next")
+
+
+def _json_head(path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_json_bodies_keep_the_pace_too(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    """A JSON body that drips is refused as too slow (it used to have one overall timeout,
+    and to say it had stalled); one that takes longer than body_timeout but keeps the pace
+    is read."""
+    config = make_config(tmp_path, limits={"body_timeout": 1, "min_body_rate": 200})
+    client: Client = await aiohttp_client(create_app(config))
+    answer, body, took = await _send_head_then(
+        client, _json_head("/v1/uploads", 100_000), b" " * 100, b" " * 5, every=0.1, until=20
+    )
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"too slow" in body, body
+    assert took < 6, took
+    payload = json.dumps(
+        {"bytes": 3, "filename": "f.txt", "mime_type": "text/plain", "purpose": "batch"}
+    ).encode()
+    padded = payload + b" " * 2400  # sent at about 800 bytes/s: 3 s, 4 times the rate
+
+    async def steady() -> Any:
+        for start in range(0, len(padded), 80):
+            yield padded[start : start + 80]
+            await asyncio.sleep(0.1)
+
+    resp = await client.post(
+        "/v1/uploads", data=steady(), headers={**ALPHA, "Content-Type": "application/json"}
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "pending"
 
 
 async def test_one_project_cannot_take_every_upload_slot(
