@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .auth import Authenticator
 from .config import Config
+from .connections import ConnectionGate
 from .drain import RequestTracker, UploadSlots
 from .store import FileStore
 from .uploads import UploadService
@@ -16,3 +17,4 @@ REQUESTS = web.AppKey("requests", RequestTracker)
 UPLOADS = web.AppKey("uploads", UploadService)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+CONNECTIONS = web.AppKey("connections", ConnectionGate)

@@ -16,15 +16,16 @@ tests/test_connections.py fails if a new aiohttp changes them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,81 @@ class RateLimitedLog:
         return True
 
 
-@dataclass
 class ConnectionGate:
-    """Counts open connections against `limit`; refusals are logged through `log`."""
+    """The open connections, at most `limit` of them. At the cap a new connection makes room
+    rather than being refused: the one idle longest (kept alive, no byte of a next request yet)
+    is closed; failing that, the oldest one still waiting for its request head; only when every
+    connection has a request in progress is the new one refused (503). Otherwise connections
+    that just sit there would lock everyone out, /healthz included, for keepalive_timeout or
+    header_timeout, and an honest client sends its head within microseconds of connecting.
+    Evictions and refusals are logged at most once per `LOG_INTERVAL` each."""
 
-    limit: int
-    open: int = 0
+    def __init__(self, limit: int, *, log_interval: float = LOG_INTERVAL) -> None:
+        self.limit = limit
+        self.log = RateLimitedLog(log_interval)
+        # Insertion-ordered: the oldest connection first.
+        self._open: dict[GuardedRequestHandler, None] = {}
 
-    def __post_init__(self) -> None:
-        self.log = RateLimitedLog()
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+    def admit(self, handler: GuardedRequestHandler) -> bool:
+        """Count `handler` in, closing another connection if needed; False: refuse it."""
+        if len(self._open) >= self.limit:
+            victim = self._victim()
+            if victim is None:
+                self.log.warning(
+                    "refused",
+                    "connection limit reached ([server] max_connections = %d), every "
+                    "connection busy with a request: refusing new ones",
+                    self.limit,
+                )
+                return False
+            state = victim.state()[0]
+            del self._open[victim]
+            victim.evict()
+            self.log.warning(
+                "evicted-" + state,
+                "connection limit reached ([server] max_connections = %d): closing %s "
+                "connections to make room for new ones",
+                self.limit,
+                _EVICTED[state],
+            )
+        self._open[handler] = None
+        return True
+
+    def census(self) -> collections.Counter[str]:
+        """How many open connections are in each state (IDLE, SILENT, HEAD, BUSY)."""
+        return collections.Counter(handler.state()[0] for handler in self._open)
+
+    def leave(self, handler: GuardedRequestHandler) -> None:
+        self._open.pop(handler, None)  # an evicted connection has left already
+
+    def _victim(self) -> GuardedRequestHandler | None:
+        """The connection idle longest; else the oldest waiting for its head; else None."""
+        best: tuple[int, float] | None = None
+        victim = None
+        for handler in self._open:
+            state, since = handler.state()
+            if state == BUSY:
+                continue
+            rank = (0 if state == IDLE else 1, since)  # SILENT and HEAD: the oldest first
+            if best is None or rank < best:
+                best, victim = rank, handler
+        return victim
+
+
+# Connection states, for making room at the cap (see ConnectionGate).
+IDLE = "idle"  # kept alive between requests, no byte of the next one yet
+SILENT = "silent"  # new, not a byte yet (within header_timeout)
+HEAD = "head"  # part of a request head came, not all of it yet (within header_timeout)
+BUSY = "busy"  # a request in progress (its body, its handler, its response)
+_EVICTED = {
+    IDLE: "idle keep-alive",
+    SILENT: "silent (not a byte sent)",
+    HEAD: "stalled (request head incomplete)",
+}
 
 
 class GuardedRequestHandler(web.RequestHandler):
@@ -103,45 +170,75 @@ class GuardedRequestHandler(web.RequestHandler):
         self._gate = gate
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_since = 0.0
         self._head_started = False
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._gate.open >= self._gate.limit:
+        if not self._gate.admit(self):
             self._refused = True
-            self._gate.log.warning(
-                "connections",
-                "connection limit reached ([server] max_connections = %d): refusing new ones",
-                self._gate.limit,
-            )
             assert isinstance(transport, asyncio.Transport)
             transport.write(_TOO_MANY)
             transport.close()
             return
-        self._gate.open += 1
         super().connection_made(transport)
         self._arm_header_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:
             return
-        self._gate.open -= 1
+        self._gate.leave(self)
         self._cancel_header_timer()
         super().connection_lost(exc)
+
+    def state(self) -> tuple[str, float]:
+        """IDLE, SILENT, HEAD or BUSY, and since when (loop time) for the first three."""
+        waiting = self._request_count == 0 or (self._waiter is not None and not self._waiter.done())
+        if not waiting or self._messages:
+            return BUSY, 0.0
+        if self._header_timer is not None:
+            return (HEAD if self._head_started else SILENT), self._header_since
+        # aiohttp sets the keep-alive deadline when the last response is done.
+        return IDLE, self._next_keepalive_close_time - self._keepalive_timeout
+
+    def evict(self) -> None:
+        """Close this (idle or head-waiting) connection to make room for a new one."""
+        if self._head_started and self.transport is not None:
+            self.transport.write(_TOO_MANY)
+        self._cancel_header_timer()
+        self.force_close()
 
     def data_received(self, data: bytes) -> None:
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
             self._cancel_header_timer()  # a head is complete
+            if self._holds_a_partial_head(data):
+                # Pipelined: the start of the next head came right behind this one.
+                self._head_started = True
+                self._arm_header_timer()
         if self._header_timer is not None:
-            self._head_started = True  # the first head, still incomplete: its timer runs
+            self._head_started = True  # a head still incomplete: its timer runs
         elif self._waiter is not None and not self._waiter.done():
             # Part of the next request's head arrived; the rest must follow in time.
             self._head_started = True
             self._arm_header_timer()
 
+    def _holds_a_partial_head(self, data: bytes) -> bool:
+        """Whether the parser kept bytes of a next head from `data`, which completed a head.
+
+        aiohttp's C parser does not tell, so this is decided only where it is certain: the
+        last head completed has no body (its bytes end with the blank line that ends the
+        head), so anything after that blank line in `data` is the start of the next head.
+        (After a head with a body the question stays open; such a connection is bounded by
+        keepalive_timeout, and counts as idle when room must be made.)
+        """
+        if not self._messages or self._messages[-1][1] is not EMPTY_PAYLOAD:
+            return False
+        return not data.endswith((b"\r\n\r\n", b"\n\n", b"\n\r\n", b"\r\n\n"))
+
     def _arm_header_timer(self) -> None:
+        self._header_since = self._loop.time()
         self._header_timer = self._loop.call_later(
             self._header_timeout, self._header_timed_out, self._request_count
         )
@@ -156,6 +253,11 @@ class GuardedRequestHandler(web.RequestHandler):
         self._header_timer = None
         if self._request_count != count or self.transport is None:
             return  # a head arrived meanwhile: the timer is stale
+        if self.state()[0] == BUSY:
+            # A pipelined head waits behind a request in progress: its time starts over
+            # (it is read once that request is done).
+            self._arm_header_timer()
+            return
         if self._head_started:
             self.transport.write(_HEADER_TIMEOUT)
         self.force_close()

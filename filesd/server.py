@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .accesslog import AccessLogger
 from .app import create_app
-from .appkeys import REQUESTS
+from .appkeys import CONNECTIONS, REQUESTS
 from .config import Config
 from .connections import AcceptErrorLog, ConnectionGate, fit_descriptor_limit, protocol_factory
 
@@ -63,6 +63,7 @@ async def running(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrorLog(loop))
     app = create_app(config)
+    gate = app[CONNECTIONS] = ConnectionGate(config.server.max_connections)
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     listener: asyncio.Server | None = None
@@ -71,7 +72,7 @@ async def running(
         log_access = config.log.access_log if access_log is None else access_log
         factory = protocol_factory(
             runner.server,
-            gate=ConnectionGate(config.server.max_connections),
+            gate=gate,
             header_timeout=config.server.header_timeout,
             keepalive_timeout=config.server.keepalive_timeout,
             access_log_class=AccessLogger,

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from filesd.connections import AcceptErrorLog
+from filesd.appkeys import CONNECTIONS
+from filesd.connections import BUSY, HEAD, SILENT, AcceptErrorLog
 from filesd.process import ServerProcess
 from filesd.testing import FilesdServer, serve
+
+from .conftest import wait_until_sync
 
 
 def _address(server: FilesdServer | ServerProcess) -> tuple[str, int]:
@@ -143,34 +146,107 @@ def test_a_kept_alive_connection_serves_requests_without_header_timeouts(
     sock.close()
 
 
-def test_connections_beyond_max_connections_are_refused_and_logged_once(
+def _healthy(url: str) -> bool:
+    try:
+        return _healthz(url) == 200
+    except OSError:
+        return False
+
+
+def _ask_healthz(sock: socket.socket) -> bytes:
+    """One GET /healthz on `sock`: the response's head and body (the connection stays open)."""
+    sock.settimeout(10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = sock.recv(65536)
+    sock.settimeout(0.05)
+    return answer
+
+
+def test_idle_keepalive_connections_make_room_for_new_ones(
     guarded: Callable[..., FilesdServer], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A full house of kept-alive connections that sit idle (keepalive_timeout is long) must
+    not lock anyone out: the one idle longest is closed for the newcomer, at once."""
+    caplog.set_level(logging.WARNING, logger="filesd")
+    server = guarded(max_connections=4, header_timeout=30, keepalive_timeout=60)
+    idle = [_connect(server) for _ in range(4)]
+    for sock in idle:
+        assert _ask_healthz(sock).startswith(b"HTTP/1.1 200 ")
+    started = time.monotonic()
+    for _ in range(3):
+        newcomer = _connect(server)
+        assert _ask_healthz(newcomer).startswith(b"HTTP/1.1 200 ")
+    assert time.monotonic() - started < 5
+    # The oldest idle ones went first, without a word; the newest idle one is still open.
+    for sock in idle[:3]:
+        assert _read_until_closed(sock) == b""
+    assert _ask_healthz(idle[3]).startswith(b"HTTP/1.1 200 ")
+    assert _healthz(server.url) == 200
+    evictions = [r for r in caplog.records if "idle keep-alive" in r.getMessage()]
+    assert len(evictions) == 1, [r.getMessage() for r in evictions]
+
+
+def _census(server: FilesdServer) -> dict[str, int]:
+    """The server's open connections by state (connections.IDLE, SILENT, HEAD, BUSY)."""
+    return dict(server._app[CONNECTIONS].census())
+
+
+def test_silent_and_stalled_connections_make_room_for_new_ones(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    """Connections that send nothing, or half a head, hold no place against a newcomer: the
+    oldest of them is closed for it (a stalled head is told why, with a 503)."""
+    server = guarded(max_connections=4, header_timeout=30, keepalive_timeout=60)
+    half = _connect(server)
+    half.sendall(b"GET /healthz HT")
+    wait_until_sync(lambda: _census(server) == {HEAD: 1}, what="a half-sent head")
+    silent = [_connect(server) for _ in range(3)]
+    wait_until_sync(lambda: _census(server) == {HEAD: 1, SILENT: 3}, what="a full house")
+    started = time.monotonic()
+    newcomer = _connect(server)
+    assert _ask_healthz(newcomer).startswith(b"HTTP/1.1 200 ")
+    answer = _read_until_closed(half)  # the oldest
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in answer
+    newcomer.close()
+    silent.append(_connect(server))
+    wait_until_sync(lambda: _census(server) == {SILENT: 4}, what="a silent full house")
+    assert _healthz(server.url) == 200
+    assert _read_until_closed(silent[0]) == b""  # the oldest, closed without a word
+    assert time.monotonic() - started < 5
+    wait_until_sync(lambda: _census(server) == {SILENT: 3}, what="the others still open")
+
+
+def _start_upload(server: FilesdServer) -> socket.socket:
+    """A connection busy with a request: an upload whose body is still coming."""
+    sock = _connect(server)
+    sock.sendall(
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-busy\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\nabc'
+    )
+    return sock
+
+
+def test_connections_beyond_max_connections_are_refused_when_all_are_busy(
+    guarded: Callable[..., FilesdServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Busy connections (requests in progress) are never closed to make room: the newcomer
+    gets the 503, and the refusals are logged once."""
     caplog.set_level(logging.WARNING, logger="filesd")
     server = guarded(max_connections=4, header_timeout=30)
-    held = [_connect(server) for _ in range(4)]
-    for sock in held:
-        sock.sendall(b"GET /healthz HT")  # half-sent: each holds its place
+    busy = [_start_upload(server) for _ in range(4)]
+    wait_until_sync(lambda: _census(server) == {BUSY: 4}, what="4 uploads in progress")
     refused = [_connect(server) for _ in range(20)]
     for sock in refused:
         answer = _read_until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
         assert b"too_many_connections" in answer
-    for sock in held:
+    for sock in busy:
         sock.close()
-
-    def healthy() -> bool:
-        try:
-            return _healthz(server.url) == 200
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + 10
-    while not healthy():
-        assert time.monotonic() < deadline, "/healthz did not answer once the holders left"
-        time.sleep(0.05)
+    wait_until_sync(lambda: _healthy(server.url), what="/healthz once the uploads left")
     limit_logs = [r for r in caplog.records if "max_connections" in r.getMessage()]
     assert len(limit_logs) == 1, [r.getMessage() for r in limit_logs]
+    assert "every connection busy" in limit_logs[0].getMessage()
 
 
 def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
