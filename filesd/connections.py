@@ -5,11 +5,20 @@ aiohttp (3.14) bounds neither how long a client may take to send a request's hea
 default, how long an idle connection stays (an hour): a few hundred clients that send half a
 request line each hold a file descriptor for that long, and once descriptors run out every
 accept() fails and is logged with a traceback. `GuardedRequestHandler` is aiohttp's protocol
-with those limits added; `protocol_factory` makes one per connection (or a refusal beyond the
-cap); `AcceptErrorLog` is the event loop's exception handler that rate-limits the accept errors.
+with those limits added; `protocol_factory` makes one per connection; `ConnectionGate` counts
+them and, at the cap, closes an idle or stalled one to make room (or refuses the newcomer when
+all are busy); `AcceptErrorLog` is the event loop's exception handler that rate-limits the
+accept errors.
 
-The header guard relies on two attributes of aiohttp's `RequestHandler`: `_waiter` (pending
-while it waits for the next request's head) and `_request_count` (one more per parsed head).
+The header timeout covers the first head, a later head from its first byte, and the start of
+a next head that arrives in the same packet right behind a complete head without a body.
+Behind a head with a body, aiohttp's C parser does not tell whether it kept bytes of a next
+head; such a connection lives at most keepalive_timeout, and counts as idle when the gate
+needs room.
+
+The guard relies on attributes of aiohttp's `RequestHandler`: `_waiter` (pending while it waits
+for the next request's head), `_request_count` (one more per parsed head), `_messages` (parsed,
+not yet handled), `_next_keepalive_close_time` and `_keepalive_timeout`.
 tests/test_connections.py fails if a new aiohttp changes them.
 """
 

@@ -162,6 +162,48 @@ def _ask_healthz(sock: socket.socket) -> bytes:
     return answer
 
 
+def test_a_half_sent_head_on_a_kept_alive_connection_is_closed_after_header_timeout(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    """Slowloris on keep-alive: after a first request, half of the next head arrives; the rest
+    must follow within header_timeout, not keepalive_timeout."""
+    server = guarded(header_timeout=0.5, keepalive_timeout=60)
+    sock = _connect(server)
+    assert _ask_healthz(sock).startswith(b"HTTP/1.1 200 ")
+    started = time.monotonic()
+    sock.sendall(b"GET /healthz HT")
+    answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"code": "timeout"' in answer, answer
+    assert 0.4 <= time.monotonic() - started < 5
+
+
+def test_a_partial_head_right_behind_a_complete_one_is_closed_after_header_timeout(
+    guarded: Callable[..., FilesdServer],
+) -> None:
+    """The start of a next head in the same packet as a whole request (pipelining)."""
+    server = guarded(header_timeout=0.5, keepalive_timeout=60)
+    sock = _connect(server)
+    started = time.monotonic()
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HT")
+    answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert b"HTTP/1.1 408 " in answer and b'"code": "timeout"' in answer, answer
+    assert 0.4 <= time.monotonic() - started < 5
+
+
+def test_pipelined_requests_are_all_answered(guarded: Callable[..., FilesdServer]) -> None:
+    """Whole pipelined heads are no partial head: all answered, the connection kept."""
+    server = guarded(header_timeout=0.3, keepalive_timeout=60)
+    sock = _connect(server)
+    sock.settimeout(10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    answer = b""
+    while answer.count(b"HTTP/1.1 200 ") < 3:
+        answer += sock.recv(65536)
+    time.sleep(0.6)  # idle beyond header_timeout: governed by keepalive_timeout only
+    assert _ask_healthz(sock).startswith(b"HTTP/1.1 200 ")
+
+
 def test_idle_keepalive_connections_make_room_for_new_ones(
     guarded: Callable[..., FilesdServer], caplog: pytest.LogCaptureFixture
 ) -> None:
