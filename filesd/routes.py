@@ -44,7 +44,11 @@ _CONDITIONAL = (
     "If-Unmodified-Since",
 )
 _INT = re.compile(r"-?[0-9]+")
-_BYTE_RANGE = re.compile(r"([0-9]*)[ \t]*-[ \t]*([0-9]*)")
+# RFC 9110 §14.1.1, strictly: no whitespace inside a range-spec (aiohttp's own parser, which
+# FileResponse uses, refuses it with a bare 416).
+_BYTE_RANGE = re.compile(r"([0-9]*)-([0-9]*)", re.ASCII)
+# More digits than this (after leading zeros) is beyond any file: 2^63 has 19.
+_MAX_DIGITS = 19
 # Conditions decided here (with the file's validators) rather than by FileResponse.
 _NEED_VALIDATORS = ("If-Match", "If-Unmodified-Since", "If-Range")
 _CONTENT_HEADERS = {
@@ -216,9 +220,12 @@ def _check_range(request: web.Request, size: int, validators: Validators | None 
 
     RFC 9110 §14: a Range in another unit than bytes, or with several ranges (no
     multipart/byteranges here), is ignored, and so is one whose If-Range does not match
-    `validators` (needed when If-Range is sent): False, send the whole file with 200. A
-    malformed or unsatisfiable byte range (`bytes=-0`, a start at or past the end) is a 416
-    in the envelope.
+    `validators` (needed when If-Range is sent): False, send the whole file with 200. A byte
+    range is decided here, every case: malformed (whitespace included), unsatisfiable
+    (`bytes=-0`, a first byte at or past the end, any range of an empty file) is a 416 in the
+    envelope with `Content-Range: bytes */size`; a last byte past the end is the end. The
+    range decided is handed to FileResponse as the request's parsed `http_range`, so it never
+    parses the header again by its own rules.
     """
     value = request.headers.get("Range")
     if value is None:
@@ -228,25 +235,40 @@ def _check_range(request: web.Request, size: int, validators: Validators | None 
         return False
     if "If-Range" in request.headers and not _if_range_matches(request, validators):
         return False
-    match = _BYTE_RANGE.fullmatch(ranges.strip())
-    unsatisfiable = (
-        match is None
-        or match.group(1) == match.group(2) == ""
-        or (match.group(1) == "" and int(match.group(2)) == 0)  # bytes=-0: zero bytes
-        or (match.group(1) != "" and int(match.group(1)) >= size)
-        or (
-            match.group(2) != ""
-            and match.group(1) != ""
-            and int(match.group(2)) < int(match.group(1))
-        )
-    )
-    if unsatisfiable:
+    chosen = _byte_range(ranges, size)
+    if chosen is None:
         raise RangeNotSatisfiable(
-            f"Range not satisfiable for a file of {size} bytes: {value}",
+            f"Range not satisfiable for a file of {size} bytes: {value[:100]}",
             param="Range",
             headers={"Content-Range": f"bytes */{size}"},
         )
+    # aiohttp caches the parsed header there (its own `clone` fills it the same way).
+    request._cache["http_range"] = chosen
     return True
+
+
+def _byte_range(spec: str, size: int) -> slice | None:
+    """One RFC 9110 range-spec as the slice aiohttp's `http_range` gives (a suffix is a
+    negative start), clamped to `size`; None if malformed or unsatisfiable."""
+    match = _BYTE_RANGE.fullmatch(spec)
+    if match is None or match.group(1) == match.group(2) == "" or size == 0:
+        return None
+    first, last = (_position(group) for group in match.groups())
+    if first is None:  # a suffix: the last `last` bytes (all of them if there are fewer)
+        assert last is not None
+        return None if last == 0 else slice(-min(last, size), None, 1)
+    if first >= size or (last is not None and last < first):
+        return None
+    return slice(first, None if last is None or last >= size else last + 1, 1)
+
+
+def _position(digits: str) -> int | None:
+    """A byte position: None if absent; anything longer than `_MAX_DIGITS` is 2^63, beyond
+    any file (int() would refuse thousands of digits, and need not read them)."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return 2**63 if len(digits) > _MAX_DIGITS else int(digits)
 
 
 def _if_range_matches(request: web.Request, validators: Validators | None) -> bool:

@@ -267,6 +267,66 @@ async def test_range_edge_cases(client: Client) -> None:
         assert body == CONTENT
 
 
+async def _assert_416_in_envelope(resp: Any, size: int) -> None:
+    assert resp.status == 416, (resp.status, await resp.read())
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["error"]["param"] == "Range" and body["error"]["message"], body
+    assert resp.headers["Content-Range"] == f"bytes */{size}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bytes=" + "9" * 5000 + "-",  # int() refuses that many digits: it was a 500
+        "bytes=" + "1" * 20 + "-5",
+        "bytes=0 - 5",  # whitespace is not in RFC 9110's grammar (aiohttp's bare 416 before)
+        "bytes = 0-5",
+        "bytes= 0-5",
+        "bytes=0-\t5",
+        "bytes=",
+        "bytes=-",
+        "bytes=abc",
+        "bytes=5-1",
+        "bytes=1024-",
+        "bytes=-0",
+    ],
+)
+async def test_every_unsatisfiable_or_malformed_byte_range_is_a_416_in_the_envelope(
+    client: Client, value: str
+) -> None:
+    url, _, _ = await _download(client)
+    await _assert_416_in_envelope(await client.get(url, headers={**ALPHA, "Range": value}), 1024)
+
+
+async def test_a_byte_range_of_an_empty_file_is_a_416_in_the_envelope(client: Client) -> None:
+    created = await upload(client, b"")
+    url = f"/v1/files/{created['id']}/content"
+    for value in ("bytes=-5", "bytes=0-", "bytes=0-0"):
+        await _assert_416_in_envelope(await client.get(url, headers={**ALPHA, "Range": value}), 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "first", "last"),
+    [
+        ("bytes=0-" + "9" * 5000, 0, 1023),  # a last byte past the end is the end
+        ("bytes=1000-" + "9" * 25, 1000, 1023),
+        ("bytes=-" + "9" * 5000, 0, 1023),  # a suffix longer than the file is all of it
+        ("bytes=" + "0" * 5000 + "5-" + "0" * 30 + "7", 5, 7),  # leading zeros
+        ("Bytes=10-19", 10, 19),
+        ("bytes=1020-2000", 1020, 1023),
+    ],
+)
+async def test_large_or_padded_byte_positions_are_read_as_numbers(
+    client: Client, value: str, first: int, last: int
+) -> None:
+    url, _, _ = await _download(client)
+    resp = await client.get(url, headers={**ALPHA, "Range": value})
+    assert resp.status == 206, (resp.status, await resp.read())
+    assert await resp.read() == CONTENT[first : last + 1]
+    assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{len(CONTENT)}"
+
+
 async def test_304_and_412_carry_the_usual_headers(client: Client) -> None:
     url, etag, last_modified = await _download(client)
     resp = await client.get(url, headers={**ALPHA, "If-None-Match": etag})
