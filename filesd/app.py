@@ -57,8 +57,8 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
     app[REQUESTS] = requests
     app[UPLOAD_SLOTS] = UploadSlots(
         config.limits.max_concurrent_uploads,
-        per_project=config.limits.uploads_per_project,
-        share_applies=lambda: not authenticator.open_mode,
+        per_project=config.limits.max_concurrent_uploads_per_project or None,
+        project_count=lambda: authenticator.project_count,
     )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -45,6 +45,11 @@ class Authenticator:
         """
         return not self._configured and not self._any_made
 
+    @property
+    def project_count(self) -> int:
+        """How many projects hold an active key (configured or made in the database)."""
+        return len(set(self._configured.values()) | set(self._made.values()))
+
     def use_made_keys(self, active: Iterable[tuple[str, str]], *, any_made: bool) -> None:
         """Replace the keys from the database: active (hex SHA-256, project) pairs, and
         whether any key (revoked ones too) was ever made there."""

@@ -73,14 +73,10 @@ class LimitsConfig:
     # Bytes/s a request body must keep up, over each window of `body_timeout` seconds after its
     # first `body_timeout` seconds (bodies.py); 0: off.
     min_body_rate: int = 1024
-    # Upload slots one project may hold when keys are configured; 0: half of
-    # max_concurrent_uploads (at least 1). Not applied in open mode: any token is a project.
+    # Upload slots one project may hold, always; 0: half of max_concurrent_uploads (at least
+    # 1) while more than one project has keys (not for a single tenant, nor in open mode,
+    # where any token is a project).
     max_concurrent_uploads_per_project: int = 0
-
-    @property
-    def uploads_per_project(self) -> int:
-        """The effective per-project share of the upload slots (keyed mode)."""
-        return self.max_concurrent_uploads_per_project or max(1, self.max_concurrent_uploads // 2)
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,13 @@ class RequestTracker:
 
 
 class UploadSlots:
-    """At most `limit` uploads stream at once, and one project holds at most `per_project` of
-    them while `share_applies()` (keys configured: in open mode any token is a new project, so
-    a share per project would bind nobody). The next one is refused with 429 at once.
+    """At most `limit` uploads stream at once, and one project holds at most its share of
+    them. The next one is refused with 429 at once.
+
+    The share is `per_project` when configured, always. Otherwise it is half the slots, and
+    only while `project_count()` says more than one project has keys: a single tenant (one CI
+    key) has nobody to share with, and in open mode any token is a new project, so a share
+    per project would bind nobody.
 
     Uploads hold a slot while their body arrives, so slow clients cannot take them all.
     """
@@ -67,26 +71,34 @@ class UploadSlots:
         limit: int,
         *,
         per_project: int | None = None,
-        share_applies: Callable[[], bool] = lambda: True,
+        project_count: Callable[[], int] = lambda: 2,
     ) -> None:
         self.limit = limit
-        self.per_project = per_project if per_project is not None else limit
-        self._share_applies = share_applies
+        self._explicit = per_project
+        self._project_count = project_count
         self.in_use = 0
         self._by_project: collections.Counter[str] = collections.Counter()
+
+    @property
+    def per_project(self) -> int | None:
+        """The share one project may hold now; None: no share applies."""
+        if self._explicit is not None:
+            return self._explicit
+        if self._project_count() > 1:
+            return max(1, self.limit // 2)
+        return None
 
     @contextlib.contextmanager
     def take(self, project: str | None = None) -> Iterator[None]:
         if self.in_use >= self.limit:
             raise _too_many(f"Too many uploads in progress (at most {self.limit}). Retry shortly.")
-        if project is not None and self._share_applies():
-            if self._by_project[project] >= self.per_project:
-                raise _too_many(
-                    "Too many uploads in progress for this project (at most "
-                    f"{self.per_project} at once). Retry shortly."
-                )
-        else:
-            project = None
+        share = self.per_project
+        if project is not None and share is not None and self._by_project[project] >= share:
+            raise _too_many(
+                "Too many uploads in progress for this project (at most "
+                f"{share} at once). Retry shortly."
+            )
+        # Counted whether a share applies now or not: it may apply before this one is done.
         self.in_use += 1
         if project is not None:
             self._by_project[project] += 1

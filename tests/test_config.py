@@ -203,4 +203,4 @@ def test_the_allowed_keys_are_the_dataclass_fields(tmp_path: Path) -> None:
     assert config.server.header_timeout == 2.5 and config.server.keepalive_timeout == 5.0
     assert config.server.max_connections == 10
     limits = parse_config({"limits": {"max_concurrent_uploads": 9}}, base_dir=tmp_path).limits
-    assert limits.uploads_per_project == 4 and limits.min_body_rate == 1024
+    assert limits.max_concurrent_uploads_per_project == 0 and limits.min_body_rate == 1024

@@ -4,18 +4,23 @@ stalled bodies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
-from filesd.app import create_app
-from filesd.appkeys import UPLOAD_SLOTS
+from filesd import cli
+from filesd.app import create_app, reload_keys
+from filesd.appkeys import AUTHENTICATOR, UPLOAD_SLOTS
 from filesd.config import parse_config
 
 from .conftest import (
     ALPHA,
+    ALPHA_KEY,
     BETA,
     Client,
     ClientFactory,
@@ -334,5 +339,59 @@ async def test_the_per_project_share_is_configurable_and_off_in_open_mode(
     sock = await _hold_a_slot(client, token)
     try:
         await upload(client, b"the same token again", headers=token)
+    finally:
+        sock.close()
+
+
+def _one_key_config(data_dir: Path, **limits: int) -> Any:
+    """Keys configured for one project only (alpha), as a CI setup has."""
+    return parse_config(
+        {
+            "storage": {"data_dir": str(data_dir)},
+            "auth": {"keys": [{"key": ALPHA_KEY, "project": "alpha"}]},
+            "limits": limits,
+        },
+        base_dir=data_dir,
+    )
+
+
+async def test_a_single_tenant_has_no_default_share_until_a_second_project_has_keys(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """One project with keys has nobody to share the slots with: it may use them all. Once a
+    second project has a key (here one made in the database), the default share applies."""
+    app = create_app(_one_key_config(tmp_path, max_concurrent_uploads=2, body_timeout=30))
+    client: Client = await aiohttp_client(app)
+    sock = await _hold_a_slot(client, ALPHA)
+    try:
+        await upload(client, b"a second upload of the only project")
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            await asyncio.to_thread(
+                cli.main, ["keys", "create", "--project", "beta", "--data-dir", str(tmp_path)]
+            )
+        await reload_keys(app)
+        assert app[AUTHENTICATOR].project_count == 2
+        resp = await client.post("/v1/files", data=upload_form(b"x"), headers=ALPHA)
+        body = await resp.json()
+        assert resp.status == 429 and "for this project" in body["error"]["message"], body
+        beta_key = re.search(r"sk-[A-Za-z0-9_-]+", printed.getvalue())
+        assert beta_key is not None, printed.getvalue()
+        await upload(client, b"beta uploads", headers={"Authorization": f"Bearer {beta_key[0]}"})
+    finally:
+        sock.close()
+
+
+async def test_an_explicit_share_applies_to_a_single_tenant_too(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = _one_key_config(
+        tmp_path, max_concurrent_uploads=4, max_concurrent_uploads_per_project=1, body_timeout=30
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    sock = await _hold_a_slot(client, ALPHA)
+    try:
+        resp = await client.post("/v1/files", data=upload_form(b"x"), headers=ALPHA)
+        body = await resp.json()
+        assert resp.status == 429 and "at most 1 at once" in body["error"]["message"], body
     finally:
         sock.close()
