@@ -77,6 +77,7 @@ class RateLimitedLog:
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            log.debug("again (logged at most once every %g s): " + message, self.interval, *args)
             return False
         self._last[key] = now
         repeated = self._suppressed.pop(key, 0)
