@@ -133,6 +133,7 @@ def test_an_idle_keepalive_connection_is_closed_after_keepalive_timeout(
     assert time.monotonic() - started >= 0.4  # kept alive, then closed for idleness
 
 
+@pytest.mark.slow
 def test_a_kept_alive_connection_serves_requests_without_header_timeouts(
     guarded: Callable[..., FilesdServer],
 ) -> None:

@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from filesd import cli
 from filesd.app import create_app, reload_keys
 from filesd.appkeys import AUTHENTICATOR, UPLOAD_SLOTS
@@ -104,6 +106,7 @@ async def test_too_many_uploads_at_once_get_429(
         sock.close()
 
 
+@pytest.mark.slow
 async def test_a_stalled_body_times_out_and_frees_its_slot(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -145,6 +148,7 @@ async def _hold_a_slot(client: Client, headers: dict[str, str] = ALPHA) -> socke
     return sock
 
 
+@pytest.mark.slow
 async def test_a_dripping_body_below_min_body_rate_gets_408_and_frees_its_slot(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -186,6 +190,7 @@ async def test_a_dripping_body_below_min_body_rate_gets_408_and_frees_its_slot(
     await upload(client, b"next")
 
 
+@pytest.mark.slow
 async def test_a_steady_slow_body_above_min_body_rate_is_accepted(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -239,6 +244,7 @@ async def _send_head_then(
     return answer, body, took
 
 
+@pytest.mark.slow
 async def test_a_burst_then_a_drip_gets_408_within_two_windows(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -273,6 +279,7 @@ def _json_head(path: str, length: int) -> bytes:
     ).encode()
 
 
+@pytest.mark.slow
 async def test_json_bodies_keep_the_pace_too(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
     """A JSON body that drips is refused as too slow (it used to have one overall timeout,
     and to say it had stalled); one that takes longer than body_timeout but keeps the pace
