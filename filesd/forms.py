@@ -20,8 +20,8 @@ from aiohttp.multipart import (
     parse_content_disposition,
 )
 
-from .blobs import BlobWriter, StagedBlob
 from .errors import InvalidRequest, RequestTimeout
+from .storage.base import BlobWriter, StagedBlob
 from .store import FileStore
 from .validation import check_expires_after, check_filename, check_purpose
 

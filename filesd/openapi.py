@@ -236,7 +236,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         },
                         "206": {"description": "A range of the bytes"},
                         "304": {"description": "Not modified"},
-                        **_errors(404, 416, *common),
+                        **_errors(404, 412, 416, *common),
                     },
                 },
             },

@@ -11,7 +11,7 @@ from multidict import MultiMapping
 
 from .appkeys import CONFIG, STORE, UPLOAD_SLOTS
 from .auth import PROJECT
-from .blobs import SMALL_BYTES
+from .content import send_content
 from .errors import (
     ApiError,
     InvalidRequest,
@@ -24,18 +24,6 @@ from .forms import FORM_OVERHEAD, read_upload_form
 from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
-# Files up to this size are sent from memory (the store caches them, or reads them whole in one
-# thread hop), which beats FileResponse's two hops (open+stat, close) for small bodies.
-SMALL_CONTENT = SMALL_BYTES
-# Requests with these headers take the FileResponse path, which implements them.
-_CONDITIONAL = (
-    "Range",
-    "If-Range",
-    "If-Match",
-    "If-None-Match",
-    "If-Modified-Since",
-    "If-Unmodified-Since",
-)
 _INT = re.compile(r"-?[0-9]+")
 _CONTENT_HEADERS = {
     "Content-Type": "application/octet-stream",
@@ -125,17 +113,9 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     if record.status == "error":
         raise ServerError(record.status_details or "The file is damaged.", code="file_damaged")
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
-    if record.bytes <= SMALL_CONTENT and not any(h in request.headers for h in _CONDITIONAL):
-        body, st = await store.read_small(record)
-        response = web.Response(body=body, headers=headers)
-        # The same validators FileResponse sends, so caches see one resource either way.
-        response.etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
-        response.last_modified = st.st_mtime
-        response.headers["Accept-Ranges"] = "bytes"
-        return response
-    path = await store.blob_path(record)
     _check_range(request, record.bytes)
-    return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
+    # Validators, conditions and ranges: see filesd.content.
+    return await send_content(request, store, record, headers)
 
 
 def content_disposition(filename: str) -> str:

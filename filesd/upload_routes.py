@@ -10,9 +10,9 @@ from aiohttp import web
 
 from .appkeys import CONFIG, UPLOAD_SLOTS, UPLOADS
 from .auth import PROJECT
-from .blobs import BlobTooLarge
 from .errors import InvalidRequest
 from .forms import FORM_OVERHEAD, read_form
+from .storage.base import BlobTooLarge
 from .validation import (
     check_expires_after,
     check_filename,
