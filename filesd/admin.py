@@ -10,20 +10,18 @@ Its own bearer token (compared in constant time), never under /v1:
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import dataclasses
 import hashlib
 import hmac
 import time
-import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .appkeys import CONFIG, STORE
-from .archive import read_archive, write_archive
 from .auth import PROJECT, bearer_token
 from .bodies import read_json_object
 from .clock import Clock
@@ -105,14 +103,8 @@ async def reset(request: web.Request) -> web.Response:
 
 
 async def projects(request: web.Request) -> web.Response:
-    rows = await request.app[STORE].db.project_usage()
-    return web.json_response(
-        {
-            "data": [
-                {"project": p, "files": f, "bytes": b, "physical_bytes": pb} for p, f, b, pb in rows
-            ]
-        }
-    )
+    rows = await request.app[STORE].project_usage()
+    return web.json_response({"data": [dataclasses.asdict(row) for row in rows]})
 
 
 async def requests(request: web.Request) -> web.Response:
@@ -161,52 +153,32 @@ async def remove_fault(request: web.Request) -> web.Response:
 
 async def export(request: web.Request) -> web.StreamResponse:
     """A tar archive of the live files (of `?project=`, or all) and their blobs."""
-    store = request.app[STORE]
-    records = await store.db.live_files(request.query.get("project"))
-    temp = store.blobs.temp_dir / f"{uuid.uuid4().hex}.export"
-    try:
-        await asyncio.to_thread(_write_to, temp, records, store.blobs)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "application/x-tar",
-                "Content-Disposition": 'attachment; filename="filesd-export.tar"',
-            }
-        )
-        response.content_length = await asyncio.to_thread(lambda: temp.stat().st_size)
-        await response.prepare(request)
-        with await asyncio.to_thread(temp.open, "rb") as f:
-            while chunk := await asyncio.to_thread(f.read, 1024 * 1024):
-                await response.write(chunk)
-        await response.write_eof()
-        return response
-    finally:
-        await asyncio.to_thread(temp.unlink, missing_ok=True)
-
-
-def _write_to(path: Path, records: list[Any], blobs: Any) -> None:
-    with path.open("xb") as out:
-        write_archive(out, records, blobs)
+    length, chunks = await request.app[STORE].export_archive(request.query.get("project"))
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-tar",
+            "Content-Disposition": 'attachment; filename="filesd-export.tar"',
+        }
+    )
+    response.content_length = length
+    await response.prepare(request)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def import_(request: web.Request) -> web.Response:
     """Files from an export archive, ids and times kept; 409 if any id exists already."""
-    store = request.app[STORE]
-    writer = store.blobs.writer()
-    try:
-        while chunk := await request.content.read(1024 * 1024):
-            await writer.write(chunk)
-        body = await writer.finish()
-    except BaseException:
-        await writer.abort()
-        raise
-    try:
-        records, staged = await asyncio.to_thread(
-            read_archive, body.temp_path, store.blobs, request.app[CONFIG].files.purposes
-        )
-    finally:
-        await store.discard(body)
-    await store.import_files(records, staged)
-    return web.json_response({"imported": len(records)})
+    imported = await request.app[STORE].import_archive(
+        _body_chunks(request), request.app[CONFIG].files.purposes
+    )
+    return web.json_response({"imported": imported})
+
+
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    while chunk := await request.content.read(1024 * 1024):
+        yield chunk
 
 
 # The last second of year 9999: a clock beyond it (or NaN) breaks dates and SQLite integers.

@@ -12,17 +12,18 @@ from aiohttp import web
 from .admin import setup_admin
 from .appkeys import AUTHENTICATOR, CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
 from .auth import Authenticator, auth_middleware
+from .boundary import error_middleware
 from .clock import Clock
 from .config import Config
 from .drain import RequestTracker, UploadSlots
-from .errors import add_api_headers, error_middleware
+from .errors import add_api_headers
 from .faults import FAULTS, Faults, faults_middleware
 from .health import setup_health_routes
 from .metrics import METRICS, Metrics, metrics
 from .openapi import openapi_json
-from .ops import collect
 from .routes import setup_routes
-from .store import FileStore
+from .storage.faulty import FaultyBlobs
+from .store import FileStore, StoreSettings
 from .upload_routes import setup_upload_routes
 from .uploads import UploadService
 
@@ -61,16 +62,15 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
         project_count=lambda: authenticator.project_count,
     )
 
+    # Storage faults can only be asked for by rules from the config or, at run time, through
+    # the admin API: only then is the blob backend wrapped to inject them.
+    faults_possible = bool(config.testing.faults or config.admin.token)
+
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await FileStore.open(
-            config.storage.data_dir,
-            id_format=config.files.id_format,
-            max_file_bytes=config.limits.max_file_bytes,
-            default_expires_after=config.files.default_expires_after,
+            StoreSettings.from_config(config),
             clock=clock,
-            max_files_per_project=config.limits.max_files_per_project,
-            max_bytes_per_project=config.limits.max_bytes_per_project,
-            id_seed=config.testing.id_seed,
+            wrap_blobs=FaultyBlobs if faults_possible else None,
         )
         uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store
@@ -126,15 +126,13 @@ async def _maintain(store: FileStore, uploads: UploadService, config: Config) ->
     """
 
     async def collect_garbage() -> None:
-        await collect(store, deleted_retention=config.storage.deleted_retention)
+        await store.collect(deleted_retention=config.storage.deleted_retention)
 
     steps = [store.sweep_orphans]
     while True:
         for step in [*steps, collect_garbage, uploads.sweep_expired]:
             try:
                 await step()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("background %s failed", step.__name__)
         steps = []
@@ -145,8 +143,10 @@ KEY_REFRESH_SECONDS = 2.0
 
 
 async def _load_keys(store: FileStore, authenticator: Authenticator) -> None:
-    keys = await store.db.keys()
-    authenticator.use_made_keys(((k[1], k[2]) for k in keys if k[5] is None), any_made=bool(keys))
+    keys = await store.keys.all()
+    authenticator.use_made_keys(
+        ((k.key_sha256, k.project) for k in keys if k.revoked_at is None), any_made=bool(keys)
+    )
 
 
 async def reload_keys(app: web.Application) -> None:
@@ -160,7 +160,5 @@ async def _refresh_keys(store: FileStore, authenticator: Authenticator) -> None:
         await asyncio.sleep(KEY_REFRESH_SECONDS)
         try:
             await _load_keys(store, authenticator)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("reloading API keys failed")

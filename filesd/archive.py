@@ -1,130 +1,178 @@
 """Export and import of files as one tar archive (the admin API's snapshot of a state).
 
 An archive holds `filesd-export.json` (format version and the live files' metadata) and
-`blobs/<sha256>` for each blob they use. Import never takes a path from the archive: a member
-is only matched against `blobs/<64 hex digits>`, its bytes are hashed while copied into the temp
-area, and a digest that does not match refuses the whole archive. Blocking: run in a thread.
+`blobs/<sha256>` for each blob they use. Both directions stream through any blob backend:
+export writes tar headers around each blob's bytes as they are read (the length is known in
+advance), import parses the tar stream as it arrives and streams each member into a blob
+writer, which hashes it. Import never takes a path from the archive: a member is only matched
+against `blobs/<64 hex digits>`, and a digest that does not match refuses the whole archive.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import re
 import tarfile
-import uuid
-from collections.abc import Collection
-from pathlib import Path
-from typing import IO
+from collections.abc import AsyncIterator, Callable, Collection
 
-from .blobs import BlobStore, StagedBlob
 from .manifest import FORMAT, FORMAT_VERSION, ManifestError, parse_manifest
 from .models import FileRecord
+from .storage.base import BlobWriter, StagedBlob
 
 MANIFEST = "filesd-export.json"
+MANIFEST_MAX = 64 * 1024 * 1024
+_BLOCK = 512
 _BLOB_MEMBER = re.compile(r"blobs/([0-9a-f]{64})")
+_COPY_CHUNK = 1024 * 1024
+
+OpenBlob = Callable[[str], AsyncIterator[bytes]]
 
 
 class ArchiveError(ValueError):
     """The archive is malformed, incomplete or does not match its manifest."""
 
 
-def write_archive(out: IO[bytes], records: list[FileRecord], blobs: BlobStore) -> None:
-    manifest = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "files": [dataclasses.asdict(r) for r in records],
-    }
-    with tarfile.open(fileobj=out, mode="w|") as tar:
-        data = json.dumps(manifest).encode()
-        info = tarfile.TarInfo(MANIFEST)
-        info.size = len(data)
-        tar.addfile(info, _BytesReader(data))
-        for digest in sorted({r.sha256 for r in records}):
-            path = blobs.path_for(digest)
-            info = tarfile.TarInfo(f"blobs/{digest}")
-            info.size = path.stat().st_size
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    # GNU format: one 512-byte header whatever the size (large sizes in base-256).
+    return info.tobuf(format=tarfile.GNU_FORMAT)
 
 
-def read_archive(
-    source: Path, blobs: BlobStore, purposes: Collection[str]
-) -> tuple[list[FileRecord], list[StagedBlob]]:
-    """The files of an archive and their blobs, staged (the caller links or discards them).
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _BLOCK)
 
-    The manifest is checked field by field (`parse_manifest`), and each file's size must be its
-    blob's: a bad entry refuses the whole archive.
+
+def export_archive(
+    records: list[FileRecord], open_blob: OpenBlob
+) -> tuple[int, AsyncIterator[bytes]]:
+    """The archive of `records`: its length in bytes, and its bytes as a stream."""
+    manifest = json.dumps(
+        {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "files": [dataclasses.asdict(r) for r in records],
+        }
+    ).encode()
+    sizes = {r.sha256: r.bytes for r in records}
+    blobs = sorted(sizes)
+    length = len(_header(MANIFEST, len(manifest))) + len(manifest) + len(_padding(len(manifest)))
+    for digest in blobs:
+        size = sizes[digest]
+        length += len(_header(f"blobs/{digest}", size)) + size + len(_padding(size))
+    length += 2 * _BLOCK
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield _header(MANIFEST, len(manifest)) + manifest + _padding(len(manifest))
+        for digest in blobs:
+            size = sizes[digest]
+            yield _header(f"blobs/{digest}", size)
+            sent = 0
+            async for chunk in open_blob(digest):
+                sent += len(chunk)
+                yield chunk
+            if sent != size:
+                raise ArchiveError(f"blob {digest} holds {sent} bytes, not {size}")
+            yield _padding(size)
+        yield b"\0" * (2 * _BLOCK)
+
+    return length, stream()
+
+
+class _Reader:
+    """Exact reads over a stream of chunks."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+
+    async def read(self, n: int) -> bytes:
+        """Up to `n` bytes; fewer only at the end of the stream."""
+        while len(self._buffer) < n:
+            chunk = await anext(self._chunks, b"")
+            if not chunk:
+                break
+            self._buffer += chunk
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def exactly(self, n: int) -> bytes:
+        data = await self.read(n)
+        if len(data) != n:
+            raise ArchiveError("not a filesd export archive: it ends early")
+        return data
+
+
+async def stage_archive(
+    chunks: AsyncIterator[bytes],
+    new_writer: Callable[[], BlobWriter],
+    staged: list[StagedBlob],
+    purposes: Collection[str],
+) -> list[FileRecord]:
+    """Read an archive: stage each blob it holds (appended to `staged`, which the caller
+    commits or discards, also after an error) and return the files of its manifest.
+
+    The manifest is checked field by field (`parse_manifest`, with the purposes this server
+    accepts), and each file's size must be its blob's: a bad entry refuses the whole archive.
     """
-    staged: list[StagedBlob] = []
+    reader = _Reader(chunks)
     manifest: object = None
     found_manifest = False
-    try:
-        with tarfile.open(source, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    raise ArchiveError(f"unexpected member {member.name!r}")
-                f = tar.extractfile(member)
-                assert f is not None
-                if member.name == MANIFEST:
-                    manifest = json.loads(f.read(64 * 1024 * 1024))
-                    found_manifest = True
-                elif match := _BLOB_MEMBER.fullmatch(member.name):
-                    staged.append(_stage(f, match.group(1), blobs))
-                else:
-                    raise ArchiveError(f"unexpected member {member.name!r}")
-        if not found_manifest:
-            raise ArchiveError(f"no {MANIFEST} in the archive")
+    while True:
+        block = await reader.exactly(_BLOCK)
+        if block == b"\0" * _BLOCK:
+            break
         try:
-            records = parse_manifest(manifest, purposes)
-        except ManifestError as error:
-            raise ArchiveError(f"{MANIFEST}: {error}") from None
-        sizes = {s.sha256: s.size for s in staged}
-        missing = {r.sha256 for r in records} - sizes.keys()
-        if missing:
-            raise ArchiveError(f"blobs missing from the archive: {sorted(missing)[:3]}")
-        for record in records:
-            if record.bytes != sizes[record.sha256]:
-                raise ArchiveError(
-                    f"file {record.id} says {record.bytes} bytes, its blob holds "
-                    f"{sizes[record.sha256]}"
-                )
-        return records, staged
-    except BaseException as error:
-        for item in staged:
-            blobs.discard(item)
-        if isinstance(error, ArchiveError):
-            raise
-        # ValueError: bad JSON or UTF-8; RecursionError: JSON nested too deeply to parse.
-        if isinstance(error, tarfile.TarError | ValueError | RecursionError):
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.TarError as error:
             raise ArchiveError(f"not a filesd export archive: {error}") from None
+        if not info.isfile():
+            raise ArchiveError(f"unexpected member {info.name!r}")
+        if info.name == MANIFEST:
+            if info.size > MANIFEST_MAX:
+                raise ArchiveError(f"{MANIFEST} is too large")
+            try:
+                manifest = json.loads(await reader.exactly(info.size))
+            # ValueError: bad JSON or UTF-8; RecursionError: JSON nested too deeply to parse.
+            except (ValueError, RecursionError) as error:
+                raise ArchiveError(f"not a filesd export archive: {error}") from None
+            found_manifest = True
+        elif match := _BLOB_MEMBER.fullmatch(info.name):
+            item = await _stage(reader, info.size, new_writer())
+            staged.append(item)
+            if item.sha256 != match.group(1):
+                raise ArchiveError(f"{info.name} does not hold the bytes of that digest")
+        else:
+            raise ArchiveError(f"unexpected member {info.name!r}")
+        await reader.exactly(-info.size % _BLOCK)
+    if not found_manifest:
+        raise ArchiveError(f"no {MANIFEST} in the archive")
+    try:
+        records = parse_manifest(manifest, purposes)
+    except ManifestError as error:
+        raise ArchiveError(f"{MANIFEST}: {error}") from None
+    sizes = {s.sha256: s.size for s in staged}
+    missing = {r.sha256 for r in records} - sizes.keys()
+    if missing:
+        raise ArchiveError(f"blobs missing from the archive: {sorted(missing)[:3]}")
+    for record in records:
+        if record.bytes != sizes[record.sha256]:
+            raise ArchiveError(
+                f"file {record.id} says {record.bytes} bytes, its blob holds {sizes[record.sha256]}"
+            )
+    return records
+
+
+async def _stage(reader: _Reader, size: int, writer: BlobWriter) -> StagedBlob:
+    try:
+        left = size
+        while left:
+            chunk = await reader.exactly(min(_COPY_CHUNK, left))
+            await writer.write(chunk)
+            left -= len(chunk)
+        return await writer.finish()
+    except BaseException:
+        await writer.abort()
         raise
-
-
-def _stage(f: IO[bytes], digest: str, blobs: BlobStore) -> StagedBlob:
-    temp = blobs.temp_dir / f"{uuid.uuid4().hex}.import"
-    sha, size = hashlib.sha256(), 0
-    with temp.open("xb") as out:
-        while chunk := f.read(1024 * 1024):
-            sha.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())  # renamed into the store later: durable first, like any blob
-    staged = StagedBlob(temp, sha.hexdigest(), size)
-    if staged.sha256 != digest:
-        blobs.discard(staged)
-        raise ArchiveError(f"blobs/{digest} does not hold the bytes of that digest")
-    return staged
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._pos + n
-        chunk, self._pos = self._data[self._pos : end], min(end, len(self._data))
-        return chunk

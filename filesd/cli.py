@@ -12,8 +12,8 @@ from pathlib import Path
 
 from . import __version__, ops
 from .config import LOG_LEVELS, Config, ConfigError, load_config
-from .db import SchemaTooNew
 from .server import serve
+from .storage.base import SchemaTooNew
 from .store import DataDirLocked
 
 COMMANDS = ("serve", "fsck", "gc", "keys", "backup")

@@ -131,12 +131,9 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class AuthConfig:
+    # Whether the server runs open is the running `Authenticator`'s to say (keys made with
+    # `filesd keys create` live in the database, not here), so there is no `open_mode` here.
     keys: tuple[ApiKey, ...] = ()
-
-    @property
-    def open_mode(self) -> bool:
-        """True when no keys are configured: any bearer token is accepted as its own project."""
-        return not self.keys
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,21 @@ behind: staged content is removed before the error propagates.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
+from aiohttp.hdrs import CONTENT_DISPOSITION
+from aiohttp.multipart import (
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+    parse_content_disposition,
+)
 
-from .blobs import BlobWriter, StagedBlob
 from .bodies import BodyPace
 from .errors import InvalidRequest
+from .storage.base import BlobWriter, StagedBlob
 from .store import FileStore
 from .validation import check_expires_after, check_filename, check_purpose
 
@@ -109,12 +116,16 @@ async def read_form(
         while True:
             try:
                 part = await pace.read(reader.next())
+            except (BadContentDispositionHeader, BadContentDispositionParam):
+                # aiohttp's own look at the first part, where warnings are errors (pytest).
+                raise _bad_disposition() from None
             except ValueError as e:
                 raise InvalidRequest(f"Malformed multipart body: {e}") from None
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("Nested multipart bodies are not supported.")
+            _check_disposition(part)
             name = part.name
             if name is None:
                 raise InvalidRequest("Every multipart part needs a name.")
@@ -136,6 +147,29 @@ async def read_form(
             await discard(staged)
         raise
     return Form(staged, filename, fields)
+
+
+def _check_disposition(part: BodyPartReader) -> None:
+    """400 for a part whose Content-Disposition aiohttp cannot parse.
+
+    aiohttp only warns about such a header and goes on without it (or without the bad
+    parameter: a malformed `filename*` would leave the plain `filename`), so the warning is
+    caught here, whatever the process's warning filters (pytest makes warnings errors; a user's
+    Python only prints them).
+    """
+    raw = part.headers.get(CONTENT_DISPOSITION)
+    if raw is None:
+        return  # no name: refused as such by the caller
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kind, _ = parse_content_disposition(raw)
+    bad = (BadContentDispositionHeader, BadContentDispositionParam)
+    if kind is None or any(issubclass(w.category, bad) for w in caught):
+        raise _bad_disposition()
+
+
+def _bad_disposition() -> InvalidRequest:
+    return InvalidRequest("Malformed Content-Disposition header in a multipart part.")
 
 
 async def _stream_content(part: BodyPartReader, writer: BlobWriter, pace: BodyPace) -> StagedBlob:

@@ -61,12 +61,12 @@ METRICS = web.AppKey("metrics", Metrics)
 
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    files, logical, blobs, physical = await request.app[STORE].db.storage_totals()
-    m.files.set(files)
-    m.logical.set(logical)
-    m.blobs.set(blobs)
-    m.physical.set(physical)
-    m.dedupe.set(logical / physical if physical else 1.0)
+    totals = await request.app[STORE].storage_totals()
+    m.files.set(totals.files)
+    m.logical.set(totals.logical_bytes)
+    m.blobs.set(totals.blobs)
+    m.physical.set(totals.physical_bytes)
+    m.dedupe.set(totals.logical_bytes / totals.physical_bytes if totals.physical_bytes else 1.0)
     m.uploads.set(request.app[UPLOAD_SLOTS].in_use)
     return web.Response(
         body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

@@ -104,3 +104,35 @@ class PartRecord:
             "created_at": self.created_at,
             "upload_id": self.upload_id,
         }
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key made with `filesd keys create`: only the SHA-256 of the secret is kept."""
+
+    id: str
+    key_sha256: str
+    project: str
+    hint: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+@dataclass(frozen=True)
+class ProjectUsage:
+    """A project's live files, their bytes, and the bytes of the distinct blobs they use."""
+
+    project: str
+    files: int
+    bytes: int
+    physical_bytes: int
+
+
+@dataclass(frozen=True)
+class StorageTotals:
+    """Live files and their bytes (logical); distinct blobs they use and those bytes."""
+
+    files: int
+    logical_bytes: int
+    blobs: int
+    physical_bytes: int

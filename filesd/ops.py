@@ -8,20 +8,31 @@ server: SQLite's WAL lets them read and write while it serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
-import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .blobs import BlobStore
-from .db import Database
-from .ids import secret_base62
-from .store import FileStore, lock_data_dir
+from .keys import KeyStore
+from .storage.blobdir import BlobDir, fsync_dir
+from .storage.sqlite import SqliteMetadata, database_path, finish_snapshot, snapshot_database
+from .store import FileStore, GcReport, StoreSettings, lock_data_dir
 
-KEY_PREFIX = "sk-filesd-"
+__all__ = [
+    "BackupReport",
+    "FsckReport",
+    "GcReport",
+    "backup",
+    "create_key",
+    "fsck",
+    "gc",
+    "list_keys",
+    "revoke_key",
+]
 
 
 @dataclass
@@ -65,17 +76,17 @@ async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
     part files are removed. Takes the data directory's lock: not beside a running server.
     """
     report = FsckReport()
-    blobs = BlobStore(data_dir)
+    blobs = BlobDir(data_dir)
     lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
     try:
-        db = await Database.open(data_dir / "filesd.db")
+        db = await SqliteMetadata.open(database_path(data_dir))
         try:
             if await asyncio.to_thread(blobs.temp_dir.is_dir):
                 report.stray_temp_files = sorted(
                     await asyncio.to_thread(os.listdir, blobs.temp_dir)
                 )
             live = set(await db.live_digests())
-            on_disk = set(await asyncio.to_thread(lambda: list(blobs.digests())))
+            on_disk = set(await blobs.digests())
             report.missing = sorted(live - on_disk)
             report.orphaned = sorted(on_disk - live)
             for digest in sorted(on_disk & live):
@@ -83,7 +94,7 @@ async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
                 if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) != digest:
                     report.corrupt.append(digest)
             if await asyncio.to_thread(blobs.part_dir.is_dir):
-                parts = await asyncio.to_thread(blobs.part_tokens_older_than, time.time() + 1)
+                parts = await blobs.part_tokens_older_than(time.time() + 1)
                 report.stray_part_files = sorted(set(parts) - await db.part_tokens_in_use(parts))
             if repair:
                 await _repair(db, blobs, report)
@@ -94,7 +105,7 @@ async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
     return report
 
 
-async def _repair(db: Database, blobs: BlobStore, report: FsckReport) -> None:
+async def _repair(db: SqliteMetadata, blobs: BlobDir, report: FsckReport) -> None:
     quarantine = blobs.root / "quarantine"
     for digest in report.corrupt:
         await asyncio.to_thread(quarantine.mkdir, exist_ok=True)
@@ -104,9 +115,8 @@ async def _repair(db: Database, blobs: BlobStore, report: FsckReport) -> None:
         )
     for digest in report.missing:
         await db.mark_blob_damaged(digest, "The stored content is missing; found by fsck.")
-    for digest in report.orphaned:
-        await asyncio.to_thread(blobs.remove, digest)
-    await asyncio.to_thread(blobs.remove_parts, report.stray_part_files)
+    await blobs.delete(report.orphaned)
+    await blobs.remove_parts(report.stray_part_files)
     for name in report.stray_temp_files:
         await asyncio.to_thread((blobs.temp_dir / name).unlink, missing_ok=True)
 
@@ -119,28 +129,14 @@ def _digest_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class GcReport:
-    expired_files: int
-    purged_rows: int
-    orphaned_blobs: int
-
-
 async def gc(data_dir: Path, *, deleted_retention: int) -> GcReport:
     """Delete expired files, purge rows soft-deleted over `deleted_retention` seconds ago,
     and reclaim blobs no file refers to. The server runs the same in the background."""
-    store = await FileStore.open(data_dir)
+    store = await FileStore.open(StoreSettings(data_dir))
     try:
-        return await collect(store, deleted_retention=deleted_retention)
+        return await store.collect(deleted_retention=deleted_retention)
     finally:
         await store.close()
-
-
-async def collect(store: FileStore, *, deleted_retention: int) -> GcReport:
-    expired = await store.sweep_expired()
-    purged = await store.db.purge_deleted(before=store.now() - deleted_retention)
-    orphans = await store.sweep_orphans()
-    return GcReport(expired, purged, orphans)
 
 
 class BackupRefused(OSError):
@@ -169,79 +165,51 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
         raise BackupRefused(f"{dest} is inside the data directory {data_dir}: back up elsewhere")
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
-    source_db = data_dir / "filesd.db"
+    source_db = database_path(data_dir)
     if not source_db.is_file():
         raise FileNotFoundError(f"no filesd database in {data_dir}")
-    target = BlobStore(dest)
-    target.prepare()
-    with sqlite3.connect(source_db) as src, sqlite3.connect(dest / "filesd.db") as copy:
-        src.backup(copy)
-        digests = [
-            row[0]
-            for row in copy.execute("SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL")
-        ]
-        source = BlobStore(data_dir)
-        copied, gone = 0, []
-        for digest in digests:
-            try:
-                shutil.copyfile(source.path_for(digest), target.path_for(digest))
-            except FileNotFoundError:
-                gone.append(digest)
-                continue
-            with target.path_for(digest).open("rb") as f:
-                os.fsync(f.fileno())
-            copied += 1
-        now = int(time.time())
-        for digest in gone:
-            copy.execute(
-                "UPDATE files SET deleted_at = ? WHERE sha256 = ? AND deleted_at IS NULL",
-                (now, digest),
-            )
-        copy.execute("DELETE FROM upload_parts")
-        copy.execute(
-            "UPDATE uploads SET status = 'expired' WHERE status IN ('pending', 'completing')"
-        )
-        files = copy.execute("SELECT COUNT(*) FROM files WHERE deleted_at IS NULL").fetchone()[0]
-        copy.commit()
-    for directory in (dest, target.blob_dir, *target.blob_dir.iterdir()):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    source, target = BlobDir(data_dir), BlobDir(dest)
+    target.prepare_sync()
+    digests = snapshot_database(source_db, database_path(dest))
+    copied, gone = 0, []
+    for digest in digests:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return BackupReport(files=int(files), blobs=copied, deleted_meanwhile=len(gone))
+            shutil.copyfile(source.path_for(digest), target.path_for(digest))
+        except FileNotFoundError:
+            gone.append(digest)
+            continue
+        with target.path_for(digest).open("rb") as f:
+            os.fsync(f.fileno())
+        copied += 1
+    files = finish_snapshot(database_path(dest), gone, now=int(time.time()))
+    for directory in (dest, target.blob_dir, *target.blob_dir.iterdir()):
+        fsync_dir(directory)
+    return BackupReport(files=files, blobs=copied, deleted_meanwhile=len(gone))
+
+
+@contextlib.asynccontextmanager
+async def _key_store(data_dir: Path) -> AsyncIterator[KeyStore]:
+    """The keys of a data directory; works beside a running server (SQLite's WAL)."""
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    meta = await SqliteMetadata.open(database_path(data_dir))
+    try:
+        yield KeyStore(meta)
+    finally:
+        await meta.close()
 
 
 async def create_key(data_dir: Path, project: str) -> tuple[str, str]:
     """Make a new key for `project`; returns (key id, the key). Only its digest is stored."""
-    key = KEY_PREFIX + secret_base62(40)  # ~238 bits
-    key_id = "key_" + secret_base62(12)
-    db = await _open_db(data_dir)
-    try:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        await db.insert_key(key_id, digest, project, key[-4:], int(time.time()))
-    finally:
-        await db.close()
-    return key_id, key
+    async with _key_store(data_dir) as keys:
+        return await keys.create(project)
 
 
 async def list_keys(data_dir: Path) -> list[tuple[str, str, str, int, int | None]]:
     """(id, project, hint, created_at, revoked_at) of every key made with `create_key`."""
-    db = await _open_db(data_dir)
-    try:
-        return [(k[0], k[2], k[3], k[4], k[5]) for k in await db.keys()]
-    finally:
-        await db.close()
+    async with _key_store(data_dir) as keys:
+        return [(k.id, k.project, k.hint, k.created_at, k.revoked_at) for k in await keys.all()]
 
 
 async def revoke_key(data_dir: Path, key_id: str) -> bool:
-    db = await _open_db(data_dir)
-    try:
-        return await db.revoke_key(key_id, int(time.time()))
-    finally:
-        await db.close()
-
-
-async def _open_db(data_dir: Path) -> Database:
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    return await Database.open(data_dir / "filesd.db")
+    async with _key_store(data_dir) as keys:
+        return await keys.revoke(key_id)

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, web
-from aiohttp.abc import AbstractStreamWriter
 from multidict import MultiMapping
 
 from .appkeys import AUTHENTICATOR, CONFIG, STORE, UPLOAD_SLOTS
 from .auth import PROJECT
-from .blobs import SMALL_BYTES
+from .content import send_content
 from .errors import (
     ApiError,
     InvalidRequest,
-    RangeNotSatisfiable,
     ServerError,
     error_response,
     file_too_large,
@@ -31,26 +25,7 @@ from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
 OFFSET_MAX = 2**63 - 1  # SQLite's largest integer: beyond it the query itself would fail
-# Files up to this size are sent from memory (the store caches them, or reads them whole in one
-# thread hop), which beats FileResponse's two hops (open+stat, close) for small bodies.
-SMALL_CONTENT = SMALL_BYTES
-# Requests with these headers take the FileResponse path, which implements them.
-_CONDITIONAL = (
-    "Range",
-    "If-Range",
-    "If-Match",
-    "If-None-Match",
-    "If-Modified-Since",
-    "If-Unmodified-Since",
-)
 _INT = re.compile(r"-?[0-9]+")
-# RFC 9110 §14.1.1, strictly: no whitespace inside a range-spec (aiohttp's own parser, which
-# FileResponse uses, refuses it with a bare 416).
-_BYTE_RANGE = re.compile(r"([0-9]*)-([0-9]*)", re.ASCII)
-# More digits than this (after leading zeros) is beyond any file: 2^63 has 19.
-_MAX_DIGITS = 19
-# Conditions decided here (with the file's validators) rather than by FileResponse.
-_NEED_VALIDATORS = ("If-Match", "If-Unmodified-Since", "If-Range")
 _CONTENT_HEADERS = {
     "Content-Type": "application/octet-stream",
     "X-Content-Type-Options": "nosniff",
@@ -146,24 +121,8 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     if record.status == "error":
         raise ServerError(record.status_details or "The file is damaged.", code="file_damaged")
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
-    if record.bytes <= SMALL_CONTENT and not any(h in request.headers for h in _CONDITIONAL):
-        body, st = await store.read_small(record)
-        response = web.Response(body=body, headers=headers)
-        # The same validators FileResponse sends, so caches see one resource either way.
-        response.etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
-        response.last_modified = st.st_mtime
-        response.headers["Accept-Ranges"] = "bytes"
-        return response
-    path = await store.blob_path(record)
-    validators = None
-    if any(h in request.headers for h in _NEED_VALIDATORS):
-        st = await asyncio.to_thread(path.stat)
-        # The validators FileResponse sends (it computes them from the same stat).
-        validators = Validators(f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime)
-        _check_preconditions(request, validators)
-    if _check_range(request, record.bytes, validators):
-        return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
-    return _WholeFileResponse(path, chunk_size=256 * 1024, headers=headers)
+    # Validators, conditions and ranges: see filesd.content.
+    return await send_content(request, store, record, headers)
 
 
 def content_disposition(filename: str) -> str:
@@ -173,123 +132,6 @@ def content_disposition(filename: str) -> str:
     if fallback != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+^`|~')}"
     return value
-
-
-@dataclass(frozen=True)
-class Validators:
-    """A download's current validators: the ETag's value (without quotes), Last-Modified."""
-
-    etag: str
-    last_modified: float
-
-    @property
-    def last_modified_second(self) -> int:
-        """Last-Modified as sent: whole seconds, rounded up as aiohttp rounds them."""
-        return math.ceil(self.last_modified)
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "ETag": f'"{self.etag}"',
-            "Last-Modified": formatdate(self.last_modified_second, usegmt=True),
-        }
-
-
-def _check_preconditions(request: web.Request, validators: Validators) -> None:
-    """If-Match and If-Unmodified-Since (RFC 9110 §13.1.1, §13.1.4): 412 in the envelope, with
-    the validators and Cache-Control, when they fail."""
-    if_match = request.if_match
-    if if_match is not None:
-        failed = not any(
-            tag.value == "*" or (not tag.is_weak and tag.value == validators.etag)
-            for tag in if_match
-        )
-    else:
-        since = request.if_unmodified_since
-        failed = since is not None and validators.last_modified_second > since.timestamp()
-    if failed:
-        raise ApiError(
-            "Precondition failed: the file does not match If-Match / If-Unmodified-Since.",
-            code="precondition_failed",
-            status=412,
-            headers={"Cache-Control": _CONTENT_HEADERS["Cache-Control"], **validators.headers()},
-        )
-
-
-def _check_range(request: web.Request, size: int, validators: Validators | None = None) -> bool:
-    """Whether the response may follow the request's `Range` (True also when there is none).
-
-    RFC 9110 §14: a Range in another unit than bytes, or with several ranges (no
-    multipart/byteranges here), is ignored, and so is one whose If-Range does not match
-    `validators` (needed when If-Range is sent): False, send the whole file with 200. A byte
-    range is decided here, every case: malformed (whitespace included), unsatisfiable
-    (`bytes=-0`, a first byte at or past the end, any range of an empty file) is a 416 in the
-    envelope with `Content-Range: bytes */size`; a last byte past the end is the end. The
-    range decided is handed to FileResponse as the request's parsed `http_range`, so it never
-    parses the header again by its own rules.
-    """
-    value = request.headers.get("Range")
-    if value is None:
-        return True
-    unit, _, ranges = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in ranges:
-        return False
-    if "If-Range" in request.headers and not _if_range_matches(request, validators):
-        return False
-    chosen = _byte_range(ranges, size)
-    if chosen is None:
-        raise RangeNotSatisfiable(
-            f"Range not satisfiable for a file of {size} bytes: {value[:100]}",
-            param="Range",
-            headers={"Content-Range": f"bytes */{size}"},
-        )
-    # aiohttp caches the parsed header there (its own `clone` fills it the same way).
-    request._cache["http_range"] = chosen
-    return True
-
-
-def _byte_range(spec: str, size: int) -> slice | None:
-    """One RFC 9110 range-spec as the slice aiohttp's `http_range` gives (a suffix is a
-    negative start), clamped to `size`; None if malformed or unsatisfiable."""
-    match = _BYTE_RANGE.fullmatch(spec)
-    if match is None or match.group(1) == match.group(2) == "" or size == 0:
-        return None
-    first, last = (_position(group) for group in match.groups())
-    if first is None:  # a suffix: the last `last` bytes (all of them if there are fewer)
-        assert last is not None
-        return None if last == 0 else slice(-min(last, size), None, 1)
-    if first >= size or (last is not None and last < first):
-        return None
-    return slice(first, None if last is None or last >= size else last + 1, 1)
-
-
-def _position(digits: str) -> int | None:
-    """A byte position: None if absent; anything longer than `_MAX_DIGITS` is 2^63, beyond
-    any file (int() would refuse thousands of digits, and need not read them)."""
-    if not digits:
-        return None
-    digits = digits.lstrip("0") or "0"
-    return 2**63 if len(digits) > _MAX_DIGITS else int(digits)
-
-
-def _if_range_matches(request: web.Request, validators: Validators | None) -> bool:
-    """If-Range holds an entity tag (strong comparison) or a date (an exact match)."""
-    if validators is None:
-        return False
-    value = request.headers["If-Range"].strip()
-    if value.startswith(('"', "W/")):
-        return value == f'"{validators.etag}"'
-    date = request.if_range
-    return date is not None and validators.last_modified_second == date.timestamp()
-
-
-class _WholeFileResponse(web.FileResponse):
-    """A FileResponse that sends the whole file whatever `Range` says: the caller decided to
-    ignore it (FileResponse would answer an unknown unit or several ranges with a 416)."""
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        headers = request.headers.copy()
-        del headers["Range"]
-        return await super().prepare(request.clone(headers=headers))
 
 
 def _list_query(params: MultiMapping[str]) -> ListQuery:

@@ -1,20 +1,23 @@
 """The file store: the one service the HTTP layer talks to.
 
-It joins the metadata database and the blob store and keeps them consistent:
-- content is linked into the blob store (fsynced, renamed) before its row is committed, so a
+It joins a metadata store and a blob backend (the Protocols of `filesd.storage.base`; by
+default SQLite and a blob directory in the data dir) and keeps them consistent:
+- content is committed to the blob backend (durable) before its row is committed, so a
   committed row always has its bytes;
 - identical content is stored once; a blob is reclaimed when no file that is not deleted refers
   to it;
-- linking a blob and inserting its row, and deleting a row and reclaiming its blob, each happen
-  under one write lock, so a delete can never remove a blob that a concurrent upload of the same
-  bytes is about to refer to;
+- committing a blob and inserting its row, and deleting a row and reclaiming its blob, each
+  happen under one write lock, so a delete can never remove a blob that a concurrent upload of
+  the same bytes is about to refer to;
 - uploads that finish while a commit is under way are committed together (group commit): their
-  blobs linked with one fsync per directory, their rows inserted in one statement (one commit),
-  so concurrent uploads share the fsyncs instead of queueing behind one another's.
+  blobs committed with one durability barrier, their rows inserted in one statement (one
+  commit), so concurrent uploads share the fsyncs instead of queueing behind one another's.
 Blobs left without a row by a crash are swept by `sweep_orphans`, under the same lock.
 
-Errors are plain exceptions (`FileNotFound`, `CursorNotFound`, `BlobMissing`, `BlobTooLarge`);
-mapping them to HTTP is the caller's job.
+The backends are private: callers use the methods here, `keys` (a `KeyStore`) and, for the
+Uploads API, `upload_backing()`. Errors are plain exceptions (`FileNotFound`, `CursorNotFound`,
+`QuotaExceeded`, `ImportConflict`, and the storage's neutral `BlobMissing`, `BlobTooLarge`,
+`StorageFull`, `StorageBusy`); mapping them to HTTP is the caller's job.
 """
 
 from __future__ import annotations
@@ -24,16 +27,32 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, TYPE_CHECKING, Literal
 
-from .blobs import SMALL_BYTES, BlobStore, BlobTooLarge, BlobWriter, StagedBlob
-from .db import Database
-from .faultrules import storage_fault
+from .archive import export_archive, stage_archive
 from .ids import IdMaker
-from .models import FilePage, FileRecord
+from .keys import KeyStore
+from .models import FilePage, FileRecord, ProjectUsage, StorageTotals
+from .storage.base import (
+    BlobBackend,
+    BlobMissing,
+    BlobTooLarge,
+    BlobWriter,
+    MetadataStore,
+    StagedBlob,
+    StorageBusy,
+    StorageFull,
+    UploadMetadata,
+)
+from .storage.blobdir import BlobDir
+from .storage.cached import SMALL_CACHE_BYTES, CachedBlobs
+from .storage.sqlite import SqliteMetadata, database_path
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "BlobMissing",
@@ -42,19 +61,21 @@ __all__ = [
     "DataDirLocked",
     "FileNotFound",
     "FileStore",
+    "GcReport",
     "ImportConflict",
     "ListQuery",
     "QuotaExceeded",
+    "StorageBusy",
+    "StorageFull",
+    "StoreSettings",
+    "UploadBacking",
     "lock_data_dir",
 ]
 
 log = logging.getLogger(__name__)
 
 _SWEEP_BATCH = 500
-# Small blobs read for downloads are kept in memory up to this many bytes in all. Blobs are
-# immutable (named by their digest), so the cache needs no invalidation: a digest's bytes are
-# the same whenever they are stored.
-SMALL_CACHE_BYTES = 32 * 1024 * 1024
+LOCK_NAME = "filesd.lock"
 
 
 class FileNotFound(Exception):
@@ -71,14 +92,6 @@ class CursorNotFound(Exception):
     def __init__(self, file_id: str) -> None:
         super().__init__(file_id)
         self.file_id = file_id
-
-
-class BlobMissing(Exception):
-    """A live file's bytes are not on disk: the data directory was damaged from outside."""
-
-    def __init__(self, record: FileRecord) -> None:
-        super().__init__(f"blob {record.sha256} of file {record.id} is missing")
-        self.record = record
 
 
 class QuotaExceeded(Exception):
@@ -103,6 +116,48 @@ class DataDirLocked(Exception):
     """Another filesd process is using this data directory."""
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    """Everything the store is configured with; `from_config` is the one place that reads
+    them from a `Config`."""
+
+    data_dir: Path
+    id_format: str = "uuid"
+    max_file_bytes: int = 512 * 1024 * 1024
+    default_expires_after: Mapping[str, int] = field(default_factory=dict)
+    small_cache_bytes: int = SMALL_CACHE_BYTES
+    max_files_per_project: int = 0
+    max_bytes_per_project: int = 0
+    id_seed: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> StoreSettings:
+        return cls(
+            data_dir=config.storage.data_dir,
+            id_format=config.files.id_format,
+            max_file_bytes=config.limits.max_file_bytes,
+            default_expires_after=dict(config.files.default_expires_after),
+            max_files_per_project=config.limits.max_files_per_project,
+            max_bytes_per_project=config.limits.max_bytes_per_project,
+            id_seed=config.testing.id_seed,
+        )
+
+
+@dataclass(frozen=True)
+class UploadBacking:
+    """What the Uploads API builds on beside the store: upload and part rows, part bytes."""
+
+    meta: UploadMetadata
+    blobs: BlobBackend
+
+
+@dataclass
+class GcReport:
+    expired_files: int
+    purged_rows: int
+    orphaned_blobs: int
+
+
 @dataclass
 class _Queued:
     staged: StagedBlob
@@ -119,104 +174,90 @@ class ListQuery:
     order: Literal["asc", "desc"] = "desc"
 
 
+BlobWrapper = Callable[[BlobBackend], BlobBackend]
+
+
 class FileStore:
-    """Files of all projects. Create with `await FileStore.open(...)`, end with `close()`."""
+    """Files of all projects. Create with `await FileStore.open(settings)`, end with `close()`."""
 
     def __init__(
         self,
-        db: Database,
-        blobs: BlobStore,
+        meta: MetadataStore,
+        blobs: BlobBackend,
+        settings: StoreSettings,
         *,
-        lock_fd: int,
-        id_format: str,
-        max_file_bytes: int,
-        default_expires_after: Mapping[str, int],
-        clock: Callable[[], float],
-        small_cache_bytes: int = SMALL_CACHE_BYTES,
-        max_files_per_project: int = 0,
-        max_bytes_per_project: int = 0,
-        id_seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        # db and blobs are shared with the upload service, which builds on this store.
-        self.db = db
-        self.blobs = blobs
-        self._lock_fd = lock_fd
-        self.ids = IdMaker(id_format, id_seed)
-        self.new_file_id = self.ids.file_id
-        self._max_file_bytes = max_file_bytes
-        self._default_expires_after = dict(default_expires_after)
+        self._meta = meta
+        self._blobs = blobs
+        self._settings = settings
         self._clock = clock
+        self._on_close = on_close
+        self.ids = IdMaker(settings.id_format, settings.id_seed)
+        self.new_file_id = self.ids.file_id
+        self.keys = KeyStore(meta, clock)
         self._write_lock = asyncio.Lock()
         self._queue: list[_Queued] = []
         self._committer: asyncio.Task[None] | None = None
-        self._small: dict[str, tuple[bytes, os.stat_result]] = {}
-        self._small_bytes = 0
-        self._small_limit = small_cache_bytes
-        self._max_files = max_files_per_project
-        self._max_bytes = max_bytes_per_project
 
     @classmethod
     async def open(
         cls,
-        data_dir: Path,
+        settings: StoreSettings,
         *,
-        id_format: str = "uuid",
-        max_file_bytes: int = 512 * 1024 * 1024,
-        default_expires_after: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.time,
-        small_cache_bytes: int = SMALL_CACHE_BYTES,
-        max_files_per_project: int = 0,
-        max_bytes_per_project: int = 0,
-        id_seed: int | None = None,
+        wrap_blobs: BlobWrapper | None = None,
     ) -> FileStore:
-        """Open (creating if needed) the store in `data_dir` and clean up interrupted uploads.
-
-        Raises `DataDirLocked` if another process holds the directory.
+        """Open (creating if needed) the store in `settings.data_dir`: SQLite and a blob
+        directory there; clean up interrupted uploads. `wrap_blobs` wraps the blob backend
+        (fault injection). Raises `DataDirLocked` if another process holds the directory.
         """
-        blobs = BlobStore(data_dir)
+        data_dir = settings.data_dir
         lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
         try:
-            removed = await asyncio.to_thread(blobs.prepare)
+            local = BlobDir(data_dir)
+            removed = await local.prepare()
             if removed:
                 log.info("removed %d temp file(s) of interrupted uploads", removed)
-            db = await Database.open(data_dir / "filesd.db")
+            blobs: BlobBackend = CachedBlobs(local, settings.small_cache_bytes)
+            if wrap_blobs is not None:
+                blobs = wrap_blobs(blobs)
+            meta = await SqliteMetadata.open(database_path(data_dir))
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(
-            db,
-            blobs,
-            lock_fd=lock_fd,
-            id_format=id_format,
-            max_file_bytes=max_file_bytes,
-            default_expires_after=default_expires_after or {},
-            clock=clock,
-            small_cache_bytes=small_cache_bytes,
-            max_files_per_project=max_files_per_project,
-            max_bytes_per_project=max_bytes_per_project,
-            id_seed=id_seed,
-        )
+        return cls(meta, blobs, settings, clock=clock, on_close=lambda: os.close(lock_fd))
 
     async def close(self) -> None:
         if self._committer is not None:
             await asyncio.gather(self._committer, return_exceptions=True)
-        await self.db.close()
-        os.close(self._lock_fd)
+        await self._meta.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    @property
+    def settings(self) -> StoreSettings:
+        return self._settings
 
     @property
     def max_file_bytes(self) -> int:
-        return self._max_file_bytes
+        return self._settings.max_file_bytes
 
     def now(self) -> int:
         return int(self._clock())
 
+    def upload_backing(self) -> UploadBacking:
+        """The upload rows and part storage, for `filesd.uploads.UploadService` (only)."""
+        return UploadBacking(self._meta, self._blobs)
+
     def blob_writer(self) -> BlobWriter:
         """A writer for the content of a new file, capped at `max_file_bytes`."""
-        return self.blobs.writer(self._max_file_bytes)
+        return self._blobs.writer(self.max_file_bytes)
 
     async def discard(self, staged: StagedBlob) -> None:
         """Drop staged content that will not become a file."""
-        await asyncio.to_thread(self.blobs.discard, staged)
+        await self._blobs.discard([staged])
 
     async def create_file(
         self,
@@ -228,14 +269,14 @@ class FileStore:
         expires_after: int | None = None,
         file_id: str | None = None,
     ) -> FileRecord:
-        """Store staged content as a new file; the staged temp file is consumed either way.
+        """Store staged content as a new file; the staged content is consumed either way.
 
         Without `expires_after` the purpose's default expiry applies (if any). `file_id` lets a
         caller reserve the id beforehand (see `new_file_id`); by default a new one is made.
-        Returns once the file is durable: blob fsynced and linked, row committed.
+        Returns once the file is durable: blob committed, row committed.
         """
         if expires_after is None:
-            expires_after = self._default_expires_after.get(purpose)
+            expires_after = self._settings.default_expires_after.get(purpose)
         created_at = self.now()
         record = FileRecord(
             id=file_id or self.new_file_id(),
@@ -260,21 +301,23 @@ class FileStore:
 
         A cheap early refusal; the binding check happens when the file is committed.
         """
-        if self._max_files or self._max_bytes:
-            usage = await self.db.usage([project])
+        s = self._settings
+        if s.max_files_per_project or s.max_bytes_per_project:
+            usage = await self._meta.usage([project])
             self._check_quota(project, *usage[project], incoming_bytes)
 
     def _check_quota(self, project: str, files: int, size: int, incoming: int) -> None:
-        if self._max_files and files + 1 > self._max_files:
-            raise QuotaExceeded(project, "files", self._max_files)
-        if self._max_bytes and size + incoming > self._max_bytes:
-            raise QuotaExceeded(project, "bytes", self._max_bytes)
+        s = self._settings
+        if s.max_files_per_project and files + 1 > s.max_files_per_project:
+            raise QuotaExceeded(project, "files", s.max_files_per_project)
+        if s.max_bytes_per_project and size + incoming > s.max_bytes_per_project:
+            raise QuotaExceeded(project, "bytes", s.max_bytes_per_project)
 
     async def _within_quotas(self, batch: list[_Queued]) -> list[_Queued]:
         """The queued files that fit their projects' quotas; the others are refused."""
-        if not (self._max_files or self._max_bytes):
+        if not (self._settings.max_files_per_project or self._settings.max_bytes_per_project):
             return batch
-        usage = await self.db.usage(sorted({q.record.project for q in batch}))
+        usage = await self._meta.usage(sorted({q.record.project for q in batch}))
         accepted: list[_Queued] = []
         refused: list[StagedBlob] = []
         for queued in batch:
@@ -288,8 +331,7 @@ class FileStore:
                 continue
             usage[project] = (files + 1, size + queued.record.bytes)
             accepted.append(queued)
-        if refused:
-            await asyncio.to_thread(self._discard_all, refused)
+        await self._blobs.discard(refused)
         return accepted
 
     async def _commit_queued(self) -> None:
@@ -300,9 +342,7 @@ class FileStore:
             try:
                 async with self._write_lock:
                     batch = await self._within_quotas(batch)
-                    results = await asyncio.to_thread(
-                        self.blobs.link_all, [q.staged for q in batch]
-                    )
+                    results = await self._blobs.commit([q.staged for q in batch])
                     for queued, result in zip(batch, results, strict=True):
                         if isinstance(result, Exception):
                             queued.done.set_exception(result)
@@ -310,7 +350,7 @@ class FileStore:
                             linked.append(queued)
                     # A crash here leaves blobs with no row: invisible, and swept at start-up.
                     if linked:
-                        await self.db.insert_files([q.record for q in linked])
+                        await self._meta.insert_files([q.record for q in linked])
             except BaseException as error:
                 for queued in batch:
                     if not queued.done.done():
@@ -320,63 +360,57 @@ class FileStore:
             else:
                 for queued in linked:
                     queued.done.set_result(None)
-                for queued, result in zip(batch, results, strict=True):
-                    if queued.staged.content is not None and not isinstance(result, Exception):
-                        self._remember_small(
-                            queued.staged.sha256, queued.staged.content, result.stat
-                        )
             finally:
-                for queued in batch:  # consumed by link_all, or never reached it
+                for queued in batch:  # consumed by commit, or never reached it
                     if not queued.done.done():
                         queued.done.set_exception(RuntimeError("commit abandoned"))
 
     async def get_file(self, project: str, file_id: str) -> FileRecord:
-        record = await self.db.get_live_file(project, file_id, now=self.now())
+        record = await self._meta.get_live_file(project, file_id, now=self.now())
         if record is None:
             raise FileNotFound(file_id)
         return record
 
-    async def read_small(self, record: FileRecord) -> tuple[bytes, os.stat_result]:
-        """A small file's bytes and its blob's stat, from memory or in one thread hop.
+    # --- content --------------------------------------------------------------------------------
+
+    async def read_small(self, record: FileRecord) -> bytes:
+        """A small file's bytes, from memory or in one thread hop; raises `BlobMissing`.
 
         Small blobs are kept in memory when written or read (up to the cache's bound), so a
-        blob removed from disk behind filesd's back may still be served for a while; otherwise
-        its absence raises `BlobMissing`.
+        blob removed from disk behind filesd's back may still be served for a while.
         """
-        _injected_missing_blob(record)
-        cached = self._small.get(record.sha256)
-        if cached is not None:
-            return cached
         try:
-            found = await asyncio.to_thread(self.blobs.read, record.sha256)
-        except FileNotFoundError:
-            log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
-            raise BlobMissing(record) from None
-        self._remember_small(record.sha256, *found)
-        return found
+            return await self._blobs.read(record.sha256)
+        except BlobMissing:
+            raise _missing(record) from None
 
-    def _remember_small(self, digest: str, content: bytes, stat: os.stat_result) -> None:
-        """Keep a small blob in memory (written or read just now); evicts the oldest first."""
-        if digest in self._small or len(content) > SMALL_BYTES:
-            return
-        self._small[digest] = (content, stat)
-        self._small_bytes += len(content)
-        while self._small_bytes > self._small_limit:
-            oldest = next(iter(self._small))
-            self._small_bytes -= len(self._small.pop(oldest)[0])
+    async def open_local(self, record: FileRecord) -> IO[bytes] | None:
+        """A file's bytes opened for reading (for zero-copy sendfile; the caller closes it),
+        or None when the blob backend keeps no local files. Raises `BlobMissing`."""
+        try:
+            path = self._blobs.local_path(record.sha256)
+            if path is None:
+                return None
+            return await asyncio.to_thread(path.open, "rb")
+        except (BlobMissing, FileNotFoundError):
+            raise _missing(record) from None
 
-    async def blob_path(self, record: FileRecord) -> Path:
-        """The path of a file's bytes; raises `BlobMissing` if they are gone."""
-        _injected_missing_blob(record)
-        path = self.blobs.path_for(record.sha256)
-        if not await asyncio.to_thread(path.is_file):
-            log.error("file %s: blob %s is missing from disk", record.id, record.sha256)
-            raise BlobMissing(record)
-        return path
+    async def read_range(
+        self, record: FileRecord, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """`length` bytes (None: to the end) of a file from `start`, as a stream of chunks.
+        Raises `BlobMissing` (on the first iteration) if they are gone."""
+        try:
+            async for chunk in self._blobs.open_range(record.sha256, start, length):
+                yield chunk
+        except BlobMissing:
+            raise _missing(record) from None
+
+    # --- listing and deleting -------------------------------------------------------------------
 
     async def list_files(self, project: str, query: ListQuery) -> FilePage:
         # One row more than asked for tells whether another page follows.
-        found = await self.db.list_live_files(
+        found = await self._meta.list_live_files(
             project,
             now=self.now(),
             purpose=query.purpose,
@@ -393,33 +427,67 @@ class FileStore:
     async def delete_file(self, project: str, file_id: str) -> FileRecord:
         """Soft-delete a file and reclaim its blob if no other file refers to it."""
         async with self._write_lock:
-            record = await self.db.mark_deleted(project, file_id, now=self.now())
+            record = await self._meta.mark_deleted(project, file_id, now=self.now())
             if record is None:
                 raise FileNotFound(file_id)
-            # A crash between the commit above and the unlink leaves an orphan blob: swept later.
-            if not await self.db.blob_in_use(record.sha256):
-                await asyncio.to_thread(self.blobs.remove, record.sha256)
+            # A crash between the commit above and the delete leaves an orphan blob: swept later.
+            if not await self._meta.blob_in_use(record.sha256):
+                await self._blobs.delete([record.sha256])
         return record
 
-    async def import_files(self, records: list[FileRecord], staged: list[StagedBlob]) -> None:
-        """Store files exported elsewhere, ids and times kept; consumes `staged` either way.
+    # --- export and import ----------------------------------------------------------------------
 
-        Refuses (`ImportConflict`, nothing stored) if any id is taken already.
+    async def export_archive(self, project: str | None) -> tuple[int, AsyncIterator[bytes]]:
+        """A tar archive of the live files (of `project`, or all) and their blobs: its length
+        in bytes and its bytes as a stream (see `filesd.archive`)."""
+        records = await self._meta.live_files(project)
+        return export_archive(records, self._blobs.open_range)
+
+    async def import_archive(self, chunks: AsyncIterator[bytes], purposes: Collection[str]) -> int:
+        """Store the files of an export archive (ids and times kept); returns how many.
+
+        `purposes` are those this server accepts: a file of another purpose is refused.
+
+        Raises `ArchiveError` for a malformed archive, `ImportConflict` if any id is taken
+        already; either way nothing is stored.
         """
+        staged: list[StagedBlob] = []
+        try:
+            records = await stage_archive(
+                chunks, lambda: self._blobs.writer(None), staged, purposes
+            )
+        except BaseException:
+            await self._blobs.discard(staged)
+            raise
+        await self._import_files(records, staged)
+        return len(records)
+
+    async def _import_files(self, records: list[FileRecord], staged: list[StagedBlob]) -> None:
+        """Store files exported elsewhere, ids and times kept; consumes `staged` either way."""
         try:
             async with self._write_lock:
-                taken = await self.db.existing_ids([r.id for r in records])
+                taken = await self._meta.existing_ids([r.id for r in records])
                 if taken:
                     raise ImportConflict(taken)
-                results = await asyncio.to_thread(self.blobs.link_all, staged)
-                staged = []
+                results, staged = await self._blobs.commit(staged), []
                 failed = [r for r in results if isinstance(r, Exception)]
                 if failed:
                     raise failed[0]
-                if records:
-                    await self.db.insert_files(records)
+                # Under the lock no other row can take these ids since the check; the
+                # insert is one transaction all the same (re-checked, all or none).
+                taken = await self._meta.import_files(records)
+                if taken:
+                    raise ImportConflict(taken)
         finally:
-            await asyncio.to_thread(self._discard_all, staged)
+            await self._blobs.discard(staged)
+
+    # --- operator views and maintenance ---------------------------------------------------------
+
+    async def storage_totals(self) -> StorageTotals:
+        return await self._meta.storage_totals()
+
+    async def project_usage(self) -> list[ProjectUsage]:
+        return await self._meta.project_usage()
 
     async def reset(self, project: str | None) -> int:
         """Remove every file and upload, or one project's; returns how many live files went.
@@ -427,23 +495,21 @@ class FileStore:
         For tests (the admin API): unlike a delete, no row is kept for audit.
         """
         async with self._write_lock:
-            removed, tokens = await self.db.delete_everything(project)
-        await asyncio.to_thread(self.blobs.remove_parts, tokens)
-        self._small.clear()
-        self._small_bytes = 0
+            removed, tokens = await self._meta.delete_everything(project)
+        await self._blobs.remove_parts(tokens)
         await self.sweep_orphans()
         return removed
 
     async def readiness_problems(self) -> list[str]:
-        """What keeps the store from serving: an unreadable database, an unwritable data dir."""
+        """What keeps the store from serving: an unreadable database, unwritable storage."""
         problems = []
         try:
-            await self.db.schema_version()
+            await self._meta.schema_version()
         except Exception as error:
             problems.append(f"database: {error}")
         try:
-            await asyncio.to_thread(self.blobs.check_writable)
-        except OSError as error:
+            await self._blobs.check_writable()
+        except Exception as error:
             problems.append(f"data directory: {error}")
         return problems
 
@@ -452,10 +518,9 @@ class FileStore:
         swept = 0
         while True:
             async with self._write_lock:
-                digests = await self.db.delete_expired_files(now=self.now(), limit=_SWEEP_BATCH)
-                unused = set(digests) - await self.db.blobs_in_use(sorted(set(digests)))
-                if unused:
-                    await asyncio.to_thread(self._remove_blobs, sorted(unused))
+                digests = await self._meta.delete_expired_files(now=self.now(), limit=_SWEEP_BATCH)
+                unused = set(digests) - await self._meta.blobs_in_use(sorted(set(digests)))
+                await self._blobs.delete(sorted(unused))
             swept += len(digests)
             if len(digests) < _SWEEP_BATCH:
                 break
@@ -465,40 +530,37 @@ class FileStore:
 
     async def sweep_orphans(self) -> int:
         """Remove blobs no file refers to (left by a crash); returns how many were removed."""
-        digests = await asyncio.to_thread(lambda: list(self.blobs.digests()))
+        digests = await self._blobs.digests()
         removed = 0
         for start in range(0, len(digests), _SWEEP_BATCH):
             batch = digests[start : start + _SWEEP_BATCH]
-            # Under the lock no upload is between linking its blob and committing its row,
-            # so a blob without a row here is truly unreferenced.
+            # Under the lock no upload is between committing its blob and its row, so a
+            # blob without a row here is truly unreferenced.
             async with self._write_lock:
-                in_use = await self.db.blobs_in_use(batch)
-                orphans = [d for d in batch if d not in in_use]
-                if orphans:
-                    removed += await asyncio.to_thread(self._remove_blobs, orphans)
+                in_use = await self._meta.blobs_in_use(batch)
+                removed += await self._blobs.delete([d for d in batch if d not in in_use])
         if removed:
             log.info("removed %d orphaned blob(s)", removed)
         return removed
 
-    def _discard_all(self, staged: list[StagedBlob]) -> None:
-        for item in staged:
-            self.blobs.discard(item)
+    async def collect(self, *, deleted_retention: int) -> GcReport:
+        """Garbage collection (`filesd gc`, and the server's periodic upkeep): expired files,
+        rows soft-deleted over `deleted_retention` seconds ago, and unreferenced blobs."""
+        expired = await self.sweep_expired()
+        purged = await self._meta.purge_deleted(before=self.now() - deleted_retention)
+        orphans = await self.sweep_orphans()
+        return GcReport(expired, purged, orphans)
 
-    def _remove_blobs(self, digests: list[str]) -> int:
-        return sum(self.blobs.remove(d) for d in digests)
 
-
-def _injected_missing_blob(record: FileRecord) -> None:
-    rule = storage_fault.get()
-    if rule is not None and rule.storage == "missing_blob":
-        log.error("file %s: blob %s is missing (injected fault)", record.id, record.sha256)
-        raise BlobMissing(record)
+def _missing(record: FileRecord) -> BlobMissing:
+    log.error("file %s: blob %s is missing from storage", record.id, record.sha256)
+    return BlobMissing(record.sha256, file_id=record.id)
 
 
 def lock_data_dir(data_dir: Path) -> int:
     """Take the data directory's lock (one process at a time); returns the fd holding it."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "filesd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import tempfile
 import threading
 import uuid
@@ -27,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .appkeys import STORE
+from .appkeys import AUTHENTICATOR, STORE
 from .config import Config, parse_config
-from .ids import secret_base62
 from .server import running
 
 if TYPE_CHECKING:
@@ -72,27 +70,23 @@ class FilesdServer:
     def new_project(self, name: str | None = None) -> FilesdProject:
         """A project no other caller sees, with its own key.
 
-        Open server (no keys configured): a fresh random token is a fresh project. With keys
-        configured: a key for project `name` (default: a new unique name) is made in the
-        database and takes effect at once.
+        Open server (no keys configured, in the file or in the database): a fresh random
+        token is a fresh project. Otherwise a key for project `name` (default: a new unique
+        name) is made in the database and takes effect at once. The running server decides
+        which, so the key always works.
         """
-        if self.config.auth.open_mode:
-            return FilesdProject(self.base_url, f"sk-test-{uuid.uuid4().hex}")
-        key = "sk-filesd-" + secret_base62(40)
         project = name or f"test-{uuid.uuid4().hex[:12]}"
-        future = asyncio.run_coroutine_threadsafe(self._add_key(key, project), self._loop)
-        future.result(timeout=30)
-        return FilesdProject(self.base_url, key)
+        future = asyncio.run_coroutine_threadsafe(self._new_key(project), self._loop)
+        return FilesdProject(self.base_url, future.result(timeout=30))
 
-    async def _add_key(self, key: str, project: str) -> None:
+    async def _new_key(self, project: str) -> str:
         from .app import reload_keys
 
-        store = self._app[STORE]
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        await store.db.insert_key(
-            "key_" + secret_base62(12), digest, project, key[-4:], store.now()
-        )
+        if self._app[AUTHENTICATOR].open_mode:
+            return f"sk-test-{uuid.uuid4().hex}"
+        _, key = await self._app[STORE].keys.create(project)
         await reload_keys(self._app)
+        return key
 
 
 @contextlib.contextmanager

@@ -8,11 +8,11 @@ from aiohttp import web
 
 from .appkeys import CONFIG, UPLOAD_SLOTS, UPLOADS
 from .auth import PROJECT
-from .blobs import BlobTooLarge
 from .bodies import read_json_object
 from .errors import InvalidRequest
 from .forms import FORM_OVERHEAD, read_form
 from .routes import expect_continue
+from .storage.base import BlobTooLarge
 from .validation import (
     check_expires_after,
     check_filename,

@@ -12,13 +12,12 @@ Errors are plain exceptions; the HTTP layer maps them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import replace
 
-from .blobs import BlobWriter, StagedBlob
 from .models import FileRecord, PartRecord, UploadRecord
+from .storage.base import BlobWriter, StagedBlob
 from .store import FileStore
 
 log = logging.getLogger(__name__)
@@ -70,8 +69,9 @@ class Md5Mismatch(Exception):
 class UploadService:
     def __init__(self, files: FileStore, *, max_part_bytes: int) -> None:
         self._files = files
-        self._db = files.db
-        self._blobs = files.blobs
+        backing = files.upload_backing()
+        self._db = backing.meta
+        self._blobs = backing.blobs
         self._max_part_bytes = max_part_bytes
         self._started = time.time()
 
@@ -122,7 +122,7 @@ class UploadService:
         """Keep staged content as the next part; consumes `staged` either way."""
         try:
             await self.get_pending(project, upload_id)
-            token = await asyncio.to_thread(self._blobs.save_part, staged)
+            token = await self._blobs.save_part(staged)
         except BaseException:
             await self.discard(staged)
             raise
@@ -135,7 +135,7 @@ class UploadService:
         )
         # The insert re-checks the status: a part racing a complete or cancel is refused.
         if not await self._db.insert_part(part, now=self._files.now()):
-            await asyncio.to_thread(self._blobs.remove_parts, [token])
+            await self._blobs.remove_parts([token])
             await self.get_pending(project, upload_id)  # raises with the current status
             raise UploadNotPending(upload_id, "expired")
         return part
@@ -163,15 +163,13 @@ class UploadService:
             await self.get_pending(project, upload_id)
             raise UploadNotPending(upload_id, "completing")
         try:
-            joined = await asyncio.to_thread(
-                self._blobs.concat_parts, [parts[p].token for p in part_ids]
-            )
-            if md5 is not None and joined.md5 != md5.lower():
-                await self.discard(joined.staged)
-                raise Md5Mismatch(md5, joined.md5)
+            joined, joined_md5 = await self._blobs.concat_parts([parts[p].token for p in part_ids])
+            if md5 is not None and joined_md5 != md5.lower():
+                await self.discard(joined)
+                raise Md5Mismatch(md5, joined_md5)
             record = await self._files.create_file(
                 project,
-                joined.staged,
+                joined,
                 filename=upload.filename,
                 purpose=upload.purpose,
                 expires_after=upload.file_expires_after,
@@ -211,10 +209,10 @@ class UploadService:
                 await self._finish(upload.id, upload.file_id)
             else:
                 await self._db.set_upload_status(upload.id, old="completing", new="pending")
-        on_disk = await asyncio.to_thread(self._blobs.part_tokens_older_than, self._started)
+        on_disk = await self._blobs.part_tokens_older_than(self._started)
         orphans = set(on_disk) - await self._db.part_tokens_in_use(on_disk)
         if orphans:
-            await asyncio.to_thread(self._blobs.remove_parts, sorted(orphans))
+            await self._blobs.remove_parts(sorted(orphans))
             log.info("removed %d part file(s) of interrupted uploads", len(orphans))
 
     async def _finish(self, upload_id: str, file_id: str) -> None:
@@ -225,4 +223,4 @@ class UploadService:
 
     async def _drop_parts(self, upload_id: str) -> None:
         tokens = await self._db.delete_parts(upload_id)
-        await asyncio.to_thread(self._blobs.remove_parts, tokens)
+        await self._blobs.remove_parts(tokens)

@@ -32,7 +32,7 @@ def test_defaults_need_no_file(tmp_path: Path) -> None:
     assert config.limits.max_file_bytes == 512 * 1024 * 1024
     assert config.files.id_format == "uuid"
     assert config.files.purposes == DEFAULT_PURPOSES
-    assert config.auth.open_mode
+    assert config.auth.keys == ()
 
 
 def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_keys_are_kept_only_as_digests(tmp_path: Path) -> None:
         (digest, "beta"),
     ]
     assert "sk-alpha" not in repr(config)
-    assert not config.auth.open_mode
+    assert len(config.auth.keys) == 2
 
 
 def test_overrides_replace_only_what_is_given(tmp_path: Path) -> None:

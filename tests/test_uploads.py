@@ -228,7 +228,7 @@ async def test_expired_uploads_are_refused_and_swept(
     # Swept by this call or by the app's own background sweep, whichever runs first.
     await client.app[UPLOADS].sweep_expired()
     await wait_until(lambda: not part_files(tmp_path), what="the parts removed")
-    stored = await client.app[STORE].db.get_upload("alpha", upload["id"])
+    stored = await client.app[STORE].upload_backing().meta.get_upload("alpha", upload["id"])
     assert stored is not None and stored.status == "expired"
 
 
@@ -315,7 +315,7 @@ async def test_recovery_is_done_before_serving(
     upload = await create_upload(first, 2)
     p = await part_id(first, upload["id"], b"ab")
     store = first.app[STORE]
-    assert await store.db.set_upload_status(
+    assert await store.upload_backing().meta.set_upload_status(
         upload["id"], old="pending", new="completing", file_id=store.new_file_id()
     )
     await first.close()

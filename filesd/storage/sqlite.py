@@ -1,4 +1,4 @@
-"""SQLite metadata: schema migrations and the queries the store needs.
+"""SQLite metadata (the default `MetadataStore`): schema migrations and every SQL statement.
 
 Three connections, each with its own aiosqlite thread, in WAL mode with `synchronous=FULL` (a
 committed row survives power loss, not just a process crash): one for the requests' writes, one
@@ -13,14 +13,27 @@ file, even within one second.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from .models import FileRecord, PartRecord, UploadRecord
+from ..models import (
+    FileRecord,
+    KeyRecord,
+    PartRecord,
+    ProjectUsage,
+    StorageTotals,
+    UploadRecord,
+)
+from .base import SchemaTooNew, StorageBusy, StorageFull
+
+# The database's name inside a data directory.
+DB_NAME = "filesd.db"
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: files
@@ -146,6 +159,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+
 _COLUMNS = (
     "id, project, filename, purpose, bytes, sha256, created_at, expires_at, status, status_details"
 )
@@ -154,14 +168,48 @@ _UPLOAD_COLUMNS = (
     "id, project, filename, purpose, mime_type, bytes, created_at, expires_at, "
     "file_expires_after, status, file_id"
 )
+_KEY_COLUMNS = "id, key_sha256, project, hint, created_at, revoked_at"
+# Rows per INSERT and values per IN (...): far below SQLite's limit on bound variables.
+_CHUNK = 500
 
 
-class SchemaTooNew(Exception):
-    """The database was written by a newer filesd than this one."""
+def database_path(data_dir: Path) -> Path:
+    """The SQLite database of a data directory."""
+    return data_dir / DB_NAME
 
 
-class Database:
-    """The metadata database. Create with `await Database.open(path)`."""
+def neutral_error(error: sqlite3.Error) -> Exception | None:
+    """The neutral error for a SQLite failure, by its result code: `StorageFull` for
+    SQLITE_FULL, `StorageBusy` for SQLITE_BUSY / SQLITE_LOCKED; None for anything else."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    primary = code & 0xFF  # extended codes keep the primary code in the low byte
+    if primary == sqlite3.SQLITE_FULL:
+        return StorageFull(f"database: {error}")
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StorageBusy(f"database: {error}")
+    return None
+
+
+@contextlib.contextmanager
+def _neutral_errors() -> Any:
+    try:
+        yield
+    except sqlite3.Error as error:
+        neutral = neutral_error(error)
+        if neutral is None:
+            raise
+        raise neutral from error
+
+
+class SqliteMetadata:
+    """The metadata database. Create with `await SqliteMetadata.open(path)`.
+
+    All writes of the requests go through one connection, each under `_writing`: a
+    transaction of several statements holds it throughout, so no other write can land
+    inside it (aiosqlite runs each statement as its own trip to the connection's thread).
+    """
 
     BUSY_TIMEOUT_MS = 5000
 
@@ -174,20 +222,22 @@ class Database:
         self._conn = conn
         self._reader = reader
         self._background = background
+        self._writing = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Database:
+    async def open(cls, path: Path) -> SqliteMetadata:
         opened: list[aiosqlite.Connection] = []
         try:
-            for busy_ms in (cls.BUSY_TIMEOUT_MS, cls.BUSY_TIMEOUT_MS, 0):
-                conn = await aiosqlite.connect(path, isolation_level=None)
-                opened.append(conn)
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.execute("PRAGMA synchronous = FULL")
-                await conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            db = cls(*opened)
-            await db._migrate()
-            await opened[1].execute("PRAGMA query_only = ON")
+            with _neutral_errors():
+                for busy_ms in (cls.BUSY_TIMEOUT_MS, cls.BUSY_TIMEOUT_MS, 0):
+                    conn = await aiosqlite.connect(path, isolation_level=None)
+                    opened.append(conn)
+                    await conn.execute("PRAGMA journal_mode = WAL")
+                    await conn.execute("PRAGMA synchronous = FULL")
+                    await conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                db = cls(*opened)
+                await db._migrate()
+                await opened[1].execute("PRAGMA query_only = ON")
         except BaseException:
             for conn in opened:
                 await conn.close()
@@ -202,15 +252,41 @@ class Database:
         rows = await self._rows("PRAGMA user_version")
         return int(rows[0][0])
 
+    # --- plumbing -------------------------------------------------------------------------------
+
     async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
         """All rows of a read-only statement, from the reader, in one trip to its thread."""
-        return list(await self._reader.execute_fetchall(sql, params))
+        with _neutral_errors():
+            return list(await self._reader.execute_fetchall(sql, params))
 
-    async def _write_rows(
-        self, sql: str, params: Any = (), *, conn: aiosqlite.Connection | None = None
-    ) -> list[Any]:
-        """All rows a writing statement returns (RETURNING), in one trip to the writer's thread."""
-        return list(await (conn or self._conn).execute_fetchall(sql, params))
+    async def _write(self, sql: str, params: Any = ()) -> list[Any]:
+        """One writing statement on its own; the rows it returns (RETURNING). To count the
+        rows a statement changed, it returns one row for each (`RETURNING 1`)."""
+        async with self._writing:
+            return await self._run(self._conn, sql, params)
+
+    @staticmethod
+    async def _run(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
+        """All rows a statement returns, in one trip to the connection's thread."""
+        with _neutral_errors():
+            return list(await conn.execute_fetchall(sql, params))
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT on the writer, ROLLBACK if anything inside fails."""
+        async with self._writing:
+            try:
+                # Inside the try: a cancel while BEGIN runs (it runs all the same) rolls back.
+                await self._run(self._conn, "BEGIN IMMEDIATE")
+                yield self._conn
+                await self._run(self._conn, "COMMIT")
+            except BaseException:
+                # Shielded: a cancelled caller must not leave the writer inside a transaction.
+                # When the cancel came during COMMIT, the COMMIT still ran (in the thread) and
+                # there is nothing to roll back: that error must not replace the original one.
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._conn.execute("ROLLBACK"))
+                raise
 
     async def _migrate(self) -> None:
         version = await self.schema_version()
@@ -226,26 +302,40 @@ class Database:
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
             )
 
+    async def _chunked_rows(self, sql: str, values: Sequence[str]) -> list[Any]:
+        """Rows of `sql` (with `{marks}` for an IN list) over `values`, a chunk at a time."""
+        rows: list[Any] = []
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start : start + _CHUNK]
+            rows += await self._rows(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        return rows
+
+    # --- files ----------------------------------------------------------------------------------
+
     async def insert_files(self, records: Sequence[FileRecord]) -> None:
-        """Insert rows in one statement: one transaction, one commit, one trip to the thread."""
-        marks = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(records))
-        params = [
-            value
-            for r in records
-            for value in (
-                r.id,
-                r.project,
-                r.filename,
-                r.purpose,
-                r.bytes,
-                r.sha256,
-                r.created_at,
-                r.expires_at,
-                r.status,
-                r.status_details,
-            )
-        ]
-        await self._conn.execute(f"INSERT INTO files ({_COLUMNS}) VALUES {marks}", params)
+        """Insert rows: one statement (one commit) when they fit, else one transaction."""
+        if len(records) <= _CHUNK:
+            async with self._writing:
+                await _insert_files(self._conn, records)
+            return
+        async with self._transaction() as conn:
+            await _insert_files(conn, records)
+
+    async def import_files(self, records: Sequence[FileRecord]) -> list[str]:
+        async with self._transaction() as conn:
+            taken: list[str] = []
+            ids = [r.id for r in records]
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+                taken += [row[0] for row in await self._run(conn, sql, chunk)]
+            if not taken:
+                await _insert_files(conn, records)
+        return taken
+
+    async def existing_ids(self, ids: Sequence[str]) -> list[str]:
+        rows = await self._chunked_rows("SELECT id FROM files WHERE id IN ({marks})", ids)
+        return [row[0] for row in rows]
 
     async def file_exists(self, file_id: str) -> bool:
         """True if a row with this id exists, in any state."""
@@ -314,12 +404,12 @@ class Database:
 
     async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
         """Live files and bytes of each project (files not yet swept after expiry count)."""
-        marks = ",".join("?" * len(projects))
         sql = (
             "SELECT project, SUM(files), SUM(bytes) FROM file_counts "
-            f"WHERE project IN ({marks}) GROUP BY project"
+            "WHERE project IN ({marks}) GROUP BY project"
         )
-        found = {row[0]: (int(row[1]), int(row[2])) for row in await self._rows(sql, projects)}
+        rows = await self._chunked_rows(sql, projects)
+        found = {row[0]: (int(row[1]), int(row[2])) for row in rows}
         return {p: found.get(p, (0, 0)) for p in projects}
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
@@ -328,19 +418,21 @@ class Database:
             f"UPDATE files SET deleted_at = :now "
             f"WHERE id = :id AND project = :project AND {_LIVE} RETURNING {_COLUMNS}"
         )
-        rows = await self._write_rows(sql, {"id": file_id, "project": project, "now": now})
-        row = rows[0] if rows else None
-        return _record(row) if row is not None else None
+        rows = await self._write(sql, {"id": file_id, "project": project, "now": now})
+        return _record(rows[0]) if rows else None
 
     async def delete_expired_files(self, *, now: int, limit: int) -> list[str]:
-        """Soft-delete up to `limit` expired files; returns their blob digests."""
+        """Soft-delete up to `limit` expired files; returns their blob digests.
+
+        On the background connection, which does not wait for a busy database.
+        """
         sql = (
             "UPDATE files SET deleted_at = expires_at WHERE seq IN ("
             "  SELECT seq FROM files WHERE deleted_at IS NULL AND expires_at IS NOT NULL"
             "  AND expires_at <= :now LIMIT :limit"
             ") RETURNING sha256"
         )
-        rows = await self._write_rows(sql, {"now": now, "limit": limit}, conn=self._background)
+        rows = await self._run(self._background, sql, {"now": now, "limit": limit})
         return [row[0] for row in rows]
 
     async def blob_in_use(self, sha256: str) -> bool:
@@ -350,21 +442,12 @@ class Database:
 
     async def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
         """The subset of `digests` that some file not deleted refers to."""
-        found: set[str] = set()
-        for start in range(0, len(digests), 500):
-            chunk = digests[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = (
-                "SELECT DISTINCT sha256 FROM files "
-                f"WHERE deleted_at IS NULL AND sha256 IN ({marks})"
-            )
-            found.update(row[0] for row in await self._rows(sql, chunk))
-        return found
+        sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND sha256 IN ({marks})"
+        return {row[0] for row in await self._chunked_rows(sql, digests)}
 
-    # --- operator commands ----------------------------------------------------------------------
+    # --- operator views and maintenance ---------------------------------------------------------
 
-    async def storage_totals(self) -> tuple[int, int, int, int]:
-        """(live files, their bytes, distinct blobs they use, those blobs' bytes)."""
+    async def storage_totals(self) -> StorageTotals:
         sql = (
             "SELECT (SELECT COALESCE(SUM(files), 0) FROM file_counts),"
             " (SELECT COALESCE(SUM(bytes), 0) FROM file_counts),"
@@ -372,10 +455,9 @@ class Database:
             " FROM files WHERE deleted_at IS NULL GROUP BY sha256)"
         )
         row = (await self._rows(sql))[0]
-        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+        return StorageTotals(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
-    async def project_usage(self) -> list[tuple[str, int, int, int]]:
-        """(project, live files, their bytes, bytes of the distinct blobs they use)."""
+    async def project_usage(self) -> list[ProjectUsage]:
         sql = (
             "SELECT c.project, SUM(c.files), SUM(c.bytes), COALESCE(p.physical, 0) "
             "FROM file_counts c LEFT JOIN ("
@@ -386,25 +468,25 @@ class Database:
             ") p ON p.project = c.project "
             "GROUP BY c.project HAVING SUM(c.files) > 0 ORDER BY c.project"
         )
-        return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
+        return [ProjectUsage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
 
     async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
-        """Remove the rows of all projects, or of one: files, uploads and parts.
-
-        Returns how many live files went, and the part tokens to remove from disk.
-        """
+        """Remove the rows of all projects, or of one: files, uploads and parts, in one
+        transaction. Returns how many live files went, and the part tokens to remove."""
         scope = {"project": project}
         where = ":project IS NULL OR project = :project"
-        live = await self._rows(
-            f"SELECT COUNT(*) FROM files WHERE deleted_at IS NULL AND ({where})", scope
-        )
-        tokens = await self._write_rows(
-            "DELETE FROM upload_parts WHERE upload_id IN "
-            f"(SELECT id FROM uploads WHERE {where}) RETURNING token",
-            scope,
-        )
-        await self._conn.execute(f"DELETE FROM uploads WHERE {where}", scope)
-        await self._conn.execute(f"DELETE FROM files WHERE {where}", scope)
+        async with self._transaction() as conn:
+            live = await self._run(
+                conn, f"SELECT COUNT(*) FROM files WHERE deleted_at IS NULL AND ({where})", scope
+            )
+            tokens = await self._run(
+                conn,
+                "DELETE FROM upload_parts WHERE upload_id IN "
+                f"(SELECT id FROM uploads WHERE {where}) RETURNING token",
+                scope,
+            )
+            await self._run(conn, f"DELETE FROM uploads WHERE {where}", scope)
+            await self._run(conn, f"DELETE FROM files WHERE {where}", scope)
         return int(live[0][0]), [row[0] for row in tokens]
 
     async def live_files(self, project: str | None) -> list[FileRecord]:
@@ -415,14 +497,6 @@ class Database:
         )
         return [_record(row) for row in await self._rows(sql, {"project": project})]
 
-    async def existing_ids(self, ids: Sequence[str]) -> list[str]:
-        found: list[str] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
-            found += [row[0] for row in await self._rows(sql, chunk)]
-        return found
-
     async def live_digests(self) -> list[str]:
         """Blobs of live files, except files already marked damaged (status `error`)."""
         sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND status != 'error'"
@@ -432,51 +506,46 @@ class Database:
         """Set status `error` on the live files of a blob; returns how many."""
         sql = (
             "UPDATE files SET status = 'error', status_details = ? "
-            "WHERE sha256 = ? AND deleted_at IS NULL"
+            "WHERE sha256 = ? AND deleted_at IS NULL RETURNING 1"
         )
-        cur = await self._conn.execute(sql, (details, sha256))
-        return cur.rowcount
+        return len(await self._write(sql, (details, sha256)))
 
     async def purge_deleted(self, *, before: int) -> int:
-        """Remove rows soft-deleted before `before`, and finished uploads created before it."""
-        cur = await self._conn.execute(
-            "DELETE FROM files WHERE deleted_at IS NOT NULL AND deleted_at < ?", (before,)
-        )
-        purged = cur.rowcount
-        await self._conn.execute(
-            "DELETE FROM uploads WHERE status IN ('completed', 'cancelled', 'expired') "
-            "AND created_at < ?",
-            (before,),
-        )
+        """Remove rows soft-deleted before `before`, and finished uploads created before it,
+        in one transaction."""
+        async with self._transaction() as conn:
+            await self._run(
+                conn, "DELETE FROM files WHERE deleted_at IS NOT NULL AND deleted_at < ?", (before,)
+            )
+            purged = int((await self._run(conn, "SELECT changes()"))[0][0])
+            await self._run(
+                conn,
+                "DELETE FROM uploads WHERE status IN ('completed', 'cancelled', 'expired') "
+                "AND created_at < ?",
+                (before,),
+            )
         return purged
 
-    async def insert_key(
-        self, key_id: str, key_sha256: str, project: str, hint: str, now: int
-    ) -> None:
-        await self._conn.execute(
-            "INSERT INTO api_keys (id, key_sha256, project, hint, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (key_id, key_sha256, project, hint, now),
+    # --- API keys -------------------------------------------------------------------------------
+
+    async def insert_key(self, key: KeyRecord) -> None:
+        await self._write(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (key.id, key.key_sha256, key.project, key.hint, key.created_at, key.revoked_at),
         )
 
-    async def keys(self) -> list[tuple[str, str, str, str, int, int | None]]:
-        """(id, key_sha256, project, hint, created_at, revoked_at) of every key, oldest first."""
-        sql = (
-            "SELECT id, key_sha256, project, hint, created_at, revoked_at FROM api_keys "
-            "ORDER BY created_at, id"
-        )
-        return [tuple(row) for row in await self._rows(sql)]
+    async def keys(self) -> list[KeyRecord]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        return [KeyRecord(*row) for row in await self._rows(sql)]
 
     async def revoke_key(self, key_id: str, now: int) -> bool:
-        cur = await self._conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id)
-        )
-        return cur.rowcount == 1
+        sql = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING 1"
+        return len(await self._write(sql, (now, key_id))) == 1
 
-    # --- uploads ------------------------------------------------------------------------------
+    # --- uploads --------------------------------------------------------------------------------
 
     async def insert_upload(self, upload: UploadRecord) -> None:
-        await self._conn.execute(
+        await self._write(
             f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 upload.id,
@@ -496,27 +565,24 @@ class Database:
     async def get_upload(self, project: str, upload_id: str) -> UploadRecord | None:
         sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND project = ?"
         rows = await self._rows(sql, (upload_id, project))
-        row = rows[0] if rows else None
-        return UploadRecord(*row) if row is not None else None
+        return UploadRecord(*rows[0]) if rows else None
 
     async def set_upload_status(
         self, upload_id: str, *, old: str, new: str, file_id: str | None = None
     ) -> bool:
         """Move an upload from status `old` to `new`; False if it was not in `old`."""
-        sql = "UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = ?"
-        cur = await self._conn.execute(sql, (new, file_id, upload_id, old))
-        return cur.rowcount == 1
+        sql = "UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = ? RETURNING 1"
+        return len(await self._write(sql, (new, file_id, upload_id, old))) == 1
 
     async def insert_part(self, part: PartRecord, *, now: int) -> bool:
         """Add a part to a pending, unexpired upload; False (nothing added) otherwise."""
         sql = (
             "INSERT INTO upload_parts (id, upload_id, token, bytes, created_at) "
             "SELECT ?, ?, ?, ?, ? FROM uploads WHERE id = ? AND status = 'pending' "
-            "AND expires_at > ?"
+            "AND expires_at > ? RETURNING 1"
         )
         params = (part.id, part.upload_id, part.token, part.bytes, part.created_at)
-        cur = await self._conn.execute(sql, (*params, part.upload_id, now))
-        return cur.rowcount == 1
+        return len(await self._write(sql, (*params, part.upload_id, now))) == 1
 
     async def get_parts(self, upload_id: str) -> list[PartRecord]:
         sql = "SELECT id, upload_id, token, bytes, created_at FROM upload_parts WHERE upload_id = ?"
@@ -525,7 +591,7 @@ class Database:
     async def delete_parts(self, upload_id: str) -> list[str]:
         """Remove the part rows of an upload; returns their file tokens."""
         sql = "DELETE FROM upload_parts WHERE upload_id = ? RETURNING token"
-        return [row[0] for row in await self._write_rows(sql, (upload_id,))]
+        return [row[0] for row in await self._write(sql, (upload_id,))]
 
     async def expire_uploads(self, *, now: int) -> list[str]:
         """Mark pending uploads past their expiry as expired; returns their ids."""
@@ -533,7 +599,7 @@ class Database:
             "UPDATE uploads SET status = 'expired' "
             "WHERE status = 'pending' AND expires_at <= ? RETURNING id"
         )
-        return [row[0] for row in await self._write_rows(sql, (now,), conn=self._background)]
+        return [row[0] for row in await self._run(self._background, sql, (now,))]
 
     async def finished_uploads_with_parts(self) -> list[str]:
         """Uploads no longer pending whose parts are still recorded (a sweep was cut short)."""
@@ -548,14 +614,70 @@ class Database:
         return [UploadRecord(*row) for row in await self._rows(sql, (status,))]
 
     async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(tokens), 500):
-            chunk = tokens[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT token FROM upload_parts WHERE token IN ({marks})"
-            found.update(row[0] for row in await self._rows(sql, chunk))
-        return found
+        sql = "SELECT token FROM upload_parts WHERE token IN ({marks})"
+        return {row[0] for row in await self._chunked_rows(sql, tokens)}
+
+
+async def _insert_files(conn: aiosqlite.Connection, records: Sequence[FileRecord]) -> None:
+    for start in range(0, len(records), _CHUNK):
+        chunk = records[start : start + _CHUNK]
+        marks = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params = [
+            value
+            for r in chunk
+            for value in (
+                r.id,
+                r.project,
+                r.filename,
+                r.purpose,
+                r.bytes,
+                r.sha256,
+                r.created_at,
+                r.expires_at,
+                r.status,
+                r.status_details,
+            )
+        ]
+        await SqliteMetadata._run(conn, f"INSERT INTO files ({_COLUMNS}) VALUES {marks}", params)
 
 
 def _record(row: Iterable[Any] | sqlite3.Row) -> FileRecord:
     return FileRecord(*row)
+
+
+# --- backup (a consistent copy taken while a server may be running) ----------------------------
+
+
+def snapshot_database(source: Path, dest: Path) -> list[str]:
+    """Copy the database at `source` to `dest` with SQLite's backup API (one consistent
+    snapshot); returns the blob digests the copy's live files refer to. Blocking."""
+    with (
+        contextlib.closing(sqlite3.connect(source)) as src,
+        contextlib.closing(sqlite3.connect(dest)) as copy,
+    ):
+        src.backup(copy)
+        sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL"
+        return [row[0] for row in copy.execute(sql)]
+
+
+def finish_snapshot(dest: Path, gone: Sequence[str], *, now: int) -> int:
+    """Make a snapshot a state to start from, in one transaction: files whose blobs were
+    reclaimed meanwhile are marked deleted, uploads in progress expired (their parts are not
+    copied). Returns the live files left. Blocking."""
+    with contextlib.closing(sqlite3.connect(dest, isolation_level=None)) as copy:
+        copy.execute("BEGIN IMMEDIATE")
+        try:
+            copy.executemany(
+                "UPDATE files SET deleted_at = ? WHERE sha256 = ? AND deleted_at IS NULL",
+                [(now, digest) for digest in gone],
+            )
+            copy.execute("DELETE FROM upload_parts")
+            copy.execute(
+                "UPDATE uploads SET status = 'expired' WHERE status IN ('pending', 'completing')"
+            )
+            files = copy.execute("SELECT COUNT(*) FROM files WHERE deleted_at IS NULL").fetchone()
+            copy.execute("COMMIT")
+        except BaseException:
+            copy.execute("ROLLBACK")
+            raise
+    return int(files[0])

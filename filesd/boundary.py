@@ -1,0 +1,185 @@
+"""The error boundary: where every exception becomes an answer in OpenAI's envelope.
+
+One table maps exception classes to the error the client sees. The class of an exception is
+looked up along its MRO, most specific first (as Starlette does), so a subclass can have its own
+entry and anything else falls back to its base's. An exception found nowhere is a bug: logged
+with its traceback, answered with a 500 that quotes the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
+
+from .archive import ArchiveError
+from .errors import (
+    REQUEST_ID,
+    STARTED,
+    ApiError,
+    InsufficientStorage,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    ServiceUnavailable,
+    error_response,
+    file_not_found,
+    file_too_large,
+    new_request_id,
+)
+from .storage.base import BlobMissing, BlobTooLarge, StorageBusy, StorageFull, is_storage_full
+from .store import CursorNotFound, FileNotFound, ImportConflict, QuotaExceeded
+from .uploads import (
+    DuplicatePart,
+    Md5Mismatch,
+    PartsSizeMismatch,
+    UnknownPart,
+    UploadNotFound,
+    UploadNotPending,
+)
+
+log = logging.getLogger(__name__)
+
+Mapper = Callable[[web.Request, Any], ApiError]
+
+
+def _storage_full(request: web.Request, exc: BaseException) -> ApiError:
+    log.error("storage full in %s %s: %s", request.method, request.path, exc)
+    return InsufficientStorage(
+        "The server has no room left to store this file. Try again later.",
+        code="insufficient_storage",
+    )
+
+
+def _storage_busy(request: web.Request, exc: StorageBusy) -> ApiError:
+    log.error("database busy in %s %s: %s", request.method, request.path, exc)
+    return ServiceUnavailable(
+        "The server's database is busy. Retry shortly.",
+        code="database_busy",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _os_error(request: web.Request, exc: OSError) -> ApiError:
+    # The storage reports a full disk as StorageFull; this catches one met anywhere else.
+    if is_storage_full(exc):
+        return _storage_full(request, exc)
+    return unexpected(request, exc)
+
+
+def _http_processing(request: web.Request, exc: HttpProcessingError) -> ApiError:
+    # aiohttp's parsers: malformed multipart headers, truncated or mis-encoded bodies.
+    status = exc.code if 400 <= exc.code < 500 else 400
+    return ApiError(f"Malformed request: {exc.message}", status=status)
+
+
+def _blob_missing(request: web.Request, exc: BlobMissing) -> ApiError:
+    what = f"file {exc.file_id}" if exc.file_id else "a file"
+    return ServerError(
+        f"The content of {what} is missing from storage; run `filesd fsck` on the server.",
+        code="blob_missing",
+    )
+
+
+ERRORS: dict[type[BaseException], Mapper] = {
+    ApiError: lambda request, exc: exc,
+    # the store and the storage
+    FileNotFound: lambda request, exc: file_not_found(exc.file_id),
+    CursorNotFound: lambda request, exc: InvalidRequest(
+        f"No such File object: {exc.file_id}", param="after"
+    ),
+    BlobTooLarge: lambda request, exc: file_too_large(exc.limit),
+    QuotaExceeded: lambda request, exc: InvalidRequest(
+        f"Quota exceeded: project {exc.project!r} may hold at most {exc.limit} {exc.what}.",
+        code="quota_exceeded",
+    ),
+    ArchiveError: lambda request, exc: InvalidRequest(f"Cannot import: {exc}"),
+    ImportConflict: lambda request, exc: ApiError(
+        f"Cannot import: {exc}", code="conflict", status=409
+    ),
+    BlobMissing: _blob_missing,
+    StorageFull: _storage_full,
+    StorageBusy: _storage_busy,
+    OSError: _os_error,
+    # the Uploads API
+    UploadNotFound: lambda request, exc: NotFound(
+        f"No such Upload object: {exc.upload_id}", param="upload_id"
+    ),
+    UploadNotPending: lambda request, exc: InvalidRequest(
+        f"Upload {exc.upload_id} is {exc.status}: only a pending upload accepts parts, "
+        "completion or cancellation."
+    ),
+    UnknownPart: lambda request, exc: InvalidRequest(
+        f"No such Part object: {exc.part_id}", param="part_ids"
+    ),
+    DuplicatePart: lambda request, exc: InvalidRequest(
+        f"Part {exc.part_id} is listed more than once.", param="part_ids"
+    ),
+    PartsSizeMismatch: lambda request, exc: InvalidRequest(
+        f"The parts hold {exc.actual} bytes, but the upload was created with bytes={exc.expected}.",
+        param="part_ids",
+    ),
+    Md5Mismatch: lambda request, exc: InvalidRequest(
+        f"The MD5 checksum of the parts ({exc.actual}) does not match the md5 given "
+        f"({exc.expected}).",
+        param="md5",
+    ),
+    # aiohttp
+    web.HTTPMethodNotAllowed: lambda request, exc: MethodNotAllowed(
+        f"Invalid method for URL ({request.method} {request.path})",
+        headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+    ),
+    web.HTTPNotFound: lambda request, exc: NotFound(
+        f"Invalid URL ({request.method} {request.path})"
+    ),
+    web.HTTPRequestEntityTooLarge: lambda request, exc: PayloadTooLarge(
+        f"Request body is too large: {exc.text}"
+    ),
+    web.HTTPException: lambda request, exc: ApiError(exc.reason, status=exc.status),
+    HttpProcessingError: _http_processing,
+}
+
+
+def to_api_error(request: web.Request, exc: BaseException) -> ApiError:
+    """The error the client sees for `exc`: the table's entry for the nearest class."""
+    for cls in type(exc).__mro__:
+        mapper = ERRORS.get(cls)
+        if mapper is not None:
+            return mapper(request, exc)
+    return unexpected(request, exc)
+
+
+def unexpected(request: web.Request, exc: BaseException) -> ApiError:
+    log.error(
+        "unhandled error in %s %s (request %s)",
+        request.method,
+        request.path,
+        request.get(REQUEST_ID),
+        exc_info=exc,
+    )
+    return ServerError(
+        "The server had an error while processing your request. Sorry about that! "
+        f"Quote the request id {request.get(REQUEST_ID)} when reporting it."
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id and turn every exception into an enveloped error response."""
+    request[REQUEST_ID] = new_request_id()
+    request[STARTED] = time.monotonic()
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(to_api_error(request, exc))
+    except Exception as exc:
+        return error_response(to_api_error(request, exc))

@@ -1,0 +1,374 @@
+"""The storage seams: a metadata store and a blob backend, as Protocols, and the neutral errors
+they raise.
+
+The services (`filesd.store`, `filesd.uploads`, `filesd.keys`) are written against these
+Protocols only, so another metadata engine (PostgreSQL) or blob backend (S3-compatible) fits
+beside the local ones without touching the HTTP layer. Nothing here names a driver's types:
+rows come back as the plain records of `filesd.models`, failures as the errors below, decided
+by error codes (`sqlite_errorcode`, `errno`), never by matching message text.
+
+Backends must not import aiohttp or the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..models import FileRecord, KeyRecord, PartRecord, ProjectUsage, StorageTotals, UploadRecord
+
+# Content up to this size is kept in memory by its writer (see StagedBlob.content).
+SMALL_BYTES = 64 * 1024
+
+
+# --- neutral errors ----------------------------------------------------------------------------
+
+
+class StorageFull(Exception):
+    """No room left: the disk, a quota of the filesystem, or the database's device is full."""
+
+
+class StorageBusy(Exception):
+    """The metadata store stayed locked by another writer past its busy timeout."""
+
+
+class BlobMissing(Exception):
+    """A blob that should be stored is not (damage from outside, or an injected fault).
+
+    `file_id` names the file whose bytes were asked for, when the caller knows it.
+    """
+
+    def __init__(self, digest: str, file_id: str | None = None) -> None:
+        what = f"blob {digest}" + (f" of file {file_id}" if file_id else "")
+        super().__init__(f"{what} is missing")
+        self.digest = digest
+        self.file_id = file_id
+
+
+class BlobTooLarge(Exception):
+    """The content being written exceeded the writer's byte limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"content exceeds {limit} bytes")
+        self.limit = limit
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer filesd than this one."""
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """An OSError that means "no room left" (by errno)."""
+    return isinstance(error, OSError) and error.errno in _FULL_ERRNOS
+
+
+def neutral_os_error(error: OSError) -> Exception:
+    """`StorageFull` for a full disk or quota, else the error itself."""
+    if is_storage_full(error):
+        full = StorageFull(str(error))
+        full.__cause__ = error
+        return full
+    return error
+
+
+# --- blobs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """Complete, durable content that is not yet stored under its digest.
+
+    `ref` names the staged data inside its backend (opaque to everyone else). `content` holds
+    the bytes too when they are at most SMALL_BYTES (else None), so small files need no read.
+    """
+
+    ref: str
+    sha256: str
+    size: int
+    content: bytes | None = None
+
+
+class BlobWriter(Protocol):
+    """Streams new content into staging, hashing it (SHA-256) while it streams.
+
+    Call `write` for each chunk, then exactly one of `finish` or `abort`. Raises `BlobTooLarge`
+    once more than the writer's limit arrived, `StorageFull` when there is no room.
+    """
+
+    @property
+    def size(self) -> int:
+        """Bytes accepted so far."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def finish(self) -> StagedBlob:
+        """Flush and make durable; the staged content is then complete."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop what was written. Safe at any point, also after `finish` (then a no-op)."""
+        ...
+
+
+class BlobBackend(Protocol):
+    """Content-addressed bytes, named by lowercase hex SHA-256, plus the parts of uploads.
+
+    Staging makes content durable before it is committed under its digest; a committed blob
+    holds exactly the bytes of its digest. Parts are pieces of an upload in progress, named by
+    tokens the backend makes (never by anything a client sent); they outlive a restart.
+    """
+
+    async def prepare(self) -> int:
+        """Make the backend ready; remove staged content a crash left. Returns how many."""
+        ...
+
+    def writer(self, max_bytes: int | None = None) -> BlobWriter:
+        """A writer for new content, capped at `max_bytes` (None: no cap)."""
+        ...
+
+    async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+        """Store staged content under its digest, grouped (one durability barrier for all).
+
+        Per item: True if the blob is new, False if it was stored already, or the error for
+        that item. The staged content is consumed whatever the outcome.
+        """
+        ...
+
+    async def discard(self, staged: Sequence[StagedBlob]) -> None:
+        """Drop staged content that will not be committed."""
+        ...
+
+    async def read(self, digest: str) -> bytes:
+        """A whole blob (for small blobs); raises `BlobMissing`."""
+        ...
+
+    def open_range(
+        self, digest: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """`length` bytes (None: to the end) of a blob from `start`, as a stream of chunks.
+
+        Raises `BlobMissing` (on the first iteration) if the blob is not there.
+        """
+        ...
+
+    def local_path(self, digest: str) -> Path | None:
+        """Where the blob lives on this machine's filesystem (for zero-copy sendfile), or None
+        for backends without local files. No I/O: the file need not exist."""
+        ...
+
+    async def delete(self, digests: Sequence[str]) -> int:
+        """Remove blobs; returns how many were there."""
+        ...
+
+    async def digests(self) -> list[str]:
+        """Every digest stored, in no particular order."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Raise unless new content can be staged now."""
+        ...
+
+    async def save_part(self, staged: StagedBlob) -> str:
+        """Keep staged content as an upload part; returns its token. Consumes `staged`."""
+        ...
+
+    async def remove_parts(self, tokens: Sequence[str]) -> int:
+        """Remove parts; returns how many were there."""
+        ...
+
+    async def part_tokens_older_than(self, cutoff: float) -> list[str]:
+        """Tokens of the parts saved before `cutoff` (Unix time)."""
+        ...
+
+    async def concat_parts(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
+        """Join parts, in order, into new staged content; returns it and its MD5 (hex).
+
+        The parts stay in place.
+        """
+        ...
+
+
+# --- metadata ----------------------------------------------------------------------------------
+
+
+class UploadMetadata(Protocol):
+    """The part of the metadata store that the Uploads API needs."""
+
+    async def file_exists(self, file_id: str) -> bool: ...
+
+    async def insert_upload(self, upload: UploadRecord) -> None: ...
+
+    async def get_upload(self, project: str, upload_id: str) -> UploadRecord | None: ...
+
+    async def set_upload_status(
+        self, upload_id: str, *, old: str, new: str, file_id: str | None = None
+    ) -> bool:
+        """Move an upload from status `old` to `new`; False if it was not in `old`."""
+        ...
+
+    async def insert_part(self, part: PartRecord, *, now: int) -> bool:
+        """Add a part to a pending, unexpired upload; False (nothing added) otherwise."""
+        ...
+
+    async def get_parts(self, upload_id: str) -> list[PartRecord]: ...
+
+    async def delete_parts(self, upload_id: str) -> list[str]:
+        """Remove the part rows of an upload; returns their tokens."""
+        ...
+
+    async def expire_uploads(self, *, now: int) -> list[str]:
+        """Mark pending uploads past their expiry as expired; returns their ids."""
+        ...
+
+    async def finished_uploads_with_parts(self) -> list[str]: ...
+
+    async def uploads_in_status(self, status: str) -> list[UploadRecord]: ...
+
+    async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]: ...
+
+
+class KeyMetadata(Protocol):
+    """API keys made with `filesd keys create` (digests only)."""
+
+    async def insert_key(self, key: KeyRecord) -> None: ...
+
+    async def keys(self) -> list[KeyRecord]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+    async def revoke_key(self, key_id: str, now: int) -> bool: ...
+
+
+class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
+    """Files, uploads and keys. Rows are never removed by the API: a delete sets `deleted_at`.
+
+    Every change of more than one statement is one transaction: it happens whole or not at
+    all. Raises `StorageFull` / `StorageBusy` for a full device or a lock held too long.
+    """
+
+    async def close(self) -> None: ...
+
+    async def schema_version(self) -> int: ...
+
+    async def insert_files(self, records: Sequence[FileRecord]) -> None:
+        """Insert new files, all or none."""
+        ...
+
+    async def import_files(self, records: Sequence[FileRecord]) -> list[str]:
+        """Insert files made elsewhere (ids and times kept), all or none: if any id exists
+        already, inserts nothing and returns the ids taken."""
+        ...
+
+    async def existing_ids(self, ids: Sequence[str]) -> list[str]: ...
+
+    async def get_live_file(self, project: str, file_id: str, *, now: int) -> FileRecord | None: ...
+
+    async def list_live_files(
+        self,
+        project: str,
+        *,
+        now: int,
+        purpose: str | None,
+        descending: bool,
+        after: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[FileRecord], int] | None:
+        """A page of live files and the count of all live matches; None if `after` names no
+        file of the project (deleted files still count as cursors)."""
+        ...
+
+    async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(live files, their bytes) of each project."""
+        ...
+
+    async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None: ...
+
+    async def delete_expired_files(self, *, now: int, limit: int) -> list[str]:
+        """Soft-delete up to `limit` expired files; returns their blob digests."""
+        ...
+
+    async def blob_in_use(self, sha256: str) -> bool: ...
+
+    async def blobs_in_use(self, digests: Sequence[str]) -> set[str]: ...
+
+    async def storage_totals(self) -> StorageTotals: ...
+
+    async def project_usage(self) -> list[ProjectUsage]: ...
+
+    async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
+        """Remove the rows of all projects, or of one (files, uploads, parts), all or none.
+        Returns how many live files went and the part tokens to remove."""
+        ...
+
+    async def live_files(self, project: str | None) -> list[FileRecord]: ...
+
+    async def live_digests(self) -> list[str]:
+        """Blobs of live files, except files marked damaged (status `error`)."""
+        ...
+
+    async def mark_blob_damaged(self, sha256: str, details: str) -> int: ...
+
+    async def purge_deleted(self, *, before: int) -> int:
+        """Remove rows soft-deleted before `before` and uploads finished before it, all or
+        none; returns how many file rows went."""
+        ...
+
+
+class DelegatingBlobs:
+    """A `BlobBackend` that passes every call to `inner`: the base of backend wrappers (a
+    cache, fault injection), which override only what they change."""
+
+    def __init__(self, inner: BlobBackend) -> None:
+        self.inner = inner
+
+    async def prepare(self) -> int:
+        return await self.inner.prepare()
+
+    def writer(self, max_bytes: int | None = None) -> BlobWriter:
+        return self.inner.writer(max_bytes)
+
+    async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+        return await self.inner.commit(staged)
+
+    async def discard(self, staged: Sequence[StagedBlob]) -> None:
+        await self.inner.discard(staged)
+
+    async def read(self, digest: str) -> bytes:
+        return await self.inner.read(digest)
+
+    def open_range(
+        self, digest: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        return self.inner.open_range(digest, start, length)
+
+    def local_path(self, digest: str) -> Path | None:
+        return self.inner.local_path(digest)
+
+    async def delete(self, digests: Sequence[str]) -> int:
+        return await self.inner.delete(digests)
+
+    async def digests(self) -> list[str]:
+        return await self.inner.digests()
+
+    async def check_writable(self) -> None:
+        await self.inner.check_writable()
+
+    async def save_part(self, staged: StagedBlob) -> str:
+        return await self.inner.save_part(staged)
+
+    async def remove_parts(self, tokens: Sequence[str]) -> int:
+        return await self.inner.remove_parts(tokens)
+
+    async def part_tokens_older_than(self, cutoff: float) -> list[str]:
+        return await self.inner.part_tokens_older_than(cutoff)
+
+    async def concat_parts(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
+        return await self.inner.concat_parts(tokens)

@@ -1,0 +1,434 @@
+"""The local blob backend: content-addressed files in a directory.
+
+A blob is a byte string named by its SHA-256 digest, kept at `blobs/ab/<digest>`: 256 fan-out
+directories, all made at start-up, so storing a blob never has to create (and fsync) one. Its
+path is built from the digest alone, never from anything a client sent. New content is written to
+a temp file under `tmp/` on the same filesystem, hashed while it is written, fsynced, and only
+then renamed into place, so a blob path either holds the complete bytes of its digest or nothing.
+Upload parts live under `parts/`, named by tokens made here.
+
+Blocking calls never run on the event loop: the async methods hop to a worker thread, and
+`DirWriter` batches incoming chunks and hands each batch (at least `BATCH_BYTES`) to a worker
+thread, which hashes and writes it while the caller goes on reading the network. The `*_sync`
+methods are for operator commands (fsck, backup), which run outside the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from .base import SMALL_BYTES, BlobMissing, BlobTooLarge, StagedBlob, neutral_os_error
+
+BATCH_BYTES = 1024 * 1024
+READ_CHUNK = 256 * 1024
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_TEMP_SUFFIX = ".part"
+_STAGED_REF = re.compile(r"[0-9a-f]{32}\.part")
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run blocking work in a thread; a full disk comes back as `StorageFull`."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except OSError as error:
+        neutral = neutral_os_error(error)
+        if neutral is error:
+            raise
+        raise neutral from error
+
+
+class HashedFile:
+    """A new file being written while its bytes are hashed: the one hashing copy of filesd.
+
+    `write` hashes (SHA-256, and MD5 when asked) and writes every byte; `close` fsyncs and
+    closes (the content is then durable, though not yet renamed into place). Blocking.
+    """
+
+    def __init__(self, path: Path, *, md5: bool = False) -> None:
+        self.path = path
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+        self.size = 0
+        self._fd: int | None = None
+
+    def write(self, chunk: bytes) -> None:
+        if self._fd is None:
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
+        self.sha256.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.size += len(chunk)
+
+    def close(self) -> None:
+        """Fsync and close (creating the file if nothing was written: empty content)."""
+        if self._fd is None:
+            self.write(b"")
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        self.path.unlink(missing_ok=True)
+
+
+class BlobDir:
+    """Blobs under `root/blobs`, temp files under `root/tmp`, upload parts under `root/parts`.
+
+    Implements `filesd.storage.base.BlobBackend`, and offers `local_path` for sendfile.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.temp_dir = root / "tmp"
+        self.part_dir = root / "parts"
+
+    # --- the BlobBackend protocol -------------------------------------------------------------
+
+    async def prepare(self) -> int:
+        return await _in_thread(self.prepare_sync)
+
+    def writer(self, max_bytes: int | None = None) -> DirWriter:
+        return DirWriter(self.temp_dir / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}", max_bytes)
+
+    async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+        results = await asyncio.to_thread(self._commit_sync, staged)
+        return [neutral_os_error(r) if isinstance(r, OSError) else r for r in results]
+
+    async def discard(self, staged: Sequence[StagedBlob]) -> None:
+        if staged:
+            await asyncio.to_thread(self._discard_sync, staged)
+
+    async def read(self, digest: str) -> bytes:
+        try:
+            return await _in_thread(self._read_sync, digest)
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
+
+    async def open_range(
+        self, digest: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            f = await _in_thread(_open_read, self.path_for(digest))
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
+        try:
+            await asyncio.to_thread(f.seek, start)
+            left = length
+            while left is None or left > 0:
+                size = READ_CHUNK if left is None else min(READ_CHUNK, left)
+                chunk = await asyncio.to_thread(f.read, size)
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(f.close)
+
+    def local_path(self, digest: str) -> Path:
+        return self.path_for(digest)
+
+    async def delete(self, digests: Sequence[str]) -> int:
+        if not digests:
+            return 0
+        return await _in_thread(lambda: sum(self._remove_sync(d) for d in digests))
+
+    async def digests(self) -> list[str]:
+        return await _in_thread(lambda: list(self.digests_sync()))
+
+    async def check_writable(self) -> None:
+        await _in_thread(self._check_writable_sync)
+
+    async def save_part(self, staged: StagedBlob) -> str:
+        return await _in_thread(self._save_part_sync, staged)
+
+    async def remove_parts(self, tokens: Sequence[str]) -> int:
+        if not tokens:
+            return 0
+        return await _in_thread(self.remove_parts_sync, tokens)
+
+    async def part_tokens_older_than(self, cutoff: float) -> list[str]:
+        return await _in_thread(self.part_tokens_older_than_sync, cutoff)
+
+    async def concat_parts(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
+        return await _in_thread(self._concat_parts_sync, tokens)
+
+    # --- blocking implementations (also for operator commands) --------------------------------
+
+    def prepare_sync(self) -> int:
+        """Create the directories and remove temp files left by interrupted writes.
+
+        Must run before any writer is created. Returns how many temp files were removed.
+        """
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.part_dir.mkdir(parents=True, exist_ok=True)
+        made = False
+        for i in range(256):
+            fan_out = self.blob_dir / f"{i:02x}"
+            if not fan_out.is_dir():
+                fan_out.mkdir()
+                made = True
+        if made:
+            fsync_dir(self.blob_dir)
+        removed = 0
+        for entry in os.scandir(self.temp_dir):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    def path_for(self, digest: str) -> Path:
+        """The path of the blob with this digest (which need not exist)."""
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError("not a lowercase hex SHA-256 digest")
+        return self.blob_dir / digest[:2] / digest
+
+    def staged_path(self, staged: StagedBlob) -> Path:
+        if not _STAGED_REF.fullmatch(staged.ref):
+            raise ValueError("not a staged blob of this backend")
+        return self.temp_dir / staged.ref
+
+    def digests_sync(self) -> Iterator[str]:
+        """Every digest stored, in no particular order; stray names are skipped."""
+        for fan_out in _subdirs(self.blob_dir):
+            with os.scandir(fan_out) as it:
+                for entry in it:
+                    if _DIGEST.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                        yield entry.name
+
+    def remove_parts_sync(self, tokens: Sequence[str]) -> int:
+        removed = 0
+        for token in tokens:
+            try:
+                self.part_path(token).unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
+    def part_tokens_older_than_sync(self, cutoff: float) -> list[str]:
+        """Tokens of the part files last modified before `cutoff` (a Unix time).
+
+        Parts saved since then may still be on their way to the database.
+        """
+        with os.scandir(self.part_dir) as it:
+            return [
+                e.name
+                for e in it
+                if _TOKEN.fullmatch(e.name)
+                and e.is_file(follow_symlinks=False)
+                and e.stat().st_mtime < cutoff
+            ]
+
+    def part_path(self, token: str) -> Path:
+        if not _TOKEN.fullmatch(token):
+            raise ValueError("not a part token")
+        return self.part_dir / token
+
+    def _commit_sync(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+        """Move staged content into place under its digest, with one fsync per directory that
+        gained entries (concurrent fsyncs can share one journal commit). Every temp file is
+        gone afterwards."""
+        results: list[bool | Exception] = []
+        gained: dict[Path, list[int]] = {}
+        for i, item in enumerate(staged):
+            try:
+                temp = self.staged_path(item)
+                target = self.path_for(item.sha256)
+                try:
+                    if target.exists():
+                        results.append(False)
+                        continue
+                    os.replace(temp, target)
+                finally:
+                    temp.unlink(missing_ok=True)
+            except Exception as error:
+                results.append(error)
+                continue
+            results.append(True)
+            gained.setdefault(target.parent, []).append(i)
+        with ThreadPoolExecutor(max_workers=min(8, len(gained) or 1)) as pool:
+            outcomes = pool.map(_try_fsync_dir, gained)
+            for (_, indexes), failure in zip(gained.items(), outcomes, strict=True):
+                if failure is not None:
+                    for i in indexes:
+                        results[i] = failure
+        return results
+
+    def _discard_sync(self, staged: Sequence[StagedBlob]) -> None:
+        for item in staged:
+            self.staged_path(item).unlink(missing_ok=True)
+
+    def _read_sync(self, digest: str) -> bytes:
+        with self.path_for(digest).open("rb", buffering=0) as f:
+            return f.read()
+
+    def _remove_sync(self, digest: str) -> bool:
+        try:
+            self.path_for(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _check_writable_sync(self) -> None:
+        """Raise OSError unless a file can be created, synced and removed in the temp area."""
+        probe = HashedFile(self.temp_dir / f"{uuid.uuid4().hex}.ready")
+        try:
+            probe.write(b"ok")
+            probe.close()
+        finally:
+            probe.abort()
+
+    def _save_part_sync(self, staged: StagedBlob) -> str:
+        token = uuid.uuid4().hex
+        temp = self.staged_path(staged)
+        try:
+            os.replace(temp, self.part_path(token))
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.part_dir)
+        return token
+
+    def _concat_parts_sync(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
+        out = HashedFile(self.temp_dir / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}", md5=True)
+        try:
+            for token in tokens:
+                with self.part_path(token).open("rb", buffering=0) as part:
+                    while chunk := part.read(BATCH_BYTES):
+                        out.write(chunk)
+            out.close()
+        except BaseException:
+            out.abort()
+            raise
+        assert out.md5 is not None
+        staged = StagedBlob(out.path.name, out.sha256.hexdigest(), out.size)
+        return staged, out.md5.hexdigest()
+
+
+class DirWriter:
+    """Streams content into a temp file, hashing it, with disk work in a worker thread.
+
+    At most one batch is being written while the next one fills, so memory stays near two
+    batches whatever the content size.
+    """
+
+    def __init__(self, temp_path: Path, max_bytes: int | None) -> None:
+        self._file = HashedFile(temp_path)
+        self._max_bytes = max_bytes
+        self._size = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        if not data:
+            return
+        self._size += len(data)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            raise BlobTooLarge(self._max_bytes)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
+            await self._submit_batch()
+
+    async def finish(self) -> StagedBlob:
+        """Write what is left, fsync and close (one thread hop); the content is then complete."""
+        await self._wait_pending()
+        self._closed = True
+        chunks, self._batch = self._batch, []
+        await _in_thread(self._write_and_close, chunks)
+        # Nothing was written before: all the content is in `chunks`.
+        content = b"".join(chunks) if self._size <= SMALL_BYTES else None
+        return StagedBlob(self._file.path.name, self._file.sha256.hexdigest(), self._size, content)
+
+    async def abort(self) -> None:
+        self._closed = True
+        self._batch.clear()
+        # The worker may still be writing to the fd: let it finish before closing it.
+        with contextlib.suppress(Exception):
+            await self._wait_pending()
+        await asyncio.to_thread(self._file.abort)
+
+    async def _submit_batch(self) -> None:
+        await self._wait_pending()
+        chunks, self._batch, self._batch_bytes = self._batch, [], 0
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, chunks)
+
+    async def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                await pending
+            except OSError as error:
+                neutral = neutral_os_error(error)
+                if neutral is error:
+                    raise
+                raise neutral from error
+
+    def _write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._file.write(chunk)
+
+    def _write_and_close(self, chunks: list[bytes]) -> None:
+        self._write(chunks)
+        self._file.close()
+
+
+def _open_read(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+def _subdirs(path: Path) -> Iterator[Path]:
+    with os.scandir(path) as it:
+        for entry in it:
+            if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False):
+                yield Path(entry.path)
+
+
+def _try_fsync_dir(path: Path) -> OSError | None:
+    try:
+        fsync_dir(path)
+    except OSError as error:
+        return error
+    return None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
