@@ -35,10 +35,12 @@ from .errors import (
     new_request_id,
 )
 from .storage.base import BlobMissing, BlobTooLarge, StorageBusy, StorageFull, is_storage_full
-from .store import CursorNotFound, FileNotFound, ImportConflict, QuotaExceeded
+from .store import CursorNotFound, FileIdTaken, FileNotFound, ImportConflict, QuotaExceeded
 from .uploads import (
+    MAX_MD5_MISMATCHES,
     DuplicatePart,
     Md5Mismatch,
+    PartExceedsUpload,
     PartsSizeMismatch,
     UnknownPart,
     UploadNotFound,
@@ -104,6 +106,11 @@ ERRORS: dict[type[BaseException], Mapper] = {
     ImportConflict: lambda request, exc: ApiError(
         f"Cannot import: {exc}", code="conflict", status=409
     ),
+    FileIdTaken: lambda request, exc: ServerError(
+        f"The server made a file id that is taken already ({exc.file_id}); nothing was "
+        "stored. Retry the request.",
+        code="file_id_taken",
+    ),
     BlobMissing: _blob_missing,
     StorageFull: _storage_full,
     StorageBusy: _storage_busy,
@@ -128,8 +135,20 @@ ERRORS: dict[type[BaseException], Mapper] = {
     ),
     Md5Mismatch: lambda request, exc: InvalidRequest(
         f"The MD5 checksum of the parts ({exc.actual}) does not match the md5 given "
-        f"({exc.expected}).",
+        f"({exc.expected})."
+        + (
+            f" The upload was cancelled after {MAX_MD5_MISMATCHES} checksum mismatches:"
+            " create a new upload."
+            if exc.cancelled
+            else ""
+        ),
         param="md5",
+    ),
+    PartExceedsUpload: lambda request, exc: InvalidRequest(
+        f"The part is too large for this upload: with its {exc.size} bytes the parts would "
+        f"hold more than the {exc.declared} bytes the upload was created with.",
+        param="data",
+        code="part_exceeds_upload",
     ),
     # aiohttp
     web.HTTPMethodNotAllowed: lambda request, exc: MethodNotAllowed(

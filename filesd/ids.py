@@ -17,13 +17,24 @@ def secret_base62(length: int) -> str:
 
 class IdMaker:
     """Makes file, upload and part ids: random, or reproducible from a seed (tests only:
-    seeded ids are predictable by anyone who knows the seed)."""
+    seeded ids are predictable by anyone who knows the seed).
 
-    def __init__(self, id_format: str = "uuid", seed: int | None = None) -> None:
+    Seeded ids come from (seed, generation): generation 0 is the seed's own sequence, and a
+    store bumps the generation it keeps in its database each time it opens, so the ids of a
+    restarted server go on with a sequence of their own instead of repeating the first run's
+    (which collide with the files it stored), while two fresh data dirs given the same seed and
+    the same calls still get the same ids.
+    """
+
+    def __init__(
+        self, id_format: str = "uuid", seed: int | None = None, generation: int = 0
+    ) -> None:
         if id_format not in ("uuid", "openai"):
             raise ValueError(f"unknown id format {id_format!r}")
         self._format = id_format
-        self._rng: random.Random | None = None if seed is None else random.Random(seed)
+        self._rng: random.Random | None = None
+        if seed is not None:
+            self._rng = random.Random(seed if generation == 0 else f"{seed}/{generation}")
 
     def file_id(self) -> str:
         """A UUID, or `file-` and 24 base62 characters (the shape of OpenAI's ids)."""

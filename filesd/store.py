@@ -59,6 +59,7 @@ __all__ = [
     "BlobTooLarge",
     "CursorNotFound",
     "DataDirLocked",
+    "FileIdTaken",
     "FileNotFound",
     "FileStore",
     "GcReport",
@@ -110,6 +111,14 @@ class ImportConflict(Exception):
     def __init__(self, ids: list[str]) -> None:
         super().__init__(f"{len(ids)} file id(s) exist already, e.g. {ids[0]}")
         self.ids = ids
+
+
+class FileIdTaken(Exception):
+    """The id made for a new file belongs to a stored file already; nothing was stored."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"file id {file_id} is taken already")
+        self.file_id = file_id
 
 
 class DataDirLocked(Exception):
@@ -188,13 +197,14 @@ class FileStore:
         *,
         clock: Callable[[], float] = time.time,
         on_close: Callable[[], None] | None = None,
+        id_generation: int = 0,
     ) -> None:
         self._meta = meta
         self._blobs = blobs
         self._settings = settings
         self._clock = clock
         self._on_close = on_close
-        self.ids = IdMaker(settings.id_format, settings.id_seed)
+        self.ids = IdMaker(settings.id_format, settings.id_seed, id_generation)
         self.new_file_id = self.ids.file_id
         self.keys = KeyStore(meta, clock)
         self._write_lock = asyncio.Lock()
@@ -227,7 +237,23 @@ class FileStore:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(meta, blobs, settings, clock=clock, on_close=lambda: os.close(lock_fd))
+        try:
+            # Seeded ids go on after a restart: each opening draws from a new generation.
+            generation = 0
+            if settings.id_seed is not None:
+                generation = await meta.next_generation("id_seed")
+        except BaseException:
+            await meta.close()
+            os.close(lock_fd)
+            raise
+        return cls(
+            meta,
+            blobs,
+            settings,
+            clock=clock,
+            on_close=lambda: os.close(lock_fd),
+            id_generation=generation,
+        )
 
     async def close(self) -> None:
         if self._committer is not None:
@@ -350,7 +376,11 @@ class FileStore:
                             linked.append(queued)
                     # A crash here leaves blobs with no row: invisible, and swept at start-up.
                     if linked:
-                        await self._meta.insert_files([q.record for q in linked])
+                        inserted = await self._meta.insert_files([q.record for q in linked])
+                        taken = [q for q, ok in zip(linked, inserted, strict=True) if not ok]
+                        if taken:
+                            linked = [q for q, ok in zip(linked, inserted, strict=True) if ok]
+                            await self._refuse_taken(taken)
             except BaseException as error:
                 for queued in batch:
                     if not queued.done.done():
@@ -364,6 +394,19 @@ class FileStore:
                 for queued in batch:  # consumed by commit, or never reached it
                     if not queued.done.done():
                         queued.done.set_exception(RuntimeError("commit abandoned"))
+
+    async def _refuse_taken(self, taken: list[_Queued]) -> None:
+        """Fail the files of a group whose ids were taken (only them), and reclaim the blobs
+        no stored file refers to. Under the write lock."""
+        for queued in taken:
+            log.error("file id %s is taken already: upload refused", queued.record.id)
+            queued.done.set_exception(FileIdTaken(queued.record.id))
+        digests = sorted({q.record.sha256 for q in taken})
+        try:
+            unused = set(digests) - await self._meta.blobs_in_use(digests)
+            await self._blobs.delete(sorted(unused))
+        except Exception:  # the others' rows are committed: an orphan is swept later
+            log.exception("could not reclaim the blobs of refused files")
 
     async def get_file(self, project: str, file_id: str) -> FileRecord:
         record = await self._meta.get_live_file(project, file_id, now=self.now())

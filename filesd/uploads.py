@@ -7,22 +7,42 @@ worker thread while hashing them, and hands the result to `FileStore.create_file
 content-addressed and deduplicated like any other. After a crash, `recover` finishes or reopens a
 claimed upload by whether its reserved file exists, and removes part files without a row.
 
+Hostile clients are bounded:
+- Parts never hold more than the upload declared, and the parts of pending uploads count
+  against the project's byte quota; both are decided with the part's insert, atomically, in the
+  metadata store (`UploadMetadata.insert_part`), so parts racing one another cannot overshoot.
+- A completion costs one write of the upload, once: everything that can refuse it is checked
+  before anything is written. The size comes from the part rows, the quota from the project's
+  usage, and a given `md5` is verified by READING the parts (no write, no fsync) before they are
+  joined; the MD5 of a part order is remembered, so a repeat with the same parts costs nothing.
+  After `MAX_MD5_MISMATCHES` mismatches the upload is cancelled (a client that cannot send the
+  right checksum will not get one by retrying), so the reads are bounded too. And one
+  completion per project runs at a time (others wait their turn), so one project's completions
+  cannot take the disk from every other project's requests.
+
 Errors are plain exceptions; the HTTP layer maps them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from .models import FileRecord, PartRecord, UploadRecord
 from .storage.base import BlobWriter, StagedBlob
-from .store import FileStore
+from .store import FileStore, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TTL = 3600
+# Checksum mismatches an upload may have; the last one cancels it.
+MAX_MD5_MISMATCHES = 3
+# Part orders whose MD5 is remembered (a few hundred bytes each).
+_MD5_MEMORY = 1024
 
 
 class UploadNotFound(Exception):
@@ -59,11 +79,23 @@ class PartsSizeMismatch(Exception):
         self.actual = actual
 
 
+class PartExceedsUpload(Exception):
+    """The part would take the upload's parts past the bytes it was created with."""
+
+    def __init__(self, declared: int, size: int) -> None:
+        super().__init__(f"a part of {size} bytes would take the parts past {declared} bytes")
+        self.declared = declared
+        self.size = size
+
+
 class Md5Mismatch(Exception):
-    def __init__(self, expected: str, actual: str) -> None:
+    """The parts' MD5 is not the one given. `cancelled`: that was the upload's last try."""
+
+    def __init__(self, expected: str, actual: str, *, cancelled: bool = False) -> None:
         super().__init__(f"md5 {actual} does not match {expected}")
         self.expected = expected
         self.actual = actual
+        self.cancelled = cancelled
 
 
 class UploadService:
@@ -74,6 +106,8 @@ class UploadService:
         self._blobs = backing.blobs
         self._max_part_bytes = max_part_bytes
         self._started = time.time()
+        self._md5s: dict[tuple[str, ...], str] = {}  # part tokens in order -> their MD5
+        self._completing: dict[str, tuple[asyncio.Lock, int]] = {}  # project -> lock, users
 
     async def create(
         self,
@@ -133,14 +167,44 @@ class UploadService:
             bytes=staged.size,
             created_at=self._files.now(),
         )
-        # The insert re-checks the status: a part racing a complete or cancel is refused.
-        if not await self._db.insert_part(part, now=self._files.now()):
-            await self._blobs.remove_parts([token])
-            await self.get_pending(project, upload_id)  # raises with the current status
-            raise UploadNotPending(upload_id, "expired")
-        return part
+        # The insert re-checks the status (a part racing a complete or cancel is refused), the
+        # declared size and the quota, all in one transaction.
+        quota = self._files.settings.max_bytes_per_project
+        verdict = await self._db.insert_part(part, now=self._files.now(), max_project_bytes=quota)
+        if verdict == "added":
+            return part
+        await self._blobs.remove_parts([token])
+        if verdict == "over_declared":
+            upload = await self.get_pending(project, upload_id)
+            raise PartExceedsUpload(upload.bytes, part.bytes)
+        if verdict == "over_quota":
+            raise QuotaExceeded(project, "bytes", quota)
+        await self.get_pending(project, upload_id)  # raises with the current status
+        raise UploadNotPending(upload_id, "expired")
 
     async def complete(
+        self, project: str, upload_id: str, part_ids: list[str], md5: str | None
+    ) -> tuple[UploadRecord, FileRecord]:
+        """Join the parts into a file; see the module's docstring for what bounds the work."""
+        async with self._one_completion(project):
+            return await self._complete(project, upload_id, part_ids, md5)
+
+    @contextlib.asynccontextmanager
+    async def _one_completion(self, project: str) -> AsyncIterator[None]:
+        """One completion of `project` at a time (the others wait): each writes a whole upload."""
+        lock, users = self._completing.get(project, (asyncio.Lock(), 0))
+        self._completing[project] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._completing[project]
+            if users == 1:
+                del self._completing[project]
+            else:
+                self._completing[project] = (lock, users - 1)
+
+    async def _complete(
         self, project: str, upload_id: str, part_ids: list[str], md5: str | None
     ) -> tuple[UploadRecord, FileRecord]:
         upload = await self.get_pending(project, upload_id)
@@ -155,6 +219,11 @@ class UploadService:
         total = sum(parts[p].bytes for p in part_ids)
         if total != upload.bytes:
             raise PartsSizeMismatch(upload.bytes, total)
+        # Refuse what can be refused before anything is written.
+        await self._files.check_quota(project, upload.bytes)
+        tokens = tuple(parts[p].token for p in part_ids)
+        if md5 is not None:
+            await self._verify_md5(upload_id, tokens, md5.lower())
 
         file_id = self._files.new_file_id()
         if not await self._db.set_upload_status(
@@ -163,7 +232,7 @@ class UploadService:
             await self.get_pending(project, upload_id)
             raise UploadNotPending(upload_id, "completing")
         try:
-            joined, joined_md5 = await self._blobs.concat_parts([parts[p].token for p in part_ids])
+            joined, joined_md5 = await self._blobs.concat_parts(tokens)
             if md5 is not None and joined_md5 != md5.lower():
                 await self.discard(joined)
                 raise Md5Mismatch(md5, joined_md5)
@@ -180,6 +249,26 @@ class UploadService:
             raise
         await self._finish(upload_id, file_id)
         return replace(upload, status="completed", file_id=file_id), record
+
+    async def _verify_md5(self, upload_id: str, tokens: tuple[str, ...], md5: str) -> None:
+        """Raise `Md5Mismatch` unless the parts joined in this order have this MD5, read
+        without writing (and remembered); the last allowed mismatch cancels the upload."""
+        actual = self._md5s.get(tokens)
+        if actual is None:
+            actual = await self._blobs.parts_md5(tokens)
+            if len(self._md5s) >= _MD5_MEMORY:
+                del self._md5s[next(iter(self._md5s))]
+            self._md5s[tokens] = actual
+        if actual == md5:
+            return
+        failures = await self._db.note_failed_completion(upload_id)
+        cancelled = failures >= MAX_MD5_MISMATCHES and await self._db.set_upload_status(
+            upload_id, old="pending", new="cancelled"
+        )
+        if cancelled:
+            log.info("upload %s cancelled after %d checksum mismatches", upload_id, failures)
+            await self._drop_parts(upload_id)
+        raise Md5Mismatch(md5, actual, cancelled=cancelled)
 
     async def cancel(self, project: str, upload_id: str) -> UploadRecord:
         upload = await self.get_pending(project, upload_id)
@@ -223,4 +312,7 @@ class UploadService:
 
     async def _drop_parts(self, upload_id: str) -> None:
         tokens = await self._db.delete_parts(upload_id)
+        dropped = set(tokens)
+        for key in [k for k in self._md5s if not dropped.isdisjoint(k)]:
+            del self._md5s[key]
         await self._blobs.remove_parts(tokens)

@@ -194,7 +194,8 @@ async def _upload_with_part(db: MetadataStore) -> None:
     await db.insert_upload(
         UploadRecord("u", "p", "f", "batch", "text/plain", 2, 1, 10**10, None, "pending")
     )
-    assert await db.insert_part(PartRecord("part", "u", "a" * 32, 2, 1), now=1)
+    part = PartRecord("part", "u", "a" * 32, 2, 1)
+    assert await db.insert_part(part, now=1, max_project_bytes=0) == "added"
 
 
 async def test_delete_everything_is_all_or_nothing(db: MetadataStore, tmp_path: Path) -> None:

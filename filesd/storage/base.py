@@ -16,12 +16,15 @@ import errno
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..models import FileRecord, KeyRecord, PartRecord, ProjectUsage, StorageTotals, UploadRecord
 
 # Content up to this size is kept in memory by its writer (see StagedBlob.content).
 SMALL_BYTES = 64 * 1024
+
+# What became of a part offered to an upload (`UploadMetadata.insert_part`).
+PartVerdict = Literal["added", "not_pending", "over_declared", "over_quota"]
 
 
 # --- neutral errors ----------------------------------------------------------------------------
@@ -194,6 +197,10 @@ class BlobBackend(Protocol):
         """
         ...
 
+    async def parts_md5(self, tokens: Sequence[str]) -> str:
+        """The MD5 (hex) of the parts joined in order, read without writing anything."""
+        ...
+
 
 # --- metadata ----------------------------------------------------------------------------------
 
@@ -213,8 +220,18 @@ class UploadMetadata(Protocol):
         """Move an upload from status `old` to `new`; False if it was not in `old`."""
         ...
 
-    async def insert_part(self, part: PartRecord, *, now: int) -> bool:
-        """Add a part to a pending, unexpired upload; False (nothing added) otherwise."""
+    async def insert_part(
+        self, part: PartRecord, *, now: int, max_project_bytes: int
+    ) -> PartVerdict:
+        """Add a part to a pending, unexpired upload, atomically with the checks: refused
+        (nothing added) if the upload is not pending (`not_pending`), if its parts would
+        then hold more than its declared bytes (`over_declared`), or if `max_project_bytes`
+        (0: no limit) would be passed by the project's live files, the parts of its pending
+        uploads and this part (`over_quota`). Concurrent parts cannot overshoot either."""
+        ...
+
+    async def note_failed_completion(self, upload_id: str) -> int:
+        """Count a failed completion of an upload (kept with it); returns how many so far."""
         ...
 
     async def get_parts(self, upload_id: str) -> list[PartRecord]: ...
@@ -257,8 +274,13 @@ class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
 
     async def schema_version(self) -> int: ...
 
-    async def insert_files(self, records: Sequence[FileRecord]) -> None:
-        """Insert new files, all or none."""
+    async def insert_files(self, records: Sequence[FileRecord]) -> list[bool]:
+        """Insert new files; per record, whether it was. A record whose id is taken already
+        is skipped on its own (False), and never fails the others."""
+        ...
+
+    async def next_generation(self, name: str) -> int:
+        """Bump the persistent counter `name`; returns its new value (0 the first time)."""
         ...
 
     async def import_files(self, records: Sequence[FileRecord]) -> list[str]:
@@ -372,3 +394,6 @@ class DelegatingBlobs:
 
     async def concat_parts(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
         return await self.inner.concat_parts(tokens)
+
+    async def parts_md5(self, tokens: Sequence[str]) -> str:
+        return await self.inner.parts_md5(tokens)

@@ -177,6 +177,9 @@ class BlobDir:
     async def concat_parts(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
         return await _in_thread(self._concat_parts_sync, tokens)
 
+    async def parts_md5(self, tokens: Sequence[str]) -> str:
+        return await _in_thread(self._parts_md5_sync, tokens)
+
     # --- blocking implementations (also for operator commands) --------------------------------
 
     def prepare_sync(self) -> int:
@@ -329,6 +332,14 @@ class BlobDir:
         assert out.md5 is not None
         staged = StagedBlob(out.path.name, out.sha256.hexdigest(), out.size)
         return staged, out.md5.hexdigest()
+
+    def _parts_md5_sync(self, tokens: Sequence[str]) -> str:
+        md5 = hashlib.md5(usedforsecurity=False)
+        for token in tokens:
+            with self.part_path(token).open("rb", buffering=0) as part:
+                while chunk := part.read(BATCH_BYTES):
+                    md5.update(chunk)
+        return md5.hexdigest()
 
 
 class DirWriter:

@@ -14,6 +14,7 @@ file, even within one second.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -30,7 +31,7 @@ from ..models import (
     StorageTotals,
     UploadRecord,
 )
-from .base import SchemaTooNew, StorageBusy, StorageFull
+from .base import PartVerdict, SchemaTooNew, StorageBusy, StorageFull
 
 # The database's name inside a data directory.
 DB_NAME = "filesd.db"
@@ -156,6 +157,15 @@ MIGRATIONS: tuple[str, ...] = (
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     );
+    """,
+    # 6: named counters (the generation of seeded ids, so that they continue after a restart),
+    # and the checksum mismatches of each upload (a completion may fail only so often)
+    """
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE uploads ADD COLUMN failed_completions INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -312,14 +322,25 @@ class SqliteMetadata:
 
     # --- files ----------------------------------------------------------------------------------
 
-    async def insert_files(self, records: Sequence[FileRecord]) -> None:
-        """Insert rows: one statement (one commit) when they fit, else one transaction."""
+    async def insert_files(self, records: Sequence[FileRecord]) -> list[bool]:
+        """Insert rows: one statement (one commit) when they fit, else one transaction.
+
+        A row whose id is taken already is skipped, alone (`ON CONFLICT DO NOTHING`): the
+        others of the group are inserted all the same. Returns, per record, whether it was.
+        """
         if len(records) <= _CHUNK:
             async with self._writing:
-                await _insert_files(self._conn, records)
-            return
-        async with self._transaction() as conn:
-            await _insert_files(conn, records)
+                inserted = await _insert_files(self._conn, records, skip_taken=True)
+        else:
+            async with self._transaction() as conn:
+                inserted = await _insert_files(conn, records, skip_taken=True)
+        # RETURNING names the rows inserted; of two records with one id, the first is.
+        left = collections.Counter(inserted)
+        results = []
+        for record in records:
+            results.append(left[record.id] > 0)
+            left[record.id] -= 1
+        return results
 
     async def import_files(self, records: Sequence[FileRecord]) -> list[str]:
         async with self._transaction() as conn:
@@ -330,7 +351,7 @@ class SqliteMetadata:
                 sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
                 taken += [row[0] for row in await self._run(conn, sql, chunk)]
             if not taken:
-                await _insert_files(conn, records)
+                await _insert_files(conn, records, skip_taken=False)
         return taken
 
     async def existing_ids(self, ids: Sequence[str]) -> list[str]:
@@ -526,6 +547,14 @@ class SqliteMetadata:
             )
         return purged
 
+    async def next_generation(self, name: str) -> int:
+        """Bump the counter `name` and return its new value: 0 the first time, then 1, 2..."""
+        sql = (
+            "INSERT INTO counters (name, value) VALUES (?, 0) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+        )
+        return int((await self._write(sql, (name,)))[0][0])
+
     # --- API keys -------------------------------------------------------------------------------
 
     async def insert_key(self, key: KeyRecord) -> None:
@@ -574,15 +603,48 @@ class SqliteMetadata:
         sql = "UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = ? RETURNING 1"
         return len(await self._write(sql, (new, file_id, upload_id, old))) == 1
 
-    async def insert_part(self, part: PartRecord, *, now: int) -> bool:
-        """Add a part to a pending, unexpired upload; False (nothing added) otherwise."""
+    async def insert_part(
+        self, part: PartRecord, *, now: int, max_project_bytes: int
+    ) -> PartVerdict:
+        """Add a part to a pending, unexpired upload if it fits, deciding and inserting in
+        one transaction on the one writer, so two parts racing cannot both pass a check."""
+        check = """
+            SELECT u.status = 'pending' AND u.expires_at > :now, u.bytes,
+                (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
+                CASE WHEN :max_bytes > 0 THEN
+                    (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
+                    + (SELECT COALESCE(SUM(p.bytes), 0)
+                       FROM upload_parts p CROSS JOIN uploads o ON o.id = p.upload_id
+                       WHERE o.project = u.project AND o.status IN ('pending', 'completing'))
+                ELSE 0 END
+            FROM uploads u WHERE u.id = :upload_id
+        """
+        params = {"now": now, "upload_id": part.upload_id, "max_bytes": max_project_bytes}
+        async with self._transaction() as conn:
+            rows = await self._run(conn, check, params)
+            if not rows or not rows[0][0]:
+                return "not_pending"
+            declared, held, project_bytes = (int(v) for v in rows[0][1:])
+            if held + part.bytes > declared:
+                return "over_declared"
+            if max_project_bytes and project_bytes + part.bytes > max_project_bytes:
+                return "over_quota"
+            await self._run(
+                conn,
+                "INSERT INTO upload_parts (id, upload_id, token, bytes, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (part.id, part.upload_id, part.token, part.bytes, part.created_at),
+            )
+        return "added"
+
+    async def note_failed_completion(self, upload_id: str) -> int:
+        """Count a failed completion of an upload; returns how many it has had."""
         sql = (
-            "INSERT INTO upload_parts (id, upload_id, token, bytes, created_at) "
-            "SELECT ?, ?, ?, ?, ? FROM uploads WHERE id = ? AND status = 'pending' "
-            "AND expires_at > ? RETURNING 1"
+            "UPDATE uploads SET failed_completions = failed_completions + 1 "
+            "WHERE id = ? RETURNING failed_completions"
         )
-        params = (part.id, part.upload_id, part.token, part.bytes, part.created_at)
-        return len(await self._write(sql, (*params, part.upload_id, now))) == 1
+        rows = await self._write(sql, (upload_id,))
+        return int(rows[0][0]) if rows else 0
 
     async def get_parts(self, upload_id: str) -> list[PartRecord]:
         sql = "SELECT id, upload_id, token, bytes, created_at FROM upload_parts WHERE upload_id = ?"
@@ -618,7 +680,13 @@ class SqliteMetadata:
         return {row[0] for row in await self._chunked_rows(sql, tokens)}
 
 
-async def _insert_files(conn: aiosqlite.Connection, records: Sequence[FileRecord]) -> None:
+async def _insert_files(
+    conn: aiosqlite.Connection, records: Sequence[FileRecord], *, skip_taken: bool
+) -> list[str]:
+    """Insert rows, `_CHUNK` per statement; returns the ids inserted. With `skip_taken`, a
+    row whose id exists is skipped; without, it fails the statement (IntegrityError)."""
+    conflict = " ON CONFLICT (id) DO NOTHING" if skip_taken else ""
+    inserted: list[str] = []
     for start in range(0, len(records), _CHUNK):
         chunk = records[start : start + _CHUNK]
         marks = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
@@ -638,7 +706,9 @@ async def _insert_files(conn: aiosqlite.Connection, records: Sequence[FileRecord
                 r.status_details,
             )
         ]
-        await SqliteMetadata._run(conn, f"INSERT INTO files ({_COLUMNS}) VALUES {marks}", params)
+        sql = f"INSERT INTO files ({_COLUMNS}) VALUES {marks}{conflict} RETURNING id"
+        inserted += [row[0] for row in await SqliteMetadata._run(conn, sql, params)]
+    return inserted
 
 
 def _record(row: Iterable[Any] | sqlite3.Row) -> FileRecord:
