@@ -215,5 +215,8 @@ class _SendfileResponse(web.StreamResponse):
             await super().write_eof()
             return writer
         finally:
+            # Closed here, not in a thread: a read-only file's close writes nothing, and a close
+            # handed to a thread is skipped when the task is cancelled before the thread runs it
+            # (a client gone mid-download), which would leak the descriptor.
             self._closer.detach()
-            await asyncio.to_thread(self._file.close)
+            self._file.close()

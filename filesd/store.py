@@ -434,7 +434,15 @@ class FileStore:
             path = self._blobs.local_path(record.sha256)
             if path is None:
                 return None
-            return await asyncio.to_thread(path.open, "rb")
+            opening: asyncio.Future[IO[bytes]] = asyncio.get_running_loop().run_in_executor(
+                None, path.open, "rb"
+            )
+            try:
+                return await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # The open goes on in its thread: close what it opens, or the descriptor leaks.
+                opening.add_done_callback(_close_opened)
+                raise
         except (BlobMissing, FileNotFoundError):
             raise _missing(record) from None
 
@@ -610,3 +618,8 @@ def lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         raise DataDirLocked(f"{data_dir} is in use by another filesd process") from None
     return fd
+
+
+def _close_opened(opening: asyncio.Future[IO[bytes]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
