@@ -152,17 +152,22 @@ async def remove_fault(request: web.Request) -> web.Response:
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    """A tar archive of the live files (of `?project=`, or all) and their blobs."""
-    length, chunks = await request.app[STORE].export_archive(request.query.get("project"))
+    """A tar archive of the live files (of `?project=`, or all) and their blobs.
+
+    Damaged files (and files whose blob is gone) are left out: listed in the manifest's
+    `skipped`, and counted in the `X-Filesd-Skipped` header.
+    """
+    archive = await request.app[STORE].export_archive(request.query.get("project"))
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/x-tar",
             "Content-Disposition": 'attachment; filename="filesd-export.tar"',
+            "X-Filesd-Skipped": str(len(archive.skipped)),
         }
     )
-    response.content_length = length
+    response.content_length = archive.length
     await response.prepare(request)
-    async for chunk in chunks:
+    async for chunk in archive.chunks:
         await response.write(chunk)
     await response.write_eof()
     return response

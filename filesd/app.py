@@ -33,11 +33,14 @@ log = logging.getLogger(__name__)
 CLIENT_MAX_SIZE = 1024 * 1024
 
 
-def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> web.Application:
+def create_app(
+    config: Config, *, clock: Callable[[], float] | None = None, new_database: bool = False
+) -> web.Application:
     """A filesd application for `config`. The store opens on start-up and closes on clean-up.
 
     `clock` replaces the server's time (tests); by default it is a `Clock`, real time unless
-    `[testing] frozen_time` is set, adjustable through the admin API.
+    `[testing] frozen_time` is set, adjustable through the admin API. Start-up fails with
+    `DatabaseMissing` over blobs without a database, unless `new_database`.
     """
     if clock is None:
         clock = Clock(config.testing.frozen_time)
@@ -71,6 +74,7 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
             StoreSettings.from_config(config),
             clock=clock,
             wrap_blobs=FaultyBlobs if faults_possible else None,
+            new_database=new_database,
         )
         uploads = UploadService(store, max_part_bytes=config.limits.max_part_bytes)
         app[STORE] = store
@@ -84,6 +88,8 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
                 "no API keys configured: running open, any bearer token is accepted "
                 "and each distinct token is its own project"
             )
+        elif not app[METRICS].has_token:
+            log.info("GET /metrics answers 401: set [metrics] token to scrape it")
         tasks = [
             asyncio.create_task(_maintain(store, uploads, config)),
             asyncio.create_task(_refresh_keys(store, authenticator)),
@@ -99,7 +105,7 @@ def create_app(config: Config, *, clock: Callable[[], float] | None = None) -> w
 
     app.cleanup_ctx.append(store_ctx)
     app.on_response_prepare.append(add_api_headers)
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics((config.metrics.token, config.admin.token))
     app.on_response_prepare.append(app[METRICS].on_response_prepare)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)

@@ -1,11 +1,13 @@
 """Export and import of files as one tar archive (the admin API's snapshot of a state).
 
 An archive holds `filesd-export.json` (format version and the live files' metadata) and
-`blobs/<sha256>` for each blob they use. Both directions stream through any blob backend:
-export writes tar headers around each blob's bytes as they are read (the length is known in
-advance), import parses the tar stream as it arrives and streams each member into a blob
-writer, which hashes it. Import never takes a path from the archive: a member is only matched
-against `blobs/<64 hex digits>`, and a digest that does not match refuses the whole archive.
+`blobs/<sha256>` for each blob they use. Files that could not be exported (damaged, or their
+blob gone) are listed in the manifest's `skipped` (id and reason) and are not in `files`.
+Both directions stream through any blob backend: export writes tar headers around each blob's
+bytes as they are read (the length is known in advance), import parses the tar stream as it
+arrives and streams each member into a blob writer, which hashes it. Import never takes a path
+from the archive: a member is only matched against `blobs/<64 hex digits>`, and a digest that
+does not match refuses the whole archive.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import dataclasses
 import json
 import re
 import tarfile
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
 
 from .manifest import FORMAT, FORMAT_VERSION, ManifestError, parse_manifest
 from .models import FileRecord
@@ -44,15 +47,33 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % _BLOCK)
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    """A live file left out of an export, and why."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export archive: its length in bytes, its bytes as a stream, the files left out."""
+
+    length: int
+    chunks: AsyncIterator[bytes]
+    skipped: Sequence[SkippedFile] = ()
+
+
 def export_archive(
-    records: list[FileRecord], open_blob: OpenBlob
-) -> tuple[int, AsyncIterator[bytes]]:
-    """The archive of `records`: its length in bytes, and its bytes as a stream."""
+    records: list[FileRecord], open_blob: OpenBlob, skipped: Sequence[SkippedFile] = ()
+) -> Export:
+    """The archive of `records` (each blob must be there), listing `skipped` files too."""
     manifest = json.dumps(
         {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "files": [dataclasses.asdict(r) for r in records],
+            "skipped": [dataclasses.asdict(s) for s in skipped],
         }
     ).encode()
     sizes = {r.sha256: r.bytes for r in records}
@@ -77,7 +98,7 @@ def export_archive(
             yield _padding(size)
         yield b"\0" * (2 * _BLOCK)
 
-    return length, stream()
+    return Export(length, stream(), skipped)
 
 
 class _Reader:

@@ -14,7 +14,7 @@ from . import __version__, ops
 from .config import LOG_LEVELS, Config, ConfigError, load_config
 from .server import serve
 from .storage.base import SchemaTooNew
-from .store import DataDirLocked
+from .store import DatabaseMissing, DataDirLocked
 
 COMMANDS = ("serve", "fsck", "gc", "keys", "backup")
 
@@ -38,23 +38,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="debug, info, warning or error (overrides log.level)",
     )
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+    new_database = argparse.ArgumentParser(add_help=False)
+    new_database.add_argument(
+        "--new-database",
+        action="store_true",
+        help="start even though the data directory holds blobs but no database "
+        "(a new, empty database is made and the blobs are deleted as unreferenced)",
+    )
 
-    serve_parser = command("serve", "run the server (the default)")
+    def command(
+        name: str, help_text: str, *extra: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=help_text, parents=[common, *extra]
+        )
+
+    serve_parser = command("serve", "run the server (the default)", new_database)
     serve_parser.add_argument("--host", help="address to listen on (overrides server.host)")
     serve_parser.add_argument(
         "--port", type=_port, help="port to listen on, 0 for a free one (overrides server.port)"
     )
     fsck_parser = command(
-        "fsck", "check every blob and file; exit status 1 if anything is wrong (server stopped)"
+        "fsck",
+        "check every blob and file; exit status 1 if anything is wrong (server stopped)",
+        new_database,
     )
     fsck_parser.add_argument(
         "--repair",
         action="store_true",
         help="quarantine corrupt blobs, mark damaged files, remove orphans and stray files",
     )
-    command("gc", "delete expired files, purge old deleted rows, reclaim unused blobs")
+    command(
+        "gc", "delete expired files, purge old deleted rows, reclaim unused blobs", new_database
+    )
     backup_parser = command("backup", "copy the data directory consistently, also while serving")
     backup_parser.add_argument("dest", type=Path, help="an empty or new directory")
     keys_parser = commands.add_parser(
@@ -97,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args, config)
+    except DatabaseMissing as e:
+        print(f"filesd: {e}", file=sys.stderr)
+        return 2
     except (DataDirLocked, SchemaTooNew, OSError) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 1
@@ -105,16 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, config: Config) -> int:
     data_dir = config.storage.data_dir
     if args.command == "serve":
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, new_database=args.new_database))
         return 0
     if args.command == "fsck":
-        report = asyncio.run(ops.fsck(data_dir, repair=args.repair))
+        report = asyncio.run(ops.fsck(data_dir, repair=args.repair, new_database=args.new_database))
         print("\n".join(report.lines()))
         if args.repair and not report.ok:
             print("repaired")
         return 0 if report.ok else 1
     if args.command == "gc":
-        result = asyncio.run(ops.gc(data_dir, deleted_retention=config.storage.deleted_retention))
+        result = asyncio.run(
+            ops.gc(
+                data_dir,
+                deleted_retention=config.storage.deleted_retention,
+                new_database=args.new_database,
+            )
+        )
         print(
             f"expired files deleted: {result.expired_files}, deleted rows purged: "
             f"{result.purged_rows}, unused blobs reclaimed: {result.orphaned_blobs}"

@@ -107,6 +107,14 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """GET /metrics: keyless in open mode; once API keys exist (in the file or made in the
+    database) it needs this token or the admin token, as its totals span every project."""
+
+    token: str = ""
+
+
+@dataclass(frozen=True)
 class TestingConfig:
     """For test runs: reproducible ids, a frozen clock, faults from the start."""
 
@@ -145,6 +153,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
 
     def with_overrides(
@@ -273,6 +282,12 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     if journal_size < 0:
         raise ConfigError(f"admin.journal_size: must be 0 or more, got {journal_size}")
 
+    metrics = _table(data, "metrics")
+    _check_keys(metrics, "metrics.", _names(MetricsConfig))
+    metrics_token = _get(metrics, "metrics.token", str, "")
+    if metrics_token and len(metrics_token) < 16:
+        raise ConfigError("metrics.token: use at least 16 characters")
+
     testing = _table(data, "testing")
     _check_keys(testing, "testing.", _names(TestingConfig))
     id_seed = _get(testing, "testing.id_seed", int, None)
@@ -311,6 +326,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         auth=AuthConfig(keys=keys),
         log=LogConfig(level=level, access_log=access_log),
         admin=AdminConfig(token=admin_token, journal_size=journal_size),
+        metrics=MetricsConfig(token=metrics_token),
         testing=TestingConfig(
             id_seed=id_seed,
             frozen_time=None if frozen is None else float(frozen),

@@ -1,6 +1,15 @@
-"""Liveness and readiness probes (no key needed; outside /v1)."""
+"""Liveness and readiness probes (no key needed; outside /v1).
+
+Readiness costs a database query and a file created, fsynced and removed in the data
+directory, so its answer is kept for `Readiness.TTL` seconds and probes arriving together
+share one check: a prober polling hard cannot turn /readyz into disk load.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -8,7 +17,49 @@ from .appkeys import STORE
 from .errors import ServiceUnavailable
 
 
+class Readiness:
+    """What keeps the server from serving, checked at most once per `ttl` seconds.
+
+    `check` returns the problems (empty: ready). Probes within `ttl` of the last check's start
+    get its answer; probes arriving while a check runs wait for that same check.
+    """
+
+    TTL = 1.0
+
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[list[str]]],
+        *,
+        ttl: float = TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._ttl = ttl
+        self.clock = clock
+        self._answer: list[str] | None = None
+        self._checked_at = 0.0
+        self._running: asyncio.Task[list[str]] | None = None
+
+    async def problems(self) -> list[str]:
+        if self._answer is not None and self.clock() - self._checked_at < self._ttl:
+            return list(self._answer)
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._refresh())
+        # Shielded: one probe's client going away must not cancel the check the others share.
+        return list(await asyncio.shield(self._running))
+
+    async def _refresh(self) -> list[str]:
+        started = self.clock()
+        problems = await self._check()
+        self._answer, self._checked_at = problems, started
+        return problems
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
 def setup_health_routes(app: web.Application) -> None:
+    app[READINESS] = Readiness(lambda: app[STORE].readiness_problems())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
@@ -19,8 +70,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and the data directory takes writes; 503 naming what failed."""
-    problems = await request.app[STORE].readiness_problems()
+    """The database answers and is still in place, and the data directory takes writes;
+    503 naming what failed. Answers may be up to `Readiness.TTL` seconds old."""
+    problems = await request.app[READINESS].problems()
     if problems:
         raise ServiceUnavailable("Not ready: " + "; ".join(problems), code="not_ready")
     return web.json_response({"status": "ready"})

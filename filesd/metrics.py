@@ -2,23 +2,35 @@
 
 Requests by route template and status, latency to the first byte of the response, bytes in and
 out, uploads streaming; and at scrape time, live files, their bytes (logical) and the bytes of
-the distinct blobs holding them (physical), whose ratio is what deduplication saves.
+the distinct blobs holding them (physical), whose ratio is what deduplication saves. Those
+totals come from counters kept with the rows (one row read per scrape, whatever the files).
+
+The totals span every project (blob counts tell who stored the same bytes), so once API keys
+exist (in the file or made in the database) a scrape needs `[metrics] token` or the admin
+token, compared in constant time; in open mode it stays keyless.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
+from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .appkeys import STORE, UPLOAD_SLOTS
-from .errors import STARTED
+from .appkeys import AUTHENTICATOR, STORE, UPLOAD_SLOTS
+from .auth import bearer_token
+from .errors import STARTED, AuthenticationFailed
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The registry, and the tokens a scrape may carry (`tokens`: empty ones are ignored)."""
+
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        self._token_digests = [_digest(t) for t in tokens if t]
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -55,12 +67,40 @@ class Metrics:
         self.bytes_in.inc(request.content_length or 0)
         self.bytes_out.inc(response.content_length or 0)
 
+    @property
+    def has_token(self) -> bool:
+        return bool(self._token_digests)
+
+    def accepts(self, token: str | None) -> bool:
+        """Whether `token` is one of the scrape tokens; every digest is compared, each in
+        constant time, so timing tells nothing about which (or how much of one) matched."""
+        if token is None:
+            return False
+        given = _digest(token)
+        matched = False
+        for known in self._token_digests:
+            matched |= hmac.compare_digest(known, given)
+        return matched
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
 
 METRICS = web.AppKey("metrics", Metrics)
+
+_SCRAPE_REFUSED = (
+    "GET /metrics needs a token now that API keys are configured: "
+    "Authorization: Bearer <[metrics] token or [admin] token>."
+)
 
 
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
+    if not request.app[AUTHENTICATOR].open_mode and not m.accepts(
+        bearer_token(request.headers.get("Authorization"))
+    ):
+        raise AuthenticationFailed(_SCRAPE_REFUSED)
     totals = await request.app[STORE].storage_totals()
     m.files.set(totals.files)
     m.logical.set(totals.logical_bytes)

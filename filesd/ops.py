@@ -20,7 +20,7 @@ from pathlib import Path
 from .keys import KeyStore
 from .storage.blobdir import BlobDir, fsync_dir
 from .storage.sqlite import SqliteMetadata, database_path, finish_snapshot, snapshot_database
-from .store import FileStore, GcReport, StoreSettings, lock_data_dir
+from .store import FileStore, GcReport, StoreSettings, lock_data_dir, refuse_missing_database
 
 __all__ = [
     "BackupReport",
@@ -68,17 +68,21 @@ class FsckReport:
         return out
 
 
-async def fsck(data_dir: Path, *, repair: bool) -> FsckReport:
+async def fsck(data_dir: Path, *, repair: bool, new_database: bool = False) -> FsckReport:
     """Check every blob against its digest and every live file against its blob.
 
     Changes nothing unless `repair`: then corrupt blobs move to `quarantine/` and their files
     get `status: "error"` (as do files whose blob is missing); orphaned blobs and stray temp and
     part files are removed. Takes the data directory's lock: not beside a running server.
+    Raises `DatabaseMissing` over blobs without a database (every blob would look orphaned),
+    unless `new_database`.
     """
     report = FsckReport()
     blobs = BlobDir(data_dir)
     lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
     try:
+        if not new_database:
+            await refuse_missing_database(data_dir, blobs)
         db = await SqliteMetadata.open(database_path(data_dir))
         try:
             if await asyncio.to_thread(blobs.temp_dir.is_dir):
@@ -129,10 +133,11 @@ def _digest_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def gc(data_dir: Path, *, deleted_retention: int) -> GcReport:
+async def gc(data_dir: Path, *, deleted_retention: int, new_database: bool = False) -> GcReport:
     """Delete expired files, purge rows soft-deleted over `deleted_retention` seconds ago,
-    and reclaim blobs no file refers to. The server runs the same in the background."""
-    store = await FileStore.open(StoreSettings(data_dir))
+    and reclaim blobs no file refers to. The server runs the same in the background.
+    Raises `DatabaseMissing` over blobs without a database, unless `new_database`."""
+    store = await FileStore.open(StoreSettings(data_dir), new_database=new_database)
     try:
         return await store.collect(deleted_retention=deleted_retention)
     finally:

@@ -52,17 +52,18 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, *, access_log: bool | None = None
+    config: Config, *, access_log: bool | None = None, new_database: bool = False
 ) -> AsyncIterator[RunningServer]:
     """Start filesd for `config` on `[server] host` and `port`; on exit stop listening and shut
     the application down (requests in flight get up to SHUTDOWN_TIMEOUT seconds).
 
     `access_log` overrides `[log] access_log`. Connections get `[server] header_timeout`,
     `keepalive_timeout` and `max_connections`; accept errors are logged once per interval.
+    `new_database`: start even over blobs that have no database (see `DatabaseMissing`).
     """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrorLog(loop))
-    app = create_app(config)
+    app = create_app(config, new_database=new_database)
     gate = app[CONNECTIONS] = ConnectionGate(config.server.max_connections)
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
@@ -93,10 +94,10 @@ async def running(
         await runner.cleanup()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, new_database: bool = False) -> None:
     """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
     fit_descriptor_limit(config.server.max_connections)
-    async with running(config) as server:
+    async with running(config, new_database=new_database) as server:
         print(
             f"filesd listening on {', '.join(server.urls)} (data in {config.storage.data_dir})",
             flush=True,

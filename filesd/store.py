@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
-from .archive import export_archive, stage_archive
+from .archive import Export, SkippedFile, export_archive, stage_archive
 from .ids import IdMaker
 from .keys import KeyStore
 from .models import FilePage, FileRecord, ProjectUsage, StorageTotals
@@ -49,7 +50,7 @@ from .storage.base import (
 )
 from .storage.blobdir import BlobDir
 from .storage.cached import SMALL_CACHE_BYTES, CachedBlobs
-from .storage.sqlite import SqliteMetadata, database_path
+from .storage.sqlite import DB_NAME, SqliteMetadata, database_path
 
 if TYPE_CHECKING:
     from .config import Config
@@ -59,6 +60,7 @@ __all__ = [
     "BlobTooLarge",
     "CursorNotFound",
     "DataDirLocked",
+    "DatabaseMissing",
     "FileIdTaken",
     "FileNotFound",
     "FileStore",
@@ -71,6 +73,7 @@ __all__ = [
     "StoreSettings",
     "UploadBacking",
     "lock_data_dir",
+    "refuse_missing_database",
 ]
 
 log = logging.getLogger(__name__)
@@ -123,6 +126,39 @@ class FileIdTaken(Exception):
 
 class DataDirLocked(Exception):
     """Another filesd process is using this data directory."""
+
+
+class DatabaseMissing(Exception):
+    """The data directory holds blobs or upload parts but no database.
+
+    Typically the database was moved aside and not yet put back: starting would make an empty
+    one, and the orphan sweep would then delete every blob as unreferenced. Proceeding anyway
+    is a choice (`--new-database`, `new_database=True`), never a default.
+    """
+
+    def __init__(self, data_dir: Path, blobs: int, parts: int) -> None:
+        held = f"{blobs} blob(s)" + (f" and {parts} upload part(s)" if parts else "")
+        super().__init__(
+            f"{data_dir} holds {held} but no database ({DB_NAME}). Put {DB_NAME} back (from "
+            "where it was moved, or from a backup) before starting: without it filesd would "
+            "make an empty database and delete every blob as unreferenced. To start over with "
+            "a new, empty database on purpose (the blobs will be deleted), pass --new-database "
+            "(filesd.testing.serve: new_database=True)."
+        )
+        self.data_dir = data_dir
+
+
+async def refuse_missing_database(data_dir: Path, blobs: BlobBackend) -> None:
+    """Raise `DatabaseMissing` if `data_dir` has no database but `blobs` holds content."""
+    if await asyncio.to_thread(database_path(data_dir).exists):
+        return
+    try:
+        digests = await blobs.digests()
+        parts = await blobs.part_tokens_older_than(math.inf)
+    except FileNotFoundError:  # no blob directories yet: nothing to lose
+        return
+    if digests or parts:
+        raise DatabaseMissing(data_dir, len(digests), len(parts))
 
 
 @dataclass(frozen=True)
@@ -218,10 +254,12 @@ class FileStore:
         *,
         clock: Callable[[], float] = time.time,
         wrap_blobs: BlobWrapper | None = None,
+        new_database: bool = False,
     ) -> FileStore:
         """Open (creating if needed) the store in `settings.data_dir`: SQLite and a blob
         directory there; clean up interrupted uploads. `wrap_blobs` wraps the blob backend
-        (fault injection). Raises `DataDirLocked` if another process holds the directory.
+        (fault injection). Raises `DataDirLocked` if another process holds the directory,
+        `DatabaseMissing` if it holds blobs or parts but no database (unless `new_database`).
         """
         data_dir = settings.data_dir
         lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
@@ -230,6 +268,8 @@ class FileStore:
             removed = await local.prepare()
             if removed:
                 log.info("removed %d temp file(s) of interrupted uploads", removed)
+            if not new_database:
+                await refuse_missing_database(data_dir, local)
             blobs: BlobBackend = CachedBlobs(local, settings.small_cache_bytes)
             if wrap_blobs is not None:
                 blobs = wrap_blobs(blobs)
@@ -488,11 +528,26 @@ class FileStore:
 
     # --- export and import ----------------------------------------------------------------------
 
-    async def export_archive(self, project: str | None) -> tuple[int, AsyncIterator[bytes]]:
-        """A tar archive of the live files (of `project`, or all) and their blobs: its length
-        in bytes and its bytes as a stream (see `filesd.archive`)."""
+    async def export_archive(self, project: str | None) -> Export:
+        """A tar archive of the live files (of `project`, or all) and their blobs (see
+        `filesd.archive`). Files that cannot be exported are left out and listed in
+        `Export.skipped`: those marked damaged (status `error`, e.g. quarantined by
+        `filesd fsck --repair`) and those whose blob is missing."""
         records = await self._meta.live_files(project)
-        return export_archive(records, self._blobs.open_range)
+        gone = await self._blobs.missing(sorted({r.sha256 for r in records if r.status != "error"}))
+        kept: list[FileRecord] = []
+        skipped: list[SkippedFile] = []
+        for record in records:
+            if record.status == "error":
+                details = record.status_details or "marked damaged"
+                skipped.append(SkippedFile(record.id, f"damaged: {details}"))
+            elif record.sha256 in gone:
+                skipped.append(SkippedFile(record.id, "its content is missing from storage"))
+            else:
+                kept.append(record)
+        if skipped:
+            log.warning("export leaves out %d damaged file(s); run `filesd fsck`", len(skipped))
+        return export_archive(kept, self._blobs.open_range, skipped)
 
     async def import_archive(self, chunks: AsyncIterator[bytes], purposes: Collection[str]) -> int:
         """Store the files of an export archive (ids and times kept); returns how many.
@@ -556,6 +611,9 @@ class FileStore:
         problems = []
         try:
             await self._meta.schema_version()
+            gone = await self._meta.vanished()
+            if gone is not None:
+                problems.append(f"database: {gone}")
         except Exception as error:
             problems.append(f"database: {error}")
         try:

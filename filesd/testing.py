@@ -90,8 +90,14 @@ class FilesdServer:
 
 
 @contextlib.contextmanager
-def serve(*, data_dir: str | Path | None = None, **tables: Any) -> Iterator[FilesdServer]:
-    """Run filesd until the block ends. `tables` are configuration tables (`limits={...}`)."""
+def serve(
+    *, data_dir: str | Path | None = None, new_database: bool = False, **tables: Any
+) -> Iterator[FilesdServer]:
+    """Run filesd until the block ends. `tables` are configuration tables (`limits={...}`).
+
+    A `data_dir` holding blobs but no database is refused (`DatabaseMissing`, as `filesd
+    serve` refuses it) unless `new_database`.
+    """
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="filesd-"))
@@ -102,7 +108,7 @@ def serve(*, data_dir: str | Path | None = None, **tables: Any) -> Iterator[File
         started: dict[str, Any] = {}
         ready = threading.Event()
         thread = threading.Thread(
-            target=_run, args=(config, started, ready), name="filesd", daemon=True
+            target=_run, args=(config, new_database, started, ready), name="filesd", daemon=True
         )
         thread.start()
         ready.wait(60)
@@ -116,11 +122,15 @@ def serve(*, data_dir: str | Path | None = None, **tables: Any) -> Iterator[File
             thread.join(60)
 
 
-def _run(config: Config, started: dict[str, Any], ready: threading.Event) -> None:
+def _run(
+    config: Config, new_database: bool, started: dict[str, Any], ready: threading.Event
+) -> None:
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
             try:
-                server = await stack.enter_async_context(running(config, access_log=False))
+                server = await stack.enter_async_context(
+                    running(config, access_log=False, new_database=new_database)
+                )
             except BaseException as error:
                 started["error"] = error
                 ready.set()

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,11 @@ from urllib.parse import quote
 
 import pytest
 
-from filesd.app import create_app
+from filesd.app import create_app, reload_keys
+from filesd.appkeys import STORE
+from filesd.config import ConfigError, parse_config
+from filesd.health import READINESS, Readiness
+from filesd.storage.blobdir import BlobDir
 
 from .conftest import (
     ALPHA,
@@ -693,11 +698,26 @@ async def test_the_background_sweeper_reclaims_expired_files(
     await wait_until(lambda: not blob_files(tmp_path), what="the expired blob reclaimed")
 
 
+class StepClock:
+    """A readiness clock the test moves: each `step()` is a second later."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += Readiness.TTL
+
+
 async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) -> None:
+    clock = client.app[READINESS].clock = StepClock()
     resp = await client.get("/healthz")
     assert resp.status == 200 and await resp.json() == {"status": "ok"}
     resp = await client.get("/readyz")
     assert resp.status == 200 and await resp.json() == {"status": "ready"}
+    clock.step()  # past the cached answer
     # A data directory that no longer takes writes makes the server not ready (a file where
     # a directory should be stops root too, unlike permission bits).
     tmp_dir = tmp_path / "data" / "tmp"
@@ -711,16 +731,109 @@ async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) 
     finally:
         tmp_dir.unlink()
         (tmp_path / "data" / "tmp.moved").rename(tmp_dir)
+    clock.step()
     assert (await client.get("/readyz")).status == 200
 
 
-async def test_metrics_in_prometheus_format(client: Client) -> None:
+async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes: list[float] = []
+    real_probe = BlobDir._check_writable_sync
+
+    def counting_probe(self: BlobDir) -> None:
+        probes.append(time.monotonic())
+        real_probe(self)
+
+    monkeypatch.setattr(BlobDir, "_check_writable_sync", counting_probe)
+    clock = client.app[READINESS].clock = StepClock()
+    # Probes arriving together share one check, and later ones within the second reuse it.
+    answers = await asyncio.gather(*(client.get("/readyz") for _ in range(10)))
+    answers += [await client.get("/readyz") for _ in range(10)]
+    assert [r.status for r in answers] == [200] * 20
+    assert len(probes) == 1
+    clock.step()
+    assert (await client.get("/readyz")).status == 200
+    assert len(probes) == 2
+
+
+async def test_a_database_moved_aside_while_running_is_not_ready(
+    client: Client, tmp_path: Path
+) -> None:
+    clock = client.app[READINESS].clock = StepClock()
+    assert (await client.get("/readyz")).status == 200
+    database = tmp_path / "data" / "filesd.db"
+    database.rename(tmp_path / "moved.db")
+    # SQLite goes on with the open file: the API answers as if nothing happened...
+    await upload(client, b"still works")
+    clock.step()
+    resp = await client.get("/readyz")
+    error = await assert_error(resp, 503)
+    assert error["code"] == "not_ready"
+    assert "database" in error["message"] and str(database) in error["message"]
+    # ...and another file put at the path is not the database the server writes to.
+    database.write_bytes(b"")
+    clock.step()
+    resp = await client.get("/readyz")
+    assert str(database) in (await assert_error(resp, 503))["message"]
+    database.unlink()
+    (tmp_path / "moved.db").rename(database)
+    clock.step()
+    assert (await client.get("/readyz")).status == 200
+
+
+METRICS_TOKEN = "metrics-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
+async def test_metrics_need_a_token_once_keys_exist(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = make_config(
+        tmp_path / "a", metrics={"token": METRICS_TOKEN}, admin={"token": ADMIN_TOKEN}
+    )
+    client = await aiohttp_client(create_app(config))
+    for headers in ({}, ALPHA, {"Authorization": "Bearer wrong-token-0123456789"}):
+        resp = await client.get("/metrics", headers=headers)
+        error = await assert_error(resp, 401)
+        assert "[metrics] token" in error["message"]
+        assert "filesd_blobs" not in await resp.text()
+    for token in (METRICS_TOKEN, ADMIN_TOKEN):
+        resp = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200 and "filesd_blobs" in await resp.text()
+    # Keys but no scrape token configured: nobody reads the totals.
+    bare = await aiohttp_client(create_app(make_config(tmp_path / "b")))
+    await assert_error(await bare.get("/metrics"), 401)
+
+
+async def test_metrics_are_keyless_in_open_mode_until_a_key_is_made(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = parse_config({"storage": {"data_dir": str(tmp_path)}}, base_dir=tmp_path)
+    client = await aiohttp_client(create_app(config))
+    assert (await client.get("/metrics")).status == 200
+    await client.app[STORE].keys.create("alpha")  # `filesd keys create`: no longer open
+    await reload_keys(client.app)
+    await assert_error(await client.get("/metrics"), 401)
+
+
+def test_metrics_token_is_checked_like_the_admin_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"metrics\.token: use at least 16 characters"):
+        parse_config({"metrics": {"token": "short"}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"metrics\.tokn: unknown key"):
+        parse_config({"metrics": {"tokn": METRICS_TOKEN}}, base_dir=tmp_path)
+
+
+async def test_metrics_in_prometheus_format(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    client = await aiohttp_client(
+        create_app(make_config(tmp_path / "data", metrics={"token": METRICS_TOKEN}))
+    )
     await upload(client, b"twin" * 100)
     await upload(client, b"twin" * 100)
     created = await upload(client, b"other")
     await client.get(f"/v1/files/{created['id']}", headers=ALPHA)
     await client.get("/v1/nope", headers=ALPHA)
-    resp = await client.get("/metrics")
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=")
     text = await resp.text()

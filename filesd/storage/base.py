@@ -174,6 +174,10 @@ class BlobBackend(Protocol):
         """Every digest stored, in no particular order."""
         ...
 
+    async def missing(self, digests: Sequence[str]) -> set[str]:
+        """The subset of `digests` that is not stored (damage from outside, quarantine)."""
+        ...
+
     async def check_writable(self) -> None:
         """Raise unless new content can be staged now."""
         ...
@@ -273,6 +277,11 @@ class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
     async def close(self) -> None: ...
 
     async def schema_version(self) -> int: ...
+
+    async def vanished(self) -> str | None:
+        """Why the database this store opened is no longer where it was opened (moved,
+        deleted or replaced under a running server), or None while it is in place."""
+        ...
 
     async def insert_files(self, records: Sequence[FileRecord]) -> list[bool]:
         """Insert new files; per record, whether it was. A record whose id is taken already
@@ -379,6 +388,9 @@ class DelegatingBlobs:
 
     async def digests(self) -> list[str]:
         return await self.inner.digests()
+
+    async def missing(self, digests: Sequence[str]) -> set[str]:
+        return await self.inner.missing(digests)
 
     async def check_writable(self) -> None:
         await self.inner.check_writable()

@@ -160,6 +160,11 @@ class BlobDir:
     async def digests(self) -> list[str]:
         return await _in_thread(lambda: list(self.digests_sync()))
 
+    async def missing(self, digests: Sequence[str]) -> set[str]:
+        if not digests:
+            return set()
+        return await _in_thread(lambda: {d for d in digests if not self.path_for(d).is_file()})
+
     async def check_writable(self) -> None:
         await _in_thread(self._check_writable_sync)
 

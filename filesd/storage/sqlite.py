@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -167,6 +168,59 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     ALTER TABLE uploads ADD COLUMN failed_completions INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: storage totals kept by triggers, so that /metrics reads one row instead of scanning
+    # every live file: the live references of each blob, and one row of totals (live files,
+    # their bytes, distinct blobs they use, those blobs' bytes). A blob's row goes when its
+    # last live file does (soft delete, or a purge/reset of a file never soft-deleted).
+    """
+    CREATE TABLE blob_refs (
+        sha256 TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        refs INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE totals (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        files INTEGER NOT NULL,
+        logical_bytes INTEGER NOT NULL,
+        blobs INTEGER NOT NULL,
+        physical_bytes INTEGER NOT NULL
+    );
+    INSERT INTO blob_refs (sha256, bytes, refs)
+        SELECT sha256, MAX(bytes), COUNT(*) FROM files WHERE deleted_at IS NULL GROUP BY sha256;
+    INSERT INTO totals (id, files, logical_bytes, blobs, physical_bytes)
+        SELECT 0,
+            (SELECT COUNT(*) FROM files WHERE deleted_at IS NULL),
+            (SELECT COALESCE(SUM(bytes), 0) FROM files WHERE deleted_at IS NULL),
+            COUNT(*), COALESCE(SUM(bytes), 0)
+        FROM blob_refs;
+    CREATE TRIGGER blob_refs_new AFTER INSERT ON blob_refs
+    BEGIN
+        UPDATE totals SET blobs = blobs + 1, physical_bytes = physical_bytes + NEW.bytes;
+    END;
+    CREATE TRIGGER blob_refs_gone AFTER DELETE ON blob_refs
+    BEGIN
+        UPDATE totals SET blobs = blobs - 1, physical_bytes = physical_bytes - OLD.bytes;
+    END;
+    CREATE TRIGGER totals_insert AFTER INSERT ON files WHEN NEW.deleted_at IS NULL
+    BEGIN
+        INSERT INTO blob_refs (sha256, bytes, refs) VALUES (NEW.sha256, NEW.bytes, 1)
+            ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1;
+        UPDATE totals SET files = files + 1, logical_bytes = logical_bytes + NEW.bytes;
+    END;
+    CREATE TRIGGER totals_delete AFTER UPDATE OF deleted_at ON files
+        WHEN OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL
+    BEGIN
+        UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.sha256;
+        DELETE FROM blob_refs WHERE sha256 = OLD.sha256 AND refs <= 0;
+        UPDATE totals SET files = files - 1, logical_bytes = logical_bytes - OLD.bytes;
+    END;
+    CREATE TRIGGER totals_purge AFTER DELETE ON files WHEN OLD.deleted_at IS NULL
+    BEGIN
+        UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.sha256;
+        DELETE FROM blob_refs WHERE sha256 = OLD.sha256 AND refs <= 0;
+        UPDATE totals SET files = files - 1, logical_bytes = logical_bytes - OLD.bytes;
+    END;
+    """,
 )
 
 
@@ -233,6 +287,8 @@ class SqliteMetadata:
         self._reader = reader
         self._background = background
         self._writing = asyncio.Lock()
+        self._path: Path | None = None
+        self._identity: tuple[int, int] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteMetadata:
@@ -248,6 +304,8 @@ class SqliteMetadata:
                 db = cls(*opened)
                 await db._migrate()
                 await opened[1].execute("PRAGMA query_only = ON")
+            db._path = path
+            db._identity = await asyncio.to_thread(_identity, path)
         except BaseException:
             for conn in opened:
                 await conn.close()
@@ -257,6 +315,26 @@ class SqliteMetadata:
     async def close(self) -> None:
         for conn in (self._conn, self._reader, self._background):
             await conn.close()
+
+    async def vanished(self) -> str | None:
+        """Why the database file this store opened is no longer at its path, or None.
+
+        SQLite goes on working on an open file that was renamed or deleted (and a new file at
+        the path would not be the one written to), so nothing else notices: the path's
+        (st_dev, st_ino) is compared with the one opened at start.
+        """
+        if self._path is None:
+            return None
+        try:
+            now = await asyncio.to_thread(_identity, self._path)
+        except FileNotFoundError:
+            return (
+                f"{self._path} was moved or deleted while the server runs (it still writes "
+                "to the old file): put it back, then restart"
+            )
+        if now != self._identity:
+            return f"{self._path} is no longer the file opened at start (replaced): restart"
+        return None
 
     async def schema_version(self) -> int:
         rows = await self._rows("PRAGMA user_version")
@@ -469,12 +547,9 @@ class SqliteMetadata:
     # --- operator views and maintenance ---------------------------------------------------------
 
     async def storage_totals(self) -> StorageTotals:
-        sql = (
-            "SELECT (SELECT COALESCE(SUM(files), 0) FROM file_counts),"
-            " (SELECT COALESCE(SUM(bytes), 0) FROM file_counts),"
-            " COUNT(*), COALESCE(SUM(bytes), 0) FROM (SELECT sha256, MAX(bytes) AS bytes"
-            " FROM files WHERE deleted_at IS NULL GROUP BY sha256)"
-        )
+        """Live files, their bytes, the distinct blobs they use and those blobs' bytes: one
+        row kept by triggers (migration 6), so the cost does not grow with the files."""
+        sql = "SELECT files, logical_bytes, blobs, physical_bytes FROM totals WHERE id = 0"
         row = (await self._rows(sql))[0]
         return StorageTotals(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
@@ -709,6 +784,11 @@ async def _insert_files(
         sql = f"INSERT INTO files ({_COLUMNS}) VALUES {marks}{conflict} RETURNING id"
         inserted += [row[0] for row in await SqliteMetadata._run(conn, sql, params)]
     return inserted
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _record(row: Iterable[Any] | sqlite3.Row) -> FileRecord:
