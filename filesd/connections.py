@@ -14,10 +14,13 @@ A slow reader cannot hold a download either: while a connection is busy, every w
 `[limits] body_timeout` seconds (`min_body_rate` and `body_timeout` apply to responses as to
 request bodies) the guard looks whether bytes wait for the client (the kernel's send queue,
 TIOCOUTQ, or asyncio's write buffer) and how many the client took over the window (TCP_INFO's
-`tcpi_bytes_acked` on Linux; elsewhere the decrease of the queue). A client that took less
-than `min_body_rate` bytes/s, and not even what was waiting when the window began, is cut off:
-with a 4 KiB receive buffer and 100 bytes read every few seconds it would otherwise hold a
-connection (busy ones are never evicted), a descriptor and a drain for as long as it liked.
+`tcpi_bytes_acked`, Linux). A client that took less than `min_body_rate` bytes/s, and not even
+what was waiting when the window began, is cut off: with a 4 KiB receive buffer and 100 bytes
+read every few seconds it would otherwise hold a connection (busy ones are never evicted), a
+descriptor and a drain for as long as it liked. Where the kernel does not count acknowledged
+bytes the watchdog stays out: the queue alone cannot tell a stuck client from a fast one
+whose queue sendfile refills as fast as it drains (judged by the queue's decrease, an honest
+client reading 256 KiB/s was cut off within 4 s).
 This watches the socket, not the response, so it holds for sendfile, whole bodies and streams
 alike; a handler still computing (nothing queued) or reading an upload (bodies.py paces that)
 is never affected, and idle connections carry no timer (keepalive_timeout bounds them).
@@ -249,9 +252,9 @@ class GuardedRequestHandler(web.RequestHandler):
         self._send_window = send_window
         self._min_send_rate = min_send_rate
         # The watchdog: its timer (only while busy), and at the last tick the loop time, the
-        # bytes queued and the bytes acknowledged (None: not known here).
+        # bytes queued and the bytes acknowledged.
         self._send_timer: asyncio.TimerHandle | None = None
-        self._send_mark: tuple[float, int, int | None] | None = None
+        self._send_mark: tuple[float, int, int] | None = None
         self._cut_off = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_since = 0.0
@@ -371,16 +374,16 @@ class GuardedRequestHandler(web.RequestHandler):
             # Idle again (or gone): no timer until the next request's head is complete.
             self._send_mark = None
             return
+        acked = bytes_acked(transport)
+        if acked is None:  # no progress counter here: no judgement (see the module docstring)
+            self._send_mark = None
+            return
         now = self._loop.time()
         queued = queued_bytes(transport)
-        acked = bytes_acked(transport)
         mark, self._send_mark = self._send_mark, (now, queued, acked)
         if mark is not None and queued > 0:
             since, was_queued, was_acked = mark
-            if acked is not None and was_acked is not None:
-                taken = acked - was_acked
-            else:  # no progress counter: what left the queue (an underestimate if it refilled)
-                taken = max(0, was_queued - queued)
+            taken = acked - was_acked
             # What was waiting when the window began, or the rate, whichever is less: a
             # client that took everything offered is not slow, however little that was.
             needed = min(was_queued, self._min_send_rate * (now - since))

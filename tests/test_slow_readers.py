@@ -7,6 +7,7 @@ as it can.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -19,11 +20,20 @@ from typing import Any
 
 import pytest
 
+from filesd import connections
 from filesd.appkeys import CONNECTIONS
-from filesd.connections import BUSY, IDLE, SILENT, ConnectionGate, GuardedRequestHandler
+from filesd.connections import (
+    BUSY,
+    IDLE,
+    SILENT,
+    ConnectionGate,
+    GuardedRequestHandler,
+    bytes_acked,
+    queued_bytes,
+)
 from filesd.testing import FilesdServer, serve
 
-from .conftest import wait_until_sync
+from .conftest import wait_until, wait_until_sync
 
 # Uploading the file sometimes makes aiohttp's multipart reader call its deprecated
 # `unread_data` (it depends on how the body is split into packets); under the suite's
@@ -154,6 +164,61 @@ def test_an_honest_client_downloads_the_whole_file(content: bytes) -> None:
         assert (
             len(body) == SIZE and hashlib.sha256(body).digest() == hashlib.sha256(content).digest()
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("counter", ["tcp_info", "none"])
+def test_a_paced_reader_well_above_the_rate_is_not_cut_off(
+    content: bytes, counter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """About 1 MiB/s (16 times the minimum) through a 4 KiB receive buffer, for about three
+    windows, while sendfile keeps the server's send queue full: sent whole. Without the
+    kernel's count of acknowledged bytes the watchdog stays out; judging by how much the
+    queue shrank instead cut this client off within a few windows."""
+    if counter == "none":
+        monkeypatch.setattr(connections, "bytes_acked", lambda transport: None)
+    part = content[: 3 * 1024 * 1024]
+    with _server_with_file(part) as (server, file_id, key):
+        sock = _slow_reader(server)
+        received = bytearray()
+        try:
+            sock.sendall(_request(file_id, key)[:-2] + b"Connection: close\r\n\r\n")
+            while chunk := sock.recv(16384):
+                received += chunk
+                time.sleep(len(chunk) / (1024 * 1024))
+        finally:
+            sock.close()
+        assert bytes(received).partition(b"\r\n\r\n")[2] == part
+
+
+async def test_bytes_acked_and_queued_bytes_read_the_kernel_counters() -> None:
+    """TCP_INFO's tcpi_bytes_acked (at the offset assumed) and TIOCOUTQ, on a real connection:
+    a megabyte queued while the peer does not read, then acknowledged once it has."""
+    size = 1_000_000
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put((reader, writer))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer, peer_writer = await accepted.get()
+        transport = writer.transport
+        before = bytes_acked(transport)
+        assert before is not None  # Linux
+        writer.write(b"x" * size)
+        assert queued_bytes(transport) > 0
+        await peer.readexactly(size)
+        await writer.drain()
+        await wait_until(
+            lambda: queued_bytes(transport) == 0 and bytes_acked(transport) == before + size,
+            what="everything acknowledged",
+        )
+        for stream in (writer, peer_writer):
+            stream.close()
+            await stream.wait_closed()
 
 
 @pytest.mark.slow
