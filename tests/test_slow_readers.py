@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from filesd.appkeys import CONNECTIONS
+from filesd.appkeys import CONNECTIONS, REQUESTS
 from filesd.connections import (
     BUSY,
     IDLE,
@@ -131,6 +131,8 @@ def test_a_slow_reader_is_disconnected_and_its_connection_freed(
                 time.sleep(0.2)
             took = time.monotonic() - started
             wait_until_sync(lambda: gate.open == 0, what="the connection count back to 0")
+            # Nothing left for a SIGTERM drain to wait for.
+            wait_until_sync(lambda: server._app[REQUESTS].running == 0, what="no request running")
             wait_until_sync(lambda: _closed_by_server(sock), what="the client told")
         finally:
             sock.close()
@@ -138,6 +140,8 @@ def test_a_slow_reader_is_disconnected_and_its_connection_freed(
         assert took < 10, took
         closing = [r for r in caplog.records if "reads too slowly" in r.getMessage()]
         assert len(closing) == 1, [r.getMessage() for r in closing]
+        # Ended like a client's disconnect: no error, no traceback (from aiohttp or asyncio).
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert urllib.request.urlopen(server.url + "/healthz", timeout=10).status == 200
 
 
