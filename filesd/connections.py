@@ -10,6 +10,21 @@ them and, at the cap, closes an idle or stalled one to make room (or refuses the
 all are busy); `AcceptErrorLog` is the event loop's exception handler that rate-limits the
 accept errors.
 
+A slow reader cannot hold a download either: while a connection is busy, every window of
+`[limits] body_timeout` seconds (`min_body_rate` and `body_timeout` apply to responses as to
+request bodies) the guard looks whether bytes wait for the client (the kernel's send queue,
+TIOCOUTQ, or asyncio's write buffer) and how many the client took over the window (TCP_INFO's
+`tcpi_bytes_acked`, Linux). A client that took less than `min_body_rate` bytes/s, and not even
+what was waiting when the window began, is cut off: with a 4 KiB receive buffer and 100 bytes
+read every few seconds it would otherwise hold a connection (busy ones are never evicted), a
+descriptor and a drain for as long as it liked. Where the kernel does not count acknowledged
+bytes the watchdog stays out: the queue alone cannot tell a stuck client from a fast one
+whose queue sendfile refills as fast as it drains (judged by the queue's decrease, an honest
+client reading 256 KiB/s was cut off within 4 s).
+This watches the socket, not the response, so it holds for sendfile, whole bodies and streams
+alike; a handler still computing (nothing queued) or reading an upload (bodies.py paces that)
+is never affected, and idle connections carry no timer (keepalive_timeout bounds them).
+
 The header timeout covers the first head, a later head from its first byte, and the start of
 a next head that arrives in the same packet right behind a complete head without a body.
 Behind a head with a body, aiohttp's C parser does not tell whether it kept bytes of a next
@@ -26,9 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
+import fcntl
 import json
 import logging
+import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +61,16 @@ log = logging.getLogger(__name__)
 # accept() failures that mean "out of descriptors or memory" (see asyncio's _accept_connection).
 _RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 LOG_INTERVAL = 10.0
+
+# Linux's struct tcp_info: the u64 tcpi_bytes_acked is at this offset (since Linux 4.1).
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_OFFSET = 120
+_TCP_INFO_SIZE = 256
+_TIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
+_INT = struct.Struct("=i")
+# SO_LINGER on, 0 s: closing the socket resets it and drops what is still queued for the peer.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
@@ -61,6 +91,34 @@ _HEADER_TIMEOUT = _raw_error(
 _TOO_MANY = _raw_error(
     503, "Service Unavailable", "Too many open connections. Retry shortly.", "too_many_connections"
 )
+
+
+def queued_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes written for the peer that it has not taken yet: asyncio's write buffer plus the
+    kernel's send queue (sent but unacknowledged, or not sent yet)."""
+    queued = transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _TIOCOUTQ is not None:
+        # Failing: closed meanwhile, or not a socket with a queue.
+        with contextlib.suppress(OSError, ValueError):
+            queued += _INT.unpack(fcntl.ioctl(sock.fileno(), _TIOCOUTQ, bytes(_INT.size)))[0]
+    return queued
+
+
+def bytes_acked(transport: asyncio.BaseTransport) -> int | None:
+    """How many bytes the peer has acknowledged over the connection's life (Linux's
+    `tcpi_bytes_acked`), or None where the kernel does not tell."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _BYTES_ACKED_OFFSET + _BYTES_ACKED.size:  # a kernel older than 4.1
+        return None
+    acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0]
+    return acked
 
 
 class RateLimitedLog:
@@ -171,14 +229,33 @@ class GuardedRequestHandler(web.RequestHandler):
     start, and later ones within `header_timeout` seconds of their first byte (the wait before
     that first byte is aiohttp's `keepalive_timeout`). Otherwise a 408 (or nothing, if not a
     byte came) is sent and the connection closed.
+
+    While it is busy, a send watchdog ticks every `send_window` seconds: when bytes wait for
+    the client and over the last window it took fewer than `min_send_rate` bytes/s, and fewer
+    than were waiting when the window began, the connection is aborted (see the module
+    docstring). Either value 0: no watchdog.
     """
 
     def __init__(
-        self, manager: Any, *, gate: ConnectionGate, header_timeout: float, **kwargs: Any
+        self,
+        manager: Any,
+        *,
+        gate: ConnectionGate,
+        header_timeout: float,
+        send_window: float = 0.0,
+        min_send_rate: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._gate = gate
         self._header_timeout = header_timeout
+        self._send_window = send_window
+        self._min_send_rate = min_send_rate
+        # The watchdog: its timer (only while busy), and at the last tick the loop time, the
+        # bytes queued and the bytes acknowledged.
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_mark: tuple[float, int, int] | None = None
+        self._cut_off = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_since = 0.0
         self._head_started = False
@@ -199,6 +276,7 @@ class GuardedRequestHandler(web.RequestHandler):
             return
         self._gate.leave(self)
         self._cancel_header_timer()
+        self._stop_send_watch()
         super().connection_lost(exc)
 
     def state(self) -> tuple[str, float]:
@@ -223,6 +301,7 @@ class GuardedRequestHandler(web.RequestHandler):
         super().data_received(data)
         if self._request_count != count:
             self._cancel_header_timer()  # a head is complete
+            self._start_send_watch()
             if self._holds_a_partial_head(data):
                 # Pipelined: the start of the next head came right behind this one.
                 self._head_started = True
@@ -272,9 +351,81 @@ class GuardedRequestHandler(web.RequestHandler):
             self.transport.write(_HEADER_TIMEOUT)
         self.force_close()
 
+    def _start_send_watch(self) -> None:
+        """Watch the sending of the request just begun (the timer runs on if it already did)."""
+        if self._send_timer is None and self._send_window > 0 and self._min_send_rate > 0:
+            self._send_mark = None  # the first tick only takes a mark
+            self._send_timer = self._loop.call_later(self._send_window, self._send_tick)
+
+    def _stop_send_watch(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._send_mark = None
+
+    def _send_tick(self) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if self._cut_off:
+            if transport is not None:  # the shutdown did not end it (see `_cut`)
+                transport.abort()
+            return
+        if transport is None or self.state()[0] != BUSY:
+            # Idle again (or gone): no timer until the next request's head is complete.
+            self._send_mark = None
+            return
+        acked = bytes_acked(transport)
+        if acked is None:  # no progress counter here: no judgement (see the module docstring)
+            self._send_mark = None
+            return
+        now = self._loop.time()
+        queued = queued_bytes(transport)
+        mark, self._send_mark = self._send_mark, (now, queued, acked)
+        if mark is not None and queued > 0:
+            since, was_queued, was_acked = mark
+            taken = acked - was_acked
+            # What was waiting when the window began, or the rate, whichever is less: a
+            # client that took everything offered is not slow, however little that was.
+            needed = min(was_queued, self._min_send_rate * (now - since))
+            if taken < needed:
+                self._gate.log.warning(
+                    "slow-reader",
+                    "closing a connection whose client reads too slowly (%d B in %.1f s; "
+                    "[limits] min_body_rate = %d B/s)",
+                    taken,
+                    now - since,
+                    self._min_send_rate,
+                )
+                self._cut(transport)
+        self._send_timer = self._loop.call_later(self._send_window, self._send_tick)
+
+    def _cut(self, transport: asyncio.Transport) -> None:
+        """End the connection of a client too slow to read: a reset, its queued bytes dropped.
+
+        The socket is shut down rather than the transport closed: every send fails from now
+        on, so whatever is sending (asyncio's buffer, a sendfile in flight) ends through its
+        own error path and aiohttp closes the connection as after a client's disconnect.
+        Closing the transport under a running `loop.sendfile` would leave its writer
+        registered on a closed descriptor (and Python 3.11 logs an InvalidStateError). The
+        next tick aborts the transport if it is still there.
+        """
+        self._cut_off = True
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError, ValueError):  # no socket, or closed meanwhile
+            transport.abort()
+
 
 def protocol_factory(
-    server: Any, *, gate: ConnectionGate, header_timeout: float, **handler_kwargs: Any
+    server: Any,
+    *,
+    gate: ConnectionGate,
+    header_timeout: float,
+    send_window: float = 0.0,
+    min_send_rate: int = 0,
+    **handler_kwargs: Any,
 ) -> Callable[[], GuardedRequestHandler]:
     """A protocol factory for `loop.create_server`: aiohttp's handling of `server` (an
     `AppRunner`'s low-level server) with the limits above."""
@@ -282,7 +433,13 @@ def protocol_factory(
 
     def make() -> GuardedRequestHandler:
         return GuardedRequestHandler(
-            server, loop=loop, gate=gate, header_timeout=header_timeout, **handler_kwargs
+            server,
+            loop=loop,
+            gate=gate,
+            header_timeout=header_timeout,
+            send_window=send_window,
+            min_send_rate=min_send_rate,
+            **handler_kwargs,
         )
 
     return make

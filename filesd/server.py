@@ -58,7 +58,8 @@ async def running(
     the application down (requests in flight get up to SHUTDOWN_TIMEOUT seconds).
 
     `access_log` overrides `[log] access_log`. Connections get `[server] header_timeout`,
-    `keepalive_timeout` and `max_connections`; accept errors are logged once per interval.
+    `keepalive_timeout` and `max_connections`, and responses `[limits] min_body_rate` over each
+    window of `body_timeout`; accept errors are logged once per interval.
     `new_database`: start even over blobs that have no database (see `DatabaseMissing`).
     """
     loop = asyncio.get_running_loop()
@@ -75,6 +76,8 @@ async def running(
             runner.server,
             gate=gate,
             header_timeout=config.server.header_timeout,
+            send_window=config.limits.body_timeout,
+            min_send_rate=config.limits.min_body_rate,
             keepalive_timeout=config.server.keepalive_timeout,
             access_log_class=AccessLogger,
             access_log=logging.getLogger("aiohttp.access") if log_access else None,
