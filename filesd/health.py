@@ -25,16 +25,21 @@ class Readiness:
     """
 
     TTL = 1.0
+    # A check that hangs (a stuck disk, a database locked for good) is a "not ready" answer
+    # after this long, not a probe that hangs with it.
+    TIMEOUT = 5.0
 
     def __init__(
         self,
         check: Callable[[], Awaitable[list[str]]],
         *,
         ttl: float = TTL,
+        timeout: float = TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._check = check
         self._ttl = ttl
+        self._timeout = timeout
         self.clock = clock
         self._answer: list[str] | None = None
         self._checked_at = 0.0
@@ -45,8 +50,13 @@ class Readiness:
             return list(self._answer)
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._refresh())
-        # Shielded: one probe's client going away must not cancel the check the others share.
-        return list(await asyncio.shield(self._running))
+        # Shielded: one probe's client going away must not cancel the check the others share;
+        # a check past the timeout goes on (the next probe waits for it) but answers no.
+        try:
+            async with asyncio.timeout(self._timeout):
+                return list(await asyncio.shield(self._running))
+        except TimeoutError:
+            return [f"the readiness check took over {self._timeout:g} s"]
 
     async def _refresh(self) -> list[str]:
         started = self.clock()

@@ -43,6 +43,8 @@ class FsckReport:
     orphaned: list[str] = field(default_factory=list)
     stray_temp_files: list[str] = field(default_factory=list)
     stray_part_files: list[str] = field(default_factory=list)
+    # Blobs of files marked damaged whose right bytes are back (put back by an operator).
+    restored: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +54,7 @@ class FsckReport:
             or self.orphaned
             or self.stray_temp_files
             or self.stray_part_files
+            or self.restored
         )
 
     def lines(self) -> list[str]:
@@ -62,6 +65,7 @@ class FsckReport:
             ("orphaned blob", self.orphaned),
             ("stray temp file", self.stray_temp_files),
             ("stray part file", self.stray_part_files),
+            ("restored blob (--repair serves its files again)", self.restored),
         ):
             out += [f"{label}: {item}" for item in items]
         out.append("ok" if self.ok else "problems found")
@@ -90,9 +94,15 @@ async def fsck(data_dir: Path, *, repair: bool, new_database: bool = False) -> F
                     await asyncio.to_thread(os.listdir, blobs.temp_dir)
                 )
             live = set(await db.live_digests())
+            # Blobs of files already marked damaged are still theirs: not orphans (their bytes
+            # may have been restored since), and checked again below.
+            damaged = set(await db.live_digests(damaged=True)) - live
             on_disk = set(await blobs.digests())
             report.missing = sorted(live - on_disk)
-            report.orphaned = sorted(on_disk - live)
+            report.orphaned = sorted(on_disk - live - damaged)
+            for digest in sorted(damaged & on_disk):
+                if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) == digest:
+                    report.restored.append(digest)
             for digest in sorted(on_disk & live):
                 report.checked += 1
                 if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) != digest:
@@ -119,6 +129,8 @@ async def _repair(db: SqliteMetadata, blobs: BlobDir, report: FsckReport) -> Non
         )
     for digest in report.missing:
         await db.mark_blob_damaged(digest, "The stored content is missing; found by fsck.")
+    for digest in report.restored:
+        await db.clear_blob_damage(digest)
     await blobs.delete(report.orphaned)
     await blobs.remove_parts(report.stray_part_files)
     for name in report.stray_temp_files:
@@ -194,8 +206,13 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
 
 @contextlib.asynccontextmanager
 async def _key_store(data_dir: Path) -> AsyncIterator[KeyStore]:
-    """The keys of a data directory; works beside a running server (SQLite's WAL)."""
+    """The keys of a data directory; works beside a running server (SQLite's WAL).
+
+    Raises `DatabaseMissing` over blobs without a database, like `serve`: making a key must not
+    make the empty database that would then let a start-up delete every blob.
+    """
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    await refuse_missing_database(data_dir, BlobDir(data_dir))
     meta = await SqliteMetadata.open(database_path(data_dir))
     try:
         yield KeyStore(meta)

@@ -50,7 +50,7 @@ from .storage.base import (
 )
 from .storage.blobdir import BlobDir
 from .storage.cached import SMALL_CACHE_BYTES, CachedBlobs
-from .storage.sqlite import DB_NAME, SqliteMetadata, database_path
+from .storage.sqlite import DB_NAME, SqliteMetadata, database_initialized, database_path
 
 if TYPE_CHECKING:
     from .config import Config
@@ -129,7 +129,7 @@ class DataDirLocked(Exception):
 
 
 class DatabaseMissing(Exception):
-    """The data directory holds blobs or upload parts but no database.
+    """The data directory holds blobs or upload parts but no database (or an empty one).
 
     Typically the database was moved aside and not yet put back: starting would make an empty
     one, and the orphan sweep would then delete every blob as unreferenced. Proceeding anyway
@@ -139,7 +139,8 @@ class DatabaseMissing(Exception):
     def __init__(self, data_dir: Path, blobs: int, parts: int) -> None:
         held = f"{blobs} blob(s)" + (f" and {parts} upload part(s)" if parts else "")
         super().__init__(
-            f"{data_dir} holds {held} but no database ({DB_NAME}). Put {DB_NAME} back (from "
+            f"{data_dir} holds {held} but no database ({DB_NAME} is missing or empty). Put "
+            f"{DB_NAME} back (from "
             "where it was moved, or from a backup) before starting: without it filesd would "
             "make an empty database and delete every blob as unreferenced. To start over with "
             "a new, empty database on purpose (the blobs will be deleted), pass --new-database "
@@ -149,8 +150,9 @@ class DatabaseMissing(Exception):
 
 
 async def refuse_missing_database(data_dir: Path, blobs: BlobBackend) -> None:
-    """Raise `DatabaseMissing` if `data_dir` has no database but `blobs` holds content."""
-    if await asyncio.to_thread(database_path(data_dir).exists):
+    """Raise `DatabaseMissing` if `data_dir` has no database (missing, empty, or never
+    migrated) but `blobs` holds content."""
+    if await asyncio.to_thread(database_initialized, database_path(data_dir)):
         return
     try:
         digests = await blobs.digests()

@@ -8,6 +8,8 @@ import contextlib
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from filesd import ops
 from filesd.app import create_app
 from filesd.cli import main
+from filesd.health import Readiness
 from filesd.models import StorageTotals
 from filesd.storage.base import StagedBlob
 from filesd.storage.blobdir import BlobDir
@@ -24,7 +27,7 @@ from filesd.storage.sqlite import DB_NAME, SqliteMetadata
 from filesd.store import DatabaseMissing, FileStore, StoreSettings
 from filesd.testing import serve
 
-from .conftest import ALPHA, ClientFactory, blob_files, make_config, upload
+from .conftest import ALPHA, ClientFactory, blob_files, make_config, upload, wait_until
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -188,20 +191,49 @@ def _data_dir_without_database(tmp_path: Path) -> tuple[Path, set[str]]:
     return data, {p.name for p in blob_files(data)}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("left", ["no file", "an empty file", "a new SQLite file"])
 @pytest.mark.parametrize(
-    "argv", [["serve", "--port", "0"], ["gc"], ["fsck"], ["fsck", "--repair"]], ids=" ".join
+    "argv",
+    [
+        ["serve", "--port", "0"],
+        ["gc"],
+        ["fsck"],
+        ["fsck", "--repair"],
+        ["keys", "list"],
+        ["keys", "create", "--project", "p"],
+    ],
+    ids=" ".join,
 )
-def test_no_start_over_blobs_without_a_database(
-    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_no_start_over_blobs_without_a_database(tmp_path: Path, argv: list[str], left: str) -> None:
     data, blobs = _data_dir_without_database(tmp_path)
     assert len(blobs) == 2
-    code = main([*argv, "--data-dir", str(data)])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert str(data) in err and "no database (filesd.db)" in err and "--new-database" in err
+    if left == "an empty file":
+        (data / DB_NAME).touch()
+    elif left == "a new SQLite file":  # a real SQLite file, but no migration ever ran in it
+        with contextlib.closing(sqlite3.connect(data / DB_NAME)) as conn:
+            conn.execute("CREATE TABLE unrelated (x)")
+            conn.commit()
+    # A subprocess with a deadline: a refusal that broke would serve forever, not fail.
+    done = subprocess.run(
+        [sys.executable, "-m", "filesd", *argv, "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert str(data) in done.stderr and "--new-database" in done.stderr
+    assert "no database (filesd.db is missing or empty)" in done.stderr
     assert {p.name for p in blob_files(data)} == blobs
-    assert not (data / DB_NAME).exists()
+    db = data / DB_NAME
+    assert not db.exists() or not _has_files_table(db)  # nothing was migrated into it
+
+
+def _has_files_table(path: Path) -> bool:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        sql = "SELECT COUNT(*) FROM sqlite_master WHERE name = 'files'"
+        return bool(conn.execute(sql).fetchone()[0])
 
 
 def test_gc_with_new_database_starts_over_on_purpose(
@@ -292,3 +324,59 @@ async def test_export_skips_a_file_whose_blob_is_missing(
     manifest = json.loads(_members(await resp.read())["filesd-export.json"])
     assert [f["id"] for f in manifest["files"]] == [kept]
     assert manifest["skipped"] == [{"id": gone, "reason": "its content is missing from storage"}]
+
+
+# --- fsck and files already marked damaged -----------------------------------------------------
+
+
+async def test_fsck_keeps_a_damaged_files_blob_and_serves_it_again_once_restored(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    store = await FileStore.open(StoreSettings(data))
+    try:
+        file_id = await create(store, b"precious bytes")
+        digest = (await store.get_file("p", file_id)).sha256
+    finally:
+        await store.close()
+    blob = BlobDir(data).path_for(digest)
+    kept = tmp_path / "kept-aside"
+    blob.rename(kept)  # lost from the store...
+    report = await ops.fsck(data, repair=True)
+    assert report.missing == [digest]  # ...so its file is marked damaged
+    kept.rename(blob)  # the operator puts the bytes back
+
+    report = await ops.fsck(data, repair=False)
+    assert report.orphaned == [], "a damaged file's blob is not an orphan"
+    assert report.restored == [digest] and not report.ok
+    report = await ops.fsck(data, repair=True)
+    assert blob.read_bytes() == b"precious bytes"
+    assert (await ops.fsck(data, repair=False)).ok
+
+    store = await FileStore.open(StoreSettings(data))
+    try:
+        record = await store.get_file("p", file_id)
+        assert (record.status, record.status_details) == ("processed", None)
+    finally:
+        await store.close()
+
+
+# --- readiness that cannot hang --------------------------------------------------------------
+
+
+async def test_a_hanging_readiness_check_answers_not_ready_in_time() -> None:
+    never = asyncio.Event()
+
+    async def hangs() -> list[str]:
+        await never.wait()
+        return []
+
+    readiness = Readiness(hangs, timeout=0.05)
+    problems = await readiness.problems()
+    assert problems and "took over" in problems[0]
+    never.set()  # the check that went on finishes: the next probes are ready again
+
+    async def ready() -> bool:
+        return await readiness.problems() == []
+
+    await wait_until(ready, what="ready once the check finished")

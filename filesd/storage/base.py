@@ -341,11 +341,16 @@ class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
 
     async def live_files(self, project: str | None) -> list[FileRecord]: ...
 
-    async def live_digests(self) -> list[str]:
-        """Blobs of live files, except files marked damaged (status `error`)."""
+    async def live_digests(self, *, damaged: bool = False) -> list[str]:
+        """Blobs of live files not marked damaged (status `error`); with `damaged`, only
+        those of files marked damaged."""
         ...
 
     async def mark_blob_damaged(self, sha256: str, details: str) -> int: ...
+
+    async def clear_blob_damage(self, sha256: str) -> int:
+        """Status `processed` again for the live files of a blob marked damaged."""
+        ...
 
     async def purge_deleted(self, *, before: int) -> int:
         """Remove rows soft-deleted before `before` and uploads finished before it, all or

@@ -328,12 +328,14 @@ class SqliteMetadata:
         try:
             now = await asyncio.to_thread(_identity, self._path)
         except FileNotFoundError:
+            # No path in the answer: /readyz is keyless, and the layout of the server's disk is
+            # nobody else's business (the operator's log has it).
             return (
-                f"{self._path} was moved or deleted while the server runs (it still writes "
-                "to the old file): put it back, then restart"
+                f"{DB_NAME} was moved or deleted while the server runs (it still writes to the "
+                "old file): put it back, then restart"
             )
         if now != self._identity:
-            return f"{self._path} is no longer the file opened at start (replaced): restart"
+            return f"{DB_NAME} is no longer the file opened at start (replaced): restart"
         return None
 
     async def schema_version(self) -> int:
@@ -593,10 +595,22 @@ class SqliteMetadata:
         )
         return [_record(row) for row in await self._rows(sql, {"project": project})]
 
-    async def live_digests(self) -> list[str]:
-        """Blobs of live files, except files already marked damaged (status `error`)."""
-        sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND status != 'error'"
+    async def live_digests(self, *, damaged: bool = False) -> list[str]:
+        """Blobs of live files: those not marked damaged (status `error`), or with `damaged`
+        only those of files marked damaged."""
+        sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND " + (
+            "status = 'error'" if damaged else "status != 'error'"
+        )
         return [row[0] for row in await self._rows(sql)]
+
+    async def clear_blob_damage(self, sha256: str) -> int:
+        """Status `processed` again for the live files of a blob marked damaged (its bytes are
+        back and verified); returns how many."""
+        sql = (
+            "UPDATE files SET status = 'processed', status_details = NULL "
+            "WHERE sha256 = ? AND deleted_at IS NULL AND status = 'error' RETURNING 1"
+        )
+        return len(await self._write(sql, (sha256,)))
 
     async def mark_blob_damaged(self, sha256: str, details: str) -> int:
         """Set status `error` on the live files of a blob; returns how many."""
@@ -784,6 +798,21 @@ async def _insert_files(
         sql = f"INSERT INTO files ({_COLUMNS}) VALUES {marks}{conflict} RETURNING id"
         inserted += [row[0] for row in await SqliteMetadata._run(conn, sql, params)]
     return inserted
+
+
+def database_initialized(path: Path) -> bool:
+    """True if `path` is a filesd database: it exists and migrations have run in it.
+
+    A missing file, an empty one, or a SQLite file no migration ran in (user_version 0) is
+    none: opening it would start a new, empty store. Blocking; never creates the file.
+    """
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0]) > 0
+    except sqlite3.DatabaseError:
+        return True  # not readable as SQLite: let opening it fail loudly, not start anew
 
 
 def _identity(path: Path) -> tuple[int, int]:
