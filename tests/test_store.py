@@ -9,7 +9,6 @@ import io
 import json
 import os
 import tarfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -494,10 +493,8 @@ async def test_import_of_30000_files(store: FileStore) -> None:
         for start in range(0, len(archive), 1 << 20):
             yield archive[start : start + (1 << 20)]
 
-    started = time.monotonic()
     assert await store.import_archive(chunks(), {"batch"}) == count
     page = await store.list_files("p", ListQuery(limit=1000, order="asc"))
     assert page.total == count and page.files[0].id == "file-000000"
     ids = [f["id"] for f in files]
     assert len(await store._meta.existing_ids(ids)) == count
-    assert time.monotonic() - started < 10
