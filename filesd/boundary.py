@@ -106,9 +106,9 @@ ERRORS: dict[type[BaseException], Mapper] = {
     ImportConflict: lambda request, exc: ApiError(
         f"Cannot import: {exc}", code="conflict", status=409
     ),
+    # The taken id may be another project's file: only the log names it (see the store).
     FileIdTaken: lambda request, exc: ServerError(
-        f"The server made a file id that is taken already ({exc.file_id}); nothing was "
-        "stored. Retry the request.",
+        "A file id this server made is taken already; nothing was stored. Retry the request.",
         code="file_id_taken",
     ),
     BlobMissing: _blob_missing,
