@@ -8,6 +8,8 @@ content-addressed and deduplicated like any other. After a crash, `recover` fini
 claimed upload by whether its reserved file exists, and removes part files without a row.
 
 Hostile clients are bounded:
+- A part holds at least one byte and an upload has at most `MAX_PARTS` parts (each costs a
+  file, a directory fsync and a row).
 - Parts never hold more than the upload declared, and the parts of pending uploads count
   against the project's byte quota; both are decided with the part's insert, atomically, in the
   metadata store (`UploadMetadata.insert_part`), so parts racing one another cannot overshoot.
@@ -43,6 +45,8 @@ UPLOAD_TTL = 3600
 MAX_MD5_MISMATCHES = 3
 # Part orders whose MD5 is remembered (a few hundred bytes each).
 _MD5_MEMORY = 1024
+# Parts an upload may have: each costs a file, a directory fsync and a row.
+MAX_PARTS = 10_000
 
 
 class UploadNotFound(Exception):
@@ -77,6 +81,18 @@ class PartsSizeMismatch(Exception):
         super().__init__(f"parts hold {actual} bytes, the upload declared {expected}")
         self.expected = expected
         self.actual = actual
+
+
+class EmptyPart(Exception):
+    """The part holds no bytes (each part costs a file, an fsync and a row: none are free)."""
+
+
+class TooManyParts(Exception):
+    """The upload has `MAX_PARTS` parts already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an upload may have at most {limit} parts")
+        self.limit = limit
 
 
 class PartExceedsUpload(Exception):
@@ -155,6 +171,8 @@ class UploadService:
     async def add_part(self, project: str, upload_id: str, staged: StagedBlob) -> PartRecord:
         """Keep staged content as the next part; consumes `staged` either way."""
         try:
+            if staged.size == 0:
+                raise EmptyPart()
             await self.get_pending(project, upload_id)
             token = await self._blobs.save_part(staged)
         except BaseException:
@@ -168,12 +186,16 @@ class UploadService:
             created_at=self._files.now(),
         )
         # The insert re-checks the status (a part racing a complete or cancel is refused), the
-        # declared size and the quota, all in one transaction.
+        # number of parts, the declared size and the quota, all in one transaction.
         quota = self._files.settings.max_bytes_per_project
-        verdict = await self._db.insert_part(part, now=self._files.now(), max_project_bytes=quota)
+        verdict = await self._db.insert_part(
+            part, now=self._files.now(), max_project_bytes=quota, max_parts=MAX_PARTS
+        )
         if verdict == "added":
             return part
         await self._blobs.remove_parts([token])
+        if verdict == "too_many_parts":
+            raise TooManyParts(MAX_PARTS)
         if verdict == "over_declared":
             upload = await self.get_pending(project, upload_id)
             raise PartExceedsUpload(upload.bytes, part.bytes)

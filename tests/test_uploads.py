@@ -14,9 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from filesd import uploads as uploads_module
 from filesd.app import create_app
 from filesd.appkeys import STORE, UPLOADS
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy
+from filesd.storage.sqlite import _PART_CHECK, SqliteMetadata
 from filesd.store import FileStore, StoreSettings
 from filesd.uploads import Md5Mismatch, UploadNotPending, UploadService
 
@@ -482,3 +484,46 @@ async def test_one_completion_per_project_at_a_time(counted: UploadService) -> N
     done = await asyncio.gather(*tasks)
     assert CountingBlobs.most_joining == 2
     assert len({record.id for _, record in done}) == 4
+
+
+async def test_empty_parts_are_refused(client: Client, tmp_path: Path) -> None:
+    upload = await create_upload(client, 1)
+    for _ in range(3):
+        message = await assert_400(await add_part(client, upload["id"], b""), "data")
+        assert "empty" in message and "at least 1 byte" in message
+    assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
+    p = await part_id(client, upload["id"], b"x")
+    assert (await complete(client, upload["id"], [p])).status == 200
+
+
+async def test_an_upload_has_at_most_max_parts_parts(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploads_module, "MAX_PARTS", 3)
+    upload = await create_upload(client, 10)
+    ids = [await part_id(client, upload["id"], b"a") for _ in range(3)]
+    message = await assert_400(await add_part(client, upload["id"], b"b"), "data")
+    assert "3 parts already" in message
+    assert len(part_files(tmp_path)) == 3
+    # The limit is decided with the insert: parts racing past it are refused too.
+    other = await create_upload(client, 10)
+    resps = await asyncio.gather(*(add_part(client, other["id"], b"c") for _ in range(6)))
+    assert sorted(r.status for r in resps) == [200] * 3 + [400] * 3
+    assert len(part_files(tmp_path)) == 6
+    assert (await complete(client, upload["id"], ids)).status == 400  # 3 bytes of 10
+
+
+async def test_the_part_checks_search_indexes_and_scan_no_table(tmp_path: Path) -> None:
+    # The checks run inside BEGIN IMMEDIATE on the one writer: a scan of every project's parts
+    # or uploads there would hold up every write as the tables grow.
+    db = await SqliteMetadata.open(tmp_path / "meta.db")
+    try:
+        params = {"now": 1, "upload_id": "u", "max_bytes": 1000}
+        async with db._reader.execute("EXPLAIN QUERY PLAN " + _PART_CHECK, params) as cursor:
+            plan = [str(row[3]) for row in await cursor.fetchall()]
+    finally:
+        await db.close()
+    scans = [step for step in plan if step.startswith("SCAN")]
+    assert scans == [], plan
+    assert any("upload_parts" in s and "USING" in s for s in plan), plan
+    assert any("uploads_by_project_status" in s for s in plan), plan

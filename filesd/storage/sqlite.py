@@ -221,6 +221,11 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE totals SET files = files - 1, logical_bytes = logical_bytes - OLD.bytes;
     END;
     """,
+    # 8: a project's unfinished uploads found by index, for the byte quota (which counts their
+    # parts) without scanning every project's uploads
+    """
+    CREATE INDEX uploads_by_project_status ON uploads (project, status);
+    """,
 )
 
 
@@ -235,6 +240,23 @@ _UPLOAD_COLUMNS = (
 _KEY_COLUMNS = "id, key_sha256, project, hint, created_at, revoked_at"
 # Rows per INSERT and values per IN (...): far below SQLite's limit on bound variables.
 _CHUNK = 500
+
+# The checks of `insert_part`, in one statement: the upload is pending, its parts' bytes and
+# count, and the project's bytes (live files and the parts of its unfinished uploads). Every
+# table is searched by an index (uploads by project and status: migration 8), never scanned:
+# this runs inside BEGIN IMMEDIATE on the one writer.
+_PART_CHECK = """
+    SELECT u.status = 'pending' AND u.expires_at > :now, u.bytes,
+        (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
+        (SELECT COUNT(*) FROM upload_parts WHERE upload_id = u.id),
+        CASE WHEN :max_bytes > 0 THEN
+            (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
+            + (SELECT COALESCE(SUM(p.bytes), 0)
+               FROM uploads o CROSS JOIN upload_parts p ON p.upload_id = o.id
+               WHERE o.project = u.project AND o.status IN ('pending', 'completing'))
+        ELSE 0 END
+    FROM uploads u WHERE u.id = :upload_id
+"""
 
 
 def database_path(data_dir: Path) -> Path:
@@ -679,27 +701,18 @@ class SqliteMetadata:
         return len(await self._write(sql, (new, file_id, upload_id, old))) == 1
 
     async def insert_part(
-        self, part: PartRecord, *, now: int, max_project_bytes: int
+        self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
     ) -> PartVerdict:
         """Add a part to a pending, unexpired upload if it fits, deciding and inserting in
         one transaction on the one writer, so two parts racing cannot both pass a check."""
-        check = """
-            SELECT u.status = 'pending' AND u.expires_at > :now, u.bytes,
-                (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
-                CASE WHEN :max_bytes > 0 THEN
-                    (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
-                    + (SELECT COALESCE(SUM(p.bytes), 0)
-                       FROM upload_parts p CROSS JOIN uploads o ON o.id = p.upload_id
-                       WHERE o.project = u.project AND o.status IN ('pending', 'completing'))
-                ELSE 0 END
-            FROM uploads u WHERE u.id = :upload_id
-        """
         params = {"now": now, "upload_id": part.upload_id, "max_bytes": max_project_bytes}
         async with self._transaction() as conn:
-            rows = await self._run(conn, check, params)
+            rows = await self._run(conn, _PART_CHECK, params)
             if not rows or not rows[0][0]:
                 return "not_pending"
-            declared, held, project_bytes = (int(v) for v in rows[0][1:])
+            declared, held, count, project_bytes = (int(v) for v in rows[0][1:])
+            if max_parts and count >= max_parts:
+                return "too_many_parts"
             if held + part.bytes > declared:
                 return "over_declared"
             if max_project_bytes and project_bytes + part.bytes > max_project_bytes:
