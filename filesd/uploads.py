@@ -245,7 +245,14 @@ class UploadService:
         await self._files.check_quota(project, upload.bytes)
         tokens = tuple(parts[p].token for p in part_ids)
         if md5 is not None:
-            await self._verify_md5(upload_id, tokens, md5.lower())
+            try:
+                await self._verify_md5(upload_id, tokens, md5.lower())
+            except FileNotFoundError:
+                # The parts went while they were read: a cancel (or expiry) raced this
+                # completion. Answer with the upload's state; if it is pending, the parts are
+                # gone from under it (damage): that is the error.
+                await self.get_pending(project, upload_id)
+                raise
 
         file_id = self._files.new_file_id()
         if not await self._db.set_upload_status(

@@ -527,3 +527,35 @@ async def test_the_part_checks_search_indexes_and_scan_no_table(tmp_path: Path) 
     assert scans == [], plan
     assert any("upload_parts" in s and "USING" in s for s in plan), plan
     assert any("uploads_by_project_status" in s for s in plan), plan
+
+
+class CancelBeforeMd5(DelegatingBlobs):
+    """Runs `before` (a cancel racing the completion) just before the parts' MD5 is read."""
+
+    before: Any = None
+
+    async def parts_md5(self, tokens: Any) -> str:
+        if CancelBeforeMd5.before is not None:
+            await CancelBeforeMd5.before()
+        return await self.inner.parts_md5(tokens)
+
+
+async def test_a_cancel_racing_a_completion_with_md5_answers_not_pending(
+    tmp_path: Path,
+) -> None:
+    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=CancelBeforeMd5)
+    try:
+        uploads = UploadService(store, max_part_bytes=1024)
+        upload_id, ids = await _upload_with_parts(uploads, "p", [b"ab", b"cd"])
+
+        async def cancel() -> None:
+            await uploads.cancel("p", upload_id)
+
+        CancelBeforeMd5.before = cancel
+        with pytest.raises(UploadNotPending) as caught:
+            await uploads.complete("p", upload_id, ids, md5(b"abcd"))
+        assert caught.value.status == "cancelled"
+        assert os.listdir(tmp_path / "parts") == []
+    finally:
+        CancelBeforeMd5.before = None
+        await store.close()
