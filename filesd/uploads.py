@@ -31,12 +31,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from .models import FileRecord, PartRecord, UploadRecord
 from .storage.base import BlobWriter, StagedBlob
-from .store import FileStore, QuotaExceeded
+from .store import FileIdTaken, FileStore, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -260,24 +261,48 @@ class UploadService:
         ):
             await self.get_pending(project, upload_id)
             raise UploadNotPending(upload_id, "completing")
+        creating: asyncio.Future[FileRecord] | None = None
         try:
             joined, joined_md5 = await self._blobs.concat_parts(tokens)
             if md5 is not None and joined_md5 != md5.lower():
                 await self.discard(joined)
                 raise Md5Mismatch(md5, joined_md5)
-            record = await self._files.create_file(
-                project,
-                joined,
-                filename=upload.filename,
-                purpose=upload.purpose,
-                expires_after=upload.file_expires_after,
-                file_id=file_id,
+            # Once queued, the file's commit goes on even if this completion is cancelled
+            # (see `FileStore.create_file`): the settlement below waits for its outcome.
+            creating = asyncio.ensure_future(
+                self._files.create_file(
+                    project,
+                    joined,
+                    filename=upload.filename,
+                    purpose=upload.purpose,
+                    expires_after=upload.file_expires_after,
+                    file_id=file_id,
+                )
             )
-        except BaseException:
-            await self._db.set_upload_status(upload_id, old="completing", new="pending")
-            raise
-        await self._finish(upload_id, file_id)
+            record = await asyncio.shield(creating)
+        finally:
+            # Whatever happened (a failure, a cancel), the upload leaves `completing` by what
+            # became of its file, and no further cancel can skip that.
+            await _uncancellable(self._settle(upload_id, file_id, creating))
         return replace(upload, status="completed", file_id=file_id), record
+
+    async def _settle(
+        self, upload_id: str, file_id: str, creating: asyncio.Future[FileRecord] | None
+    ) -> None:
+        """End a claimed completion: completed if its file was made, else pending again."""
+        made = False
+        if creating is not None:
+            await asyncio.wait([creating])
+            error = None if creating.cancelled() else creating.exception()
+            if error is None and not creating.cancelled():
+                made = True
+            elif not isinstance(error, FileIdTaken):  # a taken id is another file's
+                # Failed or cut short: the commit may still have stored the row.
+                made = await self._db.file_exists(file_id)
+        if made:
+            await self._finish(upload_id, file_id)
+        else:
+            await self._db.set_upload_status(upload_id, old="completing", new="pending")
 
     async def _verify_md5(self, upload_id: str, tokens: tuple[str, ...], md5: str) -> None:
         """Raise `Md5Mismatch` unless the parts joined in this order have this MD5, read
@@ -345,3 +370,18 @@ class UploadService:
         for key in [k for k in self._md5s if not dropped.isdisjoint(k)]:
             del self._md5s[key]
         await self._blobs.remove_parts(tokens)
+
+
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even if the caller is cancelled meanwhile (then raise
+    CancelledError after it): cleanup that must not be skipped by a second cancel."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # (if `task` itself was cancelled, its result raises below)
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError

@@ -19,7 +19,7 @@ from filesd.app import create_app
 from filesd.appkeys import STORE, UPLOADS
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy
 from filesd.storage.sqlite import _PART_CHECK, SqliteMetadata
-from filesd.store import FileStore, StoreSettings
+from filesd.store import FileStore, ListQuery, StoreSettings
 from filesd.uploads import Md5Mismatch, UploadNotPending, UploadService
 
 from .conftest import (
@@ -558,4 +558,60 @@ async def test_a_cancel_racing_a_completion_with_md5_answers_not_pending(
         assert os.listdir(tmp_path / "parts") == []
     finally:
         CancelBeforeMd5.before = None
+        await store.close()
+
+
+class GatedCommit(DelegatingBlobs):
+    """Holds a file's commit (`commit_gate`) and the removal of parts (`remove_gate`), and
+    tells when each was reached."""
+
+    commit_gate: asyncio.Event | None = None
+    remove_gate: asyncio.Event | None = None
+    committing = False
+    removing = False
+
+    async def commit(self, staged: Any) -> list[bool | Exception]:
+        GatedCommit.committing = True
+        if GatedCommit.commit_gate is not None:
+            await GatedCommit.commit_gate.wait()
+        return await self.inner.commit(staged)
+
+    async def remove_parts(self, tokens: Any) -> int:
+        GatedCommit.removing = True
+        if GatedCommit.remove_gate is not None:
+            await GatedCommit.remove_gate.wait()
+        return await self.inner.remove_parts(tokens)
+
+
+async def test_a_cancelled_completion_whose_file_commits_is_completed_once(
+    tmp_path: Path,
+) -> None:
+    GatedCommit.commit_gate, GatedCommit.remove_gate = asyncio.Event(), asyncio.Event()
+    GatedCommit.committing = GatedCommit.removing = False
+    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=GatedCommit)
+    try:
+        uploads = UploadService(store, max_part_bytes=1024)
+        upload_id, ids = await _upload_with_parts(uploads, "p", [b"ab", b"cd"])
+        task = asyncio.create_task(uploads.complete("p", upload_id, ids, None))
+        # The file's commit is queued (and goes on): the client goes away now.
+        await wait_until(lambda: GatedCommit.committing, what="the file's commit under way")
+        task.cancel()
+        GatedCommit.commit_gate.set()
+        # The completion settles by the file it made; a second cancel cannot skip that.
+        await wait_until(lambda: GatedCommit.removing, what="the completion being finished")
+        task.cancel()
+        GatedCommit.remove_gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        meta = store.upload_backing().meta
+        upload = await meta.get_upload("p", upload_id)
+        assert upload is not None and upload.status == "completed", upload
+        assert await meta.get_parts(upload_id) == []
+        assert os.listdir(tmp_path / "parts") == []
+        with pytest.raises(UploadNotPending):
+            await uploads.complete("p", upload_id, ids, None)
+        page = await store.list_files("p", ListQuery())
+        assert [f.id for f in page.files] == [upload.file_id]
+    finally:
+        GatedCommit.commit_gate = GatedCommit.remove_gate = None
         await store.close()
