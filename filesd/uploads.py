@@ -243,7 +243,7 @@ class UploadService:
         if total != upload.bytes:
             raise PartsSizeMismatch(upload.bytes, total)
         # Refuse what can be refused before anything is written.
-        await self._files.check_quota(project, upload.bytes)
+        await self._files.check_quota(project, upload.bytes, from_upload=upload_id)
         tokens = tuple(parts[p].token for p in part_ids)
         if md5 is not None:
             try:
@@ -277,6 +277,7 @@ class UploadService:
                     purpose=upload.purpose,
                     expires_after=upload.file_expires_after,
                     file_id=file_id,
+                    from_upload=upload_id,
                 )
             )
             record = await asyncio.shield(creating)

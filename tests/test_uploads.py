@@ -615,3 +615,53 @@ async def test_a_cancelled_completion_whose_file_commits_is_completed_once(
     finally:
         GatedCommit.commit_gate = GatedCommit.remove_gate = None
         await store.close()
+
+
+def file_form(content: bytes) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", io.BytesIO(content), filename="f.jsonl")
+    return form
+
+
+@pytest.fixture
+async def quota_client(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
+    config = make_config(tmp_path / "data", limits={"max_bytes_per_project": 1000})
+    return await aiohttp_client(create_app(config))
+
+
+async def assert_over_quota(resp: Any) -> None:
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "quota_exceeded", body
+
+
+async def test_pending_parts_count_against_new_files(quota_client: Client) -> None:
+    client = quota_client
+    upload = await create_upload(client, 900)
+    await part_id(client, upload["id"], b"p" * 900)
+    await assert_over_quota(
+        await client.post("/v1/files", data=file_form(b"f" * 900), headers=ALPHA)
+    )
+    # What fits beside the parts is stored; another project is not concerned.
+    assert (await client.post("/v1/files", data=file_form(b"f" * 100), headers=ALPHA)).status == 200
+    assert (await client.post("/v1/files", data=file_form(b"f" * 900), headers=BETA)).status == 200
+
+
+async def test_files_count_against_new_parts(quota_client: Client) -> None:
+    client = quota_client
+    assert (await client.post("/v1/files", data=file_form(b"f" * 900), headers=ALPHA)).status == 200
+    upload = await create_upload(client, 900)
+    await assert_over_quota(await add_part(client, upload["id"], b"p" * 900))
+    await part_id(client, upload["id"], b"p" * 100)
+
+
+async def test_completing_an_upload_at_exactly_the_quota(quota_client: Client) -> None:
+    # The parts become the file: counted once, not as parts and file.
+    client = quota_client
+    assert (await client.post("/v1/files", data=file_form(b"f" * 100), headers=ALPHA)).status == 200
+    upload = await create_upload(client, 900)
+    ids = [await part_id(client, upload["id"], b"a" * 600)]
+    ids.append(await part_id(client, upload["id"], b"b" * 300))
+    resp = await complete(client, upload["id"], ids, md5=md5(b"a" * 600 + b"b" * 300))
+    assert resp.status == 200, await resp.json()
+    await assert_over_quota(await client.post("/v1/files", data=file_form(b"x"), headers=ALPHA))

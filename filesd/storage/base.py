@@ -317,8 +317,12 @@ class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
         file of the project (deleted files still count as cursors)."""
         ...
 
-    async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """(live files, their bytes) of each project."""
+    async def usage(
+        self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """(live files, bytes held) of each project, for its quotas: the bytes of its live
+        files and of the parts of its pending or completing uploads, except the parts of
+        `excluding_uploads` (being completed: those parts are about to become a file)."""
         ...
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None: ...

@@ -523,14 +523,29 @@ class SqliteMetadata:
             return None
         return [_record(row[3:]) for row in rows if row[2] is not None], int(total)
 
-    async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """Live files and bytes of each project (files not yet swept after expiry count)."""
-        sql = (
-            "SELECT project, SUM(files), SUM(bytes) FROM file_counts "
-            "WHERE project IN ({marks}) GROUP BY project"
-        )
-        rows = await self._chunked_rows(sql, projects)
-        found = {row[0]: (int(row[1]), int(row[2])) for row in rows}
+    async def usage(
+        self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """Live files of each project and the bytes it holds: its live files' (files not yet
+        swept after expiry count) and its unfinished uploads' parts, but for the uploads in
+        `excluding_uploads`. One statement per chunk of projects, by index."""
+        excluded = list(excluding_uploads)
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(projects), _CHUNK):
+            chunk = list(projects[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT project, SUM(files), SUM(bytes) FROM ("
+                f"  SELECT project, files, bytes FROM file_counts WHERE project IN ({marks})"
+                "   UNION ALL"
+                "   SELECT o.project, 0, p.bytes"
+                "   FROM uploads o CROSS JOIN upload_parts p ON p.upload_id = o.id"
+                f"  WHERE o.project IN ({marks}) AND o.status IN ('pending', 'completing')"
+                f"  AND o.id NOT IN ({','.join('?' * len(excluded))})"
+                ") GROUP BY project"
+            )
+            for row in await self._rows(sql, [*chunk, *chunk, *excluded]):
+                found[row[0]] = (int(row[1]), int(row[2]))
         return {p: found.get(p, (0, 0)) for p in projects}
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
