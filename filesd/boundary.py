@@ -39,9 +39,11 @@ from .store import CursorNotFound, FileIdTaken, FileNotFound, ImportConflict, Qu
 from .uploads import (
     MAX_MD5_MISMATCHES,
     DuplicatePart,
+    EmptyPart,
     Md5Mismatch,
     PartExceedsUpload,
     PartsSizeMismatch,
+    TooManyParts,
     UnknownPart,
     UploadNotFound,
     UploadNotPending,
@@ -106,9 +108,9 @@ ERRORS: dict[type[BaseException], Mapper] = {
     ImportConflict: lambda request, exc: ApiError(
         f"Cannot import: {exc}", code="conflict", status=409
     ),
+    # The taken id may be another project's file: only the log names it (see the store).
     FileIdTaken: lambda request, exc: ServerError(
-        f"The server made a file id that is taken already ({exc.file_id}); nothing was "
-        "stored. Retry the request.",
+        "A file id this server made is taken already; nothing was stored. Retry the request.",
         code="file_id_taken",
     ),
     BlobMissing: _blob_missing,
@@ -143,6 +145,14 @@ ERRORS: dict[type[BaseException], Mapper] = {
             else ""
         ),
         param="md5",
+    ),
+    EmptyPart: lambda request, exc: InvalidRequest(
+        "The part is empty: a part must hold at least 1 byte.", param="data"
+    ),
+    TooManyParts: lambda request, exc: InvalidRequest(
+        f"The upload has {exc.limit} parts already, the most an upload may have: complete it "
+        "with the parts it has, or send larger parts to a new upload.",
+        param="data",
     ),
     PartExceedsUpload: lambda request, exc: InvalidRequest(
         f"The part is too large for this upload: with its {exc.size} bytes the parts would "

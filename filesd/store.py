@@ -210,6 +210,7 @@ class _Queued:
     staged: StagedBlob
     record: FileRecord
     done: asyncio.Future[None]
+    from_upload: str | None = None  # the upload whose parts become this file
 
 
 @dataclass(frozen=True)
@@ -336,11 +337,14 @@ class FileStore:
         purpose: str,
         expires_after: int | None = None,
         file_id: str | None = None,
+        from_upload: str | None = None,
     ) -> FileRecord:
         """Store staged content as a new file; the staged content is consumed either way.
 
         Without `expires_after` the purpose's default expiry applies (if any). `file_id` lets a
         caller reserve the id beforehand (see `new_file_id`); by default a new one is made.
+        `from_upload` names the upload being completed into this file: its parts (which count
+        against the byte quota while it is unfinished) are not counted besides the file.
         Returns once the file is durable: blob committed, row committed.
         """
         if expires_after is None:
@@ -357,21 +361,26 @@ class FileStore:
             expires_at=None if expires_after is None else created_at + expires_after,
         )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(staged, record, done))
+        self._queue.append(_Queued(staged, record, done, from_upload))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_queued())
         # Shielded: once queued, the commit goes on even if this caller is cancelled.
         await asyncio.shield(done)
         return record
 
-    async def check_quota(self, project: str, incoming_bytes: int = 0) -> None:
+    async def check_quota(
+        self, project: str, incoming_bytes: int = 0, *, from_upload: str | None = None
+    ) -> None:
         """Raise `QuotaExceeded` if the project cannot take one more file of this size.
 
-        A cheap early refusal; the binding check happens when the file is committed.
+        The bytes held count the parts of the project's unfinished uploads, but those of
+        `from_upload` (the upload whose parts become this file). A cheap early refusal; the
+        binding check happens when the file is committed.
         """
         s = self._settings
         if s.max_files_per_project or s.max_bytes_per_project:
-            usage = await self._meta.usage([project])
+            excluding = [] if from_upload is None else [from_upload]
+            usage = await self._meta.usage([project], excluding_uploads=excluding)
             self._check_quota(project, *usage[project], incoming_bytes)
 
     def _check_quota(self, project: str, files: int, size: int, incoming: int) -> None:
@@ -385,7 +394,12 @@ class FileStore:
         """The queued files that fit their projects' quotas; the others are refused."""
         if not (self._settings.max_files_per_project or self._settings.max_bytes_per_project):
             return batch
-        usage = await self._meta.usage(sorted({q.record.project for q in batch}))
+        # Bytes held count unfinished uploads' parts, but those of the uploads being completed
+        # here: their parts become these files (counted once, as the file).
+        usage = await self._meta.usage(
+            sorted({q.record.project for q in batch}),
+            excluding_uploads=[q.from_upload for q in batch if q.from_upload is not None],
+        )
         accepted: list[_Queued] = []
         refused: list[StagedBlob] = []
         for queued in batch:
@@ -396,6 +410,8 @@ class FileStore:
             except QuotaExceeded as error:
                 queued.done.set_exception(error)
                 refused.append(queued.staged)
+                if queued.from_upload is not None:  # its parts stay: they count again
+                    usage[project] = (files, size + queued.record.bytes)
                 continue
             usage[project] = (files + 1, size + queued.record.bytes)
             accepted.append(queued)

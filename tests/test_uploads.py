@@ -14,10 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from filesd import uploads as uploads_module
 from filesd.app import create_app
 from filesd.appkeys import STORE, UPLOADS
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy
-from filesd.store import FileStore, StoreSettings
+from filesd.storage.sqlite import _PART_CHECK, SqliteMetadata
+from filesd.store import FileStore, ListQuery, StoreSettings
 from filesd.uploads import Md5Mismatch, UploadNotPending, UploadService
 
 from .conftest import (
@@ -482,3 +484,184 @@ async def test_one_completion_per_project_at_a_time(counted: UploadService) -> N
     done = await asyncio.gather(*tasks)
     assert CountingBlobs.most_joining == 2
     assert len({record.id for _, record in done}) == 4
+
+
+async def test_empty_parts_are_refused(client: Client, tmp_path: Path) -> None:
+    upload = await create_upload(client, 1)
+    for _ in range(3):
+        message = await assert_400(await add_part(client, upload["id"], b""), "data")
+        assert "empty" in message and "at least 1 byte" in message
+    assert part_files(tmp_path) == [] and temp_files(tmp_path / "data") == []
+    p = await part_id(client, upload["id"], b"x")
+    assert (await complete(client, upload["id"], [p])).status == 200
+
+
+async def test_an_upload_has_at_most_max_parts_parts(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploads_module, "MAX_PARTS", 3)
+    upload = await create_upload(client, 10)
+    ids = [await part_id(client, upload["id"], b"a") for _ in range(3)]
+    message = await assert_400(await add_part(client, upload["id"], b"b"), "data")
+    assert "3 parts already" in message
+    assert len(part_files(tmp_path)) == 3
+    # The limit is decided with the insert: parts racing past it are refused too.
+    other = await create_upload(client, 10)
+    resps = await asyncio.gather(*(add_part(client, other["id"], b"c") for _ in range(6)))
+    assert sorted(r.status for r in resps) == [200] * 3 + [400] * 3
+    assert len(part_files(tmp_path)) == 6
+    assert (await complete(client, upload["id"], ids)).status == 400  # 3 bytes of 10
+
+
+async def test_the_part_checks_search_indexes_and_scan_no_table(tmp_path: Path) -> None:
+    # The checks run inside BEGIN IMMEDIATE on the one writer: a scan of every project's parts
+    # or uploads there would hold up every write as the tables grow.
+    db = await SqliteMetadata.open(tmp_path / "meta.db")
+    try:
+        params = {"now": 1, "upload_id": "u", "max_bytes": 1000}
+        async with db._reader.execute("EXPLAIN QUERY PLAN " + _PART_CHECK, params) as cursor:
+            plan = [str(row[3]) for row in await cursor.fetchall()]
+    finally:
+        await db.close()
+    scans = [step for step in plan if step.startswith("SCAN")]
+    assert scans == [], plan
+    assert any("upload_parts" in s and "USING" in s for s in plan), plan
+    assert any("uploads_by_project_status" in s for s in plan), plan
+
+
+class CancelBeforeMd5(DelegatingBlobs):
+    """Runs `before` (a cancel racing the completion) just before the parts' MD5 is read."""
+
+    before: Any = None
+
+    async def parts_md5(self, tokens: Any) -> str:
+        if CancelBeforeMd5.before is not None:
+            await CancelBeforeMd5.before()
+        return await self.inner.parts_md5(tokens)
+
+
+async def test_a_cancel_racing_a_completion_with_md5_answers_not_pending(
+    tmp_path: Path,
+) -> None:
+    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=CancelBeforeMd5)
+    try:
+        uploads = UploadService(store, max_part_bytes=1024)
+        upload_id, ids = await _upload_with_parts(uploads, "p", [b"ab", b"cd"])
+
+        async def cancel() -> None:
+            await uploads.cancel("p", upload_id)
+
+        CancelBeforeMd5.before = cancel
+        with pytest.raises(UploadNotPending) as caught:
+            await uploads.complete("p", upload_id, ids, md5(b"abcd"))
+        assert caught.value.status == "cancelled"
+        assert os.listdir(tmp_path / "parts") == []
+    finally:
+        CancelBeforeMd5.before = None
+        await store.close()
+
+
+class GatedCommit(DelegatingBlobs):
+    """Holds a file's commit (`commit_gate`) and the removal of parts (`remove_gate`), and
+    tells when each was reached."""
+
+    commit_gate: asyncio.Event | None = None
+    remove_gate: asyncio.Event | None = None
+    committing = False
+    removing = False
+
+    async def commit(self, staged: Any) -> list[bool | Exception]:
+        GatedCommit.committing = True
+        if GatedCommit.commit_gate is not None:
+            await GatedCommit.commit_gate.wait()
+        return await self.inner.commit(staged)
+
+    async def remove_parts(self, tokens: Any) -> int:
+        GatedCommit.removing = True
+        if GatedCommit.remove_gate is not None:
+            await GatedCommit.remove_gate.wait()
+        return await self.inner.remove_parts(tokens)
+
+
+async def test_a_cancelled_completion_whose_file_commits_is_completed_once(
+    tmp_path: Path,
+) -> None:
+    GatedCommit.commit_gate, GatedCommit.remove_gate = asyncio.Event(), asyncio.Event()
+    GatedCommit.committing = GatedCommit.removing = False
+    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=GatedCommit)
+    try:
+        uploads = UploadService(store, max_part_bytes=1024)
+        upload_id, ids = await _upload_with_parts(uploads, "p", [b"ab", b"cd"])
+        task = asyncio.create_task(uploads.complete("p", upload_id, ids, None))
+        # The file's commit is queued (and goes on): the client goes away now.
+        await wait_until(lambda: GatedCommit.committing, what="the file's commit under way")
+        task.cancel()
+        GatedCommit.commit_gate.set()
+        # The completion settles by the file it made; a second cancel cannot skip that.
+        await wait_until(lambda: GatedCommit.removing, what="the completion being finished")
+        task.cancel()
+        GatedCommit.remove_gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        meta = store.upload_backing().meta
+        upload = await meta.get_upload("p", upload_id)
+        assert upload is not None and upload.status == "completed", upload
+        assert await meta.get_parts(upload_id) == []
+        assert os.listdir(tmp_path / "parts") == []
+        with pytest.raises(UploadNotPending):
+            await uploads.complete("p", upload_id, ids, None)
+        page = await store.list_files("p", ListQuery())
+        assert [f.id for f in page.files] == [upload.file_id]
+    finally:
+        GatedCommit.commit_gate = GatedCommit.remove_gate = None
+        await store.close()
+
+
+def file_form(content: bytes) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", io.BytesIO(content), filename="f.jsonl")
+    return form
+
+
+@pytest.fixture
+async def quota_client(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
+    config = make_config(tmp_path / "data", limits={"max_bytes_per_project": 1000})
+    return await aiohttp_client(create_app(config))
+
+
+async def assert_over_quota(resp: Any) -> None:
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "quota_exceeded", body
+
+
+async def test_pending_parts_count_against_new_files(quota_client: Client) -> None:
+    client = quota_client
+    upload = await create_upload(client, 900)
+    await part_id(client, upload["id"], b"p" * 900)
+    await assert_over_quota(
+        await client.post("/v1/files", data=file_form(b"f" * 900), headers=ALPHA)
+    )
+    # What fits beside the parts is stored; another project is not concerned.
+    assert (await client.post("/v1/files", data=file_form(b"f" * 100), headers=ALPHA)).status == 200
+    assert (await client.post("/v1/files", data=file_form(b"f" * 900), headers=BETA)).status == 200
+
+
+async def test_files_count_against_new_parts(quota_client: Client) -> None:
+    client = quota_client
+    assert (await client.post("/v1/files", data=file_form(b"f" * 900), headers=ALPHA)).status == 200
+    upload = await create_upload(client, 900)
+    await assert_over_quota(await add_part(client, upload["id"], b"p" * 900))
+    await part_id(client, upload["id"], b"p" * 100)
+
+
+async def test_completing_an_upload_at_exactly_the_quota(quota_client: Client) -> None:
+    # The parts become the file: counted once, not as parts and file.
+    client = quota_client
+    assert (await client.post("/v1/files", data=file_form(b"f" * 100), headers=ALPHA)).status == 200
+    upload = await create_upload(client, 900)
+    ids = [await part_id(client, upload["id"], b"a" * 600)]
+    ids.append(await part_id(client, upload["id"], b"b" * 300))
+    resp = await complete(client, upload["id"], ids, md5=md5(b"a" * 600 + b"b" * 300))
+    assert resp.status == 200, await resp.json()
+    await assert_over_quota(await client.post("/v1/files", data=file_form(b"x"), headers=ALPHA))

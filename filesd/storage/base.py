@@ -24,7 +24,7 @@ from ..models import FileRecord, KeyRecord, PartRecord, ProjectUsage, StorageTot
 SMALL_BYTES = 64 * 1024
 
 # What became of a part offered to an upload (`UploadMetadata.insert_part`).
-PartVerdict = Literal["added", "not_pending", "over_declared", "over_quota"]
+PartVerdict = Literal["added", "not_pending", "too_many_parts", "over_declared", "over_quota"]
 
 
 # --- neutral errors ----------------------------------------------------------------------------
@@ -225,10 +225,11 @@ class UploadMetadata(Protocol):
         ...
 
     async def insert_part(
-        self, part: PartRecord, *, now: int, max_project_bytes: int
+        self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
     ) -> PartVerdict:
         """Add a part to a pending, unexpired upload, atomically with the checks: refused
-        (nothing added) if the upload is not pending (`not_pending`), if its parts would
+        (nothing added) if the upload is not pending (`not_pending`), if it has `max_parts`
+        parts already (0: no limit; `too_many_parts`), if its parts would
         then hold more than its declared bytes (`over_declared`), or if `max_project_bytes`
         (0: no limit) would be passed by the project's live files, the parts of its pending
         uploads and this part (`over_quota`). Concurrent parts cannot overshoot either."""
@@ -316,8 +317,12 @@ class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
         file of the project (deleted files still count as cursors)."""
         ...
 
-    async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """(live files, their bytes) of each project."""
+    async def usage(
+        self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """(live files, bytes held) of each project, for its quotas: the bytes of its live
+        files and of the parts of its pending or completing uploads, except the parts of
+        `excluding_uploads` (being completed: those parts are about to become a file)."""
         ...
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None: ...

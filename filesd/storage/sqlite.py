@@ -221,6 +221,11 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE totals SET files = files - 1, logical_bytes = logical_bytes - OLD.bytes;
     END;
     """,
+    # 8: a project's unfinished uploads found by index, for the byte quota (which counts their
+    # parts) without scanning every project's uploads
+    """
+    CREATE INDEX uploads_by_project_status ON uploads (project, status);
+    """,
 )
 
 
@@ -235,6 +240,23 @@ _UPLOAD_COLUMNS = (
 _KEY_COLUMNS = "id, key_sha256, project, hint, created_at, revoked_at"
 # Rows per INSERT and values per IN (...): far below SQLite's limit on bound variables.
 _CHUNK = 500
+
+# The checks of `insert_part`, in one statement: the upload is pending, its parts' bytes and
+# count, and the project's bytes (live files and the parts of its unfinished uploads). Every
+# table is searched by an index (uploads by project and status: migration 8), never scanned:
+# this runs inside BEGIN IMMEDIATE on the one writer.
+_PART_CHECK = """
+    SELECT u.status = 'pending' AND u.expires_at > :now, u.bytes,
+        (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
+        (SELECT COUNT(*) FROM upload_parts WHERE upload_id = u.id),
+        CASE WHEN :max_bytes > 0 THEN
+            (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
+            + (SELECT COALESCE(SUM(p.bytes), 0)
+               FROM uploads o CROSS JOIN upload_parts p ON p.upload_id = o.id
+               WHERE o.project = u.project AND o.status IN ('pending', 'completing'))
+        ELSE 0 END
+    FROM uploads u WHERE u.id = :upload_id
+"""
 
 
 def database_path(data_dir: Path) -> Path:
@@ -503,14 +525,29 @@ class SqliteMetadata:
             return None
         return [_record(row[3:]) for row in rows if row[2] is not None], int(total)
 
-    async def usage(self, projects: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """Live files and bytes of each project (files not yet swept after expiry count)."""
-        sql = (
-            "SELECT project, SUM(files), SUM(bytes) FROM file_counts "
-            "WHERE project IN ({marks}) GROUP BY project"
-        )
-        rows = await self._chunked_rows(sql, projects)
-        found = {row[0]: (int(row[1]), int(row[2])) for row in rows}
+    async def usage(
+        self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """Live files of each project and the bytes it holds: its live files' (files not yet
+        swept after expiry count) and its unfinished uploads' parts, but for the uploads in
+        `excluding_uploads`. One statement per chunk of projects, by index."""
+        excluded = list(excluding_uploads)
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(projects), _CHUNK):
+            chunk = list(projects[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT project, SUM(files), SUM(bytes) FROM ("
+                f"  SELECT project, files, bytes FROM file_counts WHERE project IN ({marks})"
+                "   UNION ALL"
+                "   SELECT o.project, 0, p.bytes"
+                "   FROM uploads o CROSS JOIN upload_parts p ON p.upload_id = o.id"
+                f"  WHERE o.project IN ({marks}) AND o.status IN ('pending', 'completing')"
+                f"  AND o.id NOT IN ({','.join('?' * len(excluded))})"
+                ") GROUP BY project"
+            )
+            for row in await self._rows(sql, [*chunk, *chunk, *excluded]):
+                found[row[0]] = (int(row[1]), int(row[2]))
         return {p: found.get(p, (0, 0)) for p in projects}
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
@@ -693,27 +730,18 @@ class SqliteMetadata:
         return len(await self._write(sql, (new, file_id, upload_id, old))) == 1
 
     async def insert_part(
-        self, part: PartRecord, *, now: int, max_project_bytes: int
+        self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
     ) -> PartVerdict:
         """Add a part to a pending, unexpired upload if it fits, deciding and inserting in
         one transaction on the one writer, so two parts racing cannot both pass a check."""
-        check = """
-            SELECT u.status = 'pending' AND u.expires_at > :now, u.bytes,
-                (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
-                CASE WHEN :max_bytes > 0 THEN
-                    (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
-                    + (SELECT COALESCE(SUM(p.bytes), 0)
-                       FROM upload_parts p CROSS JOIN uploads o ON o.id = p.upload_id
-                       WHERE o.project = u.project AND o.status IN ('pending', 'completing'))
-                ELSE 0 END
-            FROM uploads u WHERE u.id = :upload_id
-        """
         params = {"now": now, "upload_id": part.upload_id, "max_bytes": max_project_bytes}
         async with self._transaction() as conn:
-            rows = await self._run(conn, check, params)
+            rows = await self._run(conn, _PART_CHECK, params)
             if not rows or not rows[0][0]:
                 return "not_pending"
-            declared, held, project_bytes = (int(v) for v in rows[0][1:])
+            declared, held, count, project_bytes = (int(v) for v in rows[0][1:])
+            if max_parts and count >= max_parts:
+                return "too_many_parts"
             if held + part.bytes > declared:
                 return "over_declared"
             if max_project_bytes and project_bytes + part.bytes > max_project_bytes:
