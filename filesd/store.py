@@ -196,6 +196,9 @@ class UploadBacking:
 
     meta: UploadMetadata
     blobs: BlobBackend
+    # The store's write lock: held by a group commit from its quota check to its rows, so a
+    # part counted against the same quota cannot slip in between.
+    quota_lock: asyncio.Lock
 
 
 @dataclass
@@ -318,7 +321,7 @@ class FileStore:
 
     def upload_backing(self) -> UploadBacking:
         """The upload rows and part storage, for `filesd.uploads.UploadService` (only)."""
-        return UploadBacking(self._meta, self._blobs)
+        return UploadBacking(self._meta, self._blobs, self._write_lock)
 
     def blob_writer(self) -> BlobWriter:
         """A writer for the content of a new file, capped at `max_file_bytes`."""

@@ -121,6 +121,7 @@ class UploadService:
         backing = files.upload_backing()
         self._db = backing.meta
         self._blobs = backing.blobs
+        self._quota_lock = backing.quota_lock
         self._max_part_bytes = max_part_bytes
         self._started = time.time()
         self._md5s: dict[tuple[str, ...], str] = {}  # part tokens in order -> their MD5
@@ -189,9 +190,10 @@ class UploadService:
         # The insert re-checks the status (a part racing a complete or cancel is refused), the
         # number of parts, the declared size and the quota, all in one transaction.
         quota = self._files.settings.max_bytes_per_project
-        verdict = await self._db.insert_part(
-            part, now=self._files.now(), max_project_bytes=quota, max_parts=MAX_PARTS
-        )
+        async with self._quota_lock if quota else contextlib.nullcontext():
+            verdict = await self._db.insert_part(
+                part, now=self._files.now(), max_project_bytes=quota, max_parts=MAX_PARTS
+            )
         if verdict == "added":
             return part
         await self._blobs.remove_parts([token])

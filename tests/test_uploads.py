@@ -665,3 +665,21 @@ async def test_completing_an_upload_at_exactly_the_quota(quota_client: Client) -
     resp = await complete(client, upload["id"], ids, md5=md5(b"a" * 600 + b"b" * 300))
     assert resp.status == 200, await resp.json()
     await assert_over_quota(await client.post("/v1/files", data=file_form(b"x"), headers=ALPHA))
+
+
+async def test_a_part_waits_for_a_commit_between_its_quota_check_and_its_rows(
+    quota_client: Client, tmp_path: Path
+) -> None:
+    # A group commit checks the quota, links blobs and inserts rows under the store's write
+    # lock; a part counted against the same quota must not be added in between (the two
+    # checks would each miss the other's bytes).
+    client = quota_client
+    upload = await create_upload(client, 10)
+    lock = client.app[STORE].upload_backing().quota_lock
+    async with lock:  # as a group commit between its check and its rows
+        adding = asyncio.ensure_future(add_part(client, upload["id"], b"p" * 10))
+        await wait_until(lambda: part_files(tmp_path) != [], what="the part saved, not added")
+        await asyncio.sleep(0)  # let it run up to the lock (it must stop there)
+        assert not adding.done()
+    resp = await adding
+    assert resp.status == 200, await resp.json()
