@@ -404,21 +404,26 @@ class FileStore:
             excluding_uploads=[q.from_upload for q in batch if q.from_upload is not None],
         )
         accepted: list[_Queued] = []
-        refused: list[StagedBlob] = []
+        refused: list[tuple[_Queued, QuotaExceeded]] = []
         for queued in batch:
             project = queued.record.project
             files, size = usage[project]
             try:
                 self._check_quota(project, files, size, queued.record.bytes)
-            except QuotaExceeded as error:
-                queued.done.set_exception(error)
-                refused.append(queued.staged)
+            except QuotaExceeded as over:
+                refused.append((queued, over))
                 if queued.from_upload is not None:  # its parts stay: they count again
                     usage[project] = (files, size + queued.record.bytes)
                 continue
             usage[project] = (files + 1, size + queued.record.bytes)
             accepted.append(queued)
-        await self._blobs.discard(refused)
+        # Discarded before the refusals are answered: a client that got its 400 finds nothing
+        # of its upload left behind.
+        try:
+            await self._blobs.discard([refusal[0].staged for refusal in refused])
+        finally:
+            for refusal in refused:
+                refusal[0].done.set_exception(refusal[1])
         return accepted
 
     async def _commit_queued(self) -> None:
