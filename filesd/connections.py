@@ -190,8 +190,12 @@ class ConnectionGate:
         return True
 
     def census(self) -> collections.Counter[str]:
-        """How many open connections are in each state (IDLE, SILENT, HEAD, BUSY)."""
-        return collections.Counter(handler.state()[0] for handler in self._open)
+        """How many open connections are in each state (IDLE, SILENT, HEAD, BUSY).
+
+        Readable from another thread (a test's): the keys are copied in one step (list() of a
+        dict runs under the GIL without yielding) before the states are read.
+        """
+        return collections.Counter(handler.state()[0] for handler in list(self._open))
 
     def leave(self, handler: GuardedRequestHandler) -> None:
         self._open.pop(handler, None)  # an evicted connection has left already
