@@ -234,9 +234,12 @@ async def test_expiry_sets_expires_at_and_hides_the_file(tmp_path: Path) -> None
 # --- uploads in parts ------------------------------------------------------------------------
 
 
-async def new_upload(uploads: UploadService, chunks: list[bytes]) -> tuple[str, list[str]]:
+async def new_upload(
+    uploads: UploadService, chunks: list[bytes], project: str = "p"
+) -> tuple[str, list[str]]:
+    """A pending upload of `project` holding `chunks` as its parts: (upload id, part ids)."""
     upload = await uploads.create(
-        "p",
+        project,
         filename="f",
         purpose="batch",
         mime_type="text/plain",
@@ -247,7 +250,7 @@ async def new_upload(uploads: UploadService, chunks: list[bytes]) -> tuple[str, 
     for chunk in chunks:
         writer = uploads.part_writer()
         await writer.write(chunk)
-        ids.append((await uploads.add_part("p", upload.id, await writer.finish())).id)
+        ids.append((await uploads.add_part(project, upload.id, await writer.finish())).id)
     return upload.id, ids
 
 

@@ -32,6 +32,7 @@ from .conftest import (
     temp_files,
     wait_until,
 )
+from .test_store import new_upload
 
 
 def md5(data: bytes) -> str:
@@ -432,28 +433,11 @@ async def counted(tmp_path: Path) -> AsyncIterator[UploadService]:
     await store.close()
 
 
-async def _upload_with_parts(uploads: UploadService, project: str, chunks: list[bytes]) -> Any:
-    upload = await uploads.create(
-        project,
-        filename="f",
-        purpose="batch",
-        mime_type="text/plain",
-        size=sum(map(len, chunks)),
-        file_expires_after=None,
-    )
-    ids = []
-    for chunk in chunks:
-        writer = uploads.part_writer()
-        await writer.write(chunk)
-        ids.append((await uploads.add_part(project, upload.id, await writer.finish())).id)
-    return upload.id, ids
-
-
 async def test_wrong_md5_completions_write_nothing_and_repeats_cost_nothing(
     counted: UploadService,
 ) -> None:
     chunks = [os.urandom(512 * 1024) for _ in range(4)]
-    upload_id, ids = await _upload_with_parts(counted, "p", chunks)
+    upload_id, ids = await new_upload(counted, chunks)
     failures = []
     for _ in range(5):
         with pytest.raises((Md5Mismatch, UploadNotPending)) as caught:
@@ -467,15 +451,15 @@ async def test_wrong_md5_completions_write_nothing_and_repeats_cost_nothing(
     assert [getattr(f, "cancelled", None) for f in failures[:3]] == [False, False, True]
 
     # A right md5 joins the parts once.
-    upload_id, ids = await _upload_with_parts(counted, "p", chunks)
+    upload_id, ids = await new_upload(counted, chunks)
     await counted.complete("p", upload_id, ids, md5(b"".join(chunks)))
     assert CountingBlobs.written == 2 * 1024 * 1024
 
 
 async def test_one_completion_per_project_at_a_time(counted: UploadService) -> None:
     CountingBlobs.gate = asyncio.Event()
-    uploads = [await _upload_with_parts(counted, "p", [b"%d" % i]) for i in range(3)]
-    other = await _upload_with_parts(counted, "q", [b"q"])
+    uploads = [await new_upload(counted, [b"%d" % i]) for i in range(3)]
+    other = await new_upload(counted, [b"q"], "q")
     tasks = [asyncio.create_task(counted.complete("p", u, ids, None)) for u, ids in uploads]
     tasks.append(asyncio.create_task(counted.complete("q", *other, None)))
     # Project p's first completion and q's are joining; p's others wait their turn.
@@ -546,7 +530,7 @@ async def test_a_cancel_racing_a_completion_with_md5_answers_not_pending(
     store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=CancelBeforeMd5)
     try:
         uploads = UploadService(store, max_part_bytes=1024)
-        upload_id, ids = await _upload_with_parts(uploads, "p", [b"ab", b"cd"])
+        upload_id, ids = await new_upload(uploads, [b"ab", b"cd"])
 
         async def cancel() -> None:
             await uploads.cancel("p", upload_id)
@@ -591,7 +575,7 @@ async def test_a_cancelled_completion_whose_file_commits_is_completed_once(
     store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=GatedCommit)
     try:
         uploads = UploadService(store, max_part_bytes=1024)
-        upload_id, ids = await _upload_with_parts(uploads, "p", [b"ab", b"cd"])
+        upload_id, ids = await new_upload(uploads, [b"ab", b"cd"])
         task = asyncio.create_task(uploads.complete("p", upload_id, ids, None))
         # The file's commit is queued (and goes on): the client goes away now.
         await wait_until(lambda: GatedCommit.committing, what="the file's commit under way")
