@@ -7,6 +7,7 @@ import inspect
 import io
 import json
 import signal
+import tarfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -215,3 +216,14 @@ def wait_until_sync(
 ) -> None:
     """`wait_until` for tests without an event loop of their own."""
     asyncio.run(wait_until(condition, timeout=timeout, what=what))
+
+
+def tar_archive(members: dict[str, bytes]) -> bytes:
+    """A tar archive of `members` (name -> bytes), for import tests."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -23,6 +23,7 @@ from .conftest import (
     ClientFactory,
     blob_files,
     make_config,
+    tar_archive,
     temp_files,
     upload,
     upload_form,
@@ -255,28 +256,17 @@ async def test_export_and_import_round_trip_exactly(client: Client, tmp_path: Pa
     assert temp_files(tmp_path / "data") == []
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     "archive",
     [
         b"not a tar",
-        _tar({"../../etc/passwd": b"x"}),
-        _tar({"filesd-export.json": b'{"version": 1, "files": []}', "blobs/../x": b"x"}),
-        _tar({"filesd-export.json": b'{"version": 1, "files": []}', "blobs/" + "a" * 64: b"x"}),
-        _tar({"filesd-export.json": b"{not json"}),
-        _tar(
+        tar_archive({"../../etc/passwd": b"x"}),
+        tar_archive({"filesd-export.json": b'{"version": 1, "files": []}', "blobs/../x": b"x"}),
+        tar_archive(
+            {"filesd-export.json": b'{"version": 1, "files": []}', "blobs/" + "a" * 64: b"x"}
+        ),
+        tar_archive({"filesd-export.json": b"{not json"}),
+        tar_archive(
             {
                 "filesd-export.json": json.dumps(
                     {

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from filesd.app import create_app
 from filesd.config import DEFAULT_PURPOSES
 from filesd.manifest import ManifestError, parse_manifest
 
-from .conftest import Client, ClientFactory, blob_files, make_config, temp_files
+from .conftest import Client, ClientFactory, blob_files, make_config, tar_archive, temp_files
 
 TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -94,14 +92,9 @@ def test_a_repeated_id_is_refused() -> None:
 
 
 def archive(manifest_bytes: bytes, blobs: dict[str, bytes] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    members = {"filesd-export.json": manifest_bytes, **(blobs or {f"blobs/{DIGEST}": CONTENT})}
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return tar_archive(
+        {"filesd-export.json": manifest_bytes, **(blobs or {f"blobs/{DIGEST}": CONTENT})}
+    )
 
 
 @pytest.fixture
