@@ -26,6 +26,23 @@ SMALL_BYTES = 64 * 1024
 # What became of a part offered to an upload (`UploadMetadata.insert_part`).
 PartVerdict = Literal["added", "not_pending", "too_many_parts", "over_declared", "over_quota"]
 
+# What became of a file offered to `MetadataStore.insert_files`.
+InsertVerdict = Literal["inserted", "taken", "over_files", "over_bytes", "unclaimed"]
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A project's limits: live files and bytes held (0: no limit)."""
+
+    files: int = 0
+    bytes: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.bytes)
+
+
+NO_QUOTA = Quota()
+
 
 # --- neutral errors ----------------------------------------------------------------------------
 
@@ -61,6 +78,16 @@ class BlobTooLarge(Exception):
 
 class SchemaTooNew(Exception):
     """The database was written by a newer filesd than this one."""
+
+
+class StorageUnavailable(Exception):
+    """A configured backend cannot be used (unreachable, refused credentials, a missing
+    bucket or database). `setting` names the configuration key to look at, e.g.
+    `storage.database` or `storage.blobs`; the message says what is wrong, without secrets."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
 
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -129,7 +156,20 @@ class BlobBackend(Protocol):
     """
 
     async def prepare(self) -> int:
-        """Make the backend ready; remove staged content a crash left. Returns how many."""
+        """Make the backend ready; remove staged content a crash left. Returns how many.
+
+        Raises `StorageUnavailable` (naming `storage.blobs`) when the backend cannot be used,
+        e.g. its bucket does not exist."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the backend is not used afterwards."""
+        ...
+
+    def download_url(self, digest: str, *, filename: str, expires_in: int) -> str | None:
+        """A short-lived URL a client can fetch the blob from directly (a presigned GET that
+        answers with `Content-Disposition: attachment` naming `filename`), or None when the
+        backend has none (local files). No I/O."""
         ...
 
     def writer(self, max_bytes: int | None = None) -> BlobWriter:
@@ -219,9 +259,18 @@ class UploadMetadata(Protocol):
     async def get_upload(self, project: str, upload_id: str) -> UploadRecord | None: ...
 
     async def set_upload_status(
-        self, upload_id: str, *, old: str, new: str, file_id: str | None = None
+        self,
+        upload_id: str,
+        *,
+        old: str,
+        new: str,
+        file_id: str | None = None,
+        owner: str | None = None,
     ) -> bool:
-        """Move an upload from status `old` to `new`; False if it was not in `old`."""
+        """Move an upload from status `old` to `new`; False if it was not in `old`.
+
+        `owner` names the instance that takes the upload into `completing` (see
+        `abandoned_completions`); it is kept while the upload is `completing`."""
         ...
 
     async def insert_part(
@@ -253,6 +302,11 @@ class UploadMetadata(Protocol):
 
     async def uploads_in_status(self, status: str) -> list[UploadRecord]: ...
 
+    async def abandoned_completions(self, instance: str, *, now: int) -> list[UploadRecord]:
+        """Uploads in `completing` whose owner is not `instance` and is not alive at `now`
+        (its heartbeat expired, or it never had one): a crash left them mid-completion."""
+        ...
+
     async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]: ...
 
 
@@ -268,7 +322,62 @@ class KeyMetadata(Protocol):
     async def revoke_key(self, key_id: str, now: int) -> bool: ...
 
 
-class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
+class Coordination(Protocol):
+    """What keeps several instances sharing one database from stepping on each other.
+
+    An *instance* is one running filesd (a random id per start). It stays alive while it
+    sends heartbeats; once its heartbeat expires, others take over its leases, its claims
+    stop counting and its completions are settled by `abandoned_completions`. On a database
+    only one process can open (SQLite), the instances of that process are the only ones.
+
+    Reclaiming a blob is decided here, never by a process-local lock: an upload first
+    *claims* the digests it is about to refer to, then stores the blobs, then inserts its
+    rows (which release the claims, in the same transaction). A reclaim *begins* only for
+    digests that no file not deleted and no live claim refers to, atomically with that check,
+    and a claim is refused while a live reclaim of its digest is under way. So once a claim
+    is granted, no blob delete can start for that digest until the claim ends; and a row is
+    inserted only while its claim holds (else `unclaimed`), which fences an instance that was
+    paused past its heartbeat.
+    """
+
+    @property
+    def shared(self) -> bool:
+        """True if other processes may use this database at the same time."""
+        ...
+
+    async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
+        """Record that `instance` is alive until `now + ttl`."""
+        ...
+
+    async def take_lease(self, name: str, instance: str, *, now: int, ttl: int) -> bool:
+        """Hold lease `name` until `now + ttl` if it is free, expired, or `instance`'s
+        already; False if another instance holds it. (Background work: one at a time.)"""
+        ...
+
+    async def claim_blobs(self, digests: Sequence[str], instance: str, *, now: int) -> set[str]:
+        """Claim each digest for `instance`; returns those not claimed because a live
+        instance is reclaiming them right now (retry once that ends). A reclaim begun by an
+        instance that is no longer alive is abandoned: the claim takes its place."""
+        ...
+
+    async def release_claims(self, digests: Sequence[str], instance: str) -> None:
+        """End `instance`'s claims on these digests (nothing is inserted after all)."""
+        ...
+
+    async def begin_reclaim(self, digests: Sequence[str], instance: str, *, now: int) -> list[str]:
+        """Of `digests`, mark as being reclaimed by `instance` (and return) those that no
+        file not deleted refers to, no live instance's claim holds and no live instance
+        reclaims already: all decided in one transaction. Expired claims on them are dropped.
+        Returns nothing unless `instance` itself is alive at `now`. The caller then deletes
+        the returned blobs and calls `end_reclaim`."""
+        ...
+
+    async def end_reclaim(self, digests: Sequence[str], instance: str) -> None:
+        """The blobs of a reclaim `instance` began are gone (or the attempt is given up)."""
+        ...
+
+
+class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
     """Files, uploads and keys. Rows are never removed by the API: a delete sets `deleted_at`.
 
     Every change of more than one statement is one transaction: it happens whole or not at
@@ -284,18 +393,39 @@ class MetadataStore(UploadMetadata, KeyMetadata, Protocol):
         deleted or replaced under a running server), or None while it is in place."""
         ...
 
-    async def insert_files(self, records: Sequence[FileRecord]) -> list[bool]:
-        """Insert new files; per record, whether it was. A record whose id is taken already
-        is skipped on its own (False), and never fails the others."""
+    async def insert_files(
+        self,
+        records: Sequence[FileRecord],
+        *,
+        instance: str | None = None,
+        quota: Quota = NO_QUOTA,
+        excluding_uploads: Sequence[str] = (),
+    ) -> list[InsertVerdict]:
+        """Insert new files; per record, what became of it. A record refused never fails the
+        others: `taken` (its id exists), `over_files` / `over_bytes` (its project would pass
+        `quota`, counting its live files, the bytes of its files and of the parts of its
+        pending or completing uploads but those in `excluding_uploads`, and the records
+        inserted before it), `unclaimed` (with `instance`: that instance holds no claim on
+        the record's blob). With `instance`, its claims on the records' blobs end in the same
+        transaction. Quota checks and inserts are atomic against every other writer, on every
+        instance.
+
+        Paging order: within a project, files become visible in the order of their `seq`
+        (a later insert never becomes visible before an earlier one), so `after` paging
+        never skips nor repeats a file while others insert."""
         ...
 
     async def next_generation(self, name: str) -> int:
         """Bump the persistent counter `name`; returns its new value (0 the first time)."""
         ...
 
-    async def import_files(self, records: Sequence[FileRecord]) -> list[str]:
+    async def import_files(
+        self, records: Sequence[FileRecord], *, instance: str | None = None
+    ) -> list[str]:
         """Insert files made elsewhere (ids and times kept), all or none: if any id exists
-        already, inserts nothing and returns the ids taken."""
+        already, inserts nothing and returns the ids taken. With `instance`, its claims on
+        the records' blobs must hold (else `StorageBusy`, nothing inserted) and end in the
+        same transaction."""
         ...
 
     async def existing_ids(self, ids: Sequence[str]) -> list[str]: ...
@@ -372,6 +502,12 @@ class DelegatingBlobs:
 
     async def prepare(self) -> int:
         return await self.inner.prepare()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def download_url(self, digest: str, *, filename: str, expires_in: int) -> str | None:
+        return self.inner.download_url(digest, filename=filename, expires_in=expires_in)
 
     def writer(self, max_bytes: int | None = None) -> BlobWriter:
         return self.inner.writer(max_bytes)
