@@ -25,6 +25,9 @@ from filesd.config import Config, parse_config
 from filesd.openapi import openapi_document
 from filesd.process import ServerProcess
 
+from .pg_service import PostgresServer
+from .pg_service import start_server as start_postgres
+
 ALPHA_KEY = "sk-test-alpha-0123456789"
 BETA_KEY = "sk-test-beta-9876543210"
 ALPHA = {"Authorization": f"Bearer {ALPHA_KEY}"}
@@ -227,3 +230,18 @@ def tar_archive(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (tests/pg_service.py); skipped when not installed."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a fresh, empty database of the session's PostgreSQL (any process may use it)."""
+    with postgres_server.database() as dsn:
+        yield dsn
