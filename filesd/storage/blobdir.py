@@ -115,6 +115,12 @@ class BlobDir:
     async def prepare(self) -> int:
         return await _in_thread(self.prepare_sync)
 
+    async def close(self) -> None:
+        pass
+
+    def download_url(self, digest: str, *, filename: str, expires_in: int) -> str | None:
+        return None
+
     def writer(self, max_bytes: int | None = None) -> DirWriter:
         return DirWriter(self.temp_dir / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}", max_bytes)
 
