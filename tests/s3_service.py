@@ -10,6 +10,7 @@ clients explicitly (or through `S3Bucket.env()` to a subprocess), never put in t
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import importlib.util
 import os
@@ -67,10 +68,9 @@ class S3Bucket:
 
     def client(self) -> Any:
         """A synchronous botocore S3 client for this server (for tests that look inside)."""
-        import botocore.session
         from botocore.config import Config
 
-        return botocore.session.get_session().create_client(
+        return _botocore_session().create_client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=self.region,
@@ -87,6 +87,14 @@ class S3Bucket:
             return sorted(item["Key"] for page in pages for item in page.get("Contents", ()))
         finally:
             client.close()
+
+
+@functools.cache
+def _botocore_session() -> Any:
+    """One botocore session for the test process: it keeps the JSON models it read."""
+    import botocore.session
+
+    return botocore.session.get_session()
 
 
 def require_moto() -> None:

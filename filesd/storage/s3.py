@@ -45,6 +45,7 @@ import hashlib
 import math
 import os
 import re
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+import botocore.loaders  # type: ignore[import-untyped]
 import botocore.session  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from aiohttp import ClientError as HttpClientError
@@ -200,7 +202,7 @@ class S3Blobs:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self._base = f"{self.prefix}/" if self.prefix else ""
-        self._budget = _ByteBudget(TRANSFER_BYTES)
+        self._budget: _ByteBudget | None = None
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._presigner: Any = None
@@ -249,29 +251,31 @@ class S3Blobs:
         presigner, self._presigner = self._presigner, None
         self._client = None
         self._presign_session = None
+        self._budget = None
         if presigner is not None:
             presigner.close()
         if stack is not None:
             await stack.aclose()
 
     async def _open_client(self) -> None:
+        # The presigning client first, in a thread: making it reads botocore's JSON models,
+        # which the shared loader then holds for the async client made on the loop.
+        presigner, presign_session = await asyncio.to_thread(self._make_presigner)
         session = get_session()
-        # Loading botocore's service model reads JSON files: done in a thread, once; the
-        # session caches it for the client made below (aiobotocore >= 2.19 offers this).
-        warm_up = getattr(session, "warm_up_loader_caches", None)
-        if warm_up is not None:
-            await asyncio.to_thread(warm_up, "s3")
+        session.register_component("data_loader", _shared_loader(session))
         stack = AsyncExitStack()
         try:
             client = await stack.enter_async_context(
                 session.create_client("s3", **self._client_args())
             )
             client.meta.events.register("before-sign.s3.DeleteObjects", _add_delete_md5)
-            self._presigner, self._presign_session = await asyncio.to_thread(self._make_presigner)
         except BaseException:
             await stack.aclose()
+            presigner.close()
             raise
+        self._presigner, self._presign_session = presigner, presign_session
         self._client, self._stack = client, stack
+        self._budget = _ByteBudget(TRANSFER_BYTES)  # its event belongs to this loop
 
     def _client_args(self) -> dict[str, Any]:
         config = Config(
@@ -303,6 +307,7 @@ class S3Blobs:
     def _make_presigner(self) -> tuple[Any, Any]:
         """A synchronous botocore client, used only to presign URLs (no I/O for that)."""
         session = botocore.session.get_session()
+        session.register_component("data_loader", _shared_loader(session))
         client = session.create_client("s3", **self._client_args())
         return client, session
 
@@ -326,6 +331,12 @@ class S3Blobs:
                     os.unlink(entry.path)
                     removed += 1
         return removed
+
+    @property
+    def _transfers(self) -> _ByteBudget:
+        if self._budget is None:
+            raise RuntimeError("S3Blobs is not prepared (or closed)")
+        return self._budget
 
     @property
     def _s3(self) -> Any:
@@ -394,29 +405,43 @@ class S3Blobs:
         return DirWriter(self.spool_dir / f"{uuid.uuid4().hex}.part", max_bytes, durable=False)
 
     async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
-        """Upload each staged blob unless its digest's object exists (then False); several at
-        once. The spool files are removed whatever the outcome."""
+        """Upload each staged blob unless its digest's object exists (then False), several
+        digests at once; items of one digest go one after the other, so only the first can
+        be new. The spool files are removed whatever the outcome (a cancel too)."""
         slots = asyncio.Semaphore(CONCURRENCY)
+        results: list[bool | Exception] = [False] * len(staged)
+        by_digest: dict[str, list[int]] = {}
+        for i, item in enumerate(staged):
+            by_digest.setdefault(item.sha256, []).append(i)
 
-        async def one(item: StagedBlob) -> bool:
-            async with slots:
-                path = self.staged_path(item)
-                try:
-                    key = self.blob_key(item.sha256)
-                    if await self._exists(key):
+        async def one(item: StagedBlob, stored: bool) -> bool:
+            path = self.staged_path(item)
+            try:
+                key = self.blob_key(item.sha256)
+                async with slots:
+                    if stored or await self._exists(key):
                         return False
                     await self._upload(key, path, item)
-                    return True
-                finally:
-                    await asyncio.to_thread(path.unlink, missing_ok=True)
+                return True
+            finally:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
 
-        outcomes = await asyncio.gather(*(one(item) for item in staged), return_exceptions=True)
-        results: list[bool | Exception] = []
-        for outcome in outcomes:
-            if isinstance(outcome, bool | Exception):
-                results.append(outcome)
-            else:  # a cancellation (or an exit) is not an item's error
-                raise outcome
+        async def digest_group(indexes: list[int]) -> None:
+            stored = False
+            for i in indexes:
+                try:
+                    results[i] = await one(staged[i], stored)
+                except Exception as error:
+                    results[i] = error
+                else:
+                    stored = True
+
+        try:
+            await asyncio.gather(*(digest_group(g) for g in by_digest.values()))
+        finally:
+            # Items a cancel kept from their turn still had spool files.
+            paths = [self.spool_dir / s.ref for s in staged if _STAGED_REF.fullmatch(s.ref)]
+            await asyncio.to_thread(_unlink_all, paths)
         return results
 
     async def discard(self, staged: Sequence[StagedBlob]) -> None:
@@ -435,11 +460,11 @@ class S3Blobs:
         """Upload the spooled content of `staged` to `key`: one PUT below the multipart
         threshold, else a multipart upload read from the file part by part."""
         if staged.content is not None:
-            async with self._budget.hold(len(staged.content)):
+            async with self._transfers.hold(len(staged.content)):
                 await self._put(key, staged.content, _md5_b64(staged.content))
             return
         if staged.size < self.multipart_threshold:
-            async with self._budget.hold(staged.size):
+            async with self._transfers.hold(staged.size):
                 data, md5 = await _in_thread(_read_file_with_md5, path)
                 await self._put(key, data, md5)
             return
@@ -468,7 +493,7 @@ class S3Blobs:
             parts = []
             number = 1
             while True:
-                async with self._budget.hold(part_size):
+                async with self._transfers.hold(part_size):
                     data, md5 = await _in_thread(_read_with_md5, f, part_size)
                     if not data and number > 1:
                         break
@@ -738,6 +763,20 @@ class S3Blobs:
         finally:
             if pending is not None:  # the thread may still be using the file: let it end
                 await asyncio.wait([pending])
+
+
+_loader: Any = None
+_loader_lock = threading.Lock()
+
+
+def _shared_loader(session: Any) -> Any:
+    """One botocore data loader for every client of the process: it caches the JSON models
+    it reads, so only the first client pays for reading them."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader(session.get_config_variable("data_path"))
+        return _loader
 
 
 def _open_read(path: Path) -> BinaryIO:
