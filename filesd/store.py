@@ -626,6 +626,13 @@ class FileStore:
         except (BlobMissing, FileNotFoundError):
             raise _missing(record) from None
 
+    def download_url(self, record: FileRecord, *, expires_in: int) -> str | None:
+        """A short-lived URL the file's bytes can be fetched from directly, or None when the
+        blob backend has none (local files)."""
+        return self._blobs.download_url(
+            record.sha256, filename=record.filename, expires_in=expires_in
+        )
+
     async def read_range(
         self, record: FileRecord, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
