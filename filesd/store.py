@@ -298,7 +298,7 @@ class FileStore:
         local: BlobBackend | None = None
         meta: MetadataStore | None = None
         try:
-            local = _blob_backend(settings)
+            local = blob_backend(settings)
             removed = await local.prepare()
             if removed:
                 log.info("removed %d temp file(s) of interrupted uploads", removed)
@@ -839,8 +839,8 @@ def _close_opened(opening: asyncio.Future[IO[bytes]]) -> None:
         opening.result().close()
 
 
-def _blob_backend(settings: StoreSettings) -> BlobBackend:
-    """The configured blob backend (not yet prepared)."""
+def blob_backend(settings: StoreSettings) -> BlobBackend:
+    """The configured blob backend, not yet prepared (`prepare()` it, `close()` it after)."""
     if not settings.blobs:
         return BlobDir(settings.data_dir)
     try:
