@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__, ops
 from .config import LOG_LEVELS, Config, ConfigError, load_config
 from .server import serve
-from .storage.base import SchemaTooNew
+from .storage.base import SchemaTooNew, StorageUnavailable
 from .store import DatabaseMissing, DataDirLocked
 
 COMMANDS = ("serve", "fsck", "gc", "keys", "backup")
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args, config)
-    except DatabaseMissing as e:
+    except (DatabaseMissing, StorageUnavailable) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 2
     except (DataDirLocked, SchemaTooNew, OSError) as e:

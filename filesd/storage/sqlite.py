@@ -897,7 +897,9 @@ class SqliteMetadata:
         return False
 
     def _is_alive(self, instance: str | None, now: int) -> bool:
-        return instance is not None and self._alive.get(instance, 0) > now
+        # Every instance that has sent a heartbeat lives in this process, and lives as long
+        # as it does: no other process can reach its claims or completions.
+        return instance is not None and instance in self._alive
 
     async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
         self._alive[instance] = now + ttl
