@@ -702,8 +702,10 @@ class S3Blobs:
         return await self._delete_keys([self.part_key(t) for t in tokens])
 
     async def part_tokens_older_than(self, cutoff: float) -> list[str]:
-        """Tokens of the parts whose objects were last modified before `cutoff` (Unix time,
-        by the store's clock)."""
+        """Tokens of the parts whose objects were last modified before `cutoff` (Unix time).
+
+        LastModified is the object store's clock, not this machine's; SigV4 refuses requests
+        from a clock more than 15 minutes off, which bounds the difference."""
         base = f"{self._base}parts/"
         return [
             key[len(base) :]
