@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import logging
 import math
 import os
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 __all__ = [
+    "Audit",
     "BlobMissing",
     "BlobTooLarge",
     "CursorNotFound",
@@ -71,6 +73,8 @@ __all__ = [
     "GcReport",
     "ImportConflict",
     "ListQuery",
+    "MigrationError",
+    "MigrationReport",
     "QuotaExceeded",
     "StorageBusy",
     "StorageFull",
@@ -220,6 +224,29 @@ class UploadBacking:
 
 
 @dataclass
+class Audit:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    stray_parts: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+
+
+class MigrationError(Exception):
+    """The source's data cannot be copied as it is; nothing of the batch was stored."""
+
+
+@dataclass
+class MigrationReport:
+    copied: int = 0
+    present: int = 0  # there already (an earlier run)
+    keys: int = 0
+    skipped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class GcReport:
     expired_files: int
     purged_rows: int
@@ -307,7 +334,7 @@ class FileStore:
             blobs: BlobBackend = CachedBlobs(local, settings.small_cache_bytes)
             if wrap_blobs is not None:
                 blobs = wrap_blobs(blobs)
-            meta = await _metadata_store(settings)
+            meta = await open_metadata(settings)
             # Seeded ids go on after a restart: each opening draws from a new generation.
             generation = 0
             if settings.id_seed is not None:
@@ -743,7 +770,121 @@ class FileStore:
         finally:
             await self._blobs.discard(staged)
 
+    async def migrate_from(self, source: FileStore, *, batch: int = 200) -> MigrationReport:
+        """Copy every live file of `source` (ids, names, purposes, times, bytes) and its API
+        keys into this store, then verify the copy. Files whose id is here already are
+        skipped, so a run cut short can be run again. Each batch of files is imported whole
+        or not at all. Files marked damaged, or whose bytes are missing from `source`, are
+        not copied and are listed in the report.
+        """
+        report = MigrationReport()
+        records = await source._meta.live_files(None)
+        for start in range(0, len(records), batch):
+            chunk = records[start : start + batch]
+            present = set(await self._meta.existing_ids([r.id for r in chunk]))
+            report.present += len(present)
+            todo: list[FileRecord] = []
+            staged: list[StagedBlob] = []
+            try:
+                for record in chunk:
+                    if record.id in present:
+                        continue
+                    if record.status == "error":
+                        report.skipped.append(f"{record.id}: marked damaged")
+                        continue
+                    writer = self._blobs.writer(None)
+                    try:
+                        async for data in source.read_range(record):
+                            await writer.write(data)
+                        blob = await writer.finish()
+                    except BlobMissing:
+                        await writer.abort()
+                        report.skipped.append(f"{record.id}: its bytes are missing")
+                        continue
+                    except BaseException:
+                        await writer.abort()
+                        raise
+                    staged.append(blob)
+                    todo.append(record)
+                    if blob.sha256 != record.sha256:
+                        raise MigrationError(
+                            f"{record.id}: its bytes do not match their SHA-256 in the source "
+                            "(run `filesd fsck` on the source first)"
+                        )
+            except BaseException:
+                await self._blobs.discard(staged)
+                raise
+            if todo:
+                await self._import_files(todo, staged)
+            report.copied += len(todo)
+        known = {k.id for k in await self.keys.all()}
+        for key in await source.keys.all():
+            if key.id not in known:
+                await self._meta.insert_key(key)
+                report.keys += 1
+        report.problems = await self._verify_copy(
+            [r for r in records if r.status != "error"], report
+        )
+        return report
+
+    async def _verify_copy(self, records: list[FileRecord], report: MigrationReport) -> list[str]:
+        skipped = {line.split(":")[0] for line in report.skipped}
+        problems = []
+        expected = {r.id: r for r in records if r.id not in skipped}
+        copied = {r.id: r for r in await self._meta.live_files(None) if r.id in expected}
+        for file_id, record in expected.items():
+            if copied.get(file_id) != record:
+                problems.append(f"{file_id}: not copied as it was")
+        gone = await self._blobs.missing(sorted({r.sha256 for r in expected.values()}))
+        problems += [f"blob {digest}: missing from the destination" for digest in sorted(gone)]
+        return problems
+
     # --- operator views and maintenance ---------------------------------------------------------
+
+    async def audit(self, *, repair: bool) -> Audit:
+        """Check every live file's blob (present, and hashing to its digest) and look for
+        blobs and parts nothing refers to: `filesd fsck` on any backends, also beside running
+        instances. With `repair`: files whose blob is missing or corrupt are marked damaged
+        (status `error`; a corrupt blob stays where it is), files of blobs that are right
+        again are served again, and unreferenced blobs (through the reclaim every instance
+        respects) and stray parts are removed."""
+        audit = Audit()
+        live = set(await self._meta.live_digests())
+        damaged = set(await self._meta.live_digests(damaged=True)) - live
+        stored = set(await self._blobs.digests())
+        audit.missing = sorted(live - stored)
+        orphaned = sorted(stored - live - damaged)
+        for digest in sorted(stored & (live | damaged)):
+            hashed = hashlib.sha256()
+            async for chunk in self._blobs.open_range(digest):
+                hashed.update(chunk)
+            right = hashed.hexdigest() == digest
+            if digest in damaged and right:
+                audit.restored.append(digest)
+            elif digest in live:
+                audit.checked += 1
+                if not right:
+                    audit.corrupt.append(digest)
+        # Blobs of uploads under way are claimed, and parts young: neither counts as stray.
+        in_use = await self._meta.blobs_in_use(orphaned)
+        audit.orphaned = [d for d in orphaned if d not in in_use]
+        cutoff = time.time() - (3600 if self.shared else 0)
+        parts = await self._blobs.part_tokens_older_than(cutoff)
+        audit.stray_parts = sorted(set(parts) - await self._meta.part_tokens_in_use(parts))
+        if repair:
+            for digest in audit.corrupt:
+                await self._meta.mark_blob_damaged(
+                    digest, "The stored content does not match its SHA-256; found by fsck."
+                )
+            for digest in audit.missing:
+                await self._meta.mark_blob_damaged(
+                    digest, "The stored content is missing; found by fsck."
+                )
+            for digest in audit.restored:
+                await self._meta.clear_blob_damage(digest)
+            await self.reclaim(audit.orphaned)
+            await self._blobs.remove_parts(audit.stray_parts)
+        return audit
 
     async def storage_totals(self) -> StorageTotals:
         return await self._meta.storage_totals()
@@ -862,7 +1003,7 @@ def blob_backend(settings: StoreSettings) -> BlobBackend:
     )
 
 
-async def _metadata_store(settings: StoreSettings) -> MetadataStore:
+async def open_metadata(settings: StoreSettings) -> MetadataStore:
     """The configured metadata store, open and migrated."""
     if not settings.database:
         return await SqliteMetadata.open(database_path(settings.data_dir))
