@@ -91,6 +91,7 @@ def create_app(
         elif not app[METRICS].has_token:
             log.info("GET /metrics answers 401: set [metrics] token to scrape it")
         tasks = [
+            asyncio.create_task(_heartbeat(store, config.storage.lease_seconds)),
             asyncio.create_task(_maintain(store, uploads, config)),
             asyncio.create_task(_refresh_keys(store, authenticator)),
         ]
@@ -122,26 +123,45 @@ def create_app(
     return app
 
 
-async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:
-    """Background upkeep while serving: start-up recovery once, then periodic sweeps.
+async def _heartbeat(store: FileStore, lease_seconds: int) -> None:
+    """Keep this instance alive in the others' eyes (its claims, leases and completions)."""
+    while True:
+        await asyncio.sleep(lease_seconds / 3)
+        try:
+            await store.heartbeat()
+        except Exception:
+            log.exception("heartbeat failed")
 
-    Start-up: blobs a crash left unreferenced (uploads caught mid-completion were settled
-    before serving began).
-    Every `sweep_interval` seconds: expired files (already hidden) and uploads, and rows deleted
-    longer ago than `deleted_retention` (with the blobs that frees): `filesd gc`, in the server.
+
+async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:
+    """Background upkeep while serving, on one instance at a time (the `upkeep` lease, which
+    another instance takes over once its holder stops renewing it).
+
+    First round: blobs a crash left unreferenced (this instance's own uploads caught
+    mid-completion were settled before serving began).
+    Every `sweep_interval` seconds: expired files (already hidden) and uploads, rows deleted
+    longer ago than `deleted_retention` (with the blobs that frees): `filesd gc`, in the server;
+    and the completions of instances that died.
     """
 
     async def collect_garbage() -> None:
         await store.collect(deleted_retention=config.storage.deleted_retention)
 
     steps = [store.sweep_orphans]
+    lease = config.storage.sweep_interval + config.storage.lease_seconds
     while True:
-        for step in [*steps, collect_garbage, uploads.sweep_expired]:
-            try:
-                await step()
-            except Exception:
-                log.exception("background %s failed", step.__name__)
-        steps = []
+        try:
+            holding = await store.take_lease("upkeep", lease)
+        except Exception:
+            log.exception("taking the upkeep lease failed")
+            holding = False
+        if holding:
+            for step in [*steps, collect_garbage, uploads.sweep_expired, uploads.recover]:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("background %s failed", step.__name__)
+            steps = []
         await asyncio.sleep(config.storage.sweep_interval)
 
 

@@ -34,7 +34,14 @@ from .errors import (
     file_too_large,
     new_request_id,
 )
-from .storage.base import BlobMissing, BlobTooLarge, StorageBusy, StorageFull, is_storage_full
+from .storage.base import (
+    BlobMissing,
+    BlobTooLarge,
+    StorageBusy,
+    StorageFull,
+    StorageUnavailable,
+    is_storage_full,
+)
 from .store import CursorNotFound, FileIdTaken, FileNotFound, ImportConflict, QuotaExceeded
 from .uploads import (
     MAX_MD5_MISMATCHES,
@@ -59,6 +66,15 @@ def _storage_full(request: web.Request, exc: BaseException) -> ApiError:
     return InsufficientStorage(
         "The server has no room left to store this file. Try again later.",
         code="insufficient_storage",
+    )
+
+
+def _storage_unavailable(request: web.Request, exc: StorageUnavailable) -> ApiError:
+    log.error("storage unavailable in %s %s: %s", request.method, request.path, exc)
+    return ServiceUnavailable(
+        "The server's storage is unreachable. Retry shortly.",
+        code="storage_unavailable",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -116,6 +132,7 @@ ERRORS: dict[type[BaseException], Mapper] = {
     BlobMissing: _blob_missing,
     StorageFull: _storage_full,
     StorageBusy: _storage_busy,
+    StorageUnavailable: _storage_unavailable,
     OSError: _os_error,
     # the Uploads API
     UploadNotFound: lambda request, exc: NotFound(

@@ -13,8 +13,8 @@ from pathlib import Path
 from . import __version__, ops
 from .config import LOG_LEVELS, Config, ConfigError, load_config
 from .server import serve
-from .storage.base import SchemaTooNew
-from .store import DatabaseMissing, DataDirLocked
+from .storage.base import SchemaTooNew, StorageUnavailable
+from .store import DatabaseMissing, DataDirLocked, MigrationError, StoreSettings
 
 COMMANDS = ("serve", "fsck", "gc", "keys", "backup")
 
@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup_parser = command("backup", "copy the data directory consistently, also while serving")
     backup_parser.add_argument("dest", type=Path, help="an empty or new directory")
+    migrate_parser = command(
+        "migrate",
+        "copy the files and keys of this configuration's backends (typically the embedded data "
+        "dir, server stopped) into those of another (typically PostgreSQL and S3), ids and "
+        "times kept, and verify the copy; can be run again after an interruption",
+    )
+    migrate_parser.add_argument(
+        "--to", required=True, type=Path, metavar="CONFIG", help="the destination's config file"
+    )
     keys_parser = commands.add_parser(
         "keys", help="API keys kept in the database (beside [[auth.keys]])"
     )
@@ -113,21 +122,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args, config)
-    except DatabaseMissing as e:
+    except ConfigError as e:
+        print(f"filesd: configuration error: {e}", file=sys.stderr)
+        return 2
+    except (DatabaseMissing, StorageUnavailable, ops.NotOnTheseBackends) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 2
-    except (DataDirLocked, SchemaTooNew, OSError) as e:
+    except (DataDirLocked, SchemaTooNew, MigrationError, OSError) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 1
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    data_dir = config.storage.data_dir
+    settings = StoreSettings.from_config(config)
     if args.command == "serve":
         asyncio.run(serve(config, new_database=args.new_database))
         return 0
     if args.command == "fsck":
-        report = asyncio.run(ops.fsck(data_dir, repair=args.repair, new_database=args.new_database))
+        report = asyncio.run(ops.fsck(settings, repair=args.repair, new_database=args.new_database))
         print("\n".join(report.lines()))
         if args.repair and not report.ok:
             print("repaired")
@@ -135,7 +147,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "gc":
         result = asyncio.run(
             ops.gc(
-                data_dir,
+                settings,
                 deleted_retention=config.storage.deleted_retention,
                 new_database=args.new_database,
             )
@@ -146,7 +158,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         )
         return 0
     if args.command == "backup":
-        copied = ops.backup(data_dir, args.dest)
+        copied = ops.backup(settings, args.dest)
         print(
             f"backed up {copied.files} file(s) in {copied.blobs} blob(s) to {args.dest}"
             + (
@@ -156,18 +168,38 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             )
         )
         return 0
+    if args.command == "migrate":
+        dest = StoreSettings.from_config(load_config(args.to))
+        if (dest.database, dest.blobs, dest.data_dir) == (
+            settings.database,
+            settings.blobs,
+            settings.data_dir,
+        ):
+            raise ConfigError(f"{args.to}: names the same backends as the source")
+        migrated = asyncio.run(ops.migrate(settings, dest))
+        print(
+            f"copied {migrated.copied} file(s) ({migrated.present} there already) and "
+            f"{migrated.keys} key(s)"
+        )
+        for line in migrated.skipped:
+            print(f"not copied: {line}")
+        for line in migrated.problems:
+            print(f"verification failed: {line}")
+        if not migrated.problems:
+            print("verified: every file is in the destination, as it was, with its bytes")
+        return 1 if migrated.problems or migrated.skipped else 0
     if args.keys_command == "create":
-        key_id, key = asyncio.run(ops.create_key(data_dir, args.project))
+        key_id, key = asyncio.run(ops.create_key(settings, args.project))
         print(f"{key_id} project={args.project}")
         print(key)
         print("(the key is shown this once; filesd keeps only its SHA-256)", file=sys.stderr)
         return 0
     if args.keys_command == "list":
-        for key_id, project, hint, created, revoked in asyncio.run(ops.list_keys(data_dir)):
+        for key_id, project, hint, created, revoked in asyncio.run(ops.list_keys(settings)):
             state = f"revoked {_when(revoked)}" if revoked else "active"
             print(f"{key_id}  {project}  ...{hint}  created {_when(created)}  {state}")
         return 0
-    if not asyncio.run(ops.revoke_key(data_dir, args.key_id)):
+    if not asyncio.run(ops.revoke_key(settings, args.key_id)):
         print(f"filesd: no active key {args.key_id!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.key_id}")

@@ -54,10 +54,38 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    # "" = AWS (or AWS_ENDPOINT_URL); e.g. "http://127.0.0.1:9000" for a local server.
+    endpoint: str = ""
+    region: str = "us-east-1"
+    # "" = the standard AWS environment variables and credential chain.
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    # true: content is a 307 to a short-lived presigned URL.
+    redirect_downloads: bool = False
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     data_dir: Path = Path("filesd-data")
     sweep_interval: int = 60
     deleted_retention: int = 30 * 24 * 3600
+    # "" = SQLite in data_dir; else "postgresql://user@host:5432/dbname".
+    database: str = ""
+    # "" = data_dir/blobs; else "s3://bucket" or "s3://bucket/prefix".
+    blobs: str = ""
+    # Seconds an instance counts as alive after its last heartbeat (sent every third of it):
+    # how long a killed instance's leases, claims and completions wait before others take over.
+    lease_seconds: int = 30
+    s3: S3Config = S3Config()
+
+    @property
+    def bucket(self) -> tuple[str, str] | None:
+        """(bucket, prefix) of `blobs` when it names S3, else None."""
+        if not self.blobs:
+            return None
+        bucket, _, prefix = self.blobs.removeprefix("s3://").partition("/")
+        return bucket, prefix.strip("/")
 
 
 @dataclass(frozen=True)
@@ -225,6 +253,35 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     retention = _get(storage, "storage.deleted_retention", int, StorageConfig.deleted_retention)
     if retention < 0:
         raise ConfigError(f"storage.deleted_retention: must be 0 or more seconds, got {retention}")
+    database = _get(storage, "storage.database", str, StorageConfig.database)
+    if database and not database.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            'storage.database: expected "" (SQLite in data_dir) or a URL '
+            '"postgresql://user@host:5432/dbname"'
+        )
+    blobs = _get(storage, "storage.blobs", str, StorageConfig.blobs)
+    if blobs and (not blobs.startswith("s3://") or not blobs.removeprefix("s3://").split("/")[0]):
+        raise ConfigError(
+            'storage.blobs: expected "" (data_dir/blobs), "s3://bucket" or "s3://bucket/prefix"'
+        )
+    lease_seconds = _get(storage, "storage.lease_seconds", int, StorageConfig.lease_seconds)
+    if lease_seconds < 3:
+        raise ConfigError(f"storage.lease_seconds: must be at least 3, got {lease_seconds}")
+    s3_table = _table(storage, "s3")
+    _check_keys(s3_table, "storage.s3.", _names(S3Config))
+    s3 = S3Config(
+        endpoint=_get(s3_table, "storage.s3.endpoint", str, S3Config.endpoint),
+        region=_get(s3_table, "storage.s3.region", str, S3Config.region),
+        access_key_id=_get(s3_table, "storage.s3.access_key_id", str, S3Config.access_key_id),
+        secret_access_key=_get(
+            s3_table, "storage.s3.secret_access_key", str, S3Config.secret_access_key
+        ),
+        redirect_downloads=_get(
+            s3_table, "storage.s3.redirect_downloads", bool, S3Config.redirect_downloads
+        ),
+    )
+    if s3.endpoint and not s3.endpoint.startswith(("http://", "https://")):
+        raise ConfigError("storage.s3.endpoint: expected an http:// or https:// URL")
 
     limits = _table(data, "limits")
     positive = (
@@ -313,7 +370,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
             max_connections=max_connections,
         ),
         storage=StorageConfig(
-            data_dir=data_dir, sweep_interval=sweep_interval, deleted_retention=retention
+            data_dir=data_dir,
+            sweep_interval=sweep_interval,
+            deleted_retention=retention,
+            database=database,
+            blobs=blobs,
+            lease_seconds=lease_seconds,
+            s3=s3,
         ),
         limits=LimitsConfig(**sizes),
         files=FilesConfig(

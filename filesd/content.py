@@ -140,10 +140,23 @@ def _position(digits: str) -> int | None:
     return 2**63 if len(digits) > _MAX_DIGITS else int(digits)
 
 
+# How long a presigned download URL stays valid (redirect_downloads).
+REDIRECT_SECONDS = 300
+
+
 async def send_content(
-    request: web.Request, store: FileStore, record: FileRecord, headers: Mapping[str, str]
+    request: web.Request,
+    store: FileStore,
+    record: FileRecord,
+    headers: Mapping[str, str],
+    *,
+    redirect: bool = False,
 ) -> web.StreamResponse:
-    """The response for a download of `record` (after the caller checked access and Range)."""
+    """The response for a download of `record` (after the caller checked access and Range).
+
+    With `redirect`, and a blob backend that has URLs of its own (S3), a 307 to a short-lived
+    presigned URL (which answers with the file's Content-Disposition) once the preconditions
+    hold: the client fetches the bytes from the backend, Range included."""
     validators = {
         "ETag": strong_etag(record),
         "Last-Modified": formatdate(record.created_at, usegmt=True),
@@ -160,6 +173,13 @@ async def send_content(
             status=412,
             headers={**validators, "Cache-Control": headers.get("Cache-Control", "no-cache")},
         )
+    if redirect:
+        url = store.download_url(record, expires_in=REDIRECT_SECONDS)
+        if url is not None:
+            return web.Response(
+                status=307,
+                headers={"Location": url, "Cache-Control": "no-store", **validators},
+            )
     headers = {**headers, **validators}
     size = record.bytes
     chosen = byte_range(request, size) if range_applies(request, record) else None

@@ -1,8 +1,11 @@
-"""Operator commands: fsck, gc, backup, and API keys kept in the database.
+"""Operator commands: fsck, gc, backup, migrate, and API keys kept in the database.
 
-`fsck` and `gc` need the data directory to themselves (they take its lock, so they refuse to run
-beside a server: the server does gc itself). `backup` and the key commands work beside a running
-server: SQLite's WAL lets them read and write while it serves.
+On the embedded backends, `fsck` and `gc` need the data directory to themselves (they take its
+lock, so they refuse to run beside a server: the server does gc itself); `backup` and the key
+commands work beside a running server: SQLite's WAL lets them read and write while it serves.
+On PostgreSQL and S3 every command works beside running instances (in a private spool dir):
+blob reclaim goes through the same claims they respect. `backup` there is the engines' own
+(pg_dump, the bucket's versioning or replication) and says so.
 """
 
 from __future__ import annotations
@@ -12,15 +15,24 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .keys import KeyStore
 from .storage.blobdir import BlobDir, fsync_dir
 from .storage.sqlite import SqliteMetadata, database_path, finish_snapshot, snapshot_database
-from .store import FileStore, GcReport, StoreSettings, lock_data_dir, refuse_missing_database
+from .store import (
+    FileStore,
+    GcReport,
+    MigrationReport,
+    StoreSettings,
+    lock_data_dir,
+    open_metadata,
+    refuse_missing_database,
+)
 
 __all__ = [
     "BackupReport",
@@ -31,8 +43,36 @@ __all__ = [
     "fsck",
     "gc",
     "list_keys",
+    "migrate",
     "revoke_key",
 ]
+
+
+class NotOnTheseBackends(Exception):
+    """The command cannot work on the configured backends; the message says what to use."""
+
+
+def _embedded(settings: StoreSettings) -> bool:
+    return not settings.database and not settings.blobs
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: StoreSettings, new_database: bool = False) -> AsyncIterator[FileStore]:
+    """The store, opened as one more instance. With everything shared (PostgreSQL and S3) in
+    a private spool dir, so that it works beside a server using the configured data dir."""
+    spool = None
+    if settings.database and settings.blobs:
+        spool = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="filesd-ops-"))
+        settings = replace(settings, data_dir=spool)
+    try:
+        store = await FileStore.open(settings, new_database=new_database)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if spool is not None:
+            await asyncio.to_thread(shutil.rmtree, spool, True)
 
 
 @dataclass
@@ -72,15 +112,28 @@ class FsckReport:
         return out
 
 
-async def fsck(data_dir: Path, *, repair: bool, new_database: bool = False) -> FsckReport:
+async def fsck(settings: StoreSettings, *, repair: bool, new_database: bool = False) -> FsckReport:
     """Check every blob against its digest and every live file against its blob.
 
-    Changes nothing unless `repair`: then corrupt blobs move to `quarantine/` and their files
-    get `status: "error"` (as do files whose blob is missing); orphaned blobs and stray temp and
-    part files are removed. Takes the data directory's lock: not beside a running server.
-    Raises `DatabaseMissing` over blobs without a database (every blob would look orphaned),
-    unless `new_database`.
+    Changes nothing unless `repair`: then corrupt blobs move to `quarantine/` (in S3 they stay
+    where they are) and their files get `status: "error"` (as do files whose blob is
+    missing); orphaned blobs and stray temp and part files are removed. On the embedded
+    backends it takes the data directory's lock: not beside a running server. Raises
+    `DatabaseMissing` over blobs without a database (every blob would look orphaned), unless
+    `new_database`.
     """
+    if not _embedded(settings):
+        async with _opened(settings, new_database) as store:
+            audit = await store.audit(repair=repair)
+        return FsckReport(
+            checked=audit.checked,
+            missing=audit.missing,
+            corrupt=audit.corrupt,
+            orphaned=audit.orphaned,
+            stray_part_files=audit.stray_parts,
+            restored=audit.restored,
+        )
+    data_dir = settings.data_dir
     report = FsckReport()
     blobs = BlobDir(data_dir)
     lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
@@ -145,15 +198,22 @@ def _digest_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def gc(data_dir: Path, *, deleted_retention: int, new_database: bool = False) -> GcReport:
+async def gc(
+    settings: StoreSettings, *, deleted_retention: int, new_database: bool = False
+) -> GcReport:
     """Delete expired files, purge rows soft-deleted over `deleted_retention` seconds ago,
     and reclaim blobs no file refers to. The server runs the same in the background.
     Raises `DatabaseMissing` over blobs without a database, unless `new_database`."""
-    store = await FileStore.open(StoreSettings(data_dir), new_database=new_database)
-    try:
+    async with _opened(settings, new_database) as store:
         return await store.collect(deleted_retention=deleted_retention)
-    finally:
-        await store.close()
+
+
+async def migrate(source: StoreSettings, dest: StoreSettings) -> MigrationReport:
+    """Copy the files and keys of `source` (typically the embedded data dir; not beside its
+    server) into `dest` (typically PostgreSQL and S3), ids, names, times and bytes kept, and
+    verify the copy. Can be run again after an interruption: what is there is skipped."""
+    async with _opened(source) as origin, _opened(dest) as target:
+        return await target.migrate_from(origin)
 
 
 class BackupRefused(OSError):
@@ -167,7 +227,7 @@ class BackupReport:
     deleted_meanwhile: int
 
 
-def backup(data_dir: Path, dest: Path) -> BackupReport:
+def backup(settings: StoreSettings, dest: Path) -> BackupReport:
     """A consistent copy of a data directory, taken while a server may be running.
 
     The database is copied with SQLite's backup API (one consistent snapshot); then every blob a
@@ -175,7 +235,17 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
     after the snapshot: they are marked deleted in the copy, so the copy is a state the server
     really passed through, minus those deletes' timing. Uploads in progress are not copied (they
     show as expired). Everything is fsynced. `filesd serve --data-dir DEST` starts from it.
+
+    On PostgreSQL or S3, raises `NotOnTheseBackends`: their own tools make consistent copies.
     """
+    if not _embedded(settings):
+        raise NotOnTheseBackends(
+            "filesd backup copies the embedded backends (SQLite and the blob dir). With "
+            "PostgreSQL, back up the database with pg_dump (or your provider's snapshots); with "
+            "S3, keep the bucket versioned or replicated. Restore the database first: blobs "
+            "newer than it are swept as unreferenced, never the other way round."
+        )
+    data_dir = settings.data_dir
     resolved_source, resolved_dest = data_dir.resolve(), dest.resolve()
     if resolved_dest == resolved_source or resolved_source in resolved_dest.parents:
         # A copy inside its own source would be swept as stray files, or copied into itself.
@@ -205,33 +275,36 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
 
 
 @contextlib.asynccontextmanager
-async def _key_store(data_dir: Path) -> AsyncIterator[KeyStore]:
-    """The keys of a data directory; works beside a running server (SQLite's WAL).
+async def _key_store(settings: StoreSettings) -> AsyncIterator[KeyStore]:
+    """The keys of the configured database; works beside running servers (SQLite's WAL, or
+    PostgreSQL shared by every instance).
 
-    Raises `DatabaseMissing` over blobs without a database, like `serve`: making a key must not
-    make the empty database that would then let a start-up delete every blob.
+    Raises `DatabaseMissing` over blobs without a SQLite database, like `serve`: making a key
+    must not make the empty database that would then let a start-up delete every blob.
     """
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    await refuse_missing_database(data_dir, BlobDir(data_dir))
-    meta = await SqliteMetadata.open(database_path(data_dir))
+    if not settings.database:
+        data_dir = settings.data_dir
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        await refuse_missing_database(data_dir, BlobDir(data_dir))
+    meta = await open_metadata(settings)
     try:
         yield KeyStore(meta)
     finally:
         await meta.close()
 
 
-async def create_key(data_dir: Path, project: str) -> tuple[str, str]:
+async def create_key(settings: StoreSettings, project: str) -> tuple[str, str]:
     """Make a new key for `project`; returns (key id, the key). Only its digest is stored."""
-    async with _key_store(data_dir) as keys:
+    async with _key_store(settings) as keys:
         return await keys.create(project)
 
 
-async def list_keys(data_dir: Path) -> list[tuple[str, str, str, int, int | None]]:
+async def list_keys(settings: StoreSettings) -> list[tuple[str, str, str, int, int | None]]:
     """(id, project, hint, created_at, revoked_at) of every key made with `create_key`."""
-    async with _key_store(data_dir) as keys:
+    async with _key_store(settings) as keys:
         return [(k.id, k.project, k.hint, k.created_at, k.revoked_at) for k in await keys.all()]
 
 
-async def revoke_key(data_dir: Path, key_id: str) -> bool:
-    async with _key_store(data_dir) as keys:
+async def revoke_key(settings: StoreSettings, key_id: str) -> bool:
+    async with _key_store(settings) as keys:
         return await keys.revoke(key_id)

@@ -122,7 +122,8 @@ async def file_content(request: web.Request) -> web.StreamResponse:
         raise ServerError(record.status_details or "The file is damaged.", code="file_damaged")
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
     # Validators, conditions and ranges: see filesd.content.
-    return await send_content(request, store, record, headers)
+    redirect = request.app[CONFIG].storage.s3.redirect_downloads
+    return await send_content(request, store, record, headers, redirect=redirect)
 
 
 def content_disposition(filename: str) -> str:

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
 from .archive import Export, SkippedFile, export_archive, stage_archive
+from .config import S3Config
 from .ids import IdMaker
 from .keys import KeyStore
 from .models import FilePage, FileRecord, ProjectUsage, StorageTotals
@@ -43,9 +46,11 @@ from .storage.base import (
     BlobTooLarge,
     BlobWriter,
     MetadataStore,
+    Quota,
     StagedBlob,
     StorageBusy,
     StorageFull,
+    StorageUnavailable,
     UploadMetadata,
 )
 from .storage.blobdir import BlobDir
@@ -56,6 +61,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 __all__ = [
+    "Audit",
     "BlobMissing",
     "BlobTooLarge",
     "CursorNotFound",
@@ -67,9 +73,12 @@ __all__ = [
     "GcReport",
     "ImportConflict",
     "ListQuery",
+    "MigrationError",
+    "MigrationReport",
     "QuotaExceeded",
     "StorageBusy",
     "StorageFull",
+    "StorageUnavailable",
     "StoreSettings",
     "UploadBacking",
     "lock_data_dir",
@@ -176,10 +185,23 @@ class StoreSettings:
     max_files_per_project: int = 0
     max_bytes_per_project: int = 0
     id_seed: int | None = None
+    # The shared backends (SPEC §5): "" means SQLite / the blob dir in data_dir.
+    database: str = ""
+    blobs: str = ""
+    s3: S3Config = field(default_factory=S3Config)
+    lease_seconds: int = 30
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(self.max_files_per_project, self.max_bytes_per_project)
 
     @classmethod
     def from_config(cls, config: Config) -> StoreSettings:
         return cls(
+            database=config.storage.database,
+            blobs=config.storage.blobs,
+            s3=config.storage.s3,
+            lease_seconds=config.storage.lease_seconds,
             data_dir=config.storage.data_dir,
             id_format=config.files.id_format,
             max_file_bytes=config.limits.max_file_bytes,
@@ -199,6 +221,29 @@ class UploadBacking:
     # The store's write lock: held by a group commit from its quota check to its rows, so a
     # part counted against the same quota cannot slip in between.
     quota_lock: asyncio.Lock
+
+
+@dataclass
+class Audit:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    stray_parts: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+
+
+class MigrationError(Exception):
+    """The source's data cannot be copied as it is; nothing of the batch was stored."""
+
+
+@dataclass
+class MigrationReport:
+    copied: int = 0
+    present: int = 0  # there already (an earlier run)
+    keys: int = 0
+    skipped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -249,6 +294,10 @@ class FileStore:
         self.ids = IdMaker(settings.id_format, settings.id_seed, id_generation)
         self.new_file_id = self.ids.file_id
         self.keys = KeyStore(meta, clock)
+        # This process's name among the instances sharing the metadata (new at every start).
+        self.instance = uuid.uuid4().hex
+        # Held by a group commit or an import from its claims to its rows: one set of claims
+        # in flight per instance (claims are per instance and digest).
         self._write_lock = asyncio.Lock()
         self._queue: list[_Queued] = []
         self._committer: asyncio.Task[None] | None = None
@@ -262,51 +311,76 @@ class FileStore:
         wrap_blobs: BlobWrapper | None = None,
         new_database: bool = False,
     ) -> FileStore:
-        """Open (creating if needed) the store in `settings.data_dir`: SQLite and a blob
-        directory there; clean up interrupted uploads. `wrap_blobs` wraps the blob backend
-        (fault injection). Raises `DataDirLocked` if another process holds the directory,
-        `DatabaseMissing` if it holds blobs or parts but no database (unless `new_database`).
+        """Open (creating if needed) the store: metadata in SQLite in `settings.data_dir` or in
+        PostgreSQL (`settings.database`), blobs in the data dir or in S3 (`settings.blobs`).
+        `wrap_blobs` wraps the blob backend (fault injection). Raises `DataDirLocked` if another
+        process holds the data dir, `DatabaseMissing` if SQLite's database is missing but blobs
+        or parts exist (unless `new_database`), `StorageUnavailable` (naming the setting) when
+        a shared backend cannot be used.
         """
         data_dir = settings.data_dir
+        # The data dir holds SQLite and the blob dir, or with shared backends only this
+        # process's spool files: either way one process at a time.
         lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
+        local: BlobBackend | None = None
+        meta: MetadataStore | None = None
         try:
-            local = BlobDir(data_dir)
+            local = blob_backend(settings)
             removed = await local.prepare()
             if removed:
                 log.info("removed %d temp file(s) of interrupted uploads", removed)
-            if not new_database:
+            if not settings.database and not new_database:
                 await refuse_missing_database(data_dir, local)
             blobs: BlobBackend = CachedBlobs(local, settings.small_cache_bytes)
             if wrap_blobs is not None:
                 blobs = wrap_blobs(blobs)
-            meta = await SqliteMetadata.open(database_path(data_dir))
-        except BaseException:
-            os.close(lock_fd)
-            raise
-        try:
+            meta = await open_metadata(settings)
             # Seeded ids go on after a restart: each opening draws from a new generation.
             generation = 0
             if settings.id_seed is not None:
                 generation = await meta.next_generation("id_seed")
+            store = cls(
+                meta,
+                blobs,
+                settings,
+                clock=clock,
+                on_close=lambda: os.close(lock_fd),
+                id_generation=generation,
+            )
+            await store.heartbeat()
         except BaseException:
-            await meta.close()
+            if meta is not None:
+                await meta.close()
+            if local is not None:
+                await local.close()
             os.close(lock_fd)
             raise
-        return cls(
-            meta,
-            blobs,
-            settings,
-            clock=clock,
-            on_close=lambda: os.close(lock_fd),
-            id_generation=generation,
-        )
+        return store
 
     async def close(self) -> None:
         if self._committer is not None:
             await asyncio.gather(self._committer, return_exceptions=True)
-        await self._meta.close()
-        if self._on_close is not None:
-            self._on_close()
+        try:
+            await self._meta.close()
+        finally:
+            try:
+                await self._blobs.close()
+            finally:
+                if self._on_close is not None:
+                    self._on_close()
+
+    @property
+    def shared(self) -> bool:
+        """Whether other instances use the same metadata (PostgreSQL)."""
+        return self._meta.shared
+
+    async def heartbeat(self) -> None:
+        """Tell the other instances this one is alive (for `lease_seconds`)."""
+        await self._meta.heartbeat(self.instance, now=_wall(), ttl=self._settings.lease_seconds)
+
+    async def take_lease(self, name: str, ttl: int) -> bool:
+        """Hold lease `name` for `ttl` seconds unless another live instance holds it."""
+        return await self._meta.take_lease(name, self.instance, now=_wall(), ttl=ttl)
 
     @property
     def settings(self) -> StoreSettings:
@@ -394,8 +468,9 @@ class FileStore:
             raise QuotaExceeded(project, "bytes", s.max_bytes_per_project)
 
     async def _within_quotas(self, batch: list[_Queued]) -> list[_Queued]:
-        """The queued files that fit their projects' quotas; the others are refused."""
-        if not (self._settings.max_files_per_project or self._settings.max_bytes_per_project):
+        """The queued files that fit their projects' quotas; the others are refused. An early
+        refusal, before any blob is stored: the binding check is part of the insert."""
+        if not self._settings.quota:
             return batch
         # Bytes held count unfinished uploads' parts, but those of the uploads being completed
         # here: their parts become these files (counted once, as the file).
@@ -434,19 +509,7 @@ class FileStore:
             try:
                 async with self._write_lock:
                     batch = await self._within_quotas(batch)
-                    results = await self._blobs.commit([q.staged for q in batch])
-                    for queued, result in zip(batch, results, strict=True):
-                        if isinstance(result, Exception):
-                            queued.done.set_exception(result)
-                        else:
-                            linked.append(queued)
-                    # A crash here leaves blobs with no row: invisible, and swept at start-up.
-                    if linked:
-                        inserted = await self._meta.insert_files([q.record for q in linked])
-                        taken = [q for q, ok in zip(linked, inserted, strict=True) if not ok]
-                        if taken:
-                            linked = [q for q, ok in zip(linked, inserted, strict=True) if ok]
-                            await self._refuse_taken(taken)
+                    linked = await self._commit_batch(batch)
             except BaseException as error:
                 for queued in batch:
                     if not queued.done.done():
@@ -461,18 +524,96 @@ class FileStore:
                     if not queued.done.done():
                         queued.done.set_exception(RuntimeError("commit abandoned"))
 
-    async def _refuse_taken(self, taken: list[_Queued]) -> None:
-        """Fail the files of a group whose ids were taken (only them), and reclaim the blobs
-        no stored file refers to. Under the write lock."""
-        for queued in taken:
-            log.error("file id %s is taken already: upload refused", queued.record.id)
-            queued.done.set_exception(FileIdTaken(queued.record.id))
-        digests = sorted({q.record.sha256 for q in taken})
+    async def _commit_batch(self, batch: list[_Queued]) -> list[_Queued]:
+        """Claim the batch's blobs, store them, insert the rows (which end the claims); fail
+        the files refused on the way. Returns those stored. Under the write lock."""
+        if not batch:
+            return []
+        digests = sorted({q.staged.sha256 for q in batch})
         try:
-            unused = set(digests) - await self._meta.blobs_in_use(digests)
-            await self._blobs.delete(sorted(unused))
-        except Exception:  # the others' rows are committed: an orphan is swept later
-            log.exception("could not reclaim the blobs of refused files")
+            await self._claim(digests)
+        except BaseException:
+            await self._blobs.discard([q.staged for q in batch])
+            raise
+        inserted = False
+        try:
+            results = await self._blobs.commit([q.staged for q in batch])
+            linked: list[_Queued] = []
+            for queued, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    queued.done.set_exception(result)
+                else:
+                    linked.append(queued)
+            # A crash here leaves blobs with no row: invisible, and swept later.
+            verdicts = await self._meta.insert_files(
+                [q.record for q in linked],
+                instance=self.instance,
+                quota=self._settings.quota,
+                excluding_uploads=[q.from_upload for q in linked if q.from_upload is not None],
+            )
+            inserted = True
+        finally:
+            if not inserted:
+                await self._meta.release_claims(digests, self.instance)
+        stored = [q for q, v in zip(linked, verdicts, strict=True) if v == "inserted"]
+        refused = [(q, v) for q, v in zip(linked, verdicts, strict=True) if v != "inserted"]
+        failed = [q for q in batch if q.done.done()]
+        if refused or failed:
+            for queued, verdict in refused:
+                queued.done.set_exception(self._refusal(queued.record, verdict))
+            unused = {q.record.sha256 for q, _ in refused} | {q.staged.sha256 for q in failed}
+            try:
+                await self.reclaim(sorted(unused))
+            except Exception:  # the others' rows are committed: an orphan is swept later
+                log.exception("could not reclaim the blobs of refused files")
+        return stored
+
+    def _refusal(self, record: FileRecord, verdict: str) -> Exception:
+        if verdict == "taken":
+            log.error("file id %s is taken already: upload refused", record.id)
+            return FileIdTaken(record.id)
+        if verdict == "over_files":
+            return QuotaExceeded(record.project, "files", self._settings.max_files_per_project)
+        if verdict == "over_bytes":
+            return QuotaExceeded(record.project, "bytes", self._settings.max_bytes_per_project)
+        log.error("file %s: the claim on its blob was lost (instance presumed dead)", record.id)
+        return StorageBusy("this instance lost its claim on the file's blob; try again")
+
+    async def _claim(self, digests: Sequence[str]) -> None:
+        """Claim `digests` for this instance, waiting while another instance reclaims one of
+        them (a reclaim is one delete: short). Raises `StorageBusy` if it takes too long."""
+        deadline = time.monotonic() + self._settings.lease_seconds
+        pause = 0.01
+        waiting = list(digests)
+        claimed: list[str] = []
+        try:
+            while True:
+                refused = await self._meta.claim_blobs(waiting, self.instance, now=_wall())
+                claimed += [d for d in waiting if d not in refused]
+                if not refused:
+                    return
+                if time.monotonic() > deadline:
+                    raise StorageBusy("a blob stayed under reclaim too long; try again")
+                waiting = sorted(refused)
+                # Backoff, not a test wait: another instance's reclaim must finish first.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        except BaseException:
+            await self._meta.release_claims(claimed, self.instance)
+            raise
+
+    async def reclaim(self, digests: Sequence[str]) -> int:
+        """Remove the blobs of `digests` that nothing refers to any more (decided in the
+        metadata store, against every instance's claims); returns how many were removed."""
+        if not digests:
+            return 0
+        begun = await self._meta.begin_reclaim(digests, self.instance, now=_wall())
+        if not begun:
+            return 0
+        try:
+            return await self._blobs.delete(begun)
+        finally:
+            await self._meta.end_reclaim(begun, self.instance)
 
     async def get_file(self, project: str, file_id: str) -> FileRecord:
         record = await self._meta.get_live_file(project, file_id, now=self.now())
@@ -512,6 +653,13 @@ class FileStore:
         except (BlobMissing, FileNotFoundError):
             raise _missing(record) from None
 
+    def download_url(self, record: FileRecord, *, expires_in: int) -> str | None:
+        """A short-lived URL the file's bytes can be fetched from directly, or None when the
+        blob backend has none (local files)."""
+        return self._blobs.download_url(
+            record.sha256, filename=record.filename, expires_in=expires_in
+        )
+
     async def read_range(
         self, record: FileRecord, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
@@ -543,13 +691,11 @@ class FileStore:
 
     async def delete_file(self, project: str, file_id: str) -> FileRecord:
         """Soft-delete a file and reclaim its blob if no other file refers to it."""
-        async with self._write_lock:
-            record = await self._meta.mark_deleted(project, file_id, now=self.now())
-            if record is None:
-                raise FileNotFound(file_id)
-            # A crash between the commit above and the delete leaves an orphan blob: swept later.
-            if not await self._meta.blob_in_use(record.sha256):
-                await self._blobs.delete([record.sha256])
+        record = await self._meta.mark_deleted(project, file_id, now=self.now())
+        if record is None:
+            raise FileNotFound(file_id)
+        # A crash between the commit above and the reclaim leaves an orphan blob: swept later.
+        await self.reclaim([record.sha256])
         return record
 
     # --- export and import ----------------------------------------------------------------------
@@ -596,24 +742,149 @@ class FileStore:
 
     async def _import_files(self, records: list[FileRecord], staged: list[StagedBlob]) -> None:
         """Store files exported elsewhere, ids and times kept; consumes `staged` either way."""
+        digests = sorted({r.sha256 for r in records})
         try:
             async with self._write_lock:
                 taken = await self._meta.existing_ids([r.id for r in records])
                 if taken:
                     raise ImportConflict(taken)
-                results, staged = await self._blobs.commit(staged), []
-                failed = [r for r in results if isinstance(r, Exception)]
-                if failed:
-                    raise failed[0]
-                # Under the lock no other row can take these ids since the check; the
-                # insert is one transaction all the same (re-checked, all or none).
-                taken = await self._meta.import_files(records)
+                await self._claim(digests)
+                inserted = False
+                try:
+                    results, staged = await self._blobs.commit(staged), []
+                    failed = [r for r in results if isinstance(r, Exception)]
+                    if failed:
+                        raise failed[0]
+                    # The insert re-checks the ids (another instance may have taken one),
+                    # all or none, and ends the claims.
+                    taken, inserted = (
+                        await self._meta.import_files(records, instance=self.instance),
+                        True,
+                    )
+                finally:
+                    if not inserted:
+                        await self._meta.release_claims(digests, self.instance)
                 if taken:
+                    await self.reclaim(digests)
                     raise ImportConflict(taken)
         finally:
             await self._blobs.discard(staged)
 
+    async def migrate_from(self, source: FileStore, *, batch: int = 200) -> MigrationReport:
+        """Copy every live file of `source` (ids, names, purposes, times, bytes) and its API
+        keys into this store, then verify the copy. Files whose id is here already are
+        skipped, so a run cut short can be run again. Each batch of files is imported whole
+        or not at all. Files marked damaged, or whose bytes are missing from `source`, are
+        not copied and are listed in the report.
+        """
+        report = MigrationReport()
+        records = await source._meta.live_files(None)
+        for start in range(0, len(records), batch):
+            chunk = records[start : start + batch]
+            present = set(await self._meta.existing_ids([r.id for r in chunk]))
+            report.present += len(present)
+            todo: list[FileRecord] = []
+            staged: list[StagedBlob] = []
+            try:
+                for record in chunk:
+                    if record.id in present:
+                        continue
+                    if record.status == "error":
+                        report.skipped.append(f"{record.id}: marked damaged")
+                        continue
+                    writer = self._blobs.writer(None)
+                    try:
+                        async for data in source.read_range(record):
+                            await writer.write(data)
+                        blob = await writer.finish()
+                    except BlobMissing:
+                        await writer.abort()
+                        report.skipped.append(f"{record.id}: its bytes are missing")
+                        continue
+                    except BaseException:
+                        await writer.abort()
+                        raise
+                    staged.append(blob)
+                    todo.append(record)
+                    if blob.sha256 != record.sha256:
+                        raise MigrationError(
+                            f"{record.id}: its bytes do not match their SHA-256 in the source "
+                            "(run `filesd fsck` on the source first)"
+                        )
+            except BaseException:
+                await self._blobs.discard(staged)
+                raise
+            if todo:
+                await self._import_files(todo, staged)
+            report.copied += len(todo)
+        known = {k.id for k in await self.keys.all()}
+        for key in await source.keys.all():
+            if key.id not in known:
+                await self._meta.insert_key(key)
+                report.keys += 1
+        report.problems = await self._verify_copy(
+            [r for r in records if r.status != "error"], report
+        )
+        return report
+
+    async def _verify_copy(self, records: list[FileRecord], report: MigrationReport) -> list[str]:
+        skipped = {line.split(":")[0] for line in report.skipped}
+        problems = []
+        expected = {r.id: r for r in records if r.id not in skipped}
+        copied = {r.id: r for r in await self._meta.live_files(None) if r.id in expected}
+        for file_id, record in expected.items():
+            if copied.get(file_id) != record:
+                problems.append(f"{file_id}: not copied as it was")
+        gone = await self._blobs.missing(sorted({r.sha256 for r in expected.values()}))
+        problems += [f"blob {digest}: missing from the destination" for digest in sorted(gone)]
+        return problems
+
     # --- operator views and maintenance ---------------------------------------------------------
+
+    async def audit(self, *, repair: bool) -> Audit:
+        """Check every live file's blob (present, and hashing to its digest) and look for
+        blobs and parts nothing refers to: `filesd fsck` on any backends, also beside running
+        instances. With `repair`: files whose blob is missing or corrupt are marked damaged
+        (status `error`; a corrupt blob stays where it is), files of blobs that are right
+        again are served again, and unreferenced blobs (through the reclaim every instance
+        respects) and stray parts are removed."""
+        audit = Audit()
+        live = set(await self._meta.live_digests())
+        damaged = set(await self._meta.live_digests(damaged=True)) - live
+        stored = set(await self._blobs.digests())
+        audit.missing = sorted(live - stored)
+        orphaned = sorted(stored - live - damaged)
+        for digest in sorted(stored & (live | damaged)):
+            hashed = hashlib.sha256()
+            async for chunk in self._blobs.open_range(digest):
+                hashed.update(chunk)
+            right = hashed.hexdigest() == digest
+            if digest in damaged and right:
+                audit.restored.append(digest)
+            elif digest in live:
+                audit.checked += 1
+                if not right:
+                    audit.corrupt.append(digest)
+        # Blobs of uploads under way are claimed, and parts young: neither counts as stray.
+        in_use = await self._meta.blobs_in_use(orphaned)
+        audit.orphaned = [d for d in orphaned if d not in in_use]
+        cutoff = time.time() - (3600 if self.shared else 0)
+        parts = await self._blobs.part_tokens_older_than(cutoff)
+        audit.stray_parts = sorted(set(parts) - await self._meta.part_tokens_in_use(parts))
+        if repair:
+            for digest in audit.corrupt:
+                await self._meta.mark_blob_damaged(
+                    digest, "The stored content does not match its SHA-256; found by fsck."
+                )
+            for digest in audit.missing:
+                await self._meta.mark_blob_damaged(
+                    digest, "The stored content is missing; found by fsck."
+                )
+            for digest in audit.restored:
+                await self._meta.clear_blob_damage(digest)
+            await self.reclaim(audit.orphaned)
+            await self._blobs.remove_parts(audit.stray_parts)
+        return audit
 
     async def storage_totals(self) -> StorageTotals:
         return await self._meta.storage_totals()
@@ -626,8 +897,7 @@ class FileStore:
 
         For tests (the admin API): unlike a delete, no row is kept for audit.
         """
-        async with self._write_lock:
-            removed, tokens = await self._meta.delete_everything(project)
+        removed, tokens = await self._meta.delete_everything(project)
         await self._blobs.remove_parts(tokens)
         await self.sweep_orphans()
         return removed
@@ -652,10 +922,8 @@ class FileStore:
         """Delete expired files for good (they are already hidden) and reclaim their blobs."""
         swept = 0
         while True:
-            async with self._write_lock:
-                digests = await self._meta.delete_expired_files(now=self.now(), limit=_SWEEP_BATCH)
-                unused = set(digests) - await self._meta.blobs_in_use(sorted(set(digests)))
-                await self._blobs.delete(sorted(unused))
+            digests = await self._meta.delete_expired_files(now=self.now(), limit=_SWEEP_BATCH)
+            await self.reclaim(sorted(set(digests)))
             swept += len(digests)
             if len(digests) < _SWEEP_BATCH:
                 break
@@ -668,12 +936,9 @@ class FileStore:
         digests = await self._blobs.digests()
         removed = 0
         for start in range(0, len(digests), _SWEEP_BATCH):
-            batch = digests[start : start + _SWEEP_BATCH]
-            # Under the lock no upload is between committing its blob and its row, so a
-            # blob without a row here is truly unreferenced.
-            async with self._write_lock:
-                in_use = await self._meta.blobs_in_use(batch)
-                removed += await self._blobs.delete([d for d in batch if d not in in_use])
+            # An upload between storing its blob and its row holds a claim on it, which keeps
+            # the reclaim off: a blob reclaimed here is truly unreferenced.
+            removed += await self.reclaim(digests[start : start + _SWEEP_BATCH])
         if removed:
             log.info("removed %d orphaned blob(s)", removed)
         return removed
@@ -685,6 +950,12 @@ class FileStore:
         purged = await self._meta.purge_deleted(before=self.now() - deleted_retention)
         orphans = await self.sweep_orphans()
         return GcReport(expired, purged, orphans)
+
+
+def _wall() -> int:
+    """Real time, for what instances agree on between them (heartbeats, leases, claims): a
+    test clock moved on one instance must not make the others look dead."""
+    return int(time.time())
 
 
 def _missing(record: FileRecord) -> BlobMissing:
@@ -707,3 +978,40 @@ def lock_data_dir(data_dir: Path) -> int:
 def _close_opened(opening: asyncio.Future[IO[bytes]]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()
+
+
+def blob_backend(settings: StoreSettings) -> BlobBackend:
+    """The configured blob backend, not yet prepared (`prepare()` it, `close()` it after)."""
+    if not settings.blobs:
+        return BlobDir(settings.data_dir)
+    try:
+        from .storage.s3 import S3Blobs
+    except ImportError as error:
+        raise StorageUnavailable(
+            "storage.blobs", f"S3 needs the s3 extra: pip install 'filesd[s3]' ({error})"
+        ) from None
+    bucket, _, prefix = settings.blobs.removeprefix("s3://").partition("/")
+    s3 = settings.s3
+    return S3Blobs(
+        settings.data_dir / "spool",
+        bucket=bucket,
+        prefix=prefix.strip("/"),
+        endpoint=s3.endpoint or None,
+        region=s3.region,
+        access_key_id=s3.access_key_id or None,
+        secret_access_key=s3.secret_access_key or None,
+    )
+
+
+async def open_metadata(settings: StoreSettings) -> MetadataStore:
+    """The configured metadata store, open and migrated."""
+    if not settings.database:
+        return await SqliteMetadata.open(database_path(settings.data_dir))
+    try:
+        from .storage.postgres import PostgresMetadata
+    except ImportError as error:
+        raise StorageUnavailable(
+            "storage.database",
+            f"PostgreSQL needs the postgres extra: pip install 'filesd[postgres]' ({error})",
+        ) from None
+    return await PostgresMetadata.open(settings.database)

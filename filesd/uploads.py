@@ -115,6 +115,11 @@ class Md5Mismatch(Exception):
         self.cancelled = cancelled
 
 
+# With shared metadata, a part file without a row is an orphan only once it is this old: the
+# instance that saved it may still be about to record it.
+ORPHAN_PART_GRACE = 3600
+
+
 class UploadService:
     def __init__(self, files: FileStore, *, max_part_bytes: int) -> None:
         self._files = files
@@ -259,7 +264,7 @@ class UploadService:
 
         file_id = self._files.new_file_id()
         if not await self._db.set_upload_status(
-            upload_id, old="pending", new="completing", file_id=file_id
+            upload_id, old="pending", new="completing", file_id=file_id, owner=self._files.instance
         ):
             await self.get_pending(project, upload_id)
             raise UploadNotPending(upload_id, "completing")
@@ -349,13 +354,24 @@ class UploadService:
         return len(expired)
 
     async def recover(self) -> None:
-        """Start-up: settle uploads a crash left mid-completion; remove unrecorded part files."""
-        for upload in await self._db.uploads_in_status("completing"):
+        """Settle uploads a crash left mid-completion (this process's earlier life's, or, with
+        shared metadata, those of an instance whose heartbeat expired); remove part files no
+        part row names.
+
+        Runs at start-up and with every sweep. Another live instance's completions are its
+        own, and a part it has just saved may not have its row yet: with shared metadata only
+        parts older than `ORPHAN_PART_GRACE` are candidates.
+        """
+        now = int(time.time())  # real time, as heartbeats are
+        for upload in await self._db.abandoned_completions(self._files.instance, now=now):
             if upload.file_id is not None and await self._db.file_exists(upload.file_id):
                 await self._finish(upload.id, upload.file_id)
             else:
                 await self._db.set_upload_status(upload.id, old="completing", new="pending")
-        on_disk = await self._blobs.part_tokens_older_than(self._started)
+        cutoff = self._started
+        if self._files.shared:
+            cutoff = min(cutoff, time.time() - ORPHAN_PART_GRACE)
+        on_disk = await self._blobs.part_tokens_older_than(cutoff)
         orphans = set(on_disk) - await self._db.part_tokens_in_use(on_disk)
         if orphans:
             await self._blobs.remove_parts(sorted(orphans))

@@ -27,6 +27,7 @@ from filesd.process import ServerProcess
 
 from .pg_service import PostgresServer
 from .pg_service import start_server as start_postgres
+from .s3_service import S3Bucket, fresh_bucket, moto_server
 
 ALPHA_KEY = "sk-test-alpha-0123456789"
 BETA_KEY = "sk-test-beta-9876543210"
@@ -230,6 +231,20 @@ def tar_archive(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of one moto S3 server for the session (see tests/s3_service.py)."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> Iterator[S3Bucket]:
+    """A fresh, empty bucket on the session's S3 server (endpoint, name, credentials)."""
+    with fresh_bucket(s3_server) as bucket:
+        yield bucket
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,55 @@
-"""The local blob backend, through its `BlobBackend` protocol, without HTTP."""
+"""The blob backends through their `BlobBackend` protocol, without HTTP: the contract tests run
+against the local `BlobDir` and against `S3Blobs` on a real (moto) S3 server; then what only
+one of them has (file paths and modes; keys, multipart uploads, presigned URLs)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
+import math
 import os
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from filesd.routes import content_disposition
 from filesd.storage.base import (
     BlobBackend,
     BlobMissing,
     BlobTooLarge,
     StagedBlob,
     StorageFull,
+    StorageUnavailable,
     neutral_os_error,
 )
 from filesd.storage.blobdir import BATCH_BYTES, BlobDir
 from filesd.storage.cached import CachedBlobs
+from filesd.storage.s3 import MIN_PART_BYTES, S3Blobs
+
+from .conftest import wait_until
+from .s3_service import S3Bucket
+
+Backend = BlobDir | S3Blobs
+PREFIX = "tenant/filesd"
+MiB = 1024 * 1024
+
+
+def s3_blobs(bucket: S3Bucket, spool: Path, **options: object) -> S3Blobs:
+    settings: dict[str, object] = {"prefix": PREFIX, **options}
+    return S3Blobs(
+        spool,
+        bucket=bucket.bucket,
+        endpoint=bucket.endpoint,
+        region=bucket.region,
+        access_key_id=bucket.access_key_id,
+        secret_access_key=bucket.secret_access_key,
+        **settings,  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
@@ -29,8 +60,23 @@ async def local(tmp_path: Path) -> BlobDir:
 
 
 @pytest.fixture
-def blobs(local: BlobDir) -> BlobBackend:
-    return local
+async def s3(s3_bucket: S3Bucket, tmp_path: Path) -> AsyncIterator[S3Blobs]:
+    store = s3_blobs(s3_bucket, tmp_path / "spool")
+    await store.prepare()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["local", "s3"])
+def blobs(request: pytest.FixtureRequest) -> Backend:
+    """Each backend in turn (the S3 one on a fresh bucket of the session's moto server)."""
+    backend: Backend = request.getfixturevalue(request.param)
+    return backend
+
+
+def staging(blobs: Backend) -> list[str]:
+    """The names in the backend's local staging area (temp dir / spool dir)."""
+    return os.listdir(blobs.temp_dir if isinstance(blobs, BlobDir) else blobs.spool_dir)
 
 
 async def write(
@@ -42,13 +88,20 @@ async def write(
     return await writer.finish()
 
 
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 async def read_all(
     blobs: BlobBackend, digest: str, start: int = 0, length: int | None = None
 ) -> bytes:
     return b"".join([chunk async for chunk in blobs.open_range(digest, start, length)])
 
 
-async def test_streamed_content_is_hashed_and_staged(blobs: BlobBackend, local: BlobDir) -> None:
+# --- the BlobBackend contract, for every backend ---------------------------------------------
+
+
+async def test_streamed_content_is_hashed_and_staged(blobs: Backend) -> None:
     # Odd-sized chunks spanning several batches: the digest covers every byte in order.
     chunks = [os.urandom(300_001) for _ in range(8)]
     staged = await write(blobs, chunks)
@@ -56,73 +109,169 @@ async def test_streamed_content_is_hashed_and_staged(blobs: BlobBackend, local: 
     assert staged.size == len(content) > 2 * BATCH_BYTES
     assert staged.sha256 == hashlib.sha256(content).hexdigest()
     assert staged.content is None  # too large to keep in memory
-    assert local.staged_path(staged).read_bytes() == content
+    assert blobs.staged_path(staged).read_bytes() == content
     assert await blobs.commit([staged]) == [True]
+    assert staging(blobs) == []
     assert await read_all(blobs, staged.sha256) == content
     assert await read_all(blobs, staged.sha256, 1_000_000, 5) == content[1_000_000:1_000_005]
     assert await read_all(blobs, staged.sha256, len(content) - 3) == content[-3:]
 
 
-async def test_empty_content_is_a_valid_blob(blobs: BlobBackend) -> None:
+async def test_ranges_at_the_edges(blobs: Backend) -> None:
+    staged = await write(blobs, [b"0123456789"])
+    await blobs.commit([staged])
+    digest = staged.sha256
+    assert await read_all(blobs, digest, 0, 10) == b"0123456789"
+    assert await read_all(blobs, digest, 9) == b"9"
+    assert await read_all(blobs, digest, 8, 100) == b"89"  # a length past the end is cut
+    assert await read_all(blobs, digest, 10) == b""  # from the end: nothing
+    assert await read_all(blobs, digest, 50, 5) == b""  # past the end: nothing
+    assert await read_all(blobs, digest, 3, 0) == b""
+    assert await blobs.read(digest) == b"0123456789"
+
+
+async def test_empty_content_is_a_valid_blob(blobs: Backend) -> None:
     staged = await write(blobs, [])
     assert staged.size == 0 and staged.content == b""
     assert staged.sha256 == hashlib.sha256(b"").hexdigest()
     assert await blobs.commit([staged]) == [True]
     assert await blobs.read(staged.sha256) == b""
+    assert await read_all(blobs, staged.sha256) == b""
+    assert await read_all(blobs, staged.sha256, 0, 5) == b""
 
 
-async def test_commit_moves_into_a_path_made_of_the_digest(
-    blobs: BlobBackend, local: BlobDir
-) -> None:
-    staged = await write(blobs, [b"hello"])
-    assert await blobs.commit([staged]) == [True]
-    digest = hashlib.sha256(b"hello").hexdigest()
-    path = blobs.local_path(digest)
-    assert path == local.blob_dir / digest[:2] / digest
-    assert path.read_bytes() == b"hello"
-    assert not local.staged_path(staged).exists()
-    assert await blobs.digests() == [digest]
-
-
-async def test_identical_content_is_stored_once(blobs: BlobBackend, local: BlobDir) -> None:
+async def test_identical_content_is_stored_once(blobs: Backend) -> None:
     first = await write(blobs, [b"same"])
     second = await write(blobs, [b"sa", b"me"])
     assert await blobs.commit([first, second]) == [True, False]
+    assert await blobs.commit([await write(blobs, [b"same"])]) == [False]
     assert await blobs.digests() == [first.sha256]
-    assert os.listdir(local.temp_dir) == []
+    assert staging(blobs) == []
 
 
-async def test_writer_refuses_content_over_its_limit(blobs: BlobBackend, local: BlobDir) -> None:
+async def test_commit_answers_per_item(blobs: Backend) -> None:
+    good = [await write(blobs, [bytes([i]) * 100]) for i in range(5)]
+    foreign = StagedBlob("../../etc/passwd", "0" * 64, 0)  # not this backend's staging
+    results = await blobs.commit([*good[:2], foreign, *good[2:]])
+    assert results[:2] == [True, True] and results[3:] == [True, True, True]
+    assert isinstance(results[2], ValueError)
+    assert sorted(await blobs.digests()) == sorted(s.sha256 for s in good)
+    assert staging(blobs) == []
+
+
+async def test_writer_refuses_content_over_its_limit(blobs: Backend) -> None:
     writer = blobs.writer(max_bytes=10)
     await writer.write(b"0123456789")
     with pytest.raises(BlobTooLarge) as info:
         await writer.write(b"x")
     assert info.value.limit == 10
     await writer.abort()
-    assert os.listdir(local.temp_dir) == []
+    assert staging(blobs) == []
 
 
-async def test_abort_removes_the_temp_file_at_any_point(blobs: BlobBackend, local: BlobDir) -> None:
+async def test_abort_removes_the_temp_file_at_any_point(blobs: Backend) -> None:
     writer = blobs.writer()
     await writer.write(os.urandom(BATCH_BYTES + 1))  # a batch is being written in a thread
     await writer.abort()
-    assert os.listdir(local.temp_dir) == []
+    assert staging(blobs) == []
     with pytest.raises(RuntimeError):
         await writer.write(b"more")
 
 
-async def test_discard_removes_staged_content(blobs: BlobBackend, local: BlobDir) -> None:
+async def test_discard_removes_staged_content(blobs: Backend) -> None:
     staged = await write(blobs, [b"never mind"])
     await blobs.discard([staged])
-    assert os.listdir(local.temp_dir) == [] and await blobs.digests() == []
+    assert staging(blobs) == [] and await blobs.digests() == []
 
 
-async def test_prepare_removes_leftover_temp_files(tmp_path: Path) -> None:
-    blobs = BlobDir(tmp_path)
-    await blobs.prepare()
-    (blobs.temp_dir / "interrupted.part").write_bytes(b"partial")
+async def test_prepare_removes_leftover_temp_files(blobs: Backend) -> None:
+    await write(blobs, [b"interrupted"])  # staged, never committed: a crash left it
     assert await blobs.prepare() == 1
-    assert os.listdir(blobs.temp_dir) == []
+    assert staging(blobs) == []
+
+
+async def test_delete_missing_and_stray_names(
+    blobs: Backend, request: pytest.FixtureRequest
+) -> None:
+    staged = await write(blobs, [b"x"])
+    await blobs.commit([staged])
+    digest = staged.sha256
+    if isinstance(blobs, BlobDir):
+        (blobs.blob_dir / "README").write_text("not a blob")
+        (blobs.path_for(digest).parent / "junk").write_text("not a blob")
+    else:
+        bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+        client = bucket.client()
+        for stray in ("blobs/README", f"blobs/{digest[:2]}/junk", f"blobs/zz/{digest}"):
+            client.put_object(Bucket=bucket.bucket, Key=f"{PREFIX}/{stray}", Body=b"not a blob")
+        client.close()
+    assert await blobs.digests() == [digest]
+    assert await blobs.missing([digest, "0" * 64]) == {"0" * 64}
+    assert await blobs.delete([digest, digest]) == 1
+    assert await blobs.delete([digest]) == 0
+    assert await blobs.digests() == []
+    assert await blobs.missing([digest]) == {digest}
+    with pytest.raises(BlobMissing):
+        await blobs.read(digest)
+    stream = blobs.open_range(digest)  # nothing happens before the first iteration
+    with pytest.raises(BlobMissing):
+        await stream.__anext__()
+    with pytest.raises(BlobMissing):
+        await read_all(blobs, digest, 0, 0)
+
+
+async def test_parts_are_saved_joined_and_removed(blobs: Backend) -> None:
+    tokens = [await blobs.save_part(await write(blobs, [chunk])) for chunk in (b"ab", b"", b"cd")]
+    assert staging(blobs) == []
+    assert sorted(await blobs.part_tokens_older_than(10**10)) == sorted(tokens)
+    assert await blobs.part_tokens_older_than(time.time() - 3600) == []
+    joined, md5 = await blobs.concat_parts(tokens)
+    assert joined.size == 4 and joined.sha256 == hashlib.sha256(b"abcd").hexdigest()
+    assert md5 == md5_hex(b"abcd")
+    assert await blobs.parts_md5(tokens[::-1]) == md5_hex(b"cdab")
+    assert await blobs.commit([joined]) == [True]
+    assert await blobs.read(joined.sha256) == b"abcd"
+    assert await blobs.remove_parts(tokens) == 3
+    assert await blobs.remove_parts(tokens) == 0
+    assert await blobs.part_tokens_older_than(math.inf) == []
+    assert await blobs.digests() == [joined.sha256]  # parts are not blobs
+
+
+async def test_a_missing_part_is_file_not_found(blobs: Backend) -> None:
+    token = await blobs.save_part(await write(blobs, [b"kept"]))
+    await blobs.remove_parts([token])
+    with pytest.raises(FileNotFoundError):
+        await blobs.parts_md5([token])
+    with pytest.raises(FileNotFoundError):
+        await blobs.concat_parts([token])
+    assert staging(blobs) == []
+
+
+async def test_check_writable(blobs: Backend) -> None:
+    await blobs.check_writable()
+    assert staging(blobs) == []
+
+
+def test_a_full_disk_is_storage_full_by_errno() -> None:
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        assert isinstance(neutral_os_error(OSError(code, "anything")), StorageFull)
+    other = OSError(errno.EIO, "No space left on device")  # the text does not decide
+    assert neutral_os_error(other) is other
+
+
+# --- the local backend only: files and paths -------------------------------------------------
+
+
+async def test_commit_moves_into_a_path_made_of_the_digest(local: BlobDir) -> None:
+    staged = await write(local, [b"hello"])
+    assert await local.commit([staged]) == [True]
+    digest = hashlib.sha256(b"hello").hexdigest()
+    path = local.local_path(digest)
+    assert path == local.blob_dir / digest[:2] / digest
+    assert path.read_bytes() == b"hello"
+    assert not local.staged_path(staged).exists()
+    assert await local.digests() == [digest]
+    assert local.download_url(digest, filename="x", expires_in=60) is None
 
 
 @pytest.mark.parametrize("digest", ["../../etc/passwd", "ABC", "a" * 63, "g" * 64, "A" * 64])
@@ -134,45 +283,6 @@ def test_blob_paths_are_made_of_digests_only(local: BlobDir, digest: str) -> Non
 def test_staged_refs_are_names_this_backend_made(local: BlobDir) -> None:
     with pytest.raises(ValueError):
         local.staged_path(StagedBlob("../../etc/passwd", "0" * 64, 0))
-
-
-async def test_delete_missing_and_stray_names(blobs: BlobBackend, local: BlobDir) -> None:
-    staged = await write(blobs, [b"x"])
-    await blobs.commit([staged])
-    (local.blob_dir / "README").write_text("not a blob")
-    (local.path_for(staged.sha256).parent / "junk").write_text("not a blob")
-    assert await blobs.digests() == [staged.sha256]
-    assert await blobs.delete([staged.sha256]) == 1
-    assert await blobs.delete([staged.sha256]) == 0
-    assert await blobs.digests() == []
-    with pytest.raises(BlobMissing):
-        await blobs.read(staged.sha256)
-    with pytest.raises(BlobMissing):
-        await read_all(blobs, staged.sha256)
-
-
-async def test_parts_are_saved_joined_and_removed(blobs: BlobBackend, local: BlobDir) -> None:
-    tokens = [await blobs.save_part(await write(blobs, [chunk])) for chunk in (b"ab", b"", b"cd")]
-    assert sorted(await blobs.part_tokens_older_than(10**10)) == sorted(tokens)
-    joined, md5 = await blobs.concat_parts(tokens)
-    assert joined.size == 4 and joined.sha256 == hashlib.sha256(b"abcd").hexdigest()
-    assert md5 == hashlib.md5(b"abcd", usedforsecurity=False).hexdigest()
-    assert await blobs.commit([joined]) == [True]
-    assert await blobs.read(joined.sha256) == b"abcd"
-    assert await blobs.remove_parts(tokens) == 3
-    assert os.listdir(local.part_dir) == []
-
-
-async def test_check_writable(blobs: BlobBackend, local: BlobDir) -> None:
-    await blobs.check_writable()
-    assert os.listdir(local.temp_dir) == []
-
-
-def test_a_full_disk_is_storage_full_by_errno() -> None:
-    for code in (errno.ENOSPC, errno.EDQUOT):
-        assert isinstance(neutral_os_error(OSError(code, "anything")), StorageFull)
-    other = OSError(errno.EIO, "No space left on device")  # the text does not decide
-    assert neutral_os_error(other) is other
 
 
 async def test_the_cache_keeps_small_content_within_its_bound(local: BlobDir) -> None:
@@ -188,3 +298,167 @@ async def test_the_cache_keeps_small_content_within_its_bound(local: BlobDir) ->
     await cached.delete([staged[1].sha256])  # a delete forgets
     with pytest.raises(BlobMissing):
         await cached.read(staged[1].sha256)
+
+
+# --- the S3 backend only: keys, multipart uploads, presigned URLs, start-up ------------------
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b"])
+async def test_keys_are_made_of_the_prefix_and_digests(
+    s3_bucket: S3Bucket, tmp_path: Path, prefix: str
+) -> None:
+    blobs = s3_blobs(s3_bucket, tmp_path, prefix=prefix)
+    await blobs.prepare()
+    try:
+        staged = await write(blobs, [b"hello"])
+        await blobs.commit([staged])
+        token = await blobs.save_part(await write(blobs, [b"part"]))
+        base = f"{prefix}/" if prefix else ""
+        digest = staged.sha256
+        assert s3_bucket.object_keys() == sorted(
+            [f"{base}blobs/{digest[:2]}/{digest}", f"{base}parts/{token}"]
+        )
+        assert blobs.local_path(digest) is None
+        for bad in ("../../etc/passwd", "A" * 64, "a" * 63):
+            with pytest.raises(ValueError):
+                blobs.blob_key(bad)
+            with pytest.raises(ValueError):
+                blobs.part_key(bad)
+        with pytest.raises(ValueError):
+            blobs.staged_path(StagedBlob("../x.part", digest, 0))
+    finally:
+        await blobs.close()
+
+
+async def test_identical_content_is_one_object(s3: S3Blobs, s3_bucket: S3Bucket) -> None:
+    for _ in range(2):
+        await s3.commit([await write(s3, [b"twice"])])
+    digest = hashlib.sha256(b"twice").hexdigest()
+    assert s3_bucket.object_keys() == [f"{PREFIX}/blobs/{digest[:2]}/{digest}"]
+
+
+@pytest.mark.slow
+async def test_large_content_goes_up_in_parts(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    blobs = s3_blobs(
+        s3_bucket, tmp_path, multipart_threshold=MIN_PART_BYTES, part_size=MIN_PART_BYTES
+    )
+    await blobs.prepare()
+    try:
+        content = os.urandom(11 * MiB + 12_345)
+        staged = await write(blobs, [content[i : i + MiB] for i in range(0, len(content), MiB)])
+        assert await blobs.commit([staged]) == [True]
+        digest = staged.sha256
+        head = s3_bucket.client().head_object(Bucket=s3_bucket.bucket, Key=blobs.blob_key(digest))
+        assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts
+        assert head["ContentLength"] == len(content)
+        assert hashlib.sha256(await read_all(blobs, digest)).hexdigest() == digest
+        boundary = MIN_PART_BYTES
+        assert await read_all(blobs, digest, boundary - 3, 6) == content[boundary - 3 :][:6]
+        assert await read_all(blobs, digest, len(content) - 5) == content[-5:]
+        # Parts take the same path; joining them reads them back.
+        token = await blobs.save_part(await write(blobs, [content]))
+        joined, md5 = await blobs.concat_parts([token])
+        assert joined.sha256 == digest
+        assert md5 == md5_hex(content)
+        await blobs.discard([joined])
+        assert staging(blobs) == []
+    finally:
+        await blobs.close()
+
+
+@pytest.mark.slow
+async def test_a_cancelled_multipart_upload_is_aborted(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    blobs = s3_blobs(
+        s3_bucket, tmp_path, multipart_threshold=MIN_PART_BYTES, part_size=MIN_PART_BYTES
+    )
+    await blobs.prepare()
+    client = s3_bucket.client()
+
+    def uploads() -> list[object]:
+        return list(client.list_multipart_uploads(Bucket=s3_bucket.bucket).get("Uploads", ()))
+
+    try:
+        staged = await write(blobs, [os.urandom(MiB)] * 40)
+        committing = asyncio.ensure_future(blobs.commit([staged]))
+        await wait_until(lambda: asyncio.to_thread(uploads), what="a multipart upload begun")
+        committing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await committing
+        assert uploads() == []
+        assert await blobs.digests() == [] and staging(blobs) == []
+    finally:
+        client.close()
+        await blobs.close()
+
+
+async def test_a_presigned_url_downloads_as_an_attachment(s3: S3Blobs) -> None:
+    staged = await write(s3, [b"report body"])
+    await s3.commit([staged])
+    filename = 'résumé "final" 📄.txt'
+    url = s3.download_url(staged.sha256, filename=filename, expires_in=300)
+    assert url.startswith(s3.endpoint + "/") and "X-Amz-Signature=" in url
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert await response.read() == b"report body"
+        # The very header filesd's own content route sends.
+        assert response.headers["Content-Disposition"] == content_disposition(filename)
+
+
+async def test_a_missing_bucket_is_named_at_start_up(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    blobs = s3_blobs(S3Bucket(s3_bucket.endpoint, "no-such-bucket-here"), tmp_path)
+    with pytest.raises(StorageUnavailable) as info:
+        await blobs.prepare()
+    assert info.value.setting == "storage.blobs"
+    assert "bucket 'no-such-bucket-here' does not exist" in str(info.value)
+
+
+@pytest.mark.slow  # the client retries, with backoff, before it gives up
+async def test_an_unreachable_endpoint_is_named_without_secrets(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    blobs = S3Blobs(
+        tmp_path,
+        bucket="anything",
+        endpoint=f"http://127.0.0.1:{port}",
+        access_key_id="AKIDSECRETLESS",
+        secret_access_key="very-secret-value",
+    )
+    with pytest.raises(StorageUnavailable) as info:
+        await blobs.prepare()
+    assert info.value.setting == "storage.blobs"
+    assert "cannot reach the S3 endpoint" in str(info.value)
+    assert "very-secret-value" not in str(info.value)
+
+
+def test_half_the_credentials_is_refused(tmp_path: Path) -> None:
+    blobs = S3Blobs(tmp_path, bucket="b", endpoint="http://127.0.0.1:9", access_key_id="x")
+    with pytest.raises(StorageUnavailable, match="both access_key_id and secret_access_key"):
+        asyncio.run(blobs.prepare())
+    with pytest.raises(ValueError):
+        S3Blobs(tmp_path, bucket="b", part_size=MiB)
+
+
+@pytest.mark.slow
+async def test_memory_stays_bounded_for_a_large_blob(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    blobs = s3_blobs(
+        s3_bucket, tmp_path, multipart_threshold=MIN_PART_BYTES, part_size=MIN_PART_BYTES
+    )
+    await blobs.prepare()
+    size = 64 * MiB
+    chunk = os.urandom(MiB)  # made before tracing starts: not counted
+    tracemalloc.start()
+    try:
+        staged = await write(blobs, [chunk] * (size // MiB))
+        assert await blobs.commit([staged]) == [True]
+        digest = hashlib.sha256()
+        async for piece in blobs.open_range(staged.sha256):
+            digest.update(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await blobs.close()
+    assert digest.hexdigest() == staged.sha256
+    assert peak < 24 * MiB, f"peak {peak / MiB:.1f} MiB for a {size // MiB} MiB blob"

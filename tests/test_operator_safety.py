@@ -132,7 +132,7 @@ async def test_totals_stay_right_through_every_change(tmp_path: Path) -> None:
     # fsck --repair marks the files of a corrupt blob damaged: they stay files (as before).
     corrupt = BlobDir(data).path_for(scanned_digest(data, "r"))
     corrupt.write_bytes(b"rot")
-    await ops.fsck(data, repair=True)
+    await ops.fsck(StoreSettings(data), repair=True)
     store = await open_store()
     try:
         await check(store, (3, 18, 3, 18))
@@ -285,7 +285,7 @@ async def test_export_after_fsck_repair_skips_and_reports_damaged_files(
     with contextlib.closing(sqlite3.connect(data / DB_NAME)) as conn:
         (digest,) = conn.execute("SELECT sha256 FROM files WHERE id = ?", (ids[1],)).fetchone()
     BlobDir(data).path_for(digest).write_bytes(b"bit rot")
-    report = await ops.fsck(data, repair=True)
+    report = await ops.fsck(StoreSettings(data), repair=True)
     assert report.corrupt == [digest]
 
     client = await aiohttp_client(create_app(config))
@@ -342,16 +342,16 @@ async def test_fsck_keeps_a_damaged_files_blob_and_serves_it_again_once_restored
     blob = BlobDir(data).path_for(digest)
     kept = tmp_path / "kept-aside"
     blob.rename(kept)  # lost from the store...
-    report = await ops.fsck(data, repair=True)
+    report = await ops.fsck(StoreSettings(data), repair=True)
     assert report.missing == [digest]  # ...so its file is marked damaged
     kept.rename(blob)  # the operator puts the bytes back
 
-    report = await ops.fsck(data, repair=False)
+    report = await ops.fsck(StoreSettings(data), repair=False)
     assert report.orphaned == [], "a damaged file's blob is not an orphan"
     assert report.restored == [digest] and not report.ok
-    report = await ops.fsck(data, repair=True)
+    report = await ops.fsck(StoreSettings(data), repair=True)
     assert blob.read_bytes() == b"precious bytes"
-    assert (await ops.fsck(data, repair=False)).ok
+    assert (await ops.fsck(StoreSettings(data), repair=False)).ok
 
     store = await FileStore.open(StoreSettings(data))
     try:

@@ -23,7 +23,7 @@ from filesd.app import create_app
 from filesd.boundary import to_api_error
 from filesd.clock import Clock
 from filesd.faultrules import FaultRule, storage_fault
-from filesd.store import FileNotFound
+from filesd.store import FileNotFound, StoreSettings
 from filesd.testing import serve
 
 from .conftest import ALPHA, BETA, Client, ClientFactory, make_config, temp_files, upload
@@ -182,7 +182,7 @@ async def test_validators_are_the_files_own_not_the_shared_blobs(
 
 def test_new_project_on_a_data_dir_whose_database_holds_keys(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    asyncio.run(ops.create_key(data, "ops-made"))  # what `filesd keys create` does
+    asyncio.run(ops.create_key(StoreSettings(data), "ops-made"))  # what `filesd keys create` does
     with serve(data_dir=data) as server:
         project = server.new_project()
         req = urllib.request.Request(

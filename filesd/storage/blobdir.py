@@ -54,10 +54,13 @@ class HashedFile:
 
     `write` hashes (SHA-256, and MD5 when asked) and writes every byte; `close` fsyncs and
     closes (the content is then durable, though not yet renamed into place). Blocking.
+    With `durable=False`, `close` skips the fsync: for spool files that a crash may lose
+    (their content is made durable elsewhere, e.g. in an object store).
     """
 
-    def __init__(self, path: Path, *, md5: bool = False) -> None:
+    def __init__(self, path: Path, *, md5: bool = False, durable: bool = True) -> None:
         self.path = path
+        self.durable = durable
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.size = 0
@@ -77,13 +80,14 @@ class HashedFile:
         self.size += len(chunk)
 
     def close(self) -> None:
-        """Fsync and close (creating the file if nothing was written: empty content)."""
+        """Fsync (if durable) and close (creating the file if nothing was written: empty)."""
         if self._fd is None:
             self.write(b"")
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
-            os.fsync(fd)
+            if self.durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -110,6 +114,12 @@ class BlobDir:
 
     async def prepare(self) -> int:
         return await _in_thread(self.prepare_sync)
+
+    async def close(self) -> None:
+        pass
+
+    def download_url(self, digest: str, *, filename: str, expires_in: int) -> str | None:
+        return None
 
     def writer(self, max_bytes: int | None = None) -> DirWriter:
         return DirWriter(self.temp_dir / f"{uuid.uuid4().hex}{_TEMP_SUFFIX}", max_bytes)
@@ -351,11 +361,11 @@ class DirWriter:
     """Streams content into a temp file, hashing it, with disk work in a worker thread.
 
     At most one batch is being written while the next one fills, so memory stays near two
-    batches whatever the content size.
+    batches whatever the content size. `durable`: see `HashedFile`.
     """
 
-    def __init__(self, temp_path: Path, max_bytes: int | None) -> None:
-        self._file = HashedFile(temp_path)
+    def __init__(self, temp_path: Path, max_bytes: int | None, *, durable: bool = True) -> None:
+        self._file = HashedFile(temp_path, durable=durable)
         self._max_bytes = max_bytes
         self._size = 0
         self._batch: list[bytes] = []

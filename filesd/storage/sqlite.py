@@ -32,7 +32,15 @@ from ..models import (
     StorageTotals,
     UploadRecord,
 )
-from .base import PartVerdict, SchemaTooNew, StorageBusy, StorageFull
+from .base import (
+    NO_QUOTA,
+    InsertVerdict,
+    PartVerdict,
+    Quota,
+    SchemaTooNew,
+    StorageBusy,
+    StorageFull,
+)
 
 # The database's name inside a data directory.
 DB_NAME = "filesd.db"
@@ -226,6 +234,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX uploads_by_project_status ON uploads (project, status);
     """,
+    # 9: the instance that took an upload into `completing` (see `abandoned_completions`)
+    """
+    ALTER TABLE uploads ADD COLUMN owner TEXT;
+    """,
 )
 
 
@@ -311,6 +323,15 @@ class SqliteMetadata:
         self._writing = asyncio.Lock()
         self._path: Path | None = None
         self._identity: tuple[int, int] | None = None
+        # Coordination lives in memory: only this process can open the database (the data
+        # dir's lock), so its instances are the only ones there are, and a restart ends them.
+        self._alive: dict[str, int] = {}  # instance -> alive until
+        self._leases: dict[str, tuple[str, int]] = {}  # name -> holder, until
+        self._claims: dict[str, collections.Counter[str]] = {}  # digest -> instances' claims
+        self._reclaims: dict[str, str] = {}  # digest -> instance reclaiming it
+        # Held across "is the blob referred to?" and "mark it reclaimed", and across "is the
+        # claim held?" and "insert the row": the two must not interleave (see Coordination).
+        self._coordinating = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteMetadata:
@@ -424,36 +445,105 @@ class SqliteMetadata:
 
     # --- files ----------------------------------------------------------------------------------
 
-    async def insert_files(self, records: Sequence[FileRecord]) -> list[bool]:
-        """Insert rows: one statement (one commit) when they fit, else one transaction.
+    async def insert_files(
+        self,
+        records: Sequence[FileRecord],
+        *,
+        instance: str | None = None,
+        quota: Quota = NO_QUOTA,
+        excluding_uploads: Sequence[str] = (),
+    ) -> list[InsertVerdict]:
+        """Insert rows: one statement (one commit) when they fit and no quota applies, else
+        one transaction that decides the quotas and inserts (on the one writer, so no other
+        write lands between the two).
 
         A row whose id is taken already is skipped, alone (`ON CONFLICT DO NOTHING`): the
-        others of the group are inserted all the same. Returns, per record, whether it was.
+        others of the group are inserted all the same.
         """
-        if len(records) <= _CHUNK:
-            async with self._writing:
-                inserted = await _insert_files(self._conn, records, skip_taken=True)
-        else:
-            async with self._transaction() as conn:
-                inserted = await _insert_files(conn, records, skip_taken=True)
+        async with self._coordinating:
+            verdicts: list[InsertVerdict] = ["inserted"] * len(records)
+            if instance is not None:
+                for i, r in enumerate(records):
+                    if self._claims.get(r.sha256, collections.Counter())[instance] <= 0:
+                        verdicts[i] = "unclaimed"
+            try:
+                if len(records) <= _CHUNK and not quota:
+                    async with self._writing:
+                        inserted = await _insert_files(
+                            self._conn, _pick(records, verdicts), skip_taken=True
+                        )
+                else:
+                    async with self._transaction() as conn:
+                        if quota:
+                            await self._check_quota(
+                                conn, records, verdicts, quota, excluding_uploads
+                            )
+                        inserted = await _insert_files(
+                            conn, _pick(records, verdicts), skip_taken=True
+                        )
+            finally:
+                if instance is not None:
+                    self._release(sorted({r.sha256 for r in records}), instance)
         # RETURNING names the rows inserted; of two records with one id, the first is.
         left = collections.Counter(inserted)
-        results = []
-        for record in records:
-            results.append(left[record.id] > 0)
+        for i, record in enumerate(records):
+            if verdicts[i] != "inserted":
+                continue
+            if left[record.id] <= 0:
+                verdicts[i] = "taken"
             left[record.id] -= 1
-        return results
+        return verdicts
 
-    async def import_files(self, records: Sequence[FileRecord]) -> list[str]:
-        async with self._transaction() as conn:
-            taken: list[str] = []
-            ids = [r.id for r in records]
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
-                taken += [row[0] for row in await self._run(conn, sql, chunk)]
-            if not taken:
-                await _insert_files(conn, records, skip_taken=False)
+    async def _check_quota(
+        self,
+        conn: aiosqlite.Connection,
+        records: Sequence[FileRecord],
+        verdicts: list[InsertVerdict],
+        quota: Quota,
+        excluding_uploads: Sequence[str],
+    ) -> None:
+        """Mark the records that would take their project over `quota` (in order: each
+        accepted record counts against the next). Inside the inserting transaction."""
+        projects = sorted({r.project for r in records})
+        held: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(projects), _CHUNK):
+            chunk = projects[start : start + _CHUNK]
+            sql = _usage_sql(len(chunk), len(excluding_uploads))
+            for row in await self._run(conn, sql, [*chunk, *chunk, *excluding_uploads]):
+                held[row[0]] = (int(row[1]), int(row[2]))
+        for i, record in enumerate(records):
+            if verdicts[i] != "inserted":
+                continue
+            files, size = held.get(record.project, (0, 0))
+            if quota.files and files + 1 > quota.files:
+                verdicts[i] = "over_files"
+            elif quota.bytes and size + record.bytes > quota.bytes:
+                verdicts[i] = "over_bytes"
+            else:
+                held[record.project] = (files + 1, size + record.bytes)
+
+    async def import_files(
+        self, records: Sequence[FileRecord], *, instance: str | None = None
+    ) -> list[str]:
+        digests = sorted({r.sha256 for r in records})
+        async with self._coordinating:
+            try:
+                if instance is not None and any(
+                    self._claims.get(d, collections.Counter())[instance] <= 0 for d in digests
+                ):
+                    raise StorageBusy("the claims on the imported blobs were lost")
+                async with self._transaction() as conn:
+                    taken: list[str] = []
+                    ids = [r.id for r in records]
+                    for start in range(0, len(ids), _CHUNK):
+                        chunk = ids[start : start + _CHUNK]
+                        sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+                        taken += [row[0] for row in await self._run(conn, sql, chunk)]
+                    if not taken:
+                        await _insert_files(conn, records, skip_taken=False)
+            finally:
+                if instance is not None:
+                    self._release(digests, instance)
         return taken
 
     async def existing_ids(self, ids: Sequence[str]) -> list[str]:
@@ -535,17 +625,7 @@ class SqliteMetadata:
         found: dict[str, tuple[int, int]] = {}
         for start in range(0, len(projects), _CHUNK):
             chunk = list(projects[start : start + _CHUNK])
-            marks = ",".join("?" * len(chunk))
-            sql = (
-                "SELECT project, SUM(files), SUM(bytes) FROM ("
-                f"  SELECT project, files, bytes FROM file_counts WHERE project IN ({marks})"
-                "   UNION ALL"
-                "   SELECT o.project, 0, p.bytes"
-                "   FROM uploads o CROSS JOIN upload_parts p ON p.upload_id = o.id"
-                f"  WHERE o.project IN ({marks}) AND o.status IN ('pending', 'completing')"
-                f"  AND o.id NOT IN ({','.join('?' * len(excluded))})"
-                ") GROUP BY project"
-            )
+            sql = _usage_sql(len(chunk), len(excluded))
             for row in await self._rows(sql, [*chunk, *chunk, *excluded]):
                 found[row[0]] = (int(row[1]), int(row[2]))
         return {p: found.get(p, (0, 0)) for p in projects}
@@ -723,11 +803,21 @@ class SqliteMetadata:
         return UploadRecord(*rows[0]) if rows else None
 
     async def set_upload_status(
-        self, upload_id: str, *, old: str, new: str, file_id: str | None = None
+        self,
+        upload_id: str,
+        *,
+        old: str,
+        new: str,
+        file_id: str | None = None,
+        owner: str | None = None,
     ) -> bool:
         """Move an upload from status `old` to `new`; False if it was not in `old`."""
-        sql = "UPDATE uploads SET status = ?, file_id = ? WHERE id = ? AND status = ? RETURNING 1"
-        return len(await self._write(sql, (new, file_id, upload_id, old))) == 1
+        sql = (
+            "UPDATE uploads SET status = ?, file_id = ?, owner = ? "
+            "WHERE id = ? AND status = ? RETURNING 1"
+        )
+        owner = owner if new == "completing" else None
+        return len(await self._write(sql, (new, file_id, owner, upload_id, old))) == 1
 
     async def insert_part(
         self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
@@ -792,9 +882,113 @@ class SqliteMetadata:
         sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = ?"
         return [UploadRecord(*row) for row in await self._rows(sql, (status,))]
 
+    async def abandoned_completions(self, instance: str, *, now: int) -> list[UploadRecord]:
+        sql = f"SELECT {_UPLOAD_COLUMNS}, owner FROM uploads WHERE status = 'completing'"
+        return [
+            UploadRecord(*row[:-1])
+            for row in await self._rows(sql)
+            if row[-1] != instance and not self._is_alive(row[-1], now)
+        ]
+
+    # --- coordination (in memory: see __init__) -------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    def _is_alive(self, instance: str | None, now: int) -> bool:
+        # Every instance that has sent a heartbeat lives in this process, and lives as long
+        # as it does: no other process can reach its claims or completions.
+        return instance is not None and instance in self._alive
+
+    async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
+        self._alive[instance] = now + ttl
+
+    async def take_lease(self, name: str, instance: str, *, now: int, ttl: int) -> bool:
+        holder, until = self._leases.get(name, (instance, 0))
+        if holder != instance and until > now:
+            return False
+        self._leases[name] = (instance, now + ttl)
+        return True
+
+    async def claim_blobs(self, digests: Sequence[str], instance: str, *, now: int) -> set[str]:
+        refused: set[str] = set()
+        for digest in digests:
+            reclaimer = self._reclaims.get(digest)
+            if reclaimer is not None and self._is_alive(reclaimer, now):
+                refused.add(digest)
+                continue
+            self._reclaims.pop(digest, None)
+            self._claims.setdefault(digest, collections.Counter())[instance] += 1
+        return refused
+
+    async def release_claims(self, digests: Sequence[str], instance: str) -> None:
+        self._release(digests, instance)
+
+    def _release(self, digests: Sequence[str], instance: str) -> None:
+        for digest in digests:
+            claims = self._claims.get(digest)
+            if claims is None:
+                continue
+            claims[instance] -= 1
+            if claims[instance] <= 0:
+                del claims[instance]
+            if not claims:
+                del self._claims[digest]
+
+    async def begin_reclaim(self, digests: Sequence[str], instance: str, *, now: int) -> list[str]:
+        if not self._is_alive(instance, now):
+            return []
+        async with self._coordinating:
+            in_use = await self.blobs_in_use(digests)
+            begun = []
+            for digest in dict.fromkeys(digests):
+                if digest in in_use:
+                    continue
+                claims = self._claims.get(digest, collections.Counter())
+                live = [i for i in claims if self._is_alive(i, now)]
+                if live:
+                    continue
+                self._claims.pop(digest, None)
+                reclaimer = self._reclaims.get(digest)
+                if (
+                    reclaimer is not None
+                    and reclaimer != instance
+                    and self._is_alive(reclaimer, now)
+                ):
+                    continue
+                self._reclaims[digest] = instance
+                begun.append(digest)
+            return begun
+
+    async def end_reclaim(self, digests: Sequence[str], instance: str) -> None:
+        for digest in digests:
+            if self._reclaims.get(digest) == instance:
+                del self._reclaims[digest]
+
     async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
         sql = "SELECT token FROM upload_parts WHERE token IN ({marks})"
         return {row[0] for row in await self._chunked_rows(sql, tokens)}
+
+
+def _usage_sql(projects: int, excluded: int) -> str:
+    """Live files and bytes held per project (params: the projects twice, then the uploads
+    excluded): its files (counters) and the parts of its unfinished uploads."""
+    marks = ",".join("?" * projects)
+    return (
+        "SELECT project, SUM(files), SUM(bytes) FROM ("
+        f"  SELECT project, files, bytes FROM file_counts WHERE project IN ({marks})"
+        "   UNION ALL"
+        "   SELECT o.project, 0, p.bytes"
+        "   FROM uploads o CROSS JOIN upload_parts p ON p.upload_id = o.id"
+        f"  WHERE o.project IN ({marks}) AND o.status IN ('pending', 'completing')"
+        f"  AND o.id NOT IN ({','.join('?' * excluded)})"
+        ") GROUP BY project"
+    )
+
+
+def _pick(records: Sequence[FileRecord], verdicts: Sequence[InsertVerdict]) -> list[FileRecord]:
+    return [r for r, v in zip(records, verdicts, strict=True) if v == "inserted"]
 
 
 async def _insert_files(

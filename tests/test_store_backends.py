@@ -1,0 +1,361 @@
+"""The store's contract on every backend pair (SQLite or PostgreSQL; blob dir or S3), and
+several instances sharing PostgreSQL (and S3) in one process: two `FileStore`s with their own
+data dirs are two instances, as two servers would be. Without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filesd.config import S3Config
+from filesd.storage.base import StagedBlob
+from filesd.store import (
+    FileNotFound,
+    FileStore,
+    ListQuery,
+    QuotaExceeded,
+    StoreSettings,
+    blob_backend,
+)
+from filesd.uploads import UploadService
+
+PAIRS = ["sqlite-dir", "sqlite-s3", "postgres-dir", "postgres-s3"]
+SHARED = ["postgres-dir", "postgres-s3"]
+
+SettingsFactory = Callable[..., StoreSettings]
+
+
+def _factory(request: pytest.FixtureRequest, tmp_path: Path, pair: str) -> SettingsFactory:
+    database, blobs = pair.split("-")
+    dsn = request.getfixturevalue("postgres_dsn") if database == "postgres" else ""
+    bucket: Any = request.getfixturevalue("s3_bucket") if blobs == "s3" else None
+
+    def make(name: str = "a", **kw: Any) -> StoreSettings:
+        s3 = S3Config()
+        where = ""
+        if bucket is not None:
+            where = f"s3://{bucket.bucket}/files"
+            s3 = S3Config(
+                endpoint=bucket.endpoint,
+                region=bucket.region,
+                access_key_id=bucket.access_key_id,
+                secret_access_key=bucket.secret_access_key,
+            )
+        return StoreSettings(tmp_path / name, database=dsn, blobs=where, s3=s3, **kw)
+
+    return make
+
+
+@pytest.fixture(params=PAIRS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> SettingsFactory:
+    return _factory(request, tmp_path, request.param)
+
+
+@pytest.fixture(params=SHARED)
+def shared_settings(request: pytest.FixtureRequest, tmp_path: Path) -> SettingsFactory:
+    """Metadata shared by instances (each with its own data dir; their bytes are shared only
+    on S3)."""
+    return _factory(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def shared_bytes(request: pytest.FixtureRequest, tmp_path: Path) -> SettingsFactory:
+    """PostgreSQL and S3: everything shared."""
+    return _factory(request, tmp_path, "postgres-s3")
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Callable[..., Awaitable[FileStore]]]:
+    stores: list[FileStore] = []
+
+    async def open_store(settings: StoreSettings, **kw: Any) -> FileStore:
+        store = await FileStore.open(settings, **kw)
+        stores.append(store)
+        return store
+
+    yield open_store
+    for store in stores:
+        await store.close()
+
+
+async def stage(store: FileStore, content: bytes) -> StagedBlob:
+    writer = store.blob_writer()
+    await writer.write(content)
+    return await writer.finish()
+
+
+async def create(store: FileStore, content: bytes, project: str = "p", **kw: Any) -> str:
+    record = await store.create_file(
+        project, await stage(store, content), filename="f.txt", purpose="assistants", **kw
+    )
+    return record.id
+
+
+async def content_of(store: FileStore, project: str, file_id: str) -> bytes:
+    record = await store.get_file(project, file_id)
+    return b"".join([chunk async for chunk in store.read_range(record)])
+
+
+async def stored_digests(settings: StoreSettings) -> set[str]:
+    """The blobs the backend holds, seen from outside the store."""
+    if not settings.blobs:  # the blob dir in the store's own data dir
+        return set(await blob_backend(settings).digests())
+    backend = blob_backend(replace(settings, data_dir=settings.data_dir.parent / "outside"))
+    await backend.prepare()
+    try:
+        return set(await backend.digests())
+    finally:
+        await backend.close()
+
+
+async def store_orphan(settings: StoreSettings, content: bytes) -> None:
+    """Store a blob no file refers to, as a crash between blob and row would leave it."""
+    outside = (
+        settings
+        if not settings.blobs
+        else replace(settings, data_dir=settings.data_dir.parent / "outside")
+    )
+    backend = blob_backend(outside)
+    await backend.prepare()
+    try:
+        writer = backend.writer()
+        await writer.write(content)
+        assert await backend.commit([await writer.finish()]) == [True]
+    finally:
+        await backend.close()
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+# --- the contract, on every pair --------------------------------------------------------------
+
+
+async def test_files_round_trip_and_list_newest_first(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    store = await opened(settings())
+    big = bytes(range(256)) * 1024  # 256 KiB: streamed, not read whole
+    ids = [await create(store, b"small one"), await create(store, big)]
+    assert await content_of(store, "p", ids[0]) == b"small one"
+    assert await content_of(store, "p", ids[1]) == big
+    record = await store.get_file("p", ids[1])
+    ranged = b"".join([c async for c in store.read_range(record, 1000, 5000)])
+    assert ranged == big[1000:6000]
+    page = await store.list_files("p", ListQuery(limit=1))
+    assert [f.id for f in page.files] == [ids[1]] and page.has_more and page.total == 2
+    page = await store.list_files("p", ListQuery(limit=5, after=ids[1]))
+    assert [f.id for f in page.files] == [ids[0]] and not page.has_more
+    with pytest.raises(FileNotFound):
+        await store.get_file("other-project", ids[0])
+
+
+async def test_identical_bytes_are_one_blob_reclaimed_with_the_last_file(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    s = settings()
+    store = await opened(s)
+    first = await create(store, b"same bytes")
+    second = await create(store, b"same bytes", project="q")
+    assert await stored_digests(s) == {sha(b"same bytes")}
+    await store.delete_file("p", first)
+    assert await stored_digests(s) == {sha(b"same bytes")}  # q's file still refers to it
+    assert await content_of(store, "q", second) == b"same bytes"
+    await store.delete_file("q", second)
+    assert await stored_digests(s) == set()
+    with pytest.raises(FileNotFound):
+        await store.get_file("q", second)
+
+
+async def test_expired_files_are_swept_with_their_blobs(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    now = [1_000_000.0]
+    s = settings()
+    store = await opened(s, clock=lambda: now[0])
+    gone = await create(store, b"expiring", expires_after=60)
+    kept = await create(store, b"kept")
+    now[0] += 61
+    with pytest.raises(FileNotFound):
+        await store.get_file("p", gone)
+    assert await store.sweep_expired() == 1
+    assert await stored_digests(s) == {sha(b"kept")}
+    assert await content_of(store, "p", kept) == b"kept"
+
+
+async def test_orphan_blobs_are_swept_and_referenced_ones_kept(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    s = settings()
+    store = await opened(s)
+    kept = await create(store, b"referenced")
+    await store_orphan(s, b"orphan left by a crash")
+    assert await stored_digests(s) == {sha(b"referenced"), sha(b"orphan left by a crash")}
+    assert await store.sweep_orphans() == 1
+    assert await stored_digests(s) == {sha(b"referenced")}
+    assert await content_of(store, "p", kept) == b"referenced"
+
+
+async def test_quotas_refuse_and_leave_nothing(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    s = settings(max_files_per_project=2)
+    store = await opened(s)
+    await create(store, b"one")
+    await create(store, b"two")
+    with pytest.raises(QuotaExceeded):
+        await create(store, b"three")
+    assert await stored_digests(s) == {sha(b"one"), sha(b"two")}
+    assert (await store.list_files("p", ListQuery())).total == 2
+
+
+async def test_uploads_in_parts_become_one_file(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    store = await opened(settings())
+    uploads = UploadService(store, max_part_bytes=1 << 20)
+    pieces = [b"a" * 300_000, b"b" * 300_000, b"tail"]
+    upload = await uploads.create(
+        "p",
+        filename="joined.bin",
+        purpose="assistants",
+        mime_type="application/octet-stream",
+        size=sum(map(len, pieces)),
+        file_expires_after=None,
+    )
+    parts = []
+    for piece in pieces:
+        writer = uploads.part_writer()
+        await writer.write(piece)
+        parts.append(await uploads.add_part("p", upload.id, await writer.finish()))
+    md5 = hashlib.md5(b"".join(pieces)).hexdigest()  # noqa: S324 (the API's checksum)
+    done, record = await uploads.complete("p", upload.id, [p.id for p in parts], md5)
+    assert done.status == "completed"
+    assert await content_of(store, "p", record.id) == b"".join(pieces)
+
+
+async def test_export_then_import_keeps_ids_and_bytes(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]], tmp_path: Path
+) -> None:
+    source = await opened(settings("a"))
+    ids = [await create(source, b"exported %d" % i) for i in range(3)]
+    export = await source.export_archive("p")
+    archive = b"".join([chunk async for chunk in export.chunks])
+    await source.reset(None)
+    assert (await source.list_files("p", ListQuery())).total == 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield archive
+
+    assert await source.import_archive(chunks(), {"assistants"}) == 3
+    for i, file_id in enumerate(ids):
+        assert await content_of(source, "p", file_id) == b"exported %d" % i
+
+
+# --- several instances on shared metadata ------------------------------------------------------
+
+
+async def test_another_instance_reads_lists_and_deletes_at_once(
+    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    a = await opened(shared_bytes("a"))
+    b = await opened(shared_bytes("b"))
+    file_id = await create(a, b"written on a")
+    assert await content_of(b, "p", file_id) == b"written on a"
+    assert [f.id for f in (await b.list_files("p", ListQuery())).files] == [file_id]
+    await b.delete_file("p", file_id)
+    with pytest.raises(FileNotFound):
+        await a.get_file("p", file_id)
+
+
+async def test_an_upload_racing_a_delete_on_another_instance_never_loses_bytes(
+    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    s = shared_bytes("a")
+    a = await opened(s)
+    b = await opened(shared_bytes("b"))
+    for round_ in range(25):
+        content = b"contested bytes %d" % round_
+        old = await create(b, content)
+        # b deletes the last file of these bytes while a uploads the same bytes again.
+        new, _ = await asyncio.gather(create(a, content), b.delete_file("p", old))
+        assert await content_of(a, "p", new) == content, f"round {round_}"
+        assert sha(content) in await stored_digests(s)
+
+
+async def test_quotas_hold_across_instances(
+    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    a = await opened(shared_settings("a", max_files_per_project=5))
+    b = await opened(shared_settings("b", max_files_per_project=5))
+    results = await asyncio.gather(
+        *(create(store, b"file %d" % i) for i in range(8) for store in (a, b)),
+        return_exceptions=True,
+    )
+    stored = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(stored) == 5 and len(refused) == 11, results
+    assert (await a.list_files("p", ListQuery())).total == 5
+
+
+async def test_paging_never_skips_nor_repeats_while_two_instances_insert(
+    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    a = await opened(shared_settings("a"))
+    b = await opened(shared_settings("b"))
+    total = 120
+    writing = asyncio.gather(
+        *(
+            create(store, b"page %d %s" % (i, name))
+            for i in range(total // 2)
+            for name, store in ((b"a", a), (b"b", b))
+        )
+    )
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page = await a.list_files("p", ListQuery(limit=7, order="asc", after=after))
+        seen += [f.id for f in page.files]
+        after = seen[-1] if seen else None
+        if writing.done() and not page.has_more:
+            break
+        await asyncio.sleep(0)
+    written = await writing
+    assert len(seen) == len(set(seen)), "a file was listed twice"
+    assert sorted(seen) == sorted(written), "a file was skipped"
+
+
+async def test_a_dead_instances_completion_is_settled_by_another(
+    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    a = await opened(shared_settings("a", lease_seconds=3))
+    b = await opened(shared_settings("b", lease_seconds=3))
+    uploads_a = UploadService(a, max_part_bytes=1 << 20)
+    upload = await uploads_a.create(
+        "p",
+        filename="x",
+        purpose="assistants",
+        mime_type="text/plain",
+        size=3,
+        file_expires_after=None,
+    )
+    # a takes the upload into `completing`, then stops sending heartbeats (as if killed).
+    backing = a.upload_backing()
+    assert await backing.meta.set_upload_status(
+        upload.id, old="pending", new="completing", file_id="file-never-made", owner=a.instance
+    )
+    uploads_b = UploadService(b, max_part_bytes=1 << 20)
+    await uploads_b.recover()  # a is alive: its completion is its own
+    assert (await backing.meta.get_upload("p", upload.id)).status == "completing"  # type: ignore[union-attr]
+    abandoned = await b.upload_backing().meta.abandoned_completions(
+        b.instance, now=int(time.time()) + 4
+    )
+    assert [u.id for u in abandoned] == [upload.id]
