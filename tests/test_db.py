@@ -840,6 +840,28 @@ async def test_postgres_a_part_never_lands_beside_a_status_change(postgres_dsn: 
         await store.close()
 
 
+async def test_postgres_a_lost_connection_is_storage_busy_then_recovers(postgres_dsn: str) -> None:
+    # The server ends filesd's sessions (a restart, a failover, an operator): a call meeting
+    # the dead connection is a StorageBusy (a 503 to retry; never the driver's own error),
+    # and the next one gets a new connection.
+    store = await PostgresMetadata.open(postgres_dsn, max_connections=1)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_files([record("a")])
+        for _ in range(5):
+            ended = await other.fetchval(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'filesd' AND datname = current_database()"
+            )
+            assert ended == 1
+            with contextlib.suppress(StorageBusy):  # or the pool noticed first and reconnected
+                await store.get_live_file("p", "a", now=0)
+            assert await store.get_live_file("p", "a", now=0) is not None
+    finally:
+        await other.close()
+        await store.close()
+
+
 def _closed_port() -> int:
     import socket
 
