@@ -306,18 +306,8 @@ async def test_byte_quota_counts_parts_of_unfinished_uploads(db: MetadataStore) 
     assert await db.usage(["q"]) == {"q": (3, 20)}
 
 
-async def test_a_taken_record_uses_no_quota(
-    backend: Backend, request: pytest.FixtureRequest
-) -> None:
+async def test_a_taken_record_uses_no_quota(backend: Backend) -> None:
     # "counting ... the records inserted before it": a record refused as `taken` is not one.
-    request.applymarker(
-        pytest.mark.xfail(
-            backend.name == "sqlite",
-            reason="sqlite.py decides quotas before the insert finds an id taken, so a taken "
-            "record still counts against the next ones",
-            strict=True,
-        )
-    )
     db = backend.db
     await db.insert_files([record("a")])
     assert await db.insert_files([record("a"), record("b")], quota=Quota(files=2)) == [
@@ -680,22 +670,13 @@ async def test_sqlite_is_not_shared(sqlite_db: SqliteMetadata) -> None:
     assert await sqlite_db.vanished() is None
 
 
-# --- PostgreSQL only ------------------------------------------------------------------------
+# --- heartbeats running out (both backends) ---------------------------------------------------
 
 
-@pytest.fixture
-async def shared_db(postgres_dsn: str) -> AsyncIterator[PostgresMetadata]:
-    """A store other processes share: instances there live only while their heartbeats do
-    (on SQLite, every instance of the one process lives as long as the process)."""
-    database = await PostgresMetadata.open(postgres_dsn)
-    yield database
-    await database.close()
-
-
-async def test_postgres_completions_are_abandoned_when_heartbeats_run_out(
-    shared_db: PostgresMetadata,
+async def test_completions_are_abandoned_when_heartbeats_run_out(
+    backend: Backend,
 ) -> None:
-    db = shared_db
+    db = backend.db
     for upload_id in ("mine", "theirs"):
         await db.insert_upload(upload_record(upload_id))
     await db.heartbeat("i", now=100, ttl=10)
@@ -713,10 +694,10 @@ async def test_postgres_completions_are_abandoned_when_heartbeats_run_out(
     assert await abandoned("i", 115) == set()
 
 
-async def test_postgres_a_dead_instance_reclaim_gives_way_to_a_claim(
-    shared_db: PostgresMetadata,
+async def test_a_dead_instance_reclaim_gives_way_to_a_claim(
+    backend: Backend,
 ) -> None:
-    db = shared_db
+    db = backend.db
     await db.heartbeat("i", now=100, ttl=10)
     await db.heartbeat("j", now=100, ttl=10)
     assert await db.begin_reclaim([B], "j", now=100) == [B]
@@ -728,10 +709,10 @@ async def test_postgres_a_dead_instance_reclaim_gives_way_to_a_claim(
     assert await db.begin_reclaim([D], "j", now=120) == []  # j's own heartbeat ran out
 
 
-async def test_postgres_a_dead_instance_claim_is_dropped_and_its_insert_fenced(
-    shared_db: PostgresMetadata,
+async def test_a_dead_instance_claim_is_dropped_and_its_insert_fenced(
+    backend: Backend,
 ) -> None:
-    db = shared_db
+    db = backend.db
     await db.heartbeat("i", now=100, ttl=10)
     await db.heartbeat("j", now=100, ttl=10)
     assert await db.claim_blobs([A, B, C], "i", now=100) == set()
@@ -762,6 +743,9 @@ def test_postgres_neutral_errors_come_from_sqlstates_not_messages() -> None:
     # A message that merely says "disk full" or "timeout" is not one of them.
     assert neutral_error(asyncpg.PostgresSyntaxError("disk full: statement timeout")) is None
     assert neutral_error(asyncpg.UniqueViolationError("x")) is None
+
+
+# --- PostgreSQL only ------------------------------------------------------------------------
 
 
 async def test_postgres_migrations_run_once_when_instances_start_together(
