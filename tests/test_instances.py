@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import os
@@ -362,6 +363,9 @@ async def test_identical_bytes_are_one_object_until_no_file_refers_to_them(
 
 # --- 3: the upload/delete race ----------------------------------------------------------------
 
+ROUNDS_OF_RACES = 10  # distinct contents
+TURNS = 8  # uploads and deletes of each content per instance
+
 
 async def test_an_upload_racing_a_delete_of_the_same_bytes_on_another_instance_keeps_them(
     deployment: Deployment,
@@ -369,21 +373,33 @@ async def test_an_upload_racing_a_delete_of_the_same_bytes_on_another_instance_k
     a, b = deployment.start_many("a", "b")
     rng = random.Random(3)
     kept: dict[str, bytes] = {}
+    acknowledged = 0
+
+    async def churn(
+        session: aiohttp.ClientSession, mine: ServerProcess, other: ServerProcess, content: bytes
+    ) -> None:
+        """Store the bytes, read them through the other instance, delete them; again. Each
+        delete may be the last file of the bytes (and reclaim their object) while the other
+        instance is storing them, at any point of its upload."""
+        nonlocal acknowledged
+        for turn in range(TURNS):
+            made = await uploaded(session, mine, content)
+            acknowledged += 1
+            assert await download(session, other, made["id"]) == (200, content), made["id"]
+            if turn == TURNS - 1:
+                kept[made["id"]] = content
+            else:
+                assert await delete(session, mine, made["id"]) == 200
+
     async with aiohttp.ClientSession() as session:
-        for round_ in range(20):
-            content = rng.randbytes(rng.choice([100, 70_000, 400_000]))
-            last = await uploaded(session, b, content)
-            # B deletes the last file of these bytes (reclaiming their object) while A stores
-            # the same bytes again; which goes first alternates.
-            racers = [delete(session, b, last["id"]), uploaded(session, a, content)]
-            deleted, made = await asyncio.gather(*(racers if round_ % 2 else racers[::-1]))
-            if round_ % 2 == 0:
-                deleted, made = made, deleted
-            assert deleted == 200
-            kept[made["id"]] = content
+        for _round in range(ROUNDS_OF_RACES):
+            # Over 64 KiB: not served from an instance's memory, so a lost object shows.
+            content = rng.randbytes(rng.choice([70_000, 300_000]))
+            await asyncio.gather(churn(session, a, b, content), churn(session, b, a, content))
         for file_id, content in kept.items():
             for server in (a, b):
                 assert await download(session, server, file_id) == (200, content), file_id
+    print(f"{acknowledged} uploads raced deletes of the same bytes")
     # A collection as one more instance (what the upkeep does every sweep) removes nothing in
     # use, and what is stored checks out.
     gc = deployment.filesd("gc")
@@ -488,21 +504,29 @@ async def test_uploads_take_parts_on_any_instance_and_finish_on_any_other(
 # --- 6-7: quotas and keys ---------------------------------------------------------------------
 
 
+QUOTA_ROUNDS = 10  # bursts of 16 uploads, split across A and B, into an empty project
+
+
 async def test_a_file_quota_holds_across_instances(deployment: Deployment) -> None:
     a, b = deployment.start_many("a", "b", extra="[limits]\nmax_files_per_project = 5\n")
-    contents = [os.urandom(5000) for _ in range(16)]
+    rng = random.Random(6)
     async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(
-            *(post_file(session, (a, b)[i % 2], data) for i, data in enumerate(contents))
-        )
-        stored = [body for status, body in results if status == 200]
-        refused = [(status, body) for status, body in results if status != 200]
-        assert len(stored) == 5, results
-        for status, body in refused:
-            assert status == 400, body
-            assert body["error"]["code"] == "quota_exceeded", body
-        for server in (a, b):
-            assert {f["id"] for f in await list_all(session, server)} == {f["id"] for f in stored}
+        for round_ in range(QUOTA_ROUNDS):
+            contents = [rng.randbytes(5000) for _ in range(16)]
+            results = await asyncio.gather(
+                *(post_file(session, (a, b)[i % 2], data) for i, data in enumerate(contents))
+            )
+            stored = [body for status, body in results if status == 200]
+            assert len(stored) == 5, [status for status, _ in results]
+            for status, body in results:
+                assert status == 200 or body["error"]["code"] == "quota_exceeded", body
+                assert status in (200, 400), body
+            for server in (a, b):
+                listed = await list_all(session, server)
+                assert {f["id"] for f in listed} == {f["id"] for f in stored}
+            if round_ < QUOTA_ROUNDS - 1:  # room again for the next round
+                for i, file in enumerate(stored):
+                    assert await delete(session, (b, a)[i % 2], file["id"]) == 200
     # The refused uploads' bytes do not stay behind.
     wanted = {sha(contents[i]) for i, (status, _) in enumerate(results) if status == 200}
     await wait_until(
@@ -601,16 +625,14 @@ async def test_a_killed_instance_loses_nothing_and_its_work_moves_to_the_survivo
 
         await wait_until(taken, timeout=30, what="A completing the upload")
         a.stop(signal.SIGKILL)
-        with pytest.raises(aiohttp.ClientError):
+        with contextlib.suppress(aiohttp.ClientError):  # (unless A answered just before)
             await completing
         left = await deployment.query("SELECT status FROM uploads WHERE id = $1", upload_id)
 
         # B goes on serving while A is dead: its traffic is answered, and everything either
         # acknowledged is there.
-        survivor_uploads = len(acknowledged)
-        await wait_until(
-            lambda: len(acknowledged) > survivor_uploads + 5, what="B serving without A"
-        )
+        at_the_kill = len(acknowledged)
+        await wait_until(lambda: len(acknowledged) > at_the_kill + 5, what="B serving without A")
         stop_traffic.set()
         await asyncio.gather(*traffic_tasks)
         assert traffic_errors == []
@@ -653,7 +675,10 @@ async def test_a_killed_instance_loses_nothing_and_its_work_moves_to_the_survivo
             what="the expired file swept by B",
         )
         assert (await retrieve(session, b, expires["id"]))[0] == 404
-    print(f"A was killed with the upload {left}; B stored {survivor_uploads} files meanwhile")
+    print(
+        f"A was killed with the upload {left}, after {at_the_kill} uploads were acknowledged; "
+        f"{len(acknowledged)} in all"
+    )
 
 
 async def upkeep_holder_is_not(deployment: Deployment, holder: str) -> bool:
