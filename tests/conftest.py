@@ -25,6 +25,8 @@ from filesd.config import Config, parse_config
 from filesd.openapi import openapi_document
 from filesd.process import ServerProcess
 
+from .pg_service import PostgresServer
+from .pg_service import start_server as start_postgres
 from .s3_service import S3Bucket, fresh_bucket, moto_server
 
 ALPHA_KEY = "sk-test-alpha-0123456789"
@@ -243,3 +245,18 @@ def s3_bucket(s3_server: str) -> Iterator[S3Bucket]:
     """A fresh, empty bucket on the session's S3 server (endpoint, name, credentials)."""
     with fresh_bucket(s3_server) as bucket:
         yield bucket
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (tests/pg_service.py); skipped when not installed."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a fresh, empty database of the session's PostgreSQL (any process may use it)."""
+    with postgres_server.database() as dsn:
+        yield dsn

@@ -1,18 +1,35 @@
-"""The SQLite metadata store, through its `MetadataStore` protocol, without HTTP."""
+"""The metadata stores through their `MetadataStore` protocol, without HTTP: every contract test
+runs against SQLite and against a real PostgreSQL; what only one engine has (PRAGMAs, a file
+that can vanish, several processes at once) is tested on that one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from filesd.models import FileRecord, KeyRecord
-from filesd.storage.base import MetadataStore, SchemaTooNew, StorageBusy
+from filesd.models import FileRecord, KeyRecord, PartRecord, UploadRecord
+from filesd.storage.base import (
+    MetadataStore,
+    Quota,
+    SchemaTooNew,
+    StorageBusy,
+    StorageFull,
+    StorageUnavailable,
+)
+from filesd.storage.postgres import MIGRATIONS as PG_MIGRATIONS
+from filesd.storage.postgres import PostgresMetadata, lock_key
 from filesd.storage.sqlite import DB_NAME, MIGRATIONS, SqliteMetadata
+
+from .conftest import wait_until
+from .pg_service import PostgresServer
 
 
 def record(file_id: str, *, project: str = "p", created_at: int = 1000, **kw: object) -> FileRecord:
@@ -30,32 +47,66 @@ def record(file_id: str, *, project: str = "p", created_at: int = 1000, **kw: ob
     return FileRecord(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    database = await SqliteMetadata.open(tmp_path / DB_NAME)
-    yield database
+def upload_record(
+    upload_id: str, *, project: str = "p", declared: int = 100, status: str = "pending"
+) -> UploadRecord:
+    return UploadRecord(
+        upload_id, project, "f", "batch", "text/plain", declared, 1, 10**10, None, status
+    )
+
+
+_parts = itertools.count(1)
+
+
+def part(upload_id: str, size: int) -> PartRecord:
+    n = next(_parts)
+    return PartRecord(f"part_{n}", upload_id, f"{n:032x}", size, 1)
+
+
+@dataclass
+class Backend:
+    """A store under test, and a way to reach its database from outside it."""
+
+    name: str
+    db: MetadataStore
+    sql: Callable[[str], Awaitable[None]]  # runs SQL on a connection of its own
+    integrity_error: type[BaseException]  # what a duplicate key raises
+    trigger_error: type[BaseException]  # what a trigger refusing a change raises
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / DB_NAME
+
+        async def sqlite_sql(text: str) -> None:
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.executescript(text)
+
+        database: MetadataStore = await SqliteMetadata.open(path)
+        yield Backend(
+            "sqlite", database, sqlite_sql, sqlite3.IntegrityError, sqlite3.IntegrityError
+        )
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+
+        async def postgres_sql(text: str) -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute(text)
+            finally:
+                await conn.close()
+
+        database = await PostgresMetadata.open(dsn)
+        yield Backend(
+            "postgres", database, postgres_sql, asyncpg.UniqueViolationError, asyncpg.RaiseError
+        )
     await database.close()
 
 
-async def test_migrations_set_the_version_and_run_once(tmp_path: Path) -> None:
-    path = tmp_path / DB_NAME
-    db = await SqliteMetadata.open(path)
-    assert await db.schema_version() == len(MIGRATIONS)
-    await db.insert_files([record("a")])
-    await db.close()
-    db = await SqliteMetadata.open(path)  # reopening migrates nothing and keeps the rows
-    assert await db.get_live_file("p", "a", now=0) is not None
-    await db.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / DB_NAME
-    with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(SchemaTooNew):
-        await SqliteMetadata.open(path)
+@pytest.fixture
+def db(backend: Backend) -> MetadataStore:
+    return backend.db
 
 
 async def page(db: MetadataStore, **kw: object) -> tuple[list[str], int]:
@@ -68,19 +119,27 @@ async def page(db: MetadataStore, **kw: object) -> tuple[list[str], int]:
         "offset": 0,
     }
     args.update(kw)
-    found = await db.list_live_files("p", **args)  # type: ignore[arg-type]
+    project = str(args.pop("project", "p"))
+    found = await db.list_live_files(project, **args)  # type: ignore[arg-type]
     assert found is not None
     rows, total = found
     return [r.id for r in rows], total
 
 
+# --- files: both engines ------------------------------------------------------------------
+
+
 async def test_listing_orders_by_insertion_within_one_second(db: MetadataStore) -> None:
-    await db.insert_files([record(f"f{i}", created_at=1000) for i in range(5)])
+    assert (
+        await db.insert_files([record(f"f{i}", created_at=1000) for i in range(5)])
+        == ["inserted"] * 5
+    )
     assert await page(db) == (["f4", "f3", "f2", "f1", "f0"], 5)
     assert await page(db, descending=False, limit=2, offset=1) == (["f1", "f2"], 5)
     assert await page(db, after="f2") == (["f1", "f0"], 5)
     assert await page(db, after="f2", descending=False) == (["f3", "f4"], 5)
     assert await page(db, offset=10) == ([], 5)
+    assert await page(db, project="empty") == ([], 0)
     assert (
         await db.list_live_files(
             "p", now=0, purpose=None, descending=True, after="nope", limit=1, offset=0
@@ -89,9 +148,7 @@ async def test_listing_orders_by_insertion_within_one_second(db: MetadataStore) 
     )
 
 
-async def test_totals_come_from_counters_that_follow_every_change(
-    db: MetadataStore, tmp_path: Path
-) -> None:
+async def test_totals_follow_every_change(db: MetadataStore) -> None:
     await db.insert_files(
         [record(f"b{i}", purpose="batch") for i in range(3)]
         + [record("v", purpose="vision"), record("e", purpose="batch", expires_at=1500)]
@@ -99,44 +156,14 @@ async def test_totals_come_from_counters_that_follow_every_change(
     )
     assert (await page(db, now=1000))[1] == 5
     assert (await page(db, now=1000, purpose="batch"))[1] == 4
+    assert await page(db, now=1000, purpose="vision", after="b0", descending=False) == (["v"], 1)
     # An expired file stops counting at once, before any sweep.
     assert (await page(db, now=1500, purpose="batch"))[1] == 3
     await db.mark_deleted("p", "b0", now=1000)
     assert (await page(db, now=1000))[1] == 4
     assert await db.delete_expired_files(now=1500, limit=10) == ["0" * 64]
+    assert await db.delete_expired_files(now=1500, limit=10) == []
     assert (await page(db, now=1500))[1] == 3
-    # Counters agree with a full count, also for rows removed outright.
-    await db.close()
-    with sqlite3.connect(tmp_path / DB_NAME) as conn:
-        conn.execute("DELETE FROM files WHERE id = 'v'")
-        counted = dict(
-            conn.execute(
-                "SELECT project || '/' || purpose, COUNT(*) FROM files "
-                "WHERE deleted_at IS NULL GROUP BY project, purpose"
-            ).fetchall()
-        )
-        kept = dict(
-            conn.execute(
-                "SELECT project || '/' || purpose, files FROM file_counts WHERE files > 0"
-            ).fetchall()
-        )
-    assert kept == counted == {"p/batch": 2, "q/assistants": 1}
-
-
-async def test_counters_are_built_for_an_existing_database(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:  # a database at schema 2, with files in it
-        conn.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
-        conn.execute(
-            "INSERT INTO files (id, project, filename, purpose, bytes, sha256, created_at) "
-            "VALUES ('a', 'p', 'f', 'batch', 1, ?, 1), ('b', 'p', 'f', 'batch', 1, ?, 1)",
-            ("0" * 64, "0" * 64),
-        )
-    db = await SqliteMetadata.open(path)
-    try:
-        assert (await page(db))[1] == 2
-    finally:
-        await db.close()
 
 
 async def test_deleted_expired_and_foreign_rows_are_not_live(db: MetadataStore) -> None:
@@ -154,6 +181,7 @@ async def test_deleted_expired_and_foreign_rows_are_not_live(db: MetadataStore) 
     assert (await page(db, now=1000, purpose="batch"))[1] == 0
     assert await db.get_live_file("p", "other", now=0) is None
     assert await db.get_live_file("p", "expired", now=1500) is None
+    assert await db.get_live_file("p", "expired", now=1499) == record("expired", expires_at=1500)
     # A cursor stays valid after its file is deleted, but never crosses projects.
     assert await page(db, after="gone", now=1000) == (["expired", "live"], 2)
     assert (
@@ -162,6 +190,8 @@ async def test_deleted_expired_and_foreign_rows_are_not_live(db: MetadataStore) 
         )
         is None
     )
+    assert await db.file_exists("gone") and not await db.file_exists("never")
+    assert sorted(await db.existing_ids(["gone", "live", "never"])) == ["gone", "live"]
 
 
 async def test_blob_references_count_files_not_deleted(db: MetadataStore) -> None:
@@ -176,62 +206,351 @@ async def test_blob_references_count_files_not_deleted(db: MetadataStore) -> Non
     assert await db.blobs_in_use([a, b, "c" * 64]) == {b}
 
 
-# --- transactions and neutral errors --------------------------------------------------------
+async def test_storage_totals_and_project_usage_count_blobs_once(db: MetadataStore) -> None:
+    a, b = "a" * 64, "b" * 64
+    await db.insert_files(
+        [
+            record("x", sha256=a, bytes=10),
+            record("y", sha256=a, bytes=10),
+            record("z", sha256=b, bytes=3),
+            record("w", project="q", sha256=a, bytes=10),
+            record("d", project="r", sha256=b, bytes=3),
+        ]
+    )
+    await db.mark_deleted("r", "d", now=1)
+    totals = await db.storage_totals()
+    assert (totals.files, totals.logical_bytes, totals.blobs, totals.physical_bytes) == (
+        4,
+        33,
+        2,
+        13,
+    )
+    usage = [(u.project, u.files, u.bytes, u.physical_bytes) for u in await db.project_usage()]
+    assert usage == [("p", 3, 23, 13), ("q", 1, 10, 10)]
 
 
-def _refuse(tmp_path: Path, table: str) -> None:
+async def test_damage_marks_follow_blobs(db: MetadataStore) -> None:
+    a, b = "a" * 64, "b" * 64
+    await db.insert_files([record("x", sha256=a), record("y", sha256=a), record("z", sha256=b)])
+    assert await db.mark_blob_damaged(a, "bytes missing") == 2
+    live = await db.get_live_file("p", "x", now=0)
+    assert live is not None and (live.status, live.status_details) == ("error", "bytes missing")
+    assert await db.live_digests() == [b]
+    assert await db.live_digests(damaged=True) == [a]
+    assert await db.clear_blob_damage(a) == 2
+    assert await db.clear_blob_damage(a) == 0
+    assert sorted(await db.live_digests()) == [a, b]
+    assert [f.id for f in await db.live_files("p")] == ["x", "y", "z"]
+    assert await db.live_files("q") == []
+    assert len(await db.live_files(None)) == 3
+
+
+async def test_generations_count_from_zero(db: MetadataStore) -> None:
+    assert [await db.next_generation("ids") for _ in range(3)] == [0, 1, 2]
+    assert await db.next_generation("other") == 0
+
+
+async def test_keys_are_records(db: MetadataStore) -> None:
+    await db.insert_key(KeyRecord("key_1", "0" * 64, "p", "abcd", 5))
+    assert await db.revoke_key("key_1", 6)
+    assert not await db.revoke_key("key_1", 7)
+    assert await db.keys() == [KeyRecord("key_1", "0" * 64, "p", "abcd", 5, 6)]
+
+
+# --- insert verdicts and quotas -------------------------------------------------------------
+
+
+async def test_taken_ids_are_refused_alone(db: MetadataStore) -> None:
+    await db.insert_files([record("a")])
+    verdicts = await db.insert_files([record("b"), record("a"), record("c"), record("b")])
+    assert verdicts == ["inserted", "taken", "inserted", "taken"]
+    assert [f.id for f in await db.live_files("p")] == ["a", "b", "c"]
+
+
+async def test_file_quota_counts_earlier_records_of_the_call(db: MetadataStore) -> None:
+    await db.insert_files([record("a")])
+    batch = [record("b"), record("c"), record("d")]
+    assert await db.insert_files(batch, quota=Quota(files=3)) == [
+        "inserted",
+        "inserted",
+        "over_files",
+    ]
+    # Another project has its own count; deleted files stop counting.
+    assert await db.insert_files([record("x", project="q")], quota=Quota(files=1)) == ["inserted"]
+    await db.mark_deleted("p", "a", now=1)
+    assert await db.insert_files([record("d")], quota=Quota(files=3)) == ["inserted"]
+    # Files count before bytes.
+    assert await db.insert_files([record("e", bytes=10**9)], quota=Quota(files=3, bytes=5)) == [
+        "over_files"
+    ]
+
+
+async def test_byte_quota_counts_parts_of_unfinished_uploads(db: MetadataStore) -> None:
+    await db.insert_upload(upload_record("u", project="q"))
+    assert await db.insert_part(part("u", 5), now=1, max_project_bytes=0) == "added"
+    quota = Quota(bytes=20)
+    batch = [record("x", project="q", bytes=10), record("y", project="q", bytes=10)]
+    batch.append(record("z", project="q", bytes=1))
+    # 5 held by the part, +10 = 15, +10 would be 25: refused, and not counted for the next.
+    assert await db.insert_files(batch, quota=quota) == ["inserted", "over_bytes", "inserted"]
+    assert await db.usage(["q", "none"]) == {"q": (2, 16), "none": (0, 0)}
+    assert await db.usage(["q"], excluding_uploads=["u"]) == {"q": (2, 11)}
+    # The upload being completed is left out: its parts are about to become the file.
+    big = record("big", project="q", bytes=9)
+    assert await db.insert_files([big], quota=quota) == ["over_bytes"]
+    assert await db.set_upload_status("u", old="pending", new="completing", owner="i")
+    assert await db.insert_files([big], quota=quota) == ["over_bytes"]  # completing: held
+    assert await db.insert_files([big], quota=quota, excluding_uploads=["u"]) == ["inserted"]
+    # A finished upload's parts hold nothing.
+    assert await db.set_upload_status("u", old="completing", new="completed", file_id="big")
+    assert await db.usage(["q"]) == {"q": (3, 20)}
+
+
+async def test_a_taken_record_uses_no_quota(db: MetadataStore) -> None:
+    await db.insert_files([record("a")])
+    assert await db.insert_files([record("a"), record("b")], quota=Quota(files=2)) == [
+        "taken",
+        "inserted",
+    ]
+
+
+# --- uploads --------------------------------------------------------------------------------
+
+
+async def test_part_verdicts_in_order(db: MetadataStore) -> None:
+    await db.insert_upload(upload_record("u", declared=10))
+    assert await db.insert_part(part("nope", 1), now=1, max_project_bytes=0) == "not_pending"
+    assert await db.insert_part(part("u", 4), now=1, max_project_bytes=0, max_parts=2) == "added"
+    assert await db.insert_part(part("u", 7), now=1, max_project_bytes=0) == "over_declared"
+    assert await db.insert_part(part("u", 4), now=1, max_project_bytes=0, max_parts=2) == "added"
+    assert (
+        await db.insert_part(part("u", 1), now=1, max_project_bytes=0, max_parts=2)
+        == "too_many_parts"
+    )
+    # Project bytes: its live files and the parts of its unfinished uploads.
+    await db.insert_files([record("f", bytes=5)])
+    await db.insert_upload(upload_record("v", declared=10))
+    assert await db.insert_part(part("v", 2), now=1, max_project_bytes=15) == "added"
+    assert await db.insert_part(part("v", 1), now=1, max_project_bytes=15) == "over_quota"
+    assert await db.insert_part(part("v", 1), now=1, max_project_bytes=16) == "added"
+    # Expired (by time) or no longer pending: refused before any other check.
+    assert await db.insert_part(part("v", 99), now=10**10, max_project_bytes=1) == "not_pending"
+    assert await db.set_upload_status("v", old="pending", new="cancelled")
+    assert await db.insert_part(part("v", 1), now=1, max_project_bytes=0) == "not_pending"
+    sizes = [p.bytes for p in await db.get_parts("u")]
+    assert sizes == [4, 4]
+
+
+async def test_upload_lifecycle(db: MetadataStore) -> None:
+    await db.insert_upload(upload_record("u"))
+    await db.insert_upload(upload_record("old"))
+    assert await db.get_upload("p", "u") == upload_record("u")
+    assert await db.get_upload("q", "u") is None
+    added = [part("u", 1), part("u", 2), part("u", 3)]
+    for p in added:
+        assert await db.insert_part(p, now=1, max_project_bytes=0) == "added"
+    assert await db.get_parts("u") == added  # in the order they came
+    assert await db.part_tokens_in_use([added[0].token, "f" * 32]) == {added[0].token}
+    assert await db.note_failed_completion("u") == 1
+    assert await db.note_failed_completion("u") == 2
+    assert await db.note_failed_completion("nope") == 0
+    assert not await db.set_upload_status("u", old="completing", new="completed")
+    assert await db.set_upload_status("u", old="pending", new="completing", owner="i")
+    assert [u.id for u in await db.uploads_in_status("completing")] == ["u"]
+    assert await db.set_upload_status("u", old="completing", new="completed", file_id="file-x")
+    done = await db.get_upload("p", "u")
+    assert done is not None and (done.status, done.file_id) == ("completed", "file-x")
+    assert await db.finished_uploads_with_parts() == ["u"]
+    assert sorted(await db.delete_parts("u")) == sorted(p.token for p in added)
+    assert await db.finished_uploads_with_parts() == []
+    # Expiry: only pending uploads past their time.
+    assert await db.expire_uploads(now=10**10 - 1) == []
+    assert await db.expire_uploads(now=10**10) == ["old"]
+    assert await db.expire_uploads(now=10**10) == []
+
+
+async def test_abandoned_completions_are_those_of_dead_owners(db: MetadataStore) -> None:
+    for upload_id in ("mine", "theirs", "ghosts", "waiting"):
+        await db.insert_upload(upload_record(upload_id))
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    for upload_id, owner in (("mine", "i"), ("theirs", "j"), ("ghosts", "ghost")):
+        assert await db.set_upload_status(upload_id, old="pending", new="completing", owner=owner)
+
+    async def abandoned(instance: str, now: int) -> set[str]:
+        return {u.id for u in await db.abandoned_completions(instance, now=now)}
+
+    assert await abandoned("i", 105) == {"ghosts"}  # never had a heartbeat
+    assert await abandoned("i", 110) == {"theirs", "ghosts"}  # j's heartbeat ran out
+    assert await abandoned("j", 110) == {"mine", "ghosts"}
+    await db.heartbeat("i", now=110, ttl=10)
+    await db.heartbeat("j", now=110, ttl=10)
+    assert await abandoned("i", 115) == {"ghosts"}
+    # Leaving `completing` (settled, or given back) ends it; a new owner takes it over.
+    assert await db.set_upload_status("ghosts", old="completing", new="pending")
+    assert await abandoned("i", 115) == set()
+    assert await db.set_upload_status("ghosts", old="pending", new="completing", owner="i")
+    assert await abandoned("j", 115) == set()
+
+
+# --- coordination ---------------------------------------------------------------------------
+
+
+A, B, C, D = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+
+
+async def test_leases_have_one_holder_until_they_expire(db: MetadataStore) -> None:
+    assert await db.take_lease("gc", "i", now=100, ttl=10)
+    assert not await db.take_lease("gc", "j", now=105, ttl=10)
+    assert await db.take_lease("gc", "i", now=105, ttl=10)  # renewed: until 115
+    assert not await db.take_lease("gc", "j", now=114, ttl=10)
+    assert await db.take_lease("other", "j", now=114, ttl=10)  # each lease on its own
+    assert await db.take_lease("gc", "j", now=115, ttl=10)  # expired: taken over
+    assert not await db.take_lease("gc", "i", now=116, ttl=10)
+
+
+async def test_a_claimed_blob_is_not_reclaimed(db: MetadataStore) -> None:
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    assert await db.claim_blobs([A], "i", now=100) == set()
+    assert await db.begin_reclaim([A, B], "j", now=101) == [B]
+    # The insert ends the claim; the file then keeps the blob.
+    assert await db.insert_files([record("x", sha256=A)], instance="i") == ["inserted"]
+    assert await db.begin_reclaim([A], "j", now=102) == []
+    await db.mark_deleted("p", "x", now=102)
+    assert await db.begin_reclaim([A], "j", now=102) == [A]
+    # Claims are counted: two uploads of the same bytes, one ends, the other still holds.
+    assert await db.claim_blobs([C, C], "i", now=103) == set()
+    await db.release_claims([C], "i")
+    assert await db.begin_reclaim([C], "j", now=103) == []
+    await db.release_claims([C], "i")
+    assert await db.begin_reclaim([C], "j", now=103) == [C]
+
+
+async def test_a_blob_being_reclaimed_is_not_claimed(db: MetadataStore) -> None:
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    assert await db.begin_reclaim([A, B], "j", now=100) == [A, B]
+    assert await db.claim_blobs([A, C], "i", now=101) == {A}
+    assert await db.begin_reclaim([A], "i", now=101) == []  # another live instance has it
+    assert await db.begin_reclaim([A], "j", now=101) == [A]  # its own: begun again
+    await db.end_reclaim([A], "j")
+    assert await db.claim_blobs([A], "i", now=102) == set()
+    # A dead instance's reclaim stops counting: the claim takes its place.
+    assert await db.claim_blobs([B], "i", now=109) == {B}
+    assert await db.claim_blobs([B], "i", now=110) == set()
+    await db.heartbeat("i", now=110, ttl=10)
+    await db.heartbeat("j", now=110, ttl=10)
+    assert await db.begin_reclaim([B], "j", now=111) == []  # now i's live claim holds it
+
+
+async def test_a_dead_instance_claim_is_dropped_and_its_insert_fenced(db: MetadataStore) -> None:
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    assert await db.claim_blobs([A, B], "i", now=100) == set()
+    assert await db.begin_reclaim([A], "j", now=105) == []  # i is alive
+    await db.heartbeat("j", now=120, ttl=10)
+    # i's heartbeat ran out at 110: its claim no longer counts, and is dropped.
+    assert await db.begin_reclaim([A], "j", now=120) == [A]
+    # i was only paused; it comes back and tries to insert a row for the blob being deleted.
+    await db.heartbeat("i", now=121, ttl=10)
+    verdicts = await db.insert_files(
+        [record("x", sha256=A), record("y", sha256=B), record("z", sha256=C)], instance="i"
+    )
+    assert verdicts == ["unclaimed", "inserted", "unclaimed"]
+    assert not await db.file_exists("x") and not await db.file_exists("z")
+    # A reclaim begins only for a live instance.
+    assert await db.begin_reclaim([D], "ghost", now=121) == []
+    assert await db.begin_reclaim([D], "j", now=130) == []  # j's heartbeat ran out too
+
+
+async def test_an_import_needs_its_claims(db: MetadataStore) -> None:
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=120, ttl=10)
+    assert await db.claim_blobs([A, B], "i", now=100) == set()
+    assert await db.begin_reclaim([B], "j", now=120) == [B]  # i is dead by then
+    with pytest.raises(StorageBusy):
+        await db.import_files([record("x", sha256=A), record("y", sha256=B)], instance="i")
+    assert not await db.file_exists("x")
+    assert await db.claim_blobs([A], "i", now=121) == set()
+    assert await db.import_files([record("x", sha256=A)], instance="i") == []
+    assert await db.file_exists("x")
+
+
+# --- transactions and neutral errors ------------------------------------------------------
+
+
+async def _refuse(backend: Backend, table: str) -> None:
     """From now on, deleting a row of `table` fails (as a full disk or a bug would midway)."""
-    with sqlite3.connect(tmp_path / DB_NAME) as conn:
-        conn.execute(
+    if backend.name == "sqlite":
+        await backend.sql(
             f"CREATE TRIGGER refuse_{table} BEFORE DELETE ON {table} "
             "BEGIN SELECT RAISE(ABORT, 'refused'); END"
         )
+    else:
+        await backend.sql(
+            "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused'; END $$;"
+            f"CREATE TRIGGER refuse_{table} BEFORE DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+
+async def _allow(backend: Backend, table: str) -> None:
+    on = f" ON {table}" if backend.name == "postgres" else ""
+    await backend.sql(f"DROP TRIGGER refuse_{table}{on}")
 
 
 async def _upload_with_part(db: MetadataStore) -> None:
-    from filesd.models import PartRecord, UploadRecord
-
-    await db.insert_upload(
-        UploadRecord("u", "p", "f", "batch", "text/plain", 2, 1, 10**10, None, "pending")
+    await db.insert_upload(upload_record("u", declared=2))
+    added = await db.insert_part(
+        PartRecord("part", "u", "a" * 32, 2, 1), now=1, max_project_bytes=0
     )
-    part = PartRecord("part", "u", "a" * 32, 2, 1)
-    assert await db.insert_part(part, now=1, max_project_bytes=0) == "added"
+    assert added == "added"
 
 
-async def test_delete_everything_is_all_or_nothing(db: MetadataStore, tmp_path: Path) -> None:
+async def test_delete_everything_is_all_or_nothing(backend: Backend) -> None:
+    db = backend.db
     await db.insert_files([record("a"), record("b", project="q")])
     await _upload_with_part(db)
     # The parts go first, then the uploads: refusing the second step must undo the first.
-    _refuse(tmp_path, "uploads")
-    with pytest.raises(sqlite3.IntegrityError):
+    await _refuse(backend, "uploads")
+    with pytest.raises(backend.trigger_error):
         await db.delete_everything(None)
     assert [p.token for p in await db.get_parts("u")] == ["a" * 32]
     assert len(await db.live_files(None)) == 2
     # The writer is usable afterwards (no transaction left open).
     await db.insert_files([record("c")])
     assert len(await db.live_files(None)) == 3
+    await _allow(backend, "uploads")
+    assert await db.delete_everything("q") == (1, [])
+    assert await db.delete_everything(None) == (2, ["a" * 32])
+    assert await db.live_files(None) == []
 
 
-async def test_purge_deleted_is_all_or_nothing(db: MetadataStore, tmp_path: Path) -> None:
+async def test_purge_deleted_is_all_or_nothing(backend: Backend) -> None:
+    db = backend.db
     await db.insert_files([record("gone")])
     await db.mark_deleted("p", "gone", now=5)
     await _upload_with_part(db)
     assert await db.set_upload_status("u", old="pending", new="cancelled")
-    _refuse(tmp_path, "uploads")
-    with pytest.raises(sqlite3.IntegrityError):
+    await _refuse(backend, "uploads")
+    with pytest.raises(backend.trigger_error):
         await db.purge_deleted(before=10**10)
     assert await db.file_exists("gone")  # the first statement was rolled back
-    with sqlite3.connect(tmp_path / DB_NAME) as conn:
-        conn.execute("DROP TRIGGER refuse_uploads")
+    await _allow(backend, "uploads")
+    assert await db.purge_deleted(before=5) == 0  # deleted at 5: not before 5
     assert await db.purge_deleted(before=10**10) == 1
     assert not await db.file_exists("gone")
+    assert await db.get_upload("p", "u") is None
 
 
-async def test_import_is_all_or_nothing(db: MetadataStore) -> None:
+async def test_import_is_all_or_nothing(backend: Backend) -> None:
+    db = backend.db
     await db.insert_files([record("taken")])
     # Many rows (several statements inside the transaction); a duplicate near the end.
     rows = [record(f"f{i}") for i in range(1200)]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(backend.integrity_error):
         await db.import_files([*rows, record("f3")])
     assert not await db.file_exists("f0")
     assert await db.import_files([record("new"), record("taken")]) == ["taken"]
@@ -240,19 +559,112 @@ async def test_import_is_all_or_nothing(db: MetadataStore) -> None:
     assert len(await db.live_files("p")) == 1201
 
 
-async def test_a_lock_held_too_long_is_storage_busy(db: MetadataStore, tmp_path: Path) -> None:
+async def test_a_cancelled_transaction_stays_cancelled_and_leaves_no_transaction_open(
+    db: MetadataStore,
+) -> None:
+    # Cancelled at every point of BEGIN ... COMMIT: the caller sees CancelledError (never a
+    # database error in its place, which a background loop would swallow and go on), and the
+    # next transaction starts cleanly.
+    for steps in range(12):
+        task = asyncio.create_task(db.purge_deleted(before=0))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled() or task.exception() is None
+        assert await db.purge_deleted(before=0) == 0
+
+
+# --- SQLite only ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[SqliteMetadata]:
+    database = await SqliteMetadata.open(tmp_path / DB_NAME)
+    yield database
+    await database.close()
+
+
+async def test_sqlite_migrations_set_the_version_and_run_once(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    db = await SqliteMetadata.open(path)
+    assert await db.schema_version() == len(MIGRATIONS)
+    await db.insert_files([record("a")])
+    await db.close()
+    db = await SqliteMetadata.open(path)  # reopening migrates nothing and keeps the rows
+    assert await db.get_live_file("p", "a", now=0) is not None
+    await db.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_sqlite_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(SchemaTooNew):
+        await SqliteMetadata.open(path)
+
+
+async def test_sqlite_counters_agree_with_a_full_count(
+    sqlite_db: SqliteMetadata, tmp_path: Path
+) -> None:
+    db = sqlite_db
+    await db.insert_files(
+        [record(f"b{i}", purpose="batch") for i in range(3)]
+        + [record("v", purpose="vision"), record("e", purpose="batch", expires_at=1500)]
+        + [record("q", project="q")]
+    )
+    await db.mark_deleted("p", "b0", now=1000)
+    await db.delete_expired_files(now=1500, limit=10)
+    # Counters agree with a full count, also for rows removed outright.
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("DELETE FROM files WHERE id = 'v'")
+        counted = dict(
+            conn.execute(
+                "SELECT project || '/' || purpose, COUNT(*) FROM files "
+                "WHERE deleted_at IS NULL GROUP BY project, purpose"
+            ).fetchall()
+        )
+        kept = dict(
+            conn.execute(
+                "SELECT project || '/' || purpose, files FROM file_counts WHERE files > 0"
+            ).fetchall()
+        )
+    assert kept == counted == {"p/batch": 2, "q/assistants": 1}
+
+
+async def test_sqlite_counters_are_built_for_an_existing_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a database at schema 2, with files in it
+        conn.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+        conn.execute(
+            "INSERT INTO files (id, project, filename, purpose, bytes, sha256, created_at) "
+            "VALUES ('a', 'p', 'f', 'batch', 1, ?, 1), ('b', 'p', 'f', 'batch', 1, ?, 1)",
+            ("0" * 64, "0" * 64),
+        )
+    db = await SqliteMetadata.open(path)
+    try:
+        assert (await page(db))[1] == 2
+    finally:
+        await db.close()
+
+
+async def test_sqlite_a_lock_held_too_long_is_storage_busy(
+    sqlite_db: SqliteMetadata, tmp_path: Path
+) -> None:
     with sqlite3.connect(tmp_path / DB_NAME, isolation_level=None) as other:
         other.execute("BEGIN EXCLUSIVE")
         try:
             # The background connection does not wait: busy at once, decided by the error code.
             with pytest.raises(StorageBusy):
-                await db.delete_expired_files(now=0, limit=1)
+                await sqlite_db.delete_expired_files(now=0, limit=1)
         finally:
             other.execute("ROLLBACK")
 
 
-def test_neutral_errors_come_from_error_codes_not_messages() -> None:
-    from filesd.storage.base import StorageFull
+def test_sqlite_neutral_errors_come_from_error_codes_not_messages() -> None:
     from filesd.storage.sqlite import neutral_error
 
     def error(code: int, message: str) -> sqlite3.Error:
@@ -268,25 +680,283 @@ def test_neutral_errors_come_from_error_codes_not_messages() -> None:
     assert neutral_error(error(sqlite3.SQLITE_ERROR, "table full of locked rows")) is None
 
 
-async def test_keys_are_records(db: MetadataStore) -> None:
-    await db.insert_key(KeyRecord("key_1", "0" * 64, "p", "abcd", 5))
-    assert await db.revoke_key("key_1", 6)
-    assert not await db.revoke_key("key_1", 7)
-    assert await db.keys() == [KeyRecord("key_1", "0" * 64, "p", "abcd", 5, 6)]
+async def test_sqlite_is_not_shared(sqlite_db: SqliteMetadata) -> None:
+    assert not sqlite_db.shared
+    assert await sqlite_db.vanished() is None
 
 
-async def test_a_cancelled_transaction_stays_cancelled_and_leaves_no_transaction_open(
-    db: MetadataStore,
+# --- PostgreSQL only ------------------------------------------------------------------------
+
+
+def test_postgres_neutral_errors_come_from_sqlstates_not_messages() -> None:
+    from filesd.storage.postgres import neutral_error
+
+    assert isinstance(neutral_error(asyncpg.DiskFullError("whatever")), StorageFull)
+    assert isinstance(neutral_error(asyncpg.QueryCanceledError("x")), StorageBusy)
+    assert isinstance(neutral_error(asyncpg.LockNotAvailableError("x")), StorageBusy)
+    assert isinstance(neutral_error(asyncpg.SerializationError("x")), StorageBusy)
+    assert isinstance(neutral_error(asyncpg.DeadlockDetectedError("x")), StorageBusy)
+    assert isinstance(neutral_error(asyncpg.ConnectionDoesNotExistError("x")), StorageBusy)
+    assert isinstance(neutral_error(ConnectionResetError()), StorageBusy)
+    # A message that merely says "disk full" or "timeout" is not one of them.
+    assert neutral_error(asyncpg.PostgresSyntaxError("disk full: statement timeout")) is None
+    assert neutral_error(asyncpg.UniqueViolationError("x")) is None
+
+
+async def test_postgres_migrations_run_once_when_instances_start_together(
+    postgres_dsn: str,
 ) -> None:
-    # Cancelled at every point of BEGIN ... COMMIT: the caller sees CancelledError (never a
-    # SQLite error in its place, which a background loop would swallow and go on), and the
-    # next transaction starts cleanly.
-    for steps in range(12):
-        task = asyncio.create_task(db.purge_deleted(before=0))
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        assert task.cancelled() or task.exception() is None
-        assert await db.purge_deleted(before=0) == 0
+    stores = await asyncio.gather(*(PostgresMetadata.open(postgres_dsn) for _ in range(4)))
+    try:
+        assert [await s.schema_version() for s in stores] == [len(PG_MIGRATIONS)] * 4
+        assert await stores[0].insert_files([record("a")]) == ["inserted"]
+        assert await stores[3].get_live_file("p", "a", now=0) is not None
+        assert stores[0].shared and await stores[0].vanished() is None
+    finally:
+        for store in stores:
+            await store.close()
+    store = await PostgresMetadata.open(postgres_dsn)  # reopening keeps the rows
+    try:
+        assert await store.file_exists("a")
+    finally:
+        await store.close()
+
+
+async def test_postgres_a_newer_schema_is_refused(postgres_dsn: str) -> None:
+    store = await PostgresMetadata.open(postgres_dsn)
+    await store.close()
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute("UPDATE schema_version SET version = $1", len(PG_MIGRATIONS) + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooNew):
+        await PostgresMetadata.open(postgres_dsn)
+
+
+async def test_postgres_a_lock_held_too_long_is_storage_busy(postgres_dsn: str) -> None:
+    store = await PostgresMetadata.open(postgres_dsn, statement_timeout_ms=300)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        # Another instance is inserting into project p (it holds the project's lock).
+        await other.execute("SELECT pg_advisory_lock($1)", lock_key("project", "p"))
+        with pytest.raises(StorageBusy):
+            await store.insert_files([record("a")])
+        assert await store.insert_files([record("b", project="q")]) == ["inserted"]
+        await other.execute("SELECT pg_advisory_unlock_all()")
+        assert await store.insert_files([record("a")]) == ["inserted"]
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_postgres_a_part_never_lands_beside_a_status_change(postgres_dsn: str) -> None:
+    # Another instance moves the upload into `completing` (and will read its parts next): a
+    # part arriving meanwhile waits for that change, then is refused; it is never added after
+    # the completion read the parts.
+    store = await PostgresMetadata.open(postgres_dsn)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_upload(upload_record("u"))
+        completing = other.transaction()
+        await completing.start()
+        await other.execute("UPDATE uploads SET status = 'completing' WHERE id = 'u'")
+        adding = asyncio.create_task(store.insert_part(part("u", 1), now=1, max_project_bytes=0))
+
+        async def part_waits() -> bool:
+            waiting = await other.fetchval(
+                "SELECT COUNT(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return adding.done() or waiting > 0
+
+        await wait_until(part_waits, what="the part waits for the status change")
+        await completing.commit()
+        assert await adding == "not_pending"
+        assert await store.get_parts("u") == []
+    finally:
+        await other.close()
+        await store.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("postgresql://filesd:{pw}@127.0.0.1:{closed}/filesd", "connection refused"),
+        ("postgresql://filesd:{pw}@no-such-host.invalid:5432/filesd", "unknown host"),
+        ("postgresql://postgres:{pw}@127.0.0.1:{port}/no_such_db", "does not exist"),
+        ("postgresql://nobody:{pw}@127.0.0.1:{port}/postgres", "refused the credentials"),
+    ],
+    ids=["refused", "unknown-host", "missing-database", "unknown-user"],
+)
+async def test_postgres_unusable_databases_are_named_without_the_password(
+    postgres_server: PostgresServer, dsn: str, says: str
+) -> None:
+    password = "s3cret-pass"
+    url = dsn.format(pw=password, closed=_closed_port(), port=postgres_server.port)
+    with pytest.raises(StorageUnavailable) as caught:
+        await PostgresMetadata.open(url)
+    assert caught.value.setting == "storage.database"
+    assert says in str(caught.value)
+    assert str(caught.value).startswith("storage.database: ")
+    assert password not in str(caught.value)
+    assert caught.value.__cause__ is None  # nothing chained that could print the URL
+
+
+async def _stores(dsn: str, count: int) -> list[PostgresMetadata]:
+    return list(await asyncio.gather(*(PostgresMetadata.open(dsn) for _ in range(count))))
+
+
+@pytest.mark.slow
+async def test_postgres_after_paging_never_skips_nor_repeats_while_instances_insert(
+    postgres_dsn: str,
+) -> None:
+    # Two instances (two pools) insert into one project, 20 writers at once; a third pages
+    # ascending by `after` over and over. A row that commits after a later one would be
+    # skipped by a reader that passed it already: the per-project lock makes rows commit in
+    # `seq` order.
+    one, two, reader = await _stores(postgres_dsn, 3)
+    writers, inserts = 20, 30
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def write(w: int) -> None:
+        # As an upload does: claim the blob, insert (which ends the claim in its transaction).
+        store, instance = (one, "i") if w % 2 else (two, "j")
+        digest = f"{w:064x}"
+        for i in range(inserts):
+            assert await store.claim_blobs([digest], instance, now=0) == set()
+            verdicts = await store.insert_files(
+                [record(f"w{w}-{i}", sha256=digest)], instance=instance
+            )
+            assert verdicts == ["inserted"]
+
+    async def read() -> None:
+        after: str | None = None
+        while True:
+            finished = done.is_set()
+            kw = {"now": 0, "purpose": None, "descending": False, "offset": 0, "limit": 7}
+            found = await reader.list_live_files("p", after=after, **kw)  # type: ignore[arg-type]
+            assert found is not None
+            rows = found[0]
+            seen.extend(r.id for r in rows)
+            if rows:
+                after = rows[-1].id
+            elif finished:
+                return
+
+    try:
+        reading = asyncio.create_task(read())
+        await asyncio.gather(*(write(w) for w in range(writers)))
+        done.set()
+        await reading
+        everything = [f.id for f in await reader.live_files("p")]
+        assert len(everything) == writers * inserts
+        assert len(seen) == len(set(seen)), "a file was listed twice"
+        assert seen == everything, f"skipped: {sorted(set(everything) - set(seen))[:10]}"
+    finally:
+        for store in (one, two, reader):
+            await store.close()
+
+
+@pytest.mark.slow
+async def test_postgres_quotas_hold_across_instances(postgres_dsn: str) -> None:
+    # Files and parts race on two instances against one project's limits: never over.
+    one, two = await _stores(postgres_dsn, 2)
+    limit_files, limit_bytes = 25, 60
+    quota = Quota(files=limit_files, bytes=limit_bytes)
+    await one.insert_upload(upload_record("u", declared=10**6))
+    added: list[str] = []
+
+    async def write(w: int) -> None:
+        store = one if w % 2 else two
+        for i in range(6):
+            if w % 4 == 3:  # some writers add parts instead of files
+                verdict = await store.insert_part(
+                    part("u", 2), now=1, max_project_bytes=limit_bytes
+                )
+                assert verdict in ("added", "over_quota")
+            else:
+                [result] = await store.insert_files([record(f"w{w}-{i}", bytes=1)], quota=quota)
+                assert result in ("inserted", "over_files", "over_bytes")
+                if result == "inserted":
+                    added.append(f"w{w}-{i}")
+
+    try:
+        await asyncio.gather(*(write(w) for w in range(20)))
+        files, held = (await one.usage(["p"]))["p"]
+        assert files == len(added) <= limit_files
+        assert held <= limit_bytes
+        assert files == limit_files or held > limit_bytes - 2  # the limits were reached
+    finally:
+        for store in (one, two):
+            await store.close()
+
+
+@pytest.mark.slow
+async def test_postgres_claims_and_reclaims_race_safely_across_instances(
+    postgres_dsn: str,
+) -> None:
+    # One instance claims blobs and inserts (then deletes) files of them, over and over; two
+    # others keep reclaiming them. While a reclaim is under way (its blob being deleted), no
+    # claim may be held on that blob and no file not deleted may refer to it.
+    one, two, three = await _stores(postgres_dsn, 3)
+    digests = [f"{n:064x}" for n in range(2)]
+    now = 1000
+    for store, instance in ((one, "i"), (two, "j"), (three, "k")):
+        await store.heartbeat(instance, now=now, ttl=10**6)
+    violations: list[str] = []
+    reclaims = 0
+    stop = asyncio.Event()
+
+    async def uploader(n: int) -> None:
+        for i in range(40):
+            digest = digests[(n + i) % len(digests)]
+            if await one.claim_blobs([digest], "i", now=now):
+                continue  # being reclaimed: an upload would retry
+            file_id = f"u{n}-{i}"
+            [verdict] = await one.insert_files([record(file_id, sha256=digest)], instance="i")
+            assert verdict == "inserted"  # i is alive: its claim cannot have been dropped
+            await one.mark_deleted("p", file_id, now=now)
+
+    async def reclaimer(store: PostgresMetadata, instance: str) -> None:
+        watcher = await asyncpg.connect(postgres_dsn)
+        try:
+            await reclaim(store, instance, watcher)
+        finally:
+            await watcher.close()
+
+    async def reclaim(store: PostgresMetadata, instance: str, watcher: asyncpg.Connection) -> None:
+        nonlocal reclaims
+        while not stop.is_set():
+            begun = await store.begin_reclaim(digests, instance, now=now)
+            for digest in begun:  # "deleting" the blob: look at what refers to it meanwhile
+                claims = await watcher.fetchval(
+                    "SELECT COUNT(*) FROM blob_claims WHERE sha256 = $1", digest
+                )
+                if claims or await store.blob_in_use(digest):
+                    violations.append(f"{instance} reclaims {digest[-1]} while it is in use")
+            reclaims += len(begun)
+            await store.end_reclaim(begun, instance)
+
+    try:
+        reclaiming = [
+            asyncio.create_task(reclaimer(two, "j")),
+            asyncio.create_task(reclaimer(three, "k")),
+        ]
+        await asyncio.gather(*(uploader(n) for n in range(8)))
+        stop.set()
+        await asyncio.gather(*reclaiming)
+        assert violations == []
+        assert reclaims > 0
+    finally:
+        for store in (one, two, three):
+            await store.close()

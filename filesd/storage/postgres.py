@@ -1,0 +1,1129 @@
+"""PostgreSQL metadata (a `MetadataStore` several filesd instances share): migrations and every
+SQL statement, through an asyncpg pool.
+
+It behaves as `SqliteMetadata` does, method for method; what differs is how it stays right
+when other processes write at the same time, under READ COMMITTED:
+
+- Per-project order. Every transaction that inserts files or parts of a project first takes
+  `pg_advisory_xact_lock` on a key of the project and holds it until it commits. Its `seq`
+  values are drawn under that lock, so within a project rows commit (become visible) in `seq`
+  order: a reader paging by `after` (by `seq`) can never see a later row before an earlier one
+  of the same project, so never skips one. The same lock makes the quota checks of
+  `insert_files` and `insert_part` atomic with their inserts, on every instance.
+- Blobs. Claims, reclaims and the inserts that end claims take a lock per digest (the same
+  kind of lock, another key), so the checks of `Coordination` never interleave (see
+  `begin_reclaim`).
+- Locks are taken in one statement, in the order of their keys, before anything else of the
+  transaction: two transactions never wait for each other's advisory locks in a cycle. Each
+  check runs in a statement after that one, so under READ COMMITTED its snapshot already
+  includes whatever the previous holder of the lock committed (a lock is released only after
+  its transaction's commit is visible).
+
+No counter rows: totals, quotas and the listing's `total` are aggregates over partial indexes
+(index-only scans), as a counter row updated by every insert would serialize every writer of
+every instance. Measured at 100,000 live files in one project (a loaded 2-core machine, the
+visibility map set, as autovacuum keeps it): a list page with its total ~5 ms, a quota check
+~12 ms.
+
+Failures become neutral by SQLSTATE (`neutral_error`), never by message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ..models import (
+    FileRecord,
+    KeyRecord,
+    PartRecord,
+    ProjectUsage,
+    StorageTotals,
+    UploadRecord,
+)
+from .base import (
+    NO_QUOTA,
+    InsertVerdict,
+    PartVerdict,
+    Quota,
+    SchemaTooNew,
+    StorageBusy,
+    StorageFull,
+    StorageUnavailable,
+)
+
+# asyncpg has no type information: its connections, pools and rows are Any here.
+Connection = Any
+Record = Any
+
+SETTING = "storage.database"
+# How long opening waits for the server to answer (connect and authenticate).
+CONNECT_TIMEOUT = 10.0
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: everything of filesd 0.1 (the SQLite schema's 9 migrations, without its counters),
+    # and the tables that coordinate instances.
+    """
+    CREATE TABLE files (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        status TEXT NOT NULL DEFAULT 'processed',
+        status_details TEXT,
+        deleted_at BIGINT
+    );
+    -- Pages, by project (and purpose) in `seq` order.
+    CREATE INDEX files_live_by_project ON files (project, seq) WHERE deleted_at IS NULL;
+    CREATE INDEX files_live_by_purpose ON files (project, purpose, seq) WHERE deleted_at IS NULL;
+    -- The listing's total: key columns only, so that B-tree deduplication packs a project's
+    -- entries into a few pages and the count is a short index-only scan (no INCLUDE columns,
+    -- which would turn deduplication off).
+    CREATE INDEX files_live_count ON files (project, purpose) WHERE deleted_at IS NULL;
+    -- Quotas: a project's live files and bytes, by an index-only scan.
+    CREATE INDEX files_live_bytes ON files (project) INCLUDE (bytes) WHERE deleted_at IS NULL;
+    -- The files expired but not swept yet (few), subtracted from that count; and the sweep.
+    CREATE INDEX files_live_expiring ON files (project, expires_at)
+        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+    CREATE INDEX files_live_by_expiry ON files (expires_at)
+        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+    CREATE INDEX files_live_by_blob ON files (sha256) WHERE deleted_at IS NULL;
+    CREATE INDEX files_deleted ON files (deleted_at) WHERE deleted_at IS NOT NULL;
+
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        mime_type TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        file_expires_after BIGINT,
+        status TEXT NOT NULL,
+        file_id TEXT,
+        failed_completions INTEGER NOT NULL DEFAULT 0,
+        owner TEXT
+    );
+    CREATE INDEX uploads_pending_by_expiry ON uploads (expires_at) WHERE status = 'pending';
+    CREATE INDEX uploads_by_project_status ON uploads (project, status);
+    CREATE INDEX uploads_by_status ON uploads (status);
+    -- No foreign key to uploads: as in SQLite (which does not enforce one), purging a finished
+    -- upload does not wait for the sweep that removes its parts' rows.
+    CREATE TABLE upload_parts (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        id TEXT PRIMARY KEY,
+        upload_id TEXT NOT NULL,
+        token TEXT NOT NULL UNIQUE,
+        bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX upload_parts_by_upload ON upload_parts (upload_id, seq) INCLUDE (bytes);
+
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        hint TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        alive_until BIGINT NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until BIGINT NOT NULL
+    );
+    -- `claims` counts an instance's claims on a digest (two uploads of the same bytes).
+    CREATE TABLE blob_claims (
+        sha256 TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        claims INTEGER NOT NULL,
+        PRIMARY KEY (sha256, instance)
+    );
+    CREATE INDEX blob_claims_by_instance ON blob_claims (instance);
+    CREATE TABLE reclaims (
+        sha256 TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        started_at BIGINT NOT NULL
+    );
+    """,
+)
+
+_COLUMNS = (
+    "id, project, filename, purpose, bytes, sha256, created_at, expires_at, status, status_details"
+)
+_UPLOAD_COLUMNS = (
+    "id, project, filename, purpose, mime_type, bytes, created_at, expires_at, "
+    "file_expires_after, status, file_id"
+)
+_KEY_COLUMNS = "id, key_sha256, project, hint, created_at, revoked_at"
+_UNFINISHED = "('pending', 'completing')"
+
+# Takes the transaction's advisory locks, in the order given (sorted by the caller).
+_LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
+
+# Live files and bytes held per project ($1: projects, $2: uploads left out): files not
+# deleted (expired ones count until swept, as in SQLite) and the parts of unfinished uploads.
+_USAGE = f"""
+    SELECT project, SUM(files)::bigint, SUM(bytes)::bigint FROM (
+        SELECT project, COUNT(*) AS files, COALESCE(SUM(bytes), 0) AS bytes FROM files
+        WHERE project = ANY($1::text[]) AND deleted_at IS NULL GROUP BY project
+        UNION ALL
+        SELECT o.project, 0, COALESCE(SUM(p.bytes), 0)
+        FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
+        WHERE o.project = ANY($1::text[]) AND o.status IN {_UNFINISHED}
+        AND NOT (o.id = ANY($2::text[]))
+        GROUP BY o.project
+    ) held GROUP BY project
+"""
+
+# The checks of `insert_part` ($1 upload, $2 now, $3 max project bytes), as in SQLite. The
+# upload's row is locked (FOR SHARE): a status change (e.g. into `completing`) waits until
+# the part is in, or the part sees the new status; never a part added after a completion read
+# the parts.
+_PART_CHECK = f"""
+    SELECT u.status = 'pending' AND u.expires_at > $2, u.bytes,
+        (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
+        (SELECT COUNT(*) FROM upload_parts WHERE upload_id = u.id),
+        CASE WHEN $3::bigint > 0 THEN
+            (SELECT COALESCE(SUM(bytes), 0) FROM files
+             WHERE project = u.project AND deleted_at IS NULL)
+            + (SELECT COALESCE(SUM(p.bytes), 0)
+               FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
+               WHERE o.project = u.project AND o.status IN {_UNFINISHED})
+        ELSE 0 END
+    FROM uploads u WHERE u.id = $1 FOR SHARE OF u
+"""
+
+# Ends claims ($1 digests, with repeats counted; $2 instance). Rows that reach 0 go: deleted
+# and decremented by two disjoint statements (one statement may not change a row twice).
+_RELEASE = """
+    WITH wanted AS (SELECT d AS sha256, COUNT(*) AS n FROM unnest($1::text[]) AS d GROUP BY d),
+    gone AS (
+        DELETE FROM blob_claims c USING wanted w
+        WHERE c.sha256 = w.sha256 AND c.instance = $2 AND c.claims <= w.n
+    )
+    UPDATE blob_claims c SET claims = c.claims - w.n FROM wanted w
+    WHERE c.sha256 = w.sha256 AND c.instance = $2 AND c.claims > w.n
+"""
+
+_FILE_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
+    "$7::bigint[], $8::bigint[], $9::text[], $10::text[]"
+)
+
+# SQLSTATEs that mean "no room" / "try again shortly". Class 08 (connection exceptions) and
+# the shutdown states count as busy too: the database restarting or failing over is a
+# moment to retry (503), not a server error.
+_FULL_STATES = frozenset({"53100"})  # disk_full
+_BUSY_STATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "57014",  # query_canceled (statement_timeout)
+        "53300",  # too_many_connections
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+    }
+)
+
+
+def lock_key(kind: str, name: str) -> int:
+    """A signed 64-bit advisory lock key for `name` of `kind` ("project", "blob", ...): the
+    same in every process and version of Python (unlike `hash()`), so every instance locks
+    the same key. Computed here, not by the server, so a transaction can sort its keys."""
+    digest = hashlib.blake2b(f"filesd/{kind}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_MIGRATION_LOCK = lock_key("schema", "migrate")
+
+
+def neutral_error(error: BaseException) -> Exception | None:
+    """The neutral error for a failure of the database or of the way to it: `StorageFull` for
+    SQLSTATE 53100, `StorageBusy` for lock and statement timeouts, serialization failures,
+    deadlocks and a lost or refused connection; None for anything else. By SQLSTATE (and
+    by type for errors of the network, which have none), never by message text."""
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str):
+        if state in _FULL_STATES:
+            return StorageFull(f"database: {error}")
+        if state in _BUSY_STATES or state.startswith("08"):
+            return StorageBusy(f"database: {error}")
+        return None
+    if isinstance(error, TimeoutError):
+        return StorageBusy("database: no connection became free in time")
+    if isinstance(error, OSError):
+        return StorageBusy(f"database unreachable: {error}")
+    return None
+
+
+@contextlib.contextmanager
+def _neutral_errors() -> Iterator[None]:
+    try:
+        yield
+    except (asyncpg.PostgresError, OSError) as error:
+        neutral = neutral_error(error)
+        if neutral is None:
+            raise
+        raise neutral from error
+
+
+def _status_count(status: str) -> int:
+    """The row count of a command tag ("DELETE 3" -> 3)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _record(row: Record) -> FileRecord:
+    return FileRecord(*row)
+
+
+def _upload(row: Record) -> UploadRecord:
+    return UploadRecord(*row)
+
+
+def _file_arrays(records: Sequence[FileRecord]) -> list[list[Any]]:
+    """The records as ten column arrays (for `unnest`: one statement, any number of rows)."""
+    return [
+        [r.id for r in records],
+        [r.project for r in records],
+        [r.filename for r in records],
+        [r.purpose for r in records],
+        [r.bytes for r in records],
+        [r.sha256 for r in records],
+        [r.created_at for r in records],
+        [r.expires_at for r in records],
+        [r.status for r in records],
+        [r.status_details for r in records],
+    ]
+
+
+async def _keep_session(conn: Connection) -> None:
+    """The pool's reset: nothing. filesd changes no session state (its advisory locks end
+    with their transactions, which asyncpg ends before this), so the default reset query
+    would only cost a round trip on every release."""
+
+
+class PostgresMetadata:
+    """The metadata in a PostgreSQL database. Create with `await PostgresMetadata.open(dsn)`."""
+
+    def __init__(self, pool: Any, *, acquire_timeout: float) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, statement_timeout_ms: int = 30_000, max_connections: int = 10
+    ) -> PostgresMetadata:
+        """Connect (a pool of up to `max_connections`), then create or migrate the tables.
+
+        Raises `StorageUnavailable` naming `storage.database` when the server cannot be used
+        (refused, unknown host, no answer within CONNECT_TIMEOUT, credentials refused, no
+        such database, no right to create tables), its message never holding the password;
+        `SchemaTooNew` when a newer filesd migrated the database.
+        """
+        where = describe_dsn(dsn)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT + 2):
+                pool = await asyncpg.create_pool(
+                    dsn,
+                    min_size=1,
+                    max_size=max_connections,
+                    timeout=CONNECT_TIMEOUT,
+                    reset=_keep_session,
+                    server_settings={
+                        "statement_timeout": str(statement_timeout_ms),
+                        "application_name": "filesd",
+                    },
+                )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as error:
+            raise StorageUnavailable(SETTING, _redact(_why(error, where), dsn)) from None
+        db = cls(pool, acquire_timeout=max(statement_timeout_ms / 1000, 1.0))
+        try:
+            await db._migrate()
+        except asyncpg.InsufficientPrivilegeError as error:
+            await db.close()
+            message = f"{where}: filesd cannot create its tables there ({error})"
+            raise StorageUnavailable(SETTING, _redact(message, dsn)) from None
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=10)
+        except TimeoutError:
+            self._pool.terminate()
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def vanished(self) -> str | None:
+        """None: the database is a service, not a file that could be moved away."""
+        return None
+
+    async def schema_version(self) -> int:
+        return int(await self._value("SELECT version FROM schema_version WHERE id = 0"))
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        with _neutral_errors():
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, locks: Iterable[int] = ()) -> AsyncIterator[Connection]:
+        """A transaction that first takes advisory locks on `locks` (sorted: no cycles)."""
+        async with self._connection() as conn, conn.transaction():
+            keys = sorted(set(locks))
+            if keys:
+                await conn.execute(_LOCK, keys)
+            yield conn
+
+    async def _rows(self, sql: str, *args: Any) -> list[Record]:
+        async with self._connection() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def _value(self, sql: str, *args: Any) -> Any:
+        async with self._connection() as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; returns how many rows it changed."""
+        async with self._connection() as conn:
+            return _status_count(await conn.execute(sql, *args))
+
+    async def _migrate(self) -> None:
+        """Apply the migrations this database lacks, all in one transaction under an advisory
+        lock: instances starting together migrate once, one after the other finding nothing
+        left to do; a failure leaves the schema as it was."""
+        async with self._transaction([_MIGRATION_LOCK]) as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);"
+                "INSERT INTO schema_version (id, version) VALUES (0, 0) ON CONFLICT DO NOTHING"
+            )
+            version = int(await conn.fetchval("SELECT version FROM schema_version WHERE id = 0"))
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"database schema version {version} is newer than this filesd supports "
+                    f"({len(MIGRATIONS)})"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await conn.execute(script)
+                await conn.execute("UPDATE schema_version SET version = $1 WHERE id = 0", number)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    async def insert_files(
+        self,
+        records: Sequence[FileRecord],
+        *,
+        instance: str | None = None,
+        quota: Quota = NO_QUOTA,
+        excluding_uploads: Sequence[str] = (),
+    ) -> list[InsertVerdict]:
+        """Insert new files, in one transaction under the locks of their projects (and of their
+        blobs, with `instance`): the verdicts are decided and the rows inserted with no other
+        writer of those projects in between, on any instance.
+
+        A record is, in this order: `unclaimed` (with `instance`: it holds no claim on the
+        blob), `taken` (its id exists, or an earlier record of the call has it), or
+        `over_files` / `over_bytes` (`quota`; records accepted before it count).
+        """
+        digests = sorted({r.sha256 for r in records})
+        locks = [lock_key("project", p) for p in {r.project for r in records}]
+        if instance is not None:
+            locks += [lock_key("blob", d) for d in digests]
+        verdicts: list[InsertVerdict] = ["inserted"] * len(records)
+        try:
+            async with self._transaction(locks) as conn:
+                if instance is not None:
+                    rows = await conn.fetch(
+                        "SELECT sha256 FROM blob_claims "
+                        "WHERE instance = $1 AND sha256 = ANY($2::text[]) AND claims > 0",
+                        instance,
+                        digests,
+                    )
+                    claimed = {row[0] for row in rows}
+                    for i, r in enumerate(records):
+                        if r.sha256 not in claimed:
+                            verdicts[i] = "unclaimed"
+                ids = [r.id for r in records]
+                rows = await conn.fetch("SELECT id FROM files WHERE id = ANY($1::text[])", ids)
+                taken = {row[0] for row in rows}
+                for i, r in enumerate(records):
+                    if verdicts[i] != "inserted":
+                        continue
+                    if r.id in taken:
+                        verdicts[i] = "taken"
+                    taken.add(r.id)  # a second record with this id is taken by the first
+                if quota:
+                    await _check_quota(conn, records, verdicts, quota, excluding_uploads)
+                chosen = [r for r, v in zip(records, verdicts, strict=True) if v == "inserted"]
+                if chosen:
+                    # Another project's transaction may take an id meanwhile: skipped, `taken`.
+                    rows = await conn.fetch(
+                        f"INSERT INTO files ({_COLUMNS}) SELECT * FROM unnest({_FILE_ARRAYS}) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING id",
+                        *_file_arrays(chosen),
+                    )
+                    inserted = {row[0] for row in rows}
+                    for i, r in enumerate(records):
+                        if verdicts[i] == "inserted" and r.id not in inserted:
+                            verdicts[i] = "taken"
+                if instance is not None:
+                    await conn.execute(_RELEASE, digests, instance)
+        except BaseException:
+            if instance is not None:
+                await self._release_after_failure(digests, instance)
+            raise
+        return verdicts
+
+    async def _release_after_failure(self, digests: Sequence[str], instance: str) -> None:
+        """End the claims a failed insert would have ended (its transaction rolled back), as
+        far as the database lets us: a claim left behind would keep its blob for as long as
+        the instance lives. Shielded from the caller's cancellation."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.release_claims(digests, instance))
+
+    async def import_files(
+        self, records: Sequence[FileRecord], *, instance: str | None = None
+    ) -> list[str]:
+        """Insert files made elsewhere, all or none: if any id exists, returns the ids taken
+        and inserts nothing. With `instance`, every blob must still be claimed by it (else
+        `StorageBusy`); its claims end either way."""
+        digests = sorted({r.sha256 for r in records})
+        locks = [lock_key("project", p) for p in {r.project for r in records}]
+        if instance is not None:
+            locks += [lock_key("blob", d) for d in digests]
+        try:
+            async with self._transaction(locks) as conn:
+                if instance is not None:
+                    held = await conn.fetchval(
+                        "SELECT COUNT(*) FROM blob_claims "
+                        "WHERE instance = $1 AND sha256 = ANY($2::text[]) AND claims > 0",
+                        instance,
+                        digests,
+                    )
+                    if held != len(digests):
+                        raise StorageBusy("the claims on the imported blobs were lost")
+                ids = [r.id for r in records]
+                rows = await conn.fetch("SELECT id FROM files WHERE id = ANY($1::text[])", ids)
+                taken = [row[0] for row in rows]
+                if not taken and records:
+                    await conn.execute(
+                        f"INSERT INTO files ({_COLUMNS}) SELECT * FROM unnest({_FILE_ARRAYS})",
+                        *_file_arrays(records),
+                    )
+                if instance is not None:
+                    await conn.execute(_RELEASE, digests, instance)
+        except BaseException:
+            if instance is not None:
+                await self._release_after_failure(digests, instance)
+            raise
+        return taken
+
+    async def existing_ids(self, ids: Sequence[str]) -> list[str]:
+        rows = await self._rows("SELECT id FROM files WHERE id = ANY($1::text[])", list(ids))
+        return [row[0] for row in rows]
+
+    async def file_exists(self, file_id: str) -> bool:
+        """True if a row with this id exists, in any state."""
+        return bool(await self._rows("SELECT 1 FROM files WHERE id = $1", file_id))
+
+    async def get_live_file(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
+        sql = (
+            f"SELECT {_COLUMNS} FROM files WHERE id = $1 AND project = $2 "
+            "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+        )
+        rows = await self._rows(sql, file_id, project, now)
+        return _record(rows[0]) if rows else None
+
+    async def list_live_files(
+        self,
+        project: str,
+        *,
+        now: int,
+        purpose: str | None,
+        descending: bool,
+        after: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[FileRecord], int] | None:
+        """A page of live files and the number of all live matches, in one statement (one
+        snapshot: the page and the total agree).
+
+        `after` is the id of any file of the project, deleted or not (a cursor stays valid);
+        returns None if no such file exists. The total is the project's files not deleted,
+        counted by an index-only scan (`files_live_count`), less those expired but not swept
+        yet (few: the sweeper runs every minute or so). Each combination of options is its own
+        statement text, so each is prepared with a plan for its own indexes.
+        """
+        args: list[Any] = [project, now, limit, offset]
+        match = "project = $1 AND deleted_at IS NULL"
+        if purpose is not None:
+            args.append(purpose)
+            match += f" AND purpose = ${len(args)}"
+        live = f"{match} AND (expires_at IS NULL OR expires_at > $2)"
+        page_where = live
+        cursor = "NULL::bigint"
+        if after is not None:
+            args.append(after)
+            cursor = f"(SELECT seq FROM files WHERE id = ${len(args)} AND project = $1)"
+            page_where += f" AND seq {'<' if descending else '>'} (SELECT after_seq FROM cursor)"
+        order = "DESC" if descending else "ASC"
+        sql = f"""
+            WITH cursor (after_seq) AS (SELECT {cursor}),
+            counted (total) AS (
+                SELECT (SELECT COUNT(*) FROM files WHERE {match})
+                     - (SELECT COUNT(*) FROM files WHERE {match}
+                        AND expires_at IS NOT NULL AND expires_at <= $2)
+            ),
+            page AS (
+                SELECT seq, {_COLUMNS} FROM files WHERE {page_where}
+                ORDER BY seq {order} LIMIT $3 OFFSET $4
+            )
+            SELECT counted.total, cursor.after_seq, page.*
+            FROM counted CROSS JOIN cursor LEFT JOIN page ON TRUE
+            ORDER BY page.seq {order}
+        """
+        rows = await self._rows(sql, *args)
+        total, after_seq = rows[0][0], rows[0][1]
+        if after is not None and after_seq is None:
+            return None
+        return [_record(tuple(row)[3:]) for row in rows if row[2] is not None], int(total)
+
+    async def usage(
+        self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """Live files of each project and the bytes it holds: its files not deleted (expired
+        ones count until swept) and its unfinished uploads' parts, but for the uploads in
+        `excluding_uploads`. One statement, by index."""
+        rows = await self._rows(_USAGE, list(projects), list(excluding_uploads))
+        found = {row[0]: (int(row[1]), int(row[2])) for row in rows}
+        return {p: found.get(p, (0, 0)) for p in projects}
+
+    async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
+        """Soft-delete a live file; returns it, or None if there was no such live file."""
+        sql = (
+            "UPDATE files SET deleted_at = $3 WHERE id = $1 AND project = $2 "
+            "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3) "
+            f"RETURNING {_COLUMNS}"
+        )
+        rows = await self._rows(sql, file_id, project, now)
+        return _record(rows[0]) if rows else None
+
+    async def delete_expired_files(self, *, now: int, limit: int) -> list[str]:
+        """Soft-delete up to `limit` expired files; returns their blob digests.
+
+        Rows another transaction holds are skipped, not waited for (a sweep never queues
+        behind the requests); the outer condition is re-checked on the row's latest version,
+        so a file deleted meanwhile is neither deleted twice nor reported."""
+        sql = (
+            "UPDATE files SET deleted_at = expires_at WHERE deleted_at IS NULL AND seq IN ("
+            "  SELECT seq FROM files WHERE deleted_at IS NULL AND expires_at IS NOT NULL"
+            "  AND expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED"
+            ") RETURNING sha256"
+        )
+        return [row[0] for row in await self._rows(sql, now, limit)]
+
+    async def blob_in_use(self, sha256: str) -> bool:
+        """True if any file not deleted refers to this blob (expired ones count until swept)."""
+        sql = "SELECT 1 FROM files WHERE sha256 = $1 AND deleted_at IS NULL LIMIT 1"
+        return bool(await self._rows(sql, sha256))
+
+    async def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
+        """The subset of `digests` that some file not deleted refers to."""
+        sql = (
+            "SELECT DISTINCT sha256 FROM files "
+            "WHERE deleted_at IS NULL AND sha256 = ANY($1::text[])"
+        )
+        return {row[0] for row in await self._rows(sql, list(digests))}
+
+    # --- operator views and maintenance ---------------------------------------------------------
+
+    async def storage_totals(self) -> StorageTotals:
+        """Live files, their bytes, the distinct blobs they use and those blobs' bytes: index-
+        only scans of the live files by blob (no counter row that every insert would update)."""
+        sql = """
+            SELECT COALESCE(SUM(n), 0), COALESCE(SUM(logical), 0), COUNT(*),
+                COALESCE(SUM(physical), 0)
+            FROM (
+                SELECT COUNT(*) AS n, SUM(bytes) AS logical, MAX(bytes) AS physical
+                FROM files WHERE deleted_at IS NULL GROUP BY sha256
+            ) blobs
+        """
+        row = (await self._rows(sql))[0]
+        return StorageTotals(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    async def project_usage(self) -> list[ProjectUsage]:
+        sql = """
+            SELECT project, SUM(n), SUM(logical), SUM(physical) FROM (
+                SELECT project, COUNT(*) AS n, SUM(bytes) AS logical, MAX(bytes) AS physical
+                FROM files WHERE deleted_at IS NULL GROUP BY project, sha256
+            ) blobs GROUP BY project ORDER BY project
+        """
+        return [ProjectUsage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
+
+    async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
+        """Remove the rows of all projects, or of one: files, uploads and parts, in one
+        transaction. Returns how many live files went, and the part tokens to remove."""
+        where = "($1::text IS NULL OR project = $1)"
+        async with self._transaction() as conn:
+            live = await conn.fetchval(
+                f"SELECT COUNT(*) FROM files WHERE deleted_at IS NULL AND {where}", project
+            )
+            tokens = await conn.fetch(
+                "DELETE FROM upload_parts WHERE upload_id IN "
+                f"(SELECT id FROM uploads WHERE {where}) RETURNING token",
+                project,
+            )
+            await conn.execute(f"DELETE FROM uploads WHERE {where}", project)
+            await conn.execute(f"DELETE FROM files WHERE {where}", project)
+        return int(live), [row[0] for row in tokens]
+
+    async def live_files(self, project: str | None) -> list[FileRecord]:
+        """Every live file (of one project, or of all), in insertion order."""
+        sql = (
+            f"SELECT {_COLUMNS} FROM files WHERE deleted_at IS NULL "
+            "AND ($1::text IS NULL OR project = $1) ORDER BY seq"
+        )
+        return [_record(row) for row in await self._rows(sql, project)]
+
+    async def live_digests(self, *, damaged: bool = False) -> list[str]:
+        """Blobs of live files: those not marked damaged (status `error`), or with `damaged`
+        only those of files marked damaged."""
+        sql = "SELECT DISTINCT sha256 FROM files WHERE deleted_at IS NULL AND " + (
+            "status = 'error'" if damaged else "status != 'error'"
+        )
+        return [row[0] for row in await self._rows(sql)]
+
+    async def clear_blob_damage(self, sha256: str) -> int:
+        """Status `processed` again for the live files of a blob marked damaged (its bytes are
+        back and verified); returns how many."""
+        return await self._execute(
+            "UPDATE files SET status = 'processed', status_details = NULL "
+            "WHERE sha256 = $1 AND deleted_at IS NULL AND status = 'error'",
+            sha256,
+        )
+
+    async def mark_blob_damaged(self, sha256: str, details: str) -> int:
+        """Set status `error` on the live files of a blob; returns how many."""
+        return await self._execute(
+            "UPDATE files SET status = 'error', status_details = $1 "
+            "WHERE sha256 = $2 AND deleted_at IS NULL",
+            details,
+            sha256,
+        )
+
+    async def purge_deleted(self, *, before: int) -> int:
+        """Remove rows soft-deleted before `before`, and finished uploads created before it,
+        in one transaction."""
+        async with self._transaction() as conn:
+            purged = _status_count(
+                await conn.execute(
+                    "DELETE FROM files WHERE deleted_at IS NOT NULL AND deleted_at < $1", before
+                )
+            )
+            await conn.execute(
+                "DELETE FROM uploads WHERE status IN ('completed', 'cancelled', 'expired') "
+                "AND created_at < $1",
+                before,
+            )
+        return purged
+
+    async def next_generation(self, name: str) -> int:
+        """Bump the counter `name` and return its new value: 0 the first time, then 1, 2..."""
+        sql = (
+            "INSERT INTO counters (name, value) VALUES ($1, 0) "
+            "ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value"
+        )
+        return int(await self._value(sql, name))
+
+    # --- API keys -------------------------------------------------------------------------------
+
+    async def insert_key(self, key: KeyRecord) -> None:
+        await self._execute(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+            key.id,
+            key.key_sha256,
+            key.project,
+            key.hint,
+            key.created_at,
+            key.revoked_at,
+        )
+
+    async def keys(self) -> list[KeyRecord]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        return [KeyRecord(*row) for row in await self._rows(sql)]
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        sql = "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+        return await self._execute(sql, now, key_id) == 1
+
+    # --- uploads --------------------------------------------------------------------------------
+
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        await self._execute(
+            f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            upload.id,
+            upload.project,
+            upload.filename,
+            upload.purpose,
+            upload.mime_type,
+            upload.bytes,
+            upload.created_at,
+            upload.expires_at,
+            upload.file_expires_after,
+            upload.status,
+            upload.file_id,
+        )
+
+    async def get_upload(self, project: str, upload_id: str) -> UploadRecord | None:
+        sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = $1 AND project = $2"
+        rows = await self._rows(sql, upload_id, project)
+        return _upload(rows[0]) if rows else None
+
+    async def set_upload_status(
+        self,
+        upload_id: str,
+        *,
+        old: str,
+        new: str,
+        file_id: str | None = None,
+        owner: str | None = None,
+    ) -> bool:
+        """Move an upload from status `old` to `new`; False if it was not in `old`. `owner` is
+        kept only while the upload is `completing`."""
+        sql = (
+            "UPDATE uploads SET status = $1, file_id = $2, owner = $3 WHERE id = $4 AND status = $5"
+        )
+        owner = owner if new == "completing" else None
+        return await self._execute(sql, new, file_id, owner, upload_id, old) == 1
+
+    async def insert_part(
+        self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
+    ) -> PartVerdict:
+        """Add a part to a pending, unexpired upload if it fits: decided and inserted in one
+        transaction under the lock of the upload's project (the lock of `insert_files` too),
+        so two parts, or a part and a file, racing on any instances cannot both pass a check."""
+        project = await self._value("SELECT project FROM uploads WHERE id = $1", part.upload_id)
+        if project is None:
+            return "not_pending"
+        async with self._transaction([lock_key("project", project)]) as conn:
+            row = await conn.fetchrow(_PART_CHECK, part.upload_id, now, max_project_bytes)
+            if row is None or not row[0]:
+                return "not_pending"
+            declared, held, count, project_bytes = (int(v) for v in tuple(row)[1:])
+            if max_parts and count >= max_parts:
+                return "too_many_parts"
+            if held + part.bytes > declared:
+                return "over_declared"
+            if max_project_bytes and project_bytes + part.bytes > max_project_bytes:
+                return "over_quota"
+            await conn.execute(
+                "INSERT INTO upload_parts (id, upload_id, token, bytes, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                part.id,
+                part.upload_id,
+                part.token,
+                part.bytes,
+                part.created_at,
+            )
+        return "added"
+
+    async def note_failed_completion(self, upload_id: str) -> int:
+        """Count a failed completion of an upload; returns how many it has had."""
+        sql = (
+            "UPDATE uploads SET failed_completions = failed_completions + 1 "
+            "WHERE id = $1 RETURNING failed_completions"
+        )
+        value = await self._value(sql, upload_id)
+        return int(value) if value is not None else 0
+
+    async def get_parts(self, upload_id: str) -> list[PartRecord]:
+        """The parts of an upload, in the order they were added."""
+        sql = (
+            "SELECT id, upload_id, token, bytes, created_at FROM upload_parts "
+            "WHERE upload_id = $1 ORDER BY seq"
+        )
+        return [PartRecord(*row) for row in await self._rows(sql, upload_id)]
+
+    async def delete_parts(self, upload_id: str) -> list[str]:
+        """Remove the part rows of an upload; returns their file tokens."""
+        sql = "DELETE FROM upload_parts WHERE upload_id = $1 RETURNING token"
+        return [row[0] for row in await self._rows(sql, upload_id)]
+
+    async def expire_uploads(self, *, now: int) -> list[str]:
+        """Mark pending uploads past their expiry as expired; returns their ids."""
+        sql = (
+            "UPDATE uploads SET status = 'expired' "
+            "WHERE status = 'pending' AND expires_at <= $1 RETURNING id"
+        )
+        return [row[0] for row in await self._rows(sql, now)]
+
+    async def finished_uploads_with_parts(self) -> list[str]:
+        """Uploads no longer pending whose parts are still recorded (a sweep was cut short)."""
+        sql = (
+            "SELECT DISTINCT upload_id FROM upload_parts JOIN uploads ON uploads.id = upload_id "
+            "WHERE uploads.status IN ('completed', 'cancelled', 'expired')"
+        )
+        return [row[0] for row in await self._rows(sql)]
+
+    async def uploads_in_status(self, status: str) -> list[UploadRecord]:
+        sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = $1"
+        return [_upload(row) for row in await self._rows(sql, status)]
+
+    async def abandoned_completions(self, instance: str, *, now: int) -> list[UploadRecord]:
+        """Uploads in `completing` whose owner is not `instance` and has no heartbeat alive at
+        `now` (or none at all)."""
+        sql = (
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads u "
+            "WHERE status = 'completing' AND owner IS DISTINCT FROM $1 AND NOT EXISTS ("
+            "  SELECT 1 FROM instances i WHERE i.id = u.owner AND i.alive_until > $2)"
+        )
+        return [_upload(row) for row in await self._rows(sql, instance, now)]
+
+    async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
+        sql = "SELECT token FROM upload_parts WHERE token = ANY($1::text[])"
+        return {row[0] for row in await self._rows(sql, list(tokens))}
+
+    # --- coordination ---------------------------------------------------------------------------
+    #
+    # Why claims and reclaims cannot interleave wrongly: `claim_blobs`, `release_claims`,
+    # `begin_reclaim` and the inserts that end claims (`insert_files`, `import_files` with an
+    # instance) each take the advisory lock of every digest they touch, in their first
+    # statement, and hold it to commit. So for one digest they run one at a time, and each
+    # reads (in later statements, with fresh READ COMMITTED snapshots) everything the previous
+    # one committed:
+    # - claim, then reclaim: the reclaim sees the claim (live) or the file its insert left;
+    # - reclaim, then claim: the claim sees the reclaim and is refused while its instance lives;
+    # - reclaim dropped an expired claim, then the insert: the insert sees no claim
+    #   (`unclaimed`), so no row refers to a blob being deleted.
+    # A file soft-deleted meanwhile takes no lock: it only makes a blob less used, so a reclaim
+    # that saw it still live merely skips the blob until its next round.
+
+    async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
+        """Record that `instance` is alive until `now + ttl`. Also forgets instances dead for
+        over a day, and their claims: neither counts once dead (no row reads as dead too)."""
+        sql = """
+            WITH gone AS (
+                DELETE FROM instances WHERE alive_until < $2::bigint - 86400 AND id <> $1
+                RETURNING id
+            ),
+            claims_gone AS (DELETE FROM blob_claims WHERE instance IN (SELECT id FROM gone))
+            INSERT INTO instances (id, alive_until) VALUES ($1, $2::bigint + $3::bigint)
+            ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
+        """
+        await self._execute(sql, instance, now, ttl)
+
+    async def take_lease(self, name: str, instance: str, *, now: int, ttl: int) -> bool:
+        """Hold lease `name` until `now + ttl` if it is free, expired or `instance`'s already;
+        one statement (the row's lock decides between two instances taking it at once)."""
+        sql = """
+            INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3::bigint + $4::bigint)
+            ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+            WHERE leases.holder = excluded.holder OR leases.until <= $3
+        """
+        return await self._execute(sql, name, instance, now, ttl) == 1
+
+    async def claim_blobs(self, digests: Sequence[str], instance: str, *, now: int) -> set[str]:
+        """Claim each digest for `instance` (a digest named twice is claimed twice); returns
+        those a live instance is reclaiming. A dead instance's reclaim is dropped."""
+        if not digests:
+            return set()
+        sql = """
+            WITH wanted AS (
+                SELECT d AS sha256, COUNT(*) AS n FROM unnest($1::text[]) AS d GROUP BY d
+            ),
+            refused AS (
+                SELECT r.sha256 FROM reclaims r JOIN instances i ON i.id = r.instance
+                WHERE r.sha256 IN (SELECT sha256 FROM wanted) AND i.alive_until > $3
+            ),
+            abandoned AS (
+                DELETE FROM reclaims WHERE sha256 IN (SELECT sha256 FROM wanted)
+                AND sha256 NOT IN (SELECT sha256 FROM refused)
+            ),
+            claimed AS (
+                INSERT INTO blob_claims (sha256, instance, claims)
+                SELECT sha256, $2, n FROM wanted WHERE sha256 NOT IN (SELECT sha256 FROM refused)
+                ON CONFLICT (sha256, instance)
+                DO UPDATE SET claims = blob_claims.claims + excluded.claims
+            )
+            SELECT sha256 FROM refused
+        """
+        locks = [lock_key("blob", d) for d in digests]
+        async with self._transaction(locks) as conn:
+            rows = await conn.fetch(sql, list(digests), instance, now)
+        return {row[0] for row in rows}
+
+    async def release_claims(self, digests: Sequence[str], instance: str) -> None:
+        """End one claim of `instance` per digest named (under the digests' locks: a claim and
+        a release of one row never lose each other's change)."""
+        if not digests:
+            return
+        async with self._transaction([lock_key("blob", d) for d in digests]) as conn:
+            await conn.execute(_RELEASE, list(digests), instance)
+
+    async def begin_reclaim(self, digests: Sequence[str], instance: str, *, now: int) -> list[str]:
+        """Of `digests`, begin reclaiming (and return, in the order given) those no file not
+        deleted refers to, no live instance claims and no other live instance reclaims, if
+        `instance` is alive at `now`: one statement under the digests' locks. Claims of dead
+        instances on digests no file refers to are dropped (their inserts will be `unclaimed`)."""
+        if not digests:
+            return []
+        sql = """
+            WITH wanted AS (
+                SELECT d AS sha256, MIN(o) AS o FROM unnest($1::text[]) WITH ORDINALITY AS w(d, o)
+                GROUP BY d
+            ),
+            me AS (SELECT 1 FROM instances WHERE id = $2 AND alive_until > $3),
+            unclaimed AS (
+                SELECT w.sha256, w.o FROM wanted w WHERE EXISTS (SELECT 1 FROM me)
+                AND NOT EXISTS (
+                    SELECT 1 FROM files f WHERE f.sha256 = w.sha256 AND f.deleted_at IS NULL
+                )
+                AND NOT EXISTS (
+                    SELECT 1 FROM blob_claims c JOIN instances i ON i.id = c.instance
+                    WHERE c.sha256 = w.sha256 AND i.alive_until > $3
+                )
+            ),
+            expired AS (
+                DELETE FROM blob_claims WHERE sha256 IN (SELECT sha256 FROM unclaimed)
+            ),
+            free AS (
+                SELECT u.sha256, u.o FROM unclaimed u WHERE NOT EXISTS (
+                    SELECT 1 FROM reclaims r JOIN instances i ON i.id = r.instance
+                    WHERE r.sha256 = u.sha256 AND r.instance <> $2 AND i.alive_until > $3
+                )
+            ),
+            begun AS (
+                INSERT INTO reclaims (sha256, instance, started_at)
+                SELECT sha256, $2, $3 FROM free
+                ON CONFLICT (sha256)
+                DO UPDATE SET instance = excluded.instance, started_at = excluded.started_at
+            )
+            SELECT sha256 FROM free ORDER BY o
+        """
+        async with self._transaction([lock_key("blob", d) for d in digests]) as conn:
+            rows = await conn.fetch(sql, list(digests), instance, now)
+        return [row[0] for row in rows]
+
+    async def end_reclaim(self, digests: Sequence[str], instance: str) -> None:
+        """Drop `instance`'s reclaims of these digests (another's, begun meanwhile, stay)."""
+        await self._execute(
+            "DELETE FROM reclaims WHERE sha256 = ANY($1::text[]) AND instance = $2",
+            list(digests),
+            instance,
+        )
+
+
+async def _check_quota(
+    conn: Connection,
+    records: Sequence[FileRecord],
+    verdicts: list[InsertVerdict],
+    quota: Quota,
+    excluding_uploads: Sequence[str],
+) -> None:
+    """Mark the records that would take their project over `quota`, in order: each record
+    accepted counts against the next. Inside the inserting transaction, under its projects'
+    locks, so the usage read stays true until the commit."""
+    projects = sorted({r.project for r in records})
+    rows = await conn.fetch(_USAGE, projects, list(excluding_uploads))
+    held = {row[0]: (int(row[1]), int(row[2])) for row in rows}
+    for i, record in enumerate(records):
+        if verdicts[i] != "inserted":
+            continue
+        files, size = held.get(record.project, (0, 0))
+        if quota.files and files + 1 > quota.files:
+            verdicts[i] = "over_files"
+        elif quota.bytes and size + record.bytes > quota.bytes:
+            verdicts[i] = "over_bytes"
+        else:
+            held[record.project] = (files + 1, size + record.bytes)
+
+
+# --- connecting: clear messages, no secrets -----------------------------------------------------
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, for messages: user, host, port and database, never the password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            port = None
+        user = f"{unquote(parts.username)}@" if parts.username else ""
+        database = unquote(parts.path.lstrip("/")) or "(default)"
+    except ValueError:
+        return "the PostgreSQL server of storage.database"
+    address = f"{host}:{port}" if port is not None else host
+    return f"PostgreSQL {user}{address}, database {database!r}"
+
+
+def _why(error: BaseException, where: str) -> str:
+    """A plain sentence for a failure to connect, by the error's type (SQLSTATE for the
+    server's refusals)."""
+    if isinstance(error, asyncpg.InvalidCatalogNameError):
+        return f"{where}: the database does not exist (create it; filesd creates only tables)"
+    if isinstance(
+        error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        return f"{where}: the server refused the credentials ({error})"
+    if isinstance(error, asyncpg.PostgresError):
+        return f"{where}: the server refused the connection ({error})"
+    if isinstance(error, TimeoutError):
+        return f"{where}: no answer within {CONNECT_TIMEOUT:g} s"
+    if isinstance(error, socket.gaierror):
+        return f"{where}: unknown host ({error.strerror})"
+    if isinstance(error, ConnectionRefusedError):
+        return f"{where}: connection refused (is PostgreSQL running and listening there?)"
+    if isinstance(error, ValueError):
+        return f"not a usable PostgreSQL URL ({error})"
+    return f"{where}: cannot connect ({error})"
+
+
+def _redact(message: str, dsn: str) -> str:
+    """`message` without the password of `dsn` (as written or decoded) or of PGPASSWORD."""
+    secrets: set[str] = set()
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(dsn)
+        if parts.password:
+            secrets |= {parts.password, unquote(parts.password)}
+    if os.environ.get("PGPASSWORD"):
+        secrets.add(os.environ["PGPASSWORD"])
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
