@@ -562,7 +562,7 @@ async def test_a_key_made_with_filesd_keys_works_on_every_instance_until_revoked
         assert revoked.returncode == 0, revoked.stderr
         for server in (a, b):
             await wait_until(partial(answers, server, 401), timeout=10, what="the key refused")
-        # The configured keys still work.
+        # The configured keys still work: alpha is let in (404, not 401), the file not its own.
         assert (await retrieve(session, b, file["id"]))[0] == 404
 
 
