@@ -206,6 +206,16 @@ async def direct_multipart(client: Any, bucket: str, key: str, path: Path) -> fl
     return time.perf_counter() - start
 
 
+async def direct_small_puts(client: Any, bucket: str, n: int) -> float:
+    """Seconds for `n` PutObjects of 4 KiB, CONCURRENCY at once: what the endpoint itself
+    allows for small objects."""
+
+    async def one(i: int) -> None:
+        await client.put_object(Bucket=bucket, Key=f"direct/small-{i}", Body=os.urandom(4096))
+
+    return await concurrently(n, CONCURRENCY, one)
+
+
 def curl_follow(url: str, expected: int) -> float:
     """Seconds to download `url` with curl following redirects. curl sends the Authorization
     header to the first host only, so the presigned URL is fetched with its own auth."""
@@ -244,6 +254,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds(postgres: services.PostgresServer) -> float:
+    """CPU seconds so far of the cluster's server processes (the postmaster's children, the
+    connections among them; a process that ended meanwhile is not counted)."""
+    try:
+        postmaster = (postgres.data / "postmaster.pid").read_text().split("\n", 1)[0]
+    except OSError:
+        return 0.0
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == postmaster:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, all cores (Linux /proc)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -253,22 +279,28 @@ def machine_busy() -> tuple[float, float]:
 
 
 async def measured_cpu(
-    label: str, instances: list[Instance], run: Callable[[], Awaitable[float]]
+    label: str,
+    instances: list[Instance],
+    postgres: services.PostgresServer,
+    run: Callable[[], Awaitable[float]],
 ) -> float:
-    """Run a load and say on stderr where the machine's CPU went meanwhile."""
+    """Run a load and say on stderr where the machine's CPU went meanwhile, in cores."""
     before = [cpu_seconds(i.pid) for i in instances]
     client_before = time.process_time()
+    pg_before = postgres_cpu_seconds(postgres)
     busy_before, total_before = machine_busy()
     seconds = await run()
     busy, total = machine_busy()
+    pg = postgres_cpu_seconds(postgres) - pg_before
     used = [cpu_seconds(i.pid) - b for i, b in zip(instances, before, strict=True)]
     client = time.process_time() - client_before
-    other = (busy - busy_before) - sum(used) - client
+    other = (busy - busy_before) - sum(used) - client - pg
     print(
-        f"    cpu during {label} ({seconds:.1f} s): filesd "
-        + " + ".join(f"{u / seconds:.0%}" for u in used)
-        + f" of a core, client {client / seconds:.0%}, the rest (PostgreSQL, moto, others)"
-        f" {other / seconds:.0%}; machine busy {(busy - busy_before) / (total - total_before):.0%}",
+        f"    cpu during {label} ({seconds:.1f} s), in cores: filesd "
+        + " + ".join(f"{u / seconds:.2f}" for u in used)
+        + f", PostgreSQL {pg / seconds:.2f}, client {client / seconds:.2f},"
+        f" other processes {other / seconds:.2f}; machine busy"
+        f" {(busy - busy_before) / (total - total_before):.0%}",
         file=sys.stderr,
         flush=True,
     )
@@ -327,8 +359,8 @@ async def small_work(url: str, kind: str, sizes: Sizes, results: Results) -> lis
 
 
 async def instances_work(
-    first: Instance, second: Instance, ids: list[str], sizes: Sizes, two_first: bool,
-    results: Results,
+    first: Instance, second: Instance, postgres: services.PostgresServer, ids: list[str],
+    sizes: Sizes, two_first: bool, results: Results,
 ) -> None:  # fmt: skip
     """Metadata GETs on one instance, then split over two (or the other way round)."""
     n = sizes.small_requests
@@ -339,6 +371,7 @@ async def instances_work(
             seconds = await measured_cpu(
                 f"{count} instance(s)",
                 chosen,
+                postgres,
                 lambda chosen=chosen: metadata_gets(session, [i.url for i in chosen], ids, n),
             )
             kind = "two" if count == 2 else "one"
@@ -362,8 +395,21 @@ async def run_round(
                     )
                 with running(work, storage) as a:
                     ids = await small_work(a.url, "filesd", sizes, results)
+                    seconds = await direct_small_puts(client, bucket, sizes.small_files)
+                    results.add(
+                        "small uploads vs direct PUT (files/s)",
+                        "direct",
+                        sizes.small_files / seconds,
+                    )
+                    results.add(
+                        "small uploads vs direct PUT (files/s)",
+                        "filesd",
+                        results.values[("small uploads (files/s)", "filesd")][-1],
+                    )
                     with running(work, storage) as b:
-                        await instances_work(a, b, ids, sizes, not filesd_first, results)
+                        await instances_work(
+                            a, b, backends.postgres, ids, sizes, not filesd_first, results
+                        )
 
     async def local() -> None:
         with running(work, Storage()) as instance:
@@ -475,6 +521,9 @@ ROWS: dict[str, tuple[str, str, str, str]] = {
     "large download (MiB/s)": ("filesd", "direct", "direct GET", ">= 0.90"),
     "large download, redirect (MiB/s)": ("filesd", "direct", "direct GET", "(reported)"),
     "small uploads (files/s)": ("filesd", "sqlite", "SQLite + blob dir", "(reported)"),
+    "small uploads vs direct PUT (files/s)": (
+        "filesd", "direct", "direct PutObject, 16 concurrent", "(reported)",
+    ),
     "metadata (req/s)": ("filesd", "sqlite", "SQLite + blob dir", ">= 0.80"),
     "list: first page p50 (ms)": ("filesd", "sqlite", "SQLite", "< 5 ms"),
     "list: after paging p50 (ms)": ("filesd", "sqlite", "SQLite", "< 5 ms"),

@@ -23,6 +23,7 @@ RATES = [
     "large download (MiB/s)",
     "large download, redirect (MiB/s)",
     "small uploads (files/s)",
+    "small uploads vs direct PUT (files/s)",
     "metadata (req/s)",
     "metadata, two instances (req/s)",
 ]
