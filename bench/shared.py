@@ -255,19 +255,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def postgres_cpu_seconds(postgres: services.PostgresServer) -> float:
-    """CPU seconds so far of the cluster's server processes (the postmaster's children, the
-    connections among them; a process that ended meanwhile is not counted)."""
+    """CPU seconds so far of the cluster: the postmaster, its live children (connections,
+    autovacuum...) and the children it reaped (so a process ending in between still counts)."""
     try:
         postmaster = (postgres.data / "postmaster.pid").read_text().split("\n", 1)[0]
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    total = 0.0
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if fields[1] == postmaster:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy() -> tuple[float, float]:
