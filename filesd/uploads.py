@@ -310,7 +310,9 @@ class UploadService:
         if made:
             await self._finish(upload_id, file_id)
         else:
-            await self._db.set_upload_status(upload_id, old="completing", new="pending")
+            await self._db.set_upload_status(
+                upload_id, old="completing", new="pending", attempt=file_id
+            )
 
     async def _verify_md5(self, upload_id: str, tokens: tuple[str, ...], md5: str) -> None:
         """Raise `Md5Mismatch` unless the parts joined in this order have this MD5, read
@@ -367,7 +369,9 @@ class UploadService:
             if upload.file_id is not None and await self._db.file_exists(upload.file_id):
                 await self._finish(upload.id, upload.file_id)
             else:
-                await self._db.set_upload_status(upload.id, old="completing", new="pending")
+                await self._db.set_upload_status(
+                    upload.id, old="completing", new="pending", attempt=upload.file_id
+                )
         cutoff = self._started
         if self._files.shared:
             cutoff = min(cutoff, time.time() - ORPHAN_PART_GRACE)
@@ -378,10 +382,12 @@ class UploadService:
             log.info("removed %d part file(s) of interrupted uploads", len(orphans))
 
     async def _finish(self, upload_id: str, file_id: str) -> None:
-        await self._db.set_upload_status(
-            upload_id, old="completing", new="completed", file_id=file_id
-        )
-        await self._drop_parts(upload_id)
+        # Only the completion that made `file_id`: if another instance settled it meanwhile
+        # (this one looked dead) and a new completion is under way, its parts are in use.
+        if await self._db.set_upload_status(
+            upload_id, old="completing", new="completed", file_id=file_id, attempt=file_id
+        ):
+            await self._drop_parts(upload_id)
 
     async def _drop_parts(self, upload_id: str) -> None:
         tokens = await self._db.delete_parts(upload_id)

@@ -1027,3 +1027,20 @@ async def test_postgres_claims_and_reclaims_race_safely_across_instances(
     finally:
         for store in (one, two, three):
             await store.close()
+
+
+async def test_only_its_own_completion_is_moved_on(backend: Backend) -> None:
+    # A completion settled by another instance meanwhile, then started again with another
+    # file, is not the first attempt's to finish (nor to reopen).
+    db = backend.db
+    await db.insert_upload(upload_record("u"))
+    assert await db.set_upload_status("u", old="pending", new="completing", file_id="f1", owner="i")
+    assert await db.set_upload_status("u", old="completing", new="pending", attempt="f1")
+    assert await db.set_upload_status("u", old="pending", new="completing", file_id="f2", owner="j")
+    for new in ("completed", "pending"):
+        assert not await db.set_upload_status(
+            "u", old="completing", new=new, file_id="f1", attempt="f1"
+        )
+    assert await db.set_upload_status(
+        "u", old="completing", new="completed", file_id="f2", attempt="f2"
+    )

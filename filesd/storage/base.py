@@ -269,11 +269,15 @@ class UploadMetadata(Protocol):
         new: str,
         file_id: str | None = None,
         owner: str | None = None,
+        attempt: str | None = None,
     ) -> bool:
         """Move an upload from status `old` to `new`; False if it was not in `old`.
 
         `owner` names the instance that takes the upload into `completing` (see
-        `abandoned_completions`); it is kept while the upload is `completing`."""
+        `abandoned_completions`); it is kept while the upload is `completing`. With `attempt`
+        (the file id a completion was started with), only that completion is moved on: a
+        completion that was settled by another instance meanwhile, and started again, is not
+        the caller's to finish."""
         ...
 
     async def insert_part(
@@ -391,6 +395,10 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
     async def close(self) -> None: ...
 
     async def schema_version(self) -> int: ...
+
+    async def holds_nothing(self) -> bool:
+        """True if the database has no file and no upload rows at all (new, or emptied)."""
+        ...
 
     async def vanished(self) -> str | None:
         """Why the database this store opened is no longer where it was opened (moved,

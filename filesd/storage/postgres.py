@@ -396,6 +396,10 @@ class PostgresMetadata:
         """None: the database is a service, not a file that could be moved away."""
         return None
 
+    async def holds_nothing(self) -> bool:
+        sql = "SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM uploads)"
+        return bool(await self._value(sql))
+
     async def schema_version(self) -> int:
         return int(await self._value("SELECT version FROM schema_version WHERE id = 0"))
 
@@ -839,14 +843,16 @@ class PostgresMetadata:
         new: str,
         file_id: str | None = None,
         owner: str | None = None,
+        attempt: str | None = None,
     ) -> bool:
-        """Move an upload from status `old` to `new`; False if it was not in `old`. `owner` is
-        kept only while the upload is `completing`."""
+        """Move an upload from status `old` to `new`; False if it was not in `old` (or, with
+        `attempt`, if its completion is another's). `owner` is kept only while `completing`."""
         sql = (
             "UPDATE uploads SET status = $1, file_id = $2, owner = $3 WHERE id = $4 AND status = $5"
+            " AND ($6::text IS NULL OR file_id = $6)"
         )
         owner = owner if new == "completing" else None
-        return await self._execute(sql, new, file_id, owner, upload_id, old) == 1
+        return await self._execute(sql, new, file_id, owner, upload_id, old, attempt) == 1
 
     async def insert_part(
         self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0

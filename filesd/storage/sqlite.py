@@ -381,6 +381,10 @@ class SqliteMetadata:
             return f"{DB_NAME} is no longer the file opened at start (replaced): restart"
         return None
 
+    async def holds_nothing(self) -> bool:
+        sql = "SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM uploads)"
+        return bool((await self._rows(sql))[0][0])
+
     async def schema_version(self) -> int:
         rows = await self._rows("PRAGMA user_version")
         return int(rows[0][0])
@@ -821,14 +825,17 @@ class SqliteMetadata:
         new: str,
         file_id: str | None = None,
         owner: str | None = None,
+        attempt: str | None = None,
     ) -> bool:
-        """Move an upload from status `old` to `new`; False if it was not in `old`."""
+        """Move an upload from status `old` to `new`; False if it was not in `old` (or, with
+        `attempt`, if its completion is another's)."""
         sql = (
             "UPDATE uploads SET status = ?, file_id = ?, owner = ? "
-            "WHERE id = ? AND status = ? RETURNING 1"
+            "WHERE id = ? AND status = ? AND (? IS NULL OR file_id = ?) RETURNING 1"
         )
         owner = owner if new == "completing" else None
-        return len(await self._write(sql, (new, file_id, owner, upload_id, old))) == 1
+        params = (new, file_id, owner, upload_id, old, attempt, attempt)
+        return len(await self._write(sql, params)) == 1
 
     async def insert_part(
         self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
