@@ -91,7 +91,6 @@ def create_app(
         elif not app[METRICS].has_token:
             log.info("GET /metrics answers 401: set [metrics] token to scrape it")
         tasks = [
-            asyncio.create_task(_heartbeat(store, config.storage.lease_seconds)),
             asyncio.create_task(_maintain(store, uploads, config)),
             asyncio.create_task(_refresh_keys(store, authenticator)),
         ]
@@ -121,16 +120,6 @@ def create_app(
     setup_health_routes(app)
     setup_upload_routes(app)
     return app
-
-
-async def _heartbeat(store: FileStore, lease_seconds: int) -> None:
-    """Keep this instance alive in the others' eyes (its claims, leases and completions)."""
-    while True:
-        await asyncio.sleep(lease_seconds / 3)
-        try:
-            await store.heartbeat()
-        except Exception:
-            log.exception("heartbeat failed")
 
 
 async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:

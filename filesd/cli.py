@@ -16,7 +16,7 @@ from .server import serve
 from .storage.base import SchemaTooNew, StorageUnavailable
 from .store import DatabaseMissing, DataDirLocked, MigrationError, StoreSettings
 
-COMMANDS = ("serve", "fsck", "gc", "keys", "backup")
+COMMANDS = ("serve", "fsck", "gc", "keys", "backup", "migrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

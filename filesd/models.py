@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / RFC 8187): the
+    header of a download, whether filesd sends the bytes or a presigned URL of the bucket does."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+^`|~')}"
+    return value
 
 
 @dataclass(frozen=True)

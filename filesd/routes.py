@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import quote
 
 from aiohttp import HttpVersion11, web
 from multidict import MultiMapping
@@ -21,6 +20,7 @@ from .errors import (
     file_too_large,
 )
 from .forms import FORM_OVERHEAD, read_upload_form
+from .models import content_disposition
 from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
@@ -124,15 +124,6 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     # Validators, conditions and ranges: see filesd.content.
     redirect = request.app[CONFIG].storage.s3.redirect_downloads
     return await send_content(request, store, record, headers, redirect=redirect)
-
-
-def content_disposition(filename: str) -> str:
-    """`attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / RFC 8187)."""
-    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
-    value = f'attachment; filename="{fallback}"'
-    if fallback != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+^`|~')}"
-    return value
 
 
 def _list_query(params: MultiMapping[str]) -> ListQuery:

@@ -296,6 +296,8 @@ class FileStore:
         self.keys = KeyStore(meta, clock)
         # This process's name among the instances sharing the metadata (new at every start).
         self.instance = uuid.uuid4().hex
+        self._alive_until = 0.0  # (monotonic) what the last heartbeat told the others
+        self._beating: asyncio.Task[None] | None = None
         # Held by a group commit or an import from its claims to its rows: one set of claims
         # in flight per instance (claims are per instance and digest).
         self._write_lock = asyncio.Lock()
@@ -348,6 +350,7 @@ class FileStore:
                 id_generation=generation,
             )
             await store.heartbeat()
+            store._beating = asyncio.create_task(store._heartbeats())
         except BaseException:
             if meta is not None:
                 await meta.close()
@@ -358,6 +361,9 @@ class FileStore:
         return store
 
     async def close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
         if self._committer is not None:
             await asyncio.gather(self._committer, return_exceptions=True)
         try:
@@ -376,7 +382,19 @@ class FileStore:
 
     async def heartbeat(self) -> None:
         """Tell the other instances this one is alive (for `lease_seconds`)."""
+        sent = time.monotonic()
         await self._meta.heartbeat(self.instance, now=_wall(), ttl=self._settings.lease_seconds)
+        self._alive_until = sent + self._settings.lease_seconds
+
+    async def _heartbeats(self) -> None:
+        """While open: a heartbeat every third of `lease_seconds` (the store, not only a
+        server, must stay alive in the others' eyes: `filesd migrate` and `gc` run long)."""
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                await self.heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
 
     async def take_lease(self, name: str, ttl: int) -> bool:
         """Hold lease `name` for `ttl` seconds unless another live instance holds it."""
@@ -611,6 +629,13 @@ class FileStore:
         if not begun:
             return 0
         try:
+            # A delete cannot be fenced in the bucket: if this instance was paused since the
+            # reclaim began until the others may count it dead (a claimant may then have taken
+            # the digest over, trusting the bytes still there), it must not send the delete.
+            # Checked here, against this process's own clock, right before sending it.
+            if time.monotonic() > self._alive_until - 1:
+                log.warning("reclaim of %d blob(s) given up: heartbeat too old", len(begun))
+                return 0
             return await self._blobs.delete(begun)
         finally:
             await self._meta.end_reclaim(begun, self.instance)

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from filesd.routes import content_disposition
+from filesd.models import content_disposition
 from filesd.storage.base import (
     BlobBackend,
     BlobMissing,

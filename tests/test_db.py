@@ -306,7 +306,9 @@ async def test_byte_quota_counts_parts_of_unfinished_uploads(db: MetadataStore) 
     assert await db.usage(["q"]) == {"q": (3, 20)}
 
 
-async def test_a_taken_record_uses_no_quota(db: MetadataStore) -> None:
+async def test_a_taken_record_uses_no_quota(backend: Backend) -> None:
+    # "counting ... the records inserted before it": a record refused as `taken` is not one.
+    db = backend.db
     await db.insert_files([record("a")])
     assert await db.insert_files([record("a"), record("b")], quota=Quota(files=2)) == [
         "taken",
@@ -369,7 +371,7 @@ async def test_upload_lifecycle(db: MetadataStore) -> None:
     assert await db.expire_uploads(now=10**10) == []
 
 
-async def test_abandoned_completions_are_those_of_dead_owners(db: MetadataStore) -> None:
+async def test_abandoned_completions_are_those_of_owners_not_alive(db: MetadataStore) -> None:
     for upload_id in ("mine", "theirs", "ghosts", "waiting"):
         await db.insert_upload(upload_record(upload_id))
     await db.heartbeat("i", now=100, ttl=10)
@@ -380,17 +382,13 @@ async def test_abandoned_completions_are_those_of_dead_owners(db: MetadataStore)
     async def abandoned(instance: str, now: int) -> set[str]:
         return {u.id for u in await db.abandoned_completions(instance, now=now)}
 
-    assert await abandoned("i", 105) == {"ghosts"}  # never had a heartbeat
-    assert await abandoned("i", 110) == {"theirs", "ghosts"}  # j's heartbeat ran out
-    assert await abandoned("j", 110) == {"mine", "ghosts"}
-    await db.heartbeat("i", now=110, ttl=10)
-    await db.heartbeat("j", now=110, ttl=10)
-    assert await abandoned("i", 115) == {"ghosts"}
+    assert await abandoned("i", 105) == {"ghosts"}  # its owner never had a heartbeat
+    assert await abandoned("j", 105) == {"ghosts"}
     # Leaving `completing` (settled, or given back) ends it; a new owner takes it over.
     assert await db.set_upload_status("ghosts", old="completing", new="pending")
-    assert await abandoned("i", 115) == set()
+    assert await abandoned("i", 105) == set()
     assert await db.set_upload_status("ghosts", old="pending", new="completing", owner="i")
-    assert await abandoned("j", 115) == set()
+    assert await abandoned("j", 105) == set()
 
 
 # --- coordination ---------------------------------------------------------------------------
@@ -436,43 +434,30 @@ async def test_a_blob_being_reclaimed_is_not_claimed(db: MetadataStore) -> None:
     assert await db.begin_reclaim([A], "j", now=101) == [A]  # its own: begun again
     await db.end_reclaim([A], "j")
     assert await db.claim_blobs([A], "i", now=102) == set()
-    # A dead instance's reclaim stops counting: the claim takes its place.
-    assert await db.claim_blobs([B], "i", now=109) == {B}
-    assert await db.claim_blobs([B], "i", now=110) == set()
-    await db.heartbeat("i", now=110, ttl=10)
-    await db.heartbeat("j", now=110, ttl=10)
-    assert await db.begin_reclaim([B], "j", now=111) == []  # now i's live claim holds it
+    assert await db.begin_reclaim([A, B], "j", now=102) == [B]
 
 
-async def test_a_dead_instance_claim_is_dropped_and_its_insert_fenced(db: MetadataStore) -> None:
+async def test_an_insert_without_its_claim_is_refused(db: MetadataStore) -> None:
     await db.heartbeat("i", now=100, ttl=10)
-    await db.heartbeat("j", now=100, ttl=10)
-    assert await db.claim_blobs([A, B], "i", now=100) == set()
-    assert await db.begin_reclaim([A], "j", now=105) == []  # i is alive
-    await db.heartbeat("j", now=120, ttl=10)
-    # i's heartbeat ran out at 110: its claim no longer counts, and is dropped.
-    assert await db.begin_reclaim([A], "j", now=120) == [A]
-    # i was only paused; it comes back and tries to insert a row for the blob being deleted.
-    await db.heartbeat("i", now=121, ttl=10)
-    verdicts = await db.insert_files(
-        [record("x", sha256=A), record("y", sha256=B), record("z", sha256=C)], instance="i"
-    )
-    assert verdicts == ["unclaimed", "inserted", "unclaimed"]
-    assert not await db.file_exists("x") and not await db.file_exists("z")
+    assert await db.claim_blobs([B], "i", now=100) == set()
+    verdicts = await db.insert_files([record("x", sha256=A), record("y", sha256=B)], instance="i")
+    assert verdicts == ["unclaimed", "inserted"]
+    assert not await db.file_exists("x")
     # A reclaim begins only for a live instance.
-    assert await db.begin_reclaim([D], "ghost", now=121) == []
-    assert await db.begin_reclaim([D], "j", now=130) == []  # j's heartbeat ran out too
+    assert await db.begin_reclaim([D], "ghost", now=100) == []
 
 
 async def test_an_import_needs_its_claims(db: MetadataStore) -> None:
     await db.heartbeat("i", now=100, ttl=10)
-    await db.heartbeat("j", now=120, ttl=10)
-    assert await db.claim_blobs([A, B], "i", now=100) == set()
-    assert await db.begin_reclaim([B], "j", now=120) == [B]  # i is dead by then
+    assert await db.claim_blobs([A], "i", now=100) == set()
     with pytest.raises(StorageBusy):
         await db.import_files([record("x", sha256=A), record("y", sha256=B)], instance="i")
     assert not await db.file_exists("x")
-    assert await db.claim_blobs([A], "i", now=121) == set()
+    # Its claims ended all the same: a reclaim may begin.
+    await db.heartbeat("j", now=100, ttl=10)
+    assert await db.begin_reclaim([A], "j", now=100) == [A]
+    await db.end_reclaim([A], "j")
+    assert await db.claim_blobs([A], "i", now=101) == set()
     assert await db.import_files([record("x", sha256=A)], instance="i") == []
     assert await db.file_exists("x")
 
@@ -685,7 +670,64 @@ async def test_sqlite_is_not_shared(sqlite_db: SqliteMetadata) -> None:
     assert await sqlite_db.vanished() is None
 
 
-# --- PostgreSQL only ------------------------------------------------------------------------
+# --- heartbeats running out (both backends) ---------------------------------------------------
+
+
+async def test_completions_are_abandoned_when_heartbeats_run_out(
+    backend: Backend,
+) -> None:
+    db = backend.db
+    for upload_id in ("mine", "theirs"):
+        await db.insert_upload(upload_record(upload_id))
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    for upload_id, owner in (("mine", "i"), ("theirs", "j")):
+        assert await db.set_upload_status(upload_id, old="pending", new="completing", owner=owner)
+
+    async def abandoned(instance: str, now: int) -> set[str]:
+        return {u.id for u in await db.abandoned_completions(instance, now=now)}
+
+    assert await abandoned("i", 109) == set()
+    assert await abandoned("i", 110) == {"theirs"}  # j's heartbeat ran out (until 110)
+    assert await abandoned("j", 110) == {"mine"}
+    await db.heartbeat("j", now=110, ttl=10)
+    assert await abandoned("i", 115) == set()
+
+
+async def test_a_dead_instance_reclaim_gives_way_to_a_claim(
+    backend: Backend,
+) -> None:
+    db = backend.db
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    assert await db.begin_reclaim([B], "j", now=100) == [B]
+    assert await db.claim_blobs([B], "i", now=109) == {B}
+    assert await db.claim_blobs([B], "i", now=110) == set()  # j died at 110: given up
+    await db.heartbeat("i", now=110, ttl=10)
+    await db.heartbeat("j", now=110, ttl=10)
+    assert await db.begin_reclaim([B], "j", now=111) == []  # i's claim holds it now
+    assert await db.begin_reclaim([D], "j", now=120) == []  # j's own heartbeat ran out
+
+
+async def test_a_dead_instance_claim_is_dropped_and_its_insert_fenced(
+    backend: Backend,
+) -> None:
+    db = backend.db
+    await db.heartbeat("i", now=100, ttl=10)
+    await db.heartbeat("j", now=100, ttl=10)
+    assert await db.claim_blobs([A, B, C], "i", now=100) == set()
+    assert await db.begin_reclaim([A], "j", now=105) == []  # i is alive
+    await db.heartbeat("j", now=120, ttl=10)
+    # i's heartbeat ran out at 110: its claim no longer counts, and is dropped.
+    assert await db.begin_reclaim([A, C], "j", now=120) == [A, C]
+    # i was only paused; it comes back and tries to insert rows for blobs being deleted.
+    await db.heartbeat("i", now=121, ttl=10)
+    verdicts = await db.insert_files([record("x", sha256=A), record("y", sha256=B)], instance="i")
+    assert verdicts == ["unclaimed", "inserted"]
+    assert not await db.file_exists("x")
+    with pytest.raises(StorageBusy):
+        await db.import_files([record("z", sha256=C)], instance="i")
+    assert not await db.file_exists("z")
 
 
 def test_postgres_neutral_errors_come_from_sqlstates_not_messages() -> None:
@@ -701,6 +743,9 @@ def test_postgres_neutral_errors_come_from_sqlstates_not_messages() -> None:
     # A message that merely says "disk full" or "timeout" is not one of them.
     assert neutral_error(asyncpg.PostgresSyntaxError("disk full: statement timeout")) is None
     assert neutral_error(asyncpg.UniqueViolationError("x")) is None
+
+
+# --- PostgreSQL only ------------------------------------------------------------------------
 
 
 async def test_postgres_migrations_run_once_when_instances_start_together(
@@ -774,6 +819,28 @@ async def test_postgres_a_part_never_lands_beside_a_status_change(postgres_dsn: 
         await completing.commit()
         assert await adding == "not_pending"
         assert await store.get_parts("u") == []
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_postgres_a_lost_connection_is_storage_busy_then_recovers(postgres_dsn: str) -> None:
+    # The server ends filesd's sessions (a restart, a failover, an operator): a call meeting
+    # the dead connection is a StorageBusy (a 503 to retry; never the driver's own error),
+    # and the next one gets a new connection.
+    store = await PostgresMetadata.open(postgres_dsn, max_connections=1)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_files([record("a")])
+        for _ in range(5):
+            ended = await other.fetchval(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'filesd' AND datname = current_database()"
+            )
+            assert ended == 1
+            with contextlib.suppress(StorageBusy):  # or the pool noticed first and reconnected
+                await store.get_live_file("p", "a", now=0)
+            assert await store.get_live_file("p", "a", now=0) is not None
     finally:
         await other.close()
         await store.close()

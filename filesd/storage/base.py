@@ -139,7 +139,9 @@ class BlobWriter(Protocol):
     async def write(self, data: bytes) -> None: ...
 
     async def finish(self) -> StagedBlob:
-        """Flush and make durable; the staged content is then complete."""
+        """Flush; the staged content is then complete. It is durable once `commit` returns
+        (a backend may keep staging transient: a crash before the commit loses only content
+        nobody was told is stored)."""
         ...
 
     async def abort(self) -> None:
@@ -237,12 +239,13 @@ class BlobBackend(Protocol):
     async def concat_parts(self, tokens: Sequence[str]) -> tuple[StagedBlob, str]:
         """Join parts, in order, into new staged content; returns it and its MD5 (hex).
 
-        The parts stay in place.
+        The parts stay in place. Raises `FileNotFoundError` if a part is gone.
         """
         ...
 
     async def parts_md5(self, tokens: Sequence[str]) -> str:
-        """The MD5 (hex) of the parts joined in order, read without writing anything."""
+        """The MD5 (hex) of the parts joined in order, read without writing anything.
+        Raises `FileNotFoundError` if a part is gone."""
         ...
 
 
@@ -355,7 +358,8 @@ class Coordination(Protocol):
         ...
 
     async def claim_blobs(self, digests: Sequence[str], instance: str, *, now: int) -> set[str]:
-        """Claim each digest for `instance`; returns those not claimed because a live
+        """Claim each digest for `instance` (claims are counted: each claim is ended once by
+        an insert or `release_claims`); returns those not claimed because a live
         instance is reclaiming them right now (retry once that ends). A reclaim begun by an
         instance that is no longer alive is abandoned: the claim takes its place."""
         ...
@@ -402,7 +406,8 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
         excluding_uploads: Sequence[str] = (),
     ) -> list[InsertVerdict]:
         """Insert new files; per record, what became of it. A record refused never fails the
-        others: `taken` (its id exists), `over_files` / `over_bytes` (its project would pass
+        others: `taken` (its id exists, or an earlier record of the call has it; checked
+        first: a taken record uses no quota), `over_files` / `over_bytes` (its project would pass
         `quota`, counting its live files, the bytes of its files and of the parts of its
         pending or completing uploads but those in `excluding_uploads`, and the records
         inserted before it), `unclaimed` (with `instance`: that instance holds no claim on

@@ -252,6 +252,11 @@ _BUSY_STATES = frozenset(
 )
 
 
+# Failures on the client's side of a connection (no SQLSTATE): after one, the connection's
+# protocol state cannot be trusted.
+_CLIENT_ERRORS = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 def lock_key(kind: str, name: str) -> int:
     """A signed 64-bit advisory lock key for `name` of `kind` ("project", "blob", ...): the
     same in every process and version of Python (unlike `hash()`), so every instance locks
@@ -357,6 +362,9 @@ class PostgresMetadata:
                     reset=_keep_session,
                     server_settings={
                         "statement_timeout": str(statement_timeout_ms),
+                        # An instance paused (not killed) inside a transaction would hold
+                        # its project's lock for as long: the server ends such a session.
+                        "idle_in_transaction_session_timeout": str(statement_timeout_ms),
                         "application_name": "filesd",
                     },
                 )
@@ -397,7 +405,14 @@ class PostgresMetadata:
     async def _connection(self) -> AsyncIterator[Connection]:
         with _neutral_errors():
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                except _CLIENT_ERRORS as error:
+                    # The driver lost track of the connection (the server ended the session:
+                    # a restart, a failover, a terminated backend): it goes, the pool makes a
+                    # new one, and the caller may retry.
+                    conn.terminate()
+                    raise StorageBusy(f"database connection lost: {error}") from error
 
     @contextlib.asynccontextmanager
     async def _transaction(self, locks: Iterable[int] = ()) -> AsyncIterator[Connection]:
@@ -426,6 +441,8 @@ class PostgresMetadata:
         lock: instances starting together migrate once, one after the other finding nothing
         left to do; a failure leaves the schema as it was."""
         async with self._transaction([_MIGRATION_LOCK]) as conn:
+            # Waiting for the lock was bounded; a migration rebuilding a large table is not.
+            await conn.execute("SET LOCAL statement_timeout = 0")
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 " id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);"

@@ -51,7 +51,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
 
 import botocore.loaders  # type: ignore[import-untyped]
 import botocore.session  # type: ignore[import-untyped]
@@ -60,6 +59,7 @@ from aiohttp import ClientError as HttpClientError
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # type: ignore[import-untyped]
 
+from ..models import content_disposition
 from .base import BlobMissing, StagedBlob, StorageUnavailable
 from .blobdir import READ_CHUNK, DirWriter, HashedFile, _in_thread
 
@@ -117,18 +117,6 @@ class _ByteBudget:
         finally:
             self._used -= size
             self._changed.set()
-
-
-def content_disposition(filename: str) -> str:
-    """`attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / RFC 8187).
-
-    The same value as `filesd.routes.content_disposition` (which lives with aiohttp's web
-    layer, that storage code must not import)."""
-    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
-    value = f'attachment; filename="{fallback}"'
-    if fallback != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+^`|~')}"
-    return value
 
 
 def _error_code(error: Exception) -> tuple[str, int]:

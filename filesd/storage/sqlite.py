@@ -511,9 +511,20 @@ class SqliteMetadata:
             sql = _usage_sql(len(chunk), len(excluding_uploads))
             for row in await self._run(conn, sql, [*chunk, *chunk, *excluding_uploads]):
                 held[row[0]] = (int(row[1]), int(row[2]))
+        # A record whose id is taken is refused as `taken`, using no quota.
+        ids = [r.id for r in records]
+        taken: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            sql = f"SELECT id FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            taken.update(row[0] for row in await self._run(conn, sql, chunk))
         for i, record in enumerate(records):
             if verdicts[i] != "inserted":
                 continue
+            if record.id in taken:
+                verdicts[i] = "taken"
+                continue
+            taken.add(record.id)
             files, size = held.get(record.project, (0, 0))
             if quota.files and files + 1 > quota.files:
                 verdicts[i] = "over_files"
@@ -897,9 +908,7 @@ class SqliteMetadata:
         return False
 
     def _is_alive(self, instance: str | None, now: int) -> bool:
-        # Every instance that has sent a heartbeat lives in this process, and lives as long
-        # as it does: no other process can reach its claims or completions.
-        return instance is not None and instance in self._alive
+        return instance is not None and self._alive.get(instance, 0) > now
 
     async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
         self._alive[instance] = now + ttl
