@@ -787,6 +787,7 @@ async def test_openai_headers_on_every_response(client: Client) -> None:
         assert int(resp.headers["openai-processing-ms"]) >= 0
 
 
+@pytest.mark.slow  # the sweeper's least interval is a second
 async def test_the_background_sweeper_reclaims_expired_files(
     aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
