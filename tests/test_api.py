@@ -2,8 +2,9 @@
 
 Every test that runs an app runs it on both ends of the backend matrix: the embedded pair
 (SQLite and the blob dir in `data_dir`) and PostgreSQL + S3 (a fresh database and bucket per
-test); see `Backend`. Only the tests of a mechanism the embedded pair alone has (the SQLite
-file, the blob dir's probe) run on it alone, through the `embedded` fixture.
+test); see `Backend`. Checks of what is stored look at the bucket or the blob dir alike; only
+a test of a mechanism the embedded pair alone has (the SQLite file moved aside) runs on it
+alone, through the `embedded` fixture.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class Backend:
 
     PREFIX = "files"
 
-    def __init__(self, name: str, data_dir: Path, dsn: str = "", bucket: S3Bucket | None = None):
+    def __init__(
+        self, name: str, data_dir: Path, dsn: str = "", bucket: S3Bucket | None = None
+    ) -> None:
         self.name = name
         self.data_dir = data_dir
         self.dsn = dsn
@@ -110,6 +113,7 @@ class Backend:
         return self.data_dir / ("tmp" if self.bucket is None else "spool")
 
     def scratch_files(self) -> list[Path]:
+        """What is in `scratch_dir` (temp or spool files)."""
         if self.bucket is None:
             return temp_files(self.data_dir)
         return sorted(self.scratch_dir.iterdir()) if self.scratch_dir.exists() else []
