@@ -11,13 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
-import importlib.util
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,10 +20,11 @@ from typing import Any
 
 import pytest
 
+from bench import services
+
 REGION = "us-east-1"
 ACCESS_KEY_ID = "test"
 SECRET_ACCESS_KEY = "test"  # moto accepts any signature
-START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,68 +94,20 @@ def _botocore_session() -> Any:
 
 def require_moto() -> None:
     """Skip the test when moto's server cannot run here (fail it when CI requires it)."""
-    missing = [m for m in ("moto", "flask", "boto3") if importlib.util.find_spec(m) is None]
-    if missing:
-        why = f"moto's S3 server needs {', '.join(missing)} (pip install 'moto[s3,server]')"
+    why = services.moto_missing()
+    if why is not None:
         if os.environ.get("FILESD_REQUIRE_BACKENDS") == "1":
             pytest.fail(why)
         pytest.skip(why)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _answers(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        connection.request("GET", "/moto-api/")
-        connection.getresponse().read()
-    except OSError:
-        return False
-    finally:
-        connection.close()
-    return True
-
-
 @contextlib.contextmanager
 def moto_server(log_dir: Path) -> Iterator[str]:
-    """Run one moto S3 server until the block ends; yields its endpoint URL."""
+    """Run one moto S3 server until the block ends; yields its endpoint URL (the server is
+    bench/services.py's, which the benchmark uses too)."""
     require_moto()
-    for _attempt in range(3):  # another process may take the free port before moto binds it
-        port = _free_port()
-        log = (log_dir / f"moto-{port}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while proc.poll() is None and not _answers(port) and time.monotonic() < deadline:
-            # Waits on the process: returns at once if it dies, else after a short poll.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.05)
-        if proc.poll() is None and _answers(port):
-            break
-        proc.kill()
-        proc.wait()
-        log.close()
-    else:
-        raise RuntimeError(f"moto's S3 server did not start; see the logs in {log_dir}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with services.moto_server(log_dir) as endpoint:
+        yield endpoint
 
 
 @contextlib.contextmanager
