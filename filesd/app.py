@@ -124,8 +124,9 @@ def create_app(
 
 
 # Blobs without a row come only from crashes (or failed commits): the whole store is listed
-# for them at start-up and then this often, not every sweep (a bucket may hold millions).
-ORPHAN_SWEEP_SECONDS = 3600
+# for them at start-up and then every this many sweeps, not every sweep (a bucket may hold
+# millions of objects).
+ORPHAN_SWEEP_EVERY = 10
 
 
 async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:
@@ -134,15 +135,18 @@ async def _maintain(store: FileStore, uploads: UploadService, config: Config) ->
 
     Every `sweep_interval` seconds: expired files (already hidden) and uploads, rows deleted
     longer ago than `deleted_retention` (with the blobs that frees), and the completions of
-    instances that died. At start-up and every ORPHAN_SWEEP_SECONDS: blobs a crash left
-    unreferenced (this instance's own uploads caught mid-completion were settled before
-    serving began).
+    instances that died. At start-up and every ORPHAN_SWEEP_EVERY sweeps (at least two leases
+    apart, so a dead instance's claims have run out): blobs a crash left unreferenced (this
+    instance's own uploads caught mid-completion were settled before serving began).
     """
     lease = config.storage.sweep_interval + config.storage.lease_seconds
 
     async def purge() -> None:
         await store.purge_deleted(config.storage.deleted_retention)
 
+    orphan_interval = max(
+        ORPHAN_SWEEP_EVERY * config.storage.sweep_interval, 2 * config.storage.lease_seconds
+    )
     orphans_due = 0.0
     while True:
         steps = [store.sweep_expired, purge, uploads.sweep_expired, uploads.recover]
@@ -154,7 +158,7 @@ async def _maintain(store: FileStore, uploads: UploadService, config: Config) ->
                     break
                 await step()
                 if step == store.sweep_orphans:
-                    orphans_due = time.monotonic() + ORPHAN_SWEEP_SECONDS
+                    orphans_due = time.monotonic() + orphan_interval
             except Exception:
                 log.exception("background %s failed", step.__name__)
         await asyncio.sleep(config.storage.sweep_interval)

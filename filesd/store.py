@@ -65,6 +65,7 @@ __all__ = [
     "Audit",
     "BlobMissing",
     "BlobTooLarge",
+    "CompletionAbandoned",
     "CursorNotFound",
     "DataDirLocked",
     "DatabaseMissing",
@@ -124,6 +125,15 @@ class ImportConflict(Exception):
     def __init__(self, ids: list[str]) -> None:
         super().__init__(f"{len(ids)} file id(s) exist already, e.g. {ids[0]}")
         self.ids = ids
+
+
+class CompletionAbandoned(Exception):
+    """The upload this file was to complete was settled meanwhile by another instance (this
+    one looked dead): the file was not stored."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"the completion making file {file_id} was settled by another instance")
+        self.file_id = file_id
 
 
 class FileIdTaken(Exception):
@@ -579,6 +589,9 @@ class FileStore:
                     instance=self.instance,
                     quota=self._settings.quota,
                     excluding_uploads=[q.from_upload for q in linked if q.from_upload is not None],
+                    completions={
+                        q.record.id: q.from_upload for q in linked if q.from_upload is not None
+                    },
                 )
             inserted = True
             # The insert ended the claims of the digests it was given; those whose every
@@ -611,6 +624,8 @@ class FileStore:
             return QuotaExceeded(record.project, "files", self._settings.max_files_per_project)
         if verdict == "over_bytes":
             return QuotaExceeded(record.project, "bytes", self._settings.max_bytes_per_project)
+        if verdict == "abandoned":
+            return CompletionAbandoned(record.id)
         log.error("file %s: the claim on its blob was lost (instance presumed dead)", record.id)
         return StorageBusy("this instance lost its claim on the file's blob; try again")
 

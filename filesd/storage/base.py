@@ -13,7 +13,7 @@ Backends must not import aiohttp or the HTTP layer.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -27,7 +27,7 @@ SMALL_BYTES = 64 * 1024
 PartVerdict = Literal["added", "not_pending", "too_many_parts", "over_declared", "over_quota"]
 
 # What became of a file offered to `MetadataStore.insert_files`.
-InsertVerdict = Literal["inserted", "taken", "over_files", "over_bytes", "unclaimed"]
+InsertVerdict = Literal["inserted", "taken", "over_files", "over_bytes", "unclaimed", "abandoned"]
 
 
 @dataclass(frozen=True)
@@ -412,6 +412,7 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
         instance: str | None = None,
         quota: Quota = NO_QUOTA,
         excluding_uploads: Sequence[str] = (),
+        completions: Mapping[str, str] | None = None,
     ) -> list[InsertVerdict]:
         """Insert new files; per record, what became of it. A record refused never fails the
         others: `taken` (its id exists, or an earlier record of the call has it; checked
@@ -419,8 +420,11 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
         `quota`, counting its live files, the bytes of its files and of the parts of its
         pending or completing uploads but those in `excluding_uploads`, and the records
         inserted before it), `unclaimed` (with `instance`: that instance holds no claim on
-        the record's blob). With `instance`, its claims on the records' blobs end in the same
-        transaction. Quota checks and inserts are atomic against every other writer, on every
+        the record's blob), `abandoned` (`completions` maps its id to an upload that is no
+        longer `completing` with it: another instance settled that completion meanwhile).
+        With `instance`, its claims on the records' blobs end in the same transaction; with
+        `completions`, the uploads of the records inserted become `completed` in it. Quota
+        checks and inserts are atomic against every other writer, on every
         instance.
 
         Paging order: within a project, files become visible in the order of their `seq`

@@ -35,7 +35,7 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -471,6 +471,7 @@ class PostgresMetadata:
         instance: str | None = None,
         quota: Quota = NO_QUOTA,
         excluding_uploads: Sequence[str] = (),
+        completions: Mapping[str, str] | None = None,
     ) -> list[InsertVerdict]:
         """Insert new files, in one transaction under the locks of their projects (and of their
         blobs, with `instance`): the verdicts are decided and the rows inserted with no other
@@ -509,6 +510,19 @@ class PostgresMetadata:
                     taken.add(r.id)  # a second record with this id is taken by the first
                 if quota:
                     await _check_quota(conn, records, verdicts, quota, excluding_uploads)
+                for i, r in enumerate(records):
+                    # The completion this record ends must still be this instance's: moved
+                    # on in this transaction, or the record is `abandoned`.
+                    upload_id = (completions or {}).get(r.id)
+                    if verdicts[i] == "inserted" and upload_id is not None:
+                        moved = await conn.fetchval(
+                            "UPDATE uploads SET status = 'completed', owner = NULL WHERE id = $1"
+                            " AND status = 'completing' AND file_id = $2 RETURNING 1",
+                            upload_id,
+                            r.id,
+                        )
+                        if moved is None:
+                            verdicts[i] = "abandoned"
                 chosen = [r for r, v in zip(records, verdicts, strict=True) if v == "inserted"]
                 if chosen:
                     # Another project's transaction may take an id meanwhile: skipped, `taken`.

@@ -18,7 +18,7 @@ import collections
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -456,8 +456,10 @@ class SqliteMetadata:
         instance: str | None = None,
         quota: Quota = NO_QUOTA,
         excluding_uploads: Sequence[str] = (),
+        completions: Mapping[str, str] | None = None,
     ) -> list[InsertVerdict]:
-        """Insert rows: one statement (one commit) when they fit and no quota applies, else
+        """Insert rows: one statement (one commit) when they fit and no quota or completion
+        applies, else
         one transaction that decides the quotas and inserts (on the one writer, so no other
         write lands between the two).
 
@@ -471,7 +473,7 @@ class SqliteMetadata:
                     if self._claims.get(r.sha256, collections.Counter())[instance] <= 0:
                         verdicts[i] = "unclaimed"
             try:
-                if len(records) <= _CHUNK and not quota:
+                if len(records) <= _CHUNK and not quota and not completions:
                     async with self._writing:
                         inserted = await _insert_files(
                             self._conn, _pick(records, verdicts), skip_taken=True
@@ -482,6 +484,8 @@ class SqliteMetadata:
                             await self._check_quota(
                                 conn, records, verdicts, quota, excluding_uploads
                             )
+                        if completions:
+                            await self._complete_uploads(conn, records, verdicts, completions)
                         inserted = await _insert_files(
                             conn, _pick(records, verdicts), skip_taken=True
                         )
@@ -497,6 +501,31 @@ class SqliteMetadata:
                 verdicts[i] = "taken"
             left[record.id] -= 1
         return verdicts
+
+    async def _complete_uploads(
+        self,
+        conn: aiosqlite.Connection,
+        records: Sequence[FileRecord],
+        verdicts: list[InsertVerdict],
+        completions: Mapping[str, str],
+    ) -> None:
+        """Move the uploads these records complete to `completed`, in the inserting
+        transaction; a record whose upload is no longer completing with it is `abandoned`."""
+        for i, record in enumerate(records):
+            upload_id = completions.get(record.id)
+            if verdicts[i] != "inserted" or upload_id is None:
+                continue
+            if await self._run(conn, "SELECT 1 FROM files WHERE id = ?", (record.id,)):
+                verdicts[i] = "taken"
+                continue
+            moved = await self._run(
+                conn,
+                "UPDATE uploads SET status = 'completed', owner = NULL "
+                "WHERE id = ? AND status = 'completing' AND file_id = ? RETURNING 1",
+                (upload_id, record.id),
+            )
+            if not moved:
+                verdicts[i] = "abandoned"
 
     async def _check_quota(
         self,
