@@ -628,3 +628,73 @@ def test_part_settings_are_checked(tmp_path: Path) -> None:
         S3Blobs(tmp_path, bucket="b", multipart_threshold=6 * 1024**3)
     with pytest.raises(ValueError):
         S3Blobs(tmp_path, bucket="b", part_uploads=0)
+    with pytest.raises(ValueError):
+        S3Blobs(tmp_path, bucket="b", read_timeout=0)
+
+
+class StallingPath:
+    """A TCP path to the S3 server that stops carrying requests when told (`stall()`): a
+    store (or a network) that takes no more bytes and never answers."""
+
+    def __init__(self, upstream: str) -> None:
+        self._host, _, port = upstream.removeprefix("http://").partition(":")
+        self._port = int(port)
+        self._carrying = asyncio.Event()
+        self._carrying.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.endpoint = ""
+
+    async def __aenter__(self) -> StallingPath:
+        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        self.endpoint = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stall(self) -> None:
+        self._carrying.clear()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+        for task in (self._pipe(reader, up_writer, True), self._pipe(up_reader, writer, False)):
+            self._tasks.add(asyncio.ensure_future(task))
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bool
+    ) -> None:
+        try:
+            while True:
+                if request:
+                    await self._carrying.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [1000, 300_000])  # a body in memory, one read from the file
+async def test_an_endpoint_that_takes_no_body_fails_the_request(
+    s3_bucket: S3Bucket, tmp_path: Path, size: int
+) -> None:
+    async with StallingPath(s3_bucket.endpoint) as path:
+        bucket = S3Bucket(path.endpoint, s3_bucket.bucket)
+        blobs = s3_blobs(bucket, tmp_path, read_timeout=0.5)
+        await blobs.prepare()
+        try:
+            staged = await write(blobs, [os.urandom(size)])
+            path.stall()
+            # aiohttp's read timeout never starts: the request is never sent whole.
+            async with asyncio.timeout(30):
+                with pytest.raises(StorageUnavailable, match="took no more of a request body"):
+                    await blobs.save_part(staged)
+            assert staging(blobs) == []
+        finally:
+            await blobs.close()

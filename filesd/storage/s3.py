@@ -54,6 +54,7 @@ import math
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -88,6 +89,10 @@ PART_UPLOADS = 4
 CONCURRENCY = 16
 # Connections to the endpoint: each download being streamed holds one while its client reads.
 MAX_CONNECTIONS = 128
+# Seconds to connect, and without a byte from the endpoint (botocore's connect_timeout and
+# read_timeout); a request body must move on within the same time (see `S3Blobs._send`).
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
 # More digests than this are checked by `missing` with one listing instead of a HEAD each.
 LIST_INSTEAD_OF_HEAD = 1000
 # SigV4 presigned URLs live at most 7 days.
@@ -132,7 +137,8 @@ class _FileSlice(io.RawIOBase):
 
     Reads use pread, so the slices of one descriptor (the parts of a multipart upload) can be
     read at once; the descriptor stays its owner's to close. Reads block: aiohttp makes them
-    in worker threads, 256 KiB at a time."""
+    in worker threads, 256 KiB at a time, each once the previous one was sent: `progress` (a
+    monotonic time) is when the body last moved on."""
 
     def __init__(self, fd: int, start: int, length: int) -> None:
         super().__init__()
@@ -140,6 +146,7 @@ class _FileSlice(io.RawIOBase):
         self._start = start
         self._length = length
         self._pos = 0
+        self.progress = time.monotonic()
 
     def readable(self) -> bool:
         return True
@@ -162,6 +169,7 @@ class _FileSlice(io.RawIOBase):
         if position < 0:
             raise ValueError(f"negative seek position {position}")
         self._pos = position
+        self.progress = time.monotonic()  # a retry starts over
         return position
 
     def read(self, size: int | None = -1) -> bytes:
@@ -174,6 +182,7 @@ class _FileSlice(io.RawIOBase):
         if not data:  # the file was cut short: fail now, not when the store times out
             raise OSError(errno.EIO, "spool file shorter than its content")
         self._pos += len(data)
+        self.progress = time.monotonic()
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -294,7 +303,9 @@ class S3Blobs:
     standard AWS chain (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, config files, instance
     roles). Content below `multipart_threshold` bytes (at most 5 GiB) is uploaded in one PUT,
     larger content in parts of `part_size` (more when 10,000 parts would not hold it),
-    `part_uploads` at once. `spool_dir` belongs to this backend: every file in it at `prepare`
+    `part_uploads` at once. `connect_timeout` and `read_timeout` (seconds) bound how long the
+    endpoint may take to accept a connection, to send a byte of an answer, or to take the next
+    piece of a request body. `spool_dir` belongs to this backend: every file in it at `prepare`
     is a leftover.
     """
 
@@ -311,6 +322,8 @@ class S3Blobs:
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_BYTES,
         part_uploads: int = PART_UPLOADS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         if not bucket:
             raise ValueError("a bucket name is required")
@@ -322,6 +335,8 @@ class S3Blobs:
             )
         if part_uploads < 1:
             raise ValueError("part_uploads must be positive")
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ValueError("timeouts must be positive")
         self.spool_dir = spool_dir
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -337,6 +352,8 @@ class S3Blobs:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.part_uploads = part_uploads
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self._base = f"{self.prefix}/" if self.prefix else ""
         # MD5s of spooled content (staged ref -> digest), from the writer to the upload; an
         # entry lives as long as its spool file (`commit`, `discard`, `save_part`, `prepare`).
@@ -429,8 +446,8 @@ class S3Blobs:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
             max_pool_connections=MAX_CONNECTIONS,
         )
         return {
@@ -618,11 +635,38 @@ class S3Blobs:
             # reads bytes nobody sends.)
             os.close(fd)
 
+    async def _send(self, operation: str, body: bytes | _FileSlice, **params: Any) -> Any:
+        """`_call` of an operation with a request body, which fails (`StorageUnavailable`) once
+        the endpoint took none of the body for `read_timeout` seconds: aiohttp's read timeout
+        starts only once a request is sent, so an endpoint that stops reading a body, or never
+        answers its `Expect: 100-continue` (botocore asks for one on every PUT), would hold the
+        request forever. A body in memory is handed over at once: it has that long in all."""
+        slice_ = body if isinstance(body, _FileSlice) else None
+        started = time.monotonic()
+        call = asyncio.ensure_future(self._call(operation, Body=body, **params))
+        try:
+            while True:
+                moved = started if slice_ is None else max(started, slice_.progress)
+                left = moved + self.read_timeout - time.monotonic()
+                if left <= 0:
+                    raise StorageUnavailable(
+                        SETTING,
+                        f"bucket {self.bucket!r}: the S3 endpoint took no more of a request "
+                        f"body, and gave no answer, for {self.read_timeout:g} s",
+                    )
+                done, _ = await asyncio.wait([call], timeout=left)
+                if done:
+                    return call.result()
+        finally:
+            if not call.done():
+                call.cancel()
+                await asyncio.wait([call])
+
     async def _put(self, key: str, body: bytes | _FileSlice, md5: str, size: int) -> None:
-        await self._call(
+        await self._send(
             "put_object",
+            body,
             Key=key,
-            Body=body,
             ContentLength=size,
             ContentMD5=md5,
             ContentType="application/octet-stream",
@@ -645,12 +689,12 @@ class S3Blobs:
                 start = (number - 1) * part_size
                 length = min(part_size, size - start)
                 md5 = await _in_thread(_range_md5, fd, start, length)
-                sent = await self._call(
+                sent = await self._send(
                     "upload_part",
+                    _FileSlice(fd, start, length),
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=_FileSlice(fd, start, length),
                     ContentLength=length,
                     ContentMD5=_b64(md5),
                 )
