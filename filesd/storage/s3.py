@@ -12,9 +12,11 @@ S3 features used, all of them offered alike by AWS S3, Cloudflare R2, the XML AP
 Cloud Storage (interoperability, HMAC keys) and Ceph RGW:
 
 - HeadBucket (start-up and readiness), HeadObject (does a blob exist, before a PUT or delete);
-- PutObject with Content-MD5 (below `multipart_threshold`);
+- PutObject with Content-MD5 (below `multipart_threshold`, 1 GiB by default: S3 takes single
+  PUTs up to 5 GiB);
 - CreateMultipartUpload / UploadPart (Content-MD5) / CompleteMultipartUpload /
-  AbortMultipartUpload (from `multipart_threshold` on; parts of at least 5 MiB);
+  AbortMultipartUpload (from `multipart_threshold` on; parts of at least 5 MiB, `PART_UPLOADS`
+  of them at once);
 - GetObject, with a `Range` header for partial reads;
 - DeleteObjects (batches of 1000, with Content-MD5), ListObjectsV2 (paginated);
 - presigned GET URLs (SigV4 query auth) with `response-content-disposition`.
@@ -22,11 +24,16 @@ Cloud Storage (interoperability, HMAC keys) and Ceph RGW:
 Nothing newer is relied on: no flexible checksums (x-amz-checksum-*, which GCS and older
 Ceph/R2 versions refuse or ignore), no conditional writes, no aws-chunked uploads.
 
-Memory stays bounded: bodies are read from spool files one part at a time, and all the bodies
-held for uploads at once stay within `TRANSFER_BYTES` (one body may exceed it alone). Disk work
-runs in worker threads, at least `READ_CHUNK` per hop. S3 failures (unreachable endpoint,
-refused credentials, a missing bucket, server errors) surface as `StorageUnavailable` naming
-`storage.blobs`; a full spool disk as `StorageFull`.
+A PUT's Content-MD5 is hashed while the content is spooled (in a worker thread beside the one
+hashing SHA-256), so an upload reads its spool file once, and bytes that changed on the local
+disk after staging are refused by S3 (BadDigest) instead of stored under a digest they do not
+match. A part's Content-MD5 is hashed from the spool file just before the part is sent.
+
+Memory stays bounded: request bodies are streamed from spool files (aiohttp reads them in worker
+threads, 256 KiB at a time); only content small enough to be staged in memory is sent from
+memory. Other disk work runs in worker threads too, at least `READ_CHUNK` per hop. S3 failures
+(unreachable endpoint, refused credentials, a missing bucket, server errors) surface as
+`StorageUnavailable` naming `storage.blobs`; a full spool disk as `StorageFull`.
 
 The client is aiobotocore (compared with obstore against one moto server, 200 MiB objects:
 put 51-75 vs 67 MB/s, get ~920-960 vs ~560-590 MB/s; obstore cannot add
@@ -42,15 +49,17 @@ import base64
 import contextlib
 import errno
 import hashlib
+import io
 import math
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import botocore.loaders  # type: ignore[import-untyped]
 import botocore.session  # type: ignore[import-untyped]
@@ -60,19 +69,30 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # type: ignore[import-untyped]
 
 from ..models import content_disposition
-from .base import BlobMissing, StagedBlob, StorageUnavailable
-from .blobdir import READ_CHUNK, DirWriter, HashedFile, _in_thread
+from .base import SMALL_BYTES, BlobMissing, StagedBlob, StorageUnavailable
+from .blobdir import BATCH_BYTES, READ_CHUNK, DirWriter, HashedFile, _in_thread
 
 SETTING = "storage.blobs"
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3's least part size (but for the last part)
 MAX_PARTS = 10_000  # S3's most parts in one multipart upload
+MAX_PUT_BYTES = 5 * 1024**3  # S3's largest single PUT
 DELETE_BATCH = 1000  # S3's most keys in one DeleteObjects
-# Bodies of uploads held in memory at once, over all transfers (one may exceed it alone).
-TRANSFER_BYTES = 64 * 1024 * 1024
+# One PUT up to this size: filesd's default `max_file_bytes` (512 MiB) is below it, so only
+# content assembled from upload parts (up to 8 GiB) goes up in parts. A single PUT costs the
+# store the least (a multipart upload is assembled once more at its end) and needs no listing
+# of unfinished uploads when an instance dies mid-upload.
+MULTIPART_THRESHOLD = 1024**3
+PART_BYTES = 16 * 1024 * 1024
+# Parts of one multipart upload sent at once (each streamed from the spool file).
+PART_UPLOADS = 4
 # Requests of one call (HEADs of a delete, items of a commit) in flight at once.
 CONCURRENCY = 16
 # Connections to the endpoint: each download being streamed holds one while its client reads.
 MAX_CONNECTIONS = 128
+# Seconds to connect, and without a byte from the endpoint (botocore's connect_timeout and
+# read_timeout); a request body must move on within the same time (see `S3Blobs._send`).
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
 # More digests than this are checked by `missing` with one listing instead of a HEAD each.
 LIST_INSTEAD_OF_HEAD = 1000
 # SigV4 presigned URLs live at most 7 days.
@@ -95,30 +115,6 @@ class _PastTheEnd(Exception):
     """A range that starts past the end of the object (416)."""
 
 
-class _ByteBudget:
-    """Bounds the bytes of request bodies held in memory at once, over all transfers.
-
-    A body larger than the whole budget is let through alone (when nothing else is held)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._used = 0
-        self._changed = asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[None]:
-        # No await between the check and the clear: a release cannot slip in between.
-        while self._used and self._used + size > self._limit:
-            self._changed.clear()
-            await self._changed.wait()
-        self._used += size
-        try:
-            yield
-        finally:
-            self._used -= size
-            self._changed.set()
-
-
 def _error_code(error: Exception) -> tuple[str, int]:
     """(S3 error code, HTTP status) of a botocore ClientError."""
     response: dict[str, Any] = getattr(error, "response", {}) or {}
@@ -128,13 +124,167 @@ def _error_code(error: Exception) -> tuple[str, int]:
 
 
 def _md5_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+    return _b64(hashlib.md5(data, usedforsecurity=False).digest())
 
 
-def _read_with_md5(f: BinaryIO, size: int) -> tuple[bytes, str]:
-    """Up to `size` bytes of `f` and their Content-MD5 (blocking: runs in a thread)."""
-    data = f.read(size)
-    return data, _md5_b64(data)
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+class _FileSlice(io.RawIOBase):
+    """`length` bytes of an open file from `start`: a seekable, read-only request body whose
+    position 0 is `start` (botocore rewinds a body with seek(0) to retry a request).
+
+    Reads use pread, so the slices of one descriptor (the parts of a multipart upload) can be
+    read at once; the descriptor stays its owner's to close. Reads block: aiohttp makes them
+    in worker threads, 256 KiB at a time, each once the previous one was sent: `progress` (a
+    monotonic time) is when the body last moved on."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._start = start
+        self._length = length
+        self._pos = 0
+        self.progress = time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            position = offset
+        elif whence == os.SEEK_CUR:
+            position = self._pos + offset
+        elif whence == os.SEEK_END:
+            position = self._length + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._pos = position
+        self.progress = time.monotonic()  # a retry starts over
+        return position
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        data = os.pread(self._fd, size, self._start + self._pos)
+        if not data:  # the file was cut short: fail now, not when the store times out
+            raise OSError(errno.EIO, "spool file shorter than its content")
+        self._pos += len(data)
+        self.progress = time.monotonic()
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def fileno(self) -> int:
+        # aiohttp would take the size of the whole file for the body's (Content-Length is set).
+        raise io.UnsupportedOperation("a file slice has no descriptor of its own")
+
+
+def _range_md5(fd: int, start: int, length: int) -> bytes:
+    """The MD5 of `length` bytes of `fd` from `start` (blocking: runs in a thread)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    end = start + length
+    while start < end:
+        data = os.pread(fd, min(BATCH_BYTES, end - start), start)
+        if not data:
+            raise OSError(errno.EIO, "spool file shorter than its content")
+        md5.update(data)
+        start += len(data)
+    return md5.digest()
+
+
+async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:
+    """Run `calls` at once until all end; the first to fail cancels the others, and its
+    error is raised once they ended (a cancel of the caller cancels them all, too)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+class _SpoolWriter:
+    """A `DirWriter` of a spool file (SHA-256 and the writes in one worker thread) and an MD5
+    of the same bytes (the PUT's Content-MD5) hashed batch by batch in another worker thread
+    meanwhile: MD5 is slower than SHA-256, so one thread doing both would slow spooling down.
+    When it finishes, it leaves the MD5 in `md5s` under the staged ref."""
+
+    def __init__(self, path: Path, max_bytes: int | None, md5s: dict[str, bytes]) -> None:
+        self._ref = path.name
+        self._writer = DirWriter(path, max_bytes, durable=False)
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._md5s = md5s
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    async def write(self, data: bytes) -> None:
+        await self._writer.write(data)
+        if not data:
+            return
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
+            await self._hash_batch()
+
+    async def finish(self) -> StagedBlob:
+        if self._batch_bytes > SMALL_BYTES:
+            await self._hash_batch()  # beside the writer's last hop
+        try:
+            staged = await self._writer.finish()
+        finally:
+            await self._wait_pending()
+        _update(self._md5, self._batch)  # at most SMALL_BYTES: on the loop, no hop
+        self._batch = []
+        self._md5s[staged.ref] = self._md5.digest()
+        return staged
+
+    async def abort(self) -> None:
+        self._batch = []
+        self._md5s.pop(self._ref, None)
+        with contextlib.suppress(Exception):
+            await self._wait_pending()
+        await self._writer.abort()
+
+    async def _hash_batch(self) -> None:
+        await self._wait_pending()  # one update at a time, in order
+        chunks, self._batch, self._batch_bytes = self._batch, [], 0
+        self._pending = asyncio.get_running_loop().run_in_executor(None, _update, self._md5, chunks)
+
+    async def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+
+def _update(md5: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        md5.update(chunk)
 
 
 def _add_delete_md5(request: Any, **_: Any) -> None:
@@ -151,9 +301,12 @@ class S3Blobs:
     Implements `filesd.storage.base.BlobBackend`. `endpoint` None (or "") means AWS, or
     `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` when set; credentials None (or "") mean the
     standard AWS chain (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, config files, instance
-    roles). Content from `multipart_threshold` bytes on is uploaded in parts of `part_size`
-    (more when 10,000 parts would not hold it). `spool_dir` belongs to this backend: every file
-    in it at `prepare` is a leftover.
+    roles). Content below `multipart_threshold` bytes (at most 5 GiB) is uploaded in one PUT,
+    larger content in parts of `part_size` (more when 10,000 parts would not hold it),
+    `part_uploads` at once. `connect_timeout` and `read_timeout` (seconds) bound how long the
+    endpoint may take to accept a connection, to send a byte of an answer, or to take the next
+    piece of a request body. `spool_dir` belongs to this backend: every file in it at `prepare`
+    is a leftover.
     """
 
     def __init__(
@@ -166,15 +319,24 @@ class S3Blobs:
         region: str = "us-east-1",
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
-        multipart_threshold: int = 16 * 1024 * 1024,
-        part_size: int = 16 * 1024 * 1024,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_BYTES,
+        part_uploads: int = PART_UPLOADS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         if not bucket:
             raise ValueError("a bucket name is required")
         if part_size < MIN_PART_BYTES:
             raise ValueError(f"part_size must be at least {MIN_PART_BYTES} bytes (S3's minimum)")
-        if multipart_threshold < 1:
-            raise ValueError("multipart_threshold must be positive")
+        if not 1 <= multipart_threshold <= MAX_PUT_BYTES + 1:
+            raise ValueError(
+                f"multipart_threshold must be from 1 to {MAX_PUT_BYTES + 1} (S3's largest PUT)"
+            )
+        if part_uploads < 1:
+            raise ValueError("part_uploads must be positive")
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ValueError("timeouts must be positive")
         self.spool_dir = spool_dir
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -189,8 +351,13 @@ class S3Blobs:
         self._secret_access_key = secret_access_key or None
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
+        self.part_uploads = part_uploads
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self._base = f"{self.prefix}/" if self.prefix else ""
-        self._budget: _ByteBudget | None = None
+        # MD5s of spooled content (staged ref -> digest), from the writer to the upload; an
+        # entry lives as long as its spool file (`commit`, `discard`, `save_part`, `prepare`).
+        self._md5s: dict[str, bytes] = {}
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._presigner: Any = None
@@ -225,6 +392,7 @@ class S3Blobs:
                 SETTING, "give both access_key_id and secret_access_key, or neither"
             )
         removed = await _in_thread(self._prepare_spool)
+        self._md5s.clear()
         if self._client is None:
             await self._open_client()
         try:
@@ -239,7 +407,6 @@ class S3Blobs:
         presigner, self._presigner = self._presigner, None
         self._client = None
         self._presign_session = None
-        self._budget = None
         if presigner is not None:
             presigner.close()
         if stack is not None:
@@ -263,7 +430,6 @@ class S3Blobs:
             raise
         self._presigner, self._presign_session = presigner, presign_session
         self._client, self._stack = client, stack
-        self._budget = _ByteBudget(TRANSFER_BYTES)  # its event belongs to this loop
 
     def _client_args(self) -> dict[str, Any]:
         config = Config(
@@ -280,8 +446,8 @@ class S3Blobs:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
             max_pool_connections=MAX_CONNECTIONS,
         )
         return {
@@ -319,12 +485,6 @@ class S3Blobs:
                     os.unlink(entry.path)
                     removed += 1
         return removed
-
-    @property
-    def _transfers(self) -> _ByteBudget:
-        if self._budget is None:
-            raise RuntimeError("S3Blobs is not prepared (or closed)")
-        return self._budget
 
     @property
     def _s3(self) -> Any:
@@ -389,8 +549,8 @@ class S3Blobs:
 
     # --- staging and committing --------------------------------------------------------------
 
-    def writer(self, max_bytes: int | None = None) -> DirWriter:
-        return DirWriter(self.spool_dir / f"{uuid.uuid4().hex}.part", max_bytes, durable=False)
+    def writer(self, max_bytes: int | None = None) -> _SpoolWriter:
+        return _SpoolWriter(self.spool_dir / f"{uuid.uuid4().hex}.part", max_bytes, self._md5s)
 
     async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
         """Upload each staged blob unless its digest's object exists (then False), several
@@ -429,13 +589,19 @@ class S3Blobs:
         finally:
             # Items a cancel kept from their turn still had spool files.
             paths = [self.spool_dir / s.ref for s in staged if _STAGED_REF.fullmatch(s.ref)]
+            self._forget_md5s(staged)
             await asyncio.to_thread(_unlink_all, paths)
         return results
 
     async def discard(self, staged: Sequence[StagedBlob]) -> None:
         if staged:
             paths = [self.staged_path(item) for item in staged]
+            self._forget_md5s(staged)
             await asyncio.to_thread(_unlink_all, paths)
+
+    def _forget_md5s(self, staged: Sequence[StagedBlob]) -> None:
+        for item in staged:
+            self._md5s.pop(item.ref, None)
 
     async def _exists(self, key: str) -> bool:
         try:
@@ -446,61 +612,103 @@ class S3Blobs:
 
     async def _upload(self, key: str, path: Path, staged: StagedBlob) -> None:
         """Upload the spooled content of `staged` to `key`: one PUT below the multipart
-        threshold, else a multipart upload read from the file part by part."""
+        threshold (from memory if the writer kept the content, else streamed from the file),
+        else a multipart upload of slices of the file."""
+        md5 = self._md5s.get(staged.ref)
         if staged.content is not None:
-            async with self._transfers.hold(len(staged.content)):
-                await self._put(key, staged.content, _md5_b64(staged.content))
+            content = staged.content
+            await self._put(key, content, _b64(md5) if md5 else _md5_b64(content), len(content))
             return
-        if staged.size < self.multipart_threshold:
-            async with self._transfers.hold(staged.size):
-                data, md5 = await _in_thread(_read_file_with_md5, path)
-                await self._put(key, data, md5)
-            return
-        f = await _in_thread(_open_read, path)
+        fd = await _in_thread(_open_fd, path)
         try:
-            await self._multipart(key, f, staged.size)
+            size = staged.size
+            if size < self.multipart_threshold:
+                if md5 is None:  # staged elsewhere (not by this backend's writer)
+                    md5 = await _in_thread(_range_md5, fd, 0, size)
+                await self._put(key, _FileSlice(fd, 0, size), _b64(md5), size)
+            else:
+                await self._multipart(key, fd, size)
         finally:
-            await asyncio.to_thread(f.close)
+            # Not in a thread: closing a read-only descriptor writes nothing, and a close handed
+            # to a thread is skipped when a cancel comes first, leaking the descriptor. (A read
+            # of a cancelled request may still be running in a worker thread: it fails, or
+            # reads bytes nobody sends.)
+            os.close(fd)
 
-    async def _put(self, key: str, data: bytes, md5: str) -> None:
-        await self._call(
+    async def _send(self, operation: str, body: bytes | _FileSlice, **params: Any) -> Any:
+        """`_call` of an operation with a request body, which fails (`StorageUnavailable`) once
+        the endpoint took none of the body for `read_timeout` seconds: aiohttp's read timeout
+        starts only once a request is sent, so an endpoint that stops reading a body, or never
+        answers its `Expect: 100-continue` (botocore asks for one on every PUT), would hold the
+        request forever. A body in memory is handed over at once: it has that long in all."""
+        slice_ = body if isinstance(body, _FileSlice) else None
+        started = time.monotonic()
+        call = asyncio.ensure_future(self._call(operation, Body=body, **params))
+        try:
+            while True:
+                moved = started if slice_ is None else max(started, slice_.progress)
+                left = moved + self.read_timeout - time.monotonic()
+                if left <= 0:
+                    raise StorageUnavailable(
+                        SETTING,
+                        f"bucket {self.bucket!r}: the S3 endpoint took no more of a request "
+                        f"body, and gave no answer, for {self.read_timeout:g} s",
+                    )
+                done, _ = await asyncio.wait([call], timeout=left)
+                if done:
+                    return call.result()
+        finally:
+            if not call.done():
+                call.cancel()
+                await asyncio.wait([call])
+
+    async def _put(self, key: str, body: bytes | _FileSlice, md5: str, size: int) -> None:
+        await self._send(
             "put_object",
+            body,
             Key=key,
-            Body=data,
+            ContentLength=size,
             ContentMD5=md5,
             ContentType="application/octet-stream",
         )
 
-    async def _multipart(self, key: str, f: BinaryIO, size: int) -> None:
+    async def _multipart(self, key: str, fd: int, size: int) -> None:
+        """Upload `size` bytes of `fd` in parts, `part_uploads` at once, each streamed from
+        the file after its MD5 was hashed from it (in a worker thread)."""
         part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
+        count = max(1, math.ceil(size / part_size))
         created = await self._call(
             "create_multipart_upload", Key=key, ContentType="application/octet-stream"
         )
         upload_id = created["UploadId"]
+        etags: dict[int, str] = {}
+        numbers = iter(range(1, count + 1))
+
+        async def send_parts() -> None:
+            for number in numbers:  # shared: each sender takes the next part left
+                start = (number - 1) * part_size
+                length = min(part_size, size - start)
+                md5 = await _in_thread(_range_md5, fd, start, length)
+                sent = await self._send(
+                    "upload_part",
+                    _FileSlice(fd, start, length),
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    ContentLength=length,
+                    ContentMD5=_b64(md5),
+                )
+                etags[number] = sent["ETag"]
+
         try:
-            parts = []
-            number = 1
-            while True:
-                async with self._transfers.hold(part_size):
-                    data, md5 = await _in_thread(_read_with_md5, f, part_size)
-                    if not data and number > 1:
-                        break
-                    sent = await self._call(
-                        "upload_part",
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                        ContentMD5=md5,
-                    )
-                    del data
-                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-                number += 1
+            await _all_or_first_error([send_parts() for _ in range(min(self.part_uploads, count))])
             await self._call(
                 "complete_multipart_upload",
                 Key=key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
+                },
             )
         except BaseException:
             # Left alone, an unfinished upload's parts are kept (and billed) by the store.
@@ -683,6 +891,7 @@ class S3Blobs:
         try:
             await self._upload(self.part_key(token), path, staged)
         finally:
+            self._forget_md5s([staged])
             await asyncio.to_thread(path.unlink, missing_ok=True)
         return token
 
@@ -712,7 +921,9 @@ class S3Blobs:
             await asyncio.to_thread(out.abort)
             raise
         assert out.md5 is not None
-        return StagedBlob(out.path.name, out.sha256.hexdigest(), out.size), out.md5.hexdigest()
+        joined = StagedBlob(out.path.name, out.sha256.hexdigest(), out.size)
+        self._md5s[joined.ref] = out.md5.digest()
+        return joined, out.md5.hexdigest()
 
     async def parts_md5(self, tokens: Sequence[str]) -> str:
         md5 = hashlib.md5(usedforsecurity=False)
@@ -769,13 +980,8 @@ def _shared_loader(session: Any) -> Any:
         return _loader
 
 
-def _open_read(path: Path) -> BinaryIO:
-    return path.open("rb")
-
-
-def _read_file_with_md5(path: Path) -> tuple[bytes, str]:
-    with path.open("rb", buffering=0) as f:
-        return _read_with_md5(f, -1)
+def _open_fd(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _unlink_all(paths: Sequence[Path]) -> None:
