@@ -19,11 +19,12 @@ when other processes write at the same time, under READ COMMITTED:
   includes whatever the previous holder of the lock committed (a lock is released only after
   its transaction's commit is visible).
 
-No counter rows: totals, quotas and the listing's `total` are aggregates over partial indexes
-(index-only scans), as a counter row updated by every insert would serialize every writer of
-every instance. Measured at 100,000 live files in one project (a loaded 2-core machine, the
-visibility map set, as autovacuum keeps it): a list page with its total ~5 ms, a quota check
-~12 ms.
+Counters. `file_counts` holds the live files and bytes of each project and purpose, kept by
+statement triggers in the transaction that changes the rows (migration 2), so a listing's
+`total` and a quota check read a few rows, not the project's files. A project's counter rows
+are written only by its own writers: inserts hold the project's lock already (so the rows
+cost them no new wait), deletes lock a counter row until they commit. No row is shared by
+all projects: `storage_totals` and `project_usage` stay aggregates (operator views).
 
 Failures become neutral by SQLSTATE (`neutral_error`), never by message text.
 """
@@ -169,6 +170,83 @@ MIGRATIONS: tuple[str, ...] = (
         started_at BIGINT NOT NULL
     );
     """,
+    # 2: live files and bytes per project and purpose, kept by triggers in the transactions
+    # that change the rows (every write path keeps them, SQL written by hand too), so that a
+    # listing's `total` and a quota check read a few rows instead of counting the project's.
+    # Statement triggers with transition tables: one upsert per statement and counter row,
+    # however many rows the statement changed, taking the counter rows' locks in key order
+    # (two statements changing several counters never wait for each other in a cycle).
+    # Counter rows are never deleted (a project's rows stay at 0), as in SQLite.
+    """
+    -- No writer may commit between the backfill below and the triggers: an instance of the
+    -- previous version writing meanwhile waits for this transaction, then fires them.
+    LOCK TABLE files IN SHARE ROW EXCLUSIVE MODE;
+    CREATE TABLE file_counts (
+        project TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        files BIGINT NOT NULL,
+        bytes BIGINT NOT NULL,
+        PRIMARY KEY (project, purpose)
+    );
+    INSERT INTO file_counts (project, purpose, files, bytes)
+        SELECT project, purpose, COUNT(*), SUM(bytes) FROM files WHERE deleted_at IS NULL
+        GROUP BY project, purpose;
+
+    -- The rows a statement made live (+1) or no longer live (-1): not deleted is live, as
+    -- for quotas (an expired file counts until swept; the listing subtracts those).
+    CREATE FUNCTION file_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO file_counts AS c (project, purpose, files, bytes)
+            SELECT project, purpose, COUNT(*), SUM(bytes) FROM new_rows
+            WHERE deleted_at IS NULL GROUP BY project, purpose ORDER BY project, purpose
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO file_counts AS c (project, purpose, files, bytes)
+            SELECT project, purpose, -COUNT(*), -SUM(bytes) FROM old_rows
+            WHERE deleted_at IS NULL GROUP BY project, purpose ORDER BY project, purpose
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
+        ELSE
+            -- Any update: what it made live less what it made not live, per counter; an
+            -- update that changes no liveness (status, damage marks) touches no counter.
+            INSERT INTO file_counts AS c (project, purpose, files, bytes)
+            SELECT project, purpose, SUM(n), SUM(b) FROM (
+                SELECT project, purpose, 1 AS n, bytes AS b FROM new_rows
+                WHERE deleted_at IS NULL
+                UNION ALL
+                SELECT project, purpose, -1, -bytes FROM old_rows WHERE deleted_at IS NULL
+            ) d GROUP BY project, purpose HAVING SUM(n) <> 0 OR SUM(b) <> 0
+            ORDER BY project, purpose
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER file_counts_insert AFTER INSERT ON files
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
+    CREATE TRIGGER file_counts_update AFTER UPDATE ON files
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
+    CREATE TRIGGER file_counts_delete AFTER DELETE ON files
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
+    CREATE FUNCTION file_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM file_counts;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER file_counts_truncate AFTER TRUNCATE ON files
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_clear();
+
+    -- What only counting needed: every insert and delete kept them up to date for nothing.
+    DROP INDEX files_live_count;
+    DROP INDEX files_live_bytes;
+    """,
 )
 
 _COLUMNS = (
@@ -185,11 +263,11 @@ _UNFINISHED = "('pending', 'completing')"
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
 
 # Live files and bytes held per project ($1: projects, $2: uploads left out): files not
-# deleted (expired ones count until swept, as in SQLite) and the parts of unfinished uploads.
+# deleted (expired ones count until swept, as in SQLite; from the counters) and the parts of
+# unfinished uploads.
 _USAGE = f"""
     SELECT project, SUM(files)::bigint, SUM(bytes)::bigint FROM (
-        SELECT project, COUNT(*) AS files, COALESCE(SUM(bytes), 0) AS bytes FROM files
-        WHERE project = ANY($1::text[]) AND deleted_at IS NULL GROUP BY project
+        SELECT project, files, bytes FROM file_counts WHERE project = ANY($1::text[])
         UNION ALL
         SELECT o.project, 0, COALESCE(SUM(p.bytes), 0)
         FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
@@ -208,8 +286,7 @@ _PART_CHECK = f"""
         (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
         (SELECT COUNT(*) FROM upload_parts WHERE upload_id = u.id),
         CASE WHEN $3::bigint > 0 THEN
-            (SELECT COALESCE(SUM(bytes), 0) FROM files
-             WHERE project = u.project AND deleted_at IS NULL)
+            (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
             + (SELECT COALESCE(SUM(p.bytes), 0)
                FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
                WHERE o.project = u.project AND o.status IN {_UNFINISHED})
@@ -600,16 +677,17 @@ class PostgresMetadata:
         snapshot: the page and the total agree).
 
         `after` is the id of any file of the project, deleted or not (a cursor stays valid);
-        returns None if no such file exists. The total is the project's files not deleted,
-        counted by an index-only scan (`files_live_count`), less those expired but not swept
-        yet (few: the sweeper runs every minute or so). Each combination of options is its own
-        statement text, so each is prepared with a plan for its own indexes.
+        returns None if no such file exists. The total is the project's files not deleted, from
+        the counters (`file_counts`, a row per purpose), less those expired but not swept yet,
+        counted by index (few: the sweeper runs every minute or so). Each combination of
+        options is its own statement text, so each is prepared with a plan for its own indexes.
         """
         args: list[Any] = [project, now, limit, offset]
-        match = "project = $1 AND deleted_at IS NULL"
+        counter = "project = $1"
         if purpose is not None:
             args.append(purpose)
-            match += f" AND purpose = ${len(args)}"
+            counter += f" AND purpose = ${len(args)}"
+        match = f"{counter} AND deleted_at IS NULL"
         live = f"{match} AND (expires_at IS NULL OR expires_at > $2)"
         page_where = live
         cursor = "NULL::bigint"
@@ -621,7 +699,7 @@ class PostgresMetadata:
         sql = f"""
             WITH cursor (after_seq) AS (SELECT {cursor}),
             counted (total) AS (
-                SELECT (SELECT COUNT(*) FROM files WHERE {match})
+                SELECT (SELECT COALESCE(SUM(files), 0) FROM file_counts WHERE {counter})
                      - (SELECT COUNT(*) FROM files WHERE {match}
                         AND expires_at IS NOT NULL AND expires_at <= $2)
             ),
@@ -716,16 +794,18 @@ class PostgresMetadata:
         transaction. Returns how many live files went, and the part tokens to remove."""
         where = "($1::text IS NULL OR project = $1)"
         async with self._transaction() as conn:
-            live = await conn.fetchval(
-                f"SELECT COUNT(*) FROM files WHERE deleted_at IS NULL AND {where}", project
-            )
             tokens = await conn.fetch(
                 "DELETE FROM upload_parts WHERE upload_id IN "
                 f"(SELECT id FROM uploads WHERE {where}) RETURNING token",
                 project,
             )
             await conn.execute(f"DELETE FROM uploads WHERE {where}", project)
-            await conn.execute(f"DELETE FROM files WHERE {where}", project)
+            # Counted from the rows the delete removed: exact, whatever commits meanwhile.
+            live = await conn.fetchval(
+                f"WITH gone AS (DELETE FROM files WHERE {where} RETURNING deleted_at) "
+                "SELECT COUNT(*) FILTER (WHERE deleted_at IS NULL) FROM gone",
+                project,
+            )
         return int(live), [row[0] for row in tokens]
 
     async def live_files(self, project: str | None) -> list[FileRecord]:
