@@ -1232,3 +1232,102 @@ async def test_postgres_counters_stay_exact_while_instances_insert_and_delete(
     finally:
         for store in stores:
             await store.close()
+
+
+# --- PostgreSQL point reads ---------------------------------------------------------------
+
+
+async def _waiting_on_locks(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name = 'filesd' AND datname = current_database()"
+        )
+    )
+
+
+async def test_postgres_point_reads_waiting_together_go_out_together(postgres_dsn: str) -> None:
+    # While two reads are held up (another session locks the table), forty more arrive: they
+    # take no connection of their own, and go out in one statement once the first are back,
+    # each with its own answer (project, deletion and expiry as a single read decides them).
+    store = await PostgresMetadata.open(postgres_dsn)
+    other = await asyncpg.connect(postgres_dsn)
+    # Watches from outside the locking transaction (which sees one snapshot of the activity).
+    watcher = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_files(
+            [record("a"), record("b"), record("c", expires_at=1500), record("d", project="q")]
+        )
+        await store.mark_deleted("p", "b", now=1000)
+        expected = {
+            ("p", "a", 1000): record("a"),
+            ("p", "b", 1000): None,
+            ("p", "c", 1000): record("c", expires_at=1500),
+            ("p", "c", 1500): None,
+            ("p", "d", 1000): None,
+            ("q", "d", 1000): record("d", project="q"),
+            ("p", "nope", 1000): None,
+        }
+        asks = [key for _ in range(6) for key in expected]
+        locked = other.transaction()
+        await locked.start()
+        await other.execute("LOCK TABLE files IN ACCESS EXCLUSIVE MODE")
+        first = [
+            asyncio.create_task(store.get_live_file("p", "a", now=1000)),
+            asyncio.create_task(store.get_live_file("q", "d", now=1000)),
+        ]
+
+        async def two_wait() -> bool:
+            return await _waiting_on_locks(watcher) == 2
+
+        await wait_until(two_wait, what="the first two reads wait for the lock")
+        reads = [asyncio.create_task(store.get_live_file(p, f, now=n)) for p, f, n in asks]
+        cancelled = asyncio.create_task(store.get_live_file("p", "a", now=1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        cancelled.cancel()
+        assert await _waiting_on_locks(watcher) == 2  # the others wait inside filesd
+        assert not any(r.done() for r in reads)
+        await locked.commit()
+        assert await asyncio.gather(*first) == [record("a"), record("d", project="q")]
+        assert await asyncio.gather(*reads) == [expected[key] for key in asks]
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        # Forty reads at once took no more connections than the two statements in flight.
+        connections = await watcher.fetchval(
+            "SELECT COUNT(*) FROM pg_stat_activity "
+            "WHERE application_name = 'filesd' AND datname = current_database()"
+        )
+        assert connections == 2
+        # A delete acknowledged before a read is seen by it, batched or not.
+        await store.mark_deleted("p", "a", now=1000)
+        again = await asyncio.gather(
+            *(store.get_live_file("p", f, now=1000) for f in ("a", "c") * 10)
+        )
+        assert again == [None, record("c", expires_at=1500)] * 10
+    finally:
+        await watcher.close()
+        await other.close()
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_postgres_a_failed_batch_of_reads_fails_each_read(postgres_dsn: str) -> None:
+    store = await PostgresMetadata.open(postgres_dsn, statement_timeout_ms=300)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_files([record("a")])
+        locked = other.transaction()
+        await locked.start()
+        await other.execute("LOCK TABLE files IN ACCESS EXCLUSIVE MODE")
+        async with asyncio.timeout(60):  # a read left unanswered would hang here
+            found = await asyncio.gather(
+                *(store.get_live_file("p", "a", now=0) for _ in range(12)),
+                return_exceptions=True,
+            )
+        assert all(isinstance(f, StorageBusy) for f in found), found
+        await locked.rollback()
+        assert await store.get_live_file("p", "a", now=0) == record("a")
+    finally:
+        await other.close()
+        await store.close()

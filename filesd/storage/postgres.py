@@ -306,6 +306,23 @@ _RELEASE = """
     WHERE c.sha256 = w.sha256 AND c.instance = $2 AND c.claims > w.n
 """
 
+# A file by id, if live for `project` at `now` ($1 id, $2 project, $3 now): by the unique
+# index on id (a point read; a generic plan).
+_GET_ONE = (
+    f"SELECT {_COLUMNS} FROM files WHERE id = $1 AND project = $2 "
+    "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+)
+# The rows of several ids ($1), whatever their state: `_get_batches` picks the live ones.
+# (With project and time in the statement too, as a join with `unnest`, the server plans it
+# anew at each execution and spends twice the CPU.)
+_GET_MANY = f"SELECT {_COLUMNS}, deleted_at FROM files WHERE id = ANY($1::text[])"
+# A point read waiting for its statement: id, project, now, and the caller's future.
+_PointRead = tuple[str, str, int, "asyncio.Future[FileRecord | None]"]
+# Point reads waiting at once go out in one statement, at most this many.
+_GET_BATCH = 64
+# Statements of such point reads in flight at once (per store).
+_GET_STATEMENTS = 2
+
 _FILE_ARRAYS = (
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
     "$7::bigint[], $8::bigint[], $9::text[], $10::text[]"
@@ -416,6 +433,11 @@ class PostgresMetadata:
     def __init__(self, pool: Any, *, acquire_timeout: float) -> None:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
+        # `get_live_file` calls waiting for a statement: (id, project, now, the caller's
+        # future), the statements in flight, and the tasks running them.
+        self._gets: list[_PointRead] = []
+        self._getting = 0
+        self._get_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -460,6 +482,8 @@ class PostgresMetadata:
         return db
 
     async def close(self) -> None:
+        if self._get_tasks:
+            await asyncio.gather(*self._get_tasks, return_exceptions=True)
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
         except TimeoutError:
@@ -478,18 +502,36 @@ class PostgresMetadata:
 
     # --- plumbing -------------------------------------------------------------------------------
 
+    async def _acquire(self) -> Connection:
+        """A connection of the pool, waiting at most `acquire_timeout` for one to be free.
+
+        With one idle, it is taken without arming a timeout: asyncpg's own timeout runs the
+        acquisition in a task of its own (asyncio.wait_for), which costs a point read ~10 us
+        of CPU; a free connection is handed over at once (or, if it was closed meanwhile,
+        reopened within the pool's connect timeout)."""
+        if self._pool.get_idle_size():
+            return await self._pool.acquire()
+        async with asyncio.timeout(self._acquire_timeout):
+            return await self._pool.acquire()
+
+    @staticmethod
+    def _lost(conn: Connection, error: BaseException) -> StorageBusy:
+        """The driver lost track of the connection (the server ended the session: a restart,
+        a failover, a terminated backend): it goes, the pool makes a new one, and the caller
+        may retry."""
+        conn.terminate()
+        return StorageBusy(f"database connection lost: {error}")
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
         with _neutral_errors():
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                try:
-                    yield conn
-                except _CLIENT_ERRORS as error:
-                    # The driver lost track of the connection (the server ended the session:
-                    # a restart, a failover, a terminated backend): it goes, the pool makes a
-                    # new one, and the caller may retry.
-                    conn.terminate()
-                    raise StorageBusy(f"database connection lost: {error}") from error
+            conn = await self._acquire()
+            try:
+                yield conn
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def _transaction(self, locks: Iterable[int] = ()) -> AsyncIterator[Connection]:
@@ -500,13 +542,38 @@ class PostgresMetadata:
                 await conn.execute(_LOCK, keys)
             yield conn
 
+    # The one-statement helpers below are `_connection` written out: they serve every point
+    # read (a metadata GET is one), and a generator-based context manager costs each ~5 us.
+
     async def _rows(self, sql: str, *args: Any) -> list[Record]:
-        async with self._connection() as conn:
-            return list(await conn.fetch(sql, *args))
+        with _neutral_errors():
+            conn = await self._acquire()
+            try:
+                return list(await conn.fetch(sql, *args))
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
+
+    async def _row(self, sql: str, *args: Any) -> Record | None:
+        with _neutral_errors():
+            conn = await self._acquire()
+            try:
+                return await conn.fetchrow(sql, *args)
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
 
     async def _value(self, sql: str, *args: Any) -> Any:
-        async with self._connection() as conn:
-            return await conn.fetchval(sql, *args)
+        with _neutral_errors():
+            conn = await self._acquire()
+            try:
+                return await conn.fetchval(sql, *args)
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
 
     async def _execute(self, sql: str, *args: Any) -> int:
         """Run one statement; returns how many rows it changed."""
@@ -655,12 +722,83 @@ class PostgresMetadata:
         return bool(await self._rows("SELECT 1 FROM files WHERE id = $1", file_id))
 
     async def get_live_file(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
-        sql = (
-            f"SELECT {_COLUMNS} FROM files WHERE id = $1 AND project = $2 "
-            "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
-        )
-        rows = await self._rows(sql, file_id, project, now)
-        return _record(rows[0]) if rows else None
+        """The file, if live for `project` at `now`.
+
+        Point reads are coalesced: while `_GET_STATEMENTS` statements of them are in flight,
+        the calls arriving meanwhile wait, then go out together in one statement. A busy
+        server (the metadata GETs of many clients) so pays one round trip and one pool
+        checkout per batch instead of per file, while an idle one sends each at once. Every
+        statement starts after all the calls it answers were made, so each sees whatever was
+        committed before its call (a delete acknowledged on any instance is seen).
+        """
+        if self._getting < _GET_STATEMENTS and not self._gets:
+            # None waits: this one goes out at once, from the caller's own task.
+            self._getting += 1
+            try:
+                row = await self._row(_GET_ONE, file_id, project, now)
+            finally:
+                self._getting -= 1
+                self._send_gets()
+            return _record(row) if row is not None else None
+        waiter: asyncio.Future[FileRecord | None] = asyncio.get_running_loop().create_future()
+        self._gets.append((file_id, project, now, waiter))
+        self._send_gets()
+        return await waiter
+
+    def _send_gets(self) -> None:
+        """Start a statement for the point reads waiting, if any wait and one may start. In a
+        task of its own: a caller cancelled must not cancel the others' answers."""
+        if self._gets and self._getting < _GET_STATEMENTS:
+            self._getting += 1
+            task = asyncio.get_running_loop().create_task(self._get_batches())
+            self._get_tasks.add(task)
+            task.add_done_callback(self._get_tasks.discard)
+
+    async def _get_batches(self) -> None:
+        """Answer the waiting point reads, a batch per statement, until none waits (one of
+        the `_GET_STATEMENTS`, counted by whoever started it)."""
+        try:
+            while self._gets:
+                batch = [g for g in self._gets[:_GET_BATCH] if not g[3].done()]
+                del self._gets[:_GET_BATCH]
+                if not batch:
+                    continue
+                try:
+                    found = await self._get_many(batch)
+                except Exception as error:  # each caller gets the failure (StorageBusy...)
+                    for *_, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                    continue
+                except BaseException:  # cancelled (the loop is closing): so are the callers
+                    for *_, waiter in batch + self._gets:
+                        waiter.cancel()
+                    self._gets.clear()
+                    raise
+                for (_, _, _, waiter), record in zip(batch, found, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(record)
+        finally:
+            self._getting -= 1
+
+    async def _get_many(self, batch: Sequence[_PointRead]) -> list[FileRecord | None]:
+        """For each (id, project, now, _), the file if live for that project at that time."""
+        if len(batch) == 1:
+            file_id, project, now, _ = batch[0]
+            row = await self._row(_GET_ONE, file_id, project, now)
+            return [_record(row) if row is not None else None]
+        rows = await self._rows(_GET_MANY, list({g[0] for g in batch}))
+        by_id = {row[0]: row for row in rows}
+        found: list[FileRecord | None] = []
+        for file_id, project, now, _ in batch:
+            row = by_id.get(file_id)
+            # The conditions of _GET_ONE: the project's, not deleted, not expired at `now`.
+            expired = row is not None and row[7] is not None and row[7] <= now
+            if row is None or row[1] != project or row[10] is not None or expired:
+                found.append(None)
+            else:
+                found.append(_record(tuple(row)[:10]))
+        return found
 
     async def list_live_files(
         self,
