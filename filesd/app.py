@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -122,35 +123,44 @@ def create_app(
     return app
 
 
+# Blobs without a row come only from crashes (or failed commits): the whole store is listed
+# for them at start-up and then every this many sweeps, not every sweep (a bucket may hold
+# millions of objects).
+ORPHAN_SWEEP_EVERY = 10
+
+
 async def _maintain(store: FileStore, uploads: UploadService, config: Config) -> None:
-    """Background upkeep while serving, on one instance at a time (the `upkeep` lease, which
-    another instance takes over once its holder stops renewing it).
+    """Background upkeep while serving, on one instance at a time (the `upkeep` lease, renewed
+    between steps and taken over by another instance once its holder stops renewing it).
 
-    First round: blobs a crash left unreferenced (this instance's own uploads caught
-    mid-completion were settled before serving began).
     Every `sweep_interval` seconds: expired files (already hidden) and uploads, rows deleted
-    longer ago than `deleted_retention` (with the blobs that frees): `filesd gc`, in the server;
-    and the completions of instances that died.
+    longer ago than `deleted_retention` (with the blobs that frees), and the completions of
+    instances that died. At start-up and every ORPHAN_SWEEP_EVERY sweeps (at least two leases
+    apart, so a dead instance's claims have run out): blobs a crash left unreferenced (this
+    instance's own uploads caught mid-completion were settled before serving began).
     """
-
-    async def collect_garbage() -> None:
-        await store.collect(deleted_retention=config.storage.deleted_retention)
-
-    steps = [store.sweep_orphans]
     lease = config.storage.sweep_interval + config.storage.lease_seconds
+
+    async def purge() -> None:
+        await store.purge_deleted(config.storage.deleted_retention)
+
+    orphan_interval = max(
+        ORPHAN_SWEEP_EVERY * config.storage.sweep_interval, 2 * config.storage.lease_seconds
+    )
+    orphans_due = 0.0
     while True:
-        try:
-            holding = await store.take_lease("upkeep", lease)
-        except Exception:
-            log.exception("taking the upkeep lease failed")
-            holding = False
-        if holding:
-            for step in [*steps, collect_garbage, uploads.sweep_expired, uploads.recover]:
-                try:
-                    await step()
-                except Exception:
-                    log.exception("background %s failed", step.__name__)
-            steps = []
+        steps = [store.sweep_expired, purge, uploads.sweep_expired, uploads.recover]
+        if time.monotonic() >= orphans_due:
+            steps.insert(0, store.sweep_orphans)
+        for step in steps:
+            try:
+                if not await store.take_lease("upkeep", lease):
+                    break
+                await step()
+                if step == store.sweep_orphans:
+                    orphans_due = time.monotonic() + orphan_interval
+            except Exception:
+                log.exception("background %s failed", step.__name__)
         await asyncio.sleep(config.storage.sweep_interval)
 
 

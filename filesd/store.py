@@ -45,6 +45,7 @@ from .storage.base import (
     BlobMissing,
     BlobTooLarge,
     BlobWriter,
+    InsertVerdict,
     MetadataStore,
     Quota,
     StagedBlob,
@@ -64,6 +65,7 @@ __all__ = [
     "Audit",
     "BlobMissing",
     "BlobTooLarge",
+    "CompletionAbandoned",
     "CursorNotFound",
     "DataDirLocked",
     "DatabaseMissing",
@@ -123,6 +125,15 @@ class ImportConflict(Exception):
     def __init__(self, ids: list[str]) -> None:
         super().__init__(f"{len(ids)} file id(s) exist already, e.g. {ids[0]}")
         self.ids = ids
+
+
+class CompletionAbandoned(Exception):
+    """The upload this file was to complete was settled meanwhile by another instance (this
+    one looked dead): the file was not stored."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"the completion making file {file_id} was settled by another instance")
+        self.file_id = file_id
 
 
 class FileIdTaken(Exception):
@@ -298,6 +309,7 @@ class FileStore:
         self.instance = uuid.uuid4().hex
         self._alive_until = 0.0  # (monotonic) what the last heartbeat told the others
         self._beating: asyncio.Task[None] | None = None
+        self._unended: set[str] = set()  # reclaims whose end failed, retried by heartbeats
         # Held by a group commit or an import from its claims to its rows: one set of claims
         # in flight per instance (claims are per instance and digest).
         self._write_lock = asyncio.Lock()
@@ -337,6 +349,8 @@ class FileStore:
             if wrap_blobs is not None:
                 blobs = wrap_blobs(blobs)
             meta = await open_metadata(settings)
+            if settings.database and not new_database:
+                await _refuse_empty_database(meta, local)
             # Seeded ids go on after a restart: each opening draws from a new generation.
             generation = 0
             if settings.id_seed is not None:
@@ -393,6 +407,10 @@ class FileStore:
             await asyncio.sleep(self._settings.lease_seconds / 3)
             try:
                 await self.heartbeat()
+                if self._unended:
+                    unended = sorted(self._unended)
+                    await self._meta.end_reclaim(unended, self.instance)
+                    self._unended.difference_update(unended)
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -557,33 +575,45 @@ class FileStore:
         try:
             results = await self._blobs.commit([q.staged for q in batch])
             linked: list[_Queued] = []
+            failed: list[tuple[_Queued, Exception]] = []
             for queued, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
-                    queued.done.set_exception(result)
+                    failed.append((queued, result))
                 else:
                     linked.append(queued)
             # A crash here leaves blobs with no row: invisible, and swept later.
-            verdicts = await self._meta.insert_files(
-                [q.record for q in linked],
-                instance=self.instance,
-                quota=self._settings.quota,
-                excluding_uploads=[q.from_upload for q in linked if q.from_upload is not None],
-            )
+            verdicts: list[InsertVerdict] = []
+            if linked:
+                verdicts = await self._meta.insert_files(
+                    [q.record for q in linked],
+                    instance=self.instance,
+                    quota=self._settings.quota,
+                    excluding_uploads=[q.from_upload for q in linked if q.from_upload is not None],
+                    completions={
+                        q.record.id: q.from_upload for q in linked if q.from_upload is not None
+                    },
+                )
             inserted = True
+            # The insert ended the claims of the digests it was given; those whose every
+            # blob failed to commit are ended here (or they would pin the blob for good).
+            uncovered = sorted(set(digests) - {q.record.sha256 for q in linked})
+            await self._meta.release_claims(uncovered, self.instance)
         finally:
             if not inserted:
                 await self._meta.release_claims(digests, self.instance)
         stored = [q for q, v in zip(linked, verdicts, strict=True) if v == "inserted"]
         refused = [(q, v) for q, v in zip(linked, verdicts, strict=True) if v != "inserted"]
-        failed = [q for q in batch if q.done.done()]
         if refused or failed:
-            for queued, verdict in refused:
-                queued.done.set_exception(self._refusal(queued.record, verdict))
-            unused = {q.record.sha256 for q, _ in refused} | {q.staged.sha256 for q in failed}
+            unused = {q.record.sha256 for q, _ in refused} | {q.staged.sha256 for q, _ in failed}
             try:
                 await self.reclaim(sorted(unused))
             except Exception:  # the others' rows are committed: an orphan is swept later
                 log.exception("could not reclaim the blobs of refused files")
+            # Answered once cleaned up: a client told no finds nothing of its upload left.
+            for queued, verdict in refused:
+                queued.done.set_exception(self._refusal(queued.record, verdict))
+            for queued, error in failed:
+                queued.done.set_exception(error)
         return stored
 
     def _refusal(self, record: FileRecord, verdict: str) -> Exception:
@@ -594,6 +624,8 @@ class FileStore:
             return QuotaExceeded(record.project, "files", self._settings.max_files_per_project)
         if verdict == "over_bytes":
             return QuotaExceeded(record.project, "bytes", self._settings.max_bytes_per_project)
+        if verdict == "abandoned":
+            return CompletionAbandoned(record.id)
         log.error("file %s: the claim on its blob was lost (instance presumed dead)", record.id)
         return StorageBusy("this instance lost its claim on the file's blob; try again")
 
@@ -606,7 +638,11 @@ class FileStore:
         claimed: list[str] = []
         try:
             while True:
-                refused = await self._meta.claim_blobs(waiting, self.instance, now=_wall())
+                # A reclaimer counts as alive one lease longer than its heartbeat says: its
+                # delete, capped to its own lease (see `reclaim`), has surely landed by then.
+                refused = await self._meta.claim_blobs(
+                    waiting, self.instance, now=_wall() - self._settings.lease_seconds
+                )
                 claimed += [d for d in waiting if d not in refused]
                 if not refused:
                     return
@@ -629,16 +665,30 @@ class FileStore:
         if not begun:
             return 0
         try:
-            # A delete cannot be fenced in the bucket: if this instance was paused since the
-            # reclaim began until the others may count it dead (a claimant may then have taken
-            # the digest over, trusting the bytes still there), it must not send the delete.
-            # Checked here, against this process's own clock, right before sending it.
-            if time.monotonic() > self._alive_until - 1:
+            # A delete cannot be fenced in the bucket. Others take a reclaim over only one
+            # lease after this instance's heartbeat ran out (see `_claim`), so the delete must
+            # be over before the heartbeat runs out: not sent once it is near, and cut short
+            # when it would outlast it (what a cut-short delete did is swept later).
+            left = self._alive_until - time.monotonic() - 1
+            if left <= 0:
                 log.warning("reclaim of %d blob(s) given up: heartbeat too old", len(begun))
                 return 0
-            return await self._blobs.delete(begun)
+            try:
+                async with asyncio.timeout(left):
+                    return await self._blobs.delete(begun)
+            except TimeoutError:
+                log.warning(
+                    "reclaim of %d blob(s) cut short: it outlasted the heartbeat", len(begun)
+                )
+                return 0
         finally:
-            await self._meta.end_reclaim(begun, self.instance)
+            try:
+                await self._meta.end_reclaim(begun, self.instance)
+            except Exception:
+                # Left, the reclaim would keep every claim of these digests off while this
+                # instance lives: the heartbeat loop ends it later.
+                log.exception("ending a reclaim failed; retried with the next heartbeat")
+                self._unended.update(begun)
 
     async def get_file(self, project: str, file_id: str) -> FileRecord:
         record = await self._meta.get_live_file(project, file_id, now=self.now())
@@ -719,8 +769,12 @@ class FileStore:
         record = await self._meta.mark_deleted(project, file_id, now=self.now())
         if record is None:
             raise FileNotFound(file_id)
-        # A crash between the commit above and the reclaim leaves an orphan blob: swept later.
-        await self.reclaim([record.sha256])
+        # The delete is committed: a reclaim that fails (or a crash before it) leaves an orphan
+        # blob, swept later, and must not turn the answer into an error.
+        try:
+            await self.reclaim([record.sha256])
+        except Exception:
+            log.exception("file %s deleted; reclaiming its blob failed", file_id)
         return record
 
     # --- export and import ----------------------------------------------------------------------
@@ -901,7 +955,9 @@ class FileStore:
                 await self._meta.mark_blob_damaged(
                     digest, "The stored content does not match its SHA-256; found by fsck."
                 )
-            for digest in audit.missing:
+            # Checked again: a blob reclaimed since the listing may have been stored anew by
+            # an upload meanwhile; its new file must not be marked.
+            for digest in sorted(await self._blobs.missing(audit.missing)):
                 await self._meta.mark_blob_damaged(
                     digest, "The stored content is missing; found by fsck."
                 )
@@ -968,6 +1024,10 @@ class FileStore:
             log.info("removed %d orphaned blob(s)", removed)
         return removed
 
+    async def purge_deleted(self, deleted_retention: int) -> int:
+        """Remove the rows of files deleted over `deleted_retention` seconds ago."""
+        return await self._meta.purge_deleted(before=self.now() - deleted_retention)
+
     async def collect(self, *, deleted_retention: int) -> GcReport:
         """Garbage collection (`filesd gc`, and the server's periodic upkeep): expired files,
         rows soft-deleted over `deleted_retention` seconds ago, and unreferenced blobs."""
@@ -1003,6 +1063,26 @@ def lock_data_dir(data_dir: Path) -> int:
 def _close_opened(opening: asyncio.Future[IO[bytes]]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()
+
+
+async def _refuse_empty_database(meta: MetadataStore, blobs: BlobBackend) -> None:
+    """Raise `StorageUnavailable` if the shared database holds nothing but the blobs do.
+
+    A new or wrong database (a typo in its name, a restore into a new one) pointed at a bucket
+    in use would make every blob look unreferenced, and the first sweep would delete them all.
+    """
+    if not await meta.holds_nothing():
+        return
+    digests = await blobs.digests()
+    parts = await blobs.part_tokens_older_than(math.inf)
+    if digests or parts:
+        raise StorageUnavailable(
+            "storage.database",
+            f"the database holds no files, but storage.blobs holds {len(digests)} blob(s) and "
+            f"{len(parts)} upload part(s): is this the database those belong to? Starting would "
+            "delete them as unreferenced. Point storage.database at the right database (or "
+            "restore it first); to start over on purpose, deleting them, pass --new-database.",
+        )
 
 
 def blob_backend(settings: StoreSettings) -> BlobBackend:

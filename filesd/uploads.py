@@ -37,7 +37,7 @@ from typing import Any
 
 from .models import FileRecord, PartRecord, UploadRecord
 from .storage.base import BlobWriter, StagedBlob
-from .store import FileIdTaken, FileStore, QuotaExceeded
+from .store import CompletionAbandoned, FileIdTaken, FileStore, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,18 @@ class UploadService:
             raise UploadNotPending(upload_id, "completing")
         creating: asyncio.Future[FileRecord] | None = None
         try:
-            joined, joined_md5 = await self._blobs.concat_parts(tokens)
+            try:
+                joined, joined_md5 = await self._blobs.concat_parts(tokens)
+            except FileNotFoundError:
+                # The parts went while they were joined: another instance settled this
+                # completion (this one looked dead) or the upload was cancelled. Answer with
+                # its state; if it is still this completion's, the parts are damaged.
+                upload_now = await self._db.get_upload(project, upload_id)
+                if upload_now is not None and (
+                    upload_now.status != "completing" or upload_now.file_id != file_id
+                ):
+                    raise UploadNotPending(upload_id, upload_now.status) from None
+                raise
             if md5 is not None and joined_md5 != md5.lower():
                 await self.discard(joined)
                 raise Md5Mismatch(md5, joined_md5)
@@ -287,15 +298,26 @@ class UploadService:
                     from_upload=upload_id,
                 )
             )
-            record = await asyncio.shield(creating)
+            try:
+                record = await asyncio.shield(creating)
+            except CompletionAbandoned:
+                raise UploadNotPending(upload_id, await self._status(project, upload_id)) from None
         finally:
             # Whatever happened (a failure, a cancel), the upload leaves `completing` by what
             # became of its file, and no further cancel can skip that.
-            await _uncancellable(self._settle(upload_id, file_id, creating))
+            await _uncancellable(self._settle(project, upload_id, file_id, creating))
         return replace(upload, status="completed", file_id=file_id), record
 
+    async def _status(self, project: str, upload_id: str) -> str:
+        upload = await self._db.get_upload(project, upload_id)
+        return "gone" if upload is None else upload.status
+
     async def _settle(
-        self, upload_id: str, file_id: str, creating: asyncio.Future[FileRecord] | None
+        self,
+        project: str,
+        upload_id: str,
+        file_id: str,
+        creating: asyncio.Future[FileRecord] | None,
     ) -> None:
         """End a claimed completion: completed if its file was made, else pending again."""
         made = False
@@ -308,9 +330,11 @@ class UploadService:
                 # Failed or cut short: the commit may still have stored the row.
                 made = await self._db.file_exists(file_id)
         if made:
-            await self._finish(upload_id, file_id)
+            await self._finish(project, upload_id, file_id)
         else:
-            await self._db.set_upload_status(upload_id, old="completing", new="pending")
+            await self._db.set_upload_status(
+                upload_id, old="completing", new="pending", attempt=file_id
+            )
 
     async def _verify_md5(self, upload_id: str, tokens: tuple[str, ...], md5: str) -> None:
         """Raise `Md5Mismatch` unless the parts joined in this order have this MD5, read
@@ -365,9 +389,11 @@ class UploadService:
         now = int(time.time())  # real time, as heartbeats are
         for upload in await self._db.abandoned_completions(self._files.instance, now=now):
             if upload.file_id is not None and await self._db.file_exists(upload.file_id):
-                await self._finish(upload.id, upload.file_id)
+                await self._finish(upload.project, upload.id, upload.file_id)
             else:
-                await self._db.set_upload_status(upload.id, old="completing", new="pending")
+                await self._db.set_upload_status(
+                    upload.id, old="completing", new="pending", attempt=upload.file_id
+                )
         cutoff = self._started
         if self._files.shared:
             cutoff = min(cutoff, time.time() - ORPHAN_PART_GRACE)
@@ -377,11 +403,16 @@ class UploadService:
             await self._blobs.remove_parts(sorted(orphans))
             log.info("removed %d part file(s) of interrupted uploads", len(orphans))
 
-    async def _finish(self, upload_id: str, file_id: str) -> None:
+    async def _finish(self, project: str, upload_id: str, file_id: str) -> None:
+        # Only the completion that made `file_id` (its insert marked it completed already; a
+        # recovery finds it still completing): if another instance settled it meanwhile (this
+        # one looked dead) and a new completion is under way, its parts are in use.
         await self._db.set_upload_status(
-            upload_id, old="completing", new="completed", file_id=file_id
+            upload_id, old="completing", new="completed", file_id=file_id, attempt=file_id
         )
-        await self._drop_parts(upload_id)
+        upload = await self._db.get_upload(project, upload_id)
+        if upload is not None and upload.status == "completed" and upload.file_id == file_id:
+            await self._drop_parts(upload_id)
 
     async def _drop_parts(self, upload_id: str) -> None:
         tokens = await self._db.delete_parts(upload_id)

@@ -1,4 +1,11 @@
-"""Every route end to end through HTTP, and the error envelope on every error path."""
+"""Every route end to end through HTTP, and the error envelope on every error path.
+
+Every test that runs an app runs it on both ends of the backend matrix: the embedded pair
+(SQLite and the blob dir in `data_dir`) and PostgreSQL + S3 (a fresh database and bucket per
+test); see `Backend`. Checks of what is stored look at the bucket or the blob dir alike; only
+a test of a mechanism the embedded pair alone has (the SQLite file moved aside) runs on it
+alone, through the `embedded` fixture.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,9 +24,9 @@ import pytest
 
 from filesd.app import create_app, reload_keys
 from filesd.appkeys import STORE
-from filesd.config import ConfigError, parse_config
+from filesd.config import Config, ConfigError, parse_config
 from filesd.health import READINESS, Readiness
-from filesd.storage.blobdir import BlobDir
+from filesd.store import FileStore
 
 from .conftest import (
     ALPHA,
@@ -33,6 +40,7 @@ from .conftest import (
     upload_form,
     wait_until,
 )
+from .s3_service import S3Bucket
 
 REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
 
@@ -55,11 +63,114 @@ async def assert_error(
     return dict(error)
 
 
-async def assert_nothing_stored(client: Client, data_dir: Path) -> None:
+class Backend:
+    """Where the apps of a test keep their data, and a look at it from outside the app.
+
+    "embedded": SQLite and the blob dir in `data_dir`. "postgres-s3": a fresh PostgreSQL
+    database and S3 bucket of the test's own (blobs under the `files` prefix); `data_dir`
+    then holds only spool files.
+    """
+
+    PREFIX = "files"
+
+    def __init__(
+        self, name: str, data_dir: Path, dsn: str = "", bucket: S3Bucket | None = None
+    ) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.dsn = dsn
+        self.bucket = bucket
+
+    def config(self, data_dir: Path | None = None, **tables: dict[str, Any]) -> Config:
+        """`make_config` (keys alpha and beta unless `auth` is given) on this backend; a
+        `storage` table given adds to this backend's."""
+        data_dir = data_dir or self.data_dir
+        storage: dict[str, Any] = {"data_dir": str(data_dir), **tables.pop("storage", {})}
+        if self.bucket is not None:
+            storage["database"] = self.dsn
+            storage["blobs"] = self.bucket.blobs_url(self.PREFIX)
+            storage["s3"] = {
+                "endpoint": self.bucket.endpoint,
+                "region": self.bucket.region,
+                "access_key_id": self.bucket.access_key_id,
+                "secret_access_key": self.bucket.secret_access_key,
+            }
+        return make_config(data_dir, storage=storage, **tables)
+
+    def blobs(self) -> list[str]:
+        """The blobs stored (paths in the blob dir, or keys in the bucket)."""
+        if self.bucket is None:
+            return [str(p) for p in blob_files(self.data_dir)]
+        return [k for k in self.bucket.object_keys() if k.startswith(f"{self.PREFIX}/blobs/")]
+
+    def objects(self) -> list[str]:
+        """Everything in the bucket (nothing but blobs for the embedded pair)."""
+        return self.blobs() if self.bucket is None else self.bucket.object_keys()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """The local directory new content is written to before it is stored."""
+        return self.data_dir / ("tmp" if self.bucket is None else "spool")
+
+    def scratch_files(self) -> list[Path]:
+        """What is in `scratch_dir` (temp or spool files)."""
+        if self.bucket is None:
+            return temp_files(self.data_dir)
+        return sorted(self.scratch_dir.iterdir()) if self.scratch_dir.exists() else []
+
+    def remove_blobs(self) -> None:
+        """Remove every stored blob behind the server's back."""
+        if self.bucket is None:
+            for blob in blob_files(self.data_dir):
+                blob.unlink()
+            return
+        s3 = self.bucket.client()
+        try:
+            for key in self.blobs():
+                s3.delete_object(Bucket=self.bucket.bucket, Key=key)
+        finally:
+            s3.close()
+
+
+@pytest.fixture(params=["embedded", "postgres-s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "embedded":
+        yield Backend(request.param, tmp_path / "data")
+        return
+    dsn = request.getfixturevalue("postgres_dsn")
+    bucket = request.getfixturevalue("s3_bucket")
+    yield Backend(request.param, tmp_path / "data", dsn, bucket)
+    # With shared backends an instance keeps nothing of its own (SPEC §5): what its apps
+    # left in their data dirs is their lock file and an empty spool directory.
+    for data_dir in (p for p in tmp_path.iterdir() if p.is_dir()):
+        left = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*"))
+        assert left in ([], ["filesd.lock", "spool"]), f"{data_dir}: {left}"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Backend:
+    """The embedded pair alone, for tests of a mechanism only it has."""
+    return Backend("embedded", tmp_path / "data")
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, backend: Backend) -> AsyncIterator[Client]:
+    """A test client of an app with keys for projects alpha and beta, on `backend`."""
+    yield await aiohttp_client(create_app(backend.config()))
+
+
+@pytest.fixture
+async def embedded_client(
+    aiohttp_client: ClientFactory, embedded: Backend
+) -> AsyncIterator[Client]:
+    yield await aiohttp_client(create_app(embedded.config()))
+
+
+async def assert_nothing_stored(client: Client, backend: Backend) -> None:
     resp = await client.get("/v1/files", headers=ALPHA)
     assert (await resp.json())["total"] == 0
-    assert blob_files(data_dir) == []
-    assert temp_files(data_dir) == []
+    assert backend.objects() == []
+    assert backend.scratch_files() == []
 
 
 # --- POST /v1/files -----------------------------------------------------------------------
@@ -99,8 +210,8 @@ async def test_upload_with_expiry(client: Client) -> None:
     assert body["expires_at"] == body["created_at"] + 3600
 
 
-async def test_openai_id_format(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
-    config = make_config(tmp_path, files={"id_format": "openai"})
+async def test_openai_id_format(aiohttp_client: ClientFactory, backend: Backend) -> None:
+    config = backend.config(files={"id_format": "openai"})
     client = await aiohttp_client(create_app(config))
     body = await upload(client, b"x")
     assert re.fullmatch(r"file-[0-9A-Za-z]{24}", body["id"])
@@ -114,10 +225,10 @@ async def test_a_large_upload_streams_and_round_trips(client: Client) -> None:
     assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(content).digest()
 
 
-async def test_fifty_concurrent_uploads(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+async def test_fifty_concurrent_uploads(aiohttp_client: ClientFactory, backend: Backend) -> None:
     # One project may take every upload slot here (by default it holds at most half of them).
     limits = {"max_concurrent_uploads_per_project": 64}
-    client: Client = await aiohttp_client(create_app(make_config(tmp_path / "data", limits=limits)))
+    client: Client = await aiohttp_client(create_app(backend.config(limits=limits)))
     contents = [os.urandom(20_000 + i) for i in range(50)]
     bodies = await asyncio.gather(
         *(upload(client, c, filename=f"f{i}") for i, c in enumerate(contents))
@@ -176,16 +287,16 @@ BAD_PURPOSE = (
     ],
 )
 async def test_bad_upload_forms_are_refused_and_store_nothing(
-    client: Client, tmp_path: Path, form_kwargs: dict[str, Any], message: str | None, param: str
+    client: Client, backend: Backend, form_kwargs: dict[str, Any], message: str | None, param: str
 ) -> None:
     resp = await client.post(
         "/v1/files", data=upload_form(b"content", **form_kwargs), headers=ALPHA
     )
     await assert_error(resp, 400, message, param)
-    await assert_nothing_stored(client, tmp_path / "data")
+    await assert_nothing_stored(client, backend)
 
 
-async def test_upload_without_file_or_not_multipart(client: Client, tmp_path: Path) -> None:
+async def test_upload_without_file_or_not_multipart(client: Client, backend: Backend) -> None:
     resp = await post_raw(client, _raw_form([("purpose", None, b"assistants")]))
     await assert_error(resp, 400, "'file' is a required property", "file")
     resp = await client.post("/v1/files", data={"purpose": "assistants"}, headers=ALPHA)
@@ -208,7 +319,7 @@ async def test_upload_without_file_or_not_multipart(client: Client, tmp_path: Pa
         client, _raw_form([("file", "a", b"1"), ("file", "b", b"2"), ("purpose", None, b"batch")])
     )
     await assert_error(resp, 400, "Duplicate field 'file'.", "file")
-    await assert_nothing_stored(client, tmp_path / "data")
+    await assert_nothing_stored(client, backend)
 
 
 BOUNDARY = "filesd-test-boundary"
@@ -225,19 +336,19 @@ async def post_raw(client: Client, body: bytes) -> Any:
 
 @pytest.mark.parametrize("filename", ["a\x00b.txt", "a\x01b", "esc\x1b[31m", "del\x7f"])
 async def test_raw_control_characters_in_part_headers_are_refused(
-    client: Client, tmp_path: Path, filename: str
+    client: Client, backend: Backend, filename: str
 ) -> None:
     # aiohttp's header parser refuses these before any field is known: a 400, no param.
     resp = await post_raw(
         client, _raw_form([("purpose", None, b"assistants"), ("file", filename, b"abc")])
     )
     await assert_error(resp, 400)
-    await assert_nothing_stored(client, tmp_path / "data")
+    await assert_nothing_stored(client, backend)
 
 
 @pytest.mark.parametrize("encoded", ["a%00b.txt", "a%0Ab.txt", "a%0D%0AX-Evil%3A1", "del%7F"])
 async def test_encoded_control_characters_in_filenames_are_refused(
-    client: Client, tmp_path: Path, encoded: str
+    client: Client, backend: Backend, encoded: str
 ) -> None:
     body = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
@@ -246,17 +357,17 @@ async def test_encoded_control_characters_in_filenames_are_refused(
     ).encode()
     resp = await post_raw(client, body)
     await assert_error(resp, 400, "The filename must not contain control characters.", "file")
-    await assert_nothing_stored(client, tmp_path / "data")
+    await assert_nothing_stored(client, backend)
 
 
-async def test_malformed_content_disposition_is_400(client: Client, tmp_path: Path) -> None:
+async def test_malformed_content_disposition_is_400(client: Client, backend: Backend) -> None:
     body = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
         f"filename*=UTF-8''a b:c\r\n\r\nabc\r\n--{BOUNDARY}--\r\n"
     ).encode()
     resp = await post_raw(client, body)
     await assert_error(resp, 400)
-    await assert_nothing_stored(client, tmp_path / "data")
+    await assert_nothing_stored(client, backend)
 
 
 def _raw_form(parts: list[tuple[str, str | None, bytes]]) -> bytes:
@@ -273,23 +384,23 @@ def _raw_form(parts: list[tuple[str, str | None, bytes]]) -> bytes:
 
 
 @pytest.fixture
-async def small_client(aiohttp_client: ClientFactory, tmp_path: Path) -> AsyncIterator[Client]:
-    config = make_config(tmp_path / "data", limits={"max_file_bytes": 100_000})
+async def small_client(aiohttp_client: ClientFactory, backend: Backend) -> AsyncIterator[Client]:
+    config = backend.config(limits={"max_file_bytes": 100_000})
     yield await aiohttp_client(create_app(config))
 
 
 async def test_too_large_by_content_length_is_refused_at_once(
-    small_client: Client, tmp_path: Path
+    small_client: Client, backend: Backend
 ) -> None:
     resp = await small_client.post(
         "/v1/files", data=upload_form(os.urandom(300_000)), headers=ALPHA
     )
     error = await assert_error(resp, 413, param="file")
     assert error["code"] == "file_too_large"
-    await assert_nothing_stored(small_client, tmp_path / "data")
+    await assert_nothing_stored(small_client, backend)
 
 
-async def test_too_large_while_streaming_is_refused(small_client: Client, tmp_path: Path) -> None:
+async def test_too_large_while_streaming_is_refused(small_client: Client, backend: Backend) -> None:
     # Chunked: no Content-Length, so the limit is only crossed while the body streams in.
     body = _raw_form([("purpose", None, b"assistants"), ("file", "big", os.urandom(100_001))])
 
@@ -303,12 +414,12 @@ async def test_too_large_while_streaming_is_refused(small_client: Client, tmp_pa
         headers={**ALPHA, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
     await assert_error(resp, 413, param="file")
-    await assert_nothing_stored(small_client, tmp_path / "data")
+    await assert_nothing_stored(small_client, backend)
     # Exactly at the limit is fine.
     await upload(small_client, os.urandom(100_000))
 
 
-async def test_expect_100_continue(small_client: Client, tmp_path: Path) -> None:
+async def test_expect_100_continue(small_client: Client) -> None:
     resp = await small_client.post(
         "/v1/files", data=upload_form(b"ok"), headers=ALPHA, expect100=True
     )
@@ -491,11 +602,10 @@ async def test_empty_file_downloads(client: Client) -> None:
     assert resp.status == 200 and await resp.read() == b""
 
 
-async def test_missing_blob_is_a_clear_500(client: Client, tmp_path: Path) -> None:
-    # Larger than the small-file cache's entries, so the bytes can only come from disk.
+async def test_missing_blob_is_a_clear_500(client: Client, backend: Backend) -> None:
+    # Larger than the small-file cache's entries, so the bytes can only come from storage.
     body = await upload(client, os.urandom(100_000))
-    for blob in blob_files(tmp_path / "data"):
-        blob.unlink()
+    backend.remove_blobs()
     resp = await client.get(f"/v1/files/{body['id']}/content", headers=ALPHA)
     error = await assert_error(resp, 500)
     assert error["type"] == "server_error"
@@ -507,16 +617,16 @@ async def test_missing_blob_is_a_clear_500(client: Client, tmp_path: Path) -> No
 
 
 async def test_dedupe_one_blob_and_delete_one_keeps_the_other(
-    client: Client, tmp_path: Path
+    client: Client, backend: Backend
 ) -> None:
     a = await upload(client, b"twin")
     b = await upload(client, b"twin", headers=BETA)
-    assert len(blob_files(tmp_path / "data")) == 1
+    assert len(backend.blobs()) == 1
     assert (await client.delete(f"/v1/files/{a['id']}", headers=ALPHA)).status == 200
     resp = await client.get(f"/v1/files/{b['id']}/content", headers=BETA)
     assert await resp.read() == b"twin"
     assert (await client.delete(f"/v1/files/{b['id']}", headers=BETA)).status == 200
-    assert blob_files(tmp_path / "data") == []
+    assert backend.blobs() == []
 
 
 async def test_another_projects_file_is_a_404_on_every_route(client: Client) -> None:
@@ -556,7 +666,7 @@ async def test_missing_key_is_401(client: Client, headers: dict[str, str]) -> No
         assert error["code"] is None
 
 
-async def test_wrong_key_is_401_with_a_masked_key(client: Client, tmp_path: Path) -> None:
+async def test_wrong_key_is_401_with_a_masked_key(client: Client, backend: Backend) -> None:
     resp = await client.post(
         "/v1/files",
         data=upload_form(b"x"),
@@ -569,12 +679,12 @@ async def test_wrong_key_is_401_with_a_masked_key(client: Client, tmp_path: Path
     resp = await client.get("/v1/files", headers={"Authorization": "Bearer short"})
     error = await assert_error(resp, 401)
     assert "short" not in error["message"]
-    await assert_nothing_stored(client, tmp_path / "data")
+    await assert_nothing_stored(client, backend)
 
 
-async def test_key_given_as_sha256(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+async def test_key_given_as_sha256(aiohttp_client: ClientFactory, backend: Backend) -> None:
     digest = hashlib.sha256(b"sk-hashed-secret").hexdigest()
-    config = make_config(tmp_path, auth={"keys": [{"key_sha256": digest, "project": "hashed"}]})
+    config = backend.config(auth={"keys": [{"key_sha256": digest, "project": "hashed"}]})
     client = await aiohttp_client(create_app(config))
     await upload(client, b"x", headers={"Authorization": "Bearer sk-hashed-secret"})
     resp = await client.get("/v1/files", headers={"Authorization": "bearer sk-hashed-secret"})
@@ -582,9 +692,9 @@ async def test_key_given_as_sha256(aiohttp_client: ClientFactory, tmp_path: Path
 
 
 async def test_open_mode_each_token_is_its_own_project(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
-    config = make_config(tmp_path, auth={})
+    config = backend.config(auth={})
     client = await aiohttp_client(create_app(config))
     one, two = {"Authorization": "Bearer one"}, {"Authorization": "Bearer two"}
     body = await upload(client, b"x", headers=one)
@@ -629,10 +739,10 @@ async def test_batch_files_expire_after_30_days_by_default(client: Client) -> No
 
 
 async def test_an_expired_file_is_gone_from_every_route_at_once(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
     now = [1_800_000_000.0]
-    client = await aiohttp_client(create_app(make_config(tmp_path), clock=lambda: now[0]))
+    client = await aiohttp_client(create_app(backend.config(), clock=lambda: now[0]))
     body = await upload(
         client,
         b"ephemeral",
@@ -651,9 +761,9 @@ async def test_an_expired_file_is_gone_from_every_route_at_once(
 
 
 async def test_downloads_refused_like_openai_when_configured(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
-    config = make_config(tmp_path, files={"refuse_downloads": True})
+    config = backend.config(files={"refuse_downloads": True})
     client = await aiohttp_client(create_app(config))
     for purpose in ("assistants", "user_data"):
         body = await upload(client, b"secret", purpose=purpose)
@@ -681,21 +791,22 @@ async def test_openai_headers_on_every_response(client: Client) -> None:
         assert int(resp.headers["openai-processing-ms"]) >= 0
 
 
+@pytest.mark.slow  # the sweeper's least interval is a second
 async def test_the_background_sweeper_reclaims_expired_files(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
     now = [1_800_000_000.0]
-    config = make_config(tmp_path, storage={"data_dir": str(tmp_path), "sweep_interval": 1})
+    config = backend.config(storage={"sweep_interval": 1})
     client = await aiohttp_client(create_app(config, clock=lambda: now[0]))
     await upload(
         client,
         b"short-lived bytes",
         extra={"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
     )
-    assert len(blob_files(tmp_path)) == 1
+    assert len(backend.blobs()) == 1
     now[0] += 3600
     # The sweeper runs every second.
-    await wait_until(lambda: not blob_files(tmp_path), what="the expired blob reclaimed")
+    await wait_until(lambda: not backend.blobs(), what="the expired blob reclaimed")
 
 
 class StepClock:
@@ -711,7 +822,7 @@ class StepClock:
         self.now += Readiness.TTL
 
 
-async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) -> None:
+async def test_health_and_readiness_need_no_key(client: Client, backend: Backend) -> None:
     clock = client.app[READINESS].clock = StepClock()
     resp = await client.get("/healthz")
     assert resp.status == 200 and await resp.json() == {"status": "ok"}
@@ -720,8 +831,9 @@ async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) 
     clock.step()  # past the cached answer
     # A data directory that no longer takes writes makes the server not ready (a file where
     # a directory should be stops root too, unlike permission bits).
-    tmp_dir = tmp_path / "data" / "tmp"
-    tmp_dir.rename(tmp_path / "data" / "tmp.moved")
+    tmp_dir = backend.scratch_dir
+    moved = tmp_dir.with_name("moved")
+    tmp_dir.rename(moved)
     tmp_dir.write_text("not a directory")
     try:
         resp = await client.get("/readyz")
@@ -730,7 +842,7 @@ async def test_health_and_readiness_need_no_key(client: Client, tmp_path: Path) 
         assert body["error"]["code"] == "not_ready" and "data directory" in body["error"]["message"]
     finally:
         tmp_dir.unlink()
-        (tmp_path / "data" / "tmp.moved").rename(tmp_dir)
+        moved.rename(tmp_dir)
     clock.step()
     assert (await client.get("/readyz")).status == 200
 
@@ -739,13 +851,13 @@ async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probes: list[float] = []
-    real_probe = BlobDir._check_writable_sync
+    real_check = FileStore.readiness_problems
 
-    def counting_probe(self: BlobDir) -> None:
+    async def counting_check(self: FileStore) -> list[str]:
         probes.append(time.monotonic())
-        real_probe(self)
+        return await real_check(self)
 
-    monkeypatch.setattr(BlobDir, "_check_writable_sync", counting_probe)
+    monkeypatch.setattr(FileStore, "readiness_problems", counting_check)
     clock = client.app[READINESS].clock = StepClock()
     # Probes arriving together share one check, and later ones within the second reuse it.
     answers = await asyncio.gather(*(client.get("/readyz") for _ in range(10)))
@@ -758,8 +870,9 @@ async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
 
 
 async def test_a_database_moved_aside_while_running_is_not_ready(
-    client: Client, tmp_path: Path
+    embedded_client: Client, tmp_path: Path
 ) -> None:
+    client = embedded_client  # the SQLite file
     clock = client.app[READINESS].clock = StepClock()
     assert (await client.get("/readyz")).status == 200
     database = tmp_path / "data" / "filesd.db"
@@ -788,11 +901,9 @@ ADMIN_TOKEN = "admin-token-0123456789"
 
 
 async def test_metrics_need_a_token_once_keys_exist(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
-    config = make_config(
-        tmp_path / "a", metrics={"token": METRICS_TOKEN}, admin={"token": ADMIN_TOKEN}
-    )
+    config = backend.config(metrics={"token": METRICS_TOKEN}, admin={"token": ADMIN_TOKEN})
     client = await aiohttp_client(create_app(config))
     for headers in ({}, ALPHA, {"Authorization": "Bearer wrong-token-0123456789"}):
         resp = await client.get("/metrics", headers=headers)
@@ -803,14 +914,14 @@ async def test_metrics_need_a_token_once_keys_exist(
         resp = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 200 and "filesd_blobs" in await resp.text()
     # Keys but no scrape token configured: nobody reads the totals.
-    bare = await aiohttp_client(create_app(make_config(tmp_path / "b")))
+    bare = await aiohttp_client(create_app(backend.config(backend.data_dir.with_name("b"))))
     await assert_error(await bare.get("/metrics"), 401)
 
 
 async def test_metrics_are_keyless_in_open_mode_until_a_key_is_made(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    aiohttp_client: ClientFactory, backend: Backend
 ) -> None:
-    config = parse_config({"storage": {"data_dir": str(tmp_path)}}, base_dir=tmp_path)
+    config = backend.config(auth={})
     client = await aiohttp_client(create_app(config))
     assert (await client.get("/metrics")).status == 200
     await client.app[STORE].keys.create("alpha")  # `filesd keys create`: no longer open
@@ -825,10 +936,10 @@ def test_metrics_token_is_checked_like_the_admin_token(tmp_path: Path) -> None:
         parse_config({"metrics": {"tokn": METRICS_TOKEN}}, base_dir=tmp_path)
 
 
-async def test_metrics_in_prometheus_format(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
-    client = await aiohttp_client(
-        create_app(make_config(tmp_path / "data", metrics={"token": METRICS_TOKEN}))
-    )
+async def test_metrics_in_prometheus_format(
+    aiohttp_client: ClientFactory, backend: Backend
+) -> None:
+    client = await aiohttp_client(create_app(backend.config(metrics={"token": METRICS_TOKEN})))
     await upload(client, b"twin" * 100)
     await upload(client, b"twin" * 100)
     created = await upload(client, b"other")

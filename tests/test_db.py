@@ -1029,6 +1029,39 @@ async def test_postgres_claims_and_reclaims_race_safely_across_instances(
             await store.close()
 
 
+async def test_only_its_own_completion_is_moved_on(backend: Backend) -> None:
+    # A completion settled by another instance meanwhile, then started again with another
+    # file, is not the first attempt's to finish (nor to reopen).
+    db = backend.db
+    await db.insert_upload(upload_record("u"))
+    assert await db.set_upload_status("u", old="pending", new="completing", file_id="f1", owner="i")
+    assert await db.set_upload_status("u", old="completing", new="pending", attempt="f1")
+    assert await db.set_upload_status("u", old="pending", new="completing", file_id="f2", owner="j")
+    for new in ("completed", "pending"):
+        assert not await db.set_upload_status(
+            "u", old="completing", new=new, file_id="f1", attempt="f1"
+        )
+    assert await db.set_upload_status(
+        "u", old="completing", new="completed", file_id="f2", attempt="f2"
+    )
+
+
+async def test_a_file_completing_an_upload_settled_elsewhere_is_abandoned(backend: Backend) -> None:
+    # Instance i took the upload into completing with f1, then looked dead: another settled
+    # it and a new completion started with f2. i's file must not be stored, f2's must, and the
+    # upload becomes completed in the same transaction as f2's row.
+    db = backend.db
+    await db.insert_upload(upload_record("u"))
+    assert await db.set_upload_status("u", old="pending", new="completing", file_id="f1", owner="i")
+    assert await db.set_upload_status("u", old="completing", new="pending", attempt="f1")
+    assert await db.set_upload_status("u", old="pending", new="completing", file_id="f2", owner="j")
+    assert await db.insert_files([record("f1")], completions={"f1": "u"}) == ["abandoned"]
+    assert not await db.file_exists("f1")
+    assert await db.insert_files([record("f2")], completions={"f2": "u"}) == ["inserted"]
+    upload = await db.get_upload("p", "u")
+    assert upload is not None and (upload.status, upload.file_id) == ("completed", "f2")
+
+
 # --- PostgreSQL counters (file_counts) --------------------------------------------------------
 
 Counts = dict[tuple[str, str], tuple[int, int]]

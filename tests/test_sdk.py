@@ -1,21 +1,101 @@
-"""The official `openai` SDK, unchanged, against a real filesd on a free port."""
+"""The official `openai` SDK, unchanged, against a real filesd on a free port.
+
+The module runs twice: on the embedded backends, and on PostgreSQL + S3 (one database and
+bucket for the module, as its one server is for the module); see `Storage`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, wait_until_sync
+from .conftest import ALPHA_KEY, BETA_KEY, KEYS_TOML, ServerProcess, wait_until_sync
+from .pg_service import PostgresServer
+from .s3_service import S3Bucket, fresh_bucket
 
 pytestmark = pytest.mark.slow
+
+
+class Storage:
+    """The backends of the module's servers: the embedded pair (`bucket` None), or a
+    PostgreSQL database and an S3 bucket (blobs under the `files` prefix)."""
+
+    PREFIX = "files"
+
+    def __init__(self, dsn: str = "", bucket: S3Bucket | None = None) -> None:
+        self.dsn = dsn
+        self.bucket = bucket
+
+    def write_config(self, path: Path, data_dir: Path, *, keys: bool, s3_in_file: bool) -> Path:
+        """A config file on these backends, open unless `keys` (alpha and beta). The S3
+        credentials are in the file if `s3_in_file`, else they must come from `env()`."""
+        lines = ["[storage]", f'data_dir = "{data_dir}"']
+        if self.bucket is not None:
+            lines += [f'database = "{self.dsn}"', f'blobs = "{self.bucket.blobs_url(self.PREFIX)}"']
+            if s3_in_file:
+                lines.append(self.bucket.s3_table())
+        path.write_text("\n".join(lines) + "\n" + (KEYS_TOML if keys else ""))
+        return path
+
+    def env(self) -> dict[str, str]:
+        return self.bucket.env() if self.bucket is not None else {}
+
+    def remove_blob(self, server: ServerProcess, digest: str) -> None:
+        """Remove a stored blob behind the servers' back."""
+        if self.bucket is None:
+            assert server.data_dir is not None
+            (server.data_dir / "blobs" / digest[:2] / digest).unlink()
+            return
+        s3 = self.bucket.client()
+        try:
+            key = f"{self.PREFIX}/blobs/{digest[:2]}/{digest}"
+            s3.head_object(Bucket=self.bucket.bucket, Key=key)  # raises unless it is there
+            s3.delete_object(Bucket=self.bucket.bucket, Key=key)
+        finally:
+            s3.close()
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgres-s3"])
+def storage(request: pytest.FixtureRequest) -> Iterator[Storage]:
+    if request.param == "embedded":
+        yield Storage()
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    endpoint: str = request.getfixturevalue("s3_server")
+    with postgres.database() as dsn, fresh_bucket(endpoint) as bucket:
+        yield Storage(dsn, bucket)
+
+
+@pytest.fixture(scope="module")
+def server(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server for the module on `storage`, run open: each test uses its own token,
+    so its own project. (Overrides conftest's `server`, adding the backends.)"""
+    root = tmp_path_factory.mktemp("server")
+    config = storage.write_config(root / "filesd.toml", root / "data", keys=False, s3_in_file=True)
+    proc = ServerProcess(["--config", str(config)], cwd=root)
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0
+
+
+@pytest.fixture
+def keyed_server(storage: Storage, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A second server on the module's backends, with the alpha/beta keys; on S3 it takes
+    its credentials from the environment."""
+    config = storage.write_config(
+        tmp_path / "keyed.toml", tmp_path / "data", keys=True, s3_in_file=False
+    )
+    proc = ServerProcess(["--config", str(config)], cwd=tmp_path, env=storage.env())
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0
 
 
 @pytest.fixture
@@ -95,8 +175,8 @@ def test_errors_are_the_sdks_exceptions(client: OpenAI) -> None:
         client.files.list(limit=0).data  # noqa: B018
 
 
-def test_keys_through_the_sdk(start_server: Callable[..., ServerProcess]) -> None:
-    server = start_server()
+def test_keys_through_the_sdk(keyed_server: ServerProcess) -> None:
+    server = keyed_server
     wrong = OpenAI(base_url=server.base_url, api_key="sk-not-a-configured-key", max_retries=0)
     with wrong, pytest.raises(openai.AuthenticationError) as info:
         wrong.files.list()
@@ -216,15 +296,14 @@ async def test_async_chunked_upload(aclient: AsyncOpenAI) -> None:
 # --- retries ---------------------------------------------------------------------------------
 
 
-def test_the_sdk_retries_a_500_then_raises(server: ServerProcess) -> None:
-    # A file whose bytes vanished from disk answers 500: the SDK retries it (max_retries=2).
+def test_the_sdk_retries_a_500_then_raises(server: ServerProcess, storage: Storage) -> None:
+    # A file whose bytes vanished from storage answers 500: the SDK retries it (max_retries=2).
     # (Larger than 64 KiB: smaller files may still be served from filesd's memory.)
     key = f"sk-{uuid.uuid4().hex}"
     content = os.urandom(100_000)
     with OpenAI(base_url=server.base_url, api_key=key, max_retries=2) as client:
         created = client.files.create(file=content, purpose="assistants")
-        digest = hashlib.sha256(content).hexdigest()
-        (server.data_dir / "blobs" / digest[:2] / digest).unlink()
+        storage.remove_blob(server, hashlib.sha256(content).hexdigest())
         with pytest.raises(openai.InternalServerError) as info:
             client.files.content(created.id)
     assert info.value.status_code == 500

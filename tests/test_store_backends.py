@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from filesd.config import S3Config
-from filesd.storage.base import StagedBlob
+from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy, StorageUnavailable
+from filesd.storage.blobdir import BlobDir
+from filesd.storage.sqlite import SqliteMetadata
 from filesd.store import (
     FileNotFound,
     FileStore,
@@ -359,3 +361,81 @@ async def test_a_dead_instances_completion_is_settled_by_another(
         b.instance, now=int(time.time()) + 4
     )
     assert [u.id for u in abandoned] == [upload.id]
+
+
+# --- what a review found (each test fails without its fix) --------------------------------------
+
+
+class _CommitsButReportsFailure(DelegatingBlobs):
+    """A backend whose commit stores the bytes yet reports an error, as a timed-out final
+    request of a multipart upload can."""
+
+    async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
+        await self.inner.commit(staged)
+        return [OSError("the request timed out") for _ in staged]
+
+
+async def test_a_failed_commit_does_not_pin_its_blob(
+    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+) -> None:
+    s = settings()
+    store = await opened(s, wrap_blobs=_CommitsButReportsFailure)
+    with pytest.raises(OSError, match="timed out"):
+        await create(store, b"landed after all")
+    # Its claim ended with the failure, so the blob nothing refers to is reclaimed at once
+    # (a claim left behind would keep every reclaim and sweep off it for good).
+    assert await stored_digests(s) == set()
+
+
+class _EndReclaimFailsOnce(SqliteMetadata):
+    failed = False
+
+    async def end_reclaim(self, digests: Sequence[str], instance: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StorageBusy("the database went away for a moment")
+        await super().end_reclaim(digests, instance)
+
+
+async def test_a_failed_end_of_reclaim_is_retried_and_the_delete_still_answers(
+    tmp_path: Path,
+) -> None:
+    settings = StoreSettings(tmp_path, lease_seconds=3)
+    meta = await _EndReclaimFailsOnce.open(tmp_path / "filesd.db")
+    blobs = BlobDir(tmp_path)
+    await blobs.prepare()
+    store = FileStore(meta, blobs, settings)
+    await store.heartbeat()
+    try:
+        file_id = await create(store, b"deleted, then uploaded again")
+        await store.delete_file("p", file_id)  # the reclaim's end fails: still a delete
+        assert meta.failed
+        # Until the end is retried, the digest is under reclaim: an upload of the same bytes
+        # waits for it (the heartbeat loop retries it), then stores them.
+        beating = asyncio.create_task(store._heartbeats())
+        try:
+            again = await create(store, b"deleted, then uploaded again")
+        finally:
+            beating.cancel()
+        assert await content_of(store, "p", again) == b"deleted, then uploaded again"
+    finally:
+        await store.close()
+
+
+async def test_an_empty_shared_database_over_a_bucket_in_use_is_refused(
+    shared_bytes: SettingsFactory,
+    opened: Callable[..., Awaitable[FileStore]],
+    postgres_server: Any,
+) -> None:
+    s = shared_bytes("a")
+    store = await opened(s)
+    await create(store, b"bytes of the real database's files")
+    with postgres_server.database() as other:
+        wrong = replace(shared_bytes("b"), database=other)
+        with pytest.raises(StorageUnavailable, match=r"storage\.database") as refused:
+            await FileStore.open(wrong)
+        assert "1 blob(s)" in str(refused.value)
+        assert sha(b"bytes of the real database's files") in await stored_digests(s)
+        # On purpose: --new-database.
+        fresh = await opened(wrong, new_database=True)
+        assert fresh.shared

@@ -13,7 +13,7 @@ Backends must not import aiohttp or the HTTP layer.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -27,7 +27,7 @@ SMALL_BYTES = 64 * 1024
 PartVerdict = Literal["added", "not_pending", "too_many_parts", "over_declared", "over_quota"]
 
 # What became of a file offered to `MetadataStore.insert_files`.
-InsertVerdict = Literal["inserted", "taken", "over_files", "over_bytes", "unclaimed"]
+InsertVerdict = Literal["inserted", "taken", "over_files", "over_bytes", "unclaimed", "abandoned"]
 
 
 @dataclass(frozen=True)
@@ -269,11 +269,15 @@ class UploadMetadata(Protocol):
         new: str,
         file_id: str | None = None,
         owner: str | None = None,
+        attempt: str | None = None,
     ) -> bool:
         """Move an upload from status `old` to `new`; False if it was not in `old`.
 
         `owner` names the instance that takes the upload into `completing` (see
-        `abandoned_completions`); it is kept while the upload is `completing`."""
+        `abandoned_completions`); it is kept while the upload is `completing`. With `attempt`
+        (the file id a completion was started with), only that completion is moved on: a
+        completion that was settled by another instance meanwhile, and started again, is not
+        the caller's to finish."""
         ...
 
     async def insert_part(
@@ -392,6 +396,10 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
 
     async def schema_version(self) -> int: ...
 
+    async def holds_nothing(self) -> bool:
+        """True if the database has no file and no upload rows at all (new, or emptied)."""
+        ...
+
     async def vanished(self) -> str | None:
         """Why the database this store opened is no longer where it was opened (moved,
         deleted or replaced under a running server), or None while it is in place."""
@@ -404,6 +412,7 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
         instance: str | None = None,
         quota: Quota = NO_QUOTA,
         excluding_uploads: Sequence[str] = (),
+        completions: Mapping[str, str] | None = None,
     ) -> list[InsertVerdict]:
         """Insert new files; per record, what became of it. A record refused never fails the
         others: `taken` (its id exists, or an earlier record of the call has it; checked
@@ -411,8 +420,11 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
         `quota`, counting its live files, the bytes of its files and of the parts of its
         pending or completing uploads but those in `excluding_uploads`, and the records
         inserted before it), `unclaimed` (with `instance`: that instance holds no claim on
-        the record's blob). With `instance`, its claims on the records' blobs end in the same
-        transaction. Quota checks and inserts are atomic against every other writer, on every
+        the record's blob), `abandoned` (`completions` maps its id to an upload that is no
+        longer `completing` with it: another instance settled that completion meanwhile).
+        With `instance`, its claims on the records' blobs end in the same transaction; with
+        `completions`, the uploads of the records inserted become `completed` in it. Quota
+        checks and inserts are atomic against every other writer, on every
         instance.
 
         Paging order: within a project, files become visible in the order of their `seq`

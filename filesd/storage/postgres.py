@@ -36,7 +36,7 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -497,6 +497,10 @@ class PostgresMetadata:
         """None: the database is a service, not a file that could be moved away."""
         return None
 
+    async def holds_nothing(self) -> bool:
+        sql = "SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM uploads)"
+        return bool(await self._value(sql))
+
     async def schema_version(self) -> int:
         return int(await self._value("SELECT version FROM schema_version WHERE id = 0"))
 
@@ -611,6 +615,7 @@ class PostgresMetadata:
         instance: str | None = None,
         quota: Quota = NO_QUOTA,
         excluding_uploads: Sequence[str] = (),
+        completions: Mapping[str, str] | None = None,
     ) -> list[InsertVerdict]:
         """Insert new files, in one transaction under the locks of their projects (and of their
         blobs, with `instance`): the verdicts are decided and the rows inserted with no other
@@ -649,6 +654,19 @@ class PostgresMetadata:
                     taken.add(r.id)  # a second record with this id is taken by the first
                 if quota:
                     await _check_quota(conn, records, verdicts, quota, excluding_uploads)
+                for i, r in enumerate(records):
+                    # The completion this record ends must still be this instance's: moved
+                    # on in this transaction, or the record is `abandoned`.
+                    upload_id = (completions or {}).get(r.id)
+                    if verdicts[i] == "inserted" and upload_id is not None:
+                        moved = await conn.fetchval(
+                            "UPDATE uploads SET status = 'completed', owner = NULL WHERE id = $1"
+                            " AND status = 'completing' AND file_id = $2 RETURNING 1",
+                            upload_id,
+                            r.id,
+                        )
+                        if moved is None:
+                            verdicts[i] = "abandoned"
                 chosen = [r for r, v in zip(records, verdicts, strict=True) if v == "inserted"]
                 if chosen:
                     # Another project's transaction may take an id meanwhile: skipped, `taken`.
@@ -1057,14 +1075,16 @@ class PostgresMetadata:
         new: str,
         file_id: str | None = None,
         owner: str | None = None,
+        attempt: str | None = None,
     ) -> bool:
-        """Move an upload from status `old` to `new`; False if it was not in `old`. `owner` is
-        kept only while the upload is `completing`."""
+        """Move an upload from status `old` to `new`; False if it was not in `old` (or, with
+        `attempt`, if its completion is another's). `owner` is kept only while `completing`."""
         sql = (
             "UPDATE uploads SET status = $1, file_id = $2, owner = $3 WHERE id = $4 AND status = $5"
+            " AND ($6::text IS NULL OR file_id = $6)"
         )
         owner = owner if new == "completing" else None
-        return await self._execute(sql, new, file_id, owner, upload_id, old) == 1
+        return await self._execute(sql, new, file_id, owner, upload_id, old, attempt) == 1
 
     async def insert_part(
         self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0

@@ -18,7 +18,7 @@ import collections
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,10 @@ class SqliteMetadata:
             return f"{DB_NAME} is no longer the file opened at start (replaced): restart"
         return None
 
+    async def holds_nothing(self) -> bool:
+        sql = "SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM uploads)"
+        return bool((await self._rows(sql))[0][0])
+
     async def schema_version(self) -> int:
         rows = await self._rows("PRAGMA user_version")
         return int(rows[0][0])
@@ -452,8 +456,10 @@ class SqliteMetadata:
         instance: str | None = None,
         quota: Quota = NO_QUOTA,
         excluding_uploads: Sequence[str] = (),
+        completions: Mapping[str, str] | None = None,
     ) -> list[InsertVerdict]:
-        """Insert rows: one statement (one commit) when they fit and no quota applies, else
+        """Insert rows: one statement (one commit) when they fit and no quota or completion
+        applies, else
         one transaction that decides the quotas and inserts (on the one writer, so no other
         write lands between the two).
 
@@ -467,7 +473,7 @@ class SqliteMetadata:
                     if self._claims.get(r.sha256, collections.Counter())[instance] <= 0:
                         verdicts[i] = "unclaimed"
             try:
-                if len(records) <= _CHUNK and not quota:
+                if len(records) <= _CHUNK and not quota and not completions:
                     async with self._writing:
                         inserted = await _insert_files(
                             self._conn, _pick(records, verdicts), skip_taken=True
@@ -478,6 +484,8 @@ class SqliteMetadata:
                             await self._check_quota(
                                 conn, records, verdicts, quota, excluding_uploads
                             )
+                        if completions:
+                            await self._complete_uploads(conn, records, verdicts, completions)
                         inserted = await _insert_files(
                             conn, _pick(records, verdicts), skip_taken=True
                         )
@@ -493,6 +501,31 @@ class SqliteMetadata:
                 verdicts[i] = "taken"
             left[record.id] -= 1
         return verdicts
+
+    async def _complete_uploads(
+        self,
+        conn: aiosqlite.Connection,
+        records: Sequence[FileRecord],
+        verdicts: list[InsertVerdict],
+        completions: Mapping[str, str],
+    ) -> None:
+        """Move the uploads these records complete to `completed`, in the inserting
+        transaction; a record whose upload is no longer completing with it is `abandoned`."""
+        for i, record in enumerate(records):
+            upload_id = completions.get(record.id)
+            if verdicts[i] != "inserted" or upload_id is None:
+                continue
+            if await self._run(conn, "SELECT 1 FROM files WHERE id = ?", (record.id,)):
+                verdicts[i] = "taken"
+                continue
+            moved = await self._run(
+                conn,
+                "UPDATE uploads SET status = 'completed', owner = NULL "
+                "WHERE id = ? AND status = 'completing' AND file_id = ? RETURNING 1",
+                (upload_id, record.id),
+            )
+            if not moved:
+                verdicts[i] = "abandoned"
 
     async def _check_quota(
         self,
@@ -821,14 +854,17 @@ class SqliteMetadata:
         new: str,
         file_id: str | None = None,
         owner: str | None = None,
+        attempt: str | None = None,
     ) -> bool:
-        """Move an upload from status `old` to `new`; False if it was not in `old`."""
+        """Move an upload from status `old` to `new`; False if it was not in `old` (or, with
+        `attempt`, if its completion is another's)."""
         sql = (
             "UPDATE uploads SET status = ?, file_id = ?, owner = ? "
-            "WHERE id = ? AND status = ? RETURNING 1"
+            "WHERE id = ? AND status = ? AND (? IS NULL OR file_id = ?) RETURNING 1"
         )
         owner = owner if new == "completing" else None
-        return len(await self._write(sql, (new, file_id, owner, upload_id, old))) == 1
+        params = (new, file_id, owner, upload_id, old, attempt, attempt)
+        return len(await self._write(sql, params)) == 1
 
     async def insert_part(
         self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
