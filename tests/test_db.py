@@ -1060,3 +1060,307 @@ async def test_a_file_completing_an_upload_settled_elsewhere_is_abandoned(backen
     assert await db.insert_files([record("f2")], completions={"f2": "u"}) == ["inserted"]
     upload = await db.get_upload("p", "u")
     assert upload is not None and (upload.status, upload.file_id) == ("completed", "f2")
+
+
+# --- PostgreSQL counters (file_counts) --------------------------------------------------------
+
+Counts = dict[tuple[str, str], tuple[int, int]]
+
+
+async def _pg_counts(dsn: str) -> tuple[Counts, Counts]:
+    """(the counters, a full count of the live rows), per project and purpose; counter rows
+    left at zero are left out."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        kept = await conn.fetch(
+            "SELECT project, purpose, files, bytes FROM file_counts WHERE files <> 0 OR bytes <> 0"
+        )
+        counted = await conn.fetch(
+            "SELECT project, purpose, COUNT(*), SUM(bytes) FROM files WHERE deleted_at IS NULL "
+            "GROUP BY project, purpose"
+        )
+    finally:
+        await conn.close()
+    return (
+        {(r[0], r[1]): (int(r[2]), int(r[3])) for r in kept},
+        {(r[0], r[1]): (int(r[2]), int(r[3])) for r in counted},
+    )
+
+
+async def _pg_exact(dsn: str) -> Counts:
+    kept, counted = await _pg_counts(dsn)
+    assert kept == counted
+    return kept
+
+
+async def test_postgres_counters_follow_every_write_path(postgres_dsn: str) -> None:
+    dsn = postgres_dsn
+    db = await PostgresMetadata.open(dsn)
+    other = await asyncpg.connect(dsn)
+    try:
+        inserted = await db.insert_files(
+            [record(f"b{i}", purpose="batch", bytes=10) for i in range(3)]
+            + [record("v", purpose="vision", bytes=7), record("b0", purpose="batch")]
+            + [record("e", purpose="batch", bytes=5, expires_at=1500)]
+            + [record("x", bytes=3)],
+            quota=Quota(files=5),
+        )
+        # A taken id and a record over the quota leave the counters alone.
+        assert inserted == ["inserted"] * 4 + ["taken", "inserted", "over_files"]
+        assert await _pg_exact(dsn) == {("p", "batch"): (4, 35), ("p", "vision"): (1, 7)}
+        assert await db.import_files([record("i", purpose="batch"), record("v")]) == ["v"]
+        assert await db.import_files([record("i", purpose="batch", bytes=2)]) == []
+        assert (await _pg_exact(dsn))[("p", "batch")] == (5, 37)
+        assert await db.usage(["p", "none"]) == {"p": (6, 44), "none": (0, 0)}
+
+        # Soft deletes, once each: by the API, by expiry (the listing stops counting an
+        # expired file at once; quotas, as in SQLite, only once it is swept).
+        assert await db.mark_deleted("p", "b0", now=1000) is not None
+        assert await db.mark_deleted("p", "b0", now=1000) is None
+        assert (await page(db, now=1500))[1] == 4
+        assert (await db.usage(["p"]))["p"] == (5, 34)
+        assert await db.delete_expired_files(now=1500, limit=10) == ["0" * 64]
+        assert await db.delete_expired_files(now=1500, limit=10) == []
+        assert await _pg_exact(dsn) == {("p", "batch"): (3, 22), ("p", "vision"): (1, 7)}
+        assert (await page(db, now=1500))[1] == 4
+
+        # Updates that change no liveness touch nothing; purging removes deleted rows only.
+        assert await db.mark_blob_damaged("0" * 64, "gone") == 4
+        assert await db.clear_blob_damage("0" * 64) == 4
+        assert await db.purge_deleted(before=10**10) == 2
+        assert await _pg_exact(dsn) == {("p", "batch"): (3, 22), ("p", "vision"): (1, 7)}
+
+        # SQL written by hand keeps them too: an update moving live bytes between counters,
+        # a live row removed outright.
+        await other.execute("UPDATE files SET purpose = 'vision', bytes = 1 WHERE id = 'b1'")
+        await other.execute("DELETE FROM files WHERE id = 'b2'")
+        assert await _pg_exact(dsn) == {("p", "batch"): (1, 2), ("p", "vision"): (2, 8)}
+
+        await db.insert_files([record("r", project="q", bytes=4)])
+        assert await db.delete_everything("q") == (1, [])
+        assert await _pg_exact(dsn) == {("p", "batch"): (1, 2), ("p", "vision"): (2, 8)}
+        assert await db.delete_everything(None) == (3, [])
+        assert await _pg_exact(dsn) == {}
+        assert await db.usage(["p", "q"]) == {"p": (0, 0), "q": (0, 0)}
+
+        await db.insert_files([record("t")])
+        await other.execute("TRUNCATE files")
+        assert await other.fetchval("SELECT COUNT(*) FROM file_counts") == 0
+        assert await db.insert_files([record("t")]) == ["inserted"]
+        assert await _pg_exact(dsn) == {("p", "assistants"): (1, 1)}
+    finally:
+        await other.close()
+        await db.close()
+
+
+async def test_postgres_counters_are_built_for_an_existing_database(postgres_dsn: str) -> None:
+    # A database at schema 1 (before the counters), with files in it, live and deleted.
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 0), "
+            "version INTEGER NOT NULL); INSERT INTO schema_version VALUES (0, 1);"
+        )
+        await conn.execute(PG_MIGRATIONS[0])
+        await conn.execute(
+            "INSERT INTO files (id, project, filename, purpose, bytes, sha256, created_at, "
+            "deleted_at) SELECT 'f' || n, 'p', 'f', CASE WHEN n % 2 = 0 THEN 'batch' "
+            "ELSE 'vision' END, n, $1, 1, CASE WHEN n % 5 = 0 THEN 2 END "
+            "FROM generate_series(1, 100) AS n",
+            "0" * 64,
+        )
+    finally:
+        await conn.close()
+    db = await PostgresMetadata.open(postgres_dsn)
+    try:
+        assert await db.schema_version() == len(PG_MIGRATIONS)
+        # 80 live: 40 of each purpose; bytes: 1..100 less the multiples of 5.
+        assert await _pg_exact(postgres_dsn) == {
+            ("p", "batch"): (40, 2550 - 550),
+            ("p", "vision"): (40, 2500 - 500),
+        }
+        assert (await page(db))[1] == 80
+        assert (await page(db, purpose="vision"))[1] == 40
+        assert await db.usage(["p"]) == {"p": (80, 4000)}
+    finally:
+        await db.close()
+
+
+@pytest.mark.slow
+async def test_postgres_counters_stay_exact_while_instances_insert_and_delete(
+    postgres_dsn: str,
+) -> None:
+    # Two instances hammer one project (and a second one): batches of files of several
+    # purposes (some under a quota, some expiring), imports, deletes racing the inserts of the
+    # very files they delete, expiry sweeps racing those deletes, purges, and resets of the
+    # second project racing its inserts. Nothing may fail (no deadlock between counter rows),
+    # and at the end the counters are a full count of the rows.
+    one, two = await _stores(postgres_dsn, 2)
+    stores = (one, two)
+    purposes = ("assistants", "batch", "vision")
+    done = asyncio.Event()
+    deleted: list[str] = []
+
+    def batch(w: int, i: int) -> list[FileRecord]:
+        return [
+            record(
+                f"w{w}-{i}-{k}",
+                project="q" if k == 3 else "p",
+                purpose=purposes[(w + i + k) % 3],
+                bytes=1 + (w * 7 + i * 3 + k) % 11,
+                expires_at=1500 if (i + k) % 4 == 0 else None,
+            )
+            for k in range(4)
+        ]
+
+    inserting = [asyncio.Event() for _ in range(8)]  # set once writer w has finished
+
+    async def insert(w: int) -> None:
+        store = stores[w % 2]
+        for i in range(25):
+            records = batch(w, i)
+            if i % 5 == 4:
+                assert await store.import_files(records) == []
+            else:
+                quota = Quota(files=10**6) if i % 2 else Quota()
+                verdicts = await store.insert_files(records, quota=quota)
+                assert verdicts == ["inserted"] * 4
+        inserting[w].set()
+
+    async def delete(w: int) -> None:
+        # Deletes two of each batch of writer w on the other instance, pass after pass while
+        # the writer inserts them, at a time before their expiry so they race the sweeps too.
+        store = stores[(w + 1) % 2]
+        last = False
+        while not last:
+            last = inserting[w].is_set()
+            for i in range(25):
+                for k in range(2):
+                    found = await store.mark_deleted("p", f"w{w}-{i}-{k}", now=1000)
+                    if found is not None:
+                        deleted.append(found.id)
+
+    async def sweep(store: PostgresMetadata) -> None:
+        while not done.is_set():
+            await store.delete_expired_files(now=1500, limit=7)
+            await store.purge_deleted(before=10**10)
+            await store.delete_everything("q")
+            await asyncio.sleep(0)
+
+    try:
+        sweeping = [asyncio.create_task(sweep(s)) for s in stores]
+        await asyncio.gather(*(insert(w) for w in range(8)), *(delete(w) for w in range(8)))
+        done.set()
+        await asyncio.gather(*sweeping)
+        kept = await _pg_exact(postgres_dsn)
+        assert deleted, "no delete met a file"
+        live = {f.id for f in await one.live_files("p")}
+        assert sum(files for (project, _), (files, _) in kept.items() if project == "p") == len(
+            live
+        )
+        assert not live & set(deleted)
+        expired = await one.delete_expired_files(now=1500, limit=10**6)
+        assert (await page(one, now=1000))[1] == len(live) - len(expired)
+        await _pg_exact(postgres_dsn)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+# --- PostgreSQL point reads ---------------------------------------------------------------
+
+
+async def _waiting_on_locks(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name = 'filesd' AND datname = current_database()"
+        )
+    )
+
+
+async def test_postgres_point_reads_waiting_together_go_out_together(postgres_dsn: str) -> None:
+    # While two reads are held up (another session locks the table), forty more arrive: they
+    # take no connection of their own, and go out in one statement once the first are back,
+    # each with its own answer (project, deletion and expiry as a single read decides them).
+    store = await PostgresMetadata.open(postgres_dsn)
+    other = await asyncpg.connect(postgres_dsn)
+    # Watches from outside the locking transaction (which sees one snapshot of the activity).
+    watcher = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_files(
+            [record("a"), record("b"), record("c", expires_at=1500), record("d", project="q")]
+        )
+        await store.mark_deleted("p", "b", now=1000)
+        expected = {
+            ("p", "a", 1000): record("a"),
+            ("p", "b", 1000): None,
+            ("p", "c", 1000): record("c", expires_at=1500),
+            ("p", "c", 1500): None,
+            ("p", "d", 1000): None,
+            ("q", "d", 1000): record("d", project="q"),
+            ("p", "nope", 1000): None,
+        }
+        asks = [key for _ in range(6) for key in expected]
+        locked = other.transaction()
+        await locked.start()
+        await other.execute("LOCK TABLE files IN ACCESS EXCLUSIVE MODE")
+        first = [
+            asyncio.create_task(store.get_live_file("p", "a", now=1000)),
+            asyncio.create_task(store.get_live_file("q", "d", now=1000)),
+        ]
+
+        async def two_wait() -> bool:
+            return await _waiting_on_locks(watcher) == 2
+
+        await wait_until(two_wait, what="the first two reads wait for the lock")
+        reads = [asyncio.create_task(store.get_live_file(p, f, now=n)) for p, f, n in asks]
+        cancelled = asyncio.create_task(store.get_live_file("p", "a", now=1000))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        cancelled.cancel()
+        assert await _waiting_on_locks(watcher) == 2  # the others wait inside filesd
+        assert not any(r.done() for r in reads)
+        await locked.commit()
+        assert await asyncio.gather(*first) == [record("a"), record("d", project="q")]
+        assert await asyncio.gather(*reads) == [expected[key] for key in asks]
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        # Forty reads at once took no more connections than the two statements in flight.
+        connections = await watcher.fetchval(
+            "SELECT COUNT(*) FROM pg_stat_activity "
+            "WHERE application_name = 'filesd' AND datname = current_database()"
+        )
+        assert connections == 2
+        # A delete acknowledged before a read is seen by it, batched or not.
+        await store.mark_deleted("p", "a", now=1000)
+        again = await asyncio.gather(
+            *(store.get_live_file("p", f, now=1000) for f in ("a", "c") * 10)
+        )
+        assert again == [None, record("c", expires_at=1500)] * 10
+    finally:
+        await watcher.close()
+        await other.close()
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_postgres_a_failed_batch_of_reads_fails_each_read(postgres_dsn: str) -> None:
+    store = await PostgresMetadata.open(postgres_dsn, statement_timeout_ms=300)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        await store.insert_files([record("a")])
+        locked = other.transaction()
+        await locked.start()
+        await other.execute("LOCK TABLE files IN ACCESS EXCLUSIVE MODE")
+        async with asyncio.timeout(60):  # a read left unanswered would hang here
+            found = await asyncio.gather(
+                *(store.get_live_file("p", "a", now=0) for _ in range(12)),
+                return_exceptions=True,
+            )
+        assert all(isinstance(f, StorageBusy) for f in found), found
+        await locked.rollback()
+        assert await store.get_live_file("p", "a", now=0) == record("a")
+    finally:
+        await other.close()
+        await store.close()

@@ -19,11 +19,12 @@ when other processes write at the same time, under READ COMMITTED:
   includes whatever the previous holder of the lock committed (a lock is released only after
   its transaction's commit is visible).
 
-No counter rows: totals, quotas and the listing's `total` are aggregates over partial indexes
-(index-only scans), as a counter row updated by every insert would serialize every writer of
-every instance. Measured at 100,000 live files in one project (a loaded 2-core machine, the
-visibility map set, as autovacuum keeps it): a list page with its total ~5 ms, a quota check
-~12 ms.
+Counters. `file_counts` holds the live files and bytes of each project and purpose, kept by
+statement triggers in the transaction that changes the rows (migration 2), so a listing's
+`total` and a quota check read a few rows, not the project's files. A project's counter rows
+are written only by its own writers: inserts hold the project's lock already (so the rows
+cost them no new wait), deletes lock a counter row until they commit. No row is shared by
+all projects: `storage_totals` and `project_usage` stay aggregates (operator views).
 
 Failures become neutral by SQLSTATE (`neutral_error`), never by message text.
 """
@@ -169,6 +170,83 @@ MIGRATIONS: tuple[str, ...] = (
         started_at BIGINT NOT NULL
     );
     """,
+    # 2: live files and bytes per project and purpose, kept by triggers in the transactions
+    # that change the rows (every write path keeps them, SQL written by hand too), so that a
+    # listing's `total` and a quota check read a few rows instead of counting the project's.
+    # Statement triggers with transition tables: one upsert per statement and counter row,
+    # however many rows the statement changed, taking the counter rows' locks in key order
+    # (two statements changing several counters never wait for each other in a cycle).
+    # Counter rows are never deleted (a project's rows stay at 0), as in SQLite.
+    """
+    -- No writer may commit between the backfill below and the triggers: an instance of the
+    -- previous version writing meanwhile waits for this transaction, then fires them.
+    LOCK TABLE files IN SHARE ROW EXCLUSIVE MODE;
+    CREATE TABLE file_counts (
+        project TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        files BIGINT NOT NULL,
+        bytes BIGINT NOT NULL,
+        PRIMARY KEY (project, purpose)
+    );
+    INSERT INTO file_counts (project, purpose, files, bytes)
+        SELECT project, purpose, COUNT(*), SUM(bytes) FROM files WHERE deleted_at IS NULL
+        GROUP BY project, purpose;
+
+    -- The rows a statement made live (+1) or no longer live (-1): not deleted is live, as
+    -- for quotas (an expired file counts until swept; the listing subtracts those).
+    CREATE FUNCTION file_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO file_counts AS c (project, purpose, files, bytes)
+            SELECT project, purpose, COUNT(*), SUM(bytes) FROM new_rows
+            WHERE deleted_at IS NULL GROUP BY project, purpose ORDER BY project, purpose
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO file_counts AS c (project, purpose, files, bytes)
+            SELECT project, purpose, -COUNT(*), -SUM(bytes) FROM old_rows
+            WHERE deleted_at IS NULL GROUP BY project, purpose ORDER BY project, purpose
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
+        ELSE
+            -- Any update: what it made live less what it made not live, per counter; an
+            -- update that changes no liveness (status, damage marks) touches no counter.
+            INSERT INTO file_counts AS c (project, purpose, files, bytes)
+            SELECT project, purpose, SUM(n), SUM(b) FROM (
+                SELECT project, purpose, 1 AS n, bytes AS b FROM new_rows
+                WHERE deleted_at IS NULL
+                UNION ALL
+                SELECT project, purpose, -1, -bytes FROM old_rows WHERE deleted_at IS NULL
+            ) d GROUP BY project, purpose HAVING SUM(n) <> 0 OR SUM(b) <> 0
+            ORDER BY project, purpose
+            ON CONFLICT (project, purpose)
+            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER file_counts_insert AFTER INSERT ON files
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
+    CREATE TRIGGER file_counts_update AFTER UPDATE ON files
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
+    CREATE TRIGGER file_counts_delete AFTER DELETE ON files
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
+    CREATE FUNCTION file_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM file_counts;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER file_counts_truncate AFTER TRUNCATE ON files
+        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_clear();
+
+    -- What only counting needed: every insert and delete kept them up to date for nothing.
+    DROP INDEX files_live_count;
+    DROP INDEX files_live_bytes;
+    """,
 )
 
 _COLUMNS = (
@@ -185,11 +263,11 @@ _UNFINISHED = "('pending', 'completing')"
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
 
 # Live files and bytes held per project ($1: projects, $2: uploads left out): files not
-# deleted (expired ones count until swept, as in SQLite) and the parts of unfinished uploads.
+# deleted (expired ones count until swept, as in SQLite; from the counters) and the parts of
+# unfinished uploads.
 _USAGE = f"""
     SELECT project, SUM(files)::bigint, SUM(bytes)::bigint FROM (
-        SELECT project, COUNT(*) AS files, COALESCE(SUM(bytes), 0) AS bytes FROM files
-        WHERE project = ANY($1::text[]) AND deleted_at IS NULL GROUP BY project
+        SELECT project, files, bytes FROM file_counts WHERE project = ANY($1::text[])
         UNION ALL
         SELECT o.project, 0, COALESCE(SUM(p.bytes), 0)
         FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
@@ -208,8 +286,7 @@ _PART_CHECK = f"""
         (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
         (SELECT COUNT(*) FROM upload_parts WHERE upload_id = u.id),
         CASE WHEN $3::bigint > 0 THEN
-            (SELECT COALESCE(SUM(bytes), 0) FROM files
-             WHERE project = u.project AND deleted_at IS NULL)
+            (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
             + (SELECT COALESCE(SUM(p.bytes), 0)
                FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
                WHERE o.project = u.project AND o.status IN {_UNFINISHED})
@@ -228,6 +305,23 @@ _RELEASE = """
     UPDATE blob_claims c SET claims = c.claims - w.n FROM wanted w
     WHERE c.sha256 = w.sha256 AND c.instance = $2 AND c.claims > w.n
 """
+
+# A file by id, if live for `project` at `now` ($1 id, $2 project, $3 now): by the unique
+# index on id (a point read; a generic plan).
+_GET_ONE = (
+    f"SELECT {_COLUMNS} FROM files WHERE id = $1 AND project = $2 "
+    "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
+)
+# The rows of several ids ($1), whatever their state: `_get_batches` picks the live ones.
+# (With project and time in the statement too, as a join with `unnest`, the server plans it
+# anew at each execution and spends twice the CPU.)
+_GET_MANY = f"SELECT {_COLUMNS}, deleted_at FROM files WHERE id = ANY($1::text[])"
+# A point read waiting for its statement: id, project, now, and the caller's future.
+_PointRead = tuple[str, str, int, "asyncio.Future[FileRecord | None]"]
+# Point reads waiting at once go out in one statement, at most this many.
+_GET_BATCH = 64
+# Statements of such point reads in flight at once (per store).
+_GET_STATEMENTS = 2
 
 _FILE_ARRAYS = (
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
@@ -339,6 +433,11 @@ class PostgresMetadata:
     def __init__(self, pool: Any, *, acquire_timeout: float) -> None:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
+        # `get_live_file` calls waiting for a statement: (id, project, now, the caller's
+        # future), the statements in flight, and the tasks running them.
+        self._gets: list[_PointRead] = []
+        self._getting = 0
+        self._get_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -383,6 +482,8 @@ class PostgresMetadata:
         return db
 
     async def close(self) -> None:
+        if self._get_tasks:
+            await asyncio.gather(*self._get_tasks, return_exceptions=True)
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
         except TimeoutError:
@@ -405,18 +506,36 @@ class PostgresMetadata:
 
     # --- plumbing -------------------------------------------------------------------------------
 
+    async def _acquire(self) -> Connection:
+        """A connection of the pool, waiting at most `acquire_timeout` for one to be free.
+
+        With one idle, it is taken without arming a timeout: asyncpg's own timeout runs the
+        acquisition in a task of its own (asyncio.wait_for), which costs a point read ~10 us
+        of CPU; a free connection is handed over at once (or, if it was closed meanwhile,
+        reopened within the pool's connect timeout)."""
+        if self._pool.get_idle_size():
+            return await self._pool.acquire()
+        async with asyncio.timeout(self._acquire_timeout):
+            return await self._pool.acquire()
+
+    @staticmethod
+    def _lost(conn: Connection, error: BaseException) -> StorageBusy:
+        """The driver lost track of the connection (the server ended the session: a restart,
+        a failover, a terminated backend): it goes, the pool makes a new one, and the caller
+        may retry."""
+        conn.terminate()
+        return StorageBusy(f"database connection lost: {error}")
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
         with _neutral_errors():
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                try:
-                    yield conn
-                except _CLIENT_ERRORS as error:
-                    # The driver lost track of the connection (the server ended the session:
-                    # a restart, a failover, a terminated backend): it goes, the pool makes a
-                    # new one, and the caller may retry.
-                    conn.terminate()
-                    raise StorageBusy(f"database connection lost: {error}") from error
+            conn = await self._acquire()
+            try:
+                yield conn
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def _transaction(self, locks: Iterable[int] = ()) -> AsyncIterator[Connection]:
@@ -427,13 +546,38 @@ class PostgresMetadata:
                 await conn.execute(_LOCK, keys)
             yield conn
 
+    # The one-statement helpers below are `_connection` written out: they serve every point
+    # read (a metadata GET is one), and a generator-based context manager costs each ~5 us.
+
     async def _rows(self, sql: str, *args: Any) -> list[Record]:
-        async with self._connection() as conn:
-            return list(await conn.fetch(sql, *args))
+        with _neutral_errors():
+            conn = await self._acquire()
+            try:
+                return list(await conn.fetch(sql, *args))
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
+
+    async def _row(self, sql: str, *args: Any) -> Record | None:
+        with _neutral_errors():
+            conn = await self._acquire()
+            try:
+                return await conn.fetchrow(sql, *args)
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
 
     async def _value(self, sql: str, *args: Any) -> Any:
-        async with self._connection() as conn:
-            return await conn.fetchval(sql, *args)
+        with _neutral_errors():
+            conn = await self._acquire()
+            try:
+                return await conn.fetchval(sql, *args)
+            except _CLIENT_ERRORS as error:
+                raise self._lost(conn, error) from error
+            finally:
+                await self._pool.release(conn)
 
     async def _execute(self, sql: str, *args: Any) -> int:
         """Run one statement; returns how many rows it changed."""
@@ -596,12 +740,83 @@ class PostgresMetadata:
         return bool(await self._rows("SELECT 1 FROM files WHERE id = $1", file_id))
 
     async def get_live_file(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
-        sql = (
-            f"SELECT {_COLUMNS} FROM files WHERE id = $1 AND project = $2 "
-            "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
-        )
-        rows = await self._rows(sql, file_id, project, now)
-        return _record(rows[0]) if rows else None
+        """The file, if live for `project` at `now`.
+
+        Point reads are coalesced: while `_GET_STATEMENTS` statements of them are in flight,
+        the calls arriving meanwhile wait, then go out together in one statement. A busy
+        server (the metadata GETs of many clients) so pays one round trip and one pool
+        checkout per batch instead of per file, while an idle one sends each at once. Every
+        statement starts after all the calls it answers were made, so each sees whatever was
+        committed before its call (a delete acknowledged on any instance is seen).
+        """
+        if self._getting < _GET_STATEMENTS and not self._gets:
+            # None waits: this one goes out at once, from the caller's own task.
+            self._getting += 1
+            try:
+                row = await self._row(_GET_ONE, file_id, project, now)
+            finally:
+                self._getting -= 1
+                self._send_gets()
+            return _record(row) if row is not None else None
+        waiter: asyncio.Future[FileRecord | None] = asyncio.get_running_loop().create_future()
+        self._gets.append((file_id, project, now, waiter))
+        self._send_gets()
+        return await waiter
+
+    def _send_gets(self) -> None:
+        """Start a statement for the point reads waiting, if any wait and one may start. In a
+        task of its own: a caller cancelled must not cancel the others' answers."""
+        if self._gets and self._getting < _GET_STATEMENTS:
+            self._getting += 1
+            task = asyncio.get_running_loop().create_task(self._get_batches())
+            self._get_tasks.add(task)
+            task.add_done_callback(self._get_tasks.discard)
+
+    async def _get_batches(self) -> None:
+        """Answer the waiting point reads, a batch per statement, until none waits (one of
+        the `_GET_STATEMENTS`, counted by whoever started it)."""
+        try:
+            while self._gets:
+                batch = [g for g in self._gets[:_GET_BATCH] if not g[3].done()]
+                del self._gets[:_GET_BATCH]
+                if not batch:
+                    continue
+                try:
+                    found = await self._get_many(batch)
+                except Exception as error:  # each caller gets the failure (StorageBusy...)
+                    for *_, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                    continue
+                except BaseException:  # cancelled (the loop is closing): so are the callers
+                    for *_, waiter in batch + self._gets:
+                        waiter.cancel()
+                    self._gets.clear()
+                    raise
+                for (_, _, _, waiter), record in zip(batch, found, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(record)
+        finally:
+            self._getting -= 1
+
+    async def _get_many(self, batch: Sequence[_PointRead]) -> list[FileRecord | None]:
+        """For each (id, project, now, _), the file if live for that project at that time."""
+        if len(batch) == 1:
+            file_id, project, now, _ = batch[0]
+            row = await self._row(_GET_ONE, file_id, project, now)
+            return [_record(row) if row is not None else None]
+        rows = await self._rows(_GET_MANY, list({g[0] for g in batch}))
+        by_id = {row[0]: row for row in rows}
+        found: list[FileRecord | None] = []
+        for file_id, project, now, _ in batch:
+            row = by_id.get(file_id)
+            # The conditions of _GET_ONE: the project's, not deleted, not expired at `now`.
+            expired = row is not None and row[7] is not None and row[7] <= now
+            if row is None or row[1] != project or row[10] is not None or expired:
+                found.append(None)
+            else:
+                found.append(_record(tuple(row)[:10]))
+        return found
 
     async def list_live_files(
         self,
@@ -618,16 +833,17 @@ class PostgresMetadata:
         snapshot: the page and the total agree).
 
         `after` is the id of any file of the project, deleted or not (a cursor stays valid);
-        returns None if no such file exists. The total is the project's files not deleted,
-        counted by an index-only scan (`files_live_count`), less those expired but not swept
-        yet (few: the sweeper runs every minute or so). Each combination of options is its own
-        statement text, so each is prepared with a plan for its own indexes.
+        returns None if no such file exists. The total is the project's files not deleted, from
+        the counters (`file_counts`, a row per purpose), less those expired but not swept yet,
+        counted by index (few: the sweeper runs every minute or so). Each combination of
+        options is its own statement text, so each is prepared with a plan for its own indexes.
         """
         args: list[Any] = [project, now, limit, offset]
-        match = "project = $1 AND deleted_at IS NULL"
+        counter = "project = $1"
         if purpose is not None:
             args.append(purpose)
-            match += f" AND purpose = ${len(args)}"
+            counter += f" AND purpose = ${len(args)}"
+        match = f"{counter} AND deleted_at IS NULL"
         live = f"{match} AND (expires_at IS NULL OR expires_at > $2)"
         page_where = live
         cursor = "NULL::bigint"
@@ -639,7 +855,7 @@ class PostgresMetadata:
         sql = f"""
             WITH cursor (after_seq) AS (SELECT {cursor}),
             counted (total) AS (
-                SELECT (SELECT COUNT(*) FROM files WHERE {match})
+                SELECT (SELECT COALESCE(SUM(files), 0) FROM file_counts WHERE {counter})
                      - (SELECT COUNT(*) FROM files WHERE {match}
                         AND expires_at IS NOT NULL AND expires_at <= $2)
             ),
@@ -734,16 +950,18 @@ class PostgresMetadata:
         transaction. Returns how many live files went, and the part tokens to remove."""
         where = "($1::text IS NULL OR project = $1)"
         async with self._transaction() as conn:
-            live = await conn.fetchval(
-                f"SELECT COUNT(*) FROM files WHERE deleted_at IS NULL AND {where}", project
-            )
             tokens = await conn.fetch(
                 "DELETE FROM upload_parts WHERE upload_id IN "
                 f"(SELECT id FROM uploads WHERE {where}) RETURNING token",
                 project,
             )
             await conn.execute(f"DELETE FROM uploads WHERE {where}", project)
-            await conn.execute(f"DELETE FROM files WHERE {where}", project)
+            # Counted from the rows the delete removed: exact, whatever commits meanwhile.
+            live = await conn.fetchval(
+                f"WITH gone AS (DELETE FROM files WHERE {where} RETURNING deleted_at) "
+                "SELECT COUNT(*) FILTER (WHERE deleted_at IS NULL) FROM gone",
+                project,
+            )
         return int(live), [row[0] for row in tokens]
 
     async def live_files(self, project: str | None) -> list[FileRecord]:
