@@ -929,7 +929,8 @@ class FileStore:
         respects) and stray parts are removed."""
         audit = Audit()
         live = set(await self._meta.live_digests())
-        damaged = set(await self._meta.live_digests(damaged=True)) - live
+        # (A digest may be both: files marked damaged, and a file of the bytes stored anew.)
+        damaged = set(await self._meta.live_digests(damaged=True))
         stored = set(await self._blobs.digests())
         audit.missing = sorted(live - stored)
         orphaned = sorted(stored - live - damaged)
@@ -940,7 +941,7 @@ class FileStore:
             right = hashed.hexdigest() == digest
             if digest in damaged and right:
                 audit.restored.append(digest)
-            elif digest in live:
+            if digest in live:
                 audit.checked += 1
                 if not right:
                     audit.corrupt.append(digest)
@@ -955,6 +956,10 @@ class FileStore:
                 await self._meta.mark_blob_damaged(
                     digest, "The stored content does not match its SHA-256; found by fsck."
                 )
+            # Removed, not kept: an upload of the right bytes would otherwise find the wrong
+            # ones stored under their digest and refer to them. Stored anew by such an upload,
+            # the next fsck finds them right and serves the damaged files again.
+            await self._blobs.delete(audit.corrupt)
             # Checked again: a blob reclaimed since the listing may have been stored anew by
             # an upload meanwhile; its new file must not be marked.
             for digest in sorted(await self._blobs.missing(audit.missing)):

@@ -439,3 +439,29 @@ async def test_an_empty_shared_database_over_a_bucket_in_use_is_refused(
         # On purpose: --new-database.
         fresh = await opened(wrong, new_database=True)
         assert fresh.shared
+
+
+async def test_fsck_removes_a_corrupt_object_so_the_right_bytes_can_come_back(
+    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[FileStore]], s3_bucket: Any
+) -> None:
+    store = await opened(shared_bytes("a"))
+    # Above the size kept in memory: the check reads the bucket, not a cached copy.
+    content = b"the right bytes, later damaged in the bucket " * 4000
+    damaged = await create(store, content)
+    key = next(k for k in s3_bucket.object_keys() if k.endswith(sha(content)))
+    client = s3_bucket.client()
+    try:
+        client.put_object(Bucket=s3_bucket.bucket, Key=key, Body=b"bit rot")
+    finally:
+        client.close()
+    audit = await store.audit(repair=True)
+    assert audit.corrupt == [sha(content)]
+    assert (await store.get_file("p", damaged)).status == "error"
+    assert key not in s3_bucket.object_keys()
+    # Uploaded again, the right bytes are stored (not deduplicated onto the wrong ones)...
+    again = await create(store, content)
+    assert await content_of(store, "p", again) == content
+    # ...and the next fsck serves the damaged file again.
+    assert (await store.audit(repair=True)).restored == [sha(content)]
+    assert (await store.get_file("p", damaged)).status == "processed"
+    assert await content_of(store, "p", damaged) == content
