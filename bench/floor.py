@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import os
 import time
 import uuid
@@ -97,6 +98,20 @@ class Floor:
             raise web.HTTPNotFound()
         return web.json_response(_public(meta))
 
+    async def listing(self, request: web.Request) -> web.Response:
+        limit = int(request.query.get("limit", "20"))
+        newest = itertools.islice(reversed(self.files.values()), limit)
+        data = [_public(meta) for meta in newest]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": len(self.files) > limit,
+            }
+        )
+
     async def content(self, request: web.Request) -> web.FileResponse:
         meta = self.files.get(request.match_info["file_id"])
         if meta is None:
@@ -116,6 +131,7 @@ async def main() -> None:
     floor = Floor(args.data_dir)
     app = web.Application()
     app.router.add_post("/v1/files", floor.upload)
+    app.router.add_get("/v1/files", floor.listing)
     app.router.add_get("/v1/files/{file_id}", floor.retrieve)
     app.router.add_get("/v1/files/{file_id}/content", floor.content)
     runner = web.AppRunner(app, access_log=None)

@@ -51,7 +51,7 @@ class Sizes:
 
 
 FULL = Sizes(512 * MiB, 2000, 4000, 1_000_000, 2048 * MiB, 3)
-QUICK = Sizes(16 * MiB, 200, 400, 5_000, 64 * MiB, 1)
+QUICK = Sizes(16 * MiB, 200, 2000, 5_000, 64 * MiB, 1)
 
 
 class Server(ServerProcess):
@@ -65,6 +65,11 @@ class Server(ServerProcess):
         super().__init__(
             ["--data-dir", str(data_dir)], cwd=data_dir.parent, timeout=60, command=command
         )
+
+    def cpu_seconds(self) -> float:
+        """The process's own CPU time so far (user + system, all its threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -143,11 +148,11 @@ async def small_uploads(
     return await concurrently(n, 16, one), ids
 
 
-async def small_gets(
-    session: aiohttp.ClientSession, url: str, ids: list[str], n: int, suffix: str
-) -> float:
+async def small_gets(session: aiohttp.ClientSession, url: str, paths: list[str], n: int) -> float:
+    """Seconds to GET `n` of `paths` (round robin), 16 at once."""
+
     async def one(i: int) -> None:
-        async with session.get(f"{url}/v1/files/{ids[i % len(ids)]}{suffix}", headers=AUTH) as r:
+        async with session.get(f"{url}{paths[i % len(paths)]}", headers=AUTH) as r:
             assert r.status == 200, r.status
             await r.read()
 
@@ -170,26 +175,49 @@ class Results:
         return statistics.median(got) if got else None
 
 
-async def run_round(kind: str, work: Path, sizes: Sizes, large: Path, results: Results) -> None:
+async def run_round(
+    kind: str, work: Path, sizes: Sizes, large: Path | None, results: Results
+) -> None:
     data_dir = work / f"{kind}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
     server = Server(kind, data_dir)
     try:
-        seconds, file_id = curl_upload(server.url, large)
-        results.add("large upload (MiB/s)", kind, sizes.large / MiB / seconds)
-        seconds = curl_download(f"{server.url}/v1/files/{file_id}/content", sizes.large)
-        results.add("large download (MiB/s)", kind, sizes.large / MiB / seconds)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
-            seconds, ids = await small_uploads(session, server.url, sizes.small_files)
-            results.add("small uploads (files/s)", kind, sizes.small_files / seconds)
-            n = sizes.small_requests
-            seconds = await small_gets(session, server.url, ids, n, "/content")
-            results.add("small downloads (req/s)", kind, n / seconds)
-            seconds = await small_gets(session, server.url, ids, n, "")
-            results.add("metadata (req/s)", kind, n / seconds)
+        if large is not None:
+            seconds, file_id = curl_upload(server.url, large)
+            results.add("large upload (MiB/s)", kind, sizes.large / MiB / seconds)
+            seconds = curl_download(f"{server.url}/v1/files/{file_id}/content", sizes.large)
+            results.add("large download (MiB/s)", kind, sizes.large / MiB / seconds)
+        await run_small(server, sizes, results)
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def run_small(server: Server, sizes: Sizes, results: Results) -> None:
+    """The per-request measures: throughput, and the server's own CPU time per request."""
+    kind = server.kind
+
+    def cpu(measure: str, since: float, n: int) -> None:
+        results.add(f"CPU: {measure} (µs)", kind, (server.cpu_seconds() - since) / n * 1e6)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
+        await small_uploads(session, server.url, 16)  # warm up connections and code paths
+        before = server.cpu_seconds()
+        seconds, ids = await small_uploads(session, server.url, sizes.small_files)
+        results.add("small uploads (files/s)", kind, sizes.small_files / seconds)
+        cpu("4 KiB upload", before, sizes.small_files)
+        n = sizes.small_requests
+        before = server.cpu_seconds()
+        seconds = await small_gets(session, server.url, [f"/v1/files/{i}/content" for i in ids], n)
+        results.add("small downloads (req/s)", kind, n / seconds)
+        cpu("4 KiB download", before, n)
+        before = server.cpu_seconds()
+        seconds = await small_gets(session, server.url, [f"/v1/files/{i}" for i in ids], n)
+        results.add("metadata (req/s)", kind, n / seconds)
+        cpu("metadata GET", before, n)
+        before = server.cpu_seconds()
+        await small_gets(session, server.url, ["/v1/files?limit=20"], n)
+        cpu("list page of 20", before, n)
 
 
 def run_memory(work: Path, sizes: Sizes, large: Path, results: Results) -> None:
@@ -321,13 +349,17 @@ def _seed_rows(db_path: Path, seed_id: str, n: int) -> None:
 TARGETS = {
     "large upload (MiB/s)": ">= 0.85",
     "large download (MiB/s)": ">= 0.90",
-    "small uploads (files/s)": ">= 0.60",
+    "small uploads (files/s)": ">= 0.80",
     "small downloads (req/s)": ">= 1.0",
-    "metadata (req/s)": ">= 0.50",
+    "metadata (req/s)": ">= 0.70",
     "list: first page p50 (ms)": "< 5 ms",
     "list: offset 90% p50 (ms)": "(reported)",
     "list: after paging p50 (ms)": "< 5 ms",
     "memory: peak RSS growth (MiB)": "< 64 MiB",
+    "CPU: metadata GET (µs)": "<= 100 µs",
+    "CPU: list page of 20 (µs)": "<= 200 µs",
+    "CPU: 4 KiB download (µs)": "<= 150 µs",
+    "CPU: 4 KiB upload (µs)": "<= 1,200 µs",
 }
 
 
@@ -343,7 +375,13 @@ def report(results: Results, sizes: Sizes) -> str:
         filesd = results.median(measure, "filesd")
         floor = results.median(measure, "floor")
         nginx = results.median(measure, "nginx")
+        # CPU per request: the ratio is floor/filesd, so that here too 1.0 is parity and
+        # higher is better.
+        if measure.startswith("CPU"):
+            filesd, floor = floor, filesd
         ratio = f"{filesd / floor:.2f}" if filesd is not None and floor else "-"
+        if measure.startswith("CPU"):
+            filesd, floor = floor, filesd
         lines.append(
             f"| {measure} | {_fmt(filesd)} | {_fmt(floor)} | {_fmt(nginx)} | {ratio} | {target} |"
         )
@@ -358,6 +396,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument(
+        "--small", action="store_true", help="only the per-request measures (no large files)"
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.rounds:
@@ -368,16 +409,18 @@ def main() -> int:
     ) as tmp:
         work = Path(tmp)
         large = work / "large.bin"
-        with large.open("wb") as f:
-            for _ in range(sizes.large // MiB):
-                f.write(os.urandom(MiB))
+        if not args.small:
+            with large.open("wb") as f:
+                for _ in range(sizes.large // MiB):
+                    f.write(os.urandom(MiB))
         for round_ in range(sizes.rounds):
             order = ["filesd", "floor"] if round_ % 2 == 0 else ["floor", "filesd"]
             for kind in order:
-                asyncio.run(run_round(kind, work, sizes, large, results))
-        run_nginx(work, sizes, large, results)
-        run_memory(work, sizes, large, results)
-        asyncio.run(run_list(work, sizes, results))
+                asyncio.run(run_round(kind, work, sizes, None if args.small else large, results))
+        if not args.small:
+            run_nginx(work, sizes, large, results)
+            run_memory(work, sizes, large, results)
+            asyncio.run(run_list(work, sizes, results))
     print(report(results, sizes))
     return 0
 
