@@ -1364,3 +1364,23 @@ async def test_postgres_a_failed_batch_of_reads_fails_each_read(postgres_dsn: st
     finally:
         await other.close()
         await store.close()
+
+
+async def test_sqlite_a_read_too_long_for_the_loop_is_finished_on_the_reader(
+    sqlite_db: SqliteMetadata,
+) -> None:
+    # Files expired but not swept yet stay in the live index: a page walks past all of them,
+    # far more steps than a read may take on the event loop. The same read then runs on the
+    # reader's thread.
+    records = [record(f"f{i:05}", created_at=i, expires_at=500) for i in range(3000)]
+    for start in range(0, len(records), 500):
+        await sqlite_db.insert_files(records[start : start + 500])
+    assert await page(sqlite_db, now=1000) == ([], 0)
+    assert await page(sqlite_db, now=0, limit=2) == (["f02999", "f02998"], 3000)
+    # An interrupted read leaves no transaction open: later reads see later writes at once.
+    await sqlite_db.insert_files([record("late", created_at=9999)])
+    assert await sqlite_db.get_live_file("p", "late", now=1000) == record("late", created_at=9999)
+    assert await page(sqlite_db, now=1000) == (["late"], 1)
+    assert await sqlite_db.mark_deleted("p", "late", now=1000) is not None
+    assert await sqlite_db.get_live_file("p", "late", now=1000) is None
+    assert await page(sqlite_db, now=1000) == ([], 0)
