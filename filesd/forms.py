@@ -16,6 +16,7 @@ from aiohttp.hdrs import CONTENT_DISPOSITION
 from aiohttp.multipart import (
     BadContentDispositionHeader,
     BadContentDispositionParam,
+    content_disposition_filename,
     parse_content_disposition,
 )
 
@@ -125,14 +126,13 @@ async def read_form(
                 break
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("Nested multipart bodies are not supported.")
-            _check_disposition(part)
-            name = part.name
+            name, part_filename = _disposition(part)
             if name is None:
                 raise InvalidRequest("Every multipart part needs a name.")
             if name in fields or (name == content_field and staged is not None):
                 raise InvalidRequest(f"Duplicate field '{name}'.", param=name)
             if name == content_field:
-                filename = part.filename
+                filename = part_filename
                 staged = await _stream_content(part, new_writer(), pace)
             elif name in text_fields:
                 fields[name] = await _read_text(part, name, pace)
@@ -149,8 +149,9 @@ async def read_form(
     return Form(staged, filename, fields)
 
 
-def _check_disposition(part: BodyPartReader) -> None:
-    """400 for a part whose Content-Disposition aiohttp cannot parse.
+def _disposition(part: BodyPartReader) -> tuple[str | None, str | None]:
+    """The part's name and filename, from its Content-Disposition parsed once (aiohttp's
+    `part.name` and `part.filename` parse it again each); 400 if aiohttp cannot parse it.
 
     aiohttp only warns about such a header and goes on without it (or without the bad
     parameter: a malformed `filename*` would leave the plain `filename`), so the warning is
@@ -159,13 +160,16 @@ def _check_disposition(part: BodyPartReader) -> None:
     """
     raw = part.headers.get(CONTENT_DISPOSITION)
     if raw is None:
-        return  # no name: refused as such by the caller
+        return None, None  # no name: refused as such by the caller
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        kind, _ = parse_content_disposition(raw)
+        kind, params = parse_content_disposition(raw)
     bad = (BadContentDispositionHeader, BadContentDispositionParam)
     if kind is None or any(issubclass(w.category, bad) for w in caught):
         raise _bad_disposition()
+    return content_disposition_filename(params, "name"), content_disposition_filename(
+        params, "filename"
+    )
 
 
 def _bad_disposition() -> InvalidRequest:

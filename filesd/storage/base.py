@@ -13,6 +13,8 @@ Backends must not import aiohttp or the HTTP layer.
 from __future__ import annotations
 
 import errno
+import itertools
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +93,26 @@ class StorageUnavailable(Exception):
 
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+_token_prefix = os.urandom(8).hex()
+_token_numbers = itertools.count()
+
+
+def _new_token_prefix() -> None:
+    global _token_prefix
+    _token_prefix = os.urandom(8).hex()
+
+
+# A forked child would otherwise go on with its parent's prefix and numbers.
+os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+def unique_token() -> str:
+    """32 hex digits, never the same twice in this process and, by a random prefix drawn
+    when the process starts (or forks), not in another one either: names for temp files (a
+    uuid4 per upload cost a system call)."""
+    return f"{_token_prefix}{next(_token_numbers):016x}"
 
 
 def is_storage_full(error: BaseException) -> bool:

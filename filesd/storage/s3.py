@@ -69,7 +69,7 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # type: ignore[import-untyped]
 
 from ..models import content_disposition
-from .base import SMALL_BYTES, BlobMissing, StagedBlob, StorageUnavailable
+from .base import SMALL_BYTES, BlobMissing, StagedBlob, StorageUnavailable, unique_token
 from .blobdir import BATCH_BYTES, READ_CHUNK, DirWriter, HashedFile, _in_thread
 
 SETTING = "storage.blobs"
@@ -550,7 +550,7 @@ class S3Blobs:
     # --- staging and committing --------------------------------------------------------------
 
     def writer(self, max_bytes: int | None = None) -> _SpoolWriter:
-        return _SpoolWriter(self.spool_dir / f"{uuid.uuid4().hex}.part", max_bytes, self._md5s)
+        return _SpoolWriter(self.spool_dir / f"{unique_token()}.part", max_bytes, self._md5s)
 
     async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
         """Upload each staged blob unless its digest's object exists (then False), several
