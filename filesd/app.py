@@ -47,12 +47,15 @@ def create_app(
         clock = Clock(config.testing.frozen_time)
     authenticator = Authenticator(config.auth)
     requests = RequestTracker()
+    # Fault rules come from the config or, at run time, from the admin API: without either
+    # there can be none, so requests need not look for them (nor blob calls be wrapped).
+    faults_possible = bool(config.testing.faults or config.admin.token)
     app = web.Application(
         middlewares=[
             requests.middleware,
             error_middleware,
             auth_middleware(authenticator),
-            faults_middleware,
+            *([faults_middleware] if faults_possible else []),
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )
@@ -65,10 +68,6 @@ def create_app(
         per_project=config.limits.max_concurrent_uploads_per_project or None,
         project_count=lambda: authenticator.project_count,
     )
-
-    # Storage faults can only be asked for by rules from the config or, at run time, through
-    # the admin API: only then is the blob backend wrapped to inject them.
-    faults_possible = bool(config.testing.faults or config.admin.token)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = await FileStore.open(

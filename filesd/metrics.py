@@ -31,6 +31,9 @@ class Metrics:
 
     def __init__(self, tokens: Iterable[str] = ()) -> None:
         self._token_digests = [_digest(t) for t in tokens if t]
+        # Each series' child, found once: `labels()` takes a lock and builds a key each call.
+        self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -60,10 +63,17 @@ class Metrics:
         """Count the response as its headers go out (its length is known by then)."""
         resource = request.match_info.route.resource if isinstance(request, web.Request) else None
         route = resource.canonical if resource is not None else "unmatched"
-        self.requests.labels(request.method, route, str(response.status)).inc()
+        key = (request.method, route, response.status)
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = self.requests.labels(key[0], route, str(key[2]))
+        counted.inc()
         started = request.get(STARTED)
         if started is not None:
-            self.latency.labels(route).observe(time.monotonic() - started)
+            timed = self._timed.get(route)
+            if timed is None:
+                timed = self._timed[route] = self.latency.labels(route)
+            timed.observe(time.monotonic() - started)
         self.bytes_in.inc(request.content_length or 0)
         self.bytes_out.inc(response.content_length or 0)
 
