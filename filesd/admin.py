@@ -28,6 +28,7 @@ from .clock import Clock
 from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
 from .faultrules import FaultRuleError, parse_fault_rule
 from .faults import FAULTS
+from .responses import json_response
 from .values import is_finite_number, is_number
 
 JOURNAL: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("journal")
@@ -99,12 +100,12 @@ async def reset(request: web.Request) -> web.Response:
     removed = await request.app[STORE].reset(project)
     if project is None:
         request.app[JOURNAL].clear()
-    return web.json_response({"reset": True, "project": project, "files_removed": removed})
+    return json_response({"reset": True, "project": project, "files_removed": removed})
 
 
 async def projects(request: web.Request) -> web.Response:
     rows = await request.app[STORE].project_usage()
-    return web.json_response({"data": [dataclasses.asdict(row) for row in rows]})
+    return json_response({"data": [dataclasses.asdict(row) for row in rows]})
 
 
 async def requests(request: web.Request) -> web.Response:
@@ -123,11 +124,11 @@ async def requests(request: web.Request) -> web.Response:
         and ("project" not in q or e["project"] == q["project"])
         and (status is None or e["status"] == status)
     ]
-    return web.json_response({"data": entries[: max(0, limit)]})
+    return json_response({"data": entries[: max(0, limit)]})
 
 
 async def list_faults(request: web.Request) -> web.Response:
-    return web.json_response({"data": request.app[FAULTS].describe()})
+    return json_response({"data": request.app[FAULTS].describe()})
 
 
 async def add_fault(request: web.Request) -> web.Response:
@@ -136,19 +137,19 @@ async def add_fault(request: web.Request) -> web.Response:
     except FaultRuleError as e:
         raise InvalidRequest(str(e)) from None
     rule_id = request.app[FAULTS].add(rule)
-    return web.json_response({"id": rule_id})
+    return json_response({"id": rule_id})
 
 
 async def clear_faults(request: web.Request) -> web.Response:
     request.app[FAULTS].clear()
-    return web.json_response({"cleared": True})
+    return json_response({"cleared": True})
 
 
 async def remove_fault(request: web.Request) -> web.Response:
     raw = request.match_info["rule_id"]
     if not raw.isdigit() or not request.app[FAULTS].remove(int(raw)):
         raise NotFound(f"No such fault rule: {raw}", param="rule_id")
-    return web.json_response({"id": int(raw), "deleted": True})
+    return json_response({"id": int(raw), "deleted": True})
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -178,7 +179,7 @@ async def import_(request: web.Request) -> web.Response:
     imported = await request.app[STORE].import_archive(
         _body_chunks(request), request.app[CONFIG].files.purposes
     )
-    return web.json_response({"imported": imported})
+    return json_response({"imported": imported})
 
 
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
@@ -199,7 +200,7 @@ def _clock_state(clock: Clock) -> dict[str, Any]:
 
 
 async def get_clock(request: web.Request) -> web.Response:
-    return web.json_response(_clock_state(request.app[CLOCK]))
+    return json_response(_clock_state(request.app[CLOCK]))
 
 
 async def set_clock(request: web.Request) -> web.Response:
@@ -225,4 +226,4 @@ async def set_clock(request: web.Request) -> web.Response:
         clock.advance(advance)
     else:
         raise InvalidRequest('Give {"freeze": true}, {"advance": seconds} or {"resume": true}.')
-    return web.json_response(_clock_state(clock))
+    return json_response(_clock_state(clock))

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from .responses import json_response
+
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED = web.RequestKey("started", float)
 # The API version OpenAI reports in its `openai-version` header.
@@ -107,7 +109,7 @@ def error_response(error: ApiError) -> web.Response:
             "code": error.code,
         }
     }
-    return web.json_response(body, status=error.status, headers=error.headers)
+    return json_response(body, status=error.status, headers=error.headers)
 
 
 def file_not_found(file_id: str) -> NotFound:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .appkeys import STORE
 from .errors import ServiceUnavailable
+from .responses import json_response
 
 
 class Readiness:
@@ -76,7 +77,7 @@ def setup_health_routes(app: web.Application) -> None:
 
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and answering."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -85,4 +86,4 @@ async def readyz(request: web.Request) -> web.Response:
     problems = await request.app[READINESS].problems()
     if problems:
         raise ServiceUnavailable("Not ready: " + "; ".join(problems), code="not_ready")
-    return web.json_response({"status": "ready"})
+    return json_response({"status": "ready"})

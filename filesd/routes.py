@@ -21,6 +21,7 @@ from .errors import (
 )
 from .forms import FORM_OVERHEAD, read_upload_form
 from .models import content_disposition
+from .responses import json_response
 from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
@@ -94,23 +95,23 @@ async def create_file(request: web.Request) -> web.Response:
             purpose=form.purpose,
             expires_after=form.expires_after,
         )
-    return web.json_response(record.as_file_object())
+    return json_response(record.as_file_object())
 
 
 async def list_files(request: web.Request) -> web.Response:
     query = _list_query(request.query)
     page = await request.app[STORE].list_files(request[PROJECT], query)
-    return web.json_response(page.as_list_object())
+    return json_response(page.as_list_object())
 
 
 async def retrieve_file(request: web.Request) -> web.Response:
     record = await request.app[STORE].get_file(request[PROJECT], request.match_info["file_id"])
-    return web.json_response(record.as_file_object())
+    return json_response(record.as_file_object())
 
 
 async def delete_file(request: web.Request) -> web.Response:
     record = await request.app[STORE].delete_file(request[PROJECT], request.match_info["file_id"])
-    return web.json_response({"id": record.id, "object": "file", "deleted": True})
+    return json_response({"id": record.id, "object": "file", "deleted": True})
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:

@@ -11,6 +11,7 @@ from .auth import PROJECT
 from .bodies import read_json_object
 from .errors import InvalidRequest
 from .forms import FORM_OVERHEAD, read_form
+from .responses import json_response
 from .routes import expect_continue
 from .storage.base import BlobTooLarge
 from .validation import (
@@ -70,7 +71,7 @@ async def create_upload(request: web.Request) -> web.Response:
         size=size,
         file_expires_after=file_expires_after,
     )
-    return web.json_response(upload.as_upload_object())
+    return json_response(upload.as_upload_object())
 
 
 async def add_part(request: web.Request) -> web.Response:
@@ -91,7 +92,7 @@ async def add_part(request: web.Request) -> web.Response:
         except BlobTooLarge:
             raise _part_too_large(request.app[CONFIG].limits.max_part_bytes) from None
         part = await uploads.add_part(project, upload_id, form.staged)
-    return web.json_response(part.as_part_object())
+    return json_response(part.as_part_object())
 
 
 async def complete_upload(request: web.Request) -> web.Response:
@@ -112,13 +113,13 @@ async def complete_upload(request: web.Request) -> web.Response:
     upload, record = await request.app[UPLOADS].complete(
         request[PROJECT], request.match_info["upload_id"], part_ids, md5
     )
-    return web.json_response(upload.as_upload_object(record))
+    return json_response(upload.as_upload_object(record))
 
 
 async def cancel_upload(request: web.Request) -> web.Response:
     check_no_unknown(await read_json_object(request, allow_empty=True), set())
     upload = await request.app[UPLOADS].cancel(request[PROJECT], request.match_info["upload_id"])
-    return web.json_response(upload.as_upload_object())
+    return json_response(upload.as_upload_object())
 
 
 def _check_part_length(request: web.Request) -> None:
