@@ -406,6 +406,54 @@ async def test_a_batch_past_its_window_expires_with_its_partial_output(
     assert len(out) + len(unrun) == 200
 
 
+async def test_an_input_file_deleted_under_a_batch_fails_it_with_what_was_done(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 2},
+        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 50}]},
+    )
+    batch = await start_batch(client, [chat_line(f"r{n}") for n in range(200)])
+
+    async def some_done() -> bool:
+        return (await get_batch(client, batch["id"]))["request_counts"]["completed"] >= 4
+
+    await wait_until(some_done, what="some requests done")
+    resp = await client.delete(f"/v1/files/{batch['input_file_id']}", headers=ALPHA)
+    assert resp.status == 200
+    # A run under way goes on reading what it opened; a restart finds the input gone.
+    await client.close()
+    client = await app_client(aiohttp_client, tmp_path, batches={"upstream": "echo"})
+    batch = await finished(client, batch["id"])
+    assert batch["status"] == "failed"
+    assert [e["code"] for e in batch["errors"]["data"]] == ["input_file_deleted"]
+    out = await content_lines(client, batch["output_file_id"])
+    unrun = await content_lines(client, batch["error_file_id"])
+    assert len(out) == batch["request_counts"]["completed"] >= 4
+    assert {o["error"]["code"] for o in unrun} == {"batch_failed"}
+    assert len(out) + len(unrun) == 200
+
+
+async def test_an_output_over_the_file_limit_fails_the_batch_clearly(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo"},
+        limits={"max_file_bytes": 2000},
+    )
+    batch = await finished(
+        client, (await start_batch(client, [chat_line(f"r{n}") for n in range(8)]))["id"]
+    )
+    assert batch["status"] == "failed"
+    [error] = batch["errors"]["data"]
+    assert error["code"] == "output_too_large"
+    assert "max_file_bytes" in error["message"]
+
+
 # --- a real upstream over HTTP ----------------------------------------------------------------
 
 

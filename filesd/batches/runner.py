@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import BatchesConfig
 from ..ids import secret_base62
-from ..storage.base import BatchMetadata, BatchRecord, BatchResult, StorageBusy
+from ..storage.base import BatchMetadata, BatchRecord, BatchResult, BlobTooLarge, StorageBusy
 from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
@@ -71,6 +71,8 @@ class BatchRunner:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._lease_seconds = store.settings.lease_seconds
         self._drives: dict[str, tuple[_Drive, asyncio.Task[None]]] = {}
+        # Batches whose drive failed: (failures in a row, not again before this loop time).
+        self._backoff: dict[str, tuple[int, float]] = {}
         self._wake = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
 
@@ -107,8 +109,9 @@ class BatchRunner:
                     await self._wake.wait()
 
     async def _schedule(self) -> None:
+        now = asyncio.get_running_loop().time()
         for batch_id in await self._meta.active_batches():
-            if batch_id in self._drives:
+            if batch_id in self._drives or self._backoff.get(batch_id, (0, 0.0))[1] > now:
                 continue
             if not await self._store.take_lease(_lease(batch_id), self._lease_seconds):
                 continue
@@ -120,12 +123,22 @@ class BatchRunner:
         keeper = asyncio.create_task(self._keep_lease(drive, asyncio.current_task()))
         try:
             await self._work(drive)
+            self._backoff.pop(drive.batch_id, None)
         except asyncio.CancelledError:
             if drive.stop != "lost":
                 raise
         except Exception:
-            # Left to the next round (or another instance): nothing recorded is lost.
-            log.exception("batch %s: driving it failed; retried shortly", drive.batch_id)
+            # Left for later (or another instance): nothing recorded is lost. Retried after
+            # 1, 2, 4... seconds (at most MAX_RETRY_WAIT), not every poll.
+            failures = self._backoff.get(drive.batch_id, (0, 0.0))[0] + 1
+            wait = min(MAX_RETRY_WAIT, 2.0 ** (failures - 1))
+            self._backoff[drive.batch_id] = (failures, asyncio.get_running_loop().time() + wait)
+            log.exception(
+                "batch %s: driving it failed (%d in a row); retried in %g s",
+                drive.batch_id,
+                failures,
+                wait,
+            )
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -270,7 +283,23 @@ class BatchRunner:
     async def _execute(self, drive: _Drive, batch: BatchRecord) -> None:
         """Send every pending request (in input order, `concurrency` at a time over all
         batches), then move on to `finalizing`; return early when told to stop."""
-        record = await self._store.get_file(batch.project, batch.input_file_id)
+        try:
+            record = await self._store.get_file(batch.project, batch.input_file_id)
+        except FileNotFound:
+            # Deleted (or expired) under the batch: it ends `failed`, with what was done.
+            error = batch_error(
+                "input_file_deleted",
+                f"The input file {batch.input_file_id} was deleted while the batch ran; the "
+                "requests done are in the output and error files.",
+                line=None,
+                param="input_file_id",
+            )
+            await self._meta.update_batch(
+                batch.id,
+                {"status": "finalizing", "errors": errors_json([error])},
+                statuses=["in_progress"],
+            )
+            return
         recorder = _Recorder(self._meta, batch.id)
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
@@ -398,28 +427,34 @@ class BatchRunner:
             batch = fresh
         assert batch.output_file_id is not None and batch.error_file_id is not None
         cancelled = batch.status == "cancelling"
-        unrun = "batch_cancelled" if cancelled else "batch_expired"
+        unrun: str | None = None
+        if cancelled:
+            unrun = "batch_cancelled"
+        elif batch.expired_at is not None:
+            unrun = "batch_expired"
+        elif batch.errors is not None:
+            unrun = "batch_failed"
         try:
             output = await self._write_file(batch, batch.output_file_id, ok=True)
-            errors = await self._write_file(
-                batch,
-                batch.error_file_id,
-                ok=False,
-                unrun=unrun if cancelled or batch.expired_at is not None else None,
-            )
-        except QuotaExceeded as error:
+            errors = await self._write_file(batch, batch.error_file_id, ok=False, unrun=unrun)
+        except (QuotaExceeded, BlobTooLarge) as error:
+            if isinstance(error, QuotaExceeded):
+                problem = batch_error(
+                    "quota_exceeded", f"The output cannot be stored: {error}", line=None
+                )
+            else:
+                problem = batch_error(
+                    "output_too_large",
+                    f"The output is larger than {error.limit} bytes, the largest file this "
+                    "server stores ([limits] max_file_bytes).",
+                    line=None,
+                )
             await self._meta.update_batch(
                 batch.id,
                 {
                     "status": "failed",
                     "failed_at": self._store.now(),
-                    "errors": errors_json(
-                        [
-                            batch_error(
-                                "quota_exceeded", f"The output cannot be stored: {error}", line=None
-                            )
-                        ]
-                    ),
+                    "errors": errors_json([problem]),
                     "output_file_id": None,
                     "error_file_id": None,
                 },
@@ -435,6 +470,8 @@ class BatchRunner:
             changes.update(status="cancelled", cancelled_at=now)
         elif batch.expired_at is not None:
             changes.update(status="expired")
+        elif batch.errors is not None:
+            changes.update(status="failed", failed_at=now)
         else:
             changes.update(status="completed", completed_at=now)
         await self._meta.update_batch(batch.id, changes, statuses=[batch.status])
@@ -489,11 +526,7 @@ class BatchRunner:
             after = rows[-1][0]
         if unrun is None:
             return
-        message = (
-            "This request was not executed because the batch was cancelled."
-            if unrun == "batch_cancelled"
-            else "This request could not be executed before the completion window expired."
-        )
+        message = _UNRUN[unrun]
         after = 0
         while True:
             pending = await self._meta.pending_batch_requests(
@@ -510,6 +543,14 @@ class BatchRunner:
             if len(pending) < PAGE:
                 break
             after = pending[-1][0]
+
+
+# Why a request was never sent, in the error file of a batch that ended before it.
+_UNRUN = {
+    "batch_cancelled": "This request was not executed because the batch was cancelled.",
+    "batch_expired": "This request could not be executed before the completion window expired.",
+    "batch_failed": "This request was not executed because the batch failed.",
+}
 
 
 class _Recorder:
