@@ -73,6 +73,8 @@ class BatchRunner:
         self._drives: dict[str, tuple[_Drive, asyncio.Task[None]]] = {}
         # Batches whose drive failed: (failures in a row, not again before this loop time).
         self._backoff: dict[str, tuple[int, float]] = {}
+        # Commits of results under way: waited for on close, before the store closes.
+        self._commits: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
 
@@ -86,6 +88,7 @@ class BatchRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._commits, return_exceptions=True)
         await self._upstream.close()
 
     def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
@@ -300,7 +303,7 @@ class BatchRunner:
                 statuses=["in_progress"],
             )
             return
-        recorder = _Recorder(self._meta, batch.id)
+        recorder = _Recorder(self._meta, batch.id, self._commits)
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
         try:
@@ -557,9 +560,12 @@ class _Recorder:
     """Group commit of one batch's results: each `record` waits until its result is in the
     database, and the results that arrive while a commit runs go together in the next one."""
 
-    def __init__(self, meta: BatchMetadata, batch_id: str) -> None:
+    def __init__(
+        self, meta: BatchMetadata, batch_id: str, commits: set[asyncio.Task[None]]
+    ) -> None:
         self._meta = meta
         self._batch_id = batch_id
+        self._commits = commits
         self._queue: list[tuple[BatchResult, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -568,6 +574,8 @@ class _Recorder:
         self._queue.append((result, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
+            self._commits.add(self._flusher)
+            self._flusher.add_done_callback(self._commits.discard)
         await asyncio.shield(done)
 
     async def _flush(self) -> None:
