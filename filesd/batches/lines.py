@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 
 class LineTooLong(Exception):
@@ -14,9 +14,22 @@ class LineTooLong(Exception):
 
 async def numbered_lines(
     chunks: AsyncIterator[bytes], *, max_line_bytes: int
-) -> AsyncIterator[tuple[int, bytes]]:
+) -> AsyncGenerator[tuple[int, bytes]]:
     """(line number from 1, line without its end of line) for every line, blank ones too; a
-    last line without a newline counts. Raises `LineTooLong` for a line over the limit."""
+    last line without a newline counts. Raises `LineTooLong` for a line over the limit.
+    Closing it closes `chunks` (a file being read) too."""
+    try:
+        async for item in _lines(chunks, max_line_bytes):
+            yield item
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _lines(
+    chunks: AsyncIterator[bytes], max_line_bytes: int
+) -> AsyncGenerator[tuple[int, bytes]]:
     number = 0
     pending = bytearray()
     async for chunk in chunks:

@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,17 +307,18 @@ class BatchRunner:
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
         try:
-            async for line, body in self._pending_bodies(batch, record):
-                await self._slots.acquire()
-                if drive.stop is not None:
-                    self._slots.release()
-                    break
-                task = asyncio.create_task(self._request(batch, line, body, recorder))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-                task.add_done_callback(lambda t: _note_failure(t, failures))
-                if failures:
-                    break
+            async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
+                async for line, body in bodies:
+                    await self._slots.acquire()
+                    if drive.stop is not None:
+                        self._slots.release()
+                        break
+                    task = asyncio.create_task(self._request(batch, line, body, recorder))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                    task.add_done_callback(lambda t: _note_failure(t, failures))
+                    if failures:
+                        break
             # Wait for the requests in flight, unless told to stop: then they are dropped
             # (not recorded, so never in the output as done).
             while inflight and drive.stop is None:
@@ -341,7 +342,7 @@ class BatchRunner:
 
     async def _pending_bodies(
         self, batch: BatchRecord, record: Any
-    ) -> AsyncIterator[tuple[tuple[int, str], dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[tuple[int, str], dict[str, Any]]]:
         """((line, custom_id), request body) of each pending request, reading the input file
         once from the start and the pending rows a page at a time."""
         page: list[tuple[int, str]] = []
@@ -349,25 +350,26 @@ class BatchRunner:
         after = 0
         exhausted = False
         lines = numbered_lines(self._store.read_range(record), max_line_bytes=MAX_LINE_BYTES)
-        async for number, raw in lines:
-            if index >= len(page):
-                if exhausted:
-                    return
-                page = await self._meta.pending_batch_requests(
-                    batch.id, after_line=after, limit=PAGE
-                )
-                index = 0
-                if not page:
-                    return
-                exhausted = len(page) < PAGE
-                after = page[-1][0]
-            while index < len(page) - 1 and page[index][0] < number:
+        async with contextlib.aclosing(lines):
+            async for number, raw in lines:
+                if index >= len(page):
+                    if exhausted:
+                        return
+                    page = await self._meta.pending_batch_requests(
+                        batch.id, after_line=after, limit=PAGE
+                    )
+                    index = 0
+                    if not page:
+                        return
+                    exhausted = len(page) < PAGE
+                    after = page[-1][0]
+                while index < len(page) - 1 and page[index][0] < number:
+                    index += 1
+                if number != page[index][0]:
+                    continue
+                request = json.loads(raw)
+                yield page[index], self._body(request["body"])
                 index += 1
-            if number != page[index][0]:
-                continue
-            request = json.loads(raw)
-            yield page[index], self._body(request["body"])
-            index += 1
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")

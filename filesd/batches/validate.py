@@ -11,6 +11,7 @@ chunks, and custom_ids remembered as 16-byte digests (at most `max_requests` of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -172,29 +173,31 @@ async def validate_input(
     checker = _Checker(endpoint, max_requests)
     result = checker.result
     rows: list[tuple[int, str]] = []
+    lines = numbered_lines(chunks, max_line_bytes=max_line_bytes)
     try:
-        async for number, raw in numbered_lines(chunks, max_line_bytes=max_line_bytes):
-            if not raw.strip():
-                continue
-            if result.total >= max_requests:
-                checker.error(
-                    "too_many_requests",
-                    f"The input file holds more than {max_requests} requests, the most a "
-                    "batch may have.",
-                    number,
-                )
-                break
-            result.total += 1
-            custom_id = checker.check(number, raw)
-            if custom_id is not None and not result.errors:
-                rows.append((number, custom_id))
-                if len(rows) >= CHUNK:
-                    await save(rows)
-                    rows = []
-                    if stopped():
-                        return result
-            if len(result.errors) >= MAX_ERRORS:
-                break
+        async with contextlib.aclosing(lines):
+            async for number, raw in lines:
+                if not raw.strip():
+                    continue
+                if result.total >= max_requests:
+                    checker.error(
+                        "too_many_requests",
+                        f"The input file holds more than {max_requests} requests, the most a "
+                        "batch may have.",
+                        number,
+                    )
+                    break
+                result.total += 1
+                custom_id = checker.check(number, raw)
+                if custom_id is not None and not result.errors:
+                    rows.append((number, custom_id))
+                    if len(rows) >= CHUNK:
+                        await save(rows)
+                        rows = []
+                        if stopped():
+                            return result
+                if len(result.errors) >= MAX_ERRORS:
+                    break
     except LineTooLong as error:
         checker.error(
             "line_too_long",
