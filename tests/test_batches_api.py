@@ -378,6 +378,30 @@ async def test_cancel_stops_sending_and_keeps_what_is_done(
     assert (resp.status, (await resp.json())["status"]) == (200, "cancelled")
 
 
+async def test_cancel_does_not_wait_for_slow_requests(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 1},
+        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 60_000}]},
+    )
+    batch = await start_batch(client, [chat_line(f"r{n}") for n in range(5)])
+
+    async def running() -> bool:
+        return bool((await get_batch(client, batch["id"]))["status"] == "in_progress")
+
+    await wait_until(running, what="the batch running")
+    resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
+    assert resp.status == 200
+    batch = await finished(client, batch["id"], timeout=5)
+    assert batch["status"] == "cancelled"
+    assert batch["output_file_id"] is None
+    unrun = await content_lines(client, batch["error_file_id"])
+    assert [o["custom_id"] for o in unrun] == [f"r{n}" for n in range(5)]
+
+
 async def test_a_batch_past_its_window_expires_with_its_partial_output(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import BatchesConfig
@@ -47,10 +47,19 @@ WRITE_CHUNK = 256 * 1024
 
 @dataclass
 class _Drive:
-    """A batch this instance drives: why to stop sending (None: go on)."""
+    """A batch this instance drives: why to stop sending (None: go on), and an event set
+    when a reason is given (a drive waiting for a concurrency slot stops at once)."""
 
     batch_id: str
     stop: str | None = None  # "cancel", "expire" or "lost"
+    halted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def halt(self, reason: str | None) -> None:
+        self.stop = reason
+        if reason is None:
+            self.halted.clear()
+        else:
+            self.halted.set()
 
 
 class BatchRunner:
@@ -95,7 +104,7 @@ class BatchRunner:
         """Look for work now; with `cancel`, stop sending `batch_id`'s requests if it is
         driven here (another instance notices the status within its next poll)."""
         if cancel and batch_id is not None and batch_id in self._drives:
-            self._drives[batch_id][0].stop = "cancel"
+            self._drives[batch_id][0].halt("cancel")
         self._wake.set()
 
     # --- scheduling -----------------------------------------------------------------------------
@@ -166,7 +175,7 @@ class BatchRunner:
                         _lease(drive.batch_id), self._lease_seconds
                     ):
                         log.warning("batch %s: lease lost to another instance", drive.batch_id)
-                        drive.stop = "lost"
+                        drive.halt("lost")
                         if driver is not None:
                             driver.cancel()
                         return
@@ -174,12 +183,12 @@ class BatchRunner:
                 batch = await self._meta.get_batch(drive.batch_id)
                 if batch is not None and drive.stop is None:
                     if batch.status == "cancelling":
-                        drive.stop = "cancel"
+                        drive.halt("cancel")
                     elif self._store.now() >= batch.expires_at and batch.status in (
                         "validating",
                         "in_progress",
                     ):
-                        drive.stop = "expire"
+                        drive.halt("expire")
             except Exception:
                 log.exception("batch %s: renewing its lease failed", drive.batch_id)
 
@@ -191,10 +200,10 @@ class BatchRunner:
             if batch is None:
                 return
             if drive.stop == "cancel" and batch.status != "cancelling":
-                drive.stop = None  # a poke for a batch that was not cancelled after all
+                drive.halt(None)  # a poke for a batch that was not cancelled after all
             active = batch.status in ("validating", "in_progress")
             if active and drive.stop is None and self._store.now() >= batch.expires_at:
-                drive.stop = "expire"
+                drive.halt("expire")
             if drive.stop == "expire" and active:
                 await self._meta.update_batch(
                     batch.id,
@@ -309,9 +318,7 @@ class BatchRunner:
         try:
             async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
                 async for line, body in bodies:
-                    await self._slots.acquire()
-                    if drive.stop is not None:
-                        self._slots.release()
+                    if not await self._take_slot(drive):
                         break
                     task = asyncio.create_task(self._request(batch, line, body, recorder))
                     inflight.add(task)
@@ -339,6 +346,30 @@ class BatchRunner:
                 {"status": "finalizing", "finalizing_at": self._store.now()},
                 statuses=["in_progress"],
             )
+
+    async def _take_slot(self, drive: _Drive) -> bool:
+        """Wait for a concurrency slot; False (and no slot) once the drive is told to stop."""
+        if drive.stop is not None:
+            return False
+        taking = asyncio.ensure_future(self._slots.acquire())
+        halting = asyncio.ensure_future(drive.halted.wait())
+        try:
+            await asyncio.wait({taking, halting}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled while waiting: a slot taken meanwhile goes back.
+            halting.cancel()
+            if not taking.cancel() and not taking.cancelled():
+                self._slots.release()
+            raise
+        halting.cancel()
+        taking.cancel()  # no-op if the slot was taken already
+        with contextlib.suppress(asyncio.CancelledError):
+            await taking
+        got = not taking.cancelled()
+        if got and drive.stop is not None:
+            self._slots.release()
+            return False
+        return got
 
     async def _pending_bodies(
         self, batch: BatchRecord, record: Any
