@@ -343,6 +343,32 @@ async def test_fault_rules_apply_to_echo_retried_then_failed(
     assert bad["response"]["body"]["error"]["type"] == "server_error"
 
 
+async def test_x_should_retry_overrides_the_status(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    route = "/v1/chat/completions"
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 1, "max_retries": 3, "retry_backoff": 0},
+        testing={
+            "faults": [
+                # "a": a 500 not to be retried, so it fails at once (else its retry would
+                # succeed); "b": a 409 to be retried, then the echo model's 200 (else the 409
+                # would be final).
+                {"route": route, "status": 500, "should_retry": False, "count": 1},
+                {"route": route, "status": 409, "should_retry": True, "count": 1},
+            ]
+        },
+    )
+    batch = await finished(
+        client, (await start_batch(client, [chat_line("a"), chat_line("b")]))["id"]
+    )
+    assert batch["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    [bad] = await content_lines(client, batch["error_file_id"])
+    assert (bad["custom_id"], bad["response"]["status_code"]) == ("a", 500)
+
+
 async def test_cancel_stops_sending_and_keeps_what_is_done(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:

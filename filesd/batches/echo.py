@@ -232,4 +232,4 @@ def _fault_answer(rule: FaultRule) -> Answer:
     if rule.status < 500 and rule.status != 429:
         kind = "invalid_request_error"
     body = {"error": {"message": message, "type": kind, "param": None, "code": rule.code}}
-    return Answer(rule.status, body, None, wait)
+    return Answer(rule.status, body, None, wait, rule.should_retry)

@@ -424,8 +424,9 @@ class BatchRunner:
             self._slots.release()
 
     async def _send(self, batch: BatchRecord, body: dict[str, Any]) -> Answer | Unreachable:
-        """The final answer for a request: the first that is neither a 429 nor a 5xx, or the
-        last one (or the network error) once `max_retries` retries are spent."""
+        """The final answer for a request: the first that is not to be retried (429s and
+        5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
+        network error) once `max_retries` retries are spent."""
         config = self._config
         outcome: Answer | Unreachable
         for attempt in range(config.max_retries + 1):
@@ -435,7 +436,7 @@ class BatchRunner:
             except Unreachable as error:
                 outcome = error
             else:
-                if outcome.status != 429 and outcome.status < 500:
+                if not outcome.retryable:
                     return outcome
                 wait = outcome.retry_after
             if attempt == config.max_retries:

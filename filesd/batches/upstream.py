@@ -19,12 +19,22 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class Answer:
     """An upstream's HTTP answer: status, JSON body (an error object if it sent none),
-    its request id, and how long it asked us to wait before retrying (seconds), if it did."""
+    its request id, how long it asked us to wait before retrying (seconds), and whether it
+    said to retry (`x-should-retry`, as OpenAI's API and SDKs do), if it did."""
 
     status: int
     body: Any
     request_id: str | None = None
     retry_after: float | None = None
+    should_retry: bool | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """429 and 5xx are retried, unless the upstream said not to; others only if it
+        said to."""
+        if self.should_retry is not None:
+            return self.should_retry
+        return self.status == 429 or self.status >= 500
 
 
 class Unreachable(Exception):
@@ -88,6 +98,7 @@ class HttpUpstream:
                     _json_body(raw, response.status),
                     response.headers.get("x-request-id"),
                     retry_after(response.headers, time.time()),
+                    _should_retry(response.headers.get("x-should-retry")),
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise Unreachable(f"{type(error).__name__}: {error}".rstrip(": ")) from error
@@ -95,6 +106,10 @@ class HttpUpstream:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _should_retry(value: str | None) -> bool | None:
+    return {"true": True, "false": False}.get((value or "").lower())
 
 
 def _json_body(raw: bytes, status: int) -> Any:
