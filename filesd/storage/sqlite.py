@@ -1132,25 +1132,34 @@ class SqliteMetadata:
         return [(row[0], row[1]) for row in await self._rows(sql, (batch_id, after_line, limit))]
 
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
-        update = (
-            "UPDATE batch_requests SET state = ?, result = ? "
-            "WHERE batch_id = ? AND line = ? AND state = 'pending' RETURNING 1"
-        )
+        """Per chunk, one UPDATE ... FROM (VALUES ...) whose RETURNING names the rows that
+        were still pending; the batch's counts grow by exactly those, in the same
+        transaction."""
+        by_line = {result.line: result for result in results}
         done = failed = 0
         usage = [0, 0, 0, 0]
         async with self._transaction() as conn:
-            for result in results:
-                state = "done" if result.ok else "failed"
-                changed = await self._run(
-                    conn, update, (state, result.result, batch_id, result.line)
+            rows = list(by_line.values())
+            for start in range(0, len(rows), _CHUNK // 2):
+                chunk = rows[start : start + _CHUNK // 2]
+                values = ",".join(["(?, ?, ?)"] * len(chunk))
+                sql = (
+                    f"WITH given(line, state, result) AS (VALUES {values}) "
+                    "UPDATE batch_requests SET state = given.state, result = given.result "
+                    "FROM given WHERE batch_requests.batch_id = ? "
+                    "AND batch_requests.line = given.line AND batch_requests.state = 'pending' "
+                    "RETURNING batch_requests.line"
                 )
-                if not changed:
-                    continue
-                if result.ok:
-                    done += 1
-                else:
-                    failed += 1
-                usage = [a + b for a, b in zip(usage, result.usage, strict=True)]
+                params: list[object] = []
+                for result in chunk:
+                    params += (result.line, "done" if result.ok else "failed", result.result)
+                for (line,) in await self._run(conn, sql, [*params, batch_id]):
+                    result = by_line[line]
+                    if result.ok:
+                        done += 1
+                    else:
+                        failed += 1
+                    usage = [a + b for a, b in zip(usage, result.usage, strict=True)]
             if done or failed:
                 await self._run(
                     conn,
