@@ -315,12 +315,14 @@ class BatchRunner:
         recorder = _Recorder(self._meta, batch.id, self._commits)
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
+        sent = 0
         try:
             async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
                 async for line, body in bodies:
                     if not await self._take_slot(drive):
                         break
                     task = asyncio.create_task(self._request(batch, line, body, recorder))
+                    sent += 1
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
                     task.add_done_callback(lambda t: _note_failure(t, failures))
@@ -340,6 +342,9 @@ class BatchRunner:
         if drive.stop is not None:
             return
         left = await self._meta.pending_batch_requests(batch.id, after_line=0, limit=1)
+        if left and not sent:
+            # Never expected (the rows come from this file): fail loudly rather than loop.
+            raise RuntimeError(f"pending request on line {left[0][0]} not found in the input")
         if not left:
             await self._meta.update_batch(
                 batch.id,
