@@ -343,6 +343,33 @@ async def test_fault_rules_apply_to_echo_retried_then_failed(
     assert bad["response"]["body"]["error"]["type"] == "server_error"
 
 
+async def test_a_disconnect_rule_drops_an_echo_request(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "max_retries": 0, "concurrency": 1},
+        testing={"faults": [{"route": "/v1/embeddings", "disconnect": True, "count": 1}]},
+    )
+    lines = [
+        {
+            "custom_id": name,
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "e", "input": "x"},
+        }
+        for name in ("dropped", "fine")
+    ]
+    batch = await start_batch(client, lines, endpoint="/v1/embeddings")
+    batch = await finished(client, batch["id"])
+    assert batch["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    [dropped] = await content_lines(client, batch["error_file_id"])
+    assert dropped["custom_id"] == "dropped"
+    assert dropped["response"] is None
+    assert dropped["error"]["code"] == "upstream_unreachable"
+
+
 async def test_x_should_retry_overrides_the_status(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:

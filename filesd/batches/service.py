@@ -8,6 +8,7 @@ project's batch is answered exactly like a missing one.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from .errors import (
 from .objects import WINDOW_SECONDS
 from .runner import BatchRunner
 from .upstream import HttpUpstream, Upstream, api_key_from
+
+log = logging.getLogger(__name__)
 
 CANCELLABLE = ("validating", "in_progress")
 
@@ -119,9 +122,15 @@ def make_upstream(config: BatchesConfig, take_fault: EchoUpstream.TakeFault) -> 
     """The upstream `config` names ("echo" or a URL; not "")."""
     if config.upstream == "echo":
         return EchoUpstream(take_fault)
+    api_key = api_key_from(config.api_key, config.api_key_env)
+    if config.api_key_env and not api_key:
+        log.warning(
+            "batches.api_key_env names %s, which is not set: requests go upstream without a key",
+            config.api_key_env,
+        )
     return HttpUpstream(
         config.upstream,
-        api_key_from(config.api_key, config.api_key_env),
+        api_key,
         timeout=config.request_timeout,
         connections=config.concurrency,
     )
