@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import BatchesConfig
 from ..ids import secret_base62
+from ..models import FileRecord
 from ..storage.base import BatchMetadata, BatchRecord, BatchResult, BlobTooLarge, StorageBusy
 from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from .lines import numbered_lines
@@ -75,6 +76,7 @@ class BatchRunner:
     ) -> None:
         self._store = store
         self._meta = meta
+        self._blobs = store.upload_backing().blobs
         self._config = config
         self._upstream = upstream
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -261,7 +263,7 @@ class BatchRunner:
             await self._meta.add_batch_requests(batch.id, rows)
 
         result = await validate_input(
-            self._store.read_range(record),
+            self._input(record),
             endpoint=batch.endpoint,
             max_requests=self._config.max_requests,
             save=save,
@@ -377,7 +379,7 @@ class BatchRunner:
         return got
 
     async def _pending_bodies(
-        self, batch: BatchRecord, record: Any
+        self, batch: BatchRecord, record: FileRecord
     ) -> AsyncGenerator[tuple[tuple[int, str], dict[str, Any]]]:
         """((line, custom_id), request body) of each pending request, reading the input file
         once from the start and the pending rows a page at a time."""
@@ -385,7 +387,7 @@ class BatchRunner:
         index = 0
         after = 0
         exhausted = False
-        lines = numbered_lines(self._store.read_range(record), max_line_bytes=MAX_LINE_BYTES)
+        lines = numbered_lines(self._input(record), max_line_bytes=MAX_LINE_BYTES)
         async with contextlib.aclosing(lines):
             async for number, raw in lines:
                 if index >= len(page):
@@ -406,6 +408,11 @@ class BatchRunner:
                 request = json.loads(raw)
                 yield page[index], self._body(request["body"])
                 index += 1
+
+    def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
+        """The input file's bytes, straight from the blob backend: closing this closes the
+        file at once (a pass that stops early must not leave it to the garbage collector)."""
+        return self._blobs.open_range(record.sha256)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")
