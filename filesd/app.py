@@ -13,6 +13,8 @@ from aiohttp import web
 from .admin import setup_admin
 from .appkeys import AUTHENTICATOR, CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
 from .auth import Authenticator, auth_middleware
+from .batch_routes import BATCHES, setup_batch_routes
+from .batches.service import open_batches
 from .boundary import error_middleware
 from .clock import Clock
 from .config import Config
@@ -82,6 +84,7 @@ def create_app(
         # Before serving: recovery takes every upload found mid-completion for a crash's
         # leftover, which a completion that is really under way is not.
         await uploads.recover()
+        app[BATCHES], batch_runner = open_batches(store, config.batches, app[FAULTS].take)
         await _load_keys(store, authenticator)
         if authenticator.open_mode:
             log.warning(
@@ -101,6 +104,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if batch_runner is not None:
+                await batch_runner.close()
             await store.close()
 
     app.cleanup_ctx.append(store_ctx)
@@ -119,6 +124,7 @@ def create_app(
     setup_routes(app)
     setup_health_routes(app)
     setup_upload_routes(app)
+    setup_batch_routes(app)
     return app
 
 

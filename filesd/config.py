@@ -172,6 +172,37 @@ class AuthConfig:
     keys: tuple[ApiKey, ...] = ()
 
 
+BATCH_UPSTREAM_HELP = (
+    'batches.upstream: expected "" (off), "echo" (the built-in model) or the base URL of an '
+    'OpenAI-compatible API, e.g. "http://127.0.0.1:11434/v1"'
+)
+
+
+@dataclass(frozen=True)
+class BatchesConfig:
+    """The Batch API: where its requests go, and how hard they are pushed."""
+
+    # "" = off (POST /v1/batches is a 400 saying how to turn it on); "echo" = the built-in
+    # deterministic model; else an OpenAI-compatible base URL ("https://host/v1").
+    upstream: str = ""
+    # The bearer token for the upstream, or the name of an environment variable holding it.
+    api_key: str = ""
+    api_key_env: str = ""
+    # Requests in flight at once, over all batches of this instance.
+    concurrency: int = 8
+    # Seconds one upstream request may take (each attempt).
+    request_timeout: float = 600.0
+    # Attempts after the first, on 429, 5xx and network errors.
+    max_retries: int = 5
+    # Seconds before the first retry (doubling after each, capped at 60; Retry-After wins).
+    retry_backoff: float = 1.0
+    # OpenAI's limits on an input file.
+    max_requests: int = 50_000
+    max_input_bytes: int = 200 * 1024 * 1024
+    # The model named in a request -> the model sent upstream (others pass through).
+    models: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -183,6 +214,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
+    batches: BatchesConfig = field(default_factory=BatchesConfig)
 
     def with_overrides(
         self,
@@ -395,6 +427,49 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
             frozen_time=None if frozen is None else float(frozen),
             faults=faults,
         ),
+        batches=_parse_batches(data),
+    )
+
+
+def _parse_batches(data: Mapping[str, Any]) -> BatchesConfig:
+    table = _table(data, "batches")
+    _check_keys(table, "batches.", _names(BatchesConfig))
+    upstream = _get(table, "batches.upstream", str, BatchesConfig.upstream).rstrip("/")
+    if upstream not in ("", "echo") and not upstream.startswith(("http://", "https://")):
+        raise ConfigError(BATCH_UPSTREAM_HELP)
+    concurrency = _get(table, "batches.concurrency", int, BatchesConfig.concurrency)
+    if not 1 <= concurrency <= 1024:
+        raise ConfigError(f"batches.concurrency: must be between 1 and 1024, got {concurrency}")
+    max_retries = _get(table, "batches.max_retries", int, BatchesConfig.max_retries)
+    if max_retries < 0:
+        raise ConfigError(f"batches.max_retries: must be 0 or more, got {max_retries}")
+    retry_backoff = table.get("retry_backoff", BatchesConfig.retry_backoff)
+    if not is_finite_number(retry_backoff) or retry_backoff < 0:
+        raise ConfigError("batches.retry_backoff: must be a number of seconds, 0 or more")
+    limits = {
+        name: _get(table, f"batches.{name}", int, getattr(BatchesConfig, name))
+        for name in ("max_requests", "max_input_bytes")
+    }
+    for name, value in limits.items():
+        if value < 1:
+            raise ConfigError(f"batches.{name}: must be at least 1, got {value}")
+    models_table = _table(table, "models")
+    models = {name: _get(models_table, f"batches.models.{name}", str, "") for name in models_table}
+    for name, target in models.items():
+        if not target:
+            raise ConfigError(f"batches.models.{name}: must name a model")
+    return BatchesConfig(
+        upstream=upstream,
+        api_key=_get(table, "batches.api_key", str, BatchesConfig.api_key),
+        api_key_env=_get(table, "batches.api_key_env", str, BatchesConfig.api_key_env),
+        concurrency=concurrency,
+        request_timeout=_get_seconds(
+            table, "batches.request_timeout", BatchesConfig.request_timeout
+        ),
+        max_retries=max_retries,
+        retry_backoff=float(retry_backoff),
+        models=models,
+        **limits,
     )
 
 

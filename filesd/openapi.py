@@ -150,6 +150,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                         "upload_id": {"type": "string"},
                     },
                 },
+                **BATCH_SCHEMAS,
             },
         },
         "paths": {
@@ -340,6 +341,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     },
                 },
             },
+            **_batch_paths(v1, common),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -358,3 +360,225 @@ def openapi_document(config: Config) -> dict[str, Any]:
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[CONFIG]))
+
+
+# --- the Batch API --------------------------------------------------------------------------
+
+_TIMESTAMPS = (
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+_BATCH_ERROR = {
+    "type": "object",
+    "required": ["code", "message", "param", "line"],
+    "properties": {
+        "code": NULLABLE_STRING,
+        "message": NULLABLE_STRING,
+        "param": NULLABLE_STRING,
+        "line": NULLABLE_INT,
+    },
+}
+_BATCH_STATUSES = [
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+_COUNT = {"type": "integer", "minimum": 0}
+
+BATCH_SCHEMAS: dict[str, Any] = {
+    "Batch": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "id",
+            "object",
+            "endpoint",
+            "model",
+            "errors",
+            "input_file_id",
+            "completion_window",
+            "status",
+            "output_file_id",
+            "error_file_id",
+            "created_at",
+            *_TIMESTAMPS,
+            "request_counts",
+            "usage",
+            "metadata",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "batch"},
+            "endpoint": {"type": "string"},
+            "model": NULLABLE_STRING,
+            "errors": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["object", "data"],
+                        "properties": {
+                            "object": {"const": "list"},
+                            "data": {"type": "array", "items": _BATCH_ERROR},
+                        },
+                    },
+                ]
+            },
+            "input_file_id": {"type": "string"},
+            "completion_window": {"type": "string"},
+            "status": {"enum": _BATCH_STATUSES},
+            "output_file_id": NULLABLE_STRING,
+            "error_file_id": NULLABLE_STRING,
+            "created_at": {"type": "integer"},
+            **{name: NULLABLE_INT for name in _TIMESTAMPS},
+            "request_counts": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["total", "completed", "failed"],
+                "properties": {"total": _COUNT, "completed": _COUNT, "failed": _COUNT},
+            },
+            "usage": {
+                "type": "object",
+                "required": [
+                    "input_tokens",
+                    "input_tokens_details",
+                    "output_tokens",
+                    "output_tokens_details",
+                    "total_tokens",
+                ],
+                "properties": {
+                    "input_tokens": _COUNT,
+                    "input_tokens_details": {
+                        "type": "object",
+                        "required": ["cached_tokens"],
+                        "properties": {"cached_tokens": _COUNT},
+                    },
+                    "output_tokens": _COUNT,
+                    "output_tokens_details": {
+                        "type": "object",
+                        "required": ["reasoning_tokens"],
+                        "properties": {"reasoning_tokens": _COUNT},
+                    },
+                    "total_tokens": _COUNT,
+                },
+            },
+            "metadata": {
+                "oneOf": [
+                    {"type": "null"},
+                    {"type": "object", "additionalProperties": {"type": "string"}},
+                ]
+            },
+        },
+    },
+    "BatchList": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["object", "data", "first_id", "last_id", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref("Batch")},
+            "first_id": NULLABLE_STRING,
+            "last_id": NULLABLE_STRING,
+            "has_more": {"type": "boolean"},
+        },
+    },
+}
+
+
+def _batch_paths(v1: dict[str, Any], common: tuple[int, ...]) -> dict[str, Any]:
+    batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    create_body = {
+        "type": "object",
+        "required": ["input_file_id", "endpoint", "completion_window"],
+        "additionalProperties": False,
+        "properties": {
+            "input_file_id": {"type": "string"},
+            "endpoint": {
+                "enum": [
+                    "/v1/chat/completions",
+                    "/v1/embeddings",
+                    "/v1/completions",
+                    "/v1/responses",
+                ]
+            },
+            "completion_window": {"const": "24h"},
+            "metadata": {
+                "type": ["object", "null"],
+                "maxProperties": 16,
+                "additionalProperties": {"type": "string", "maxLength": 512},
+            },
+            "output_expires_after": {
+                "type": "object",
+                "required": ["anchor", "seconds"],
+                "properties": {
+                    "anchor": {"const": "created_at"},
+                    "seconds": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+                },
+            },
+        },
+    }
+    return {
+        "/v1/batches": {
+            "post": {
+                **v1,
+                "operationId": "createBatch",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": create_body}},
+                },
+                "responses": {
+                    "200": _json(_ref("Batch"), "The new batch (validating)"),
+                    **_errors(404, 408, *common),
+                },
+            },
+            "get": {
+                **v1,
+                "operationId": "listBatches",
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("BatchList"), "The project's batches, newest first"),
+                    **_errors(*common),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "parameters": [batch_id],
+            "get": {
+                **v1,
+                "operationId": "retrieveBatch",
+                "responses": {
+                    "200": _json(_ref("Batch"), "The batch"),
+                    **_errors(404, *common),
+                },
+            },
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "parameters": [batch_id],
+            "post": {
+                **v1,
+                "operationId": "cancelBatch",
+                "responses": {
+                    "200": _json(_ref("Batch"), "The batch, cancelling or cancelled"),
+                    **_errors(404, 408, 409, *common),
+                },
+            },
+        },
+    }

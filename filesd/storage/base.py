@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from ..models import FileRecord, KeyRecord, PartRecord, ProjectUsage, StorageTotals, UploadRecord
 
@@ -407,7 +407,151 @@ class Coordination(Protocol):
         ...
 
 
-class MetadataStore(UploadMetadata, KeyMetadata, Coordination, Protocol):
+# --- batches -----------------------------------------------------------------------------------
+
+# The statuses of a batch someone still has to work on (the runner picks these up).
+BATCH_ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+# The columns of `batches` that `BatchMetadata.update_batch` may change.
+BATCH_MUTABLE = frozenset(
+    {
+        "status",
+        "model",
+        "errors",
+        "in_progress_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "total",
+        "output_file_id",
+        "error_file_id",
+    }
+)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch of one project, as stored. `metadata` and `errors` are JSON text (or None);
+    `expires_at` is the end of its completion window. The counts and token sums grow as
+    results are recorded (`record_batch_results`), in the same transaction as the results."""
+
+    id: str
+    project: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    created_at: int
+    expires_at: int
+    metadata: str | None = None
+    output_expires_after: int | None = None
+    model: str | None = None
+    errors: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+
+# The columns of `batches` in the order of `BatchRecord`'s fields.
+BATCH_COLUMNS = (
+    "id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at, "
+    "metadata, output_expires_after, model, errors, in_progress_at, finalizing_at, "
+    "completed_at, failed_at, expired_at, cancelling_at, cancelled_at, total, completed, "
+    "failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens, output_file_id, "
+    "error_file_id"
+)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of one request of a batch: its input line, whether it succeeded (`ok`: into
+    the output file, else the error file), the output line (JSON text) and the tokens it used
+    (input, output, cached input, reasoning)."""
+
+    line: int
+    ok: bool
+    result: str
+    usage: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@runtime_checkable
+class BatchMetadata(Protocol):
+    """Batches and the state of each of their requests (the Batch API).
+
+    A request row exists for every valid input line once validation has passed; it is
+    `pending` until its result is recorded, then `done` or `failed` for good: a result is
+    recorded at most once (a second one for the same line is ignored), so a request whose
+    result is in the database is never sent again, whichever instance resumes the batch.
+    """
+
+    async def insert_batch(self, batch: BatchRecord) -> None: ...
+
+    async def get_batch(self, batch_id: str, project: str | None = None) -> BatchRecord | None:
+        """The batch, if it exists (and belongs to `project`, when given)."""
+        ...
+
+    async def list_batches(
+        self, project: str, *, after: str | None, limit: int
+    ) -> list[BatchRecord] | None:
+        """Up to `limit` batches of the project, newest first, after the batch `after` (None
+        if `after` names no batch of the project)."""
+        ...
+
+    async def update_batch(
+        self, batch_id: str, changes: Mapping[str, object], *, statuses: Sequence[str] = ()
+    ) -> bool:
+        """Set the columns named in `changes` (only those of BATCH_MUTABLE), if the batch is in
+        one of `statuses` (any status when empty); False if it was not (nothing changed)."""
+        ...
+
+    async def active_batches(self) -> list[str]:
+        """Ids of the batches in a status of BATCH_ACTIVE, oldest first."""
+        ...
+
+    async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
+        """Add pending request rows (line, custom_id); lines already there are left alone."""
+        ...
+
+    async def clear_batch_requests(self, batch_id: str) -> None:
+        """Remove every request row of the batch."""
+        ...
+
+    async def pending_batch_requests(
+        self, batch_id: str, *, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """Up to `limit` pending requests (line, custom_id) after `after_line`, by line."""
+        ...
+
+    async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
+        """Record results of pending requests, and add them to the batch's counts and token
+        sums, in one transaction. Results for lines no longer pending are ignored. Returns how
+        many were recorded."""
+        ...
+
+    async def batch_results(
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """Up to `limit` recorded results (line, output line) that succeeded (`ok`) or failed,
+        after `after_line`, by line."""
+        ...
+
+
+class MetadataStore(UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Protocol):
     """Files, uploads and keys. Rows are never removed by the API: a delete sets `deleted_at`.
 
     Every change of more than one statement is one transaction: it happens whole or not at

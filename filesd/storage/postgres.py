@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -51,7 +52,12 @@ from ..models import (
     UploadRecord,
 )
 from .base import (
+    BATCH_ACTIVE,
+    BATCH_COLUMNS,
+    BATCH_MUTABLE,
     NO_QUOTA,
+    BatchRecord,
+    BatchResult,
     InsertVerdict,
     PartVerdict,
     Quota,
@@ -246,6 +252,50 @@ MIGRATIONS: tuple[str, ...] = (
     -- What only counting needed: every insert and delete kept them up to date for nothing.
     DROP INDEX files_live_count;
     DROP INDEX files_live_bytes;
+    """,  # 3: batches (the Batch API) and the state of each of their requests
+    """
+    CREATE TABLE batches (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        metadata TEXT,
+        output_expires_after BIGINT,
+        model TEXT,
+        errors TEXT,
+        in_progress_at BIGINT,
+        finalizing_at BIGINT,
+        completed_at BIGINT,
+        failed_at BIGINT,
+        expired_at BIGINT,
+        cancelling_at BIGINT,
+        cancelled_at BIGINT,
+        total BIGINT NOT NULL DEFAULT 0,
+        completed BIGINT NOT NULL DEFAULT 0,
+        failed BIGINT NOT NULL DEFAULT 0,
+        input_tokens BIGINT NOT NULL DEFAULT 0,
+        output_tokens BIGINT NOT NULL DEFAULT 0,
+        cached_tokens BIGINT NOT NULL DEFAULT 0,
+        reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+        output_file_id TEXT,
+        error_file_id TEXT
+    );
+    CREATE INDEX batches_by_project ON batches (project, seq);
+    CREATE INDEX batches_active ON batches (status)
+        WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling');
+    CREATE TABLE batch_requests (
+        batch_id TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        custom_id TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        result TEXT,
+        PRIMARY KEY (batch_id, line)
+    );
     """,
 )
 
@@ -1301,6 +1351,129 @@ class PostgresMetadata:
             list(digests),
             instance,
         )
+
+    # --- batches (the Batch API; see BatchMetadata) ---------------------------------------------
+
+    async def insert_batch(self, batch: BatchRecord) -> None:
+        values = dataclasses.astuple(batch)
+        marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        await self._execute(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES ({marks})", *values)
+
+    async def get_batch(self, batch_id: str, project: str | None = None) -> BatchRecord | None:
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM batches "
+            "WHERE id = $1 AND ($2::text IS NULL OR project = $2)"
+        )
+        row = await self._row(sql, batch_id, project)
+        return None if row is None else BatchRecord(*row)
+
+    async def list_batches(
+        self, project: str, *, after: str | None, limit: int
+    ) -> list[BatchRecord] | None:
+        before = 2**63 - 1
+        if after is not None:
+            seq = await self._value(
+                "SELECT seq FROM batches WHERE id = $1 AND project = $2", after, project
+            )
+            if seq is None:
+                return None
+            before = seq
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE project = $1 AND seq < $2 "
+            "ORDER BY seq DESC LIMIT $3"
+        )
+        return [BatchRecord(*row) for row in await self._rows(sql, project, before, limit)]
+
+    async def update_batch(
+        self, batch_id: str, changes: Mapping[str, object], *, statuses: Sequence[str] = ()
+    ) -> bool:
+        names = list(changes)
+        if not names or not BATCH_MUTABLE.issuperset(names):
+            raise ValueError(f"not columns update_batch may change: {names}")
+        sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+        sql = f"UPDATE batches SET {sets} WHERE id = $1"
+        args: list[object] = [batch_id, *(changes[name] for name in names)]
+        if statuses:
+            sql += f" AND status = ANY(${len(args) + 1}::text[])"
+            args.append(list(statuses))
+        return await self._execute(sql, *args) == 1
+
+    async def active_batches(self) -> list[str]:
+        sql = "SELECT id FROM batches WHERE status = ANY($1::text[]) ORDER BY seq"
+        return [row[0] for row in await self._rows(sql, list(BATCH_ACTIVE))]
+
+    async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
+        sql = """
+            INSERT INTO batch_requests (batch_id, line, custom_id)
+            SELECT $1, l, c FROM unnest($2::int[], $3::text[]) AS r(l, c)
+            ON CONFLICT (batch_id, line) DO NOTHING
+        """
+        await self._execute(sql, batch_id, [r[0] for r in requests], [r[1] for r in requests])
+
+    async def clear_batch_requests(self, batch_id: str) -> None:
+        await self._execute("DELETE FROM batch_requests WHERE batch_id = $1", batch_id)
+
+    async def pending_batch_requests(
+        self, batch_id: str, *, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        sql = (
+            "SELECT line, custom_id FROM batch_requests WHERE batch_id = $1 AND line > $2 "
+            "AND state = 'pending' ORDER BY line LIMIT $3"
+        )
+        return [(row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, limit)]
+
+    async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
+        """One statement: the rows still pending take their results, and the batch's counts
+        and sums grow by exactly those (a result recorded twice, by two instances that both
+        sent the request, is counted once)."""
+        if not results:
+            return 0
+        sql = """
+            WITH given AS (
+                SELECT * FROM unnest($2::int[], $3::bool[], $4::text[], $5::bigint[],
+                    $6::bigint[], $7::bigint[], $8::bigint[]) AS g(line, ok, result, i, o, c, r)
+            ),
+            changed AS (
+                UPDATE batch_requests b
+                SET state = CASE WHEN g.ok THEN 'done' ELSE 'failed' END, result = g.result
+                FROM given g
+                WHERE b.batch_id = $1 AND b.line = g.line AND b.state = 'pending'
+                RETURNING g.ok, g.i, g.o, g.c, g.r
+            ),
+            sums AS (
+                SELECT COUNT(*) FILTER (WHERE ok) AS done, COUNT(*) FILTER (WHERE NOT ok) AS bad,
+                    COALESCE(SUM(i), 0) AS i, COALESCE(SUM(o), 0) AS o,
+                    COALESCE(SUM(c), 0) AS c, COALESCE(SUM(r), 0) AS r
+                FROM changed
+            ),
+            counted AS (
+                UPDATE batches SET completed = completed + s.done, failed = failed + s.bad,
+                    input_tokens = input_tokens + s.i, output_tokens = output_tokens + s.o,
+                    cached_tokens = cached_tokens + s.c,
+                    reasoning_tokens = reasoning_tokens + s.r
+                FROM sums s WHERE id = $1
+            )
+            SELECT done + bad FROM sums
+        """
+        args = [
+            [r.line for r in results],
+            [r.ok for r in results],
+            [r.result for r in results],
+            *([r.usage[k] for r in results] for k in range(4)),
+        ]
+        return int(await self._value(sql, batch_id, *args))
+
+    async def batch_results(
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        sql = (
+            "SELECT line, result FROM batch_requests WHERE batch_id = $1 AND line > $2 "
+            "AND state = $3 ORDER BY line LIMIT $4"
+        )
+        state = "done" if ok else "failed"
+        return [
+            (row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, state, limit)
+        ]
 
 
 async def _check_quota(

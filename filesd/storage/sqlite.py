@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -39,7 +40,12 @@ from ..models import (
     UploadRecord,
 )
 from .base import (
+    BATCH_ACTIVE,
+    BATCH_COLUMNS,
+    BATCH_MUTABLE,
     NO_QUOTA,
+    BatchRecord,
+    BatchResult,
     InsertVerdict,
     PartVerdict,
     Quota,
@@ -243,6 +249,50 @@ MIGRATIONS: tuple[str, ...] = (
     # 9: the instance that took an upload into `completing` (see `abandoned_completions`)
     """
     ALTER TABLE uploads ADD COLUMN owner TEXT;
+    """,  # 10: batches (the Batch API) and the state of each of their requests
+    """
+    CREATE TABLE batches (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        metadata TEXT,
+        output_expires_after INTEGER,
+        model TEXT,
+        errors TEXT,
+        in_progress_at INTEGER,
+        finalizing_at INTEGER,
+        completed_at INTEGER,
+        failed_at INTEGER,
+        expired_at INTEGER,
+        cancelling_at INTEGER,
+        cancelled_at INTEGER,
+        total INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+        output_file_id TEXT,
+        error_file_id TEXT
+    );
+    CREATE INDEX batches_by_project ON batches (project, seq);
+    CREATE INDEX batches_active ON batches (status)
+        WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling');
+    CREATE TABLE batch_requests (
+        batch_id TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        custom_id TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        result TEXT,
+        PRIMARY KEY (batch_id, line)
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -1082,6 +1132,124 @@ class SqliteMetadata:
     async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
         sql = "SELECT token FROM upload_parts WHERE token IN ({marks})"
         return {row[0] for row in await self._chunked_rows(sql, tokens)}
+
+    # --- batches (the Batch API; see BatchMetadata) ---------------------------------------------
+
+    async def insert_batch(self, batch: BatchRecord) -> None:
+        values = dataclasses.astuple(batch)
+        marks = ",".join("?" * len(values))
+        await self._write(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES ({marks})", values)
+
+    async def get_batch(self, batch_id: str, project: str | None = None) -> BatchRecord | None:
+        sql = f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = ? AND (? IS NULL OR project = ?)"
+        rows = await self._rows(sql, (batch_id, project, project))
+        return BatchRecord(*rows[0]) if rows else None
+
+    async def list_batches(
+        self, project: str, *, after: str | None, limit: int
+    ) -> list[BatchRecord] | None:
+        before = 2**63 - 1
+        if after is not None:
+            rows = await self._rows(
+                "SELECT seq FROM batches WHERE id = ? AND project = ?", (after, project)
+            )
+            if not rows:
+                return None
+            before = rows[0][0]
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE project = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+        return [BatchRecord(*row) for row in await self._rows(sql, (project, before, limit))]
+
+    async def update_batch(
+        self, batch_id: str, changes: Mapping[str, object], *, statuses: Sequence[str] = ()
+    ) -> bool:
+        names = list(changes)
+        if not names or not BATCH_MUTABLE.issuperset(names):
+            raise ValueError(f"not columns update_batch may change: {names}")
+        sets = ", ".join(f"{name} = ?" for name in names)
+        sql = f"UPDATE batches SET {sets} WHERE id = ?"
+        params: list[object] = [changes[name] for name in names] + [batch_id]
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            params += statuses
+        return bool(await self._write(sql + " RETURNING 1", params))
+
+    async def active_batches(self) -> list[str]:
+        marks = ",".join("?" * len(BATCH_ACTIVE))
+        sql = f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq"
+        return [row[0] for row in await self._rows(sql, BATCH_ACTIVE)]
+
+    async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
+        sql = "INSERT OR IGNORE INTO batch_requests (batch_id, line, custom_id) VALUES (?, ?, ?)"
+        async with self._transaction() as conn:
+            with _neutral_errors():
+                await conn.executemany(sql, [(batch_id, line, cid) for line, cid in requests])
+
+    async def clear_batch_requests(self, batch_id: str) -> None:
+        await self._write("DELETE FROM batch_requests WHERE batch_id = ?", (batch_id,))
+
+    async def pending_batch_requests(
+        self, batch_id: str, *, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        sql = (
+            "SELECT line, custom_id FROM batch_requests WHERE batch_id = ? AND line > ? "
+            "AND state = 'pending' ORDER BY line LIMIT ?"
+        )
+        return [(row[0], row[1]) for row in await self._rows(sql, (batch_id, after_line, limit))]
+
+    async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
+        """Per chunk, one UPDATE ... FROM (VALUES ...) whose RETURNING names the rows that
+        were still pending; the batch's counts grow by exactly those, in the same
+        transaction."""
+        by_line = {result.line: result for result in results}
+        done = failed = 0
+        usage = [0, 0, 0, 0]
+        async with self._transaction() as conn:
+            rows = list(by_line.values())
+            for start in range(0, len(rows), _CHUNK // 2):
+                chunk = rows[start : start + _CHUNK // 2]
+                values = ",".join(["(?, ?, ?)"] * len(chunk))
+                sql = (
+                    f"WITH given(line, state, result) AS (VALUES {values}) "
+                    "UPDATE batch_requests SET state = given.state, result = given.result "
+                    "FROM given WHERE batch_requests.batch_id = ? "
+                    "AND batch_requests.line = given.line AND batch_requests.state = 'pending' "
+                    "RETURNING batch_requests.line"
+                )
+                params: list[object] = []
+                for result in chunk:
+                    params += (result.line, "done" if result.ok else "failed", result.result)
+                for (line,) in await self._run(conn, sql, [*params, batch_id]):
+                    result = by_line[line]
+                    if result.ok:
+                        done += 1
+                    else:
+                        failed += 1
+                    usage = [a + b for a, b in zip(usage, result.usage, strict=True)]
+            if done or failed:
+                await self._run(
+                    conn,
+                    "UPDATE batches SET completed = completed + ?, failed = failed + ?, "
+                    "input_tokens = input_tokens + ?, output_tokens = output_tokens + ?, "
+                    "cached_tokens = cached_tokens + ?, reasoning_tokens = reasoning_tokens + ? "
+                    "WHERE id = ?",
+                    (done, failed, *usage, batch_id),
+                )
+        return done + failed
+
+    async def batch_results(
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        sql = (
+            "SELECT line, result FROM batch_requests WHERE batch_id = ? AND line > ? "
+            "AND state = ? ORDER BY line LIMIT ?"
+        )
+        state = "done" if ok else "failed"
+        return [
+            (row[0], row[1]) for row in await self._rows(sql, (batch_id, after_line, state, limit))
+        ]
 
 
 def _usage_sql(projects: int, excluded: int) -> str:

@@ -1,0 +1,208 @@
+"""HTTP handlers of the Batch API: create, retrieve, list, cancel. Each translates HTTP to a
+`BatchService` call and back, and the service's refusals to OpenAI's error envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .auth import PROJECT
+from .batches.errors import (
+    BatchesDisabled,
+    BatchNotCancellable,
+    BatchNotFound,
+    InputFileNotFound,
+    InputFileWrongPurpose,
+)
+from .batches.objects import COMPLETION_WINDOWS, ENDPOINTS, as_batch_object
+from .batches.service import BatchService
+from .bodies import read_json_object
+from .errors import ApiError, InvalidRequest, NotFound
+from .routes import _int_param
+from .validation import check_expires_after, check_no_unknown, require
+
+BATCHES = web.AppKey("batches", BatchService)
+
+LIMIT_DEFAULT, LIMIT_MAX = 20, 100
+METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+
+DISABLED_MESSAGE = (
+    "The Batch API is off on this server: no upstream is configured. Set [batches] upstream "
+    'in filesd.toml to "echo" (a built-in deterministic model, for tests) or to the base URL '
+    'of an OpenAI-compatible API (e.g. "http://127.0.0.1:11434/v1" for Ollama, '
+    '"http://127.0.0.1:8000/v1" for vLLM), then restart filesd.'
+)
+
+
+def setup_batch_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/batches", create_batch)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve_batch)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
+
+
+def _api_error(error: Exception) -> ApiError:
+    """OpenAI's error for a refusal of the batch service."""
+    if isinstance(error, BatchesDisabled):
+        return InvalidRequest(DISABLED_MESSAGE, code="batches_disabled")
+    if isinstance(error, BatchNotFound):
+        if error.param == "after":
+            return InvalidRequest(f"No such Batch object: {error.batch_id}", param="after")
+        return NotFound(f"No such Batch object: {error.batch_id}", param="batch_id")
+    if isinstance(error, InputFileNotFound):
+        return NotFound(f"No such File object: {error.file_id}", param="input_file_id")
+    if isinstance(error, InputFileWrongPurpose):
+        return InvalidRequest(
+            f"The input file {error.file_id} has purpose '{error.purpose}': a batch's input "
+            "file must be uploaded with purpose 'batch'.",
+            param="input_file_id",
+            code="invalid_value",
+        )
+    if isinstance(error, BatchNotCancellable):
+        return ApiError(
+            f"Cannot cancel a batch with status '{error.status}'.",
+            code="batch_not_cancellable",
+            status=409,
+        )
+    raise error
+
+
+_REFUSALS = (
+    BatchesDisabled,
+    BatchNotFound,
+    InputFileNotFound,
+    InputFileWrongPurpose,
+    BatchNotCancellable,
+)
+
+
+async def _call(operation: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await operation()
+    except _REFUSALS as error:
+        raise _api_error(error) from None
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    service = request.app[BATCHES]
+    if not service.enabled:
+        raise _api_error(BatchesDisabled())
+    body = await read_json_object(request)
+    check_no_unknown(
+        body,
+        {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"},
+    )
+    input_file_id = require(body, "input_file_id", str, "a string")
+    endpoint = _one_of(require(body, "endpoint", str, "a string"), ENDPOINTS, "endpoint")
+    window = _one_of(
+        require(body, "completion_window", str, "a string"), COMPLETION_WINDOWS, "completion_window"
+    )
+    metadata = _metadata(body.get("metadata"))
+    expires_after = None
+    if body.get("output_expires_after") is not None:
+        policy = require(body, "output_expires_after", dict, "an object")
+        check_no_unknown(policy, {"anchor", "seconds"})
+        expires_after = check_expires_after(
+            policy.get("anchor"), policy.get("seconds"), prefix="output_expires_after"
+        )
+    batch = await _call(
+        lambda: service.create(
+            request[PROJECT],
+            input_file_id=input_file_id,
+            endpoint=endpoint,
+            completion_window=window,
+            metadata=metadata,
+            output_expires_after=expires_after,
+        )
+    )
+    return web.json_response(as_batch_object(batch))
+
+
+async def retrieve_batch(request: web.Request) -> web.Response:
+    service = request.app[BATCHES]
+    batch_id = request.match_info["batch_id"]
+    batch = await _call(lambda: service.get(request[PROJECT], batch_id))
+    return web.json_response(as_batch_object(batch))
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    service = request.app[BATCHES]
+    check_no_unknown(await read_json_object(request, allow_empty=True), set())
+    batch_id = request.match_info["batch_id"]
+    batch = await _call(lambda: service.cancel(request[PROJECT], batch_id))
+    return web.json_response(as_batch_object(batch))
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    service = request.app[BATCHES]
+    for name in ("after", "limit"):
+        if len(request.query.getall(name, [])) > 1:
+            raise InvalidRequest(f"Duplicate query parameter '{name}'.", param=name)
+    limit = _int_param(request.query, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
+    after = request.query.get("after") or None
+    page = await _call(lambda: service.list(request[PROJECT], after=after, limit=limit))
+    data = [as_batch_object(b) for b in page.batches]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": page.has_more,
+        }
+    )
+
+
+def _one_of(value: str, allowed: tuple[str, ...], param: str) -> str:
+    if value not in allowed:
+        listed = ", ".join(repr(a) for a in allowed)
+        raise InvalidRequest(
+            f"Invalid value: {value!r}. Supported values are: {listed}.",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+def _metadata(raw: object) -> dict[str, str] | None:
+    """OpenAI's metadata: up to 16 string pairs, keys up to 64 characters, values 512."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidRequest(
+            "Invalid type for 'metadata': expected an object.",
+            param="metadata",
+            code="invalid_type",
+        )
+    if len(raw) > METADATA_KEYS:
+        raise InvalidRequest(
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{METADATA_KEYS} properties, but got {len(raw)} instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, value in raw.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise InvalidRequest(
+                f"Invalid 'metadata': key {key[:20]!r}... is longer than "
+                f"{METADATA_KEY_CHARS} characters.",
+                param="metadata",
+                code="invalid_value",
+            )
+        if not isinstance(value, str):
+            raise InvalidRequest(
+                f"Invalid type for 'metadata.{key}': expected a string.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
+        if len(value) > METADATA_VALUE_CHARS:
+            raise InvalidRequest(
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+                f"length {METADATA_VALUE_CHARS}, but got a string with length {len(value)} "
+                "instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
+    return raw

@@ -1,0 +1,686 @@
+"""The batch runner: works through every batch someone still has to work on, on any instance.
+
+One task per app looks for batches in `validating`, `in_progress`, `finalizing` or
+`cancelling` (every POLL_SECONDS, and at once when poked), takes the lease `batch:<id>` for
+each it can, and drives it: validate the input, send its pending requests, finalize. The lease
+is renewed while the batch is driven; an instance that dies stops renewing it, and after
+`lease_seconds` another instance takes the batch over from the state in the database.
+
+Durability: a request's result is recorded in the database (group-committed, see `_Recorder`)
+before its concurrency slot is given back, and a request is sent only while its row is
+`pending`; so after a crash at most the requests in flight then (at most `concurrency`) are
+sent again, and each request has exactly one line in the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import BatchesConfig
+from ..ids import secret_base62
+from ..models import FileRecord
+from ..storage.base import BatchMetadata, BatchRecord, BatchResult, BlobTooLarge, StorageBusy
+from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
+from .lines import numbered_lines
+from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
+from .upstream import Answer, Unreachable, Upstream
+from .validate import MAX_LINE_BYTES, batch_error, validate_input
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+# Pending requests read from the database at once.
+PAGE = 500
+# Results group-committed at once, at most.
+RECORD_BATCH = 256
+# Longest wait between two attempts, whatever the backoff or the upstream asks for.
+MAX_RETRY_WAIT = 300.0
+# Bytes gathered before a write into an output file.
+WRITE_CHUNK = 256 * 1024
+
+
+@dataclass
+class _Drive:
+    """A batch this instance drives: why to stop sending (None: go on), and an event set
+    when a reason is given (a drive waiting for a concurrency slot stops at once)."""
+
+    batch_id: str
+    stop: str | None = None  # "cancel", "expire" or "lost"
+    halted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def halt(self, reason: str | None) -> None:
+        self.stop = reason
+        if reason is None:
+            self.halted.clear()
+        else:
+            self.halted.set()
+
+
+class BatchRunner:
+    """Drives batches in the background. `start()` once the store is open, `close()` before
+    it closes."""
+
+    def __init__(
+        self,
+        store: FileStore,
+        meta: BatchMetadata,
+        config: BatchesConfig,
+        upstream: Upstream,
+    ) -> None:
+        self._store = store
+        self._meta = meta
+        self._blobs = store.upload_backing().blobs
+        self._config = config
+        self._upstream = upstream
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._lease_seconds = store.settings.lease_seconds
+        self._drives: dict[str, tuple[_Drive, asyncio.Task[None]]] = {}
+        # Batches whose drive failed: (failures in a row, not again before this loop time).
+        self._backoff: dict[str, tuple[int, float]] = {}
+        # Commits of results under way: waited for on close, before the store closes.
+        self._commits: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name="batch-runner")
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self._drives.values()]
+        if self._main is not None:
+            tasks.append(self._main)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._commits, return_exceptions=True)
+        await self._upstream.close()
+
+    def poke(self, batch_id: str | None = None, *, cancel: bool = False) -> None:
+        """Look for work now; with `cancel`, stop sending `batch_id`'s requests if it is
+        driven here (another instance notices the status within its next poll)."""
+        if cancel and batch_id is not None and batch_id in self._drives:
+            self._drives[batch_id][0].halt("cancel")
+        self._wake.set()
+
+    # --- scheduling -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._schedule()
+            except Exception:
+                log.exception("looking for batches to run failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
+
+    async def _schedule(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for batch_id in await self._meta.active_batches():
+            if batch_id in self._drives or self._backoff.get(batch_id, (0, 0.0))[1] > now:
+                continue
+            if not await self._store.take_lease(_lease(batch_id), self._lease_seconds):
+                continue
+            drive = _Drive(batch_id)
+            task = asyncio.create_task(self._drive(drive), name=f"batch {batch_id}")
+            self._drives[batch_id] = (drive, task)
+
+    async def _drive(self, drive: _Drive) -> None:
+        keeper = asyncio.create_task(self._keep_lease(drive, asyncio.current_task()))
+        try:
+            await self._work(drive)
+            self._backoff.pop(drive.batch_id, None)
+        except asyncio.CancelledError:
+            if drive.stop != "lost":
+                raise
+        except Exception:
+            # Left for later (or another instance): nothing recorded is lost. Retried after
+            # 1, 2, 4... seconds (at most MAX_RETRY_WAIT), not every poll.
+            failures = self._backoff.get(drive.batch_id, (0, 0.0))[0] + 1
+            wait = min(MAX_RETRY_WAIT, 2.0 ** (failures - 1))
+            self._backoff[drive.batch_id] = (failures, asyncio.get_running_loop().time() + wait)
+            log.exception(
+                "batch %s: driving it failed (%d in a row); retried in %g s",
+                drive.batch_id,
+                failures,
+                wait,
+            )
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            self._drives.pop(drive.batch_id, None)
+            if drive.stop != "lost":
+                with contextlib.suppress(Exception):
+                    # Free the lease (it ends now) so any instance can go on at once.
+                    await self._store.take_lease(_lease(drive.batch_id), 0)
+
+    async def _keep_lease(self, drive: _Drive, driver: asyncio.Task[Any] | None) -> None:
+        """Renew the lease every third of it; notice a cancel made on another instance and
+        the end of the completion window. Losing the lease stops the drive at once."""
+        interval = min(POLL_SECONDS, self._lease_seconds / 3)
+        renewed = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = asyncio.get_running_loop().time()
+                if now - renewed >= self._lease_seconds / 3:
+                    if not await self._store.take_lease(
+                        _lease(drive.batch_id), self._lease_seconds
+                    ):
+                        log.warning("batch %s: lease lost to another instance", drive.batch_id)
+                        drive.halt("lost")
+                        if driver is not None:
+                            driver.cancel()
+                        return
+                    renewed = now
+                batch = await self._meta.get_batch(drive.batch_id)
+                if batch is not None and drive.stop is None:
+                    if batch.status == "cancelling":
+                        drive.halt("cancel")
+                    elif self._store.now() >= batch.expires_at and batch.status in (
+                        "validating",
+                        "in_progress",
+                    ):
+                        drive.halt("expire")
+            except Exception:
+                log.exception("batch %s: renewing its lease failed", drive.batch_id)
+
+    # --- the states -----------------------------------------------------------------------------
+
+    async def _work(self, drive: _Drive) -> None:
+        while True:
+            batch = await self._meta.get_batch(drive.batch_id)
+            if batch is None:
+                return
+            if drive.stop == "cancel" and batch.status != "cancelling":
+                drive.halt(None)  # a poke for a batch that was not cancelled after all
+            active = batch.status in ("validating", "in_progress")
+            if active and drive.stop is None and self._store.now() >= batch.expires_at:
+                drive.halt("expire")
+            if drive.stop == "expire" and active:
+                await self._meta.update_batch(
+                    batch.id,
+                    {"status": "finalizing", "expired_at": self._store.now()},
+                    statuses=["validating", "in_progress"],
+                )
+                continue
+            if batch.status == "validating":
+                await self._validate(drive, batch)
+            elif batch.status == "in_progress":
+                await self._execute(drive, batch)
+            elif batch.status in ("finalizing", "cancelling"):
+                if batch.in_progress_at is None:
+                    # Stopped while validating: the rows so far are no requests of a batch.
+                    await self._meta.clear_batch_requests(batch.id)
+                await self._finalize(batch)
+                return
+            else:
+                return
+
+    async def _validate(self, drive: _Drive, batch: BatchRecord) -> None:
+        try:
+            record = await self._store.get_file(batch.project, batch.input_file_id)
+        except FileNotFound:
+            await self._fail(
+                batch,
+                [
+                    batch_error(
+                        "invalid_request",
+                        f"No such File object: {batch.input_file_id} (it was deleted or "
+                        "expired before the batch began).",
+                        line=None,
+                        param="input_file_id",
+                    )
+                ],
+            )
+            return
+        if record.bytes > self._config.max_input_bytes:
+            mib = self._config.max_input_bytes / 2**20
+            await self._fail(
+                batch,
+                [
+                    batch_error(
+                        "file_too_large",
+                        f"The input file is {record.bytes} bytes; a batch's input may be at "
+                        f"most {mib:g} MB.",
+                        line=None,
+                        param="input_file_id",
+                    )
+                ],
+            )
+            return
+
+        async def save(rows: Any) -> None:
+            await self._meta.add_batch_requests(batch.id, rows)
+
+        result = await validate_input(
+            self._input(record),
+            endpoint=batch.endpoint,
+            max_requests=self._config.max_requests,
+            save=save,
+            stopped=lambda: drive.stop is not None,
+        )
+        if drive.stop is not None:
+            return
+        if result.errors:
+            await self._meta.clear_batch_requests(batch.id)
+            await self._fail(batch, result.errors)
+            return
+        await self._meta.update_batch(
+            batch.id,
+            {
+                "status": "in_progress",
+                "in_progress_at": self._store.now(),
+                "total": result.total,
+                "model": result.model,
+            },
+            statuses=["validating"],
+        )
+
+    async def _fail(self, batch: BatchRecord, errors: list[dict[str, Any]]) -> None:
+        log.info("batch %s failed validation: %s", batch.id, errors[0]["message"])
+        await self._meta.update_batch(
+            batch.id,
+            {"status": "failed", "failed_at": self._store.now(), "errors": errors_json(errors)},
+            statuses=["validating"],
+        )
+
+    async def _execute(self, drive: _Drive, batch: BatchRecord) -> None:
+        """Send every pending request (in input order, `concurrency` at a time over all
+        batches), then move on to `finalizing`; return early when told to stop."""
+        try:
+            record = await self._store.get_file(batch.project, batch.input_file_id)
+        except FileNotFound:
+            # Deleted (or expired) under the batch: it ends `failed`, with what was done.
+            error = batch_error(
+                "input_file_deleted",
+                f"The input file {batch.input_file_id} was deleted while the batch ran; the "
+                "requests done are in the output and error files.",
+                line=None,
+                param="input_file_id",
+            )
+            await self._meta.update_batch(
+                batch.id,
+                {"status": "finalizing", "errors": errors_json([error])},
+                statuses=["in_progress"],
+            )
+            return
+        recorder = _Recorder(self._meta, batch.id, self._commits)
+        inflight: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+        sent = 0
+        try:
+            async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
+                async for line, body in bodies:
+                    if not await self._take_slot(drive):
+                        break
+                    task = asyncio.create_task(self._request(batch, line, body, recorder))
+                    sent += 1
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                    task.add_done_callback(lambda t: _note_failure(t, failures))
+                    if failures:
+                        break
+            # Wait for the requests in flight, unless told to stop: then they are dropped
+            # (not recorded, so never in the output as done).
+            while inflight and drive.stop is None:
+                await asyncio.wait(set(inflight), timeout=0.2)
+        finally:
+            for task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+        if failures:
+            raise failures[0]
+        if drive.stop is not None:
+            return
+        left = await self._meta.pending_batch_requests(batch.id, after_line=0, limit=1)
+        if left and not sent:
+            # Never expected (the rows come from this file): fail loudly rather than loop.
+            raise RuntimeError(f"pending request on line {left[0][0]} not found in the input")
+        if not left:
+            await self._meta.update_batch(
+                batch.id,
+                {"status": "finalizing", "finalizing_at": self._store.now()},
+                statuses=["in_progress"],
+            )
+
+    async def _take_slot(self, drive: _Drive) -> bool:
+        """Wait for a concurrency slot; False (and no slot) once the drive is told to stop."""
+        if drive.stop is not None:
+            return False
+        taking = asyncio.ensure_future(self._slots.acquire())
+        halting = asyncio.ensure_future(drive.halted.wait())
+        try:
+            await asyncio.wait({taking, halting}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled while waiting: a slot taken meanwhile goes back.
+            halting.cancel()
+            if not taking.cancel() and not taking.cancelled():
+                self._slots.release()
+            raise
+        halting.cancel()
+        taking.cancel()  # no-op if the slot was taken already
+        with contextlib.suppress(asyncio.CancelledError):
+            await taking
+        got = not taking.cancelled()
+        if got and drive.stop is not None:
+            self._slots.release()
+            return False
+        return got
+
+    async def _pending_bodies(
+        self, batch: BatchRecord, record: FileRecord
+    ) -> AsyncGenerator[tuple[tuple[int, str], dict[str, Any]]]:
+        """((line, custom_id), request body) of each pending request, reading the input file
+        once from the start and the pending rows a page at a time."""
+        page: list[tuple[int, str]] = []
+        index = 0
+        after = 0
+        exhausted = False
+        lines = numbered_lines(self._input(record), max_line_bytes=MAX_LINE_BYTES)
+        async with contextlib.aclosing(lines):
+            async for number, raw in lines:
+                if index >= len(page):
+                    if exhausted:
+                        return
+                    page = await self._meta.pending_batch_requests(
+                        batch.id, after_line=after, limit=PAGE
+                    )
+                    index = 0
+                    if not page:
+                        return
+                    exhausted = len(page) < PAGE
+                    after = page[-1][0]
+                while index < len(page) - 1 and page[index][0] < number:
+                    index += 1
+                if number != page[index][0]:
+                    continue
+                request = json.loads(raw)
+                yield page[index], self._body(request["body"])
+                index += 1
+
+    def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
+        """The input file's bytes, straight from the blob backend: closing this closes the
+        file at once (a pass that stops early must not leave it to the garbage collector)."""
+        return self._blobs.open_range(record.sha256)
+
+    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+        model = body.get("model")
+        mapped = self._config.models.get(model) if isinstance(model, str) else None
+        return {**body, "model": mapped} if mapped else body
+
+    async def _request(
+        self,
+        batch: BatchRecord,
+        request: tuple[int, str],
+        body: dict[str, Any],
+        recorder: _Recorder,
+    ) -> None:
+        """Send one request (retrying), record its result; the slot is held until the result
+        is durable."""
+        line, custom_id = request
+        try:
+            outcome = await self._send(batch, body)
+            await recorder.record(_result(line, custom_id, outcome))
+        finally:
+            self._slots.release()
+
+    async def _send(self, batch: BatchRecord, body: dict[str, Any]) -> Answer | Unreachable:
+        """The final answer for a request: the first that is not to be retried (429s and
+        5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
+        network error) once `max_retries` retries are spent."""
+        config = self._config
+        outcome: Answer | Unreachable
+        for attempt in range(config.max_retries + 1):
+            wait: float | None = None
+            try:
+                outcome = await self._upstream.send(batch.endpoint, body, batch.project)
+            except Unreachable as error:
+                outcome = error
+            else:
+                if not outcome.retryable:
+                    return outcome
+                wait = outcome.retry_after
+            if attempt == config.max_retries:
+                break
+            if wait is None:
+                # Exponential, with jitter so that many requests do not retry in step.
+                wait = min(60.0, config.retry_backoff * 2**attempt) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(min(wait, MAX_RETRY_WAIT))
+        return outcome
+
+    # --- finalizing -----------------------------------------------------------------------------
+
+    async def _finalize(self, batch: BatchRecord) -> None:
+        """Write the output and error files (ids reserved first, so a finalize repeated after
+        a crash finds its files instead of making new ones), then the final status."""
+        if batch.output_file_id is None or batch.error_file_id is None:
+            reserved = {
+                "output_file_id": self._store.new_file_id(),
+                "error_file_id": self._store.new_file_id(),
+            }
+            await self._meta.update_batch(batch.id, reserved, statuses=[batch.status])
+            fresh = await self._meta.get_batch(batch.id)
+            if fresh is None or fresh.status != batch.status:
+                return  # changed meanwhile: the next round sees it as it is now
+            batch = fresh
+        assert batch.output_file_id is not None and batch.error_file_id is not None
+        cancelled = batch.status == "cancelling"
+        unrun: str | None = None
+        if cancelled:
+            unrun = "batch_cancelled"
+        elif batch.expired_at is not None:
+            unrun = "batch_expired"
+        elif batch.errors is not None:
+            unrun = "batch_failed"
+        try:
+            output = await self._write_file(batch, batch.output_file_id, ok=True)
+            errors = await self._write_file(batch, batch.error_file_id, ok=False, unrun=unrun)
+        except (QuotaExceeded, BlobTooLarge) as error:
+            if isinstance(error, QuotaExceeded):
+                problem = batch_error(
+                    "quota_exceeded", f"The output cannot be stored: {error}", line=None
+                )
+            else:
+                problem = batch_error(
+                    "output_too_large",
+                    f"The output is larger than {error.limit} bytes, the largest file this "
+                    "server stores ([limits] max_file_bytes).",
+                    line=None,
+                )
+            await self._meta.update_batch(
+                batch.id,
+                {
+                    "status": "failed",
+                    "failed_at": self._store.now(),
+                    "errors": errors_json([problem]),
+                    "output_file_id": None,
+                    "error_file_id": None,
+                },
+                statuses=[batch.status],
+            )
+            return
+        now = self._store.now()
+        changes: dict[str, object] = {
+            "output_file_id": batch.output_file_id if output else None,
+            "error_file_id": batch.error_file_id if errors else None,
+        }
+        if cancelled:
+            changes.update(status="cancelled", cancelled_at=now)
+        elif batch.expired_at is not None:
+            changes.update(status="expired")
+        elif batch.errors is not None:
+            changes.update(status="failed", failed_at=now)
+        else:
+            changes.update(status="completed", completed_at=now)
+        await self._meta.update_batch(batch.id, changes, statuses=[batch.status])
+        log.info("batch %s %s", batch.id, changes["status"])
+
+    async def _write_file(
+        self, batch: BatchRecord, file_id: str, *, ok: bool, unrun: str | None = None
+    ) -> bool:
+        """Stream the results (and with `unrun`, a line for each request never sent) into a
+        new `batch_output` file with id `file_id`; False if there was nothing to write."""
+        lines = self._output_lines(batch, ok=ok, unrun=unrun)
+        first = await anext(lines, None)
+        if first is None:
+            return False
+        writer = self._store.blob_writer()
+        try:
+            buffer = bytearray(first)
+            async for line in lines:
+                buffer += line
+                if len(buffer) >= WRITE_CHUNK:
+                    await writer.write(bytes(buffer))
+                    buffer.clear()
+            if buffer:
+                await writer.write(bytes(buffer))
+            staged = await writer.finish()
+        except BaseException:
+            await writer.abort()
+            raise
+        kind = "output" if ok else "error"
+        # Taken: made by an earlier attempt that died before the batch's final status.
+        with contextlib.suppress(FileIdTaken):
+            await self._store.create_file(
+                batch.project,
+                staged,
+                filename=f"{batch.id}_{kind}.jsonl",
+                purpose="batch_output",
+                expires_after=batch.output_expires_after or OUTPUT_EXPIRES_AFTER,
+                file_id=file_id,
+            )
+        return True
+
+    async def _output_lines(
+        self, batch: BatchRecord, *, ok: bool, unrun: str | None
+    ) -> AsyncIterator[bytes]:
+        after = 0
+        while True:
+            rows = await self._meta.batch_results(batch.id, ok=ok, after_line=after, limit=PAGE)
+            for _, result in rows:
+                yield result.encode() + b"\n"
+            if len(rows) < PAGE:
+                break
+            after = rows[-1][0]
+        if unrun is None:
+            return
+        message = _UNRUN[unrun]
+        after = 0
+        while True:
+            pending = await self._meta.pending_batch_requests(
+                batch.id, after_line=after, limit=PAGE
+            )
+            for _, custom_id in pending:
+                line = {
+                    "id": _request_id(),
+                    "custom_id": custom_id,
+                    "response": None,
+                    "error": {"code": unrun, "message": message},
+                }
+                yield json.dumps(line).encode() + b"\n"
+            if len(pending) < PAGE:
+                break
+            after = pending[-1][0]
+
+
+# Why a request was never sent, in the error file of a batch that ended before it.
+_UNRUN = {
+    "batch_cancelled": "This request was not executed because the batch was cancelled.",
+    "batch_expired": "This request could not be executed before the completion window expired.",
+    "batch_failed": "This request was not executed because the batch failed.",
+}
+
+
+class _Recorder:
+    """Group commit of one batch's results: each `record` waits until its result is in the
+    database, and the results that arrive while a commit runs go together in the next one."""
+
+    def __init__(
+        self, meta: BatchMetadata, batch_id: str, commits: set[asyncio.Task[None]]
+    ) -> None:
+        self._meta = meta
+        self._batch_id = batch_id
+        self._commits = commits
+        self._queue: list[tuple[BatchResult, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, result: BatchResult) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((result, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+            self._commits.add(self._flusher)
+            self._flusher.add_done_callback(self._commits.discard)
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            group, self._queue = self._queue[:RECORD_BATCH], self._queue[RECORD_BATCH:]
+            error: BaseException | None = None
+            for attempt in range(5):
+                try:
+                    await self._meta.record_batch_results(self._batch_id, [r for r, _ in group])
+                    error = None
+                    break
+                except StorageBusy as busy:
+                    error = busy
+                    await asyncio.sleep(0.05 * 2**attempt)
+                except Exception as failure:
+                    error = failure
+                    break
+            for _, done in group:
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+
+def _result(line: int, custom_id: str, outcome: Answer | Unreachable) -> BatchResult:
+    """The output line of a request, as OpenAI writes it."""
+    output: dict[str, Any]
+    if isinstance(outcome, Unreachable):
+        output = {
+            "id": _request_id(),
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": "upstream_unreachable", "message": str(outcome)},
+        }
+        return BatchResult(line, False, json.dumps(output))
+    output = {
+        "id": _request_id(),
+        "custom_id": custom_id,
+        "response": {
+            "status_code": outcome.status,
+            "request_id": outcome.request_id or f"req_{secret_base62(24)}",
+            "body": outcome.body,
+        },
+        "error": None,
+    }
+    ok = 200 <= outcome.status < 300
+    return BatchResult(line, ok, json.dumps(output), usage_of(outcome.body) if ok else (0, 0, 0, 0))
+
+
+def _request_id() -> str:
+    return f"batch_req_{secret_base62(24)}"
+
+
+def _lease(batch_id: str) -> str:
+    return f"batch:{batch_id}"
+
+
+def _note_failure(task: asyncio.Task[None], failures: list[BaseException]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        failures.append(task.exception())  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""The Batch API's operations for the HTTP handlers: create, retrieve, list, cancel.
+
+Creating a batch only records it (`validating`) and pokes the runner; everything after that
+happens in the background (`runner.py`). A project sees only its own batches; another
+project's batch is answered exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import BatchesConfig
+from ..storage.base import BatchMetadata, BatchRecord
+from ..store import FileNotFound, FileStore
+from .echo import EchoUpstream
+from .errors import (
+    BatchesDisabled,
+    BatchNotCancellable,
+    BatchNotFound,
+    InputFileNotFound,
+    InputFileWrongPurpose,
+)
+from .objects import WINDOW_SECONDS
+from .runner import BatchRunner
+from .upstream import HttpUpstream, Upstream, api_key_from
+
+log = logging.getLogger(__name__)
+
+CANCELLABLE = ("validating", "in_progress")
+
+
+@dataclass(frozen=True)
+class BatchPage:
+    batches: list[BatchRecord]
+    has_more: bool
+
+
+class BatchService:
+    """The batches of every project. `runner` is None when no upstream is configured: then
+    creating a batch raises `BatchesDisabled` (the others still answer)."""
+
+    def __init__(self, store: FileStore, meta: BatchMetadata, runner: BatchRunner | None) -> None:
+        self._store = store
+        self._meta = meta
+        self._runner = runner
+
+    @property
+    def enabled(self) -> bool:
+        """Whether batches can be created (an upstream is configured)."""
+        return self._runner is not None
+
+    async def create(
+        self,
+        project: str,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: Mapping[str, str] | None,
+        output_expires_after: int | None,
+    ) -> BatchRecord:
+        if self._runner is None:
+            raise BatchesDisabled()
+        try:
+            source = await self._store.get_file(project, input_file_id)
+        except FileNotFound:
+            raise InputFileNotFound(input_file_id) from None
+        if source.purpose != "batch":
+            raise InputFileWrongPurpose(input_file_id, source.purpose)
+        now = self._store.now()
+        batch = BatchRecord(
+            id=self._store.ids.prefixed("batch_"),
+            project=project,
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            completion_window=completion_window,
+            status="validating",
+            created_at=now,
+            expires_at=now + WINDOW_SECONDS[completion_window],
+            metadata=json.dumps(dict(metadata)) if metadata else None,
+            output_expires_after=output_expires_after,
+        )
+        await self._meta.insert_batch(batch)
+        self._runner.poke(batch.id)
+        return batch
+
+    async def get(self, project: str, batch_id: str) -> BatchRecord:
+        batch = await self._meta.get_batch(batch_id, project)
+        if batch is None:
+            raise BatchNotFound(batch_id)
+        return batch
+
+    async def list(self, project: str, *, after: str | None, limit: int) -> BatchPage:
+        rows = await self._meta.list_batches(project, after=after, limit=limit + 1)
+        if rows is None:
+            raise BatchNotFound(after or "", param="after")
+        return BatchPage(rows[:limit], len(rows) > limit)
+
+    async def cancel(self, project: str, batch_id: str) -> BatchRecord:
+        """Move a batch that is validating or running to `cancelling` (the runner then stops
+        sending and finalizes what is done); a batch cancelling or cancelled already is
+        answered as it is."""
+        batch = await self.get(project, batch_id)
+        if batch.status in CANCELLABLE:
+            moved = await self._meta.update_batch(
+                batch_id,
+                {"status": "cancelling", "cancelling_at": self._store.now()},
+                statuses=CANCELLABLE,
+            )
+            batch = await self.get(project, batch_id)
+            if moved and self._runner is not None:
+                self._runner.poke(batch_id, cancel=True)
+        if batch.status not in ("cancelling", "cancelled"):
+            raise BatchNotCancellable(batch_id, batch.status)
+        return batch
+
+
+def make_upstream(config: BatchesConfig, take_fault: EchoUpstream.TakeFault) -> Upstream:
+    """The upstream `config` names ("echo" or a URL; not "")."""
+    if config.upstream == "echo":
+        return EchoUpstream(take_fault)
+    api_key = api_key_from(config.api_key, config.api_key_env)
+    if config.api_key_env and not api_key:
+        log.warning(
+            "batches.api_key_env names %s, which is not set: requests go upstream without a key",
+            config.api_key_env,
+        )
+    return HttpUpstream(
+        config.upstream,
+        api_key,
+        timeout=config.request_timeout,
+        connections=config.concurrency,
+    )
+
+
+def open_batches(
+    store: FileStore, config: BatchesConfig, take_fault: EchoUpstream.TakeFault
+) -> tuple[BatchService, BatchRunner | None]:
+    """The batch service over `store`, and its runner (started) when an upstream is set."""
+    meta = store.upload_backing().meta
+    if not isinstance(meta, BatchMetadata):
+        raise TypeError("the metadata store does not keep batches")
+    runner = None
+    if config.upstream:
+        runner = BatchRunner(store, meta, config, make_upstream(config, take_fault))
+        runner.start()
+    return BatchService(store, meta, runner), runner

@@ -1,0 +1,212 @@
+"""Validation of a batch's input file, as OpenAI does it, streamed line by line.
+
+Each line must be a JSON object with a unique `custom_id`, `method` "POST", a `url` equal to
+the batch's endpoint and a `body` object naming a `model`; one model per file; at most
+`max_requests` requests. A file with problems fails the batch with `errors.data` naming each
+line and problem (`code`, `message`, `param`, `line`), up to MAX_ERRORS of them.
+
+Memory stays bounded whatever the file: one line at a time, the request rows handed on in
+chunks, and custom_ids remembered as 16-byte digests (at most `max_requests` of them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .lines import LineTooLong, numbered_lines
+
+# Errors reported at most (the first ones, by line).
+MAX_ERRORS = 100
+# Request rows handed to `save` at once.
+CHUNK = 1000
+# A line (one request) may be at most this large: it is held in memory to be parsed.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class Validation:
+    """What validation found: the errors (OpenAI's BatchError objects), else the number of
+    requests and their one model."""
+
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
+    model: str | None = None
+
+
+def batch_error(
+    code: str, message: str, *, line: int | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+class _Checker:
+    def __init__(self, endpoint: str, max_requests: int) -> None:
+        self.endpoint = endpoint
+        self.max_requests = max_requests
+        self.result = Validation()
+        self.seen: set[bytes] = set()
+
+    def error(self, code: str, message: str, line: int | None, param: str | None = None) -> None:
+        self.result.errors.append(batch_error(code, message, line=line, param=param))
+
+    def check(self, number: int, raw: bytes) -> str | None:
+        """The custom_id of a valid request line, else None (its errors noted)."""
+        try:
+            request = json.loads(raw)
+        except (ValueError, RecursionError):
+            self.error("invalid_json_line", "This line is not parseable as valid JSON.", number)
+            return None
+        if not isinstance(request, dict):
+            self.error(
+                "invalid_json_line",
+                "This line is not a JSON object: each line must hold one request object.",
+                number,
+            )
+            return None
+        before = len(self.result.errors)
+        for name in ("custom_id", "method", "url", "body"):
+            if request.get(name) is None:
+                self.error(
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{name}'.",
+                    number,
+                    name,
+                )
+        custom_id, method, url, body = (
+            request.get(k) for k in ("custom_id", "method", "url", "body")
+        )
+        if custom_id is not None and not isinstance(custom_id, str):
+            self.error(
+                "invalid_type",
+                "Invalid type for 'custom_id': expected a string.",
+                number,
+                "custom_id",
+            )
+        if method is not None and method != "POST":
+            self.error(
+                "invalid_method",
+                f"Invalid value for 'method': {method!r}. Only 'POST' is supported.",
+                number,
+                "method",
+            )
+        if url is not None and url != self.endpoint:
+            self.error(
+                "invalid_url",
+                "The URL provided for this request does not match the batch endpoint "
+                f"({self.endpoint}).",
+                number,
+                "url",
+            )
+        if body is not None and not isinstance(body, dict):
+            self.error(
+                "invalid_type", "Invalid type for 'body': expected an object.", number, "body"
+            )
+        if isinstance(body, dict):
+            self._check_body(number, body)
+        if isinstance(custom_id, str):
+            digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()
+            if digest in self.seen:
+                self.error(
+                    "duplicate_custom_id",
+                    "The custom_id for this request is a duplicate of another request. The "
+                    "custom_id parameter must be unique for each request in a batch.",
+                    number,
+                    "custom_id",
+                )
+            self.seen.add(digest)
+        if len(self.result.errors) > before or not isinstance(custom_id, str):
+            return None
+        return custom_id
+
+    def _check_body(self, number: int, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model is None:
+            self.error(
+                "missing_required_parameter",
+                "Missing required parameter: 'body.model'.",
+                number,
+                "body.model",
+            )
+        elif not isinstance(model, str):
+            self.error(
+                "invalid_type",
+                "Invalid type for 'body.model': expected a string.",
+                number,
+                "body.model",
+            )
+        elif self.result.model is None:
+            self.result.model = model
+        elif model != self.result.model:
+            self.error(
+                "mismatched_model",
+                f"The model of this request ({model!r}) differs from the model of the "
+                f"requests before it ({self.result.model!r}): a batch uses one model.",
+                number,
+                "body.model",
+            )
+        if body.get("stream") is True:
+            self.error(
+                "streaming_unsupported",
+                "Streaming is not supported in a batch: remove 'stream' from the body.",
+                number,
+                "body.stream",
+            )
+
+
+async def validate_input(
+    chunks: AsyncIterator[bytes],
+    *,
+    endpoint: str,
+    max_requests: int,
+    save: Callable[[Sequence[tuple[int, str]]], Awaitable[None]],
+    stopped: Callable[[], bool] = lambda: False,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Validation:
+    """Check every line of the input; the valid requests (line, custom_id) go to `save` in
+    chunks as long as no error has been found (the caller discards them if errors follow).
+    Returns early (with what it has) once `stopped()` is true."""
+    checker = _Checker(endpoint, max_requests)
+    result = checker.result
+    rows: list[tuple[int, str]] = []
+    lines = numbered_lines(chunks, max_line_bytes=max_line_bytes)
+    try:
+        async with contextlib.aclosing(lines):
+            async for number, raw in lines:
+                if not raw.strip():
+                    continue
+                if result.total >= max_requests:
+                    checker.error(
+                        "too_many_requests",
+                        f"The input file holds more than {max_requests} requests, the most a "
+                        "batch may have.",
+                        number,
+                    )
+                    break
+                result.total += 1
+                custom_id = checker.check(number, raw)
+                if custom_id is not None and not result.errors:
+                    rows.append((number, custom_id))
+                    if len(rows) >= CHUNK:
+                        await save(rows)
+                        rows = []
+                        if stopped():
+                            return result
+                if len(result.errors) >= MAX_ERRORS:
+                    break
+    except LineTooLong as error:
+        checker.error(
+            "line_too_long",
+            f"This line is longer than {error.limit} bytes, the most one request may be.",
+            error.line,
+        )
+    if rows and not result.errors:
+        await save(rows)
+    if not result.errors and result.total == 0:
+        checker.error("empty_file", "The input file holds no requests.", None)
+    del result.errors[MAX_ERRORS:]
+    return result

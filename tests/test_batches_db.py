@@ -1,0 +1,122 @@
+"""Batch state in the metadata stores (`BatchMetadata`), without HTTP: on SQLite and on a real
+PostgreSQL, through the same `backend` fixture as tests/test_db.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from filesd.storage.base import BatchMetadata, BatchRecord, BatchResult, MetadataStore
+
+from . import test_db
+
+# The engines of tests/test_db.py: SQLite, and PostgreSQL.
+backend = test_db.backend
+
+
+@pytest.fixture
+def db(backend: test_db.Backend) -> MetadataStore:
+    return backend.db
+
+
+def batch(batch_id: str, *, project: str = "p", status: str = "validating") -> BatchRecord:
+    return BatchRecord(
+        id=batch_id,
+        project=project,
+        endpoint="/v1/chat/completions",
+        input_file_id="file-1",
+        completion_window="24h",
+        status=status,
+        created_at=1000,
+        expires_at=1000 + 86400,
+        metadata='{"k": "v"}',
+    )
+
+
+async def test_a_batch_round_trips_and_belongs_to_its_project(db: MetadataStore) -> None:
+    assert isinstance(db, BatchMetadata)
+    await db.insert_batch(batch("batch_a"))
+    assert await db.get_batch("batch_a", "p") == batch("batch_a")
+    assert await db.get_batch("batch_a") == batch("batch_a")
+    assert await db.get_batch("batch_a", "other") is None
+    assert await db.get_batch("batch_nope") is None
+
+
+async def test_batches_list_newest_first_with_a_cursor(db: MetadataStore) -> None:
+    for n in range(5):
+        await db.insert_batch(batch(f"batch_{n}"))
+    await db.insert_batch(batch("batch_x", project="q"))
+    first = await db.list_batches("p", after=None, limit=2)
+    assert first is not None
+    assert [b.id for b in first] == ["batch_4", "batch_3"]
+    rest = await db.list_batches("p", after="batch_3", limit=10)
+    assert rest is not None
+    assert [b.id for b in rest] == ["batch_2", "batch_1", "batch_0"]
+    assert await db.list_batches("p", after="batch_x", limit=10) is None  # another project's
+    assert await db.list_batches("q", after=None, limit=10) == [batch("batch_x", project="q")]
+
+
+async def test_update_batch_moves_only_from_the_statuses_named(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a"))
+    assert await db.update_batch("batch_a", {"status": "in_progress", "in_progress_at": 5})
+    assert not await db.update_batch(
+        "batch_a", {"status": "failed"}, statuses=["validating", "cancelling"]
+    )
+    assert await db.update_batch("batch_a", {"status": "cancelling"}, statuses=["in_progress"])
+    got = await db.get_batch("batch_a")
+    assert got is not None
+    assert (got.status, got.in_progress_at) == ("cancelling", 5)
+    assert await db.active_batches() == ["batch_a"]
+    assert await db.update_batch("batch_a", {"status": "cancelled"})
+    assert await db.active_batches() == []
+    with pytest.raises(ValueError, match="project"):
+        await db.update_batch("batch_a", {"project": "evil"})
+
+
+async def test_a_result_is_recorded_once_and_counted_once(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a"))
+    await db.add_batch_requests("batch_a", [(1, "a"), (2, "b"), (3, "c")])
+    await db.add_batch_requests("batch_a", [(3, "c")])  # again after a restart: no change
+    assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+    ]
+    ok = BatchResult(1, True, '{"custom_id": "a"}', (10, 5, 2, 1))
+    bad = BatchResult(3, False, '{"custom_id": "c"}')
+    assert await db.record_batch_results("batch_a", [ok, bad]) == 2
+    # The same results again (another instance sent them too): ignored, not counted twice.
+    assert await db.record_batch_results("batch_a", [ok, bad]) == 0
+    assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [(2, "b")]
+    assert await db.batch_results("batch_a", ok=True, after_line=0, limit=10) == [
+        (1, '{"custom_id": "a"}')
+    ]
+    assert await db.batch_results("batch_a", ok=False, after_line=0, limit=10) == [
+        (3, '{"custom_id": "c"}')
+    ]
+    got = await db.get_batch("batch_a")
+    assert got is not None
+    assert (got.completed, got.failed) == (1, 1)
+    assert (got.input_tokens, got.output_tokens, got.cached_tokens, got.reasoning_tokens) == (
+        10,
+        5,
+        2,
+        1,
+    )
+    await db.clear_batch_requests("batch_a")
+    assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == []
+
+
+async def test_concurrent_recorders_of_one_result_count_it_once(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a"))
+    await db.add_batch_requests("batch_a", [(n, f"r{n}") for n in range(1, 201)])
+    results = [BatchResult(n, True, "{}", (1, 1, 0, 0)) for n in range(1, 201)]
+    counts = await asyncio.gather(
+        *(db.record_batch_results("batch_a", results[k::4]) for k in range(4)),
+        *(db.record_batch_results("batch_a", results[k::4]) for k in range(4)),
+    )
+    assert sum(counts) == 200
+    got = await db.get_batch("batch_a")
+    assert got is not None
+    assert (got.completed, got.input_tokens) == (200, 200)
