@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -193,8 +193,16 @@ async def run_round(
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def run_small(server: Server, sizes: Sizes, results: Results) -> None:
-    """The per-request measures: throughput, and the server's own CPU time per request."""
+class Measured(Protocol):
+    kind: str
+    url: str
+
+    def cpu_seconds(self) -> float: ...
+
+
+async def run_small(server: Measured, sizes: Sizes, results: Results) -> list[str]:
+    """The per-request measures: throughput, and the server's own CPU time per request.
+    Returns the ids of the small files uploaded."""
     kind = server.kind
 
     def cpu(measure: str, since: float, n: int) -> None:
@@ -218,6 +226,7 @@ async def run_small(server: Server, sizes: Sizes, results: Results) -> None:
         before = server.cpu_seconds()
         await small_gets(session, server.url, ["/v1/files?limit=20"], n)
         cpu("list page of 20", before, n)
+    return ids
 
 
 def run_memory(work: Path, sizes: Sizes, large: Path, results: Results) -> None:

@@ -48,7 +48,7 @@ import asyncpg  # type: ignore[import-untyped]
 import services  # bench/services.py: a script has its own directory on sys.path
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
-from run import AUTH, MiB, Results, concurrently, curl_download, curl_upload, small_uploads
+from run import AUTH, MiB, Results, concurrently, curl_download, curl_upload, run_small
 
 from filesd.process import ServerProcess
 
@@ -69,7 +69,7 @@ class Sizes:
 
 
 FULL = Sizes(256 * MiB, 2000, 4000, 100_000, 3)
-QUICK = Sizes(8 * MiB, 200, 400, 20_000, 1)
+QUICK = Sizes(8 * MiB, 200, 2000, 20_000, 1)
 
 
 # --- the backends ------------------------------------------------------------------------------
@@ -348,15 +348,25 @@ async def large_transfers(
             results.add("large download, redirect (MiB/s)", "direct", mib / seconds)
 
 
-async def small_work(url: str, kind: str, sizes: Sizes, results: Results) -> list[str]:
-    """Small uploads then metadata GETs on one instance; returns the ids uploaded."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
-        seconds, ids = await small_uploads(session, url, sizes.small_files)
-        results.add("small uploads (files/s)", kind, sizes.small_files / seconds)
-        n = sizes.small_requests
-        seconds = await metadata_gets(session, [url], ids, n)
-        results.add("metadata (req/s)", kind, n / seconds)
-    return ids
+@dataclass(frozen=True)
+class Measured:
+    """An instance measured as `kind` (bench/run.py's per-request measures)."""
+
+    instance: Instance
+    kind: str
+
+    @property
+    def url(self) -> str:
+        return self.instance.url
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.instance.pid)
+
+
+async def small_work(instance: Instance, kind: str, sizes: Sizes, results: Results) -> list[str]:
+    """bench/run.py's per-request measures on one instance (small uploads, downloads,
+    metadata GETs, list pages: rates and filesd's CPU per request); returns the ids uploaded."""
+    return await run_small(Measured(instance, kind), sizes, results)
 
 
 async def instances_work(
@@ -395,7 +405,7 @@ async def run_round(
                         client, bucket, a, r, large, digest, sizes, filesd_first, results
                     )
                 with running(work, storage) as a:
-                    ids = await small_work(a.url, "filesd", sizes, results)
+                    ids = await small_work(a, "filesd", sizes, results)
                     seconds = await direct_small_puts(client, bucket, sizes.small_files)
                     results.add(
                         "small uploads vs direct PUT (files/s)",
@@ -414,7 +424,7 @@ async def run_round(
 
     async def local() -> None:
         with running(work, Storage()) as instance:
-            await small_work(instance.url, "sqlite", sizes, results)
+            await small_work(instance, "sqlite", sizes, results)
 
     for step in (shared, local) if filesd_first else (local, shared):
         await step()
@@ -525,7 +535,12 @@ ROWS: dict[str, tuple[str, str, str, str]] = {
     "small uploads vs direct PUT (files/s)": (
         "filesd", "direct", "direct PutObject, 16 concurrent", "(reported)",
     ),
+    "small downloads (req/s)": ("filesd", "sqlite", "SQLite + blob dir", "(reported)"),
     "metadata (req/s)": ("filesd", "sqlite", "SQLite + blob dir", ">= 0.80"),
+    "CPU: metadata GET (µs)": ("filesd", "sqlite", "SQLite + blob dir", "<= 100 µs"),
+    "CPU: list page of 20 (µs)": ("filesd", "sqlite", "SQLite + blob dir", "<= 200 µs"),
+    "CPU: 4 KiB download (µs)": ("filesd", "sqlite", "SQLite + blob dir", "<= 150 µs"),
+    "CPU: 4 KiB upload (µs)": ("filesd", "sqlite", "SQLite + blob dir", "<= 1,200 µs"),
     "list: first page p50 (ms)": ("filesd", "sqlite", "SQLite", "< 5 ms"),
     "list: after paging p50 (ms)": ("filesd", "sqlite", "SQLite", "< 5 ms"),
     "list: offset 90% p50 (ms)": ("filesd", "sqlite", "SQLite", "(reported)"),
@@ -547,7 +562,11 @@ def report(results: Results, sizes: Sizes, versions: str) -> str:
         value = results.median(measure, mine)
         base = results.median(measure, theirs)
         rate = not measure.endswith("(ms)")
-        ratio = f"{value / base:.2f}" if rate and value is not None and base else "-"
+        if measure.startswith("CPU") and value and base:  # higher is better here too
+            value_, base_ = base, value
+        else:
+            value_, base_ = value, base
+        ratio = f"{value_ / base_:.2f}" if rate and value_ is not None and base_ else "-"
         lines.append(f"| {measure} | {_fmt(value)} | {_fmt(base)} | {what} | {ratio} | {target} |")
     return "\n".join(lines)
 

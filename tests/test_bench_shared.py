@@ -24,7 +24,12 @@ RATES = [
     "large download, redirect (MiB/s)",
     "small uploads (files/s)",
     "small uploads vs direct PUT (files/s)",
+    "small downloads (req/s)",
     "metadata (req/s)",
+    "CPU: metadata GET (µs)",
+    "CPU: list page of 20 (µs)",
+    "CPU: 4 KiB download (µs)",
+    "CPU: 4 KiB upload (µs)",
     "metadata, two instances (req/s)",
 ]
 LATENCIES = [
