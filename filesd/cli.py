@@ -117,9 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(config.log.level)
     try:
         return _run(args, config)
     except ConfigError as e:
@@ -208,6 +206,34 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 def _when(timestamp: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp)) + "Z"
+
+
+class _LogFormatter(logging.Formatter):
+    """`%(asctime)s` as logging's default, its seconds formatted once per second."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"
+
+
+def _configure_logging(level: str) -> None:
+    """Log lines to stderr: `time LEVEL logger: message`.
+
+    The logging HOWTO's optimisations apply: the format uses no caller, thread or process
+    fields, and finding them (a walk up the stack for the caller) was ~3 µs of each
+    access-log line, a line per request.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def entrypoint() -> None:
