@@ -448,7 +448,7 @@ def _status_count(status: str) -> int:
 
 
 def _record(row: Record) -> FileRecord:
-    return FileRecord(*row)
+    return FileRecord.from_row(row)
 
 
 def _upload(row: Record) -> UploadRecord:

@@ -1324,7 +1324,7 @@ def _identity(path: Path) -> tuple[int, int]:
 
 
 def _record(row: Iterable[Any] | sqlite3.Row) -> FileRecord:
-    return FileRecord(*row)
+    return FileRecord.from_row(row)
 
 
 # --- backup (a consistent copy taken while a server may be running) ----------------------------
