@@ -600,30 +600,22 @@ class PostgresMetadata:
     # read (a metadata GET is one), and a generator-based context manager costs each ~5 us.
 
     async def _rows(self, sql: str, *args: Any) -> list[Record]:
-        with _neutral_errors():
-            conn = await self._acquire()
-            try:
-                return list(await conn.fetch(sql, *args))
-            except _CLIENT_ERRORS as error:
-                raise self._lost(conn, error) from error
-            finally:
-                await self._pool.release(conn)
+        return list(await self._on_pooled("fetch", sql, *args))
 
     async def _row(self, sql: str, *args: Any) -> Record | None:
-        with _neutral_errors():
-            conn = await self._acquire()
-            try:
-                return await conn.fetchrow(sql, *args)
-            except _CLIENT_ERRORS as error:
-                raise self._lost(conn, error) from error
-            finally:
-                await self._pool.release(conn)
+        row: Record | None = await self._on_pooled("fetchrow", sql, *args)
+        return row
 
     async def _value(self, sql: str, *args: Any) -> Any:
+        return await self._on_pooled("fetchval", sql, *args)
+
+    async def _on_pooled(self, method: str, sql: str, *args: Any) -> Any:
+        """`conn.<method>(sql, *args)` on a connection of the pool, released afterwards; a
+        connection lost on the way is dropped (`_lost`), errors come out neutral."""
         with _neutral_errors():
             conn = await self._acquire()
             try:
-                return await conn.fetchval(sql, *args)
+                return await getattr(conn, method)(sql, *args)
             except _CLIENT_ERRORS as error:
                 raise self._lost(conn, error) from error
             finally:
