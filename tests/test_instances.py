@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from .conftest import (
     wait_until,
     write_config,
 )
+from .crash_ledger import Ledger, check, kill, load, sha
 
 pytestmark = pytest.mark.slow
 
@@ -170,10 +170,6 @@ def deployment(tmp_path: Path, postgres_dsn: str, s3_bucket: Any) -> Iterator[De
 
 
 # --- HTTP helpers --------------------------------------------------------------------------------
-
-
-def sha(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
 
 
 def md5(content: bytes) -> str:
@@ -694,136 +690,6 @@ ROUNDS = int(os.environ.get("FILESD_CRASH_ROUNDS", "4"))
 CRASH_AUTH = {"Authorization": f"Bearer {ALPHA_KEY}"}
 
 
-@dataclass
-class Ledger:
-    acknowledged: dict[str, str] = field(default_factory=dict)  # file id -> sha256
-    deleted: set[str] = field(default_factory=set)  # deletes that got a 200
-    maybe_deleted: set[str] = field(default_factory=set)  # deletes whose answer was lost
-    sent: set[str] = field(default_factory=set)  # sha256 of every payload ever sent
-    pool: list[bytes] = field(default_factory=list)  # payloads sent again (identical bytes)
-    errors: list[str] = field(default_factory=list)
-
-    def live(self) -> list[str]:
-        gone = self.deleted | self.maybe_deleted
-        return [i for i in self.acknowledged if i not in gone]
-
-
-async def _load(
-    urls: list[str], ledger: Ledger, rng: random.Random, killed: threading.Event
-) -> None:
-    """Uploads and deletes on both instances, downloads through either, until the kill."""
-
-    def payload() -> bytes:
-        if ledger.pool and rng.random() < 0.3:
-            return rng.choice(ledger.pool)
-        content = rng.randbytes(rng.choice([10, 4096, 70_000, 300_000, 1_048_576 + 17]))
-        if len(ledger.pool) < 8:
-            ledger.pool.append(content)
-        return content
-
-    async def uploader(session: aiohttp.ClientSession, url: str) -> None:
-        while not killed.is_set():
-            content = payload()
-            digest = sha(content)
-            ledger.sent.add(digest)
-            form = aiohttp.FormData()
-            form.add_field("purpose", "batch")
-            form.add_field("file", io.BytesIO(content), filename="crash.bin")
-            try:
-                async with session.post(f"{url}/v1/files", data=form, headers=CRASH_AUTH) as r:
-                    if r.status == 200:
-                        ledger.acknowledged[(await r.json())["id"]] = digest
-                    else:
-                        ledger.errors.append(f"upload to {url} answered {r.status}")
-            except (TimeoutError, aiohttp.ClientError):
-                return
-
-    async def downloader(session: aiohttp.ClientSession, url: str) -> None:
-        while not killed.is_set():
-            live = ledger.live()
-            if not live:
-                await asyncio.sleep(0.01)  # not a wait for a condition: nothing to read yet
-                continue
-            file_id = rng.choice(live)
-            try:
-                async with session.get(
-                    f"{url}/v1/files/{file_id}/content", headers=CRASH_AUTH
-                ) as r:
-                    body = await r.read()
-                    if file_id in ledger.maybe_deleted | ledger.deleted:
-                        continue  # deleted meanwhile
-                    if r.status != 200 or sha(body) != ledger.acknowledged[file_id]:
-                        ledger.errors.append(f"download of {file_id} from {url}: {r.status}")
-            except (TimeoutError, aiohttp.ClientError):
-                return
-
-    async def deleter(session: aiohttp.ClientSession, url: str) -> None:
-        while not killed.is_set():
-            live = ledger.live()
-            if len(live) < 3:
-                await asyncio.sleep(0.02)  # not a wait for a condition: too few files yet
-                continue
-            file_id = rng.choice(live)
-            ledger.maybe_deleted.add(file_id)
-            try:
-                async with session.delete(f"{url}/v1/files/{file_id}", headers=CRASH_AUTH) as r:
-                    if r.status == 200:
-                        ledger.deleted.add(file_id)
-                        ledger.maybe_deleted.discard(file_id)
-                    else:
-                        ledger.errors.append(f"delete of {file_id} on {url}: {r.status}")
-            except (TimeoutError, aiohttp.ClientError):
-                return
-            await asyncio.sleep(0.05)  # pacing, so that most files live a while
-
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        workers = []
-        for url, other in (urls, urls[::-1]):
-            workers += [uploader(session, url) for _ in range(3)]
-            workers += [downloader(session, other), deleter(session, url)]
-        await asyncio.gather(*workers)
-
-
-async def _check(url: str, ledger: Ledger) -> None:
-    """Through `url`: every acknowledged, not deleted file is listed and whole; whatever is
-    listed is bytes that were sent; deleted files stay deleted."""
-    async with aiohttp.ClientSession() as session:
-        listed: dict[str, int] = {}
-        query = {"limit": "1000"}
-        while True:
-            async with session.get(f"{url}/v1/files", params=query, headers=CRASH_AUTH) as r:
-                page = await r.json()
-            listed.update({f["id"]: f["bytes"] for f in page["data"]})
-            if not page["has_more"]:
-                break
-            query["after"] = page["last_id"]
-        assert page["total"] == len(listed)
-        for file_id in ledger.acknowledged:
-            if file_id in ledger.deleted:
-                assert file_id not in listed, f"deleted file {file_id} came back"
-            elif file_id not in ledger.maybe_deleted:
-                assert file_id in listed, f"acknowledged file {file_id} was lost"
-        for file_id, size in listed.items():
-            async with session.get(f"{url}/v1/files/{file_id}/content", headers=CRASH_AUTH) as r:
-                body = await r.read()
-            assert r.status == 200 and len(body) == size, f"{file_id} is partial"
-            digest = sha(body)
-            assert digest == ledger.acknowledged.get(file_id, digest), f"{file_id} changed"
-            assert digest in ledger.sent, f"{file_id} holds bytes nobody sent"
-            # Unknown outcomes are settled now: what is listed is there, what is not is gone.
-            ledger.acknowledged.setdefault(file_id, digest)
-        for file_id in list(ledger.maybe_deleted):
-            if file_id not in listed:
-                ledger.deleted.add(file_id)
-            ledger.maybe_deleted.discard(file_id)
-
-
-def _kill(proc: subprocess.Popen[bytes], killed: threading.Event) -> None:
-    proc.send_signal(signal.SIGKILL)
-    killed.set()
-
-
 def test_sigkill_one_of_two_instances_at_random_moments_loses_nothing(
     deployment: Deployment,
 ) -> None:
@@ -836,17 +702,17 @@ def test_sigkill_one_of_two_instances_at_random_moments_loses_nothing(
         victim = rng.choice("ab")
         survivor = servers["b" if victim == "a" else "a"]
         killed = threading.Event()
-        timer = threading.Timer(rng.uniform(0.05, 0.8), _kill, (servers[victim].proc, killed))
+        timer = threading.Timer(rng.uniform(0.05, 0.8), kill, (servers[victim].proc, killed))
         timer.start()
-        asyncio.run(_load([servers["a"].url, servers["b"].url], ledger, rng, killed))
+        asyncio.run(load([servers["a"].url, servers["b"].url], ledger, rng, killed, CRASH_AUTH))
         timer.join()
         servers[victim].proc.wait(timeout=10)
         assert ledger.errors == [], f"round {round_} (seed {seed}): {ledger.errors}"
-        asyncio.run(_check(survivor.url, ledger))
+        asyncio.run(check(survivor.url, ledger, CRASH_AUTH))
         servers[victim] = deployment.start(victim)
 
     for server in servers.values():
-        asyncio.run(_check(server.url, ledger))
+        asyncio.run(check(server.url, ledger, CRASH_AUTH))
     # Blobs the killed instances stored without a row (and claims they held) are swept by the
     # upkeep once their leases expire: then the bucket holds exactly the live files' bytes.
     live = {d for i, d in ledger.acknowledged.items() if i not in ledger.deleted}
