@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import os
@@ -28,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -401,17 +402,30 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_S = TypeVar("_S")
+
+
+def parse_args(
+    doc: str, full: _S, quick: _S, *, small: bool = False
+) -> tuple[argparse.Namespace, _S]:
+    """A benchmark's command line (--quick, --rounds, and --small where it has one) and the
+    sizes it asks for (`full` or `quick`, with --rounds put in)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
-    parser.add_argument(
-        "--small", action="store_true", help="only the per-request measures (no large files)"
-    )
+    if small:
+        parser.add_argument(
+            "--small", action="store_true", help="only the per-request measures (no large files)"
+        )
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
+    sizes = quick if args.quick else full
     if args.rounds:
-        sizes = Sizes(**{**sizes.__dict__, "rounds": args.rounds})
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)  # type: ignore[type-var]
+    return args, sizes
+
+
+def main() -> int:
+    args, sizes = parse_args(__doc__ or "", FULL, QUICK, small=True)
     results = Results()
     with tempfile.TemporaryDirectory(
         prefix="filesd-bench-", dir=os.environ.get("BENCH_DIR")

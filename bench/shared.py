@@ -25,7 +25,6 @@ for filesd); latencies show no ratio. Progress goes to stderr, the table (Markdo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -48,7 +47,16 @@ import asyncpg  # type: ignore[import-untyped]
 import services  # bench/services.py: a script has its own directory on sys.path
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
-from run import AUTH, MiB, Results, concurrently, curl_download, curl_upload, run_small
+from run import (
+    AUTH,
+    MiB,
+    Results,
+    concurrently,
+    curl_download,
+    curl_upload,
+    parse_args,
+    run_small,
+)
 
 from filesd.process import ServerProcess
 
@@ -597,13 +605,7 @@ def make_large(path: Path, size: int) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
-    parser.add_argument("--rounds", type=int, help="override the number of rounds")
-    args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
-    if args.rounds:
-        sizes = Sizes(**{**sizes.__dict__, "rounds": args.rounds})
+    _, sizes = parse_args(__doc__ or "", FULL, QUICK)
     results = Results()
     with tempfile.TemporaryDirectory(
         prefix="filesd-bench-shared-", dir=os.environ.get("BENCH_DIR")
