@@ -30,7 +30,7 @@ from ..storage.base import BatchMetadata, BatchRecord, BatchResult, BlobTooLarge
 from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
-from .upstream import Answer, Unreachable, Upstream
+from .upstream import Answer, BadAnswer, Unreachable, Upstream
 from .validate import MAX_LINE_BYTES, batch_error, validate_input
 
 log = logging.getLogger(__name__)
@@ -435,17 +435,24 @@ class BatchRunner:
         finally:
             self._slots.release()
 
-    async def _send(self, batch: BatchRecord, body: dict[str, Any]) -> Answer | Unreachable:
+    async def _send(
+        self, batch: BatchRecord, body: dict[str, Any]
+    ) -> Answer | Unreachable | BadAnswer:
         """The final answer for a request: the first that is not to be retried (429s and
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
-        network error) once `max_retries` retries are spent."""
+        network error) once `max_retries` retries are spent. An unusable answer (too large,
+        or a 2xx without a JSON object) is final at once."""
         config = self._config
         outcome: Answer | Unreachable
         for attempt in range(config.max_retries + 1):
             wait: float | None = None
             try:
                 outcome = await self._upstream.send(batch.endpoint, body, batch.project)
+            except BadAnswer as error:
+                log.warning("batch %s: unusable upstream answer: %s", batch.id, error)
+                return error
             except Unreachable as error:
+                log.warning("batch %s: upstream unreachable: %s", batch.id, error.detail)
                 outcome = error
             else:
                 if not outcome.retryable:
@@ -648,15 +655,19 @@ class _Recorder:
                     done.set_exception(error)
 
 
-def _result(line: int, custom_id: str, outcome: Answer | Unreachable) -> BatchResult:
-    """The output line of a request, as OpenAI writes it."""
+def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer) -> BatchResult:
+    """The output line of a request, as OpenAI writes it. Only a 2xx with a JSON object
+    counts as completed."""
     output: dict[str, Any]
-    if isinstance(outcome, Unreachable):
+    if isinstance(outcome, (Unreachable, BadAnswer)):
+        code = (
+            "upstream_unreachable" if isinstance(outcome, Unreachable) else "upstream_bad_response"
+        )
         output = {
             "id": _request_id(),
             "custom_id": custom_id,
             "response": None,
-            "error": {"code": "upstream_unreachable", "message": str(outcome)},
+            "error": {"code": code, "message": str(outcome)},
         }
         return BatchResult(line, False, json.dumps(output))
     output = {
@@ -669,7 +680,7 @@ def _result(line: int, custom_id: str, outcome: Answer | Unreachable) -> BatchRe
         },
         "error": None,
     }
-    ok = 200 <= outcome.status < 300
+    ok = 200 <= outcome.status < 300 and isinstance(outcome.body, dict)
     return BatchResult(line, ok, json.dumps(output), usage_of(outcome.body) if ok else (0, 0, 0, 0))
 
 
