@@ -339,6 +339,9 @@ class BatchRunner:
                 task.cancel()
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
+            # A cancelled request's result may still be on its way into the database: the
+            # batch moves on (and its output is read) only once every commit has landed.
+            await recorder.drain()
         if failures:
             raise failures[0]
         if drive.stop is not None:
@@ -630,6 +633,11 @@ class _Recorder:
             self._commits.add(self._flusher)
             self._flusher.add_done_callback(self._commits.discard)
         await asyncio.shield(done)
+
+    async def drain(self) -> None:
+        """Wait until every result handed to `record` is committed (or refused)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
 
     async def _flush(self) -> None:
         while self._queue:

@@ -539,8 +539,9 @@ class BatchMetadata(Protocol):
 
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
         """Record results of pending requests, and add them to the batch's counts and token
-        sums, in one transaction. Results for lines no longer pending are ignored. Returns how
-        many were recorded."""
+        sums, in one transaction. Results for lines no longer pending are ignored, and so are
+        all of them unless the batch is `in_progress` (checked in that transaction: once its
+        status moves on, its output and counts are final). Returns how many were recorded."""
         ...
 
     async def batch_results(

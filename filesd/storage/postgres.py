@@ -1425,19 +1425,24 @@ class PostgresMetadata:
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
         """One statement: the rows still pending take their results, and the batch's counts
         and sums grow by exactly those (a result recorded twice, by two instances that both
-        sent the request, is counted once)."""
+        sent the request, is counted once). Only while the batch is `in_progress`: its row is
+        locked first (FOR UPDATE re-checks the status after a concurrent change), so a move
+        to `finalizing` or `cancelling` waits for this commit and no result lands after it."""
         if not results:
             return 0
         sql = """
-            WITH given AS (
+            WITH running AS (
+                SELECT id FROM batches WHERE id = $1 AND status = 'in_progress' FOR UPDATE
+            ),
+            given AS (
                 SELECT * FROM unnest($2::int[], $3::bool[], $4::text[], $5::bigint[],
                     $6::bigint[], $7::bigint[], $8::bigint[]) AS g(line, ok, result, i, o, c, r)
             ),
             changed AS (
                 UPDATE batch_requests b
                 SET state = CASE WHEN g.ok THEN 'done' ELSE 'failed' END, result = g.result
-                FROM given g
-                WHERE b.batch_id = $1 AND b.line = g.line AND b.state = 'pending'
+                FROM given g, running
+                WHERE b.batch_id = running.id AND b.line = g.line AND b.state = 'pending'
                 RETURNING g.ok, g.i, g.o, g.c, g.r
             ),
             sums AS (

@@ -1202,11 +1202,16 @@ class SqliteMetadata:
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
         """Per chunk, one UPDATE ... FROM (VALUES ...) whose RETURNING names the rows that
         were still pending; the batch's counts grow by exactly those, in the same
-        transaction."""
+        transaction, which first checks that the batch is still `in_progress`."""
         by_line = {result.line: result for result in results}
         done = failed = 0
         usage = [0, 0, 0, 0]
         async with self._transaction() as conn:
+            running = await self._run(
+                conn, "SELECT 1 FROM batches WHERE id = ? AND status = 'in_progress'", (batch_id,)
+            )
+            if not running:
+                return 0
             rows = list(by_line.values())
             for start in range(0, len(rows), _CHUNK // 2):
                 chunk = rows[start : start + _CHUNK // 2]
