@@ -6,6 +6,7 @@ connections, slow answers), cancel and expiry. Every response is checked against
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -660,3 +661,45 @@ def test_batch_settings_parse(tmp_path: Path) -> None:
     assert config.batches.upstream == "http://h:1/v1"
     assert config.batches.models == {"a": "b"}
     assert config.batches.retry_backoff == 0.0
+
+
+# --- reset ------------------------------------------------------------------------------------
+
+
+async def test_admin_reset_removes_batches_and_stops_their_runs(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    behaviour = Behaviour()
+    behaviour.delay = 0.1
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    admin = {"Authorization": "Bearer admin-token-0123456789"}
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": str(upstream.make_url("/v1")), "concurrency": 2},
+        admin={"token": "admin-token-0123456789"},
+    )
+    batch = await start_batch(client, [request_line(f"r{n}") for n in range(100)])
+    kept = await start_batch(client, [request_line("b")], headers=BETA)
+
+    async def some_sent() -> bool:
+        return sum(behaviour.calls.values()) >= 4
+
+    await wait_until(some_sent, what="some requests sent")
+    resp = await client.post("/admin/reset", json={"project": "alpha"}, headers=admin)
+    assert resp.status == 200
+    resp = await client.get(f"/v1/batches/{batch['id']}", headers=ALPHA)
+    assert resp.status == 404
+    assert (await (await client.get("/v1/batches", headers=ALPHA)).json())["data"] == []
+    # The other project's batch is untouched.
+    assert (await get_batch(client, kept["id"], BETA))["id"] == kept["id"]
+    # The run stops: no request is sent any more (while it runs, one goes every ~0.05 s),
+    # far short of the 100 (5 s of them at 2 x 0.1 s).
+    await wait_until(
+        lambda: time.monotonic() - behaviour.last_call > 0.5,
+        timeout=5,
+        what="the reset batch's run stopped",
+    )
+    assert sum(behaviour.calls.values()) < 40
+    resp = await client.get("/v1/files", headers=ALPHA)
+    assert (await resp.json())["data"] == []

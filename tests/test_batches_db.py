@@ -135,3 +135,18 @@ async def test_results_are_recorded_only_while_the_batch_is_in_progress(
     got = await db.get_batch("batch_a")
     assert got is not None
     assert (got.completed, got.failed, got.input_tokens) == (0, 0, 0)
+
+
+async def test_delete_everything_removes_the_projects_batches(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_p", status="in_progress"))
+    await db.insert_batch(batch("batch_q", project="q", status="in_progress"))
+    for batch_id in ("batch_p", "batch_q"):
+        await db.add_batch_requests(batch_id, [(1, "a")])
+    await db.delete_everything("p")
+    assert await db.get_batch("batch_p") is None
+    assert await db.pending_batch_requests("batch_p", after_line=0, limit=10) == []
+    assert await db.active_batches() == ["batch_q"]
+    assert await db.pending_batch_requests("batch_q", after_line=0, limit=10) == [(1, "a")]
+    await db.delete_everything(None)
+    assert await db.active_batches() == []
+    assert await db.pending_batch_requests("batch_q", after_line=0, limit=10) == []

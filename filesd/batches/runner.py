@@ -52,7 +52,7 @@ class _Drive:
     when a reason is given (a drive waiting for a concurrency slot stops at once)."""
 
     batch_id: str
-    stop: str | None = None  # "cancel", "expire" or "lost"
+    stop: str | None = None  # "cancel", "expire", "lost" or "gone" (deleted by a reset)
     halted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def halt(self, reason: str | None) -> None:
@@ -183,7 +183,13 @@ class BatchRunner:
                         return
                     renewed = now
                 batch = await self._meta.get_batch(drive.batch_id)
-                if batch is not None and drive.stop is None:
+                if batch is None:
+                    # Removed (POST /admin/reset): nothing more is sent. Not cancelled: a
+                    # finalize under way ends by finding it gone and deleting its files.
+                    log.info("batch %s: gone, its run stops", drive.batch_id)
+                    drive.halt("gone")
+                    return
+                if drive.stop is None:
                     if batch.status == "cancelling":
                         drive.halt("cancel")
                     elif self._store.now() >= batch.expires_at and batch.status in (
@@ -533,8 +539,19 @@ class BatchRunner:
             changes.update(status="failed", failed_at=now)
         else:
             changes.update(status="completed", completed_at=now)
-        await self._meta.update_batch(batch.id, changes, statuses=[batch.status])
+        if not await self._meta.update_batch(batch.id, changes, statuses=[batch.status]):
+            if await self._meta.get_batch(batch.id) is None:
+                # Removed meanwhile (a reset): its files must not outlive it.
+                await self._drop_files(batch, [batch.output_file_id, batch.error_file_id])
+            return
         log.info("batch %s %s", batch.id, changes["status"])
+
+    async def _drop_files(self, batch: BatchRecord, file_ids: list[str | None]) -> None:
+        """Delete the files made for a batch that will not name them (gone, or failed)."""
+        for file_id in file_ids:
+            if file_id is not None:
+                with contextlib.suppress(FileNotFound):
+                    await self._store.delete_file(batch.project, file_id)
 
     async def _write_file(
         self, batch: BatchRecord, file_id: str, *, ok: bool, unrun: str | None = None

@@ -996,8 +996,9 @@ class PostgresMetadata:
         return [ProjectUsage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
 
     async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
-        """Remove the rows of all projects, or of one: files, uploads and parts, in one
-        transaction. Returns how many live files went, and the part tokens to remove."""
+        """Remove the rows of all projects, or of one: files, uploads and parts, batches and
+        their requests (and the batches' leases), in one transaction. Returns how many live
+        files went, and the part tokens to remove."""
         where = "($1::text IS NULL OR project = $1)"
         async with self._transaction() as conn:
             tokens = await conn.fetch(
@@ -1006,6 +1007,13 @@ class PostgresMetadata:
                 project,
             )
             await conn.execute(f"DELETE FROM uploads WHERE {where}", project)
+            await conn.execute(
+                f"WITH gone AS (DELETE FROM batches WHERE {where} RETURNING id), "
+                "requests AS (DELETE FROM batch_requests WHERE batch_id IN "
+                "(SELECT id FROM gone)) "
+                "DELETE FROM leases WHERE name IN (SELECT 'batch:' || id FROM gone)",
+                project,
+            )
             # Counted from the rows the delete removed: exact, whatever commits meanwhile.
             live = await conn.fetchval(
                 f"WITH gone AS (DELETE FROM files WHERE {where} RETURNING deleted_at) "

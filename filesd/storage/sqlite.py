@@ -848,8 +848,9 @@ class SqliteMetadata:
         return [ProjectUsage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
 
     async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
-        """Remove the rows of all projects, or of one: files, uploads and parts, in one
-        transaction. Returns how many live files went, and the part tokens to remove."""
+        """Remove the rows of all projects, or of one: files, uploads and parts, batches and
+        their requests, in one transaction. Returns how many live files went, and the part
+        tokens to remove."""
         scope = {"project": project}
         where = ":project IS NULL OR project = :project"
         async with self._transaction() as conn:
@@ -864,6 +865,13 @@ class SqliteMetadata:
             )
             await self._run(conn, f"DELETE FROM uploads WHERE {where}", scope)
             await self._run(conn, f"DELETE FROM files WHERE {where}", scope)
+            await self._run(
+                conn,
+                "DELETE FROM batch_requests WHERE batch_id IN "
+                f"(SELECT id FROM batches WHERE {where})",
+                scope,
+            )
+            await self._run(conn, f"DELETE FROM batches WHERE {where}", scope)
         return int(live[0][0]), [row[0] for row in tokens]
 
     async def live_files(self, project: str | None) -> list[FileRecord]:
