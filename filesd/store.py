@@ -437,6 +437,12 @@ class FileStore:
         """A writer for the content of a new file, capped at `max_file_bytes`."""
         return self._blobs.writer(self.max_file_bytes)
 
+    def output_writer(self) -> BlobWriter:
+        """A writer for content the server makes itself (a batch's output), not uploaded:
+        `max_file_bytes` limits uploads and does not apply; the project quotas still do,
+        when the file is created."""
+        return self._blobs.writer(None)
+
     async def discard(self, staged: StagedBlob) -> None:
         """Drop staged content that will not become a file."""
         await self._blobs.discard([staged])

@@ -514,9 +514,11 @@ async def test_an_input_file_deleted_under_a_batch_fails_it_with_what_was_done(
     assert len(out) + len(unrun) == 200
 
 
-async def test_an_output_over_the_file_limit_fails_the_batch_clearly(
+async def test_an_output_over_the_upload_limit_is_stored_all_the_same(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
+    """`max_file_bytes` limits uploads; a batch's output is made by the server, and its
+    finished work is not thrown away for being larger."""
     client = await app_client(
         aiohttp_client,
         tmp_path,
@@ -526,10 +528,32 @@ async def test_an_output_over_the_file_limit_fails_the_batch_clearly(
     batch = await finished(
         client, (await start_batch(client, [chat_line(f"r{n}") for n in range(8)]))["id"]
     )
+    assert batch["status"] == "completed"
+    resp = await client.get(f"/v1/files/{batch['output_file_id']}", headers=ALPHA)
+    assert (await resp.json())["bytes"] > 2000
+    assert len(await content_lines(client, batch["output_file_id"])) == 8
+
+
+async def test_an_output_over_the_quota_fails_the_batch_and_leaves_no_file(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Two files per project: the input and the output fit, the error file does not.
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "max_retries": 0, "concurrency": 1},
+        limits={"max_files_per_project": 2},
+        testing={"faults": [{"route": "/v1/chat/completions", "status": 400, "count": 1}]},
+    )
+    batch = await finished(
+        client, (await start_batch(client, [chat_line(f"r{n}") for n in range(4)]))["id"]
+    )
     assert batch["status"] == "failed"
     [error] = batch["errors"]["data"]
-    assert error["code"] == "output_too_large"
-    assert "max_file_bytes" in error["message"]
+    assert error["code"] == "quota_exceeded"
+    assert batch["output_file_id"] is None and batch["error_file_id"] is None
+    resp = await client.get("/v1/files", headers=ALPHA)
+    assert [f["purpose"] for f in (await resp.json())["data"]] == ["batch"]
 
 
 # --- a real upstream over HTTP ----------------------------------------------------------------

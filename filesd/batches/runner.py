@@ -26,7 +26,7 @@ from typing import Any
 from ..config import BatchesConfig
 from ..ids import secret_base62
 from ..models import FileRecord
-from ..storage.base import BatchMetadata, BatchRecord, BatchResult, BlobTooLarge, StorageBusy
+from ..storage.base import BatchMetadata, BatchRecord, BatchResult, StorageBusy
 from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
@@ -502,18 +502,17 @@ class BatchRunner:
         try:
             output = await self._write_file(batch, batch.output_file_id, ok=True)
             errors = await self._write_file(batch, batch.error_file_id, ok=False, unrun=unrun)
-        except (QuotaExceeded, BlobTooLarge) as error:
-            if isinstance(error, QuotaExceeded):
-                problem = batch_error(
-                    "quota_exceeded", f"The output cannot be stored: {error}", line=None
-                )
-            else:
-                problem = batch_error(
-                    "output_too_large",
-                    f"The output is larger than {error.limit} bytes, the largest file this "
-                    "server stores ([limits] max_file_bytes).",
-                    line=None,
-                )
+        except QuotaExceeded as error:
+            # Neither file is kept: one made before the refusal would be an orphan that
+            # counts against the very quota that refused the other.
+            await self._drop_files(batch, [batch.output_file_id, batch.error_file_id])
+            problem = batch_error(
+                "quota_exceeded",
+                f"The batch's output cannot be stored: {error} Free some space (delete "
+                "files) and run the batch again.",
+                line=None,
+            )
+            log.warning("batch %s failed: its output is over the project's quota", batch.id)
             await self._meta.update_batch(
                 batch.id,
                 {
@@ -562,7 +561,7 @@ class BatchRunner:
         first = await anext(lines, None)
         if first is None:
             return False
-        writer = self._store.blob_writer()
+        writer = self._store.output_writer()
         try:
             buffer = bytearray(first)
             async for line in lines:
