@@ -150,3 +150,17 @@ async def test_delete_everything_removes_the_projects_batches(db: MetadataStore)
     await db.delete_everything(None)
     assert await db.active_batches() == []
     assert await db.pending_batch_requests("batch_q", after_line=0, limit=10) == []
+
+
+async def test_a_page_of_results_is_bounded_by_bytes(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a", status="in_progress"))
+    await db.add_batch_requests("batch_a", [(n, f"r{n}") for n in range(1, 11)])
+    big = "x" * 1000
+    await db.record_batch_results("batch_a", [BatchResult(n, True, big) for n in range(1, 11)])
+    page = await db.batch_results("batch_a", ok=True, after_line=0, limit=100, max_bytes=3500)
+    assert [line for line, _ in page] == [1, 2, 3]
+    # A result larger than the bound still comes, alone.
+    page = await db.batch_results("batch_a", ok=True, after_line=3, limit=100, max_bytes=10)
+    assert [line for line, _ in page] == [4]
+    page = await db.batch_results("batch_a", ok=True, after_line=0, limit=100)
+    assert len(page) == 10

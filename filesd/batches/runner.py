@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 # Pending requests read from the database at once.
 PAGE = 500
-# Results group-committed at once, at most.
+# Results group-committed at once, at most, and their bytes at most (one result may be as
+# large as [batches] max_response_bytes: a group of 256 of those would be gigabytes).
 RECORD_BATCH = 256
+RECORD_BYTES = 16 * 1024 * 1024
+# Bytes of results read for the output at once, at most (besides PAGE rows).
+PAGE_BYTES = 16 * 1024 * 1024
 # Longest wait between two attempts, whatever the backoff or the upstream asks for.
 MAX_RETRY_WAIT = 300.0
 # Bytes gathered before a write into an output file.
@@ -593,10 +597,12 @@ class BatchRunner:
     ) -> AsyncIterator[bytes]:
         after = 0
         while True:
-            rows = await self._meta.batch_results(batch.id, ok=ok, after_line=after, limit=PAGE)
+            rows = await self._meta.batch_results(
+                batch.id, ok=ok, after_line=after, limit=PAGE, max_bytes=PAGE_BYTES
+            )
             for _, result in rows:
                 yield result.encode() + b"\n"
-            if len(rows) < PAGE:
+            if not rows:
                 break
             after = rows[-1][0]
         if unrun is None:
@@ -657,7 +663,13 @@ class _Recorder:
 
     async def _flush(self) -> None:
         while self._queue:
-            group, self._queue = self._queue[:RECORD_BATCH], self._queue[RECORD_BATCH:]
+            take, size = 0, 0
+            while take < min(RECORD_BATCH, len(self._queue)) and (
+                take == 0 or size + len(self._queue[take][0].result) <= RECORD_BYTES
+            ):
+                size += len(self._queue[take][0].result)
+                take += 1
+            group, self._queue = self._queue[:take], self._queue[take:]
             error: BaseException | None = None
             for attempt in range(5):
                 try:

@@ -545,10 +545,11 @@ class BatchMetadata(Protocol):
         ...
 
     async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
         """Up to `limit` recorded results (line, output line) that succeeded (`ok`) or failed,
-        after `after_line`, by line."""
+        after `after_line`, by line; with `max_bytes`, no more rows than fit in that many
+        bytes of results (but at least one), so a page of large answers stays bounded."""
         ...
 
 
@@ -739,3 +740,14 @@ class DelegatingBlobs:
 
     async def parts_md5(self, tokens: Sequence[str]) -> str:
         return await self.inner.parts_md5(tokens)
+
+
+def rows_within(sizes: Sequence[tuple[int, int | None]], max_bytes: int) -> int:
+    """How many of the rows (line, bytes), in order, fit in `max_bytes` (at least one): the
+    page size of `BatchMetadata.batch_results` with `max_bytes`."""
+    total = 0
+    for count, (_, size) in enumerate(sizes):
+        total += size or 0
+        if total > max_bytes:
+            return max(1, count)
+    return len(sizes)

@@ -65,6 +65,7 @@ from .base import (
     StorageBusy,
     StorageFull,
     StorageUnavailable,
+    rows_within,
 )
 
 # asyncpg has no type information: its connections, pools and rows are Any here.
@@ -1477,13 +1478,24 @@ class PostgresMetadata:
         return int(await self._value(sql, batch_id, *args))
 
     async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
+        state = "done" if ok else "failed"
+        if max_bytes is not None:
+            # The sizes first (no result leaves the database), then the rows that fit.
+            sizes = await self._rows(
+                "SELECT line, octet_length(result) FROM batch_requests "
+                "WHERE batch_id = $1 AND line > $2 AND state = $3 ORDER BY line LIMIT $4",
+                batch_id,
+                after_line,
+                state,
+                limit,
+            )
+            limit = rows_within(sizes, max_bytes)
         sql = (
             "SELECT line, result FROM batch_requests WHERE batch_id = $1 AND line > $2 "
             "AND state = $3 ORDER BY line LIMIT $4"
         )
-        state = "done" if ok else "failed"
         return [
             (row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, state, limit)
         ]

@@ -52,6 +52,7 @@ from .base import (
     SchemaTooNew,
     StorageBusy,
     StorageFull,
+    rows_within,
 )
 
 # The database's name inside a data directory.
@@ -1253,13 +1254,21 @@ class SqliteMetadata:
         return done + failed
 
     async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
+        state = "done" if ok else "failed"
+        if max_bytes is not None:
+            # The sizes first (no result leaves the database), then the rows that fit.
+            sizes = await self._rows(
+                "SELECT line, length(CAST(result AS BLOB)) FROM batch_requests "
+                "WHERE batch_id = ? AND line > ? AND state = ? ORDER BY line LIMIT ?",
+                (batch_id, after_line, state, limit),
+            )
+            limit = rows_within(sizes, max_bytes)
         sql = (
             "SELECT line, result FROM batch_requests WHERE batch_id = ? AND line > ? "
             "AND state = ? ORDER BY line LIMIT ?"
         )
-        state = "done" if ok else "failed"
         return [
             (row[0], row[1]) for row in await self._rows(sql, (batch_id, after_line, state, limit))
         ]
