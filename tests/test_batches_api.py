@@ -5,7 +5,9 @@ connections, slow answers), cancel and expiry. Every response is checked against
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -727,3 +729,40 @@ async def test_admin_reset_removes_batches_and_stops_their_runs(
     assert sum(behaviour.calls.values()) < 40
     resp = await client.get("/v1/files", headers=ALPHA)
     assert (await resp.json())["data"] == []
+
+
+# --- many batches -----------------------------------------------------------------------------
+
+
+def _open_blob_files(data_dir: Path) -> int:
+    """Files of `data_dir`'s blob store this process holds open now."""
+    blobs = str(data_dir / "blobs")
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(blobs):
+                count += 1
+    return count
+
+
+async def test_queued_batches_wait_for_a_run_slot_without_holding_their_input_open(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 1, "max_running": 2},
+        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 30}]},
+    )
+    batches = [
+        await start_batch(client, [chat_line(f"b{b}r{n}") for n in range(3)]) for b in range(12)
+    ]
+
+    async def some_done() -> bool:
+        counts = [(await get_batch(client, b["id"]))["request_counts"] for b in batches]
+        return sum(c["completed"] for c in counts) >= 3
+
+    await wait_until(some_done, what="some requests done")
+    assert _open_blob_files(tmp_path / "data") <= 2
+    for batch in batches:
+        assert (await finished(client, batch["id"]))["status"] == "completed"

@@ -117,18 +117,31 @@ class BatchRunner:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before looking, so a poke made while looking is not lost.
+            self._wake.clear()
             try:
                 await self._schedule()
             except Exception:
                 log.exception("looking for batches to run failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
                     await self._wake.wait()
 
     async def _schedule(self) -> None:
+        """Take up batches to drive: those ending (finalizing, cancelling: no input to read,
+        quick) whenever they come; those to validate or run only while fewer than
+        `max_running` drives are under way here (each reads its input file), the oldest
+        first. The others wait, holding nothing."""
         now = asyncio.get_running_loop().time()
-        for batch_id in await self._meta.active_batches():
+        ending = await self._meta.active_batches(("finalizing", "cancelling"))
+        starting = await self._meta.active_batches(("validating", "in_progress"))
+        # Backoff entries of batches no longer active go (the dict must not grow forever).
+        active = set(ending) | set(starting)
+        for batch_id in [b for b in self._backoff if b not in active]:
+            del self._backoff[batch_id]
+        for batch_id in ending + starting:
+            if batch_id not in ending and len(self._drives) >= self._config.max_running:
+                break
             if batch_id in self._drives or self._backoff.get(batch_id, (0, 0.0))[1] > now:
                 continue
             if not await self._store.take_lease(_lease(batch_id), self._lease_seconds):
@@ -162,6 +175,7 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             self._drives.pop(drive.batch_id, None)
+            self._wake.set()  # a run slot is free: a queued batch may start now
             if drive.stop != "lost":
                 with contextlib.suppress(Exception):
                     # Free the lease (it ends now) so any instance can go on at once.

@@ -519,8 +519,9 @@ class BatchMetadata(Protocol):
         one of `statuses` (any status when empty); False if it was not (nothing changed)."""
         ...
 
-    async def active_batches(self) -> list[str]:
-        """Ids of the batches in a status of BATCH_ACTIVE, oldest first."""
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
+        """Ids of the batches in one of `statuses` (by default all of BATCH_ACTIVE), oldest
+        first."""
         ...
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:

@@ -1407,9 +1407,9 @@ class PostgresMetadata:
             args.append(list(statuses))
         return await self._execute(sql, *args) == 1
 
-    async def active_batches(self) -> list[str]:
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
         sql = "SELECT id FROM batches WHERE status = ANY($1::text[]) ORDER BY seq"
-        return [row[0] for row in await self._rows(sql, list(BATCH_ACTIVE))]
+        return [row[0] for row in await self._rows(sql, list(statuses))]
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
         sql = """

@@ -1185,10 +1185,10 @@ class SqliteMetadata:
             params += statuses
         return bool(await self._write(sql + " RETURNING 1", params))
 
-    async def active_batches(self) -> list[str]:
-        marks = ",".join("?" * len(BATCH_ACTIVE))
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
+        marks = ",".join("?" * len(statuses))
         sql = f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq"
-        return [row[0] for row in await self._rows(sql, BATCH_ACTIVE)]
+        return [row[0] for row in await self._rows(sql, tuple(statuses))]
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
         sql = "INSERT OR IGNORE INTO batch_requests (batch_id, line, custom_id) VALUES (?, ?, ?)"
