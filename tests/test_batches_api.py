@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
 from filesd.config import ConfigError, parse_config
+from filesd.storage.sqlite import database_path
 
 from .batch_upstream import Behaviour, make_upstream, request_line
 from .conftest import ALPHA, BETA, make_config, upload, wait_until
@@ -155,6 +157,15 @@ async def test_a_chat_batch_runs_to_completion_with_openais_objects(
     completion = sum(o["response"]["body"]["usage"]["completion_tokens"] for o in out)
     assert (usage["input_tokens"], usage["output_tokens"]) == (prompt, completion)
     assert usage["total_tokens"] == prompt + completion > 0
+    # Final: the results live in the output file only, not in the database too.
+    database = sqlite3.connect(database_path(tmp_path / "data"))
+    with contextlib.closing(database):
+
+        async def forgotten() -> bool:
+            sql = "SELECT COUNT(*) FROM batch_requests WHERE result IS NOT NULL"
+            return bool(database.execute(sql).fetchone()[0] == 0)
+
+        await wait_until(forgotten, what="result payloads dropped")
     # The output is a file of the project: purpose batch_output, expiring in 30 days.
     resp = await client.get(f"/v1/files/{batch['output_file_id']}", headers=ALPHA)
     info = await resp.json()

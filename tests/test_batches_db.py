@@ -164,3 +164,16 @@ async def test_a_page_of_results_is_bounded_by_bytes(db: MetadataStore) -> None:
     assert [line for line, _ in page] == [4]
     page = await db.batch_results("batch_a", ok=True, after_line=0, limit=100)
     assert len(page) == 10
+
+
+async def test_forget_batch_drops_result_payloads_and_the_lease(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a", status="in_progress"))
+    await db.add_batch_requests("batch_a", [(1, "a"), (2, "b")])
+    await db.record_batch_results("batch_a", [BatchResult(1, True, "x" * 100)])
+    assert await db.take_lease("batch:batch_a", "one", now=100, ttl=60)
+    assert not await db.take_lease("batch:batch_a", "two", now=100, ttl=60)
+    await db.forget_batch("batch_a", "batch:batch_a")
+    assert await db.batch_results("batch_a", ok=True, after_line=0, limit=10) == [(1, None)]
+    # The row of the request still says it is done; the lease is free (and gone).
+    assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [(2, "b")]
+    assert await db.take_lease("batch:batch_a", "two", now=100, ttl=60)

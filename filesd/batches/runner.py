@@ -36,6 +36,7 @@ from .validate import MAX_LINE_BYTES, batch_error, validate_input
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+FINAL = ("completed", "failed", "expired", "cancelled")
 # Pending requests read from the database at once.
 PAGE = 500
 # Results group-committed at once, at most, and their bytes at most (one result may be as
@@ -152,8 +153,9 @@ class BatchRunner:
 
     async def _drive(self, drive: _Drive) -> None:
         keeper = asyncio.create_task(self._keep_lease(drive, asyncio.current_task()))
+        finished = False
         try:
-            await self._work(drive)
+            finished = await self._work(drive)
             self._backoff.pop(drive.batch_id, None)
         except asyncio.CancelledError:
             if drive.stop != "lost":
@@ -176,7 +178,11 @@ class BatchRunner:
                 await keeper
             self._drives.pop(drive.batch_id, None)
             self._wake.set()  # a run slot is free: a queued batch may start now
-            if drive.stop != "lost":
+            if finished:
+                with contextlib.suppress(Exception):
+                    # Final: its result payloads (in the output files now) and its lease go.
+                    await self._meta.forget_batch(drive.batch_id, _lease(drive.batch_id))
+            elif drive.stop != "lost":
                 with contextlib.suppress(Exception):
                     # Free the lease (it ends now) so any instance can go on at once.
                     await self._store.take_lease(_lease(drive.batch_id), 0)
@@ -220,11 +226,12 @@ class BatchRunner:
 
     # --- the states -----------------------------------------------------------------------------
 
-    async def _work(self, drive: _Drive) -> None:
+    async def _work(self, drive: _Drive) -> bool:
+        """Drive the batch as far as it goes here; True once it is in a final status."""
         while True:
             batch = await self._meta.get_batch(drive.batch_id)
             if batch is None:
-                return
+                return False
             if drive.stop == "cancel" and batch.status != "cancelling":
                 drive.halt(None)  # a poke for a batch that was not cancelled after all
             active = batch.status in ("validating", "in_progress")
@@ -246,9 +253,8 @@ class BatchRunner:
                     # Stopped while validating: the rows so far are no requests of a batch.
                     await self._meta.clear_batch_requests(batch.id)
                 await self._finalize(batch)
-                return
             else:
-                return
+                return batch.status in FINAL
 
     async def _validate(self, drive: _Drive, batch: BatchRecord) -> None:
         try:

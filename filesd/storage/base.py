@@ -545,6 +545,11 @@ class BatchMetadata(Protocol):
         status moves on, its output and counts are final). Returns how many were recorded."""
         ...
 
+    async def forget_batch(self, batch_id: str, lease: str) -> None:
+        """Once the batch's final status is committed (its output files hold the results):
+        drop its requests' result payloads and the lease `lease` it was driven under."""
+        ...
+
     async def batch_results(
         self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:

@@ -1477,6 +1477,15 @@ class PostgresMetadata:
         ]
         return int(await self._value(sql, batch_id, *args))
 
+    async def forget_batch(self, batch_id: str, lease: str) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE batch_requests SET result = NULL "
+                "WHERE batch_id = $1 AND result IS NOT NULL",
+                batch_id,
+            )
+            await conn.execute("DELETE FROM leases WHERE name = $1", lease)
+
     async def batch_results(
         self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:

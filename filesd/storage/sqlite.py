@@ -1253,6 +1253,13 @@ class SqliteMetadata:
                 )
         return done + failed
 
+    async def forget_batch(self, batch_id: str, lease: str) -> None:
+        await self._write(
+            "UPDATE batch_requests SET result = NULL WHERE batch_id = ? AND result IS NOT NULL",
+            (batch_id,),
+        )
+        self._leases.pop(lease, None)
+
     async def batch_results(
         self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
