@@ -741,6 +741,13 @@ class FileStore:
             record.sha256, filename=record.filename, expires_in=expires_in
         )
 
+    def open_blob_stream(self, record: FileRecord) -> AsyncIterator[bytes]:
+        """The content of `record` from its start, straight from the blob backend, for a
+        reader in the background (the batch runner) that may stop early: closing the
+        iterator (`aclose`) closes the underlying file or connection at once, rather than
+        leaving it to the garbage collector. Raises `BlobMissing` if the content is gone."""
+        return self._blobs.open_range(record.sha256)
+
     async def read_range(
         self, record: FileRecord, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:

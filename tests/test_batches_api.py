@@ -490,6 +490,7 @@ async def test_a_batch_past_its_window_expires_with_its_partial_output(
     batch = await finished(client, batch["id"])
     assert batch["status"] == "expired"
     assert batch["expired_at"] >= batch["expires_at"]
+    assert batch["finalizing_at"] == batch["expired_at"]
     out = await content_lines(client, batch["output_file_id"])
     unrun = await content_lines(client, batch["error_file_id"])
     assert len(out) == batch["request_counts"]["completed"] >= 4
@@ -520,6 +521,7 @@ async def test_an_input_file_deleted_under_a_batch_fails_it_with_what_was_done(
     batch = await finished(client, batch["id"])
     assert batch["status"] == "failed"
     assert [e["code"] for e in batch["errors"]["data"]] == ["input_file_deleted"]
+    assert batch["finalizing_at"] is not None
     out = await content_lines(client, batch["output_file_id"])
     unrun = await content_lines(client, batch["error_file_id"])
     assert len(out) == batch["request_counts"]["completed"] >= 4
@@ -662,6 +664,9 @@ async def test_an_unreachable_upstream_fails_each_request_with_an_error(
     [line] = await content_lines(client, batch["error_file_id"])
     assert line["response"] is None
     assert line["error"]["code"] == "upstream_unreachable"
+    # Where the upstream is is the operator's business (in the log), not the tenant's.
+    assert str(unused_tcp_port) not in line["error"]["message"]
+    assert "127.0.0.1" not in line["error"]["message"]
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -688,6 +693,12 @@ def test_bad_batch_settings_name_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_config({"batches": table}, base_dir=tmp_path)
+
+
+def test_the_upstream_api_key_is_not_in_the_config_repr(tmp_path: Path) -> None:
+    config = parse_config({"batches": {"api_key": "sk-very-secret"}}, base_dir=tmp_path)
+    assert config.batches.api_key == "sk-very-secret"
+    assert "sk-very-secret" not in repr(config)
 
 
 def test_batch_settings_parse(tmp_path: Path) -> None:

@@ -81,7 +81,6 @@ class BatchRunner:
     ) -> None:
         self._store = store
         self._meta = meta
-        self._blobs = store.upload_backing().blobs
         self._config = config
         self._upstream = upstream
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -238,9 +237,10 @@ class BatchRunner:
             if active and drive.stop is None and self._store.now() >= batch.expires_at:
                 drive.halt("expire")
             if drive.stop == "expire" and active:
+                now = self._store.now()
                 await self._meta.update_batch(
                     batch.id,
-                    {"status": "finalizing", "expired_at": self._store.now()},
+                    {"status": "finalizing", "expired_at": now, "finalizing_at": now},
                     statuses=["validating", "in_progress"],
                 )
                 continue
@@ -340,7 +340,11 @@ class BatchRunner:
             )
             await self._meta.update_batch(
                 batch.id,
-                {"status": "finalizing", "errors": errors_json([error])},
+                {
+                    "status": "finalizing",
+                    "finalizing_at": self._store.now(),
+                    "errors": errors_json([error]),
+                },
                 statuses=["in_progress"],
             )
             return
@@ -443,9 +447,9 @@ class BatchRunner:
                 index += 1
 
     def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
-        """The input file's bytes, straight from the blob backend: closing this closes the
-        file at once (a pass that stops early must not leave it to the garbage collector)."""
-        return self._blobs.open_range(record.sha256)
+        """The input file's bytes: closing this closes the file at once (a pass that stops
+        early must not leave it to the garbage collector)."""
+        return self._store.open_blob_stream(record)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")
