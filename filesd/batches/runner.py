@@ -226,11 +226,12 @@ class BatchRunner:
     # --- the states -----------------------------------------------------------------------------
 
     async def _work(self, drive: _Drive) -> bool:
-        """Drive the batch as far as it goes here; True once it is in a final status."""
+        """Drive the batch as far as it goes here; True once it is in a final status or
+        gone (removed by a reset): nothing is left to do for it, anywhere."""
         while True:
             batch = await self._meta.get_batch(drive.batch_id)
             if batch is None:
-                return False
+                return True
             if drive.stop == "cancel" and batch.status != "cancelling":
                 drive.halt(None)  # a poke for a batch that was not cancelled after all
             active = batch.status in ("validating", "in_progress")
