@@ -1,39 +1,24 @@
 """HTTP handlers of the Batch API: create, retrieve, list, cancel. Each translates HTTP to a
-`BatchService` call and back, and the service's refusals to OpenAI's error envelope."""
+`BatchService` call and back; the service's refusals (batches/errors.py) go to OpenAI's
+error envelope through the one error boundary (boundary.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from .auth import PROJECT
-from .batches.errors import (
-    BatchesDisabled,
-    BatchNotCancellable,
-    BatchNotFound,
-    InputFileNotFound,
-    InputFileWrongPurpose,
-)
+from .batches.errors import BatchesDisabled
 from .batches.objects import COMPLETION_WINDOWS, ENDPOINTS, as_batch_object
 from .batches.service import BatchService
 from .bodies import read_json_object
-from .errors import ApiError, InvalidRequest, NotFound
-from .routes import _int_param
+from .errors import InvalidRequest
+from .query_params import int_param
 from .validation import check_expires_after, check_no_unknown, require
 
 BATCHES = web.AppKey("batches", BatchService)
 
 LIMIT_DEFAULT, LIMIT_MAX = 20, 100
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
-
-DISABLED_MESSAGE = (
-    "The Batch API is off on this server: no upstream is configured. Set [batches] upstream "
-    'in filesd.toml to "echo" (a built-in deterministic model, for tests) or to the base URL '
-    'of an OpenAI-compatible API (e.g. "http://127.0.0.1:11434/v1" for Ollama, '
-    '"http://127.0.0.1:8000/v1" for vLLM), then restart filesd.'
-)
 
 
 def setup_batch_routes(app: web.Application) -> None:
@@ -43,52 +28,10 @@ def setup_batch_routes(app: web.Application) -> None:
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
 
 
-def _api_error(error: Exception) -> ApiError:
-    """OpenAI's error for a refusal of the batch service."""
-    if isinstance(error, BatchesDisabled):
-        return InvalidRequest(DISABLED_MESSAGE, code="batches_disabled")
-    if isinstance(error, BatchNotFound):
-        if error.param == "after":
-            return InvalidRequest(f"No such Batch object: {error.batch_id}", param="after")
-        return NotFound(f"No such Batch object: {error.batch_id}", param="batch_id")
-    if isinstance(error, InputFileNotFound):
-        return NotFound(f"No such File object: {error.file_id}", param="input_file_id")
-    if isinstance(error, InputFileWrongPurpose):
-        return InvalidRequest(
-            f"The input file {error.file_id} has purpose '{error.purpose}': a batch's input "
-            "file must be uploaded with purpose 'batch'.",
-            param="input_file_id",
-            code="invalid_value",
-        )
-    if isinstance(error, BatchNotCancellable):
-        return ApiError(
-            f"Cannot cancel a batch with status '{error.status}'.",
-            code="batch_not_cancellable",
-            status=409,
-        )
-    raise error
-
-
-_REFUSALS = (
-    BatchesDisabled,
-    BatchNotFound,
-    InputFileNotFound,
-    InputFileWrongPurpose,
-    BatchNotCancellable,
-)
-
-
-async def _call(operation: Callable[[], Awaitable[Any]]) -> Any:
-    try:
-        return await operation()
-    except _REFUSALS as error:
-        raise _api_error(error) from None
-
-
 async def create_batch(request: web.Request) -> web.Response:
     service = request.app[BATCHES]
     if not service.enabled:
-        raise _api_error(BatchesDisabled())
+        raise BatchesDisabled()
     body = await read_json_object(request)
     check_no_unknown(
         body,
@@ -107,15 +50,13 @@ async def create_batch(request: web.Request) -> web.Response:
         expires_after = check_expires_after(
             policy.get("anchor"), policy.get("seconds"), prefix="output_expires_after"
         )
-    batch = await _call(
-        lambda: service.create(
-            request[PROJECT],
-            input_file_id=input_file_id,
-            endpoint=endpoint,
-            completion_window=window,
-            metadata=metadata,
-            output_expires_after=expires_after,
-        )
+    batch = await service.create(
+        request[PROJECT],
+        input_file_id=input_file_id,
+        endpoint=endpoint,
+        completion_window=window,
+        metadata=metadata,
+        output_expires_after=expires_after,
     )
     return web.json_response(as_batch_object(batch))
 
@@ -123,7 +64,7 @@ async def create_batch(request: web.Request) -> web.Response:
 async def retrieve_batch(request: web.Request) -> web.Response:
     service = request.app[BATCHES]
     batch_id = request.match_info["batch_id"]
-    batch = await _call(lambda: service.get(request[PROJECT], batch_id))
+    batch = await service.get(request[PROJECT], batch_id)
     return web.json_response(as_batch_object(batch))
 
 
@@ -131,7 +72,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
     service = request.app[BATCHES]
     check_no_unknown(await read_json_object(request, allow_empty=True), set())
     batch_id = request.match_info["batch_id"]
-    batch = await _call(lambda: service.cancel(request[PROJECT], batch_id))
+    batch = await service.cancel(request[PROJECT], batch_id)
     return web.json_response(as_batch_object(batch))
 
 
@@ -140,9 +81,9 @@ async def list_batches(request: web.Request) -> web.Response:
     for name in ("after", "limit"):
         if len(request.query.getall(name, [])) > 1:
             raise InvalidRequest(f"Duplicate query parameter '{name}'.", param=name)
-    limit = _int_param(request.query, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
+    limit = int_param(request.query, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
     after = request.query.get("after") or None
-    page = await _call(lambda: service.list(request[PROJECT], after=after, limit=limit))
+    page = await service.list(request[PROJECT], after=after, limit=limit)
     data = [as_batch_object(b) for b in page.batches]
     return web.json_response(
         {

@@ -18,6 +18,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from .archive import ArchiveError
+from .batches.errors import (
+    BatchesDisabled,
+    BatchNotCancellable,
+    BatchNotFound,
+    InputFileNotFound,
+    InputFileWrongPurpose,
+)
 from .errors import (
     REQUEST_ID,
     STARTED,
@@ -176,6 +183,27 @@ ERRORS: dict[type[BaseException], Mapper] = {
         f"hold more than the {exc.declared} bytes the upload was created with.",
         param="data",
         code="part_exceeds_upload",
+    ),
+    # the Batch API
+    BatchesDisabled: lambda request, exc: InvalidRequest(str(exc), code="batches_disabled"),
+    BatchNotFound: lambda request, exc: (
+        InvalidRequest(f"No such Batch object: {exc.batch_id}", param="after")
+        if exc.param == "after"
+        else NotFound(f"No such Batch object: {exc.batch_id}", param="batch_id")
+    ),
+    InputFileNotFound: lambda request, exc: NotFound(
+        f"No such File object: {exc.file_id}", param="input_file_id"
+    ),
+    InputFileWrongPurpose: lambda request, exc: InvalidRequest(
+        f"The input file {exc.file_id} has purpose '{exc.purpose}': a batch's input file must "
+        "be uploaded with purpose 'batch'.",
+        param="input_file_id",
+        code="invalid_value",
+    ),
+    BatchNotCancellable: lambda request, exc: ApiError(
+        f"Cannot cancel a batch with status '{exc.status}'.",
+        code="batch_not_cancellable",
+        status=409,
     ),
     # aiohttp
     web.HTTPMethodNotAllowed: lambda request, exc: MethodNotAllowed(

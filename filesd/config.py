@@ -186,12 +186,19 @@ class BatchesConfig:
     # deterministic model; else an OpenAI-compatible base URL ("https://host/v1").
     upstream: str = ""
     # The bearer token for the upstream, or the name of an environment variable holding it.
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)
     api_key_env: str = ""
     # Requests in flight at once, over all batches of this instance.
     concurrency: int = 8
+    # Batches driven at once by this instance (each holds its input file open while it runs).
+    max_running: int = 4
     # Seconds one upstream request may take (each attempt).
     request_timeout: float = 600.0
+    # Seconds the upstream may stay silent while sending its answer (each read): a slow drip
+    # cannot hold a request for the whole request_timeout.
+    read_timeout: float = 60.0
+    # Bytes of one upstream answer at most; a larger one is a failed request.
+    max_response_bytes: int = 8 * 1024 * 1024
     # Attempts after the first, on 429, 5xx and network errors.
     max_retries: int = 5
     # Seconds before the first retry (doubling after each, capped at 60; Retry-After wins).
@@ -440,6 +447,9 @@ def _parse_batches(data: Mapping[str, Any]) -> BatchesConfig:
     concurrency = _get(table, "batches.concurrency", int, BatchesConfig.concurrency)
     if not 1 <= concurrency <= 1024:
         raise ConfigError(f"batches.concurrency: must be between 1 and 1024, got {concurrency}")
+    max_running = _get(table, "batches.max_running", int, BatchesConfig.max_running)
+    if not 1 <= max_running <= 1024:
+        raise ConfigError(f"batches.max_running: must be between 1 and 1024, got {max_running}")
     max_retries = _get(table, "batches.max_retries", int, BatchesConfig.max_retries)
     if max_retries < 0:
         raise ConfigError(f"batches.max_retries: must be 0 or more, got {max_retries}")
@@ -448,7 +458,7 @@ def _parse_batches(data: Mapping[str, Any]) -> BatchesConfig:
         raise ConfigError("batches.retry_backoff: must be a number of seconds, 0 or more")
     limits = {
         name: _get(table, f"batches.{name}", int, getattr(BatchesConfig, name))
-        for name in ("max_requests", "max_input_bytes")
+        for name in ("max_requests", "max_input_bytes", "max_response_bytes")
     }
     for name, value in limits.items():
         if value < 1:
@@ -463,9 +473,11 @@ def _parse_batches(data: Mapping[str, Any]) -> BatchesConfig:
         api_key=_get(table, "batches.api_key", str, BatchesConfig.api_key),
         api_key_env=_get(table, "batches.api_key_env", str, BatchesConfig.api_key_env),
         concurrency=concurrency,
+        max_running=max_running,
         request_timeout=_get_seconds(
             table, "batches.request_timeout", BatchesConfig.request_timeout
         ),
+        read_timeout=_get_seconds(table, "batches.read_timeout", BatchesConfig.read_timeout),
         max_retries=max_retries,
         retry_backoff=float(retry_backoff),
         models=models,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,12 +20,12 @@ from .errors import (
 )
 from .forms import FORM_OVERHEAD, read_upload_form
 from .models import content_disposition
+from .query_params import int_param
 from .responses import json_response
 from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
 OFFSET_MAX = 2**63 - 1  # SQLite's largest integer: beyond it the query itself would fail
-_INT = re.compile(r"-?[0-9]+")
 _CONTENT_HEADERS = {
     "Content-Type": "application/octet-stream",
     "X-Content-Type-Options": "nosniff",
@@ -141,38 +140,8 @@ def _list_query(params: MultiMapping[str]) -> ListQuery:
     sort: Literal["asc", "desc"] = "asc" if order == "asc" else "desc"
     return ListQuery(
         purpose=params.get("purpose") or None,
-        limit=_int_param(params, "limit", LIMIT_DEFAULT, LIMIT_MIN, LIMIT_MAX),
-        offset=_int_param(params, "offset", 0, 0, OFFSET_MAX),
+        limit=int_param(params, "limit", LIMIT_DEFAULT, LIMIT_MIN, LIMIT_MAX),
+        offset=int_param(params, "offset", 0, 0, OFFSET_MAX),
         after=params.get("after") or None,
         order=sort,
     )
-
-
-def _int_param(
-    params: MultiMapping[str], name: str, default: int, minimum: int, maximum: int | None
-) -> int:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not _INT.fullmatch(raw) or len(raw) > 19:
-        raise InvalidRequest(
-            f"Invalid type for '{name}': expected an integer, but got a string instead.",
-            param=name,
-            code="invalid_type",
-        )
-    value = int(raw)
-    if value < minimum:
-        raise InvalidRequest(
-            f"Invalid '{name}': integer below minimum value. "
-            f"Expected a value >= {minimum}, but got {value} instead.",
-            param=name,
-            code="integer_below_min_value",
-        )
-    if maximum is not None and value > maximum:
-        raise InvalidRequest(
-            f"Invalid '{name}': integer above maximum value. "
-            f"Expected a value <= {maximum}, but got {value} instead.",
-            param=name,
-            code="integer_above_max_value",
-        )
-    return value

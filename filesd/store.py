@@ -437,6 +437,12 @@ class FileStore:
         """A writer for the content of a new file, capped at `max_file_bytes`."""
         return self._blobs.writer(self.max_file_bytes)
 
+    def output_writer(self) -> BlobWriter:
+        """A writer for content the server makes itself (a batch's output), not uploaded:
+        `max_file_bytes` limits uploads and does not apply; the project quotas still do,
+        when the file is created."""
+        return self._blobs.writer(None)
+
     async def discard(self, staged: StagedBlob) -> None:
         """Drop staged content that will not become a file."""
         await self._blobs.discard([staged])
@@ -734,6 +740,13 @@ class FileStore:
         return self._blobs.download_url(
             record.sha256, filename=record.filename, expires_in=expires_in
         )
+
+    def open_blob_stream(self, record: FileRecord) -> AsyncIterator[bytes]:
+        """The content of `record` from its start, straight from the blob backend, for a
+        reader in the background (the batch runner) that may stop early: closing the
+        iterator (`aclose`) closes the underlying file or connection at once, rather than
+        leaving it to the garbage collector. Raises `BlobMissing` if the content is gone."""
+        return self._blobs.open_range(record.sha256)
 
     async def read_range(
         self, record: FileRecord, start: int = 0, length: int | None = None

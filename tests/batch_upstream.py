@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,8 @@ class Behaviour:
         self.calls: collections.Counter[str] = collections.Counter()
         self.authorization: set[str] = set()
         self.models: set[str] = set()
+        # time.monotonic() of the last call (0: none yet).
+        self.last_call = 0.0
 
 
 def make_upstream(behaviour: Behaviour) -> web.Application:
@@ -47,6 +50,7 @@ def make_upstream(behaviour: Behaviour) -> web.Application:
         text = body["messages"][-1]["content"]
         key, _, mode = text.partition("|")
         behaviour.calls[key] += 1
+        behaviour.last_call = time.monotonic()
         count = behaviour.calls[key]
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)

@@ -5,7 +5,11 @@ connections, slow answers), cancel and expiry. Every response is checked against
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from filesd.app import create_app
 from filesd.config import ConfigError, parse_config
+from filesd.storage.sqlite import database_path
 
 from .batch_upstream import Behaviour, make_upstream, request_line
 from .conftest import ALPHA, BETA, make_config, upload, wait_until
@@ -152,6 +157,15 @@ async def test_a_chat_batch_runs_to_completion_with_openais_objects(
     completion = sum(o["response"]["body"]["usage"]["completion_tokens"] for o in out)
     assert (usage["input_tokens"], usage["output_tokens"]) == (prompt, completion)
     assert usage["total_tokens"] == prompt + completion > 0
+    # Final: the results live in the output file only, not in the database too.
+    database = sqlite3.connect(database_path(tmp_path / "data"))
+    with contextlib.closing(database):
+
+        async def forgotten() -> bool:
+            sql = "SELECT COUNT(*) FROM batch_requests WHERE result IS NOT NULL"
+            return bool(database.execute(sql).fetchone()[0] == 0)
+
+        await wait_until(forgotten, what="result payloads dropped")
     # The output is a file of the project: purpose batch_output, expiring in 30 days.
     resp = await client.get(f"/v1/files/{batch['output_file_id']}", headers=ALPHA)
     info = await resp.json()
@@ -476,6 +490,7 @@ async def test_a_batch_past_its_window_expires_with_its_partial_output(
     batch = await finished(client, batch["id"])
     assert batch["status"] == "expired"
     assert batch["expired_at"] >= batch["expires_at"]
+    assert batch["finalizing_at"] == batch["expired_at"]
     out = await content_lines(client, batch["output_file_id"])
     unrun = await content_lines(client, batch["error_file_id"])
     assert len(out) == batch["request_counts"]["completed"] >= 4
@@ -506,6 +521,7 @@ async def test_an_input_file_deleted_under_a_batch_fails_it_with_what_was_done(
     batch = await finished(client, batch["id"])
     assert batch["status"] == "failed"
     assert [e["code"] for e in batch["errors"]["data"]] == ["input_file_deleted"]
+    assert batch["finalizing_at"] is not None
     out = await content_lines(client, batch["output_file_id"])
     unrun = await content_lines(client, batch["error_file_id"])
     assert len(out) == batch["request_counts"]["completed"] >= 4
@@ -513,9 +529,11 @@ async def test_an_input_file_deleted_under_a_batch_fails_it_with_what_was_done(
     assert len(out) + len(unrun) == 200
 
 
-async def test_an_output_over_the_file_limit_fails_the_batch_clearly(
+async def test_an_output_over_the_upload_limit_is_stored_all_the_same(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
+    """`max_file_bytes` limits uploads; a batch's output is made by the server, and its
+    finished work is not thrown away for being larger."""
     client = await app_client(
         aiohttp_client,
         tmp_path,
@@ -525,10 +543,32 @@ async def test_an_output_over_the_file_limit_fails_the_batch_clearly(
     batch = await finished(
         client, (await start_batch(client, [chat_line(f"r{n}") for n in range(8)]))["id"]
     )
+    assert batch["status"] == "completed"
+    resp = await client.get(f"/v1/files/{batch['output_file_id']}", headers=ALPHA)
+    assert (await resp.json())["bytes"] > 2000
+    assert len(await content_lines(client, batch["output_file_id"])) == 8
+
+
+async def test_an_output_over_the_quota_fails_the_batch_and_leaves_no_file(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Two files per project: the input and the output fit, the error file does not.
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "max_retries": 0, "concurrency": 1},
+        limits={"max_files_per_project": 2},
+        testing={"faults": [{"route": "/v1/chat/completions", "status": 400, "count": 1}]},
+    )
+    batch = await finished(
+        client, (await start_batch(client, [chat_line(f"r{n}") for n in range(4)]))["id"]
+    )
     assert batch["status"] == "failed"
     [error] = batch["errors"]["data"]
-    assert error["code"] == "output_too_large"
-    assert "max_file_bytes" in error["message"]
+    assert error["code"] == "quota_exceeded"
+    assert batch["output_file_id"] is None and batch["error_file_id"] is None
+    resp = await client.get("/v1/files", headers=ALPHA)
+    assert [f["purpose"] for f in (await resp.json())["data"]] == ["batch"]
 
 
 # --- a real upstream over HTTP ----------------------------------------------------------------
@@ -624,6 +664,9 @@ async def test_an_unreachable_upstream_fails_each_request_with_an_error(
     [line] = await content_lines(client, batch["error_file_id"])
     assert line["response"] is None
     assert line["error"]["code"] == "upstream_unreachable"
+    # Where the upstream is is the operator's business (in the log), not the tenant's.
+    assert str(unused_tcp_port) not in line["error"]["message"]
+    assert "127.0.0.1" not in line["error"]["message"]
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -638,6 +681,9 @@ async def test_an_unreachable_upstream_fails_each_request_with_an_error(
         ({"retry_backoff": -1}, "batches.retry_backoff"),
         ({"request_timeout": 0}, "batches.request_timeout"),
         ({"max_requests": 0}, "batches.max_requests"),
+        ({"max_response_bytes": 0}, "batches.max_response_bytes"),
+        ({"read_timeout": 0}, "batches.read_timeout"),
+        ({"max_running": 0}, "batches.max_running"),
         ({"models": {"a": 1}}, "batches.models.a"),
         ({"nope": 1}, "batches.nope"),
     ],
@@ -649,6 +695,12 @@ def test_bad_batch_settings_name_the_key(
         parse_config({"batches": table}, base_dir=tmp_path)
 
 
+def test_the_upstream_api_key_is_not_in_the_config_repr(tmp_path: Path) -> None:
+    config = parse_config({"batches": {"api_key": "sk-very-secret"}}, base_dir=tmp_path)
+    assert config.batches.api_key == "sk-very-secret"
+    assert "sk-very-secret" not in repr(config)
+
+
 def test_batch_settings_parse(tmp_path: Path) -> None:
     config = parse_config(
         {"batches": {"upstream": "http://h:1/v1/", "models": {"a": "b"}, "retry_backoff": 0}},
@@ -657,3 +709,82 @@ def test_batch_settings_parse(tmp_path: Path) -> None:
     assert config.batches.upstream == "http://h:1/v1"
     assert config.batches.models == {"a": "b"}
     assert config.batches.retry_backoff == 0.0
+
+
+# --- reset ------------------------------------------------------------------------------------
+
+
+async def test_admin_reset_removes_batches_and_stops_their_runs(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    behaviour = Behaviour()
+    behaviour.delay = 0.1
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    admin = {"Authorization": "Bearer admin-token-0123456789"}
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": str(upstream.make_url("/v1")), "concurrency": 2},
+        admin={"token": "admin-token-0123456789"},
+    )
+    batch = await start_batch(client, [request_line(f"r{n}") for n in range(100)])
+    kept = await start_batch(client, [request_line("b")], headers=BETA)
+
+    async def some_sent() -> bool:
+        return sum(behaviour.calls.values()) >= 4
+
+    await wait_until(some_sent, what="some requests sent")
+    resp = await client.post("/admin/reset", json={"project": "alpha"}, headers=admin)
+    assert resp.status == 200
+    resp = await client.get(f"/v1/batches/{batch['id']}", headers=ALPHA)
+    assert resp.status == 404
+    assert (await (await client.get("/v1/batches", headers=ALPHA)).json())["data"] == []
+    # The other project's batch is untouched.
+    assert (await get_batch(client, kept["id"], BETA))["id"] == kept["id"]
+    # The run stops: no request is sent any more (while it runs, one goes every ~0.05 s),
+    # far short of the 100 (5 s of them at 2 x 0.1 s).
+    await wait_until(
+        lambda: time.monotonic() - behaviour.last_call > 0.5,
+        timeout=5,
+        what="the reset batch's run stopped",
+    )
+    assert sum(behaviour.calls.values()) < 40
+    resp = await client.get("/v1/files", headers=ALPHA)
+    assert (await resp.json())["data"] == []
+
+
+# --- many batches -----------------------------------------------------------------------------
+
+
+def _open_blob_files(data_dir: Path) -> int:
+    """Files of `data_dir`'s blob store this process holds open now."""
+    blobs = str(data_dir / "blobs")
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(blobs):
+                count += 1
+    return count
+
+
+async def test_queued_batches_wait_for_a_run_slot_without_holding_their_input_open(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 1, "max_running": 2},
+        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 30}]},
+    )
+    batches = [
+        await start_batch(client, [chat_line(f"b{b}r{n}") for n in range(3)]) for b in range(12)
+    ]
+
+    async def some_done() -> bool:
+        counts = [(await get_batch(client, b["id"]))["request_counts"] for b in batches]
+        return sum(c["completed"] for c in counts) >= 3
+
+    await wait_until(some_done, what="some requests done")
+    assert _open_blob_files(tmp_path / "data") <= 2
+    for batch in batches:
+        assert (await finished(client, batch["id"]))["status"] == "completed"

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from openai.types import Batch
 
 from filesd.process import ServerProcess
 
 from .batch_upstream import Behaviour, request_line, upstream_thread
+from .conftest import wait_until_sync
 from .pg_service import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -66,10 +67,11 @@ def test_sigkill_mid_batch_resends_nothing_completed(tmp_path: Path, database: s
             batch = client.batches.create(
                 input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
             )
-            deadline = time.monotonic() + 30
-            while sum(behaviour.calls.values()) < REQUESTS // 4:
-                assert time.monotonic() < deadline, "the batch did not get going"
-                time.sleep(0.01)
+            wait_until_sync(
+                lambda: sum(behaviour.calls.values()) >= REQUESTS // 4,
+                timeout=30,
+                what="the batch getting going",
+            )
         finally:
             first.stop(signal.SIGKILL)
         sent_before = dict(behaviour.calls)
@@ -78,13 +80,18 @@ def test_sigkill_mid_batch_resends_nothing_completed(tmp_path: Path, database: s
         second = start(tmp_path, "second", database, upstream)
         try:
             client = OpenAI(base_url=second.base_url, api_key=key, max_retries=0)
-            deadline = time.monotonic() + 60
-            while (done := client.batches.retrieve(batch.id)).status != "completed":
-                assert done.status in ("validating", "in_progress", "finalizing"), done.status
-                assert time.monotonic() < deadline, (
-                    f"still {done.status} after the restart: {second.stderr_text()[-3000:]}"
+            seen: list[Batch] = []
+
+            def completed() -> bool:
+                seen[:] = [client.batches.retrieve(batch.id)]
+                status = seen[0].status
+                assert status in ("validating", "in_progress", "finalizing", "completed"), (
+                    f"{status} after the restart: {second.stderr_text()[-3000:]}"
                 )
-                time.sleep(0.05)
+                return status == "completed"
+
+            wait_until_sync(completed, timeout=60, what="the batch completed after the restart")
+            [done] = seen
             assert done.request_counts is not None
             assert done.request_counts.completed == REQUESTS
             assert done.output_file_id is not None

@@ -75,7 +75,7 @@ async def test_update_batch_moves_only_from_the_statuses_named(db: MetadataStore
 
 
 async def test_a_result_is_recorded_once_and_counted_once(db: MetadataStore) -> None:
-    await db.insert_batch(batch("batch_a"))
+    await db.insert_batch(batch("batch_a", status="in_progress"))
     await db.add_batch_requests("batch_a", [(1, "a"), (2, "b"), (3, "c")])
     await db.add_batch_requests("batch_a", [(3, "c")])  # again after a restart: no change
     assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [
@@ -109,7 +109,7 @@ async def test_a_result_is_recorded_once_and_counted_once(db: MetadataStore) -> 
 
 
 async def test_concurrent_recorders_of_one_result_count_it_once(db: MetadataStore) -> None:
-    await db.insert_batch(batch("batch_a"))
+    await db.insert_batch(batch("batch_a", status="in_progress"))
     await db.add_batch_requests("batch_a", [(n, f"r{n}") for n in range(1, 201)])
     results = [BatchResult(n, True, "{}", (1, 1, 0, 0)) for n in range(1, 201)]
     counts = await asyncio.gather(
@@ -120,3 +120,60 @@ async def test_concurrent_recorders_of_one_result_count_it_once(db: MetadataStor
     got = await db.get_batch("batch_a")
     assert got is not None
     assert (got.completed, got.input_tokens) == (200, 200)
+
+
+@pytest.mark.parametrize("status", ["validating", "finalizing", "cancelling", "completed"])
+async def test_results_are_recorded_only_while_the_batch_is_in_progress(
+    db: MetadataStore, status: str
+) -> None:
+    """Once a batch has left `in_progress`, its output is being (or has been) written from
+    the rows: a late result must change neither the rows nor the counts."""
+    await db.insert_batch(batch("batch_a", status=status))
+    await db.add_batch_requests("batch_a", [(1, "a")])
+    assert await db.record_batch_results("batch_a", [BatchResult(1, True, "{}", (1, 1, 0, 0))]) == 0
+    assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [(1, "a")]
+    got = await db.get_batch("batch_a")
+    assert got is not None
+    assert (got.completed, got.failed, got.input_tokens) == (0, 0, 0)
+
+
+async def test_delete_everything_removes_the_projects_batches(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_p", status="in_progress"))
+    await db.insert_batch(batch("batch_q", project="q", status="in_progress"))
+    for batch_id in ("batch_p", "batch_q"):
+        await db.add_batch_requests(batch_id, [(1, "a")])
+    await db.delete_everything("p")
+    assert await db.get_batch("batch_p") is None
+    assert await db.pending_batch_requests("batch_p", after_line=0, limit=10) == []
+    assert await db.active_batches() == ["batch_q"]
+    assert await db.pending_batch_requests("batch_q", after_line=0, limit=10) == [(1, "a")]
+    await db.delete_everything(None)
+    assert await db.active_batches() == []
+    assert await db.pending_batch_requests("batch_q", after_line=0, limit=10) == []
+
+
+async def test_a_page_of_results_is_bounded_by_bytes(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a", status="in_progress"))
+    await db.add_batch_requests("batch_a", [(n, f"r{n}") for n in range(1, 11)])
+    big = "x" * 1000
+    await db.record_batch_results("batch_a", [BatchResult(n, True, big) for n in range(1, 11)])
+    page = await db.batch_results("batch_a", ok=True, after_line=0, limit=100, max_bytes=3500)
+    assert [line for line, _ in page] == [1, 2, 3]
+    # A result larger than the bound still comes, alone.
+    page = await db.batch_results("batch_a", ok=True, after_line=3, limit=100, max_bytes=10)
+    assert [line for line, _ in page] == [4]
+    page = await db.batch_results("batch_a", ok=True, after_line=0, limit=100)
+    assert len(page) == 10
+
+
+async def test_forget_batch_drops_result_payloads_and_the_lease(db: MetadataStore) -> None:
+    await db.insert_batch(batch("batch_a", status="in_progress"))
+    await db.add_batch_requests("batch_a", [(1, "a"), (2, "b")])
+    await db.record_batch_results("batch_a", [BatchResult(1, True, "x" * 100)])
+    assert await db.take_lease("batch:batch_a", "one", now=100, ttl=60)
+    assert not await db.take_lease("batch:batch_a", "two", now=100, ttl=60)
+    await db.forget_batch("batch_a", "batch:batch_a")
+    assert await db.batch_results("batch_a", ok=True, after_line=0, limit=10) == [(1, None)]
+    # The row of the request still says it is done; the lease is free (and gone).
+    assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [(2, "b")]
+    assert await db.take_lease("batch:batch_a", "two", now=100, ttl=60)

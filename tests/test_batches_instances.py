@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from openai.types import Batch
 from filesd.process import ServerProcess
 
 from .batch_upstream import Behaviour, request_line, upstream_thread
+from .conftest import wait_until_sync
 from .pg_service import PostgresServer
 from .s3_service import S3Bucket
 
@@ -62,11 +62,14 @@ def start_batch(client: OpenAI, requests: int) -> Batch:
 
 
 def wait_for(client: OpenAI, batch_id: str, timeout: float = 60) -> Batch:
-    deadline = time.monotonic() + timeout
-    while (batch := client.batches.retrieve(batch_id)).status not in FINAL:
-        assert time.monotonic() < deadline, f"still {batch.status}"
-        time.sleep(0.05)
-    return batch
+    seen: list[Batch] = []
+
+    def final() -> bool:
+        seen[:] = [client.batches.retrieve(batch_id)]
+        return seen[0].status in FINAL
+
+    wait_until_sync(final, timeout=timeout, what=f"batch {batch_id} finished")
+    return seen[0]
 
 
 def test_one_instance_drives_a_batch_and_a_cancel_reaches_it(
@@ -83,10 +86,13 @@ def test_one_instance_drives_a_batch_and_a_cancel_reaches_it(
 
     behaviour.delay = 0.05
     running = start_batch(a, 400)
-    deadline = time.monotonic() + 30
-    while sum(behaviour.calls.values()) < 300 + 8:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+
+    def some_done() -> bool:
+        counts = a.batches.retrieve(running.id).request_counts
+        return counts is not None and counts.completed >= 8
+
+    # Completed (recorded), not only sent: a request in flight at the cancel is not recorded.
+    wait_until_sync(some_done, timeout=30, what="8 requests done")
     assert b.batches.cancel(running.id).status in ("cancelling", "cancelled")
     cancelled = wait_for(a, running.id)
     assert cancelled.status == "cancelled"
@@ -103,10 +109,9 @@ def test_a_killed_instances_batch_is_finished_by_the_other(
     a, b = (OpenAI(base_url=s.base_url, api_key=key, max_retries=0) for s in instances)
     batch = start_batch(a, 400)
     # Instance a drives it: created there, its runner was poked at once (b looks each second).
-    deadline = time.monotonic() + 30
-    while sum(behaviour.calls.values()) < 100:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until_sync(
+        lambda: sum(behaviour.calls.values()) >= 100, timeout=30, what="100 requests sent"
+    )
     assert a.batches.retrieve(batch.id).status == "in_progress"
     first.stop(signal.SIGKILL)
     done = wait_for(b, batch.id)

@@ -24,6 +24,14 @@ from .upstream import Answer, Unreachable
 # Dimensions of an embedding unless the request asks for `dimensions`.
 EMBEDDING_DIMENSIONS = 64
 MAX_DIMENSIONS = 4096
+# Inputs of one embeddings request at most (OpenAI's limit).
+MAX_EMBEDDING_INPUTS = 2048
+# Numbers in one embeddings answer at most: about 10 bytes of JSON each, so an answer stays
+# under ~6 MB (below [batches] max_response_bytes' default) and ~0.3 s of CPU.
+MAX_EMBEDDING_VALUES = 2**19
+# Work above these (~0.5 ms) runs in a thread, not on the event loop.
+INLINE_VALUES = 1024
+INLINE_CHARS = 64 * 1024
 
 _FAULT_MESSAGES = {
     429: "Rate limit reached for requests.",
@@ -54,15 +62,49 @@ class EchoUpstream:
                 raise Unreachable("the connection was dropped (fault rule)")
             if rule.status is not None:
                 return _fault_answer(rule)
-        request_id = "req_" + _digest(endpoint, body)[:32]
-        try:
-            answer = _answer(endpoint, body)
-        except _BadRequest as error:
-            return Answer(400, _error(str(error), "invalid_request_error", error.param), request_id)
-        return Answer(200, answer, request_id)
+        if _heavy(endpoint, body):
+            return await asyncio.to_thread(_respond, endpoint, body)
+        return _respond(endpoint, body)
 
     async def close(self) -> None:
         pass
+
+
+def _respond(endpoint: str, body: dict[str, Any]) -> Answer:
+    request_id = "req_" + _digest(endpoint, body)[:32]
+    try:
+        answer = _answer(endpoint, body)
+    except _BadRequest as error:
+        return Answer(400, _error(str(error), "invalid_request_error", error.param), request_id)
+    return Answer(200, answer, request_id)
+
+
+def _heavy(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether answering takes more than ~0.5 ms: many embedding numbers, or much text (a
+    walk over the body's structure, copying nothing)."""
+    if endpoint == "/v1/embeddings":
+        given = body.get("input")
+        count = len(given) if isinstance(given, list) else 1
+        dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+        if isinstance(dimensions, int) and count * dimensions > INLINE_VALUES:
+            return True
+    return _chars_over(body, INLINE_CHARS) < 0
+
+
+def _chars_over(value: object, budget: int) -> int:
+    """`budget` less the characters of the strings in `value`, stopping below zero."""
+    stack = [value]
+    while stack and budget >= 0:
+        item = stack.pop()
+        if isinstance(item, str):
+            budget -= len(item)
+        elif isinstance(item, dict):
+            budget -= len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            budget -= len(item)
+            stack.extend(item)
+    return budget
 
 
 class _BadRequest(Exception):
@@ -142,11 +184,22 @@ def _answer(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
 def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
     given = body.get("input")
     items = given if isinstance(given, list) and given and not _is_tokens(given) else [given]
+    if len(items) > MAX_EMBEDDING_INPUTS:
+        raise _BadRequest(
+            f"'input' has {len(items)} items: at most {MAX_EMBEDDING_INPUTS} per request.",
+            "input",
+        )
     if any(item is None or item == "" for item in items):
         raise _BadRequest("'input' must be a non-empty string or array.", "input")
     dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
     if not isinstance(dimensions, int) or not 1 <= dimensions <= MAX_DIMENSIONS:
         raise _BadRequest(f"'dimensions' must be between 1 and {MAX_DIMENSIONS}.", "dimensions")
+    if len(items) * dimensions > MAX_EMBEDDING_VALUES:
+        raise _BadRequest(
+            f"{len(items)} inputs x {dimensions} dimensions is over the echo model's "
+            f"{MAX_EMBEDDING_VALUES} numbers per answer: send fewer inputs per request.",
+            "input",
+        )
     data = []
     used = 0
     for index, item in enumerate(items):

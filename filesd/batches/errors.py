@@ -1,11 +1,21 @@
-"""What the batch service refuses, as plain exceptions (batch_routes.py turns them into
-OpenAI's error envelope)."""
+"""What the batch service refuses, as plain exceptions (the error boundary, boundary.py,
+turns them into OpenAI's error envelope)."""
 
 from __future__ import annotations
+
+DISABLED_MESSAGE = (
+    "The Batch API is off on this server: no upstream is configured. Set [batches] upstream "
+    'in filesd.toml to "echo" (a built-in deterministic model, for tests) or to the base URL '
+    'of an OpenAI-compatible API (e.g. "http://127.0.0.1:11434/v1" for Ollama, '
+    '"http://127.0.0.1:8000/v1" for vLLM), then restart filesd.'
+)
 
 
 class BatchesDisabled(Exception):
     """No `[batches] upstream` is configured."""
+
+    def __init__(self) -> None:
+        super().__init__(DISABLED_MESSAGE)
 
 
 class BatchNotFound(Exception):

@@ -26,20 +26,25 @@ from typing import Any
 from ..config import BatchesConfig
 from ..ids import secret_base62
 from ..models import FileRecord
-from ..storage.base import BatchMetadata, BatchRecord, BatchResult, BlobTooLarge, StorageBusy
+from ..storage.base import BatchMetadata, BatchRecord, BatchResult, StorageBusy
 from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
-from .upstream import Answer, Unreachable, Upstream
+from .upstream import Answer, BadAnswer, Unreachable, Upstream
 from .validate import MAX_LINE_BYTES, batch_error, validate_input
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+FINAL = ("completed", "failed", "expired", "cancelled")
 # Pending requests read from the database at once.
 PAGE = 500
-# Results group-committed at once, at most.
+# Results group-committed at once, at most, and their bytes at most (one result may be as
+# large as [batches] max_response_bytes: a group of 256 of those would be gigabytes).
 RECORD_BATCH = 256
+RECORD_BYTES = 16 * 1024 * 1024
+# Bytes of results read for the output at once, at most (besides PAGE rows).
+PAGE_BYTES = 16 * 1024 * 1024
 # Longest wait between two attempts, whatever the backoff or the upstream asks for.
 MAX_RETRY_WAIT = 300.0
 # Bytes gathered before a write into an output file.
@@ -52,7 +57,7 @@ class _Drive:
     when a reason is given (a drive waiting for a concurrency slot stops at once)."""
 
     batch_id: str
-    stop: str | None = None  # "cancel", "expire" or "lost"
+    stop: str | None = None  # "cancel", "expire", "lost" or "gone" (deleted by a reset)
     halted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def halt(self, reason: str | None) -> None:
@@ -76,7 +81,6 @@ class BatchRunner:
     ) -> None:
         self._store = store
         self._meta = meta
-        self._blobs = store.upload_backing().blobs
         self._config = config
         self._upstream = upstream
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -113,18 +117,31 @@ class BatchRunner:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before looking, so a poke made while looking is not lost.
+            self._wake.clear()
             try:
                 await self._schedule()
             except Exception:
                 log.exception("looking for batches to run failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
                     await self._wake.wait()
 
     async def _schedule(self) -> None:
+        """Take up batches to drive: those ending (finalizing, cancelling: no input to read,
+        quick) whenever they come; those to validate or run only while fewer than
+        `max_running` drives are under way here (each reads its input file), the oldest
+        first. The others wait, holding nothing."""
         now = asyncio.get_running_loop().time()
-        for batch_id in await self._meta.active_batches():
+        ending = await self._meta.active_batches(("finalizing", "cancelling"))
+        starting = await self._meta.active_batches(("validating", "in_progress"))
+        # Backoff entries of batches no longer active go (the dict must not grow forever).
+        active = set(ending) | set(starting)
+        for batch_id in [b for b in self._backoff if b not in active]:
+            del self._backoff[batch_id]
+        for batch_id in ending + starting:
+            if batch_id not in ending and len(self._drives) >= self._config.max_running:
+                break
             if batch_id in self._drives or self._backoff.get(batch_id, (0, 0.0))[1] > now:
                 continue
             if not await self._store.take_lease(_lease(batch_id), self._lease_seconds):
@@ -135,8 +152,9 @@ class BatchRunner:
 
     async def _drive(self, drive: _Drive) -> None:
         keeper = asyncio.create_task(self._keep_lease(drive, asyncio.current_task()))
+        finished = False
         try:
-            await self._work(drive)
+            finished = await self._work(drive)
             self._backoff.pop(drive.batch_id, None)
         except asyncio.CancelledError:
             if drive.stop != "lost":
@@ -158,7 +176,12 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             self._drives.pop(drive.batch_id, None)
-            if drive.stop != "lost":
+            self._wake.set()  # a run slot is free: a queued batch may start now
+            if finished:
+                with contextlib.suppress(Exception):
+                    # Final: its result payloads (in the output files now) and its lease go.
+                    await self._meta.forget_batch(drive.batch_id, _lease(drive.batch_id))
+            elif drive.stop != "lost":
                 with contextlib.suppress(Exception):
                     # Free the lease (it ends now) so any instance can go on at once.
                     await self._store.take_lease(_lease(drive.batch_id), 0)
@@ -183,7 +206,13 @@ class BatchRunner:
                         return
                     renewed = now
                 batch = await self._meta.get_batch(drive.batch_id)
-                if batch is not None and drive.stop is None:
+                if batch is None:
+                    # Removed (POST /admin/reset): nothing more is sent. Not cancelled: a
+                    # finalize under way ends by finding it gone and deleting its files.
+                    log.info("batch %s: gone, its run stops", drive.batch_id)
+                    drive.halt("gone")
+                    return
+                if drive.stop is None:
                     if batch.status == "cancelling":
                         drive.halt("cancel")
                     elif self._store.now() >= batch.expires_at and batch.status in (
@@ -196,20 +225,23 @@ class BatchRunner:
 
     # --- the states -----------------------------------------------------------------------------
 
-    async def _work(self, drive: _Drive) -> None:
+    async def _work(self, drive: _Drive) -> bool:
+        """Drive the batch as far as it goes here; True once it is in a final status or
+        gone (removed by a reset): nothing is left to do for it, anywhere."""
         while True:
             batch = await self._meta.get_batch(drive.batch_id)
             if batch is None:
-                return
+                return True
             if drive.stop == "cancel" and batch.status != "cancelling":
                 drive.halt(None)  # a poke for a batch that was not cancelled after all
             active = batch.status in ("validating", "in_progress")
             if active and drive.stop is None and self._store.now() >= batch.expires_at:
                 drive.halt("expire")
             if drive.stop == "expire" and active:
+                now = self._store.now()
                 await self._meta.update_batch(
                     batch.id,
-                    {"status": "finalizing", "expired_at": self._store.now()},
+                    {"status": "finalizing", "expired_at": now, "finalizing_at": now},
                     statuses=["validating", "in_progress"],
                 )
                 continue
@@ -222,9 +254,8 @@ class BatchRunner:
                     # Stopped while validating: the rows so far are no requests of a batch.
                     await self._meta.clear_batch_requests(batch.id)
                 await self._finalize(batch)
-                return
             else:
-                return
+                return batch.status in FINAL
 
     async def _validate(self, drive: _Drive, batch: BatchRecord) -> None:
         try:
@@ -310,7 +341,11 @@ class BatchRunner:
             )
             await self._meta.update_batch(
                 batch.id,
-                {"status": "finalizing", "errors": errors_json([error])},
+                {
+                    "status": "finalizing",
+                    "finalizing_at": self._store.now(),
+                    "errors": errors_json([error]),
+                },
                 statuses=["in_progress"],
             )
             return
@@ -339,6 +374,9 @@ class BatchRunner:
                 task.cancel()
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
+            # A cancelled request's result may still be on its way into the database: the
+            # batch moves on (and its output is read) only once every commit has landed.
+            await recorder.drain()
         if failures:
             raise failures[0]
         if drive.stop is not None:
@@ -410,9 +448,9 @@ class BatchRunner:
                 index += 1
 
     def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
-        """The input file's bytes, straight from the blob backend: closing this closes the
-        file at once (a pass that stops early must not leave it to the garbage collector)."""
-        return self._blobs.open_range(record.sha256)
+        """The input file's bytes: closing this closes the file at once (a pass that stops
+        early must not leave it to the garbage collector)."""
+        return self._store.open_blob_stream(record)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")
@@ -435,17 +473,24 @@ class BatchRunner:
         finally:
             self._slots.release()
 
-    async def _send(self, batch: BatchRecord, body: dict[str, Any]) -> Answer | Unreachable:
+    async def _send(
+        self, batch: BatchRecord, body: dict[str, Any]
+    ) -> Answer | Unreachable | BadAnswer:
         """The final answer for a request: the first that is not to be retried (429s and
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
-        network error) once `max_retries` retries are spent."""
+        network error) once `max_retries` retries are spent. An unusable answer (too large,
+        or a 2xx without a JSON object) is final at once."""
         config = self._config
         outcome: Answer | Unreachable
         for attempt in range(config.max_retries + 1):
             wait: float | None = None
             try:
                 outcome = await self._upstream.send(batch.endpoint, body, batch.project)
+            except BadAnswer as error:
+                log.warning("batch %s: unusable upstream answer: %s", batch.id, error)
+                return error
             except Unreachable as error:
+                log.warning("batch %s: upstream unreachable: %s", batch.id, error.detail)
                 outcome = error
             else:
                 if not outcome.retryable:
@@ -486,18 +531,17 @@ class BatchRunner:
         try:
             output = await self._write_file(batch, batch.output_file_id, ok=True)
             errors = await self._write_file(batch, batch.error_file_id, ok=False, unrun=unrun)
-        except (QuotaExceeded, BlobTooLarge) as error:
-            if isinstance(error, QuotaExceeded):
-                problem = batch_error(
-                    "quota_exceeded", f"The output cannot be stored: {error}", line=None
-                )
-            else:
-                problem = batch_error(
-                    "output_too_large",
-                    f"The output is larger than {error.limit} bytes, the largest file this "
-                    "server stores ([limits] max_file_bytes).",
-                    line=None,
-                )
+        except QuotaExceeded as error:
+            # Neither file is kept: one made before the refusal would be an orphan that
+            # counts against the very quota that refused the other.
+            await self._drop_files(batch, [batch.output_file_id, batch.error_file_id])
+            problem = batch_error(
+                "quota_exceeded",
+                f"The batch's output cannot be stored: {error} Free some space (delete "
+                "files) and run the batch again.",
+                line=None,
+            )
+            log.warning("batch %s failed: its output is over the project's quota", batch.id)
             await self._meta.update_batch(
                 batch.id,
                 {
@@ -523,8 +567,19 @@ class BatchRunner:
             changes.update(status="failed", failed_at=now)
         else:
             changes.update(status="completed", completed_at=now)
-        await self._meta.update_batch(batch.id, changes, statuses=[batch.status])
+        if not await self._meta.update_batch(batch.id, changes, statuses=[batch.status]):
+            if await self._meta.get_batch(batch.id) is None:
+                # Removed meanwhile (a reset): its files must not outlive it.
+                await self._drop_files(batch, [batch.output_file_id, batch.error_file_id])
+            return
         log.info("batch %s %s", batch.id, changes["status"])
+
+    async def _drop_files(self, batch: BatchRecord, file_ids: list[str | None]) -> None:
+        """Delete the files made for a batch that will not name them (gone, or failed)."""
+        for file_id in file_ids:
+            if file_id is not None:
+                with contextlib.suppress(FileNotFound):
+                    await self._store.delete_file(batch.project, file_id)
 
     async def _write_file(
         self, batch: BatchRecord, file_id: str, *, ok: bool, unrun: str | None = None
@@ -535,7 +590,7 @@ class BatchRunner:
         first = await anext(lines, None)
         if first is None:
             return False
-        writer = self._store.blob_writer()
+        writer = self._store.output_writer()
         try:
             buffer = bytearray(first)
             async for line in lines:
@@ -567,10 +622,12 @@ class BatchRunner:
     ) -> AsyncIterator[bytes]:
         after = 0
         while True:
-            rows = await self._meta.batch_results(batch.id, ok=ok, after_line=after, limit=PAGE)
+            rows = await self._meta.batch_results(
+                batch.id, ok=ok, after_line=after, limit=PAGE, max_bytes=PAGE_BYTES
+            )
             for _, result in rows:
                 yield result.encode() + b"\n"
-            if len(rows) < PAGE:
+            if not rows:
                 break
             after = rows[-1][0]
         if unrun is None:
@@ -624,9 +681,20 @@ class _Recorder:
             self._flusher.add_done_callback(self._commits.discard)
         await asyncio.shield(done)
 
+    async def drain(self) -> None:
+        """Wait until every result handed to `record` is committed (or refused)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
     async def _flush(self) -> None:
         while self._queue:
-            group, self._queue = self._queue[:RECORD_BATCH], self._queue[RECORD_BATCH:]
+            take, size = 0, 0
+            while take < min(RECORD_BATCH, len(self._queue)) and (
+                take == 0 or size + len(self._queue[take][0].result) <= RECORD_BYTES
+            ):
+                size += len(self._queue[take][0].result)
+                take += 1
+            group, self._queue = self._queue[:take], self._queue[take:]
             error: BaseException | None = None
             for attempt in range(5):
                 try:
@@ -648,15 +716,19 @@ class _Recorder:
                     done.set_exception(error)
 
 
-def _result(line: int, custom_id: str, outcome: Answer | Unreachable) -> BatchResult:
-    """The output line of a request, as OpenAI writes it."""
+def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer) -> BatchResult:
+    """The output line of a request, as OpenAI writes it. Only a 2xx with a JSON object
+    counts as completed."""
     output: dict[str, Any]
-    if isinstance(outcome, Unreachable):
+    if isinstance(outcome, (Unreachable, BadAnswer)):
+        code = (
+            "upstream_unreachable" if isinstance(outcome, Unreachable) else "upstream_bad_response"
+        )
         output = {
             "id": _request_id(),
             "custom_id": custom_id,
             "response": None,
-            "error": {"code": "upstream_unreachable", "message": str(outcome)},
+            "error": {"code": code, "message": str(outcome)},
         }
         return BatchResult(line, False, json.dumps(output))
     output = {
@@ -669,7 +741,7 @@ def _result(line: int, custom_id: str, outcome: Answer | Unreachable) -> BatchRe
         },
         "error": None,
     }
-    ok = 200 <= outcome.status < 300
+    ok = 200 <= outcome.status < 300 and isinstance(outcome.body, dict)
     return BatchResult(line, ok, json.dumps(output), usage_of(outcome.body) if ok else (0, 0, 0, 0))
 
 

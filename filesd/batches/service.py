@@ -133,6 +133,8 @@ def make_upstream(config: BatchesConfig, take_fault: EchoUpstream.TakeFault) -> 
         api_key,
         timeout=config.request_timeout,
         connections=config.concurrency,
+        read_timeout=config.read_timeout,
+        max_answer_bytes=config.max_response_bytes,
     )
 
 

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-# Bytes of an upstream answer read at most (a reply larger than this is a failed request).
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# Bytes of an upstream answer read at most, unless configured ([batches] max_response_bytes).
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,17 @@ class Answer:
 
 
 class Unreachable(Exception):
-    """The request got no answer: refused, reset, dropped or timed out."""
+    """The request got no answer: refused, reset, dropped or timed out. The message is for
+    the tenant (it names no host); `detail` is for the operator's log."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class BadAnswer(Exception):
+    """The upstream answered, but not with something usable: a body over the size limit, or
+    a 2xx whose body is not a JSON object. Not retried (the same request gets the same)."""
 
 
 class Upstream(Protocol):
@@ -75,13 +85,24 @@ class HttpUpstream:
     """An OpenAI-compatible API at `base_url` ("https://host/v1"): a request of endpoint
     "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float, connections: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float,
+        connections: int,
+        read_timeout: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # sock_read bounds each read of the answer, so a slow drip fails early.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=read_timeout)
         self._connections = connections
+        self._max_answer = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
@@ -92,16 +113,34 @@ class HttpUpstream:
         data = json.dumps(body).encode()
         try:
             async with self._session.post(url, data=data, headers=self._headers) as response:
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _read_capped(response, self._max_answer)
+                status = response.status
+                if raw is None:
+                    raise BadAnswer(
+                        f"The upstream's answer ({status}) is larger than {self._max_answer} "
+                        "bytes ([batches] max_response_bytes)."
+                    )
+                answer: Any
+                if 200 <= status < 300:
+                    answer = _json_object(raw)
+                    if answer is None:
+                        raise BadAnswer(f"The upstream answered {status} without a JSON object.")
+                else:
+                    answer = _json_body(raw, status)
                 return Answer(
-                    response.status,
-                    _json_body(raw, response.status),
+                    status,
+                    answer,
                     response.headers.get("x-request-id"),
                     retry_after(response.headers, time.time()),
                     _should_retry(response.headers.get("x-should-retry")),
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise Unreachable(f"{type(error).__name__}: {error}".rstrip(": ")) from error
+            # The tenant sees the kind of failure; the operator's log gets where it went.
+            kind = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
+            raise Unreachable(
+                f"The upstream could not be reached ({kind}).",
+                f"{url}: {type(error).__name__}: {error}",
+            ) from error
 
     async def close(self) -> None:
         if self._session is not None:
@@ -112,9 +151,29 @@ def _should_retry(value: str | None) -> bool | None:
     return {"true": True, "false": False}.get((value or "").lower())
 
 
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole body, read to its end however it arrives (chunked, in pieces, with pauses);
+    None as soon as it is known to be over `cap` bytes (never more than cap + a chunk in
+    memory)."""
+    if response.content_length is not None and response.content_length > cap:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _json_body(raw: bytes, status: int) -> Any:
-    if len(raw) > MAX_ANSWER_BYTES:
-        return _error_body(f"The upstream's answer is larger than {MAX_ANSWER_BYTES} bytes.")
     try:
         return json.loads(raw)
     except ValueError:

@@ -519,8 +519,9 @@ class BatchMetadata(Protocol):
         one of `statuses` (any status when empty); False if it was not (nothing changed)."""
         ...
 
-    async def active_batches(self) -> list[str]:
-        """Ids of the batches in a status of BATCH_ACTIVE, oldest first."""
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
+        """Ids of the batches in one of `statuses` (by default all of BATCH_ACTIVE), oldest
+        first."""
         ...
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
@@ -539,15 +540,22 @@ class BatchMetadata(Protocol):
 
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
         """Record results of pending requests, and add them to the batch's counts and token
-        sums, in one transaction. Results for lines no longer pending are ignored. Returns how
-        many were recorded."""
+        sums, in one transaction. Results for lines no longer pending are ignored, and so are
+        all of them unless the batch is `in_progress` (checked in that transaction: once its
+        status moves on, its output and counts are final). Returns how many were recorded."""
+        ...
+
+    async def forget_batch(self, batch_id: str, lease: str) -> None:
+        """Once the batch's final status is committed (its output files hold the results):
+        drop its requests' result payloads and the lease `lease` it was driven under."""
         ...
 
     async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
         """Up to `limit` recorded results (line, output line) that succeeded (`ok`) or failed,
-        after `after_line`, by line."""
+        after `after_line`, by line; with `max_bytes`, no more rows than fit in that many
+        bytes of results (but at least one), so a page of large answers stays bounded."""
         ...
 
 
@@ -738,3 +746,14 @@ class DelegatingBlobs:
 
     async def parts_md5(self, tokens: Sequence[str]) -> str:
         return await self.inner.parts_md5(tokens)
+
+
+def rows_within(sizes: Sequence[tuple[int, int | None]], max_bytes: int) -> int:
+    """How many of the rows (line, bytes), in order, fit in `max_bytes` (at least one): the
+    page size of `BatchMetadata.batch_results` with `max_bytes`."""
+    total = 0
+    for count, (_, size) in enumerate(sizes):
+        total += size or 0
+        if total > max_bytes:
+            return max(1, count)
+    return len(sizes)

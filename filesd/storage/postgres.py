@@ -65,6 +65,7 @@ from .base import (
     StorageBusy,
     StorageFull,
     StorageUnavailable,
+    rows_within,
 )
 
 # asyncpg has no type information: its connections, pools and rows are Any here.
@@ -988,8 +989,9 @@ class PostgresMetadata:
         return [ProjectUsage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
 
     async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
-        """Remove the rows of all projects, or of one: files, uploads and parts, in one
-        transaction. Returns how many live files went, and the part tokens to remove."""
+        """Remove the rows of all projects, or of one: files, uploads and parts, batches and
+        their requests (and the batches' leases), in one transaction. Returns how many live
+        files went, and the part tokens to remove."""
         where = "($1::text IS NULL OR project = $1)"
         async with self._transaction() as conn:
             tokens = await conn.fetch(
@@ -998,6 +1000,13 @@ class PostgresMetadata:
                 project,
             )
             await conn.execute(f"DELETE FROM uploads WHERE {where}", project)
+            await conn.execute(
+                f"WITH gone AS (DELETE FROM batches WHERE {where} RETURNING id), "
+                "requests AS (DELETE FROM batch_requests WHERE batch_id IN "
+                "(SELECT id FROM gone)) "
+                "DELETE FROM leases WHERE name IN (SELECT 'batch:' || id FROM gone)",
+                project,
+            )
             # Counted from the rows the delete removed: exact, whatever commits meanwhile.
             live = await conn.fetchval(
                 f"WITH gone AS (DELETE FROM files WHERE {where} RETURNING deleted_at) "
@@ -1390,9 +1399,9 @@ class PostgresMetadata:
             args.append(list(statuses))
         return await self._execute(sql, *args) == 1
 
-    async def active_batches(self) -> list[str]:
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
         sql = "SELECT id FROM batches WHERE status = ANY($1::text[]) ORDER BY seq"
-        return [row[0] for row in await self._rows(sql, list(BATCH_ACTIVE))]
+        return [row[0] for row in await self._rows(sql, list(statuses))]
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
         sql = """
@@ -1417,19 +1426,24 @@ class PostgresMetadata:
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
         """One statement: the rows still pending take their results, and the batch's counts
         and sums grow by exactly those (a result recorded twice, by two instances that both
-        sent the request, is counted once)."""
+        sent the request, is counted once). Only while the batch is `in_progress`: its row is
+        locked first (FOR UPDATE re-checks the status after a concurrent change), so a move
+        to `finalizing` or `cancelling` waits for this commit and no result lands after it."""
         if not results:
             return 0
         sql = """
-            WITH given AS (
+            WITH running AS (
+                SELECT id FROM batches WHERE id = $1 AND status = 'in_progress' FOR UPDATE
+            ),
+            given AS (
                 SELECT * FROM unnest($2::int[], $3::bool[], $4::text[], $5::bigint[],
                     $6::bigint[], $7::bigint[], $8::bigint[]) AS g(line, ok, result, i, o, c, r)
             ),
             changed AS (
                 UPDATE batch_requests b
                 SET state = CASE WHEN g.ok THEN 'done' ELSE 'failed' END, result = g.result
-                FROM given g
-                WHERE b.batch_id = $1 AND b.line = g.line AND b.state = 'pending'
+                FROM given g, running
+                WHERE b.batch_id = running.id AND b.line = g.line AND b.state = 'pending'
                 RETURNING g.ok, g.i, g.o, g.c, g.r
             ),
             sums AS (
@@ -1455,14 +1469,34 @@ class PostgresMetadata:
         ]
         return int(await self._value(sql, batch_id, *args))
 
+    async def forget_batch(self, batch_id: str, lease: str) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE batch_requests SET result = NULL "
+                "WHERE batch_id = $1 AND result IS NOT NULL",
+                batch_id,
+            )
+            await conn.execute("DELETE FROM leases WHERE name = $1", lease)
+
     async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
+        state = "done" if ok else "failed"
+        if max_bytes is not None:
+            # The sizes first (no result leaves the database), then the rows that fit.
+            sizes = await self._rows(
+                "SELECT line, octet_length(result) FROM batch_requests "
+                "WHERE batch_id = $1 AND line > $2 AND state = $3 ORDER BY line LIMIT $4",
+                batch_id,
+                after_line,
+                state,
+                limit,
+            )
+            limit = rows_within(sizes, max_bytes)
         sql = (
             "SELECT line, result FROM batch_requests WHERE batch_id = $1 AND line > $2 "
             "AND state = $3 ORDER BY line LIMIT $4"
         )
-        state = "done" if ok else "failed"
         return [
             (row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, state, limit)
         ]

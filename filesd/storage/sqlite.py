@@ -52,6 +52,7 @@ from .base import (
     SchemaTooNew,
     StorageBusy,
     StorageFull,
+    rows_within,
 )
 
 # The database's name inside a data directory.
@@ -848,8 +849,9 @@ class SqliteMetadata:
         return [ProjectUsage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in await self._rows(sql)]
 
     async def delete_everything(self, project: str | None) -> tuple[int, list[str]]:
-        """Remove the rows of all projects, or of one: files, uploads and parts, in one
-        transaction. Returns how many live files went, and the part tokens to remove."""
+        """Remove the rows of all projects, or of one: files, uploads and parts, batches and
+        their requests, in one transaction. Returns how many live files went, and the part
+        tokens to remove."""
         scope = {"project": project}
         where = ":project IS NULL OR project = :project"
         async with self._transaction() as conn:
@@ -864,6 +866,13 @@ class SqliteMetadata:
             )
             await self._run(conn, f"DELETE FROM uploads WHERE {where}", scope)
             await self._run(conn, f"DELETE FROM files WHERE {where}", scope)
+            await self._run(
+                conn,
+                "DELETE FROM batch_requests WHERE batch_id IN "
+                f"(SELECT id FROM batches WHERE {where})",
+                scope,
+            )
+            await self._run(conn, f"DELETE FROM batches WHERE {where}", scope)
         return int(live[0][0]), [row[0] for row in tokens]
 
     async def live_files(self, project: str | None) -> list[FileRecord]:
@@ -1176,10 +1185,10 @@ class SqliteMetadata:
             params += statuses
         return bool(await self._write(sql + " RETURNING 1", params))
 
-    async def active_batches(self) -> list[str]:
-        marks = ",".join("?" * len(BATCH_ACTIVE))
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
+        marks = ",".join("?" * len(statuses))
         sql = f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq"
-        return [row[0] for row in await self._rows(sql, BATCH_ACTIVE)]
+        return [row[0] for row in await self._rows(sql, tuple(statuses))]
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
         sql = "INSERT OR IGNORE INTO batch_requests (batch_id, line, custom_id) VALUES (?, ?, ?)"
@@ -1202,11 +1211,16 @@ class SqliteMetadata:
     async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
         """Per chunk, one UPDATE ... FROM (VALUES ...) whose RETURNING names the rows that
         were still pending; the batch's counts grow by exactly those, in the same
-        transaction."""
+        transaction, which first checks that the batch is still `in_progress`."""
         by_line = {result.line: result for result in results}
         done = failed = 0
         usage = [0, 0, 0, 0]
         async with self._transaction() as conn:
+            running = await self._run(
+                conn, "SELECT 1 FROM batches WHERE id = ? AND status = 'in_progress'", (batch_id,)
+            )
+            if not running:
+                return 0
             rows = list(by_line.values())
             for start in range(0, len(rows), _CHUNK // 2):
                 chunk = rows[start : start + _CHUNK // 2]
@@ -1239,14 +1253,29 @@ class SqliteMetadata:
                 )
         return done + failed
 
+    async def forget_batch(self, batch_id: str, lease: str) -> None:
+        await self._write(
+            "UPDATE batch_requests SET result = NULL WHERE batch_id = ? AND result IS NOT NULL",
+            (batch_id,),
+        )
+        self._leases.pop(lease, None)
+
     async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
     ) -> list[tuple[int, str]]:
+        state = "done" if ok else "failed"
+        if max_bytes is not None:
+            # The sizes first (no result leaves the database), then the rows that fit.
+            sizes = await self._rows(
+                "SELECT line, length(CAST(result AS BLOB)) FROM batch_requests "
+                "WHERE batch_id = ? AND line > ? AND state = ? ORDER BY line LIMIT ?",
+                (batch_id, after_line, state, limit),
+            )
+            limit = rows_within(sizes, max_bytes)
         sql = (
             "SELECT line, result FROM batch_requests WHERE batch_id = ? AND line > ? "
             "AND state = ? ORDER BY line LIMIT ?"
         )
-        state = "done" if ok else "failed"
         return [
             (row[0], row[1]) for row in await self._rows(sql, (batch_id, after_line, state, limit))
         ]
