@@ -11,6 +11,8 @@ const PART_BYTES = 4 * 1024 * 1024;
 const PARALLEL_PARTS = 3;
 const PAGE_SIZE = 20;
 const JOURNAL_POLL_MS = 2000;
+const BATCH_POLL_MS = 2000;
+const RUNNING = ["validating", "in_progress", "finalizing", "cancelling"];
 const KEY_STORAGE = "filesd.key";
 const PURPOSES = ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"];
 
@@ -28,6 +30,7 @@ const state = {
   batchesAfter: null,
   detail: null,
   journalTimer: null,
+  batchesTimer: null,
 };
 
 // --- HTTP -------------------------------------------------------------------------------
@@ -211,6 +214,7 @@ async function probe(path) {
 }
 
 async function signIn(key) {
+  say("");
   state.key = key;
   const [api, admin] = await Promise.all([probe("/v1/files?limit=1"), probe("/admin/projects")]);
   if (!api.ok && !admin.ok) {
@@ -234,6 +238,8 @@ async function signIn(key) {
 }
 
 function signOut() {
+  say("");
+  clearError();
   sessionStorage.removeItem(KEY_STORAGE);
   state.key = null;
   state.api = state.admin = false;
@@ -292,7 +298,7 @@ async function loadFiles() {
 function fileRow(file) {
   const name = button(file.filename, () => guarded(() => openDetail(file.id)), null, "link");
   name.title = file.id;
-  const size = el("span", humanBytes(file.bytes));
+  const size = el("span", humanBytes(file.bytes), "nowrap");
   size.title = `${file.bytes} bytes`;
   const actions = el("span", null, "actions");
   actions.append(
@@ -358,7 +364,7 @@ async function openDetail(id) {
     fields.append(dd);
   }
   const base = `${location.origin}/v1`;
-  const quoted = file.filename.replace(/'/g, "'\\''");
+  const quoted = file.filename.split("'").join("'\\''");
   $("detail-curl").textContent =
     `curl ${base}/files/${file.id} \\\n  -H "Authorization: Bearer $OPENAI_API_KEY"\n\n` +
     `curl ${base}/files/${file.id}/content \\\n  -H "Authorization: Bearer $OPENAI_API_KEY" ` +
@@ -492,6 +498,13 @@ async function loadBatches(more) {
   state.batchesAfter = page.last_id;
   $("batches-more").hidden = !page.has_more;
   $("batches-empty").hidden = body.children.length > 0;
+  // While a batch runs, its counts move: reload the first page until none does.
+  clearTimeout(state.batchesTimer);
+  if (!more && page.data.some((b) => RUNNING.includes(b.status))) {
+    state.batchesTimer = setTimeout(() => {
+      if (state.view === "batches") guarded(() => loadBatches(false));
+    }, BATCH_POLL_MS);
+  }
 }
 
 function batchRow(batch) {
