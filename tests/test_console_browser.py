@@ -22,7 +22,7 @@ import pytest
 
 from filesd.process import ServerProcess
 
-from .conftest import ALPHA_KEY, BETA_KEY, write_config
+from .conftest import ALPHA_KEY, BETA_KEY, wait_until_sync, write_config
 from .pg_service import unavailable
 
 pytestmark = pytest.mark.slow
@@ -477,3 +477,52 @@ def test_files_page_with_after(
     assert not console.by_id("files-next").is_enabled()
     console.click("files-prev")
     console.until(lambda: list(console.files()) == newest_first[:20], "back to the first page")
+
+
+def test_a_large_upload_can_be_cancelled(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """Parts held up by a fault rule (latency) while the user cancels: the parts stop, the
+    upload is cancelled on the server, and no file appears."""
+    url, admin = console_server.url, {"Content-Type": "application/json"}
+    rule = {"method": "POST", "route": "/v1/uploads/{upload_id}/parts", "latency_ms": 3000}
+    rule_id = _api(url, "POST", "/admin/faults", json.dumps(rule).encode(), ADMIN_TOKEN, **admin)
+    try:
+        console = Console(browser, url, screenshots)
+        console.open()
+        console.sign_in(ALPHA_KEY)
+        console.until(lambda: console.visible("view-files"), "the files view")
+        big = tmp_path / "cancel-me.bin"
+        big.write_bytes(os.urandom(LARGE_SIZE))
+        console.by_id("upload-input").send_keys(str(big))
+        console.until(
+            lambda: (
+                "3 parts" in console.js("return document.querySelector('#uploads li').textContent")
+            ),
+            "the upload's parts are on their way",
+        )
+        console.shot("upload-in-progress")
+        browser.find_element(
+            "css selector", '#uploads button[aria-label="Cancel the upload of cancel-me.bin"]'
+        ).click()
+        console.until(
+            lambda: (
+                "Cancelled."
+                in console.js("return document.querySelector('#uploads li').textContent")
+            ),
+            "the upload shows it was cancelled",
+        )
+    finally:
+        _api(url, "DELETE", f"/admin/faults/{rule_id['id']}", None, ADMIN_TOKEN)
+    journal = _api(url, "GET", "/admin/requests?project=alpha&method=POST", None, ADMIN_TOKEN)
+    paths = [entry["path"] for entry in journal["data"]]
+    assert "/v1/uploads" in paths
+    assert any(p.endswith("/cancel") for p in paths), paths
+
+    # The parts held up by the rule are answered (400: the upload is cancelled) once it ends.
+    def parts_answered() -> int:
+        entries = _api(url, "GET", "/admin/requests?project=alpha", None, ADMIN_TOKEN)["data"]
+        return sum(e["path"].endswith("/parts") and e["status"] == 400 for e in entries)
+
+    wait_until_sync(lambda: parts_answered() == 3, what="the held-up parts are answered")
+    assert "cancel-me.bin" not in [f["filename"] for f in _api(url, "GET", "/v1/files")["data"]]
