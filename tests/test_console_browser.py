@@ -358,6 +358,11 @@ def test_files_batches_and_admin_views(
     )
     assert console.js("return document.querySelector('#batches tbody progress').value") == 1
     console.shot("batches")
+    browser.find_element(
+        "css selector", f'#batches button[aria-label="input file of {batch_id}"]'
+    ).click()
+    console.until(lambda: console.visible("view-detail"), "the input file's detail view")
+    assert console.by_id("detail-title").text == "requests.jsonl"
 
     # The admin token: usage of every project, the journal, fault rules, reset. Beta holds
     # the same bytes twice: two files, one blob (a dedupe ratio of 2).
