@@ -531,3 +531,25 @@ def test_a_large_upload_can_be_cancelled(
 
     wait_until_sync(lambda: parts_answered() == 3, what="the held-up parts are answered")
     assert "cancel-me.bin" not in [f["filename"] for f in _api(url, "GET", "/v1/files")["data"]]
+
+
+def test_an_upload_refused_shows_the_envelopes_message(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    console = Console(browser, console_server.url, screenshots)
+    console.open()
+    console.sign_in(BETA_KEY)
+    console.until(lambda: console.visible("view-files"), "the files view")
+    console.type("upload-purpose", "bogus")
+    small = tmp_path / "refused.txt"
+    small.write_bytes(SMALL)
+    console.by_id("upload-input").send_keys(str(small))
+    note = console.until(
+        lambda: console.js(
+            "const e = document.querySelector('#uploads li .error-text'); return e && e.textContent"
+        ),
+        "the upload's error",
+    )
+    assert note.startswith("'bogus' is not one of [")
+    assert note.endswith("- 'purpose'")
+    console.shot("upload-refused")

@@ -388,7 +388,7 @@ async function copy(text, what) {
 // --- uploads ----------------------------------------------------------------------------
 
 function uploadFiles(files) {
-  const purpose = $("upload-purpose").value;
+  const purpose = $("upload-purpose").value.trim();
   for (const file of files) {
     uploadOne(file, purpose);
   }
@@ -684,12 +684,15 @@ async function reset() {
 
 // --- wiring -----------------------------------------------------------------------------
 
+// The purposes offered: OpenAI's (the server's default list); a server may accept others,
+// which can be typed into the upload's purpose field.
 function fillPurposes() {
   for (const purpose of PURPOSES) {
     $("filter-purpose").append(new Option(purpose, purpose));
-    $("upload-purpose").append(new Option(purpose, purpose));
+    $("purposes").append(new Option(purpose, purpose));
   }
-  $("upload-purpose").value = "user_data";
+  // Made by the server (batch results), never uploaded: a filter, not an upload purpose.
+  $("filter-purpose").append(new Option("batch_output", "batch_output"));
 }
 
 function wire() {
