@@ -257,6 +257,9 @@ def test_a_bad_key_shows_the_envelopes_message(
     assert console.visible("view-signin") and not console.visible("nav")
     assert browser.execute_script("return sessionStorage.length") == 0
     console.shot("bad-key")
+    # What could never be a header is refused before anything is sent.
+    console.sign_in("cl\u00e9 with spaces")
+    console.until(lambda: "printable ASCII" in console.error(), "the key's refusal")
 
 
 def test_files_batches_and_admin_views(
@@ -271,6 +274,8 @@ def test_files_batches_and_admin_views(
     assert ALPHA_KEY not in browser.current_url
     assert browser.get_cookies() == []
     assert browser.execute_script("return sessionStorage.getItem('filesd.key')") == ALPHA_KEY
+    # The page shows which key is in use, masked as the server masks keys.
+    assert console.by_id("who-text").text == "Signed in with an API key, sk-te***89"
 
     # Upload two files at once through the picker: one small, one through the Uploads API.
     small, large = tmp_path / "notes.txt", tmp_path / "weights.bin"

@@ -213,8 +213,17 @@ async function probe(path) {
   }
 }
 
+/** A form of the key that is safe to show: a few characters at each end (as the server's). */
+function maskKey(key) {
+  return key.length < 12 ? "***" : `${key.slice(0, 5)}***${key.slice(-2)}`;
+}
+
 async function signIn(key) {
   say("");
+  // A header carries printable ASCII only: anything else could never be a key.
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    throw new ApiError("An API key is printable ASCII, without spaces.", 0);
+  }
   state.key = key;
   const [api, admin] = await Promise.all([probe("/v1/files?limit=1"), probe("/admin/projects")]);
   if (!api.ok && !admin.ok) {
@@ -224,11 +233,12 @@ async function signIn(key) {
   state.api = api.ok;
   state.admin = admin.ok;
   sessionStorage.setItem(KEY_STORAGE, key);
-  $("who-text").textContent = state.admin
+  const kind = state.admin
     ? state.api
-      ? "Signed in (admin token, also a project key)"
-      : "Signed in with the admin token"
-    : "Signed in with an API key";
+      ? "the admin token (also a project key)"
+      : "the admin token"
+    : "an API key";
+  $("who-text").textContent = `Signed in with ${kind}, ${maskKey(key)}`;
   $("who").hidden = false;
   $("nav").hidden = false;
   for (const b of document.querySelectorAll("#nav button")) {
