@@ -154,7 +154,23 @@ class Console:
         field.send_keys(text)
 
     def shot(self, name: str) -> None:
+        """A screenshot of the view, after checking that every control shown has a name a
+        screen reader can read (a <label>, aria-label or text) and can be reached by Tab."""
+        assert self.unlabelled() == [], name
         self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
+
+    def unlabelled(self) -> list[str]:
+        return list(
+            self.js(
+                """return Array.from(document.querySelectorAll('button, input, select'))
+                  .filter(e => !e.closest('[hidden]') && !e.closest('dialog:not([open])'))
+                  .filter(e => !(e.getAttribute('aria-label')
+                    || (e.labels && e.labels.length)
+                    || (e.tagName === 'BUTTON' && e.textContent.trim()))
+                    || e.tabIndex < 0)
+                  .map(e => e.outerHTML.slice(0, 80));"""
+            )
+        )
 
     def open(self) -> None:
         self.driver.get(self.url + "/ui/")
