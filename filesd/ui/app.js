@@ -414,9 +414,12 @@ async function uploadOne(file, purpose) {
   const note = el("span", "starting", "muted");
   const aborts = [];
   let cancelled = false;
+  const abortAll = () => {
+    for (const abort of aborts) abort();
+  };
   const cancel = button("Cancel", () => {
     cancelled = true;
-    for (const abort of aborts) abort();
+    abortAll();
   }, `Cancel the upload of ${file.name}`);
   item.append(label, bar, note, cancel);
   item.dataset.filename = file.name;
@@ -425,7 +428,7 @@ async function uploadOne(file, purpose) {
   const registerAbort = (abort) => aborts.push(abort);
   try {
     if (file.size >= PART_THRESHOLD) {
-      await uploadInParts(file, purpose, bar, note, registerAbort, () => cancelled);
+      await uploadInParts(file, purpose, bar, note, registerAbort, abortAll, () => cancelled);
     } else {
       note.textContent = "uploading";
       const form = new FormData();
@@ -451,7 +454,7 @@ async function uploadOne(file, purpose) {
 }
 
 /** A large file through the Uploads API: create, parts in parallel, complete (or cancel). */
-async function uploadInParts(file, purpose, bar, note, registerAbort, isCancelled) {
+async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, isCancelled) {
   const upload = await call("POST", "/v1/uploads", {
     bytes: file.size,
     filename: file.name,
@@ -463,9 +466,10 @@ async function uploadInParts(file, purpose, bar, note, registerAbort, isCancelle
   const partIds = new Array(count);
   let next = 0;
   let done = 0;
+  let failed = false;
   note.textContent = `${count} parts`;
   const worker = async () => {
-    while (next < count && !isCancelled()) {
+    while (next < count && !isCancelled() && !failed) {
       const index = next++;
       const form = new FormData();
       form.append("data", file.slice(index * PART_BYTES, (index + 1) * PART_BYTES), file.name);
@@ -484,7 +488,10 @@ async function uploadInParts(file, purpose, bar, note, registerAbort, isCancelle
     note.textContent = "completing";
     await call("POST", `/v1/uploads/${upload.id}/complete`, { part_ids: partIds });
   } catch (err) {
-    // Every failure (a cancel too) leaves nothing behind: the upload is cancelled on the server.
+    // Every failure (a cancel too) leaves nothing behind: the other parts stop, and the upload
+    // is cancelled on the server.
+    failed = true;
+    abortAll();
     try {
       await call("POST", `/v1/uploads/${upload.id}/cancel`);
     } catch (_) {
