@@ -432,6 +432,15 @@ def test_files_batches_and_admin_views(
     }
     console.until(lambda: wanted <= journal(), "the journal shows the console's requests")
     console.shot("admin-journal")
+    # Live: a request made elsewhere shows up with no click.
+    _api(console_server.url, "GET", "/v1/files?limit=7")
+    console.until(
+        lambda: console.js(
+            "return Array.from(document.querySelectorAll('#journal tbody tr'))"
+            ".some(tr => tr.dataset.path === '/v1/files?limit=7')"
+        ),
+        "the journal's next poll shows a new request",
+    )
 
     browser.find_element("css selector", '#nav button[data-view="faults"]').click()
     console.until(lambda: console.visible("view-faults"), "the faults view")
