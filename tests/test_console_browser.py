@@ -24,6 +24,7 @@ from filesd.process import ServerProcess
 
 from .conftest import ALPHA_KEY, BETA_KEY, wait_until_sync, write_config
 from .pg_service import unavailable
+from .s3_service import S3Bucket
 
 pytestmark = pytest.mark.slow
 
@@ -583,3 +584,32 @@ def test_an_upload_refused_shows_the_envelopes_message(
     assert note.startswith("'bogus' is not one of [")
     assert note.endswith("- 'purpose'")
     console.shot("upload-refused")
+
+
+def test_a_download_redirected_to_the_bucket_says_what_to_do(
+    browser: Any, s3_bucket: S3Bucket, tmp_path: Path, screenshots: Path
+) -> None:
+    """With [storage.s3] redirect_downloads the content is a 307 to the bucket, another origin
+    the page may not fetch (connect-src 'self'): the console says so instead of failing mutely."""
+    config = write_config(
+        tmp_path / "filesd.toml",
+        tmp_path / "data",
+        f'[storage.s3]\nendpoint = "{s3_bucket.endpoint}"\nredirect_downloads = true\n',
+    )
+    text = config.read_text().replace(
+        "[storage]\n", f'[storage]\nblobs = "s3://{s3_bucket.bucket}"\n', 1
+    )
+    config.write_text(text)
+    server = ServerProcess(["--config", str(config)], cwd=tmp_path, env=s3_bucket.env())
+    try:
+        _upload(server.url, ALPHA_KEY, SMALL, "in-the-bucket.txt", "user_data")
+        console = Console(browser, server.url, screenshots)
+        console.open()
+        console.sign_in(ALPHA_KEY)
+        console.until(lambda: "in-the-bucket.txt" in console.files(), "the file is listed")
+        console.row_button("files", "in-the-bucket.txt", "Download in-the-bucket.txt").click()
+        message = console.until(console.error, "the download's error")
+        assert message.startswith("in-the-bucket.txt could not be fetched.")
+        assert "redirect_downloads" in message
+    finally:
+        assert server.stop(signal.SIGTERM) == 0

@@ -325,11 +325,22 @@ function fileRow(file) {
 
 async function download(file) {
   say(`Downloading ${file.filename}…`);
-  const resp = await fetch(`/v1/files/${encodeURIComponent(file.id)}/content`, {
-    headers: { Authorization: `Bearer ${state.key}` },
-    credentials: "omit",
-    cache: "no-store",
-  });
+  let resp;
+  try {
+    resp = await fetch(`/v1/files/${encodeURIComponent(file.id)}/content`, {
+      headers: { Authorization: `Bearer ${state.key}` },
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch (_) {
+    // A server with [storage.s3] redirect_downloads answers with a redirect to its bucket: another
+    // origin, which the page's Content-Security-Policy (connect-src 'self') does not reach.
+    throw new ApiError(
+      `${file.filename} could not be fetched. If this server redirects downloads to its ` +
+        "bucket ([storage.s3] redirect_downloads), download it with curl or an SDK instead.",
+      0,
+    );
+  }
   if (!resp.ok) throw new ApiError(errorMessage(resp.status, await resp.text()), resp.status);
   const url = URL.createObjectURL(await resp.blob());
   const a = document.createElement("a");
