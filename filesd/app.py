@@ -18,6 +18,7 @@ from .batches.service import open_batches
 from .boundary import error_middleware
 from .clock import Clock
 from .config import Config
+from .console import setup_console
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers
 from .faults import FAULTS, Faults, faults_middleware
@@ -125,6 +126,8 @@ def create_app(
     setup_health_routes(app)
     setup_upload_routes(app)
     setup_batch_routes(app)
+    if config.ui.enabled:
+        setup_console(app)
     return app
 
 

@@ -172,6 +172,13 @@ class AuthConfig:
     keys: tuple[ApiKey, ...] = ()
 
 
+@dataclass(frozen=True)
+class UiConfig:
+    """The web console (/ui/) and the page `GET /` shows a browser."""
+
+    enabled: bool = True
+
+
 BATCH_UPSTREAM_HELP = (
     'batches.upstream: expected "" (off), "echo" (the built-in model) or the base URL of an '
     'OpenAI-compatible API, e.g. "http://127.0.0.1:11434/v1"'
@@ -222,6 +229,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
     batches: BatchesConfig = field(default_factory=BatchesConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
 
     def with_overrides(
         self,
@@ -435,7 +443,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
             faults=faults,
         ),
         batches=_parse_batches(data),
+        ui=_parse_ui(data),
     )
+
+
+def _parse_ui(data: Mapping[str, Any]) -> UiConfig:
+    table = _table(data, "ui")
+    _check_keys(table, "ui.", _names(UiConfig))
+    return UiConfig(enabled=_get(table, "ui.enabled", bool, UiConfig.enabled))
 
 
 def _parse_batches(data: Mapping[str, Any]) -> BatchesConfig:
