@@ -13,6 +13,7 @@ from .batches.service import BatchService
 from .bodies import read_json_object
 from .errors import InvalidRequest
 from .query_params import int_param
+from .responses import json_response
 from .validation import check_expires_after, check_no_unknown, require
 
 BATCHES = web.AppKey("batches", BatchService)
@@ -58,14 +59,14 @@ async def create_batch(request: web.Request) -> web.Response:
         metadata=metadata,
         output_expires_after=expires_after,
     )
-    return web.json_response(as_batch_object(batch))
+    return json_response(as_batch_object(batch))
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:
     service = request.app[BATCHES]
     batch_id = request.match_info["batch_id"]
     batch = await service.get(request[PROJECT], batch_id)
-    return web.json_response(as_batch_object(batch))
+    return json_response(as_batch_object(batch))
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
@@ -73,7 +74,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
     check_no_unknown(await read_json_object(request, allow_empty=True), set())
     batch_id = request.match_info["batch_id"]
     batch = await service.cancel(request[PROJECT], batch_id)
-    return web.json_response(as_batch_object(batch))
+    return json_response(as_batch_object(batch))
 
 
 async def list_batches(request: web.Request) -> web.Response:
@@ -85,7 +86,7 @@ async def list_batches(request: web.Request) -> web.Response:
     after = request.query.get("after") or None
     page = await service.list(request[PROJECT], after=after, limit=limit)
     data = [as_batch_object(b) for b in page.batches]
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": data,
