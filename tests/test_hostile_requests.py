@@ -65,6 +65,27 @@ async def test_an_offset_beyond_sqlite_integers_is_a_400(client: Client) -> None
     assert resp.status == 200 and (await resp.json())["data"] == []
 
 
+async def test_a_lone_surrogate_echoed_in_an_error_is_still_a_json_400(client: Client) -> None:
+    # JSON may escape a lone surrogate; the error naming the field echoes it back, and the
+    # response encoder must escape it again rather than fail (a plain-text 500).
+    body = b'{"purpose": "batch", "filename": "a.txt", "bytes": 1, "mime_type": "text/plain",'
+    body += b' "\\ud800": 1}'
+    resp = await client.post(
+        "/v1/uploads", data=body, headers={**ALPHA, "Content-Type": "application/json"}
+    )
+    error = await assert_400(resp)
+    assert "\ud800" in error["error"]["message"]
+
+
+async def test_a_fault_rule_with_a_huge_count_is_listed(admin_client: Client) -> None:
+    rule = {"status": 500, "count": 10**20}
+    resp = await admin_client.post("/admin/faults", json=rule, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    resp = await admin_client.get("/admin/faults", headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    assert [r["count"] for r in (await resp.json())["data"]] == [10**20]
+
+
 async def test_deeply_nested_json_is_a_400_on_every_json_route(admin_client: Client) -> None:
     client = admin_client
     resp = await client.post("/v1/uploads", json=UPLOAD, headers=ALPHA)
