@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import hashlib
 import math
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from filesd.models import content_disposition
 from filesd.storage.base import (
@@ -698,3 +700,67 @@ async def test_an_endpoint_that_takes_no_body_fails_the_request(
             assert staging(blobs) == []
         finally:
             await blobs.close()
+
+
+@contextlib.asynccontextmanager
+async def refusing_proxy(upstream: str, status: int) -> AsyncIterator[tuple[str, list[str]]]:
+    """An S3 endpoint in front of `upstream` that answers every conditional PUT
+    (If-None-Match) with `status`: 501 as endpoints without conditional writes do, 409 as S3
+    does when concurrent conditional writes of a key conflict. Yields its URL and the keys
+    whose conditional PUT it refused."""
+    refused: list[str] = []
+    codes = {501: "NotImplemented", 409: "ConditionalRequestConflict"}
+    hop_by_hop = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+
+        async def forward(request: web.Request) -> web.Response:
+            if request.method == "PUT" and "If-None-Match" in request.headers:
+                refused.append(request.path)
+                error = f"<Error><Code>{codes[status]}</Code><Message>no</Message></Error>"
+                return web.Response(status=status, text=error, content_type="application/xml")
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in hop_by_hop}
+            url = upstream + request.path_qs
+            body = await request.read()
+            async with session.request(request.method, url, headers=headers, data=body) as answer:
+                body = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop}
+                return web.Response(status=answer.status, body=body, headers=kept)
+
+        app = web.Application(client_max_size=64 * MiB)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}", refused
+        finally:
+            await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [501, 409])
+async def test_small_blobs_are_stored_where_conditional_puts_are_refused(
+    s3_bucket: S3Bucket, tmp_path: Path, status: int
+) -> None:
+    async with refusing_proxy(s3_bucket.endpoint, status) as (endpoint, refused):
+        blobs = S3Blobs(
+            tmp_path / "spool",
+            bucket=s3_bucket.bucket,
+            prefix=PREFIX,
+            endpoint=endpoint,
+            region=s3_bucket.region,
+            access_key_id=s3_bucket.access_key_id,
+            secret_access_key=s3_bucket.secret_access_key,
+        )
+        await blobs.prepare()
+        try:
+            first = await write(blobs, [b"refused"])
+            assert await blobs.commit([first]) == [True]
+            assert await blobs.commit([await write(blobs, [b"refused"])]) == [False]
+            assert await blobs.commit([await write(blobs, [b"other"])]) == [True]
+            assert await blobs.read(first.sha256) == b"refused"
+        finally:
+            await blobs.close()
+    # An endpoint without conditional writes is asked once; a conflict is a single PUT's.
+    assert len(refused) == (1 if status == 501 else 3)

@@ -13,7 +13,8 @@ Cloud Storage (interoperability, HMAC keys) and Ceph RGW:
 
 - HeadBucket (start-up and readiness), HeadObject (does a blob exist, before a PUT or delete);
 - PutObject with Content-MD5 (below `multipart_threshold`, 1 GiB by default: S3 takes single
-  PUTs up to 5 GiB);
+  PUTs up to 5 GiB); a small blob's PUT asks `If-None-Match: *` (a conditional write) to save
+  the HEAD before it, and falls back to HEAD + PUT on an endpoint that refuses the condition;
 - CreateMultipartUpload / UploadPart (Content-MD5) / CompleteMultipartUpload /
   AbortMultipartUpload (from `multipart_threshold` on; parts of at least 5 MiB, `PART_UPLOADS`
   of them at once);
@@ -22,7 +23,9 @@ Cloud Storage (interoperability, HMAC keys) and Ceph RGW:
 - presigned GET URLs (SigV4 query auth) with `response-content-disposition`.
 
 Nothing newer is relied on: no flexible checksums (x-amz-checksum-*, which GCS and older
-Ceph/R2 versions refuse or ignore), no conditional writes, no aws-chunked uploads.
+Ceph/R2 versions refuse or ignore), no conditional writes that cannot fall back (an endpoint
+answering 501 to one is asked no more; one that ignores it overwrites an object with the same
+bytes), no aws-chunked uploads.
 
 A PUT's Content-MD5 is hashed while the content is spooled (in a worker thread beside the one
 hashing SHA-256), so an upload reads its spool file once, and bytes that changed on the local
@@ -50,6 +53,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import logging
 import math
 import os
 import re
@@ -71,6 +75,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  
 from ..models import content_disposition
 from .base import SMALL_BYTES, BlobMissing, StagedBlob, StorageUnavailable, unique_token
 from .blobdir import BATCH_BYTES, READ_CHUNK, DirWriter, HashedFile, _in_thread
+
+log = logging.getLogger(__name__)
 
 SETTING = "storage.blobs"
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3's least part size (but for the last part)
@@ -113,6 +119,15 @@ class _NoSuchKey(Exception):
 
 class _Exists(Exception):
     """A conditional PUT (If-None-Match: *) found the object there already (412)."""
+
+
+class _ConditionNotTaken(Exception):
+    """A conditional PUT neither stored nor found the object: the endpoint does not support
+    the condition (501), or a concurrent conditional write of the key conflicted (409)."""
+
+    def __init__(self, key: str, *, unsupported: bool) -> None:
+        super().__init__(key)
+        self.unsupported = unsupported
 
 
 class _PastTheEnd(Exception):
@@ -362,6 +377,8 @@ class S3Blobs:
         # MD5s of spooled content (staged ref -> digest), from the writer to the upload; an
         # entry lives as long as its spool file (`commit`, `discard`, `save_part`, `prepare`).
         self._md5s: dict[str, bytes] = {}
+        # Cleared for good once the endpoint answers that it does not do conditional PUTs.
+        self._conditional_puts = True
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._presigner: Any = None
@@ -534,8 +551,12 @@ class S3Blobs:
                 raise _NoSuchKey(params.get("Key", "")) from None
             if status == 416:
                 raise _PastTheEnd(params.get("Key", "")) from None
-            if status == 412 and "IfNoneMatch" in params:
-                raise _Exists(params.get("Key", "")) from None
+            if "IfNoneMatch" in params:
+                if status == 412:
+                    raise _Exists(params.get("Key", "")) from None
+                if status in (409, 501) or code == "NotImplemented":
+                    unsupported = status != 409
+                    raise _ConditionNotTaken(params["Key"], unsupported=unsupported) from None
             raise self._unavailable(error) from error
         except (BotoCoreError, HttpClientError, TimeoutError) as error:
             raise self._unavailable(error) from error
@@ -581,8 +602,16 @@ class S3Blobs:
                 async with slots:
                     if stored:
                         return False
-                    if item.content is not None:
-                        return await self._put_new(key, item)
+                    if item.content is not None and self._conditional_puts:
+                        try:
+                            return await self._put_new(key, item)
+                        except _ConditionNotTaken as refused:
+                            if refused.unsupported:
+                                self._conditional_puts = False
+                                log.warning(
+                                    "the S3 endpoint does not take conditional PUTs "
+                                    "(If-None-Match): small blobs go up as HEAD + PUT"
+                                )
                     if await self._exists(key):
                         return False
                     await self._upload(key, path, item)
@@ -627,7 +656,8 @@ class S3Blobs:
         return True
 
     async def _put_new(self, key: str, staged: StagedBlob) -> bool:
-        """PUT a small blob's content unless the object exists; whether it was stored."""
+        """PUT a small blob's content unless the object exists; whether it was stored.
+        Raises `_ConditionNotTaken` when the endpoint would not decide (then HEAD + PUT)."""
         assert staged.content is not None
         md5 = self._md5s.get(staged.ref)
         content = staged.content
