@@ -764,3 +764,15 @@ async def test_small_blobs_are_stored_where_conditional_puts_are_refused(
             await blobs.close()
     # An endpoint without conditional writes is asked once; a conflict is a single PUT's.
     assert len(refused) == (1 if status == 501 else 3)
+
+
+async def test_a_commit_still_running_after_close_syncs_its_directories(tmp_path: Path) -> None:
+    # A request cancelled at shutdown may leave its commit running in a thread after the
+    # backend closed: its blobs (two fan-out directories here) are still stored and synced.
+    blobs = BlobDir(tmp_path)
+    await blobs.prepare()
+    staged = [await write(blobs, [b"one"]), await write(blobs, [b"two"])]
+    assert staged[0].sha256[:2] != staged[1].sha256[:2]
+    await blobs.close()
+    assert await blobs.commit(staged) == [True, True]
+    assert [await blobs.read(s.sha256) for s in staged] == [b"one", b"two"]

@@ -300,10 +300,13 @@ class BlobDir:
                 continue
             results.append(True)
             gained.setdefault(target.parent, []).append(i)
-        if len(gained) == 1:
-            outcomes: Iterable[OSError | None] = [_try_fsync_dir(next(iter(gained)))]
-        else:
-            outcomes = self._fsyncs.map(_try_fsync_dir, gained)
+        outcomes: Iterable[OSError | None]
+        try:
+            if len(gained) <= 1:
+                raise RuntimeError("one directory: no need for the pool")
+            outcomes = list(self._fsyncs.map(_try_fsync_dir, gained))
+        except RuntimeError:  # also: a commit still running after `close` shut the pool
+            outcomes = [_try_fsync_dir(path) for path in gained]
         for (_, indexes), failure in zip(gained.items(), outcomes, strict=True):
             if failure is not None:
                 for i in indexes:
