@@ -312,6 +312,8 @@ _KEY_COLUMNS = "id, key_sha256, project, hint, created_at, revoked_at"
 # counted in rounds of ON_LOOP_ROUND steps.
 ON_LOOP_STEPS = 20_000
 ON_LOOP_ROUND = 1_000
+# The longest page read on the event loop (~0.35 ms for 100 rows on the benchmark machine).
+ON_LOOP_MAX_ROWS = 100
 # Rows per INSERT and values per IN (...): far below SQLite's limit on bound variables.
 _CHUNK = 500
 
@@ -768,8 +770,10 @@ class SqliteMetadata:
                 ORDER BY seq {order} LIMIT :limit OFFSET :offset
             )
         """
-        # An offset walks the index up to it: never on the event loop.
-        rows = await (self._rows(sql, params) if offset else self._hot_rows(sql, params))
+        # An offset walks the index up to it, and a long page costs more to turn into Python
+        # rows than its steps tell: neither on the event loop.
+        on_loop = not offset and limit <= ON_LOOP_MAX_ROWS
+        rows = await (self._hot_rows(sql, params) if on_loop else self._rows(sql, params))
         # Told apart by `seq` (NULL only in the totals' row), ordered here: SQL promises no
         # order for the rows of a compound statement.
         total, after_seq = next((row[0], row[1]) for row in rows if row[2] is None)
