@@ -221,22 +221,25 @@ class _LogFormatter(logging.Formatter):
 
 
 def _configure_logging(level: str) -> None:
-    """Log lines to stderr: `time LEVEL logger: message`.
-
-    The logging HOWTO's optimisations apply: the format uses no caller, thread or process
-    fields, and finding them (a walk up the stack for the caller) was ~3 µs of each
-    access-log line, a line per request.
-    """
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+    """Log lines to stderr: `time LEVEL logger: message`."""
     handler = logging.StreamHandler()
     handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
+def _lean_log_records() -> None:
+    """The logging HOWTO's optimisations, for the filesd process only (they are
+    process-wide, so not in `main`, which tests and embedders call in their own process): the
+    log format uses no caller, thread or process fields, and finding them (a walk up the stack
+    for the caller) was ~3 µs of each access-log line, a line per request."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def entrypoint() -> None:
+    _lean_log_records()
     sys.exit(main())
 
 
