@@ -613,3 +613,45 @@ def test_a_download_redirected_to_the_bucket_says_what_to_do(
         assert "redirect_downloads" in message
     finally:
         assert server.stop(signal.SIGTERM) == 0
+
+
+def test_sign_out_stops_uploads_with_the_key_they_started_with(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """A large upload held up by a fault rule when the user signs out: it stops, is cancelled
+    on the server with alpha's key (never `Bearer null`), and leaves the list."""
+    url, admin = console_server.url, {"Content-Type": "application/json"}
+    rule = {"method": "POST", "route": "/v1/uploads/{upload_id}/parts", "latency_ms": 3000}
+    rule_id = _api(url, "POST", "/admin/faults", json.dumps(rule).encode(), ADMIN_TOKEN, **admin)
+    try:
+        console = Console(browser, url, screenshots)
+        console.open()
+        console.sign_in(ALPHA_KEY)
+        console.until(lambda: console.visible("view-files"), "the files view")
+        big = tmp_path / "signed-out.bin"
+        big.write_bytes(os.urandom(LARGE_SIZE))
+        console.by_id("upload-input").send_keys(str(big))
+        console.until(
+            lambda: (
+                "3 parts" in console.js("return document.getElementById('uploads').textContent")
+            ),
+            "the upload's parts are on their way",
+        )
+        console.click("signout")
+        assert console.js("return document.getElementById('uploads').children.length") == 0
+    finally:
+        _api(url, "DELETE", f"/admin/faults/{rule_id['id']}", None, ADMIN_TOKEN)
+
+    def cancels() -> list[Any]:
+        entries = _api(url, "GET", "/admin/requests?method=POST", None, ADMIN_TOKEN)["data"]
+        return [e for e in entries if e["path"].endswith("/cancel")]
+
+    wait_until_sync(
+        lambda: any(e["project"] == "alpha" and e["status"] == 200 for e in cancels()),
+        what="the upload is cancelled with alpha's key",
+    )
+    # Nothing was sent without a key: every request of the journal names its project.
+    entries = _api(url, "GET", "/admin/requests?status=401", None, ADMIN_TOKEN)["data"]
+    assert [e for e in entries if "/uploads" in e["path"]] == []
+    assert "signed-out.bin" not in [f["filename"] for f in _api(url, "GET", "/v1/files")["data"]]
+    assert console.error() == ""

@@ -31,7 +31,13 @@ const state = {
   detail: null,
   journalTimer: null,
   batchesTimer: null,
+  // Bumped at every sign-in and sign-out: an answer to a request a view started under another
+  // session is dropped, never shown.
+  session: 0,
 };
+
+// The uploads in flight, each a function that aborts it (sign-out stops them all).
+const uploadsInFlight = new Set();
 
 // --- HTTP -------------------------------------------------------------------------------
 
@@ -39,6 +45,13 @@ class ApiError extends Error {
   constructor(message, status) {
     super(message);
     this.status = status;
+  }
+}
+
+/** The answer to a request started before a sign-in or sign-out: nothing to show. */
+class StaleError extends ApiError {
+  constructor() {
+    super("Signed out.", 0);
   }
 }
 
@@ -53,8 +66,19 @@ function errorMessage(status, text) {
   return `The server answered ${status}.`;
 }
 
+/** A view's request, with the key of the session it starts in; its answer is dropped (a
+ * StaleError) if the user signed out or in meanwhile. */
 async function call(method, path, body) {
-  const headers = { Authorization: `Bearer ${state.key}` };
+  const session = state.session;
+  if (state.key === null) throw new StaleError();
+  const result = await request(method, path, body, state.key);
+  if (state.session !== session) throw new StaleError();
+  return result;
+}
+
+/** One JSON request with `key`, whatever the session is by the time it is answered. */
+async function request(method, path, body, key) {
+  const headers = { Authorization: `Bearer ${key}` };
   const init = { method, headers, cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -72,11 +96,11 @@ async function call(method, path, body) {
 }
 
 /** An XMLHttpRequest (fetch has no upload progress): resolves with the JSON body. */
-function send(method, path, form, onProgress, registerAbort) {
+function send(method, path, form, key, onProgress, registerAbort) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open(method, path);
-    xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${key}`);
     xhr.upload.onprogress = (e) => onProgress(e.loaded);
     xhr.onload = () => {
       if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
@@ -170,6 +194,7 @@ function say(text) {
 }
 
 function showError(err) {
+  if (err instanceof StaleError) return;
   const box = $("error");
   box.textContent = err instanceof Error ? err.message : String(err);
   box.hidden = false;
@@ -252,6 +277,12 @@ function signOut() {
   clearError();
   sessionStorage.removeItem(KEY_STORAGE);
   state.key = null;
+  state.session += 1;
+  // Each upload stops and is cancelled on the server with the key it started with.
+  for (const abort of uploadsInFlight) abort();
+  uploadsInFlight.clear();
+  $("uploads").replaceChildren();
+  $("uploads-empty").hidden = false;
   state.api = state.admin = false;
   stopJournal();
   $("who").hidden = true;
@@ -325,6 +356,7 @@ function fileRow(file) {
 
 async function download(file) {
   say(`Downloading ${file.filename}…`);
+  const session = state.session;
   let resp;
   try {
     resp = await fetch(`/v1/files/${encodeURIComponent(file.id)}/content`, {
@@ -342,7 +374,9 @@ async function download(file) {
     );
   }
   if (!resp.ok) throw new ApiError(errorMessage(resp.status, await resp.text()), resp.status);
-  const url = URL.createObjectURL(await resp.blob());
+  const blob = await resp.blob();
+  if (state.session !== session) throw new StaleError();
+  const url = URL.createObjectURL(blob);
   const a = document.createElement("a");
   a.href = url;
   a.download = file.filename;
@@ -416,6 +450,8 @@ function uploadFiles(files) {
 }
 
 async function uploadOne(file, purpose) {
+  const key = state.key;
+  const session = state.session;
   const item = el("li");
   const label = el("span", `${file.name} (${humanBytes(file.size)})`);
   const bar = document.createElement("progress");
@@ -428,10 +464,12 @@ async function uploadOne(file, purpose) {
   const abortAll = () => {
     for (const abort of aborts) abort();
   };
-  const cancel = button("Cancel", () => {
+  const stop = () => {
     cancelled = true;
     abortAll();
-  }, `Cancel the upload of ${file.name}`);
+  };
+  const cancel = button("Cancel", stop, `Cancel the upload of ${file.name}`);
+  uploadsInFlight.add(stop);
   item.append(label, bar, note, cancel);
   item.dataset.filename = file.name;
   $("uploads").append(item);
@@ -439,13 +477,14 @@ async function uploadOne(file, purpose) {
   const registerAbort = (abort) => aborts.push(abort);
   try {
     if (file.size >= PART_THRESHOLD) {
-      await uploadInParts(file, purpose, bar, note, registerAbort, abortAll, () => cancelled);
+      await uploadInParts(file, purpose, key, bar, note, registerAbort, abortAll,
+        () => cancelled);
     } else {
       note.textContent = "uploading";
       const form = new FormData();
       form.append("purpose", purpose);
       form.append("file", file, file.name);
-      await send("POST", "/v1/files", form, (loaded) => {
+      await send("POST", "/v1/files", form, key, (loaded) => {
         bar.value = loaded;
       }, registerAbort);
     }
@@ -459,19 +498,24 @@ async function uploadOne(file, purpose) {
       item.remove();
       $("uploads-empty").hidden = $("uploads").children.length > 0;
     }, `Dismiss ${file.name}`));
+  } finally {
+    uploadsInFlight.delete(stop);
   }
+  // Signed out (or in again) meanwhile: the item is gone with the list, nothing to refresh.
+  if (state.session !== session) return;
   $("uploads-empty").hidden = $("uploads").children.length > 0;
   if (state.view === "files") await guarded(loadFiles);
 }
 
 /** A large file through the Uploads API: create, parts in parallel, complete (or cancel). */
-async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, isCancelled) {
-  const upload = await call("POST", "/v1/uploads", {
+async function uploadInParts(file, purpose, key, bar, note, registerAbort, abortAll,
+  isCancelled) {
+  const upload = await request("POST", "/v1/uploads", {
     bytes: file.size,
     filename: file.name,
     mime_type: file.type || "application/octet-stream",
     purpose,
-  });
+  }, key);
   const count = Math.ceil(file.size / PART_BYTES);
   const loaded = new Array(count).fill(0);
   const partIds = new Array(count);
@@ -484,7 +528,7 @@ async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, 
       const index = next++;
       const form = new FormData();
       form.append("data", file.slice(index * PART_BYTES, (index + 1) * PART_BYTES), file.name);
-      const part = await send("POST", `/v1/uploads/${upload.id}/parts`, form, (n) => {
+      const part = await send("POST", `/v1/uploads/${upload.id}/parts`, form, key, (n) => {
         loaded[index] = n;
         bar.value = loaded.reduce((a, b) => a + b, 0);
       }, registerAbort);
@@ -497,14 +541,14 @@ async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, 
     await Promise.all(Array.from({ length: Math.min(PARALLEL_PARTS, count) }, worker));
     if (isCancelled()) throw new ApiError("Cancelled.", 0);
     note.textContent = "completing";
-    await call("POST", `/v1/uploads/${upload.id}/complete`, { part_ids: partIds });
+    await request("POST", `/v1/uploads/${upload.id}/complete`, { part_ids: partIds }, key);
   } catch (err) {
     // Every failure (a cancel too) leaves nothing behind: the other parts stop, and the upload
     // is cancelled on the server.
     failed = true;
     abortAll();
     try {
-      await call("POST", `/v1/uploads/${upload.id}/cancel`);
+      await request("POST", `/v1/uploads/${upload.id}/cancel`, undefined, key);
     } catch (_) {
       // cancelled already, or expired: nothing left to free
     }
