@@ -655,3 +655,36 @@ def test_sign_out_stops_uploads_with_the_key_they_started_with(
     assert [e for e in entries if "/uploads" in e["path"]] == []
     assert "signed-out.bin" not in [f["filename"] for f in _api(url, "GET", "/v1/files")["data"]]
     assert console.error() == ""
+
+
+def test_the_next_sign_in_starts_afresh(
+    browser: Any, console_server: ServerProcess, screenshots: Path
+) -> None:
+    """alpha pages to its second page of one purpose and signs out; beta then sees its own
+    first page of every purpose, not alpha's cursor and filter."""
+    from selenium.webdriver.support.ui import Select
+
+    url = console_server.url
+    names = [f"afresh-{i:02}.txt" for i in range(21)]
+    for name in names:
+        _upload(url, ALPHA_KEY, name.encode(), name, "vision")
+    console = Console(browser, url, screenshots)
+    console.open()
+    console.sign_in(ALPHA_KEY)
+    console.until(lambda: console.visible("view-files"), "the files view")
+    Select(console.by_id("filter-purpose")).select_by_value("vision")
+    console.until(lambda: list(console.files()) == names[::-1][:20], "alpha's first page")
+    console.click("files-next")
+    console.until(lambda: list(console.files()) == names[:1], "alpha's second page")
+
+    console.sign_in(BETA_KEY)
+    beta = _api(url, "GET", "/v1/files?limit=20", key=BETA_KEY)
+    first_page = [f["filename"] for f in beta["data"]]
+    console.until(
+        lambda: console.visible("view-files") and list(console.files()) == first_page,
+        "beta's first page",
+    )
+    assert console.error() == ""
+    assert console.by_id("files-total").text == f"{beta['total']} files"
+    assert console.by_id("filter-purpose").get_attribute("value") == ""
+    assert not console.by_id("files-prev").is_enabled()

@@ -238,6 +238,17 @@ async function probe(path) {
   }
 }
 
+/** Forget the previous session's place: its page cursors, filter, open file and batches. */
+function resetPlace() {
+  state.cursors = [];
+  state.after = null;
+  state.lastId = null;
+  state.hasMore = false;
+  state.batchesAfter = null;
+  state.detail = null;
+  $("filter-purpose").value = "";
+}
+
 /** A form of the key that is safe to show: a few characters at each end (as the server's). */
 function maskKey(key) {
   return key.length < 12 ? "***" : `${key.slice(0, 5)}***${key.slice(-2)}`;
@@ -250,6 +261,8 @@ async function signIn(key) {
     throw new ApiError("An API key is printable ASCII, without spaces.", 0);
   }
   state.key = key;
+  state.session += 1;
+  resetPlace();
   const [api, admin] = await Promise.all([probe("/v1/files?limit=1"), probe("/admin/projects")]);
   if (!api.ok && !admin.ok) {
     state.key = null;
@@ -283,6 +296,7 @@ function signOut() {
   uploadsInFlight.clear();
   $("uploads").replaceChildren();
   $("uploads-empty").hidden = false;
+  resetPlace();
   state.api = state.admin = false;
   stopJournal();
   $("who").hidden = true;
