@@ -688,3 +688,42 @@ def test_the_next_sign_in_starts_afresh(
     assert console.by_id("files-total").text == f"{beta['total']} files"
     assert console.by_id("filter-purpose").get_attribute("value") == ""
     assert not console.by_id("files-prev").is_enabled()
+
+
+def test_sign_out_leaves_no_admin_data_in_the_page(
+    browser: Any, console_server: ServerProcess, screenshots: Path
+) -> None:
+    """The admin token's usage, journal and faults, and a file's detail, leave the DOM with the
+    key; no timer is left to fetch more."""
+    url = console_server.url
+    file = _upload(url, ALPHA_KEY, SMALL, "detail-then-out.txt", "user_data")
+    console = Console(browser, url, screenshots)
+    console.open()
+    console.sign_in(ALPHA_KEY)
+    console.until(lambda: "detail-then-out.txt" in console.files(), "the file is listed")
+    browser.find_element(
+        "css selector", '#files tr[data-filename="detail-then-out.txt"] button.link'
+    ).click()
+    console.until(lambda: console.by_id("detail-id").text == file["id"], "the file's detail")
+    console.click("signout")
+    console.sign_in(ADMIN_TOKEN)
+    console.until(
+        lambda: console.js("return document.querySelectorAll('#usage tbody tr').length") > 0,
+        "the usage rows",
+    )
+    browser.find_element("css selector", '#nav button[data-view="journal"]').click()
+    console.until(
+        lambda: console.js("return document.querySelectorAll('#journal tbody tr').length") > 0,
+        "the journal rows",
+    )
+    console.click("signout")
+    left = console.js(
+        """return {rows: document.querySelectorAll(
+                   '#usage tbody tr, #journal tbody tr, #faults tbody tr, #files tbody tr,'
+                   + ' #batches tbody tr').length,
+                 chart: document.getElementById('usage-chart').children.length,
+                 detail: document.getElementById('detail-fields').children.length
+                   + document.getElementById('detail-id').textContent.length,
+                 timers: [state.journalTimer, state.batchesTimer]}"""
+    )
+    assert left == {"rows": 0, "chart": 0, "detail": 0, "timers": [None, None]}

@@ -299,15 +299,28 @@ function signOut() {
   resetPlace();
   state.api = state.admin = false;
   stopJournal();
+  clearTimeout(state.batchesTimer);
+  state.batchesTimer = null;
   $("who").hidden = true;
   $("nav").hidden = true;
-  $("files").tBodies[0].replaceChildren();
+  emptyViews();
   $("key").value = "";
   showView("signin");
   $("key").focus();
 }
 
 // --- views ------------------------------------------------------------------------------
+
+/** Nothing the last key could read stays in the page: every table, the chart, the detail. */
+function emptyViews() {
+  for (const table of ["files", "batches", "usage", "journal", "faults"]) {
+    $(table).tBodies[0].replaceChildren();
+  }
+  for (const id of ["usage-chart", "detail-fields", "detail-title", "detail-id", "detail-curl",
+    "detail-python", "files-total"]) {
+    $(id).replaceChildren();
+  }
+}
 
 function showView(name) {
   for (const section of document.querySelectorAll(".view")) {
