@@ -63,6 +63,7 @@ async def test_a_browser_gets_a_page_about_the_server(client: Client) -> None:
     assert resp.status == 200
     assert resp.content_type == "text/html"
     assert_secure(resp.headers)
+    assert resp.headers["Vary"] == "Accept"
     page = await resp.text()
     for link in ("/ui/", "/openapi.json", "/healthz", "/metrics"):
         assert f'href="{link}"' in page
@@ -83,6 +84,9 @@ async def test_api_clients_keep_the_json_404_for_the_root(
         assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
         assert await resp.json() == NOT_FOUND_ROOT
         assert "Content-Security-Policy" not in resp.headers
+    # The same URL answers a browser with a page: a cache must key on Accept.
+    assert on_resp.headers["Vary"] == "Accept"
+    assert "Vary" not in off_resp.headers
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
