@@ -672,6 +672,9 @@ def test_the_next_sign_in_starts_afresh(
     console.open()
     console.sign_in(ALPHA_KEY)
     console.until(lambda: console.visible("view-files"), "the files view")
+    # The key is not left in the (hidden) sign-in field, and no password manager keeps it.
+    assert console.by_id("key").get_attribute("value") == ""
+    assert console.by_id("key").get_attribute("autocomplete") == "new-password"
     Select(console.by_id("filter-purpose")).select_by_value("vision")
     console.until(lambda: list(console.files()) == names[::-1][:20], "alpha's first page")
     console.click("files-next")

@@ -271,6 +271,8 @@ async function signIn(key) {
   state.api = api.ok;
   state.admin = admin.ok;
   sessionStorage.setItem(KEY_STORAGE, key);
+  // The key lives in sessionStorage only: not in a form field left in the page.
+  $("key").value = "";
   const kind = state.admin
     ? state.api
       ? "the admin token (also a project key)"
