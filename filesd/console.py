@@ -143,7 +143,8 @@ async def console_file(request: web.Request) -> web.FileResponse:
     name = request.match_info.get("name", "index.html")
     content_type = UI_FILES.get(name)
     if content_type is None:
-        raise web.HTTPNotFound()
+        # A JSON body under the console's path: nosniff and the policy as for its files.
+        raise _not_found(request, SECURITY_HEADERS)
     return web.FileResponse(
         UI_DIR / name, headers={**SECURITY_HEADERS, "Content-Type": content_type}
     )

@@ -139,6 +139,24 @@ async def test_only_the_consoles_own_files_are_served(client: Client, path: str)
     assert (await resp.json())["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("path", ["/ui/nope", "/ui/nope.js", "/ui/index.htm"])
+async def test_a_json_404_under_ui_has_the_security_headers(client: Client, path: str) -> None:
+    """The unknown route's envelope, unchanged, with nosniff and the policy of the console."""
+    resp = await client.get(path, headers=BROWSER)
+    assert resp.status == 404
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert_secure(resp.headers)
+    body = await resp.json()
+    assert body == {
+        "error": {
+            "message": f"Invalid URL (GET {path})",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+
+
 @pytest.mark.parametrize("path", ["/", "/ui", "/ui/", "/ui/app.js", "/ui/app.css"])
 async def test_ui_disabled_is_the_json_404(off: Client, path: str) -> None:
     resp = await off.get(path, headers=BROWSER, allow_redirects=False)
