@@ -13,8 +13,11 @@ import json
 import os
 import shutil
 import signal
+import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -730,3 +733,81 @@ def test_sign_out_leaves_no_admin_data_in_the_page(
                  timers: [state.journalTimer, state.batchesTimer]}"""
     )
     assert left == {"rows": 0, "chart": 0, "detail": 0, "timers": [None, None]}
+
+
+def _proxy_with_html_for(upstream: str, html_for: set[tuple[str, str]]) -> ThreadingHTTPServer:
+    """A reverse proxy in front of `upstream` that answers the (method, path) pairs in
+    `html_for` itself with a 200 HTML page, as a misconfigured proxy does."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _relay(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            if (self.command, self.path.split("?", 1)[0]) in html_for:
+                page = b"<html><body>502 proxy error page</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
+            keep = ("Authorization", "Content-Type", "Accept")
+            headers = {k: v for k, v in self.headers.items() if k in keep}
+            request = urllib.request.Request(
+                upstream + self.path, data=body, method=self.command, headers=headers
+            )
+            try:
+                resp = urllib.request.urlopen(request, timeout=30)
+            except urllib.error.HTTPError as err:
+                resp = err
+            with resp:
+                content = resp.read()
+                self.send_response(resp.status)
+                for name, value in resp.headers.items():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+        do_GET = do_POST = do_DELETE = _relay
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_2xx_that_is_not_json_is_said_in_words(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """Behind a proxy that answers with an HTML page: the upload fails with a plain message
+    (it used to hang at "uploading"), and a view shows one instead of a SyntaxError."""
+    proxy = _proxy_with_html_for(
+        console_server.url, {("POST", "/v1/files"), ("GET", "/v1/batches")}
+    )
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        console = Console(browser, url, screenshots)
+        console.open()
+        console.sign_in(ALPHA_KEY)
+        console.until(lambda: console.visible("view-files"), "the files view")
+        small = tmp_path / "behind-a-proxy.txt"
+        small.write_bytes(SMALL)
+        console.by_id("upload-input").send_keys(str(small))
+        note = console.until(
+            lambda: console.js(
+                "const e = document.querySelector('#uploads li .error-text');"
+                " return e && e.textContent"
+            ),
+            "the upload's error",
+        )
+        assert note == "The server answered 200 with something that is not JSON."
+        browser.find_element("css selector", '#nav button[data-view="batches"]').click()
+        message = console.until(console.error, "the view's error")
+        assert message == "The server answered 200 with something that is not JSON."
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -55,6 +55,17 @@ class StaleError extends ApiError {
   }
 }
 
+/** The JSON body of a 2xx answer; anything else (a proxy's HTML page, a cut-off body) is an
+ * ApiError in words, never the parser's SyntaxError. */
+function parseBody(status, text) {
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    throw new ApiError(`The server answered ${status} with something that is not JSON.`, status);
+  }
+}
+
 /** The envelope's message of an error response, or a plain description of the failure. */
 function errorMessage(status, text) {
   try {
@@ -92,7 +103,7 @@ async function request(method, path, body, key) {
   }
   const text = await resp.text();
   if (!resp.ok) throw new ApiError(errorMessage(resp.status, text), resp.status);
-  return text ? JSON.parse(text) : null;
+  return parseBody(resp.status, text);
 }
 
 /** An XMLHttpRequest (fetch has no upload progress): resolves with the JSON body. */
@@ -103,8 +114,16 @@ function send(method, path, form, key, onProgress, registerAbort) {
     xhr.setRequestHeader("Authorization", `Bearer ${key}`);
     xhr.upload.onprogress = (e) => onProgress(e.loaded);
     xhr.onload = () => {
-      if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
-      else reject(new ApiError(errorMessage(xhr.status, xhr.responseText), xhr.status));
+      if (xhr.status < 200 || xhr.status >= 300) {
+        reject(new ApiError(errorMessage(xhr.status, xhr.responseText), xhr.status));
+        return;
+      }
+      // A throw here would leave the promise pending (the upload stuck at "uploading").
+      try {
+        resolve(parseBody(xhr.status, xhr.responseText));
+      } catch (err) {
+        reject(err);
+      }
     };
     xhr.onerror = () => reject(new ApiError("The upload was cut off.", 0));
     xhr.onabort = () => reject(new ApiError("Cancelled.", 0));
