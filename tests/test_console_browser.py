@@ -99,6 +99,8 @@ def browser(downloads: Path) -> Iterator[Any]:
         "--disable-extensions",
     ):
         options.add_argument(argument)
+    # The console's messages (a CSP violation among them) for driver.get_log("browser").
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     options.add_experimental_option(
         "prefs",
         {
@@ -811,3 +813,30 @@ def test_a_2xx_that_is_not_json_is_said_in_words(
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_filename_that_is_html_is_shown_as_text(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """A file named like an HTML element, uploaded through the page: its name is text in the
+    list and the detail, no element is made of it, and the browser logs no CSP violation."""
+    name = "<img src=x onerror=alert(1)>"
+    console = Console(browser, console_server.url, screenshots)
+    console.open()
+    console.sign_in(ALPHA_KEY)
+    console.until(lambda: console.visible("view-files"), "the files view")
+    file = tmp_path / name
+    file.write_bytes(SMALL)
+    console.by_id("upload-input").send_keys(str(file))
+    console.until(lambda: name in console.files(), "the file is listed")
+    shown = console.js(
+        "return Array.from(document.querySelectorAll('#files tbody button.link'))"
+        ".map(b => b.textContent)"
+    )
+    assert name in shown
+    browser.find_element("css selector", "#files tbody button.link").click()
+    console.until(lambda: console.by_id("detail-title").text == name, "the file's detail")
+    assert console.js("return document.querySelectorAll('main img').length") == 0
+    logs = browser.get_log("browser")
+    assert [e for e in logs if "Content Security Policy" in e["message"]] == [], logs
+    assert console.error() == ""
