@@ -728,6 +728,7 @@ async function loadJournal() {
 
 async function startJournal() {
   stopJournal();
+  const session = state.session;
   await loadJournal();
   const tick = async () => {
     if (state.view !== "journal" || !$("j-live").checked) return;
@@ -736,6 +737,8 @@ async function startJournal() {
     } catch (err) {
       showError(err);
     }
+    // Signed out while the journal loaded: no timer outlives the session.
+    if (state.session !== session) return;
     state.journalTimer = setTimeout(tick, JOURNAL_POLL_MS);
   };
   state.journalTimer = setTimeout(tick, JOURNAL_POLL_MS);
