@@ -655,7 +655,7 @@ def test_sign_out_stops_uploads_with_the_key_they_started_with(
         lambda: any(e["project"] == "alpha" and e["status"] == 200 for e in cancels()),
         what="the upload is cancelled with alpha's key",
     )
-    # Nothing was sent without a key: every request of the journal names its project.
+    # No request of the upload went out without its key (a 401, as `Bearer null` was).
     entries = _api(url, "GET", "/admin/requests?status=401", None, ADMIN_TOKEN)["data"]
     assert [e for e in entries if "/uploads" in e["path"]] == []
     assert "signed-out.bin" not in [f["filename"] for f in _api(url, "GET", "/v1/files")["data"]]
