@@ -17,6 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from filesd.errors import NotFound
+
 # The console's own files: name -> Content-Type. Nothing else under /ui/ is served, so no
 # request path ever reaches the file system.
 UI_FILES = {
@@ -49,6 +51,8 @@ SECURITY_HEADERS = {
     # The files change with the package: revalidate (the ETag makes that a 304).
     "Cache-Control": "no-cache",
 }
+# `GET /` answers by Accept: a cache must not give a browser's page to an API client.
+VARY_ACCEPT = {"Vary": "Accept"}
 
 LANDING_PAGE = """<!doctype html>
 <html lang="en">
@@ -110,13 +114,21 @@ def _only_reads(request: web.Request) -> None:
         raise web.HTTPNotFound()
 
 
+def _not_found(request: web.Request, headers: dict[str, str]) -> NotFound:
+    """The unknown route's 404, envelope unchanged (the boundary's words), with `headers`."""
+    return NotFound(f"Invalid URL ({request.method} {request.path})", headers=headers)
+
+
 async def landing(request: web.Request) -> web.Response:
     """A browser's page about this server; for anyone else the unknown route's JSON 404."""
     _only_reads(request)
     if not wants_html(request):
-        raise web.HTTPNotFound()
+        raise _not_found(request, VARY_ACCEPT)
     return web.Response(
-        text=LANDING_PAGE, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS
+        text=LANDING_PAGE,
+        content_type="text/html",
+        charset="utf-8",
+        headers={**SECURITY_HEADERS, **VARY_ACCEPT},
     )
 
 
@@ -131,7 +143,8 @@ async def console_file(request: web.Request) -> web.FileResponse:
     name = request.match_info.get("name", "index.html")
     content_type = UI_FILES.get(name)
     if content_type is None:
-        raise web.HTTPNotFound()
+        # A JSON body under the console's path: nosniff and the policy as for its files.
+        raise _not_found(request, SECURITY_HEADERS)
     return web.FileResponse(
         UI_DIR / name, headers={**SECURITY_HEADERS, "Content-Type": content_type}
     )

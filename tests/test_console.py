@@ -63,6 +63,7 @@ async def test_a_browser_gets_a_page_about_the_server(client: Client) -> None:
     assert resp.status == 200
     assert resp.content_type == "text/html"
     assert_secure(resp.headers)
+    assert resp.headers["Vary"] == "Accept"
     page = await resp.text()
     for link in ("/ui/", "/openapi.json", "/healthz", "/metrics"):
         assert f'href="{link}"' in page
@@ -83,6 +84,9 @@ async def test_api_clients_keep_the_json_404_for_the_root(
         assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
         assert await resp.json() == NOT_FOUND_ROOT
         assert "Content-Security-Policy" not in resp.headers
+    # The same URL answers a browser with a page: a cache must key on Accept.
+    assert on_resp.headers["Vary"] == "Accept"
+    assert "Vary" not in off_resp.headers
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
@@ -118,12 +122,14 @@ async def test_console_files_with_their_types_and_the_security_headers(
     assert head.status == 200 and head.content_type == content_type
     again = await client.get(path, headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304
+    assert_secure(again.headers)
 
 
 async def test_ui_without_slash_redirects_to_the_console(client: Client) -> None:
     resp = await client.get("/ui", allow_redirects=False)
     assert resp.status == 308
     assert resp.headers["Location"] == "/ui/"
+    assert_secure(resp.headers)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +139,24 @@ async def test_only_the_consoles_own_files_are_served(client: Client, path: str)
     resp = await client.get(path, headers=BROWSER)
     assert resp.status == 404
     assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path", ["/ui/nope", "/ui/nope.js", "/ui/index.htm"])
+async def test_a_json_404_under_ui_has_the_security_headers(client: Client, path: str) -> None:
+    """The unknown route's envelope, unchanged, with nosniff and the policy of the console."""
+    resp = await client.get(path, headers=BROWSER)
+    assert resp.status == 404
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert_secure(resp.headers)
+    body = await resp.json()
+    assert body == {
+        "error": {
+            "message": f"Invalid URL (GET {path})",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 @pytest.mark.parametrize("path", ["/", "/ui", "/ui/", "/ui/app.js", "/ui/app.css"])
@@ -215,7 +239,10 @@ def test_the_script_talks_only_to_the_api_and_the_admin_api() -> None:
     assert paths, "no paths found: the pattern no longer matches the script"
     assert [p for p in paths if not p.startswith(("/v1/", "/admin/"))] == []
     assert re.search(r"https?://(?!www\.w3\.org/2000/svg)", script) is None
-    assert "innerHTML" not in script and "document.cookie" not in script
+    # Text from the server is set with textContent: nothing in the script parses HTML.
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "srcdoc", "document.write"):
+        assert sink not in script, sink
+    assert "document.cookie" not in script
     assert "localStorage" not in script
 
 

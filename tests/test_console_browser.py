@@ -13,8 +13,11 @@ import json
 import os
 import shutil
 import signal
+import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,8 @@ def browser(downloads: Path) -> Iterator[Any]:
         "--disable-extensions",
     ):
         options.add_argument(argument)
+    # The console's messages (a CSP violation among them) for driver.get_log("browser").
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     options.add_experimental_option(
         "prefs",
         {
@@ -613,3 +618,225 @@ def test_a_download_redirected_to_the_bucket_says_what_to_do(
         assert "redirect_downloads" in message
     finally:
         assert server.stop(signal.SIGTERM) == 0
+
+
+def test_sign_out_stops_uploads_with_the_key_they_started_with(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """A large upload held up by a fault rule when the user signs out: it stops, is cancelled
+    on the server with alpha's key (never `Bearer null`), and leaves the list."""
+    url, admin = console_server.url, {"Content-Type": "application/json"}
+    rule = {"method": "POST", "route": "/v1/uploads/{upload_id}/parts", "latency_ms": 3000}
+    rule_id = _api(url, "POST", "/admin/faults", json.dumps(rule).encode(), ADMIN_TOKEN, **admin)
+    try:
+        console = Console(browser, url, screenshots)
+        console.open()
+        console.sign_in(ALPHA_KEY)
+        console.until(lambda: console.visible("view-files"), "the files view")
+        big = tmp_path / "signed-out.bin"
+        big.write_bytes(os.urandom(LARGE_SIZE))
+        console.by_id("upload-input").send_keys(str(big))
+        console.until(
+            lambda: (
+                "3 parts" in console.js("return document.getElementById('uploads').textContent")
+            ),
+            "the upload's parts are on their way",
+        )
+        console.click("signout")
+        assert console.js("return document.getElementById('uploads').children.length") == 0
+    finally:
+        _api(url, "DELETE", f"/admin/faults/{rule_id['id']}", None, ADMIN_TOKEN)
+
+    def cancels() -> list[Any]:
+        entries = _api(url, "GET", "/admin/requests?method=POST", None, ADMIN_TOKEN)["data"]
+        return [e for e in entries if e["path"].endswith("/cancel")]
+
+    wait_until_sync(
+        lambda: any(e["project"] == "alpha" and e["status"] == 200 for e in cancels()),
+        what="the upload is cancelled with alpha's key",
+    )
+    # No request of the upload went out without its key (a 401, as `Bearer null` was).
+    entries = _api(url, "GET", "/admin/requests?status=401", None, ADMIN_TOKEN)["data"]
+    assert [e for e in entries if "/uploads" in e["path"]] == []
+    assert "signed-out.bin" not in [f["filename"] for f in _api(url, "GET", "/v1/files")["data"]]
+    assert console.error() == ""
+
+
+def test_the_next_sign_in_starts_afresh(
+    browser: Any, console_server: ServerProcess, screenshots: Path
+) -> None:
+    """alpha pages to its second page of one purpose and signs out; beta then sees its own
+    first page of every purpose, not alpha's cursor and filter."""
+    from selenium.webdriver.support.ui import Select
+
+    url = console_server.url
+    names = [f"afresh-{i:02}.txt" for i in range(21)]
+    for name in names:
+        _upload(url, ALPHA_KEY, name.encode(), name, "vision")
+    console = Console(browser, url, screenshots)
+    console.open()
+    console.sign_in(ALPHA_KEY)
+    console.until(lambda: console.visible("view-files"), "the files view")
+    # The key is not left in the (hidden) sign-in field, and no password manager keeps it.
+    assert console.by_id("key").get_attribute("value") == ""
+    assert console.by_id("key").get_attribute("autocomplete") == "new-password"
+    Select(console.by_id("filter-purpose")).select_by_value("vision")
+    console.until(lambda: list(console.files()) == names[::-1][:20], "alpha's first page")
+    console.click("files-next")
+    console.until(lambda: list(console.files()) == names[:1], "alpha's second page")
+
+    console.sign_in(BETA_KEY)
+    beta = _api(url, "GET", "/v1/files?limit=20", key=BETA_KEY)
+    first_page = [f["filename"] for f in beta["data"]]
+    console.until(
+        lambda: console.visible("view-files") and list(console.files()) == first_page,
+        "beta's first page",
+    )
+    assert console.error() == ""
+    assert console.by_id("files-total").text == f"{beta['total']} files"
+    assert console.by_id("filter-purpose").get_attribute("value") == ""
+    assert not console.by_id("files-prev").is_enabled()
+
+
+def test_sign_out_leaves_no_admin_data_in_the_page(
+    browser: Any, console_server: ServerProcess, screenshots: Path
+) -> None:
+    """The admin token's usage, journal and faults, and a file's detail, leave the DOM with the
+    key; no timer is left to fetch more."""
+    url = console_server.url
+    file = _upload(url, ALPHA_KEY, SMALL, "detail-then-out.txt", "user_data")
+    console = Console(browser, url, screenshots)
+    console.open()
+    console.sign_in(ALPHA_KEY)
+    console.until(lambda: "detail-then-out.txt" in console.files(), "the file is listed")
+    browser.find_element(
+        "css selector", '#files tr[data-filename="detail-then-out.txt"] button.link'
+    ).click()
+    console.until(lambda: console.by_id("detail-id").text == file["id"], "the file's detail")
+    console.click("signout")
+    console.sign_in(ADMIN_TOKEN)
+    console.until(
+        lambda: console.js("return document.querySelectorAll('#usage tbody tr').length") > 0,
+        "the usage rows",
+    )
+    browser.find_element("css selector", '#nav button[data-view="journal"]').click()
+    console.until(
+        lambda: console.js("return document.querySelectorAll('#journal tbody tr').length") > 0,
+        "the journal rows",
+    )
+    console.click("signout")
+    left = console.js(
+        """return {rows: document.querySelectorAll(
+                   '#usage tbody tr, #journal tbody tr, #faults tbody tr, #files tbody tr,'
+                   + ' #batches tbody tr').length,
+                 chart: document.getElementById('usage-chart').children.length,
+                 detail: document.getElementById('detail-fields').children.length
+                   + document.getElementById('detail-id').textContent.length,
+                 timers: [state.journalTimer, state.batchesTimer]}"""
+    )
+    assert left == {"rows": 0, "chart": 0, "detail": 0, "timers": [None, None]}
+
+
+def _proxy_with_html_for(upstream: str, html_for: set[tuple[str, str]]) -> ThreadingHTTPServer:
+    """A reverse proxy in front of `upstream` that answers the (method, path) pairs in
+    `html_for` itself with a 200 HTML page, as a misconfigured proxy does."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _relay(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            if (self.command, self.path.split("?", 1)[0]) in html_for:
+                page = b"<html><body>502 proxy error page</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
+            keep = ("Authorization", "Content-Type", "Accept")
+            headers = {k: v for k, v in self.headers.items() if k in keep}
+            request = urllib.request.Request(
+                upstream + self.path, data=body, method=self.command, headers=headers
+            )
+            try:
+                resp = urllib.request.urlopen(request, timeout=30)
+            except urllib.error.HTTPError as err:
+                resp = err
+            with resp:
+                content = resp.read()
+                self.send_response(resp.status)
+                for name, value in resp.headers.items():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+        do_GET = do_POST = do_DELETE = _relay
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_2xx_that_is_not_json_is_said_in_words(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """Behind a proxy that answers with an HTML page: the upload fails with a plain message
+    (it used to hang at "uploading"), and a view shows one instead of a SyntaxError."""
+    proxy = _proxy_with_html_for(
+        console_server.url, {("POST", "/v1/files"), ("GET", "/v1/batches")}
+    )
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        console = Console(browser, url, screenshots)
+        console.open()
+        console.sign_in(ALPHA_KEY)
+        console.until(lambda: console.visible("view-files"), "the files view")
+        small = tmp_path / "behind-a-proxy.txt"
+        small.write_bytes(SMALL)
+        console.by_id("upload-input").send_keys(str(small))
+        note = console.until(
+            lambda: console.js(
+                "const e = document.querySelector('#uploads li .error-text');"
+                " return e && e.textContent"
+            ),
+            "the upload's error",
+        )
+        assert note == "The server answered 200 with something that is not JSON."
+        browser.find_element("css selector", '#nav button[data-view="batches"]').click()
+        message = console.until(console.error, "the view's error")
+        assert message == "The server answered 200 with something that is not JSON."
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_filename_that_is_html_is_shown_as_text(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """A file named like an HTML element, uploaded through the page: its name is text in the
+    list and the detail, no element is made of it, and the browser logs no CSP violation."""
+    name = "<img src=x onerror=alert(1)>"
+    console = Console(browser, console_server.url, screenshots)
+    console.open()
+    console.sign_in(ALPHA_KEY)
+    console.until(lambda: console.visible("view-files"), "the files view")
+    file = tmp_path / name
+    file.write_bytes(SMALL)
+    console.by_id("upload-input").send_keys(str(file))
+    console.until(lambda: name in console.files(), "the file is listed")
+    shown = console.js(
+        "return Array.from(document.querySelectorAll('#files tbody button.link'))"
+        ".map(b => b.textContent)"
+    )
+    assert name in shown
+    browser.find_element("css selector", "#files tbody button.link").click()
+    console.until(lambda: console.by_id("detail-title").text == name, "the file's detail")
+    assert console.js("return document.querySelectorAll('main img').length") == 0
+    logs = browser.get_log("browser")
+    assert [e for e in logs if "Content Security Policy" in e["message"]] == [], logs
+    assert console.error() == ""

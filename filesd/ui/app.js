@@ -31,7 +31,13 @@ const state = {
   detail: null,
   journalTimer: null,
   batchesTimer: null,
+  // Bumped at every sign-in and sign-out: an answer to a request a view started under another
+  // session is dropped, never shown.
+  session: 0,
 };
+
+// The uploads in flight, each a function that aborts it (sign-out stops them all).
+const uploadsInFlight = new Set();
 
 // --- HTTP -------------------------------------------------------------------------------
 
@@ -39,6 +45,24 @@ class ApiError extends Error {
   constructor(message, status) {
     super(message);
     this.status = status;
+  }
+}
+
+/** The answer to a request started before a sign-in or sign-out: nothing to show. */
+class StaleError extends ApiError {
+  constructor() {
+    super("Signed out.", 0);
+  }
+}
+
+/** The JSON body of a 2xx answer; anything else (a proxy's HTML page, a cut-off body) is an
+ * ApiError in words, never the parser's SyntaxError. */
+function parseBody(status, text) {
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    throw new ApiError(`The server answered ${status} with something that is not JSON.`, status);
   }
 }
 
@@ -53,8 +77,19 @@ function errorMessage(status, text) {
   return `The server answered ${status}.`;
 }
 
+/** A view's request, with the key of the session it starts in; its answer is dropped (a
+ * StaleError) if the user signed out or in meanwhile. */
 async function call(method, path, body) {
-  const headers = { Authorization: `Bearer ${state.key}` };
+  const session = state.session;
+  if (state.key === null) throw new StaleError();
+  const result = await request(method, path, body, state.key);
+  if (state.session !== session) throw new StaleError();
+  return result;
+}
+
+/** One JSON request with `key`, whatever the session is by the time it is answered. */
+async function request(method, path, body, key) {
+  const headers = { Authorization: `Bearer ${key}` };
   const init = { method, headers, cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -68,19 +103,27 @@ async function call(method, path, body) {
   }
   const text = await resp.text();
   if (!resp.ok) throw new ApiError(errorMessage(resp.status, text), resp.status);
-  return text ? JSON.parse(text) : null;
+  return parseBody(resp.status, text);
 }
 
 /** An XMLHttpRequest (fetch has no upload progress): resolves with the JSON body. */
-function send(method, path, form, onProgress, registerAbort) {
+function send(method, path, form, key, onProgress, registerAbort) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open(method, path);
-    xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${key}`);
     xhr.upload.onprogress = (e) => onProgress(e.loaded);
     xhr.onload = () => {
-      if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
-      else reject(new ApiError(errorMessage(xhr.status, xhr.responseText), xhr.status));
+      if (xhr.status < 200 || xhr.status >= 300) {
+        reject(new ApiError(errorMessage(xhr.status, xhr.responseText), xhr.status));
+        return;
+      }
+      // A throw here would leave the promise pending (the upload stuck at "uploading").
+      try {
+        resolve(parseBody(xhr.status, xhr.responseText));
+      } catch (err) {
+        reject(err);
+      }
     };
     xhr.onerror = () => reject(new ApiError("The upload was cut off.", 0));
     xhr.onabort = () => reject(new ApiError("Cancelled.", 0));
@@ -170,6 +213,7 @@ function say(text) {
 }
 
 function showError(err) {
+  if (err instanceof StaleError) return;
   const box = $("error");
   box.textContent = err instanceof Error ? err.message : String(err);
   box.hidden = false;
@@ -213,6 +257,17 @@ async function probe(path) {
   }
 }
 
+/** Forget the previous session's place: its page cursors, filter, open file and batches. */
+function resetPlace() {
+  state.cursors = [];
+  state.after = null;
+  state.lastId = null;
+  state.hasMore = false;
+  state.batchesAfter = null;
+  state.detail = null;
+  $("filter-purpose").value = "";
+}
+
 /** A form of the key that is safe to show: a few characters at each end (as the server's). */
 function maskKey(key) {
   return key.length < 12 ? "***" : `${key.slice(0, 5)}***${key.slice(-2)}`;
@@ -225,6 +280,8 @@ async function signIn(key) {
     throw new ApiError("An API key is printable ASCII, without spaces.", 0);
   }
   state.key = key;
+  state.session += 1;
+  resetPlace();
   const [api, admin] = await Promise.all([probe("/v1/files?limit=1"), probe("/admin/projects")]);
   if (!api.ok && !admin.ok) {
     state.key = null;
@@ -233,6 +290,8 @@ async function signIn(key) {
   state.api = api.ok;
   state.admin = admin.ok;
   sessionStorage.setItem(KEY_STORAGE, key);
+  // The key lives in sessionStorage only: not in a form field left in the page.
+  $("key").value = "";
   const kind = state.admin
     ? state.api
       ? "the admin token (also a project key)"
@@ -252,17 +311,37 @@ function signOut() {
   clearError();
   sessionStorage.removeItem(KEY_STORAGE);
   state.key = null;
+  state.session += 1;
+  // Each upload stops and is cancelled on the server with the key it started with.
+  for (const abort of uploadsInFlight) abort();
+  uploadsInFlight.clear();
+  $("uploads").replaceChildren();
+  $("uploads-empty").hidden = false;
+  resetPlace();
   state.api = state.admin = false;
   stopJournal();
+  clearTimeout(state.batchesTimer);
+  state.batchesTimer = null;
   $("who").hidden = true;
   $("nav").hidden = true;
-  $("files").tBodies[0].replaceChildren();
+  emptyViews();
   $("key").value = "";
   showView("signin");
   $("key").focus();
 }
 
 // --- views ------------------------------------------------------------------------------
+
+/** Nothing the last key could read stays in the page: every table, the chart, the detail. */
+function emptyViews() {
+  for (const table of ["files", "batches", "usage", "journal", "faults"]) {
+    $(table).tBodies[0].replaceChildren();
+  }
+  for (const id of ["usage-chart", "detail-fields", "detail-title", "detail-id", "detail-curl",
+    "detail-python", "files-total"]) {
+    $(id).replaceChildren();
+  }
+}
 
 function showView(name) {
   for (const section of document.querySelectorAll(".view")) {
@@ -325,6 +404,7 @@ function fileRow(file) {
 
 async function download(file) {
   say(`Downloading ${file.filename}…`);
+  const session = state.session;
   let resp;
   try {
     resp = await fetch(`/v1/files/${encodeURIComponent(file.id)}/content`, {
@@ -342,7 +422,9 @@ async function download(file) {
     );
   }
   if (!resp.ok) throw new ApiError(errorMessage(resp.status, await resp.text()), resp.status);
-  const url = URL.createObjectURL(await resp.blob());
+  const blob = await resp.blob();
+  if (state.session !== session) throw new StaleError();
+  const url = URL.createObjectURL(blob);
   const a = document.createElement("a");
   a.href = url;
   a.download = file.filename;
@@ -416,6 +498,8 @@ function uploadFiles(files) {
 }
 
 async function uploadOne(file, purpose) {
+  const key = state.key;
+  const session = state.session;
   const item = el("li");
   const label = el("span", `${file.name} (${humanBytes(file.size)})`);
   const bar = document.createElement("progress");
@@ -428,10 +512,12 @@ async function uploadOne(file, purpose) {
   const abortAll = () => {
     for (const abort of aborts) abort();
   };
-  const cancel = button("Cancel", () => {
+  const stop = () => {
     cancelled = true;
     abortAll();
-  }, `Cancel the upload of ${file.name}`);
+  };
+  const cancel = button("Cancel", stop, `Cancel the upload of ${file.name}`);
+  uploadsInFlight.add(stop);
   item.append(label, bar, note, cancel);
   item.dataset.filename = file.name;
   $("uploads").append(item);
@@ -439,13 +525,14 @@ async function uploadOne(file, purpose) {
   const registerAbort = (abort) => aborts.push(abort);
   try {
     if (file.size >= PART_THRESHOLD) {
-      await uploadInParts(file, purpose, bar, note, registerAbort, abortAll, () => cancelled);
+      await uploadInParts(file, purpose, key, bar, note, registerAbort, abortAll,
+        () => cancelled);
     } else {
       note.textContent = "uploading";
       const form = new FormData();
       form.append("purpose", purpose);
       form.append("file", file, file.name);
-      await send("POST", "/v1/files", form, (loaded) => {
+      await send("POST", "/v1/files", form, key, (loaded) => {
         bar.value = loaded;
       }, registerAbort);
     }
@@ -459,19 +546,24 @@ async function uploadOne(file, purpose) {
       item.remove();
       $("uploads-empty").hidden = $("uploads").children.length > 0;
     }, `Dismiss ${file.name}`));
+  } finally {
+    uploadsInFlight.delete(stop);
   }
+  // Signed out (or in again) meanwhile: the item is gone with the list, nothing to refresh.
+  if (state.session !== session) return;
   $("uploads-empty").hidden = $("uploads").children.length > 0;
   if (state.view === "files") await guarded(loadFiles);
 }
 
 /** A large file through the Uploads API: create, parts in parallel, complete (or cancel). */
-async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, isCancelled) {
-  const upload = await call("POST", "/v1/uploads", {
+async function uploadInParts(file, purpose, key, bar, note, registerAbort, abortAll,
+  isCancelled) {
+  const upload = await request("POST", "/v1/uploads", {
     bytes: file.size,
     filename: file.name,
     mime_type: file.type || "application/octet-stream",
     purpose,
-  });
+  }, key);
   const count = Math.ceil(file.size / PART_BYTES);
   const loaded = new Array(count).fill(0);
   const partIds = new Array(count);
@@ -484,7 +576,7 @@ async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, 
       const index = next++;
       const form = new FormData();
       form.append("data", file.slice(index * PART_BYTES, (index + 1) * PART_BYTES), file.name);
-      const part = await send("POST", `/v1/uploads/${upload.id}/parts`, form, (n) => {
+      const part = await send("POST", `/v1/uploads/${upload.id}/parts`, form, key, (n) => {
         loaded[index] = n;
         bar.value = loaded.reduce((a, b) => a + b, 0);
       }, registerAbort);
@@ -497,14 +589,14 @@ async function uploadInParts(file, purpose, bar, note, registerAbort, abortAll, 
     await Promise.all(Array.from({ length: Math.min(PARALLEL_PARTS, count) }, worker));
     if (isCancelled()) throw new ApiError("Cancelled.", 0);
     note.textContent = "completing";
-    await call("POST", `/v1/uploads/${upload.id}/complete`, { part_ids: partIds });
+    await request("POST", `/v1/uploads/${upload.id}/complete`, { part_ids: partIds }, key);
   } catch (err) {
     // Every failure (a cancel too) leaves nothing behind: the other parts stop, and the upload
     // is cancelled on the server.
     failed = true;
     abortAll();
     try {
-      await call("POST", `/v1/uploads/${upload.id}/cancel`);
+      await request("POST", `/v1/uploads/${upload.id}/cancel`, undefined, key);
     } catch (_) {
       // cancelled already, or expired: nothing left to free
     }
@@ -636,6 +728,7 @@ async function loadJournal() {
 
 async function startJournal() {
   stopJournal();
+  const session = state.session;
   await loadJournal();
   const tick = async () => {
     if (state.view !== "journal" || !$("j-live").checked) return;
@@ -644,6 +737,8 @@ async function startJournal() {
     } catch (err) {
       showError(err);
     }
+    // Signed out while the journal loaded: no timer outlives the session.
+    if (state.session !== session) return;
     state.journalTimer = setTimeout(tick, JOURNAL_POLL_MS);
   };
   state.journalTimer = setTimeout(tick, JOURNAL_POLL_MS);
