@@ -151,10 +151,15 @@ class BlobDir:
     async def open_range(
         self, digest: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
+        opening = asyncio.ensure_future(_in_thread(_open_read, self.path_for(digest)))
         try:
-            f = await _in_thread(_open_read, self.path_for(digest))
+            f = await asyncio.shield(opening)
         except FileNotFoundError:
             raise BlobMissing(digest) from None
+        except asyncio.CancelledError:
+            # The open goes on in its thread: close what it opens, or the descriptor leaks.
+            opening.add_done_callback(_close_opened)
+            raise
         try:
             await asyncio.to_thread(f.seek, start)
             left = length
@@ -167,7 +172,10 @@ class BlobDir:
                     left -= len(chunk)
                 yield chunk
         finally:
-            await asyncio.to_thread(f.close)
+            # Here, not in a thread: a close handed to a thread is skipped when a cancel comes
+            # first (a reader stopped at shutdown), and closing a file read from writes nothing.
+            # A read still running in a worker thread then fails, or reads bytes nobody takes.
+            f.close()
 
     def local_path(self, digest: str) -> Path:
         return self.path_for(digest)
@@ -450,6 +458,11 @@ class DirWriter:
 
 def _open_read(path: Path) -> BinaryIO:
     return path.open("rb")
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _subdirs(path: Path) -> Iterator[Path]:
