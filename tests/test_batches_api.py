@@ -53,6 +53,24 @@ async def app_client(
     return client
 
 
+# Echo answering each request after 50 ms, two at a time: a batch of 200 runs for seconds.
+SLOW_ECHO: dict[str, Any] = {
+    "batches": {"upstream": "echo", "concurrency": 2},
+    "testing": {"faults": [{"route": "/v1/chat/completions", "latency_ms": 50}]},
+}
+
+
+async def slow_batch_under_way(client: Client) -> dict[str, Any]:
+    """A batch of 200 requests (custom ids r0..r199) on SLOW_ECHO, once some are done."""
+    batch = await start_batch(client, [chat_line(f"r{n}") for n in range(200)])
+
+    async def some_done() -> bool:
+        return (await get_batch(client, batch["id"]))["request_counts"]["completed"] >= 4
+
+    await wait_until(some_done, what="some requests done")
+    return batch
+
+
 async def start_batch(
     client: Client,
     lines: list[dict[str, Any]] | bytes,
@@ -416,15 +434,9 @@ async def test_cancel_stops_sending_and_keeps_what_is_done(
     client = await app_client(
         aiohttp_client,
         tmp_path,
-        batches={"upstream": "echo", "concurrency": 2},
-        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 50}]},
+        **SLOW_ECHO,
     )
-    batch = await start_batch(client, [chat_line(f"r{n}") for n in range(200)])
-
-    async def some_done() -> bool:
-        return (await get_batch(client, batch["id"]))["request_counts"]["completed"] >= 4
-
-    await wait_until(some_done, what="some requests done")
+    batch = await slow_batch_under_way(client)
     resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
     cancelling = await resp.json()
     assert resp.status == 200
@@ -477,15 +489,9 @@ async def test_a_batch_past_its_window_expires_with_its_partial_output(
         aiohttp_client,
         tmp_path,
         clock=lambda: now[0],
-        batches={"upstream": "echo", "concurrency": 2},
-        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 50}]},
+        **SLOW_ECHO,
     )
-    batch = await start_batch(client, [chat_line(f"r{n}") for n in range(200)])
-
-    async def some_done() -> bool:
-        return (await get_batch(client, batch["id"]))["request_counts"]["completed"] >= 4
-
-    await wait_until(some_done, what="some requests done")
+    batch = await slow_batch_under_way(client)
     now[0] += 24 * 3600 + 1
     batch = await finished(client, batch["id"])
     assert batch["status"] == "expired"
@@ -504,15 +510,9 @@ async def test_an_input_file_deleted_under_a_batch_fails_it_with_what_was_done(
     client = await app_client(
         aiohttp_client,
         tmp_path,
-        batches={"upstream": "echo", "concurrency": 2},
-        testing={"faults": [{"route": "/v1/chat/completions", "latency_ms": 50}]},
+        **SLOW_ECHO,
     )
-    batch = await start_batch(client, [chat_line(f"r{n}") for n in range(200)])
-
-    async def some_done() -> bool:
-        return (await get_batch(client, batch["id"]))["request_counts"]["completed"] >= 4
-
-    await wait_until(some_done, what="some requests done")
+    batch = await slow_batch_under_way(client)
     resp = await client.delete(f"/v1/files/{batch['input_file_id']}", headers=ALPHA)
     assert resp.status == 200
     # A run under way goes on reading what it opened; a restart finds the input gone.
