@@ -3,14 +3,11 @@ its memory is: the server's peak RSS growth over the batch stays bounded (stream
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .bench_runs import run_quick, table_rows
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +21,9 @@ MEASURES = [
 
 
 def test_quick_batch_benchmark_reports_every_measure(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "batches.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "BENCH_DIR": str(tmp_path)},
-    )
+    result = run_quick("batches.py", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {
-        line.split("|")[1].strip(): line.split("|")[2].strip()
-        for line in result.stdout.splitlines()
-        if line.startswith("| ") and not line.startswith("| measure")
-    }
+    rows = {measure: cells[0] for measure, cells in table_rows(result.stdout).items()}
     for measure in MEASURES:
         assert float(rows[measure].replace(",", "")) >= 0, (measure, rows)
     assert rows["requests"] == "2,000"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .bench_runs import run_quick, table_rows
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +30,9 @@ COMPARED = [*MEASURES[:5], *MEASURES[9:]]
 
 
 def test_quick_benchmark_reports_every_measure(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "BENCH_DIR": str(tmp_path)},
-    )
+    result = run_quick("run.py", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {
-        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
-        for line in result.stdout.splitlines()
-        if line.startswith("| ") and not line.startswith("| measure")
-    }
+    rows = table_rows(result.stdout)
     for measure in MEASURES:
         filesd = rows[measure][0]
         assert float(filesd.replace(",", "")) >= 0, (measure, rows[measure])

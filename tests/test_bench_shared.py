@@ -3,17 +3,13 @@ reports every measure with numbers; its ratios are not checked here (no timing a
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from .bench_runs import number, run_quick, table_rows
 from .pg_service import unavailable
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
@@ -39,32 +35,18 @@ LATENCIES = [
 ]
 
 
-def _number(cell: str) -> float:
-    return float(cell.replace(",", ""))
-
-
 def test_quick_shared_benchmark_reports_every_measure(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "shared.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BENCH_DIR": str(tmp_path)},
-    )
+    result = run_quick("shared.py", tmp_path, timeout=300)
     if result.returncode == 2 and "cannot run:" in result.stderr:
         unavailable(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {
-        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
-        for line in result.stdout.splitlines()
-        if line.startswith("| ") and not line.startswith("| measure")
-    }
+    rows = table_rows(result.stdout)
     assert sorted(rows) == sorted(RATES + LATENCIES), sorted(rows)
     for measure in RATES + LATENCIES:
         filesd, baseline, _what, ratio, _target = rows[measure]
-        assert _number(filesd) > 0 and _number(baseline) > 0, (measure, rows[measure])
+        assert number(filesd) > 0 and number(baseline) > 0, (measure, rows[measure])
         if measure in RATES:
-            assert _number(ratio) > 0, (measure, rows[measure])
+            assert number(ratio) > 0, (measure, rows[measure])
         else:
             assert ratio == "-", (measure, rows[measure])
     # The run cleaned up after itself: its temp dir, and the PostgreSQL cluster's (in /tmp).
