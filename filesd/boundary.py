@@ -39,6 +39,7 @@ from .errors import (
     error_response,
     file_not_found,
     file_too_large,
+    invalid_url,
     new_request_id,
 )
 from .storage.base import (
@@ -210,9 +211,7 @@ ERRORS: dict[type[BaseException], Mapper] = {
         f"Invalid method for URL ({request.method} {request.path})",
         headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
     ),
-    web.HTTPNotFound: lambda request, exc: NotFound(
-        f"Invalid URL ({request.method} {request.path})"
-    ),
+    web.HTTPNotFound: lambda request, exc: invalid_url(request),
     web.HTTPRequestEntityTooLarge: lambda request, exc: PayloadTooLarge(
         f"Request body is too large: {exc.text}"
     ),

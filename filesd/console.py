@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from filesd.errors import NotFound
+from .errors import invalid_url
 
 # The console's own files: name -> Content-Type. Nothing else under /ui/ is served, so no
 # request path ever reaches the file system.
@@ -114,16 +114,11 @@ def _only_reads(request: web.Request) -> None:
         raise web.HTTPNotFound()
 
 
-def _not_found(request: web.Request, headers: dict[str, str]) -> NotFound:
-    """The unknown route's 404, envelope unchanged (the boundary's words), with `headers`."""
-    return NotFound(f"Invalid URL ({request.method} {request.path})", headers=headers)
-
-
 async def landing(request: web.Request) -> web.Response:
     """A browser's page about this server; for anyone else the unknown route's JSON 404."""
     _only_reads(request)
     if not wants_html(request):
-        raise _not_found(request, VARY_ACCEPT)
+        raise invalid_url(request, VARY_ACCEPT)
     return web.Response(
         text=LANDING_PAGE,
         content_type="text/html",
@@ -144,7 +139,7 @@ async def console_file(request: web.Request) -> web.FileResponse:
     content_type = UI_FILES.get(name)
     if content_type is None:
         # A JSON body under the console's path: nosniff and the policy as for its files.
-        raise _not_found(request, SECURITY_HEADERS)
+        raise invalid_url(request, SECURITY_HEADERS)
     return web.FileResponse(
         UI_DIR / name, headers={**SECURITY_HEADERS, "Content-Type": content_type}
     )

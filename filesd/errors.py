@@ -112,6 +112,11 @@ def error_response(error: ApiError) -> web.Response:
     return json_response(body, status=error.status, headers=error.headers)
 
 
+def invalid_url(request: web.BaseRequest, headers: Mapping[str, str] | None = None) -> NotFound:
+    """OpenAI's 404 for a route that does not exist."""
+    return NotFound(f"Invalid URL ({request.method} {request.path})", headers=headers)
+
+
 def file_not_found(file_id: str) -> NotFound:
     return NotFound(f"No such File object: {file_id}", param="id")
 
