@@ -9,6 +9,7 @@ polled by WebDriverWait, never sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -520,28 +521,41 @@ def test_files_page_with_after(
     console.until(lambda: list(console.files()) == newest_first[:20], "back to the first page")
 
 
-def test_a_large_upload_can_be_cancelled(
-    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
-) -> None:
-    """Parts held up by a fault rule (latency) while the user cancels: the parts stop, the
-    upload is cancelled on the server, and no file appears."""
-    url, admin = console_server.url, {"Content-Type": "application/json"}
+@contextlib.contextmanager
+def _large_upload_held_up(
+    browser: Any, url: str, screenshots: Path, big: Path
+) -> Iterator[Console]:
+    """Alpha signed in, uploading `big` (through parts) while a fault rule holds each part
+    up for 3 s; the rule is removed afterwards."""
     rule = {"method": "POST", "route": "/v1/uploads/{upload_id}/parts", "latency_ms": 3000}
-    rule_id = _api(url, "POST", "/admin/faults", json.dumps(rule).encode(), ADMIN_TOKEN, **admin)
+    body = json.dumps(rule).encode()
+    json_type = {"Content-Type": "application/json"}
+    rule_id = _api(url, "POST", "/admin/faults", body, ADMIN_TOKEN, **json_type)
     try:
         console = Console(browser, url, screenshots)
         console.open()
         console.sign_in(ALPHA_KEY)
         console.until(lambda: console.visible("view-files"), "the files view")
-        big = tmp_path / "cancel-me.bin"
         big.write_bytes(os.urandom(LARGE_SIZE))
         console.by_id("upload-input").send_keys(str(big))
         console.until(
             lambda: (
-                "3 parts" in console.js("return document.querySelector('#uploads li').textContent")
+                "3 parts" in console.js("return document.getElementById('uploads').textContent")
             ),
             "the upload's parts are on their way",
         )
+        yield console
+    finally:
+        _api(url, "DELETE", f"/admin/faults/{rule_id['id']}", None, ADMIN_TOKEN)
+
+
+def test_a_large_upload_can_be_cancelled(
+    browser: Any, console_server: ServerProcess, screenshots: Path, tmp_path: Path
+) -> None:
+    """Parts held up by a fault rule (latency) while the user cancels: the parts stop, the
+    upload is cancelled on the server, and no file appears."""
+    url = console_server.url
+    with _large_upload_held_up(browser, url, screenshots, tmp_path / "cancel-me.bin") as console:
         console.shot("upload-in-progress")
         browser.find_element(
             "css selector", '#uploads button[aria-label="Cancel the upload of cancel-me.bin"]'
@@ -553,8 +567,6 @@ def test_a_large_upload_can_be_cancelled(
             ),
             "the upload shows it was cancelled",
         )
-    finally:
-        _api(url, "DELETE", f"/admin/faults/{rule_id['id']}", None, ADMIN_TOKEN)
     journal = _api(url, "GET", "/admin/requests?project=alpha&method=POST", None, ADMIN_TOKEN)
     paths = [entry["path"] for entry in journal["data"]]
     assert "/v1/uploads" in paths
@@ -625,27 +637,10 @@ def test_sign_out_stops_uploads_with_the_key_they_started_with(
 ) -> None:
     """A large upload held up by a fault rule when the user signs out: it stops, is cancelled
     on the server with alpha's key (never `Bearer null`), and leaves the list."""
-    url, admin = console_server.url, {"Content-Type": "application/json"}
-    rule = {"method": "POST", "route": "/v1/uploads/{upload_id}/parts", "latency_ms": 3000}
-    rule_id = _api(url, "POST", "/admin/faults", json.dumps(rule).encode(), ADMIN_TOKEN, **admin)
-    try:
-        console = Console(browser, url, screenshots)
-        console.open()
-        console.sign_in(ALPHA_KEY)
-        console.until(lambda: console.visible("view-files"), "the files view")
-        big = tmp_path / "signed-out.bin"
-        big.write_bytes(os.urandom(LARGE_SIZE))
-        console.by_id("upload-input").send_keys(str(big))
-        console.until(
-            lambda: (
-                "3 parts" in console.js("return document.getElementById('uploads').textContent")
-            ),
-            "the upload's parts are on their way",
-        )
+    url = console_server.url
+    with _large_upload_held_up(browser, url, screenshots, tmp_path / "signed-out.bin") as console:
         console.click("signout")
         assert console.js("return document.getElementById('uploads').children.length") == 0
-    finally:
-        _api(url, "DELETE", f"/admin/faults/{rule_id['id']}", None, ADMIN_TOKEN)
 
     def cancels() -> list[Any]:
         entries = _api(url, "GET", "/admin/requests?method=POST", None, ADMIN_TOKEN)["data"]
