@@ -24,7 +24,7 @@ from pathlib import Path
 from openai import OpenAI
 
 from filesd.config import BatchesConfig
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 MiB = 1024 * 1024
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-bench"

@@ -58,7 +58,7 @@ from run import (
     run_small,
 )
 
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 REGION = "us-east-1"
 ACCESS_KEY_ID = "bench"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 AUTH = {"Authorization": "Bearer sk-soak"}
 

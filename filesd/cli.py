@@ -10,11 +10,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, ops
+from . import __version__
+from .api.server import serve
 from .config import LOG_LEVELS, Config, ConfigError, load_config
-from .server import serve
+from .services import maintenance
+from .services.files import DatabaseMissing, DataDirLocked, MigrationError, StoreSettings
 from .storage.base import SchemaTooNew, StorageUnavailable
-from .store import DatabaseMissing, DataDirLocked, MigrationError, StoreSettings
 
 COMMANDS = ("serve", "fsck", "gc", "keys", "backup", "migrate")
 
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return 2
-    except (DatabaseMissing, StorageUnavailable, ops.NotOnTheseBackends) as e:
+    except (DatabaseMissing, StorageUnavailable, maintenance.NotOnTheseBackends) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 2
     except (DataDirLocked, SchemaTooNew, MigrationError, OSError) as e:
@@ -137,14 +138,16 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         asyncio.run(serve(config, new_database=args.new_database))
         return 0
     if args.command == "fsck":
-        report = asyncio.run(ops.fsck(settings, repair=args.repair, new_database=args.new_database))
+        report = asyncio.run(
+            maintenance.fsck(settings, repair=args.repair, new_database=args.new_database)
+        )
         print("\n".join(report.lines()))
         if args.repair and not report.ok:
             print("repaired")
         return 0 if report.ok else 1
     if args.command == "gc":
         result = asyncio.run(
-            ops.gc(
+            maintenance.gc(
                 settings,
                 deleted_retention=config.storage.deleted_retention,
                 new_database=args.new_database,
@@ -156,7 +159,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         )
         return 0
     if args.command == "backup":
-        copied = ops.backup(settings, args.dest)
+        copied = maintenance.backup(settings, args.dest)
         print(
             f"backed up {copied.files} file(s) in {copied.blobs} blob(s) to {args.dest}"
             + (
@@ -174,7 +177,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             settings.data_dir,
         ):
             raise ConfigError(f"{args.to}: names the same backends as the source")
-        migrated = asyncio.run(ops.migrate(settings, dest))
+        migrated = asyncio.run(maintenance.migrate(settings, dest))
         print(
             f"copied {migrated.copied} file(s) ({migrated.present} there already) and "
             f"{migrated.keys} key(s)"
@@ -187,17 +190,17 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             print("verified: every file is in the destination, as it was, with its bytes")
         return 1 if migrated.problems or migrated.skipped else 0
     if args.keys_command == "create":
-        key_id, key = asyncio.run(ops.create_key(settings, args.project))
+        key_id, key = asyncio.run(maintenance.create_key(settings, args.project))
         print(f"{key_id} project={args.project}")
         print(key)
         print("(the key is shown this once; filesd keeps only its SHA-256)", file=sys.stderr)
         return 0
     if args.keys_command == "list":
-        for key_id, project, hint, created, revoked in asyncio.run(ops.list_keys(settings)):
+        for key_id, project, hint, created, revoked in asyncio.run(maintenance.list_keys(settings)):
             state = f"revoked {_when(revoked)}" if revoked else "active"
             print(f"{key_id}  {project}  ...{hint}  created {_when(created)}  {state}")
         return 0
-    if not asyncio.run(ops.revoke_key(settings, args.key_id)):
+    if not asyncio.run(maintenance.revoke_key(settings, args.key_id)):
         print(f"filesd: no active key {args.key_id!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.key_id}")

@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from filesd.app import create_app
-from filesd.appkeys import CONFIG
+from filesd.api.app import create_app
+from filesd.api.appkeys import CONFIG
+from filesd.api.openapi import openapi_document
 from filesd.config import Config, parse_config
-from filesd.openapi import openapi_document
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 from .pg_service import PostgresServer
 from .pg_service import start_server as start_postgres

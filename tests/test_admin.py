@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from filesd.app import create_app
+from filesd.api.app import create_app
 from filesd.testing import serve
 
 from .conftest import (

@@ -22,11 +22,11 @@ from urllib.parse import quote
 
 import pytest
 
-from filesd.app import create_app, reload_keys
-from filesd.appkeys import STORE
+from filesd.api.app import create_app, reload_keys
+from filesd.api.appkeys import STORE
+from filesd.api.health import READINESS, Readiness
 from filesd.config import Config, ConfigError, parse_config
-from filesd.health import READINESS, Readiness
-from filesd.store import FileStore
+from filesd.services.files import FileStore
 
 from .conftest import (
     ALPHA,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from filesd.app import create_app
+from filesd.api.app import create_app
 from filesd.config import ConfigError, parse_config
 from filesd.storage.sqlite import database_path
 

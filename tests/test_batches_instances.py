@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch
 
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 from .batch_upstream import Behaviour, request_line, upstream_thread
 from .conftest import wait_until_sync

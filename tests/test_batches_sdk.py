@@ -17,7 +17,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types import Batch
 
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 from .batch_upstream import Behaviour, request_line, upstream_thread
 from .pg_service import PostgresServer

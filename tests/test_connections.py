@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from filesd.appkeys import CONNECTIONS
-from filesd.connections import BUSY, HEAD, LOG_INTERVAL, SILENT, AcceptErrorLog
-from filesd.process import ServerProcess
+from filesd.api.appkeys import CONNECTIONS
+from filesd.api.connections import BUSY, HEAD, LOG_INTERVAL, SILENT, AcceptErrorLog
 from filesd.testing import FilesdServer, serve
+from filesd.testing.process import ServerProcess
 
 from .conftest import wait_until_sync
 

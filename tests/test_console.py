@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from filesd.app import create_app
+from filesd.api.app import create_app
+from filesd.api.console import UI_FILES
 from filesd.config import ConfigError, parse_config
-from filesd.console import UI_FILES
 
 from .conftest import ALPHA, Client, ClientFactory, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
-UI = ROOT / "filesd" / "ui"
+UI = ROOT / "filesd" / "api" / "ui"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 SECURITY = {
     "X-Frame-Options": "DENY",
@@ -287,5 +287,5 @@ def test_a_built_wheel_ships_the_console(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (wheel,) = (tmp_path / "dist").glob("filesd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"filesd/ui/{name}" for name in UI_FILES} <= names
+    assert {f"filesd/api/ui/{name}" for name in UI_FILES} <= names
     assert "filesd/console.py" in names

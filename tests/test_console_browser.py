@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from filesd.process import ServerProcess
+from filesd.testing.process import ServerProcess
 
 from .conftest import ALPHA_KEY, BETA_KEY, wait_until_sync, write_config
 from .pg_service import unavailable

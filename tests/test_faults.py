@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from filesd.app import create_app
+from filesd.api.app import create_app
 
 from .conftest import (
     ALPHA,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from filesd import cli
-from filesd.app import create_app
-from filesd.process import ServerProcess
+from filesd.api.app import create_app
 from filesd.testing import serve
+from filesd.testing.process import ServerProcess
 
 from .conftest import (
     ALPHA,

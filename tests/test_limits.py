@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from filesd import cli
-from filesd.app import create_app, reload_keys
-from filesd.appkeys import AUTHENTICATOR, UPLOAD_SLOTS
+from filesd.api.app import create_app, reload_keys
+from filesd.api.appkeys import AUTHENTICATOR, UPLOAD_SLOTS
 from filesd.config import parse_config
 
 from .conftest import (

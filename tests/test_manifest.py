@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from filesd.app import create_app
+from filesd.api.app import create_app
 from filesd.config import DEFAULT_PURPOSES
-from filesd.manifest import ManifestError, parse_manifest
+from filesd.services.manifest import ManifestError, parse_manifest
 
 from .conftest import Client, ClientFactory, blob_files, make_config, tar_archive, temp_files
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from filesd import ops
-from filesd.app import create_app
+from filesd.api.app import create_app
+from filesd.api.health import Readiness
 from filesd.cli import main
-from filesd.health import Readiness
 from filesd.models import StorageTotals
+from filesd.services import maintenance as ops
+from filesd.services.files import DatabaseMissing, FileStore, StoreSettings
 from filesd.storage.base import StagedBlob
 from filesd.storage.blobdir import BlobDir
 from filesd.storage.sqlite import DB_NAME, SqliteMetadata
-from filesd.store import DatabaseMissing, FileStore, StoreSettings
 from filesd.testing import serve
 
 from .conftest import ALPHA, ClientFactory, blob_files, make_config, upload, wait_until

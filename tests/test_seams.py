@@ -18,12 +18,12 @@ from aiohttp import web
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from aiohttp.typedefs import Handler
 
-from filesd import ops
-from filesd.app import create_app
-from filesd.boundary import to_api_error
+from filesd.api.app import create_app
+from filesd.api.boundary import to_api_error
 from filesd.clock import Clock
 from filesd.faultrules import FaultRule, storage_fault
-from filesd.store import FileNotFound, StoreSettings
+from filesd.services import maintenance as ops
+from filesd.services.files import FileNotFound, StoreSettings
 from filesd.testing import serve
 
 from .conftest import ALPHA, BETA, Client, ClientFactory, make_config, temp_files, upload
@@ -33,8 +33,8 @@ BOUNDARY = "seams-boundary"
 
 def test_importing_auth_loads_neither_the_store_nor_the_database() -> None:
     code = (
-        "import filesd.auth, sys; "
-        "assert 'filesd.store' not in sys.modules, 'filesd.store'; "
+        "import filesd.api.auth, sys; "
+        "assert 'filesd.services' not in sys.modules, 'filesd.services'; "
         "assert 'aiosqlite' not in sys.modules, 'aiosqlite'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from filesd.appkeys import CONNECTIONS, REQUESTS
-from filesd.connections import (
+from filesd.api.appkeys import CONNECTIONS, REQUESTS
+from filesd.api.connections import (
     BUSY,
     IDLE,
     SILENT,

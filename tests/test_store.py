@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from filesd.app import create_app
-from filesd.appkeys import STORE
+from filesd.api.app import create_app
+from filesd.api.appkeys import STORE
 from filesd.models import FileRecord
-from filesd.storage.base import StagedBlob
-from filesd.storage.blobdir import BlobDir
-from filesd.store import (
+from filesd.services.files import (
     BlobMissing,
     CursorNotFound,
     DataDirLocked,
@@ -29,7 +27,9 @@ from filesd.store import (
     ListQuery,
     StoreSettings,
 )
-from filesd.uploads import UploadNotPending, UploadService
+from filesd.services.uploads import UploadNotPending, UploadService
+from filesd.storage.base import StagedBlob
+from filesd.storage.blobdir import BlobDir
 
 from .conftest import ALPHA, ClientFactory, make_config, upload, upload_form
 

@@ -15,10 +15,7 @@ from typing import Any
 import pytest
 
 from filesd.config import S3Config
-from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy, StorageUnavailable
-from filesd.storage.blobdir import BlobDir
-from filesd.storage.sqlite import SqliteMetadata
-from filesd.store import (
+from filesd.services.files import (
     FileNotFound,
     FileStore,
     ListQuery,
@@ -26,7 +23,10 @@ from filesd.store import (
     StoreSettings,
     blob_backend,
 )
-from filesd.uploads import UploadService
+from filesd.services.uploads import UploadService
+from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy, StorageUnavailable
+from filesd.storage.blobdir import BlobDir
+from filesd.storage.sqlite import SqliteMetadata
 
 PAIRS = ["sqlite-dir", "sqlite-s3", "postgres-dir", "postgres-s3"]
 SHARED = ["postgres-dir", "postgres-s3"]

@@ -14,13 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from filesd import uploads as uploads_module
-from filesd.app import create_app
-from filesd.appkeys import STORE, UPLOADS
+from filesd.api.app import create_app
+from filesd.api.appkeys import STORE, UPLOADS
+from filesd.services import uploads as uploads_module
+from filesd.services.files import FileStore, ListQuery, StoreSettings
+from filesd.services.uploads import Md5Mismatch, UploadNotPending, UploadService
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy
 from filesd.storage.sqlite import _PART_CHECK, SqliteMetadata
-from filesd.store import FileStore, ListQuery, StoreSettings
-from filesd.uploads import Md5Mismatch, UploadNotPending, UploadService
 
 from .conftest import (
     ALPHA,

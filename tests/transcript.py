@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from filesd.app import create_app
+from filesd.api.app import create_app
 from filesd.config import parse_config
 
 GOLDEN = Path(__file__).parent / "golden" / "transcript.json"

@@ -26,8 +26,8 @@ from typing import Any
 from ..config import BatchesConfig
 from ..ids import secret_base62
 from ..models import FileRecord
+from ..services.files import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from ..storage.base import BatchMetadata, BatchRecord, BatchResult, StorageBusy
-from ..store import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
 from .upstream import Answer, BadAnswer, Unreachable, Upstream

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from aiohttp import HttpVersion11, web
 from multidict import MultiMapping
 
+from ..models import content_disposition
+from ..services.files import ListQuery
 from .appkeys import AUTHENTICATOR, CONFIG, STORE, UPLOAD_SLOTS
 from .auth import PROJECT
 from .content import send_content
@@ -19,10 +21,8 @@ from .errors import (
     file_too_large,
 )
 from .forms import FORM_OVERHEAD, read_upload_form
-from .models import content_disposition
 from .query_params import int_param
 from .responses import json_response
-from .store import ListQuery
 
 LIMIT_MIN, LIMIT_MAX, LIMIT_DEFAULT = 1, 1000, 100
 OFFSET_MAX = 2**63 - 1  # SQLite's largest integer: beyond it the query itself would fail

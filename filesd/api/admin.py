@@ -21,15 +21,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..clock import Clock
+from ..faultrules import FaultRuleError, parse_fault_rule
+from ..values import is_finite_number, is_number
 from .appkeys import CONFIG, STORE
 from .auth import PROJECT, bearer_token
 from .bodies import read_json_object
-from .clock import Clock
 from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
-from .faultrules import FaultRuleError, parse_fault_rule
 from .faults import FAULTS
 from .responses import json_response
-from .values import is_finite_number, is_number
 
 JOURNAL: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("journal")
 CLOCK = web.AppKey("clock", Clock)

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .appkeys import AUTHENTICATOR, STORE
-from .config import Config, parse_config
-from .server import running
+from ..api.appkeys import AUTHENTICATOR, STORE
+from ..api.server import running
+from ..config import Config, parse_config
 
 if TYPE_CHECKING:
     import openai as openai_sdk  # the methods below are named `openai`
@@ -80,7 +80,7 @@ class FilesdServer:
         return FilesdProject(self.base_url, future.result(timeout=30))
 
     async def _new_key(self, project: str) -> str:
-        from .app import reload_keys
+        from ..api.app import reload_keys
 
         if self._app[AUTHENTICATOR].open_mode:
             return f"sk-test-{uuid.uuid4().hex}"

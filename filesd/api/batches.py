@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..batches.errors import BatchesDisabled
+from ..batches.objects import COMPLETION_WINDOWS, ENDPOINTS, as_batch_object
+from ..services.batches import BatchService
 from .auth import PROJECT
-from .batches.errors import BatchesDisabled
-from .batches.objects import COMPLETION_WINDOWS, ENDPOINTS, as_batch_object
-from .batches.service import BatchService
 from .bodies import read_json_object
 from .errors import InvalidRequest
 from .query_params import int_param

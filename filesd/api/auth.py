@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .config import AuthConfig
+from ..config import AuthConfig
 from .errors import AuthenticationFailed
 
 PROJECT = web.RequestKey("project", str)

@@ -35,12 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
-from .archive import Export, SkippedFile, export_archive, stage_archive
-from .config import S3Config
-from .ids import IdMaker
-from .keys import KeyStore
-from .models import FilePage, FileRecord, ProjectUsage, StorageTotals
-from .storage.base import (
+from ..config import S3Config
+from ..ids import IdMaker
+from ..models import FilePage, FileRecord, ProjectUsage, StorageTotals
+from ..storage.base import (
     BlobBackend,
     BlobMissing,
     BlobTooLarge,
@@ -54,12 +52,14 @@ from .storage.base import (
     StorageUnavailable,
     UploadMetadata,
 )
-from .storage.blobdir import BlobDir
-from .storage.cached import SMALL_CACHE_BYTES, CachedBlobs
-from .storage.sqlite import DB_NAME, SqliteMetadata, database_initialized, database_path
+from ..storage.blobdir import BlobDir
+from ..storage.cached import SMALL_CACHE_BYTES, CachedBlobs
+from ..storage.sqlite import DB_NAME, SqliteMetadata, database_initialized, database_path
+from .archive import Export, SkippedFile, export_archive, stage_archive
+from .keys import KeyStore
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 __all__ = [
     "Audit",
@@ -1108,7 +1108,7 @@ def blob_backend(settings: StoreSettings) -> BlobBackend:
     if not settings.blobs:
         return BlobDir(settings.data_dir)
     try:
-        from .storage.s3 import S3Blobs
+        from ..storage.s3 import S3Blobs
     except ImportError as error:
         raise StorageUnavailable(
             "storage.blobs", f"S3 needs the s3 extra: pip install 'filesd[s3]' ({error})"
@@ -1131,7 +1131,7 @@ async def open_metadata(settings: StoreSettings) -> MetadataStore:
     if not settings.database:
         return await SqliteMetadata.open(database_path(settings.data_dir))
     try:
-        from .storage.postgres import PostgresMetadata
+        from ..storage.postgres import PostgresMetadata
     except ImportError as error:
         raise StorageUnavailable(
             "storage.database",

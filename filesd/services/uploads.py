@@ -35,9 +35,9 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from .models import FileRecord, PartRecord, UploadRecord
-from .storage.base import BlobWriter, StagedBlob
-from .store import CompletionAbandoned, FileIdTaken, FileStore, QuotaExceeded
+from ..models import FileRecord, PartRecord, UploadRecord
+from ..storage.base import BlobWriter, StagedBlob
+from .files import CompletionAbandoned, FileIdTaken, FileStore, QuotaExceeded
 
 log = logging.getLogger(__name__)
 

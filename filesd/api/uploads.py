@@ -6,14 +6,14 @@ import re
 
 from aiohttp import web
 
+from ..storage.base import BlobTooLarge
 from .appkeys import CONFIG, UPLOAD_SLOTS, UPLOADS
 from .auth import PROJECT
 from .bodies import read_json_object
 from .errors import InvalidRequest
+from .files import expect_continue
 from .forms import FORM_OVERHEAD, read_form
 from .responses import json_response
-from .routes import expect_continue
-from .storage.base import BlobTooLarge
 from .validation import (
     check_expires_after,
     check_filename,

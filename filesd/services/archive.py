@@ -19,9 +19,9 @@ import tarfile
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from ..models import FileRecord
+from ..storage.base import BlobWriter, StagedBlob
 from .manifest import FORMAT, FORMAT_VERSION, ManifestError, parse_manifest
-from .models import FileRecord
-from .storage.base import BlobWriter, StagedBlob
 
 MANIFEST = "filesd-export.json"
 MANIFEST_MAX = 64 * 1024 * 1024

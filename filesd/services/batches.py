@@ -12,20 +12,20 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import BatchesConfig
-from ..storage.base import BatchMetadata, BatchRecord
-from ..store import FileNotFound, FileStore
-from .echo import EchoUpstream
-from .errors import (
+from ..batches.echo import EchoUpstream
+from ..batches.errors import (
     BatchesDisabled,
     BatchNotCancellable,
     BatchNotFound,
     InputFileNotFound,
     InputFileWrongPurpose,
 )
-from .objects import WINDOW_SECONDS
-from .runner import BatchRunner
-from .upstream import HttpUpstream, Upstream, api_key_from
+from ..batches.objects import WINDOW_SECONDS
+from ..batches.runner import BatchRunner
+from ..batches.upstream import HttpUpstream, Upstream, api_key_from
+from ..config import BatchesConfig
+from ..storage.base import BatchMetadata, BatchRecord
+from .files import FileNotFound, FileStore
 
 log = logging.getLogger(__name__)
 

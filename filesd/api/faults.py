@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..faultrules import FaultRule, storage_fault
 from .auth import PROJECT
 from .errors import ApiError, error_response
-from .faultrules import FaultRule, storage_fault
 
 _DEFAULT_MESSAGES = {
     408: "Request timed out.",

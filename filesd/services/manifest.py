@@ -13,8 +13,8 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from .models import FileRecord
-from .values import has_control_characters, is_int
+from ..models import FileRecord
+from ..values import has_control_characters, is_int
 
 FORMAT = "filesd-export"
 FORMAT_VERSION = 1

@@ -10,9 +10,9 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from .ids import secret_base62
-from .models import KeyRecord
-from .storage.base import KeyMetadata
+from ..ids import secret_base62
+from ..models import KeyRecord
+from ..storage.base import KeyMetadata
 
 KEY_PREFIX = "sk-filesd-"
 

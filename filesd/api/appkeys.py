@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..config import Config
+from ..services.files import FileStore
+from ..services.uploads import UploadService
 from .auth import Authenticator
-from .config import Config
 from .connections import ConnectionGate
 from .drain import RequestTracker, UploadSlots
-from .store import FileStore
-from .uploads import UploadService
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", FileStore)

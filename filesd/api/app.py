@@ -10,26 +10,26 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from ..clock import Clock
+from ..config import Config
+from ..services.batches import open_batches
+from ..services.files import FileStore, StoreSettings
+from ..services.uploads import UploadService
+from ..storage.faulty import FaultyBlobs
 from .admin import setup_admin
 from .appkeys import AUTHENTICATOR, CONFIG, REQUESTS, STORE, UPLOAD_SLOTS, UPLOADS
 from .auth import Authenticator, auth_middleware
-from .batch_routes import BATCHES, setup_batch_routes
-from .batches.service import open_batches
+from .batches import BATCHES, setup_batch_routes
 from .boundary import error_middleware
-from .clock import Clock
-from .config import Config
 from .console import setup_console
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers
 from .faults import FAULTS, Faults, faults_middleware
+from .files import setup_routes
 from .health import setup_health_routes
 from .metrics import METRICS, Metrics, metrics
 from .openapi import openapi_json
-from .routes import setup_routes
-from .storage.faulty import FaultyBlobs
-from .store import FileStore, StoreSettings
-from .upload_routes import setup_upload_routes
-from .uploads import UploadService
+from .uploads import setup_upload_routes
 
 log = logging.getLogger(__name__)
 

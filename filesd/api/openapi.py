@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import Config
 from .appkeys import CONFIG
-from .config import Config
 
 
 def _ref(name: str) -> dict[str, str]:

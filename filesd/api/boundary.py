@@ -17,13 +17,40 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from .archive import ArchiveError
-from .batches.errors import (
+from ..batches.errors import (
     BatchesDisabled,
     BatchNotCancellable,
     BatchNotFound,
     InputFileNotFound,
     InputFileWrongPurpose,
+)
+from ..services.archive import ArchiveError
+from ..services.files import (
+    CursorNotFound,
+    FileIdTaken,
+    FileNotFound,
+    ImportConflict,
+    QuotaExceeded,
+)
+from ..services.uploads import (
+    MAX_MD5_MISMATCHES,
+    DuplicatePart,
+    EmptyPart,
+    Md5Mismatch,
+    PartExceedsUpload,
+    PartsSizeMismatch,
+    TooManyParts,
+    UnknownPart,
+    UploadNotFound,
+    UploadNotPending,
+)
+from ..storage.base import (
+    BlobMissing,
+    BlobTooLarge,
+    StorageBusy,
+    StorageFull,
+    StorageUnavailable,
+    is_storage_full,
 )
 from .errors import (
     REQUEST_ID,
@@ -41,27 +68,6 @@ from .errors import (
     file_too_large,
     invalid_url,
     new_request_id,
-)
-from .storage.base import (
-    BlobMissing,
-    BlobTooLarge,
-    StorageBusy,
-    StorageFull,
-    StorageUnavailable,
-    is_storage_full,
-)
-from .store import CursorNotFound, FileIdTaken, FileNotFound, ImportConflict, QuotaExceeded
-from .uploads import (
-    MAX_MD5_MISMATCHES,
-    DuplicatePart,
-    EmptyPart,
-    Md5Mismatch,
-    PartExceedsUpload,
-    PartsSizeMismatch,
-    TooManyParts,
-    UnknownPart,
-    UploadNotFound,
-    UploadNotPending,
 )
 
 log = logging.getLogger(__name__)

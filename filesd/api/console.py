@@ -1,6 +1,6 @@
 """The web console: static files under /ui/, and the page `GET /` shows a browser.
 
-The console is three files shipped in the package (filesd/ui/), plain JavaScript with no build
+The console is three files shipped in the package (filesd/api/ui/), plain JavaScript with no build
 step, that talk only to the public /v1 API and the admin API with the key the user pastes (kept
 in the tab's sessionStorage). The server side only serves them, under a strict
 Content-Security-Policy: no inline script or style, nothing from another origin, no framing.
@@ -26,7 +26,7 @@ UI_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
-UI_DIR = Path(str(resources.files("filesd") / "ui"))
+UI_DIR = Path(str(resources.files("filesd.api") / "ui"))
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (

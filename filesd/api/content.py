@@ -26,10 +26,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETAG_ANY, ETag, must_be_empty_body
 
+from ..models import FileRecord
+from ..services.files import FileStore
+from ..storage.base import SMALL_BYTES
 from .errors import ApiError, RangeNotSatisfiable
-from .models import FileRecord
-from .storage.base import SMALL_BYTES
-from .store import FileStore
 
 # Files up to this size are sent from memory, which beats opening, sending and closing a file
 # (three thread hops) for small bodies.

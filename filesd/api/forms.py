@@ -20,10 +20,10 @@ from aiohttp.multipart import (
     parse_content_disposition,
 )
 
+from ..services.files import FileStore
+from ..storage.base import BlobWriter, StagedBlob
 from .bodies import BodyPace
 from .errors import InvalidRequest
-from .storage.base import BlobWriter, StagedBlob
-from .store import FileStore
 from .validation import check_expires_after, check_filename, check_purpose
 
 READ_CHUNK = 1024 * 1024

@@ -21,10 +21,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .keys import KeyStore
-from .storage.blobdir import BlobDir, fsync_dir
-from .storage.sqlite import SqliteMetadata, database_path, finish_snapshot, snapshot_database
-from .store import (
+from ..storage.blobdir import BlobDir, fsync_dir
+from ..storage.sqlite import SqliteMetadata, database_path, finish_snapshot, snapshot_database
+from .files import (
     FileStore,
     GcReport,
     MigrationReport,
@@ -33,6 +32,7 @@ from .store import (
     open_metadata,
     refuse_missing_database,
 )
+from .keys import KeyStore
 
 __all__ = [
     "BackupReport",

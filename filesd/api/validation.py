@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..values import has_control_characters, is_instance, is_int
 from .errors import InvalidRequest
-from .values import has_control_characters, is_instance, is_int
 
 FILENAME_MAX = 1024
 EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .testing import FilesdProject, FilesdServer, serve
+from . import FilesdProject, FilesdServer, serve
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import Config
 from .accesslog import AccessLogger
 from .app import create_app
 from .appkeys import CONNECTIONS, REQUESTS
-from .config import Config
 from .connections import AcceptErrorLog, ConnectionGate, fit_descriptor_limit, protocol_factory
 
 log = logging.getLogger(__name__)
