@@ -163,3 +163,51 @@ class StorageTotals:
     logical_bytes: int
     blobs: int
     physical_bytes: int
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch of one project, as stored. `metadata` and `errors` are JSON text (or None);
+    `expires_at` is the end of its completion window. The counts and token sums grow as
+    results are recorded (`record_batch_results`), in the same transaction as the results."""
+
+    id: str
+    project: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    created_at: int
+    expires_at: int
+    metadata: str | None = None
+    output_expires_after: int | None = None
+    model: str | None = None
+    errors: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of one request of a batch: its input line, whether it succeeded (`ok`: into
+    the output file, else the error file), the output line (JSON text) and the tokens it used
+    (input, output, cached input, reasoning)."""
+
+    line: int
+    ok: bool
+    result: str
+    usage: tuple[int, int, int, int] = (0, 0, 0, 0)

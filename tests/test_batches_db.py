@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from filesd.storage.base import BatchMetadata, BatchRecord, BatchResult, MetadataStore
+from filesd.models import BatchRecord, BatchResult
+from filesd.storage.base import BatchMetadata, MetadataStore
 
 from . import test_db
 

@@ -18,7 +18,6 @@ import pytest
 from filesd.models import FileRecord, KeyRecord, PartRecord, UploadRecord
 from filesd.storage.base import (
     MetadataStore,
-    Quota,
     SchemaTooNew,
     StorageBusy,
     StorageFull,
@@ -26,6 +25,7 @@ from filesd.storage.base import (
 )
 from filesd.storage.postgres import MIGRATIONS as PG_MIGRATIONS
 from filesd.storage.postgres import PostgresMetadata, lock_key
+from filesd.storage.rules import Quota
 from filesd.storage.sqlite import DB_NAME, MIGRATIONS, SqliteMetadata
 
 from .conftest import wait_until
@@ -200,9 +200,9 @@ async def test_blob_references_count_files_not_deleted(db: MetadataStore) -> Non
     await db.insert_files([record("y", sha256=a)])
     await db.insert_files([record("z", sha256=b)])
     await db.mark_deleted("p", "x", now=1)
-    assert await db.blob_in_use(a)
+    assert await db.blobs_in_use([a]) == {a}
     await db.mark_deleted("p", "y", now=1)
-    assert not await db.blob_in_use(a)
+    assert await db.blobs_in_use([a]) == set()
     assert await db.blobs_in_use([a, b, "c" * 64]) == {b}
 
 
@@ -358,7 +358,8 @@ async def test_upload_lifecycle(db: MetadataStore) -> None:
     assert await db.note_failed_completion("nope") == 0
     assert not await db.set_upload_status("u", old="completing", new="completed")
     assert await db.set_upload_status("u", old="pending", new="completing", owner="i")
-    assert [u.id for u in await db.uploads_in_status("completing")] == ["u"]
+    completing = await db.get_upload("p", "u")
+    assert completing is not None and completing.status == "completing"
     assert await db.set_upload_status("u", old="completing", new="completed", file_id="file-x")
     done = await db.get_upload("p", "u")
     assert done is not None and (done.status, done.file_id) == ("completed", "file-x")
@@ -1009,7 +1010,7 @@ async def test_postgres_claims_and_reclaims_race_safely_across_instances(
                 claims = await watcher.fetchval(
                     "SELECT COUNT(*) FROM blob_claims WHERE sha256 = $1", digest
                 )
-                if claims or await store.blob_in_use(digest):
+                if claims or await store.blobs_in_use([digest]):
                     violations.append(f"{instance} reclaims {digest[-1]} while it is in use")
             reclaims += len(begun)
             await store.end_reclaim(begun, instance)

@@ -20,7 +20,8 @@ from filesd.services import uploads as uploads_module
 from filesd.services.files import FileStore, ListQuery, StoreSettings
 from filesd.services.uploads import Md5Mismatch, UploadNotPending, UploadService
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy
-from filesd.storage.sqlite import _PART_CHECK, SqliteMetadata
+from filesd.storage.sqlite import SqliteMetadata
+from filesd.storage.sqlite_writes import PART_FACTS
 
 from .conftest import (
     ALPHA,
@@ -502,8 +503,8 @@ async def test_the_part_checks_search_indexes_and_scan_no_table(tmp_path: Path) 
     # or uploads there would hold up every write as the tables grow.
     db = await SqliteMetadata.open(tmp_path / "meta.db")
     try:
-        params = {"now": 1, "upload_id": "u", "max_bytes": 1000}
-        async with db._reader.execute("EXPLAIN QUERY PLAN " + _PART_CHECK, params) as cursor:
+        params = {"now": 1, "upload_id": "u", "project_bytes": True}
+        async with db._reader.execute("EXPLAIN QUERY PLAN " + PART_FACTS, params) as cursor:
             plan = [str(row[3]) for row in await cursor.fetchall()]
     finally:
         await db.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..storage.base import BatchRecord
+from ..models import BatchRecord
 
 # Statuses after which a batch's output files are final (and shown).
 FINISHED = ("completed", "failed", "expired", "cancelled")

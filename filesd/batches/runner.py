@@ -25,9 +25,9 @@ from typing import Any
 
 from ..config import BatchesConfig
 from ..ids import secret_base62
-from ..models import FileRecord
+from ..models import BatchRecord, BatchResult, FileRecord
 from ..services.files import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
-from ..storage.base import BatchMetadata, BatchRecord, BatchResult, StorageBusy
+from ..storage.base import BatchMetadata, StorageBusy
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
 from .upstream import Answer, BadAnswer, Unreachable, Upstream

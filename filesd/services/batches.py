@@ -24,7 +24,8 @@ from ..batches.objects import WINDOW_SECONDS
 from ..batches.runner import BatchRunner
 from ..batches.upstream import HttpUpstream, Upstream, api_key_from
 from ..config import BatchesConfig
-from ..storage.base import BatchMetadata, BatchRecord
+from ..models import BatchRecord
+from ..storage.base import BatchMetadata
 from .files import FileNotFound, FileStore
 
 log = logging.getLogger(__name__)

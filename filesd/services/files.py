@@ -38,14 +38,13 @@ from typing import IO, TYPE_CHECKING, Literal
 from ..config import S3Config
 from ..ids import IdMaker
 from ..models import FilePage, FileRecord, ProjectUsage, StorageTotals
+from ..storage import rules
 from ..storage.base import (
     BlobBackend,
     BlobMissing,
     BlobTooLarge,
     BlobWriter,
-    InsertVerdict,
     MetadataStore,
-    Quota,
     StagedBlob,
     StorageBusy,
     StorageFull,
@@ -54,6 +53,7 @@ from ..storage.base import (
 )
 from ..storage.blobdir import BlobDir
 from ..storage.cached import SMALL_CACHE_BYTES, CachedBlobs
+from ..storage.rules import InsertVerdict, Quota
 from ..storage.sqlite import DB_NAME, SqliteMetadata, database_initialized, database_path
 from .archive import Export, SkippedFile, export_archive, stage_archive
 from .keys import KeyStore
@@ -496,23 +496,23 @@ class FileStore:
         `from_upload` (the upload whose parts become this file). A cheap early refusal; the
         binding check happens when the file is committed.
         """
-        s = self._settings
-        if s.max_files_per_project or s.max_bytes_per_project:
+        quota = self._settings.quota
+        if quota:
             excluding = [] if from_upload is None else [from_upload]
             usage = await self._meta.usage([project], excluding_uploads=excluding)
-            self._check_quota(project, *usage[project], incoming_bytes)
+            over = rules.over_quota(usage[project], quota, incoming_bytes)
+            if over is not None:
+                raise self._over_quota(project, over)
 
-    def _check_quota(self, project: str, files: int, size: int, incoming: int) -> None:
-        s = self._settings
-        if s.max_files_per_project and files + 1 > s.max_files_per_project:
-            raise QuotaExceeded(project, "files", s.max_files_per_project)
-        if s.max_bytes_per_project and size + incoming > s.max_bytes_per_project:
-            raise QuotaExceeded(project, "bytes", s.max_bytes_per_project)
+    def _over_quota(self, project: str, what: str) -> QuotaExceeded:
+        quota = self._settings.quota
+        return QuotaExceeded(project, what, quota.files if what == "files" else quota.bytes)
 
     async def _within_quotas(self, batch: list[_Queued]) -> list[_Queued]:
         """The queued files that fit their projects' quotas; the others are refused. An early
-        refusal, before any blob is stored: the binding check is part of the insert."""
-        if not self._settings.quota:
+        refusal, before any blob is stored, by the rule the insert applies again (binding)."""
+        quota = self._settings.quota
+        if not quota:
             return batch
         # Bytes held count unfinished uploads' parts, but those of the uploads being completed
         # here: their parts become these files (counted once, as the file).
@@ -520,27 +520,23 @@ class FileStore:
             sorted({q.record.project for q in batch}),
             excluding_uploads=[q.from_upload for q in batch if q.from_upload is not None],
         )
-        accepted: list[_Queued] = []
-        refused: list[tuple[_Queued, QuotaExceeded]] = []
-        for queued in batch:
-            project = queued.record.project
-            files, size = usage[project]
-            try:
-                self._check_quota(project, files, size, queued.record.bytes)
-            except QuotaExceeded as over:
-                refused.append((queued, over))
-                if queued.from_upload is not None:  # its parts stay: they count again
-                    usage[project] = (files, size + queued.record.bytes)
-                continue
-            usage[project] = (files + 1, size + queued.record.bytes)
-            accepted.append(queued)
+        verdicts: list[InsertVerdict] = ["inserted"] * len(batch)
+        completing = {i for i, q in enumerate(batch) if q.from_upload is not None}
+        records = [q.record for q in batch]
+        rules.quota_verdicts(records, usage, quota, verdicts, refused_keep_bytes=completing)
+        accepted = [q for q, v in zip(batch, verdicts, strict=True) if v == "inserted"]
+        refused = [
+            (q, self._refusal(q.record, v))
+            for q, v in zip(batch, verdicts, strict=True)
+            if v != "inserted"
+        ]
         # Discarded before the refusals are answered: a client that got its 400 finds nothing
         # of its upload left behind.
         try:
             await self._blobs.discard([refusal[0].staged for refusal in refused])
         finally:
-            for refusal in refused:
-                refusal[0].done.set_exception(refusal[1])
+            for queued, error in refused:
+                queued.done.set_exception(error)
         return accepted
 
     async def _commit_queued(self) -> None:
@@ -626,10 +622,8 @@ class FileStore:
         if verdict == "taken":
             log.error("file id %s is taken already: upload refused", record.id)
             return FileIdTaken(record.id)
-        if verdict == "over_files":
-            return QuotaExceeded(record.project, "files", self._settings.max_files_per_project)
-        if verdict == "over_bytes":
-            return QuotaExceeded(record.project, "bytes", self._settings.max_bytes_per_project)
+        if verdict in ("over_files", "over_bytes"):
+            return self._over_quota(record.project, verdict.removeprefix("over_"))
         if verdict == "abandoned":
             return CompletionAbandoned(record.id)
         log.error("file %s: the claim on its blob was lost (instance presumed dead)", record.id)

@@ -1,9 +1,11 @@
 """The storage seams: a metadata store and a blob backend, as Protocols, and the neutral errors
 they raise.
 
-The services (`filesd.store`, `filesd.uploads`, `filesd.keys`) are written against these
-Protocols only, so another metadata engine (PostgreSQL) or blob backend (S3-compatible) fits
-beside the local ones without touching the HTTP layer. Nothing here names a driver's types:
+The services are written against these Protocols only, each handed the narrow ones it uses
+(files, uploads, keys, batches, coordination), so another metadata engine (PostgreSQL) or blob
+backend (S3-compatible) fits beside the local ones without touching them or the HTTP layer.
+The decisions every metadata backend shares are made once, in `metadata.SharedMetadata` over
+the pure functions of `rules`. Nothing here names a driver's types:
 rows come back as the plain records of `filesd.models`, failures as the errors below, decided
 by error codes (`sqlite_errorcode`, `errno`), never by matching message text.
 
@@ -18,32 +20,22 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ..models import FileRecord, KeyRecord, PartRecord, ProjectUsage, StorageTotals, UploadRecord
+from ..models import (
+    BatchRecord,
+    BatchResult,
+    FileRecord,
+    KeyRecord,
+    PartRecord,
+    ProjectUsage,
+    StorageTotals,
+    UploadRecord,
+)
+from .rules import NO_QUOTA, InsertVerdict, PartVerdict, Quota, Usage
 
 # Content up to this size is kept in memory by its writer (see StagedBlob.content).
 SMALL_BYTES = 64 * 1024
-
-# What became of a part offered to an upload (`UploadMetadata.insert_part`).
-PartVerdict = Literal["added", "not_pending", "too_many_parts", "over_declared", "over_quota"]
-
-# What became of a file offered to `MetadataStore.insert_files`.
-InsertVerdict = Literal["inserted", "taken", "over_files", "over_bytes", "unclaimed", "abandoned"]
-
-
-@dataclass(frozen=True)
-class Quota:
-    """A project's limits: live files and bytes held (0: no limit)."""
-
-    files: int = 0
-    bytes: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.files or self.bytes)
-
-
-NO_QUOTA = Quota()
 
 
 # --- neutral errors ----------------------------------------------------------------------------
@@ -329,8 +321,6 @@ class UploadMetadata(Protocol):
 
     async def finished_uploads_with_parts(self) -> list[str]: ...
 
-    async def uploads_in_status(self, status: str) -> list[UploadRecord]: ...
-
     async def abandoned_completions(self, instance: str, *, now: int) -> list[UploadRecord]:
         """Uploads in `completing` whose owner is not `instance` and is not alive at `now`
         (its heartbeat expired, or it never had one): a crash left them mid-completion."""
@@ -368,11 +358,6 @@ class Coordination(Protocol):
     inserted only while its claim holds (else `unclaimed`), which fences an instance that was
     paused past its heartbeat.
     """
-
-    @property
-    def shared(self) -> bool:
-        """True if other processes may use this database at the same time."""
-        ...
 
     async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
         """Record that `instance` is alive until `now + ttl`."""
@@ -431,42 +416,6 @@ BATCH_MUTABLE = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class BatchRecord:
-    """One batch of one project, as stored. `metadata` and `errors` are JSON text (or None);
-    `expires_at` is the end of its completion window. The counts and token sums grow as
-    results are recorded (`record_batch_results`), in the same transaction as the results."""
-
-    id: str
-    project: str
-    endpoint: str
-    input_file_id: str
-    completion_window: str
-    status: str
-    created_at: int
-    expires_at: int
-    metadata: str | None = None
-    output_expires_after: int | None = None
-    model: str | None = None
-    errors: str | None = None
-    in_progress_at: int | None = None
-    finalizing_at: int | None = None
-    completed_at: int | None = None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    cancelling_at: int | None = None
-    cancelled_at: int | None = None
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-
-
 # The columns of `batches` in the order of `BatchRecord`'s fields.
 BATCH_COLUMNS = (
     "id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at, "
@@ -475,18 +424,6 @@ BATCH_COLUMNS = (
     "failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens, output_file_id, "
     "error_file_id"
 )
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """The outcome of one request of a batch: its input line, whether it succeeded (`ok`: into
-    the output file, else the error file), the output line (JSON text) and the tokens it used
-    (input, output, cached input, reasoning)."""
-
-    line: int
-    ok: bool
-    result: str
-    usage: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @runtime_checkable
@@ -559,12 +496,17 @@ class BatchMetadata(Protocol):
         ...
 
 
-class MetadataStore(UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Protocol):
-    """Files, uploads and keys. Rows are never removed by the API: a delete sets `deleted_at`.
+class Database(Protocol):
+    """The metadata store as a whole: its life, and what start-up and readiness ask of it.
 
     Every change of more than one statement is one transaction: it happens whole or not at
     all. Raises `StorageFull` / `StorageBusy` for a full device or a lock held too long.
     """
+
+    @property
+    def shared(self) -> bool:
+        """True if other processes may use this database at the same time."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -578,6 +520,10 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Pr
         """Why the database this store opened is no longer where it was opened (moved,
         deleted or replaced under a running server), or None while it is in place."""
         ...
+
+
+class FileMetadata(Protocol):
+    """Files. Rows are never removed by the API: a delete sets `deleted_at`."""
 
     async def insert_files(
         self,
@@ -640,7 +586,7 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Pr
 
     async def usage(
         self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
-    ) -> dict[str, tuple[int, int]]:
+    ) -> dict[str, Usage]:
         """(live files, bytes held) of each project, for its quotas: the bytes of its live
         files and of the parts of its pending or completing uploads, except the parts of
         `excluding_uploads` (being completed: those parts are about to become a file)."""
@@ -651,8 +597,6 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Pr
     async def delete_expired_files(self, *, now: int, limit: int) -> list[str]:
         """Soft-delete up to `limit` expired files; returns their blob digests."""
         ...
-
-    async def blob_in_use(self, sha256: str) -> bool: ...
 
     async def blobs_in_use(self, digests: Sequence[str]) -> set[str]: ...
 
@@ -682,6 +626,13 @@ class MetadataStore(UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Pr
         """Remove rows soft-deleted before `before` and uploads finished before it, all or
         none; returns how many file rows went."""
         ...
+
+
+class MetadataStore(
+    Database, FileMetadata, UploadMetadata, KeyMetadata, Coordination, BatchMetadata, Protocol
+):
+    """Everything a metadata backend offers (what `opening.open_metadata` returns); each
+    service is handed only the narrow protocols it uses."""
 
 
 class DelegatingBlobs:
@@ -746,14 +697,3 @@ class DelegatingBlobs:
 
     async def parts_md5(self, tokens: Sequence[str]) -> str:
         return await self.inner.parts_md5(tokens)
-
-
-def rows_within(sizes: Sequence[tuple[int, int | None]], max_bytes: int) -> int:
-    """How many of the rows (line, bytes), in order, fit in `max_bytes` (at least one): the
-    page size of `BatchMetadata.batch_results` with `max_bytes`."""
-    total = 0
-    for count, (_, size) in enumerate(sizes):
-        total += size or 0
-        if total > max_bytes:
-            return max(1, count)
-    return len(sizes)

@@ -1,8 +1,9 @@
-"""PostgreSQL metadata (a `MetadataStore` several filesd instances share): migrations and every
-SQL statement, through an asyncpg pool.
+"""PostgreSQL metadata (a `MetadataStore` several filesd instances share): its connection pool and
+every SQL statement. The decisions of the contract are `SharedMetadata`'s; this module gives it
+the primitives and runs the plain statements. The schema is in `postgres_schema.py`.
 
-It behaves as `SqliteMetadata` does, method for method; what differs is how it stays right
-when other processes write at the same time, under READ COMMITTED:
+What differs from SQLite is how it stays right when other processes write at the same time,
+under READ COMMITTED:
 
 - Per-project order. Every transaction that inserts files or parts of a project first takes
   `pg_advisory_xact_lock` on a key of the project and holds it until it commits. Its `seq`
@@ -10,9 +11,9 @@ when other processes write at the same time, under READ COMMITTED:
   order: a reader paging by `after` (by `seq`) can never see a later row before an earlier one
   of the same project, so never skips one. The same lock makes the quota checks of
   `insert_files` and `insert_part` atomic with their inserts, on every instance.
-- Blobs. Claims, reclaims and the inserts that end claims take a lock per digest (the same
-  kind of lock, another key), so the checks of `Coordination` never interleave (see
-  `begin_reclaim`).
+- Blobs and leases. Claims, reclaims and the inserts that end claims take a lock per digest
+  (the same kind of lock, another key), and taking a lease takes the lease's, so the facts
+  `SharedMetadata` decides on stay true until the writes it decides are committed.
 - Locks are taken in one statement, in the order of their keys, before anything else of the
   transaction: two transactions never wait for each other's advisory locks in a cycle. Each
   check runs in a statement after that one, so under READ COMMITTED its snapshot already
@@ -37,13 +38,14 @@ import dataclasses
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
 from ..models import (
+    BatchRecord,
     FileRecord,
     KeyRecord,
     PartRecord,
@@ -55,334 +57,75 @@ from .base import (
     BATCH_ACTIVE,
     BATCH_COLUMNS,
     BATCH_MUTABLE,
-    NO_QUOTA,
-    BatchRecord,
-    BatchResult,
-    InsertVerdict,
-    PartVerdict,
-    Quota,
     SchemaTooNew,
     StorageBusy,
     StorageFull,
     StorageUnavailable,
-    rows_within,
 )
+from .metadata import SharedMetadata
+from .postgres_schema import MIGRATIONS
+from .postgres_writes import COLUMNS, USAGE, BatchWrites, Coordination, Writes
+from .rules import Usage
+
+__all__ = ["MIGRATIONS", "PostgresMetadata", "describe_dsn", "lock_key", "neutral_error"]
+
 
 # asyncpg has no type information: its connections, pools and rows are Any here.
 Connection = Any
+
 Record = Any
 
 SETTING = "storage.database"
+
 # How long opening waits for the server to answer (connect and authenticate).
 CONNECT_TIMEOUT = 10.0
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: everything of filesd 0.1 (the SQLite schema's 9 migrations, without its counters),
-    # and the tables that coordinate instances.
-    """
-    CREATE TABLE files (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        project TEXT NOT NULL,
-        filename TEXT NOT NULL,
-        purpose TEXT NOT NULL,
-        bytes BIGINT NOT NULL,
-        sha256 TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT,
-        status TEXT NOT NULL DEFAULT 'processed',
-        status_details TEXT,
-        deleted_at BIGINT
-    );
-    -- Pages, by project (and purpose) in `seq` order.
-    CREATE INDEX files_live_by_project ON files (project, seq) WHERE deleted_at IS NULL;
-    CREATE INDEX files_live_by_purpose ON files (project, purpose, seq) WHERE deleted_at IS NULL;
-    -- The listing's total: key columns only, so that B-tree deduplication packs a project's
-    -- entries into a few pages and the count is a short index-only scan (no INCLUDE columns,
-    -- which would turn deduplication off).
-    CREATE INDEX files_live_count ON files (project, purpose) WHERE deleted_at IS NULL;
-    -- Quotas: a project's live files and bytes, by an index-only scan.
-    CREATE INDEX files_live_bytes ON files (project) INCLUDE (bytes) WHERE deleted_at IS NULL;
-    -- The files expired but not swept yet (few), subtracted from that count; and the sweep.
-    CREATE INDEX files_live_expiring ON files (project, expires_at)
-        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
-    CREATE INDEX files_live_by_expiry ON files (expires_at)
-        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
-    CREATE INDEX files_live_by_blob ON files (sha256) WHERE deleted_at IS NULL;
-    CREATE INDEX files_deleted ON files (deleted_at) WHERE deleted_at IS NOT NULL;
 
-    CREATE TABLE uploads (
-        id TEXT PRIMARY KEY,
-        project TEXT NOT NULL,
-        filename TEXT NOT NULL,
-        purpose TEXT NOT NULL,
-        mime_type TEXT NOT NULL,
-        bytes BIGINT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        file_expires_after BIGINT,
-        status TEXT NOT NULL,
-        file_id TEXT,
-        failed_completions INTEGER NOT NULL DEFAULT 0,
-        owner TEXT
-    );
-    CREATE INDEX uploads_pending_by_expiry ON uploads (expires_at) WHERE status = 'pending';
-    CREATE INDEX uploads_by_project_status ON uploads (project, status);
-    CREATE INDEX uploads_by_status ON uploads (status);
-    -- No foreign key to uploads: as in SQLite (which does not enforce one), purging a finished
-    -- upload does not wait for the sweep that removes its parts' rows.
-    CREATE TABLE upload_parts (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY,
-        id TEXT PRIMARY KEY,
-        upload_id TEXT NOT NULL,
-        token TEXT NOT NULL UNIQUE,
-        bytes BIGINT NOT NULL,
-        created_at BIGINT NOT NULL
-    );
-    CREATE INDEX upload_parts_by_upload ON upload_parts (upload_id, seq) INCLUDE (bytes);
-
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        key_sha256 TEXT NOT NULL UNIQUE,
-        project TEXT NOT NULL,
-        hint TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        revoked_at BIGINT
-    );
-    CREATE TABLE counters (
-        name TEXT PRIMARY KEY,
-        value BIGINT NOT NULL
-    );
-
-    CREATE TABLE instances (
-        id TEXT PRIMARY KEY,
-        alive_until BIGINT NOT NULL
-    );
-    CREATE TABLE leases (
-        name TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        until BIGINT NOT NULL
-    );
-    -- `claims` counts an instance's claims on a digest (two uploads of the same bytes).
-    CREATE TABLE blob_claims (
-        sha256 TEXT NOT NULL,
-        instance TEXT NOT NULL,
-        claims INTEGER NOT NULL,
-        PRIMARY KEY (sha256, instance)
-    );
-    CREATE INDEX blob_claims_by_instance ON blob_claims (instance);
-    CREATE TABLE reclaims (
-        sha256 TEXT PRIMARY KEY,
-        instance TEXT NOT NULL,
-        started_at BIGINT NOT NULL
-    );
-    """,
-    # 2: live files and bytes per project and purpose, kept by triggers in the transactions
-    # that change the rows (every write path keeps them, SQL written by hand too), so that a
-    # listing's `total` and a quota check read a few rows instead of counting the project's.
-    # Statement triggers with transition tables: one upsert per statement and counter row,
-    # however many rows the statement changed, taking the counter rows' locks in key order
-    # (two statements changing several counters never wait for each other in a cycle).
-    # Counter rows are never deleted (a project's rows stay at 0), as in SQLite.
-    """
-    -- No writer may commit between the backfill below and the triggers: an instance of the
-    -- previous version writing meanwhile waits for this transaction, then fires them.
-    LOCK TABLE files IN SHARE ROW EXCLUSIVE MODE;
-    CREATE TABLE file_counts (
-        project TEXT NOT NULL,
-        purpose TEXT NOT NULL,
-        files BIGINT NOT NULL,
-        bytes BIGINT NOT NULL,
-        PRIMARY KEY (project, purpose)
-    );
-    INSERT INTO file_counts (project, purpose, files, bytes)
-        SELECT project, purpose, COUNT(*), SUM(bytes) FROM files WHERE deleted_at IS NULL
-        GROUP BY project, purpose;
-
-    -- The rows a statement made live (+1) or no longer live (-1): not deleted is live, as
-    -- for quotas (an expired file counts until swept; the listing subtracts those).
-    CREATE FUNCTION file_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF TG_OP = 'INSERT' THEN
-            INSERT INTO file_counts AS c (project, purpose, files, bytes)
-            SELECT project, purpose, COUNT(*), SUM(bytes) FROM new_rows
-            WHERE deleted_at IS NULL GROUP BY project, purpose ORDER BY project, purpose
-            ON CONFLICT (project, purpose)
-            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
-        ELSIF TG_OP = 'DELETE' THEN
-            INSERT INTO file_counts AS c (project, purpose, files, bytes)
-            SELECT project, purpose, -COUNT(*), -SUM(bytes) FROM old_rows
-            WHERE deleted_at IS NULL GROUP BY project, purpose ORDER BY project, purpose
-            ON CONFLICT (project, purpose)
-            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
-        ELSE
-            -- Any update: what it made live less what it made not live, per counter; an
-            -- update that changes no liveness (status, damage marks) touches no counter.
-            INSERT INTO file_counts AS c (project, purpose, files, bytes)
-            SELECT project, purpose, SUM(n), SUM(b) FROM (
-                SELECT project, purpose, 1 AS n, bytes AS b FROM new_rows
-                WHERE deleted_at IS NULL
-                UNION ALL
-                SELECT project, purpose, -1, -bytes FROM old_rows WHERE deleted_at IS NULL
-            ) d GROUP BY project, purpose HAVING SUM(n) <> 0 OR SUM(b) <> 0
-            ORDER BY project, purpose
-            ON CONFLICT (project, purpose)
-            DO UPDATE SET files = c.files + excluded.files, bytes = c.bytes + excluded.bytes;
-        END IF;
-        RETURN NULL;
-    END
-    $$;
-    CREATE TRIGGER file_counts_insert AFTER INSERT ON files
-        REFERENCING NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
-    CREATE TRIGGER file_counts_update AFTER UPDATE ON files
-        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
-    CREATE TRIGGER file_counts_delete AFTER DELETE ON files
-        REFERENCING OLD TABLE AS old_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_apply();
-    CREATE FUNCTION file_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        DELETE FROM file_counts;
-        RETURN NULL;
-    END
-    $$;
-    CREATE TRIGGER file_counts_truncate AFTER TRUNCATE ON files
-        FOR EACH STATEMENT EXECUTE FUNCTION file_counts_clear();
-
-    -- What only counting needed: every insert and delete kept them up to date for nothing.
-    DROP INDEX files_live_count;
-    DROP INDEX files_live_bytes;
-    """,  # 3: batches (the Batch API) and the state of each of their requests
-    """
-    CREATE TABLE batches (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        project TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        input_file_id TEXT NOT NULL,
-        completion_window TEXT NOT NULL,
-        status TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        metadata TEXT,
-        output_expires_after BIGINT,
-        model TEXT,
-        errors TEXT,
-        in_progress_at BIGINT,
-        finalizing_at BIGINT,
-        completed_at BIGINT,
-        failed_at BIGINT,
-        expired_at BIGINT,
-        cancelling_at BIGINT,
-        cancelled_at BIGINT,
-        total BIGINT NOT NULL DEFAULT 0,
-        completed BIGINT NOT NULL DEFAULT 0,
-        failed BIGINT NOT NULL DEFAULT 0,
-        input_tokens BIGINT NOT NULL DEFAULT 0,
-        output_tokens BIGINT NOT NULL DEFAULT 0,
-        cached_tokens BIGINT NOT NULL DEFAULT 0,
-        reasoning_tokens BIGINT NOT NULL DEFAULT 0,
-        output_file_id TEXT,
-        error_file_id TEXT
-    );
-    CREATE INDEX batches_by_project ON batches (project, seq);
-    CREATE INDEX batches_active ON batches (status)
-        WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling');
-    CREATE TABLE batch_requests (
-        batch_id TEXT NOT NULL,
-        line INTEGER NOT NULL,
-        custom_id TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        result TEXT,
-        PRIMARY KEY (batch_id, line)
-    );
-    """,
-)
-
-_COLUMNS = (
-    "id, project, filename, purpose, bytes, sha256, created_at, expires_at, status, status_details"
-)
 _UPLOAD_COLUMNS = (
     "id, project, filename, purpose, mime_type, bytes, created_at, expires_at, "
     "file_expires_after, status, file_id"
 )
+
+
 _KEY_COLUMNS = "id, key_sha256, project, hint, created_at, revoked_at"
-_UNFINISHED = "('pending', 'completing')"
+
 
 # Takes the transaction's advisory locks, in the order given (sorted by the caller).
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
 
-# Live files and bytes held per project ($1: projects, $2: uploads left out): files not
-# deleted (expired ones count until swept, as in SQLite; from the counters) and the parts of
-# unfinished uploads.
-_USAGE = f"""
-    SELECT project, SUM(files)::bigint, SUM(bytes)::bigint FROM (
-        SELECT project, files, bytes FROM file_counts WHERE project = ANY($1::text[])
-        UNION ALL
-        SELECT o.project, 0, COALESCE(SUM(p.bytes), 0)
-        FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
-        WHERE o.project = ANY($1::text[]) AND o.status IN {_UNFINISHED}
-        AND NOT (o.id = ANY($2::text[]))
-        GROUP BY o.project
-    ) held GROUP BY project
-"""
-
-# The checks of `insert_part` ($1 upload, $2 now, $3 max project bytes), as in SQLite. The
-# upload's row is locked (FOR SHARE): a status change (e.g. into `completing`) waits until
-# the part is in, or the part sees the new status; never a part added after a completion read
-# the parts.
-_PART_CHECK = f"""
-    SELECT u.status = 'pending' AND u.expires_at > $2, u.bytes,
-        (SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = u.id),
-        (SELECT COUNT(*) FROM upload_parts WHERE upload_id = u.id),
-        CASE WHEN $3::bigint > 0 THEN
-            (SELECT COALESCE(SUM(bytes), 0) FROM file_counts WHERE project = u.project)
-            + (SELECT COALESCE(SUM(p.bytes), 0)
-               FROM uploads o JOIN upload_parts p ON p.upload_id = o.id
-               WHERE o.project = u.project AND o.status IN {_UNFINISHED})
-        ELSE 0 END
-    FROM uploads u WHERE u.id = $1 FOR SHARE OF u
-"""
-
-# Ends claims ($1 digests, with repeats counted; $2 instance). Rows that reach 0 go: deleted
-# and decremented by two disjoint statements (one statement may not change a row twice).
-_RELEASE = """
-    WITH wanted AS (SELECT d AS sha256, COUNT(*) AS n FROM unnest($1::text[]) AS d GROUP BY d),
-    gone AS (
-        DELETE FROM blob_claims c USING wanted w
-        WHERE c.sha256 = w.sha256 AND c.instance = $2 AND c.claims <= w.n
-    )
-    UPDATE blob_claims c SET claims = c.claims - w.n FROM wanted w
-    WHERE c.sha256 = w.sha256 AND c.instance = $2 AND c.claims > w.n
-"""
 
 # A file by id, if live for `project` at `now` ($1 id, $2 project, $3 now): by the unique
 # index on id (a point read; a generic plan).
 _GET_ONE = (
-    f"SELECT {_COLUMNS} FROM files WHERE id = $1 AND project = $2 "
+    f"SELECT {COLUMNS} FROM files WHERE id = $1 AND project = $2 "
     "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)"
 )
+
+
 # The rows of several ids ($1), whatever their state: `_get_batches` picks the live ones.
 # (With project and time in the statement too, as a join with `unnest`, the server plans it
 # anew at each execution and spends twice the CPU.)
-_GET_MANY = f"SELECT {_COLUMNS}, deleted_at FROM files WHERE id = ANY($1::text[])"
+_GET_MANY = f"SELECT {COLUMNS}, deleted_at FROM files WHERE id = ANY($1::text[])"
+
+
 # A point read waiting for its statement: id, project, now, and the caller's future.
 _PointRead = tuple[str, str, int, "asyncio.Future[FileRecord | None]"]
+
+
 # Point reads waiting at once go out in one statement, at most this many.
 _GET_BATCH = 64
+
+
 # Statements of such point reads in flight at once (per store).
 _GET_STATEMENTS = 2
 
-_FILE_ARRAYS = (
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
-    "$7::bigint[], $8::bigint[], $9::text[], $10::text[]"
-)
 
 # SQLSTATEs that mean "no room" / "try again shortly". Class 08 (connection exceptions) and
 # the shutdown states count as busy too: the database restarting or failing over is a
 # moment to retry (503), not a server error.
 _FULL_STATES = frozenset({"53100"})  # disk_full
+
+
 _BUSY_STATES = frozenset(
     {
         "40001",  # serialization_failure
@@ -456,29 +199,13 @@ def _upload(row: Record) -> UploadRecord:
     return UploadRecord(*row)
 
 
-def _file_arrays(records: Sequence[FileRecord]) -> list[list[Any]]:
-    """The records as ten column arrays (for `unnest`: one statement, any number of rows)."""
-    return [
-        [r.id for r in records],
-        [r.project for r in records],
-        [r.filename for r in records],
-        [r.purpose for r in records],
-        [r.bytes for r in records],
-        [r.sha256 for r in records],
-        [r.created_at for r in records],
-        [r.expires_at for r in records],
-        [r.status for r in records],
-        [r.status_details for r in records],
-    ]
-
-
 async def _keep_session(conn: Connection) -> None:
     """The pool's reset: nothing. filesd changes no session state (its advisory locks end
     with their transactions, which asyncpg ends before this), so the default reset query
     would only cost a round trip on every release."""
 
 
-class PostgresMetadata:
+class PostgresMetadata(SharedMetadata):
     """The metadata in a PostgreSQL database. Create with `await PostgresMetadata.open(dsn)`."""
 
     def __init__(self, pool: Any, *, acquire_timeout: float) -> None:
@@ -597,9 +324,6 @@ class PostgresMetadata:
                 await conn.execute(_LOCK, keys)
             yield conn
 
-    # The one-statement helpers below are `_connection` written out: they serve every point
-    # read (a metadata GET is one), and a generator-based context manager costs each ~5 us.
-
     async def _rows(self, sql: str, *args: Any) -> list[Record]:
         return list(await self._on_pooled("fetch", sql, *args))
 
@@ -649,130 +373,93 @@ class PostgresMetadata:
                 await conn.execute(script)
                 await conn.execute("UPDATE schema_version SET version = $1 WHERE id = 0", number)
 
+    # --- the primitives of SharedMetadata -----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _file_writes(
+        self, projects: Collection[str], digests: Collection[str], *, simple: bool
+    ) -> AsyncIterator[Writes]:
+        """A transaction under the locks of its projects (and of the blobs whose claims it
+        checks): the verdicts are decided and the rows inserted with no other writer of those
+        projects in between, on any instance."""
+        locks = [lock_key("project", p) for p in projects]
+        locks += [lock_key("blob", d) for d in digests]
+        async with self._transaction(locks) as conn:
+            yield Writes(conn)
+
+    @contextlib.asynccontextmanager
+    async def _part_writes(self, upload_id: str) -> AsyncIterator[Writes]:
+        """A transaction under the lock of the upload's project (the lock of `_file_writes`
+        too), so two parts, or a part and a file, racing on any instances cannot both pass
+        a check."""
+        project = await self._value("SELECT project FROM uploads WHERE id = $1", upload_id)
+        locks = [lock_key("project", project)] if project is not None else []
+        async with self._transaction(locks) as conn:
+            yield Writes(conn)
+
+    @contextlib.asynccontextmanager
+    async def _coordination(
+        self, digests: Collection[str] = (), *, lease: str | None = None
+    ) -> AsyncIterator[Coordination]:
+        """A transaction under the locks of `digests` (and of `lease`).
+
+        Why claims and reclaims cannot interleave wrongly: `claim_blobs`, `release_claims`,
+        `begin_reclaim` and the inserts that end claims each take the advisory lock of every
+        digest they touch, in their first statement, and hold it to commit. So for one digest
+        they run one at a time, and each reads (in later statements, with fresh READ
+        COMMITTED snapshots) everything the previous one committed:
+        - claim, then reclaim: the reclaim sees the claim (live) or the file its insert left;
+        - reclaim, then claim: the claim sees the reclaim and waits while its instance lives;
+        - reclaim dropped an expired claim, then the insert: the insert sees no claim
+          (`unclaimed`), so no row refers to a blob being deleted.
+        A file soft-deleted meanwhile takes no lock: it only makes a blob less used, so a
+        reclaim that saw it still live merely skips the blob until its next round."""
+        locks = [lock_key("blob", d) for d in digests]
+        if lease is not None:
+            locks.append(lock_key("lease", lease))
+        async with self._transaction(locks) as conn:
+            yield Coordination(conn)
+
+    @contextlib.asynccontextmanager
+    async def _batch_writes(self, batch_id: str) -> AsyncIterator[BatchWrites]:
+        async with self._transaction() as conn:
+            yield BatchWrites(conn)
+
+    async def _completing_uploads(self) -> list[tuple[UploadRecord, str | None]]:
+        sql = f"SELECT {_UPLOAD_COLUMNS}, owner FROM uploads WHERE status = 'completing'"
+        return [(_upload(tuple(row)[:-1]), row[-1]) for row in await self._rows(sql)]
+
+    async def _result_sizes(
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+    ) -> list[tuple[int, int | None]]:
+        sql = (
+            "SELECT line, octet_length(result) FROM batch_requests "
+            "WHERE batch_id = $1 AND line > $2 AND state = $3 ORDER BY line LIMIT $4"
+        )
+        state = "done" if ok else "failed"
+        return [
+            (row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, state, limit)
+        ]
+
+    async def _results(
+        self, batch_id: str, *, ok: bool, after_line: int, limit: int
+    ) -> list[tuple[int, str]]:
+        sql = (
+            "SELECT line, result FROM batch_requests WHERE batch_id = $1 AND line > $2 "
+            "AND state = $3 ORDER BY line LIMIT $4"
+        )
+        state = "done" if ok else "failed"
+        return [
+            (row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, state, limit)
+        ]
+
+    async def _forget_results(self, batch_id: str) -> None:
+        await self._execute(
+            "UPDATE batch_requests SET result = NULL WHERE batch_id = $1 AND result IS NOT NULL",
+            batch_id,
+        )
+
     # --- files ----------------------------------------------------------------------------------
-
-    async def insert_files(
-        self,
-        records: Sequence[FileRecord],
-        *,
-        instance: str | None = None,
-        quota: Quota = NO_QUOTA,
-        excluding_uploads: Sequence[str] = (),
-        completions: Mapping[str, str] | None = None,
-    ) -> list[InsertVerdict]:
-        """Insert new files, in one transaction under the locks of their projects (and of their
-        blobs, with `instance`): the verdicts are decided and the rows inserted with no other
-        writer of those projects in between, on any instance.
-
-        A record is, in this order: `unclaimed` (with `instance`: it holds no claim on the
-        blob), `taken` (its id exists, or an earlier record of the call has it), or
-        `over_files` / `over_bytes` (`quota`; records accepted before it count).
-        """
-        digests = sorted({r.sha256 for r in records})
-        locks = [lock_key("project", p) for p in {r.project for r in records}]
-        if instance is not None:
-            locks += [lock_key("blob", d) for d in digests]
-        verdicts: list[InsertVerdict] = ["inserted"] * len(records)
-        try:
-            async with self._transaction(locks) as conn:
-                if instance is not None:
-                    rows = await conn.fetch(
-                        "SELECT sha256 FROM blob_claims "
-                        "WHERE instance = $1 AND sha256 = ANY($2::text[]) AND claims > 0",
-                        instance,
-                        digests,
-                    )
-                    claimed = {row[0] for row in rows}
-                    for i, r in enumerate(records):
-                        if r.sha256 not in claimed:
-                            verdicts[i] = "unclaimed"
-                ids = [r.id for r in records]
-                rows = await conn.fetch("SELECT id FROM files WHERE id = ANY($1::text[])", ids)
-                taken = {row[0] for row in rows}
-                for i, r in enumerate(records):
-                    if verdicts[i] != "inserted":
-                        continue
-                    if r.id in taken:
-                        verdicts[i] = "taken"
-                    taken.add(r.id)  # a second record with this id is taken by the first
-                if quota:
-                    await _check_quota(conn, records, verdicts, quota, excluding_uploads)
-                for i, r in enumerate(records):
-                    # The completion this record ends must still be this instance's: moved
-                    # on in this transaction, or the record is `abandoned`.
-                    upload_id = (completions or {}).get(r.id)
-                    if verdicts[i] == "inserted" and upload_id is not None:
-                        moved = await conn.fetchval(
-                            "UPDATE uploads SET status = 'completed', owner = NULL WHERE id = $1"
-                            " AND status = 'completing' AND file_id = $2 RETURNING 1",
-                            upload_id,
-                            r.id,
-                        )
-                        if moved is None:
-                            verdicts[i] = "abandoned"
-                chosen = [r for r, v in zip(records, verdicts, strict=True) if v == "inserted"]
-                if chosen:
-                    # Another project's transaction may take an id meanwhile: skipped, `taken`.
-                    rows = await conn.fetch(
-                        f"INSERT INTO files ({_COLUMNS}) SELECT * FROM unnest({_FILE_ARRAYS}) "
-                        "ON CONFLICT (id) DO NOTHING RETURNING id",
-                        *_file_arrays(chosen),
-                    )
-                    inserted = {row[0] for row in rows}
-                    for i, r in enumerate(records):
-                        if verdicts[i] == "inserted" and r.id not in inserted:
-                            verdicts[i] = "taken"
-                if instance is not None:
-                    await conn.execute(_RELEASE, digests, instance)
-        except BaseException:
-            if instance is not None:
-                await self._release_after_failure(digests, instance)
-            raise
-        return verdicts
-
-    async def _release_after_failure(self, digests: Sequence[str], instance: str) -> None:
-        """End the claims a failed insert would have ended (its transaction rolled back), as
-        far as the database lets us: a claim left behind would keep its blob for as long as
-        the instance lives. Shielded from the caller's cancellation."""
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self.release_claims(digests, instance))
-
-    async def import_files(
-        self, records: Sequence[FileRecord], *, instance: str | None = None
-    ) -> list[str]:
-        """Insert files made elsewhere, all or none: if any id exists, returns the ids taken
-        and inserts nothing. With `instance`, every blob must still be claimed by it (else
-        `StorageBusy`); its claims end either way."""
-        digests = sorted({r.sha256 for r in records})
-        locks = [lock_key("project", p) for p in {r.project for r in records}]
-        if instance is not None:
-            locks += [lock_key("blob", d) for d in digests]
-        try:
-            async with self._transaction(locks) as conn:
-                if instance is not None:
-                    held = await conn.fetchval(
-                        "SELECT COUNT(*) FROM blob_claims "
-                        "WHERE instance = $1 AND sha256 = ANY($2::text[]) AND claims > 0",
-                        instance,
-                        digests,
-                    )
-                    if held != len(digests):
-                        raise StorageBusy("the claims on the imported blobs were lost")
-                ids = [r.id for r in records]
-                rows = await conn.fetch("SELECT id FROM files WHERE id = ANY($1::text[])", ids)
-                taken = [row[0] for row in rows]
-                if not taken and records:
-                    await conn.execute(
-                        f"INSERT INTO files ({_COLUMNS}) SELECT * FROM unnest({_FILE_ARRAYS})",
-                        *_file_arrays(records),
-                    )
-                if instance is not None:
-                    await conn.execute(_RELEASE, digests, instance)
-        except BaseException:
-            if instance is not None:
-                await self._release_after_failure(digests, instance)
-            raise
-        return taken
 
     async def existing_ids(self, ids: Sequence[str]) -> list[str]:
         rows = await self._rows("SELECT id FROM files WHERE id = ANY($1::text[])", list(ids))
@@ -903,7 +590,7 @@ class PostgresMetadata:
                         AND expires_at IS NOT NULL AND expires_at <= $2)
             ),
             page AS (
-                SELECT seq, {_COLUMNS} FROM files WHERE {page_where}
+                SELECT seq, {COLUMNS} FROM files WHERE {page_where}
                 ORDER BY seq {order} LIMIT $3 OFFSET $4
             )
             SELECT counted.total, cursor.after_seq, page.*
@@ -918,20 +605,19 @@ class PostgresMetadata:
 
     async def usage(
         self, projects: Sequence[str], *, excluding_uploads: Sequence[str] = ()
-    ) -> dict[str, tuple[int, int]]:
-        """Live files of each project and the bytes it holds: its files not deleted (expired
-        ones count until swept) and its unfinished uploads' parts, but for the uploads in
-        `excluding_uploads`. One statement, by index."""
-        rows = await self._rows(_USAGE, list(projects), list(excluding_uploads))
-        found = {row[0]: (int(row[1]), int(row[2])) for row in rows}
-        return {p: found.get(p, (0, 0)) for p in projects}
+    ) -> dict[str, Usage]:
+        """What each project holds against its quota (see `Usage`), not counting the parts
+        of `excluding_uploads`. One statement, by index."""
+        rows = await self._rows(USAGE, list(projects), list(excluding_uploads))
+        found = {row[0]: Usage(int(row[1]), int(row[2])) for row in rows}
+        return {p: found.get(p, Usage()) for p in projects}
 
     async def mark_deleted(self, project: str, file_id: str, *, now: int) -> FileRecord | None:
         """Soft-delete a live file; returns it, or None if there was no such live file."""
         sql = (
             "UPDATE files SET deleted_at = $3 WHERE id = $1 AND project = $2 "
             "AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3) "
-            f"RETURNING {_COLUMNS}"
+            f"RETURNING {COLUMNS}"
         )
         rows = await self._rows(sql, file_id, project, now)
         return _record(rows[0]) if rows else None
@@ -949,11 +635,6 @@ class PostgresMetadata:
             ") RETURNING sha256"
         )
         return [row[0] for row in await self._rows(sql, now, limit)]
-
-    async def blob_in_use(self, sha256: str) -> bool:
-        """True if any file not deleted refers to this blob (expired ones count until swept)."""
-        sql = "SELECT 1 FROM files WHERE sha256 = $1 AND deleted_at IS NULL LIMIT 1"
-        return bool(await self._rows(sql, sha256))
 
     async def blobs_in_use(self, digests: Sequence[str]) -> set[str]:
         """The subset of `digests` that some file not deleted refers to."""
@@ -1018,7 +699,7 @@ class PostgresMetadata:
     async def live_files(self, project: str | None) -> list[FileRecord]:
         """Every live file (of one project, or of all), in insertion order."""
         sql = (
-            f"SELECT {_COLUMNS} FROM files WHERE deleted_at IS NULL "
+            f"SELECT {COLUMNS} FROM files WHERE deleted_at IS NULL "
             "AND ($1::text IS NULL OR project = $1) ORDER BY seq"
         )
         return [_record(row) for row in await self._rows(sql, project)]
@@ -1137,37 +818,6 @@ class PostgresMetadata:
         owner = owner if new == "completing" else None
         return await self._execute(sql, new, file_id, owner, upload_id, old, attempt) == 1
 
-    async def insert_part(
-        self, part: PartRecord, *, now: int, max_project_bytes: int, max_parts: int = 0
-    ) -> PartVerdict:
-        """Add a part to a pending, unexpired upload if it fits: decided and inserted in one
-        transaction under the lock of the upload's project (the lock of `insert_files` too),
-        so two parts, or a part and a file, racing on any instances cannot both pass a check."""
-        project = await self._value("SELECT project FROM uploads WHERE id = $1", part.upload_id)
-        if project is None:
-            return "not_pending"
-        async with self._transaction([lock_key("project", project)]) as conn:
-            row = await conn.fetchrow(_PART_CHECK, part.upload_id, now, max_project_bytes)
-            if row is None or not row[0]:
-                return "not_pending"
-            declared, held, count, project_bytes = (int(v) for v in tuple(row)[1:])
-            if max_parts and count >= max_parts:
-                return "too_many_parts"
-            if held + part.bytes > declared:
-                return "over_declared"
-            if max_project_bytes and project_bytes + part.bytes > max_project_bytes:
-                return "over_quota"
-            await conn.execute(
-                "INSERT INTO upload_parts (id, upload_id, token, bytes, created_at) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                part.id,
-                part.upload_id,
-                part.token,
-                part.bytes,
-                part.created_at,
-            )
-        return "added"
-
     async def note_failed_completion(self, upload_id: str) -> int:
         """Count a failed completion of an upload; returns how many it has had."""
         sql = (
@@ -1206,152 +856,9 @@ class PostgresMetadata:
         )
         return [row[0] for row in await self._rows(sql)]
 
-    async def uploads_in_status(self, status: str) -> list[UploadRecord]:
-        sql = f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status = $1"
-        return [_upload(row) for row in await self._rows(sql, status)]
-
-    async def abandoned_completions(self, instance: str, *, now: int) -> list[UploadRecord]:
-        """Uploads in `completing` whose owner is not `instance` and has no heartbeat alive at
-        `now` (or none at all)."""
-        sql = (
-            f"SELECT {_UPLOAD_COLUMNS} FROM uploads u "
-            "WHERE status = 'completing' AND owner IS DISTINCT FROM $1 AND NOT EXISTS ("
-            "  SELECT 1 FROM instances i WHERE i.id = u.owner AND i.alive_until > $2)"
-        )
-        return [_upload(row) for row in await self._rows(sql, instance, now)]
-
     async def part_tokens_in_use(self, tokens: Sequence[str]) -> set[str]:
         sql = "SELECT token FROM upload_parts WHERE token = ANY($1::text[])"
         return {row[0] for row in await self._rows(sql, list(tokens))}
-
-    # --- coordination ---------------------------------------------------------------------------
-    #
-    # Why claims and reclaims cannot interleave wrongly: `claim_blobs`, `release_claims`,
-    # `begin_reclaim` and the inserts that end claims (`insert_files`, `import_files` with an
-    # instance) each take the advisory lock of every digest they touch, in their first
-    # statement, and hold it to commit. So for one digest they run one at a time, and each
-    # reads (in later statements, with fresh READ COMMITTED snapshots) everything the previous
-    # one committed:
-    # - claim, then reclaim: the reclaim sees the claim (live) or the file its insert left;
-    # - reclaim, then claim: the claim sees the reclaim and is refused while its instance lives;
-    # - reclaim dropped an expired claim, then the insert: the insert sees no claim
-    #   (`unclaimed`), so no row refers to a blob being deleted.
-    # A file soft-deleted meanwhile takes no lock: it only makes a blob less used, so a reclaim
-    # that saw it still live merely skips the blob until its next round.
-
-    async def heartbeat(self, instance: str, *, now: int, ttl: int) -> None:
-        """Record that `instance` is alive until `now + ttl`. Also forgets instances dead for
-        over a day, and their claims: neither counts once dead (no row reads as dead too)."""
-        sql = """
-            WITH gone AS (
-                DELETE FROM instances WHERE alive_until < $2::bigint - 86400 AND id <> $1
-                RETURNING id
-            ),
-            claims_gone AS (DELETE FROM blob_claims WHERE instance IN (SELECT id FROM gone))
-            INSERT INTO instances (id, alive_until) VALUES ($1, $2::bigint + $3::bigint)
-            ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
-        """
-        await self._execute(sql, instance, now, ttl)
-
-    async def take_lease(self, name: str, instance: str, *, now: int, ttl: int) -> bool:
-        """Hold lease `name` until `now + ttl` if it is free, expired or `instance`'s already;
-        one statement (the row's lock decides between two instances taking it at once)."""
-        sql = """
-            INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3::bigint + $4::bigint)
-            ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-            WHERE leases.holder = excluded.holder OR leases.until <= $3
-        """
-        return await self._execute(sql, name, instance, now, ttl) == 1
-
-    async def claim_blobs(self, digests: Sequence[str], instance: str, *, now: int) -> set[str]:
-        """Claim each digest for `instance` (a digest named twice is claimed twice); returns
-        those a live instance is reclaiming. A dead instance's reclaim is dropped."""
-        if not digests:
-            return set()
-        sql = """
-            WITH wanted AS (
-                SELECT d AS sha256, COUNT(*) AS n FROM unnest($1::text[]) AS d GROUP BY d
-            ),
-            refused AS (
-                SELECT r.sha256 FROM reclaims r JOIN instances i ON i.id = r.instance
-                WHERE r.sha256 IN (SELECT sha256 FROM wanted) AND i.alive_until > $3
-            ),
-            abandoned AS (
-                DELETE FROM reclaims WHERE sha256 IN (SELECT sha256 FROM wanted)
-                AND sha256 NOT IN (SELECT sha256 FROM refused)
-            ),
-            claimed AS (
-                INSERT INTO blob_claims (sha256, instance, claims)
-                SELECT sha256, $2, n FROM wanted WHERE sha256 NOT IN (SELECT sha256 FROM refused)
-                ON CONFLICT (sha256, instance)
-                DO UPDATE SET claims = blob_claims.claims + excluded.claims
-            )
-            SELECT sha256 FROM refused
-        """
-        locks = [lock_key("blob", d) for d in digests]
-        async with self._transaction(locks) as conn:
-            rows = await conn.fetch(sql, list(digests), instance, now)
-        return {row[0] for row in rows}
-
-    async def release_claims(self, digests: Sequence[str], instance: str) -> None:
-        """End one claim of `instance` per digest named (under the digests' locks: a claim and
-        a release of one row never lose each other's change)."""
-        if not digests:
-            return
-        async with self._transaction([lock_key("blob", d) for d in digests]) as conn:
-            await conn.execute(_RELEASE, list(digests), instance)
-
-    async def begin_reclaim(self, digests: Sequence[str], instance: str, *, now: int) -> list[str]:
-        """Of `digests`, begin reclaiming (and return, in the order given) those no file not
-        deleted refers to, no live instance claims and no other live instance reclaims, if
-        `instance` is alive at `now`: one statement under the digests' locks. Claims of dead
-        instances on digests no file refers to are dropped (their inserts will be `unclaimed`)."""
-        if not digests:
-            return []
-        sql = """
-            WITH wanted AS (
-                SELECT d AS sha256, MIN(o) AS o FROM unnest($1::text[]) WITH ORDINALITY AS w(d, o)
-                GROUP BY d
-            ),
-            me AS (SELECT 1 FROM instances WHERE id = $2 AND alive_until > $3),
-            unclaimed AS (
-                SELECT w.sha256, w.o FROM wanted w WHERE EXISTS (SELECT 1 FROM me)
-                AND NOT EXISTS (
-                    SELECT 1 FROM files f WHERE f.sha256 = w.sha256 AND f.deleted_at IS NULL
-                )
-                AND NOT EXISTS (
-                    SELECT 1 FROM blob_claims c JOIN instances i ON i.id = c.instance
-                    WHERE c.sha256 = w.sha256 AND i.alive_until > $3
-                )
-            ),
-            expired AS (
-                DELETE FROM blob_claims WHERE sha256 IN (SELECT sha256 FROM unclaimed)
-            ),
-            free AS (
-                SELECT u.sha256, u.o FROM unclaimed u WHERE NOT EXISTS (
-                    SELECT 1 FROM reclaims r JOIN instances i ON i.id = r.instance
-                    WHERE r.sha256 = u.sha256 AND r.instance <> $2 AND i.alive_until > $3
-                )
-            ),
-            begun AS (
-                INSERT INTO reclaims (sha256, instance, started_at)
-                SELECT sha256, $2, $3 FROM free
-                ON CONFLICT (sha256)
-                DO UPDATE SET instance = excluded.instance, started_at = excluded.started_at
-            )
-            SELECT sha256 FROM free ORDER BY o
-        """
-        async with self._transaction([lock_key("blob", d) for d in digests]) as conn:
-            rows = await conn.fetch(sql, list(digests), instance, now)
-        return [row[0] for row in rows]
-
-    async def end_reclaim(self, digests: Sequence[str], instance: str) -> None:
-        """Drop `instance`'s reclaims of these digests (another's, begun meanwhile, stay)."""
-        await self._execute(
-            "DELETE FROM reclaims WHERE sha256 = ANY($1::text[]) AND instance = $2",
-            list(digests),
-            instance,
-        )
 
     # --- batches (the Batch API; see BatchMetadata) ---------------------------------------------
 
@@ -1422,109 +929,6 @@ class PostgresMetadata:
             "AND state = 'pending' ORDER BY line LIMIT $3"
         )
         return [(row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, limit)]
-
-    async def record_batch_results(self, batch_id: str, results: Sequence[BatchResult]) -> int:
-        """One statement: the rows still pending take their results, and the batch's counts
-        and sums grow by exactly those (a result recorded twice, by two instances that both
-        sent the request, is counted once). Only while the batch is `in_progress`: its row is
-        locked first (FOR UPDATE re-checks the status after a concurrent change), so a move
-        to `finalizing` or `cancelling` waits for this commit and no result lands after it."""
-        if not results:
-            return 0
-        sql = """
-            WITH running AS (
-                SELECT id FROM batches WHERE id = $1 AND status = 'in_progress' FOR UPDATE
-            ),
-            given AS (
-                SELECT * FROM unnest($2::int[], $3::bool[], $4::text[], $5::bigint[],
-                    $6::bigint[], $7::bigint[], $8::bigint[]) AS g(line, ok, result, i, o, c, r)
-            ),
-            changed AS (
-                UPDATE batch_requests b
-                SET state = CASE WHEN g.ok THEN 'done' ELSE 'failed' END, result = g.result
-                FROM given g, running
-                WHERE b.batch_id = running.id AND b.line = g.line AND b.state = 'pending'
-                RETURNING g.ok, g.i, g.o, g.c, g.r
-            ),
-            sums AS (
-                SELECT COUNT(*) FILTER (WHERE ok) AS done, COUNT(*) FILTER (WHERE NOT ok) AS bad,
-                    COALESCE(SUM(i), 0) AS i, COALESCE(SUM(o), 0) AS o,
-                    COALESCE(SUM(c), 0) AS c, COALESCE(SUM(r), 0) AS r
-                FROM changed
-            ),
-            counted AS (
-                UPDATE batches SET completed = completed + s.done, failed = failed + s.bad,
-                    input_tokens = input_tokens + s.i, output_tokens = output_tokens + s.o,
-                    cached_tokens = cached_tokens + s.c,
-                    reasoning_tokens = reasoning_tokens + s.r
-                FROM sums s WHERE id = $1
-            )
-            SELECT done + bad FROM sums
-        """
-        args = [
-            [r.line for r in results],
-            [r.ok for r in results],
-            [r.result for r in results],
-            *([r.usage[k] for r in results] for k in range(4)),
-        ]
-        return int(await self._value(sql, batch_id, *args))
-
-    async def forget_batch(self, batch_id: str, lease: str) -> None:
-        async with self._transaction() as conn:
-            await conn.execute(
-                "UPDATE batch_requests SET result = NULL "
-                "WHERE batch_id = $1 AND result IS NOT NULL",
-                batch_id,
-            )
-            await conn.execute("DELETE FROM leases WHERE name = $1", lease)
-
-    async def batch_results(
-        self, batch_id: str, *, ok: bool, after_line: int, limit: int, max_bytes: int | None = None
-    ) -> list[tuple[int, str]]:
-        state = "done" if ok else "failed"
-        if max_bytes is not None:
-            # The sizes first (no result leaves the database), then the rows that fit.
-            sizes = await self._rows(
-                "SELECT line, octet_length(result) FROM batch_requests "
-                "WHERE batch_id = $1 AND line > $2 AND state = $3 ORDER BY line LIMIT $4",
-                batch_id,
-                after_line,
-                state,
-                limit,
-            )
-            limit = rows_within(sizes, max_bytes)
-        sql = (
-            "SELECT line, result FROM batch_requests WHERE batch_id = $1 AND line > $2 "
-            "AND state = $3 ORDER BY line LIMIT $4"
-        )
-        return [
-            (row[0], row[1]) for row in await self._rows(sql, batch_id, after_line, state, limit)
-        ]
-
-
-async def _check_quota(
-    conn: Connection,
-    records: Sequence[FileRecord],
-    verdicts: list[InsertVerdict],
-    quota: Quota,
-    excluding_uploads: Sequence[str],
-) -> None:
-    """Mark the records that would take their project over `quota`, in order: each record
-    accepted counts against the next. Inside the inserting transaction, under its projects'
-    locks, so the usage read stays true until the commit."""
-    projects = sorted({r.project for r in records})
-    rows = await conn.fetch(_USAGE, projects, list(excluding_uploads))
-    held = {row[0]: (int(row[1]), int(row[2])) for row in rows}
-    for i, record in enumerate(records):
-        if verdicts[i] != "inserted":
-            continue
-        files, size = held.get(record.project, (0, 0))
-        if quota.files and files + 1 > quota.files:
-            verdicts[i] = "over_files"
-        elif quota.bytes and size + record.bytes > quota.bytes:
-            verdicts[i] = "over_bytes"
-        else:
-            held[record.project] = (files + 1, size + record.bytes)
 
 
 # --- connecting: clear messages, no secrets -----------------------------------------------------
