@@ -346,7 +346,7 @@ def test_a_descriptor_flood_is_logged_once_and_the_server_recovers(tmp_path: Pat
         warned = [
             datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
             for line in stderr.splitlines()
-            if " WARNING filesd.connections: cannot accept connections" in line
+            if " WARNING filesd.api.connections: cannot accept connections" in line
         ]
         assert warned, stderr[-3000:]
         gaps = [later - earlier for earlier, later in itertools.pairwise(warned)]

@@ -288,4 +288,4 @@ def test_a_built_wheel_ships_the_console(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("filesd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"filesd/api/ui/{name}" for name in UI_FILES} <= names
-    assert "filesd/console.py" in names
+    assert "filesd/api/console.py" in names

@@ -195,7 +195,7 @@ def test_a_disconnect_mid_upload_leaves_no_traceback_in_the_servers_log(tmp_path
         assert server.stop() == 0
     log = server.stderr_text()
     assert "Traceback" not in log and "unhandled error" not in log and "ERROR" not in log, log
-    assert re.search(r"INFO filesd\.bodies: client disconnected mid-body: POST /v1/files", log)
+    assert re.search(r"INFO filesd\.api\.bodies: client disconnected mid-body: POST /v1/files", log)
 
 
 # --- smaller -----------------------------------------------------------------------------------
