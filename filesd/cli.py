@@ -13,9 +13,17 @@ from pathlib import Path
 from . import __version__
 from .api.server import serve
 from .config import LOG_LEVELS, Config, ConfigError, load_config
-from .services import maintenance
-from .services.files import DatabaseMissing, DataDirLocked, MigrationError, StoreSettings
-from .storage.base import SchemaTooNew, StorageUnavailable
+from .services import operator
+from .services.backup import backup
+from .services.errors import (
+    DatabaseMissing,
+    DataDirLocked,
+    MigrationError,
+    NotOnTheseBackends,
+    SchemaTooNew,
+    StorageUnavailable,
+)
+from .services.settings import StoreSettings
 
 COMMANDS = ("serve", "fsck", "gc", "keys", "backup", "migrate")
 
@@ -124,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return 2
-    except (DatabaseMissing, StorageUnavailable, maintenance.NotOnTheseBackends) as e:
+    except (DatabaseMissing, StorageUnavailable, NotOnTheseBackends) as e:
         print(f"filesd: {e}", file=sys.stderr)
         return 2
     except (DataDirLocked, SchemaTooNew, MigrationError, OSError) as e:
@@ -139,27 +147,21 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.command == "fsck":
         report = asyncio.run(
-            maintenance.fsck(settings, repair=args.repair, new_database=args.new_database)
+            operator.fsck(settings, repair=args.repair, new_database=args.new_database)
         )
         print("\n".join(report.lines()))
         if args.repair and not report.ok:
             print("repaired")
         return 0 if report.ok else 1
     if args.command == "gc":
-        result = asyncio.run(
-            maintenance.gc(
-                settings,
-                deleted_retention=config.storage.deleted_retention,
-                new_database=args.new_database,
-            )
-        )
+        result = asyncio.run(operator.gc(settings, new_database=args.new_database))
         print(
             f"expired files deleted: {result.expired_files}, deleted rows purged: "
             f"{result.purged_rows}, unused blobs reclaimed: {result.orphaned_blobs}"
         )
         return 0
     if args.command == "backup":
-        copied = maintenance.backup(settings, args.dest)
+        copied = backup(settings, args.dest)
         print(
             f"backed up {copied.files} file(s) in {copied.blobs} blob(s) to {args.dest}"
             + (
@@ -177,7 +179,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             settings.data_dir,
         ):
             raise ConfigError(f"{args.to}: names the same backends as the source")
-        migrated = asyncio.run(maintenance.migrate(settings, dest))
+        migrated = asyncio.run(operator.migrate_between(settings, dest))
         print(
             f"copied {migrated.copied} file(s) ({migrated.present} there already) and "
             f"{migrated.keys} key(s)"
@@ -190,17 +192,20 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             print("verified: every file is in the destination, as it was, with its bytes")
         return 1 if migrated.problems or migrated.skipped else 0
     if args.keys_command == "create":
-        key_id, key = asyncio.run(maintenance.create_key(settings, args.project))
+        key_id, key = asyncio.run(operator.create_key(settings, args.project))
         print(f"{key_id} project={args.project}")
         print(key)
         print("(the key is shown this once; filesd keeps only its SHA-256)", file=sys.stderr)
         return 0
     if args.keys_command == "list":
-        for key_id, project, hint, created, revoked in asyncio.run(maintenance.list_keys(settings)):
-            state = f"revoked {_when(revoked)}" if revoked else "active"
-            print(f"{key_id}  {project}  ...{hint}  created {_when(created)}  {state}")
+        for made in asyncio.run(operator.list_keys(settings)):
+            state = f"revoked {_when(made.revoked_at)}" if made.revoked_at else "active"
+            print(
+                f"{made.id}  {made.project}  ...{made.hint}  created {_when(made.created_at)}  "
+                f"{state}"
+            )
         return 0
-    if not asyncio.run(maintenance.revoke_key(settings, args.key_id)):
+    if not asyncio.run(operator.revoke_key(settings, args.key_id)):
         print(f"filesd: no active key {args.key_id!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.key_id}")

@@ -93,6 +93,8 @@ class LimitsConfig:
     max_file_bytes: int = 512 * 1024 * 1024
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     max_part_bytes: int = 64 * 1024 * 1024
+    # Parts one upload may have (each costs a file, a directory fsync and a row).
+    max_upload_parts: int = 10_000
     max_concurrent_uploads: int = 64
     body_timeout: int = 60
     # Per project; 0 means no limit.
@@ -335,6 +337,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         "max_file_bytes",
         "max_upload_bytes",
         "max_part_bytes",
+        "max_upload_parts",
         "max_concurrent_uploads",
         "body_timeout",
     )

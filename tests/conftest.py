@@ -154,6 +154,12 @@ async def upload(
     return dict(body)
 
 
+async def chunks_of(*pieces: bytes) -> AsyncIterator[bytes]:
+    """A stream of chunks, as a request body or a blob read hands them to a service."""
+    for piece in pieces:
+        yield piece
+
+
 def blob_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file())
 

@@ -23,10 +23,9 @@ from urllib.parse import quote
 import pytest
 
 from filesd.api.app import create_app, reload_keys
-from filesd.api.appkeys import STORE
+from filesd.api.appkeys import SERVICES
 from filesd.api.health import READINESS, Readiness
 from filesd.config import Config, ConfigError, parse_config
-from filesd.services.files import FileStore
 
 from .conftest import (
     ALPHA,
@@ -848,17 +847,18 @@ async def test_health_and_readiness_need_no_key(client: Client, backend: Backend
 
 
 async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
-    client: Client, monkeypatch: pytest.MonkeyPatch
+    client: Client,
 ) -> None:
     probes: list[float] = []
-    real_check = FileStore.readiness_problems
+    readiness = client.app[READINESS]
+    real_check = readiness.check
 
-    async def counting_check(self: FileStore) -> list[str]:
+    async def counting_check() -> list[str]:
         probes.append(time.monotonic())
-        return await real_check(self)
+        return await real_check()
 
-    monkeypatch.setattr(FileStore, "readiness_problems", counting_check)
-    clock = client.app[READINESS].clock = StepClock()
+    readiness.check = counting_check
+    clock = readiness.clock = StepClock()
     # Probes arriving together share one check, and later ones within the second reuse it.
     answers = await asyncio.gather(*(client.get("/readyz") for _ in range(10)))
     answers += [await client.get("/readyz") for _ in range(10)]
@@ -924,7 +924,7 @@ async def test_metrics_are_keyless_in_open_mode_until_a_key_is_made(
     config = backend.config(auth={})
     client = await aiohttp_client(create_app(config))
     assert (await client.get("/metrics")).status == 200
-    await client.app[STORE].keys.create("alpha")  # `filesd keys create`: no longer open
+    await client.app[SERVICES].keys.create("alpha")  # `filesd keys create`: no longer open
     await reload_keys(client.app)
     await assert_error(await client.get("/metrics"), 401)
 

@@ -34,7 +34,8 @@ from filesd.storage.base import (
 )
 from filesd.storage.blobdir import BATCH_BYTES, BlobDir
 from filesd.storage.cached import CachedBlobs
-from filesd.storage.s3 import MIN_PART_BYTES, S3Blobs, _FileSlice
+from filesd.storage.s3 import MIN_PART_BYTES, S3Blobs
+from filesd.storage.s3_spool import FileSlice
 
 from .conftest import wait_until
 from .s3_service import S3Bucket
@@ -605,7 +606,7 @@ def test_a_file_slice_reads_and_rewinds_within_its_bounds(tmp_path: Path) -> Non
     path.write_bytes(b"0123456789")
     fd = os.open(path, os.O_RDONLY)
     try:
-        body = _FileSlice(fd, 2, 5)
+        body = FileSlice(fd, 2, 5)
         assert body.read(3) == b"234" and body.tell() == 3
         assert body.read() == b"56" and body.read() == b""
         assert body.seek(0) == 0 and body.read(100) == b"23456"  # how botocore retries
@@ -617,7 +618,7 @@ def test_a_file_slice_reads_and_rewinds_within_its_bounds(tmp_path: Path) -> Non
             body.fileno()  # aiohttp must not size the whole file
         with pytest.raises(ValueError):
             body.seek(-1)
-        cut = _FileSlice(fd, 8, 5)  # past the end of the file: it was cut short
+        cut = FileSlice(fd, 8, 5)  # past the end of the file: it was cut short
         assert cut.read() == b"89"
         with pytest.raises(OSError):  # fails the request now, not when the store times out
             cut.read()

@@ -20,14 +20,24 @@ from filesd.api.app import create_app
 from filesd.api.health import Readiness
 from filesd.cli import main
 from filesd.models import StorageTotals
-from filesd.services import maintenance as ops
-from filesd.services.files import DatabaseMissing, FileStore, StoreSettings
-from filesd.storage.base import StagedBlob
+from filesd.services import operator as ops
+from filesd.services.core import Services
+from filesd.services.errors import DatabaseMissing
+from filesd.services.files import Received
+from filesd.services.settings import StoreSettings
 from filesd.storage.blobdir import BlobDir
 from filesd.storage.sqlite import DB_NAME, SqliteMetadata
 from filesd.testing import serve
 
-from .conftest import ALPHA, ClientFactory, blob_files, make_config, upload, wait_until
+from .conftest import (
+    ALPHA,
+    ClientFactory,
+    blob_files,
+    chunks_of,
+    make_config,
+    upload,
+    wait_until,
+)
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -48,17 +58,15 @@ def scanned_totals(data_dir: Path) -> StorageTotals:
     return StorageTotals(*row)
 
 
-async def stage(store: FileStore, content: bytes) -> StagedBlob:
-    writer = store.blob_writer()
-    await writer.write(content)
-    return await writer.finish()
+async def stage(store: Services, content: bytes) -> Received:
+    return await store.files.receive(chunks_of(content))
 
 
 async def create(
-    store: FileStore, content: bytes, project: str = "p", expires_after: int | None = None
+    store: Services, content: bytes, project: str = "p", expires_after: int | None = None
 ) -> str:
     staged = await stage(store, content)
-    record = await store.create_file(
+    record = await store.files.create(
         project, staged, filename="f.txt", purpose="assistants", expires_after=expires_after
     )
     return record.id
@@ -84,15 +92,16 @@ async def test_storage_totals_read_no_file_rows(tmp_path: Path) -> None:
 async def test_totals_stay_right_through_every_change(tmp_path: Path) -> None:
     now = [1_800_000_000.0]
     data = tmp_path / "data"
-    opened: list[FileStore] = []
+    opened: list[Services] = []
 
-    async def open_store() -> FileStore:
-        store = await FileStore.open(StoreSettings(data), clock=lambda: now[0])
+    async def open_store() -> Services:
+        settings = StoreSettings(data, deleted_retention=0)
+        store = await Services.open(settings, clock=lambda: now[0])
         opened.append(store)
         return store
 
-    async def check(store: FileStore, expected: tuple[int, int, int, int]) -> None:
-        totals = await store.storage_totals()
+    async def check(store: Services, expected: tuple[int, int, int, int]) -> None:
+        totals = await store.maintenance.storage_totals()
         assert totals == scanned_totals(data) == StorageTotals(*expected)
 
     store = await open_store()
@@ -104,28 +113,28 @@ async def test_totals_stay_right_through_every_change(tmp_path: Path) -> None:
         await check(store, (2, 20, 1, 10))
         short = await create(store, b"b" * 7, expires_after=3600)
         await check(store, (3, 27, 2, 17))
-        await store.delete_file("p", a)
+        await store.files.delete("p", a)
         await check(store, (2, 17, 2, 17))
         now[0] += 3600  # expired: hidden at once, counted until swept (as before)
-        await store.sweep_expired()
+        await store.maintenance.sweep_expired()
         await check(store, (1, 10, 1, 10))
         assert short
         now[0] += 1
-        report = await store.collect(deleted_retention=0)  # purge of the deleted rows
+        report = await store.maintenance.collect()  # purge of the deleted rows
         assert report.purged_rows == 2
         await check(store, (1, 10, 1, 10))
         await create(store, b"c" * 5, project="r")
         await create(store, b"d" * 3, project="r")
         await check(store, (3, 18, 3, 18))
-        export = await store.export_archive("r")
+        export = await store.archives.export("r")
         archive = b"".join([chunk async for chunk in export.chunks])
-        await store.reset("r")
+        await store.maintenance.reset("r")
         await check(store, (1, 10, 1, 10))
 
         async def chunks() -> AsyncIterator[bytes]:
             yield archive
 
-        assert await store.import_archive(chunks(), ["assistants"]) == 2
+        assert await store.archives.import_(chunks(), ["assistants"]) == 2
         await check(store, (3, 18, 3, 18))
     finally:
         await store.close()
@@ -136,7 +145,7 @@ async def test_totals_stay_right_through_every_change(tmp_path: Path) -> None:
     store = await open_store()
     try:
         await check(store, (3, 18, 3, 18))
-        await store.reset(None)
+        await store.maintenance.reset(None)
         await check(store, (0, 0, 0, 0))
     finally:
         await store.close()
@@ -177,7 +186,7 @@ def _data_dir_without_database(tmp_path: Path) -> tuple[Path, set[str]]:
     data = tmp_path / "data"
 
     async def fill() -> None:
-        store = await FileStore.open(StoreSettings(data))
+        store = await Services.open(StoreSettings(data))
         try:
             for content in (b"one", b"two"):
                 await create(store, content)
@@ -256,10 +265,10 @@ def test_testing_serve_refuses_too_and_can_be_told(tmp_path: Path) -> None:
 
 
 async def test_a_fresh_or_empty_data_dir_needs_no_flag(tmp_path: Path) -> None:
-    store = await FileStore.open(StoreSettings(tmp_path / "fresh"))
+    store = await Services.open(StoreSettings(tmp_path / "fresh"))
     await store.close()
     (tmp_path / "fresh" / DB_NAME).unlink()  # blob directories, but nothing in them
-    store = await FileStore.open(StoreSettings(tmp_path / "fresh"))
+    store = await Services.open(StoreSettings(tmp_path / "fresh"))
     await store.close()
 
 
@@ -333,10 +342,10 @@ async def test_fsck_keeps_a_damaged_files_blob_and_serves_it_again_once_restored
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    store = await FileStore.open(StoreSettings(data))
+    store = await Services.open(StoreSettings(data))
     try:
         file_id = await create(store, b"precious bytes")
-        digest = (await store.get_file("p", file_id)).sha256
+        digest = (await store.files.get("p", file_id)).sha256
     finally:
         await store.close()
     blob = BlobDir(data).path_for(digest)
@@ -353,9 +362,9 @@ async def test_fsck_keeps_a_damaged_files_blob_and_serves_it_again_once_restored
     assert blob.read_bytes() == b"precious bytes"
     assert (await ops.fsck(StoreSettings(data), repair=False)).ok
 
-    store = await FileStore.open(StoreSettings(data))
+    store = await Services.open(StoreSettings(data))
     try:
-        record = await store.get_file("p", file_id)
+        record = await store.files.get("p", file_id)
         assert (record.status, record.status_details) == ("processed", None)
     finally:
         await store.close()

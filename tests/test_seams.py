@@ -22,8 +22,9 @@ from filesd.api.app import create_app
 from filesd.api.boundary import to_api_error
 from filesd.clock import Clock
 from filesd.faultrules import FaultRule, storage_fault
-from filesd.services import maintenance as ops
-from filesd.services.files import FileNotFound, StoreSettings
+from filesd.services import operator as ops
+from filesd.services.errors import FileNotFound
+from filesd.services.settings import StoreSettings
 from filesd.testing import serve
 
 from .conftest import ALPHA, BETA, Client, ClientFactory, make_config, temp_files, upload

@@ -1,5 +1,5 @@
 """The store's contract on every backend pair (SQLite or PostgreSQL; blob dir or S3), and
-several instances sharing PostgreSQL (and S3) in one process: two `FileStore`s with their own
+several instances sharing PostgreSQL (and S3) in one process: two `Services`s with their own
 data dirs are two instances, as two servers would be. Without HTTP."""
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from typing import Any
 import pytest
 
 from filesd.config import S3Config
-from filesd.services.files import (
-    FileNotFound,
-    FileStore,
-    ListQuery,
-    QuotaExceeded,
-    StoreSettings,
-    blob_backend,
-)
-from filesd.services.uploads import UploadService
+from filesd.services.core import Services
+from filesd.services.errors import FileNotFound, QuotaExceeded
+from filesd.services.files import ListQuery, Received
+from filesd.services.settings import StoreSettings
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy, StorageUnavailable
 from filesd.storage.blobdir import BlobDir
+from filesd.storage.opening import Backends, blob_backend
 from filesd.storage.sqlite import SqliteMetadata
+
+from .conftest import chunks_of
 
 PAIRS = ["sqlite-dir", "sqlite-s3", "postgres-dir", "postgres-s3"]
 SHARED = ["postgres-dir", "postgres-s3"]
@@ -74,11 +72,11 @@ def shared_bytes(request: pytest.FixtureRequest, tmp_path: Path) -> SettingsFact
 
 
 @pytest.fixture
-async def opened() -> AsyncIterator[Callable[..., Awaitable[FileStore]]]:
-    stores: list[FileStore] = []
+async def opened() -> AsyncIterator[Callable[..., Awaitable[Services]]]:
+    stores: list[Services] = []
 
-    async def open_store(settings: StoreSettings, **kw: Any) -> FileStore:
-        store = await FileStore.open(settings, **kw)
+    async def open_store(settings: StoreSettings, **kw: Any) -> Services:
+        store = await Services.open(settings, **kw)
         stores.append(store)
         return store
 
@@ -87,29 +85,29 @@ async def opened() -> AsyncIterator[Callable[..., Awaitable[FileStore]]]:
         await store.close()
 
 
-async def stage(store: FileStore, content: bytes) -> StagedBlob:
-    writer = store.blob_writer()
-    await writer.write(content)
-    return await writer.finish()
+async def stage(store: Services, content: bytes) -> Received:
+    return await store.files.receive(chunks_of(content))
 
 
-async def create(store: FileStore, content: bytes, project: str = "p", **kw: Any) -> str:
-    record = await store.create_file(
+async def create(store: Services, content: bytes, project: str = "p", **kw: Any) -> str:
+    record = await store.files.create(
         project, await stage(store, content), filename="f.txt", purpose="assistants", **kw
     )
     return record.id
 
 
-async def content_of(store: FileStore, project: str, file_id: str) -> bytes:
-    record = await store.get_file(project, file_id)
-    return b"".join([chunk async for chunk in store.read_range(record)])
+async def content_of(store: Services, project: str, file_id: str) -> bytes:
+    record = await store.files.get(project, file_id)
+    return b"".join([chunk async for chunk in store.files.read_range(record)])
 
 
 async def stored_digests(settings: StoreSettings) -> set[str]:
     """The blobs the backend holds, seen from outside the store."""
     if not settings.blobs:  # the blob dir in the store's own data dir
-        return set(await blob_backend(settings).digests())
-    backend = blob_backend(replace(settings, data_dir=settings.data_dir.parent / "outside"))
+        return set(await blob_backend(settings.backends).digests())
+    backend = blob_backend(
+        replace(settings, data_dir=settings.data_dir.parent / "outside").backends
+    )
     await backend.prepare()
     try:
         return set(await backend.digests())
@@ -124,7 +122,7 @@ async def store_orphan(settings: StoreSettings, content: bytes) -> None:
         if not settings.blobs
         else replace(settings, data_dir=settings.data_dir.parent / "outside")
     )
-    backend = blob_backend(outside)
+    backend = blob_backend(outside.backends)
     await backend.prepare()
     try:
         writer = backend.writer()
@@ -142,43 +140,43 @@ def sha(content: bytes) -> str:
 
 
 async def test_files_round_trip_and_list_newest_first(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     store = await opened(settings())
     big = bytes(range(256)) * 1024  # 256 KiB: streamed, not read whole
     ids = [await create(store, b"small one"), await create(store, big)]
     assert await content_of(store, "p", ids[0]) == b"small one"
     assert await content_of(store, "p", ids[1]) == big
-    record = await store.get_file("p", ids[1])
-    ranged = b"".join([c async for c in store.read_range(record, 1000, 5000)])
+    record = await store.files.get("p", ids[1])
+    ranged = b"".join([c async for c in store.files.read_range(record, 1000, 5000)])
     assert ranged == big[1000:6000]
-    page = await store.list_files("p", ListQuery(limit=1))
+    page = await store.files.list("p", ListQuery(limit=1))
     assert [f.id for f in page.files] == [ids[1]] and page.has_more and page.total == 2
-    page = await store.list_files("p", ListQuery(limit=5, after=ids[1]))
+    page = await store.files.list("p", ListQuery(limit=5, after=ids[1]))
     assert [f.id for f in page.files] == [ids[0]] and not page.has_more
     with pytest.raises(FileNotFound):
-        await store.get_file("other-project", ids[0])
+        await store.files.get("other-project", ids[0])
 
 
 async def test_identical_bytes_are_one_blob_reclaimed_with_the_last_file(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     s = settings()
     store = await opened(s)
     first = await create(store, b"same bytes")
     second = await create(store, b"same bytes", project="q")
     assert await stored_digests(s) == {sha(b"same bytes")}
-    await store.delete_file("p", first)
+    await store.files.delete("p", first)
     assert await stored_digests(s) == {sha(b"same bytes")}  # q's file still refers to it
     assert await content_of(store, "q", second) == b"same bytes"
-    await store.delete_file("q", second)
+    await store.files.delete("q", second)
     assert await stored_digests(s) == set()
     with pytest.raises(FileNotFound):
-        await store.get_file("q", second)
+        await store.files.get("q", second)
 
 
 async def test_expired_files_are_swept_with_their_blobs(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     now = [1_000_000.0]
     s = settings()
@@ -187,27 +185,27 @@ async def test_expired_files_are_swept_with_their_blobs(
     kept = await create(store, b"kept")
     now[0] += 61
     with pytest.raises(FileNotFound):
-        await store.get_file("p", gone)
-    assert await store.sweep_expired() == 1
+        await store.files.get("p", gone)
+    assert await store.maintenance.sweep_expired() == 1
     assert await stored_digests(s) == {sha(b"kept")}
     assert await content_of(store, "p", kept) == b"kept"
 
 
 async def test_orphan_blobs_are_swept_and_referenced_ones_kept(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     s = settings()
     store = await opened(s)
     kept = await create(store, b"referenced")
     await store_orphan(s, b"orphan left by a crash")
     assert await stored_digests(s) == {sha(b"referenced"), sha(b"orphan left by a crash")}
-    assert await store.sweep_orphans() == 1
+    assert await store.maintenance.sweep_orphans() == 1
     assert await stored_digests(s) == {sha(b"referenced")}
     assert await content_of(store, "p", kept) == b"referenced"
 
 
 async def test_quotas_refuse_and_leave_nothing(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     s = settings(max_files_per_project=2)
     store = await opened(s)
@@ -216,14 +214,14 @@ async def test_quotas_refuse_and_leave_nothing(
     with pytest.raises(QuotaExceeded):
         await create(store, b"three")
     assert await stored_digests(s) == {sha(b"one"), sha(b"two")}
-    assert (await store.list_files("p", ListQuery())).total == 2
+    assert (await store.files.list("p", ListQuery())).total == 2
 
 
 async def test_uploads_in_parts_become_one_file(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     store = await opened(settings())
-    uploads = UploadService(store, max_part_bytes=1 << 20)
+    uploads = store.uploads
     pieces = [b"a" * 300_000, b"b" * 300_000, b"tail"]
     upload = await uploads.create(
         "p",
@@ -235,9 +233,9 @@ async def test_uploads_in_parts_become_one_file(
     )
     parts = []
     for piece in pieces:
-        writer = uploads.part_writer()
-        await writer.write(piece)
-        parts.append(await uploads.add_part("p", upload.id, await writer.finish()))
+        parts.append(
+            await uploads.add_part("p", upload.id, await uploads.receive_part(chunks_of(piece)))
+        )
     md5 = hashlib.md5(b"".join(pieces)).hexdigest()  # noqa: S324 (the API's checksum)
     done, record = await uploads.complete("p", upload.id, [p.id for p in parts], md5)
     assert done.status == "completed"
@@ -245,19 +243,19 @@ async def test_uploads_in_parts_become_one_file(
 
 
 async def test_export_then_import_keeps_ids_and_bytes(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]], tmp_path: Path
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]], tmp_path: Path
 ) -> None:
     source = await opened(settings("a"))
     ids = [await create(source, b"exported %d" % i) for i in range(3)]
-    export = await source.export_archive("p")
+    export = await source.archives.export("p")
     archive = b"".join([chunk async for chunk in export.chunks])
-    await source.reset(None)
-    assert (await source.list_files("p", ListQuery())).total == 0
+    await source.maintenance.reset(None)
+    assert (await source.files.list("p", ListQuery())).total == 0
 
     async def chunks() -> AsyncIterator[bytes]:
         yield archive
 
-    assert await source.import_archive(chunks(), {"assistants"}) == 3
+    assert await source.archives.import_(chunks(), {"assistants"}) == 3
     for i, file_id in enumerate(ids):
         assert await content_of(source, "p", file_id) == b"exported %d" % i
 
@@ -266,20 +264,20 @@ async def test_export_then_import_keeps_ids_and_bytes(
 
 
 async def test_another_instance_reads_lists_and_deletes_at_once(
-    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     a = await opened(shared_bytes("a"))
     b = await opened(shared_bytes("b"))
     file_id = await create(a, b"written on a")
     assert await content_of(b, "p", file_id) == b"written on a"
-    assert [f.id for f in (await b.list_files("p", ListQuery())).files] == [file_id]
-    await b.delete_file("p", file_id)
+    assert [f.id for f in (await b.files.list("p", ListQuery())).files] == [file_id]
+    await b.files.delete("p", file_id)
     with pytest.raises(FileNotFound):
-        await a.get_file("p", file_id)
+        await a.files.get("p", file_id)
 
 
 async def test_an_upload_racing_a_delete_on_another_instance_never_loses_bytes(
-    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     s = shared_bytes("a")
     a = await opened(s)
@@ -288,13 +286,13 @@ async def test_an_upload_racing_a_delete_on_another_instance_never_loses_bytes(
         content = b"contested bytes %d" % round_
         old = await create(b, content)
         # b deletes the last file of these bytes while a uploads the same bytes again.
-        new, _ = await asyncio.gather(create(a, content), b.delete_file("p", old))
+        new, _ = await asyncio.gather(create(a, content), b.files.delete("p", old))
         assert await content_of(a, "p", new) == content, f"round {round_}"
         assert sha(content) in await stored_digests(s)
 
 
 async def test_quotas_hold_across_instances(
-    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     a = await opened(shared_settings("a", max_files_per_project=5))
     b = await opened(shared_settings("b", max_files_per_project=5))
@@ -305,11 +303,11 @@ async def test_quotas_hold_across_instances(
     stored = [r for r in results if isinstance(r, str)]
     refused = [r for r in results if isinstance(r, QuotaExceeded)]
     assert len(stored) == 5 and len(refused) == 11, results
-    assert (await a.list_files("p", ListQuery())).total == 5
+    assert (await a.files.list("p", ListQuery())).total == 5
 
 
 async def test_paging_never_skips_nor_repeats_while_two_instances_insert(
-    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     a = await opened(shared_settings("a"))
     b = await opened(shared_settings("b"))
@@ -324,7 +322,7 @@ async def test_paging_never_skips_nor_repeats_while_two_instances_insert(
     seen: list[str] = []
     after: str | None = None
     while True:
-        page = await a.list_files("p", ListQuery(limit=7, order="asc", after=after))
+        page = await a.files.list("p", ListQuery(limit=7, order="asc", after=after))
         seen += [f.id for f in page.files]
         after = seen[-1] if seen else None
         if writing.done() and not page.has_more:
@@ -336,11 +334,11 @@ async def test_paging_never_skips_nor_repeats_while_two_instances_insert(
 
 
 async def test_a_dead_instances_completion_is_settled_by_another(
-    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    shared_settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     a = await opened(shared_settings("a", lease_seconds=3))
     b = await opened(shared_settings("b", lease_seconds=3))
-    uploads_a = UploadService(a, max_part_bytes=1 << 20)
+    uploads_a = a.uploads
     upload = await uploads_a.create(
         "p",
         filename="x",
@@ -350,16 +348,14 @@ async def test_a_dead_instances_completion_is_settled_by_another(
         file_expires_after=None,
     )
     # a takes the upload into `completing`, then stops sending heartbeats (as if killed).
-    backing = a.upload_backing()
-    assert await backing.meta.set_upload_status(
-        upload.id, old="pending", new="completing", file_id="file-never-made", owner=a.instance
+    meta = a.backends.meta
+    assert await meta.set_upload_status(
+        upload.id, old="pending", new="completing", file_id="file-never-made", owner=a.instance.id
     )
-    uploads_b = UploadService(b, max_part_bytes=1 << 20)
+    uploads_b = b.uploads
     await uploads_b.recover()  # a is alive: its completion is its own
-    assert (await backing.meta.get_upload("p", upload.id)).status == "completing"  # type: ignore[union-attr]
-    abandoned = await b.upload_backing().meta.abandoned_completions(
-        b.instance, now=int(time.time()) + 4
-    )
+    assert (await meta.get_upload("p", upload.id)).status == "completing"  # type: ignore[union-attr]
+    abandoned = await b.backends.meta.abandoned_completions(b.instance.id, now=int(time.time()) + 4)
     assert [u.id for u in abandoned] == [upload.id]
 
 
@@ -376,7 +372,7 @@ class _CommitsButReportsFailure(DelegatingBlobs):
 
 
 async def test_a_failed_commit_does_not_pin_its_blob(
-    settings: SettingsFactory, opened: Callable[..., Awaitable[FileStore]]
+    settings: SettingsFactory, opened: Callable[..., Awaitable[Services]]
 ) -> None:
     s = settings()
     store = await opened(s, wrap_blobs=_CommitsButReportsFailure)
@@ -402,21 +398,17 @@ async def test_a_failed_end_of_reclaim_is_retried_and_the_delete_still_answers(
 ) -> None:
     settings = StoreSettings(tmp_path, lease_seconds=3)
     meta = await _EndReclaimFailsOnce.open(tmp_path / "filesd.db")
+    assert isinstance(meta, _EndReclaimFailsOnce)
     blobs = BlobDir(tmp_path)
     await blobs.prepare()
-    store = FileStore(meta, blobs, settings)
-    await store.heartbeat()
+    store = await Services.over(Backends(meta, blobs), settings)
     try:
         file_id = await create(store, b"deleted, then uploaded again")
-        await store.delete_file("p", file_id)  # the reclaim's end fails: still a delete
+        await store.files.delete("p", file_id)  # the reclaim's end fails: still a delete
         assert meta.failed
         # Until the end is retried, the digest is under reclaim: an upload of the same bytes
         # waits for it (the heartbeat loop retries it), then stores them.
-        beating = asyncio.create_task(store._heartbeats())
-        try:
-            again = await create(store, b"deleted, then uploaded again")
-        finally:
-            beating.cancel()
+        again = await create(store, b"deleted, then uploaded again")
         assert await content_of(store, "p", again) == b"deleted, then uploaded again"
     finally:
         await store.close()
@@ -424,7 +416,7 @@ async def test_a_failed_end_of_reclaim_is_retried_and_the_delete_still_answers(
 
 async def test_an_empty_shared_database_over_a_bucket_in_use_is_refused(
     shared_bytes: SettingsFactory,
-    opened: Callable[..., Awaitable[FileStore]],
+    opened: Callable[..., Awaitable[Services]],
     postgres_server: Any,
 ) -> None:
     s = shared_bytes("a")
@@ -433,7 +425,7 @@ async def test_an_empty_shared_database_over_a_bucket_in_use_is_refused(
     with postgres_server.database() as other:
         wrong = replace(shared_bytes("b"), database=other)
         with pytest.raises(StorageUnavailable, match=r"storage\.database") as refused:
-            await FileStore.open(wrong)
+            await Services.open(wrong)
         assert "1 blob(s)" in str(refused.value)
         assert sha(b"bytes of the real database's files") in await stored_digests(s)
         # On purpose: --new-database.
@@ -442,7 +434,7 @@ async def test_an_empty_shared_database_over_a_bucket_in_use_is_refused(
 
 
 async def test_fsck_removes_a_corrupt_object_so_the_right_bytes_can_come_back(
-    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[FileStore]], s3_bucket: Any
+    shared_bytes: SettingsFactory, opened: Callable[..., Awaitable[Services]], s3_bucket: Any
 ) -> None:
     store = await opened(shared_bytes("a"))
     # Above the size kept in memory: the check reads the bucket, not a cached copy.
@@ -454,14 +446,14 @@ async def test_fsck_removes_a_corrupt_object_so_the_right_bytes_can_come_back(
         client.put_object(Bucket=s3_bucket.bucket, Key=key, Body=b"bit rot")
     finally:
         client.close()
-    audit = await store.audit(repair=True)
+    audit = await store.fsck(repair=True)
     assert audit.corrupt == [sha(content)]
-    assert (await store.get_file("p", damaged)).status == "error"
+    assert (await store.files.get("p", damaged)).status == "error"
     assert key not in s3_bucket.object_keys()
     # Uploaded again, the right bytes are stored (not deduplicated onto the wrong ones)...
     again = await create(store, content)
     assert await content_of(store, "p", again) == content
     # ...and the next fsck serves the damaged file again.
-    assert (await store.audit(repair=True)).restored == [sha(content)]
-    assert (await store.get_file("p", damaged)).status == "processed"
+    assert (await store.fsck(repair=True)).restored == [sha(content)]
+    assert (await store.files.get("p", damaged)).status == "processed"
     assert await content_of(store, "p", damaged) == content

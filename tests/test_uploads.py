@@ -15,10 +15,12 @@ import aiohttp
 import pytest
 
 from filesd.api.app import create_app
-from filesd.api.appkeys import STORE, UPLOADS
-from filesd.services import uploads as uploads_module
-from filesd.services.files import FileStore, ListQuery, StoreSettings
-from filesd.services.uploads import Md5Mismatch, UploadNotPending, UploadService
+from filesd.api.appkeys import SERVICES, UPLOADS
+from filesd.services.core import Services
+from filesd.services.errors import Md5Mismatch, QuotaExceeded, UploadNotPending
+from filesd.services.files import ListQuery
+from filesd.services.settings import StoreSettings
+from filesd.services.uploads import UploadService
 from filesd.storage.base import DelegatingBlobs, StagedBlob, StorageBusy
 from filesd.storage.sqlite import SqliteMetadata
 from filesd.storage.sqlite_writes import PART_FACTS
@@ -29,6 +31,7 @@ from .conftest import (
     Client,
     ClientFactory,
     blob_files,
+    chunks_of,
     make_config,
     temp_files,
     wait_until,
@@ -238,7 +241,7 @@ async def test_expired_uploads_are_refused_and_swept(
     with contextlib.suppress(StorageBusy):
         await client.app[UPLOADS].sweep_expired()
     await wait_until(lambda: not part_files(tmp_path), what="the parts removed")
-    stored = await client.app[STORE].upload_backing().meta.get_upload("alpha", upload["id"])
+    stored = await client.app[SERVICES].backends.meta.get_upload("alpha", upload["id"])
     assert stored is not None and stored.status == "expired"
 
 
@@ -324,9 +327,9 @@ async def test_recovery_is_done_before_serving(
     first = await aiohttp_client(create_app(config))
     upload = await create_upload(first, 2)
     p = await part_id(first, upload["id"], b"ab")
-    store = first.app[STORE]
-    assert await store.upload_backing().meta.set_upload_status(
-        upload["id"], old="pending", new="completing", file_id=store.new_file_id()
+    store = first.app[SERVICES]
+    assert await store.backends.meta.set_upload_status(
+        upload["id"], old="pending", new="completing", file_id=store.files.new_file_id()
     )
     await first.close()
     second = await aiohttp_client(create_app(config))
@@ -429,8 +432,8 @@ async def counted(tmp_path: Path) -> AsyncIterator[UploadService]:
     for name in ("written", "md5_reads", "joining", "most_joining"):
         setattr(CountingBlobs, name, 0)
     CountingBlobs.gate = None
-    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=CountingBlobs)
-    yield UploadService(store, max_part_bytes=1024 * 1024)
+    store = await Services.open(StoreSettings(tmp_path), wrap_blobs=CountingBlobs)
+    yield store.uploads
     await store.close()
 
 
@@ -482,9 +485,10 @@ async def test_empty_parts_are_refused(client: Client, tmp_path: Path) -> None:
 
 
 async def test_an_upload_has_at_most_max_parts_parts(
-    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(uploads_module, "MAX_PARTS", 3)
+    config = make_config(tmp_path / "data", limits={"max_upload_parts": 3})
+    client = await aiohttp_client(create_app(config))
     upload = await create_upload(client, 10)
     ids = [await part_id(client, upload["id"], b"a") for _ in range(3)]
     message = await assert_400(await add_part(client, upload["id"], b"b"), "data")
@@ -528,9 +532,9 @@ class CancelBeforeMd5(DelegatingBlobs):
 async def test_a_cancel_racing_a_completion_with_md5_answers_not_pending(
     tmp_path: Path,
 ) -> None:
-    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=CancelBeforeMd5)
+    store = await Services.open(StoreSettings(tmp_path), wrap_blobs=CancelBeforeMd5)
     try:
-        uploads = UploadService(store, max_part_bytes=1024)
+        uploads = store.uploads
         upload_id, ids = await new_upload(uploads, [b"ab", b"cd"])
 
         async def cancel() -> None:
@@ -573,9 +577,9 @@ async def test_a_cancelled_completion_whose_file_commits_is_completed_once(
 ) -> None:
     GatedCommit.commit_gate, GatedCommit.remove_gate = asyncio.Event(), asyncio.Event()
     GatedCommit.committing = GatedCommit.removing = False
-    store = await FileStore.open(StoreSettings(tmp_path), wrap_blobs=GatedCommit)
+    store = await Services.open(StoreSettings(tmp_path), wrap_blobs=GatedCommit)
     try:
-        uploads = UploadService(store, max_part_bytes=1024)
+        uploads = store.uploads
         upload_id, ids = await new_upload(uploads, [b"ab", b"cd"])
         task = asyncio.create_task(uploads.complete("p", upload_id, ids, None))
         # The file's commit is queued (and goes on): the client goes away now.
@@ -588,14 +592,14 @@ async def test_a_cancelled_completion_whose_file_commits_is_completed_once(
         GatedCommit.remove_gate.set()
         with pytest.raises(asyncio.CancelledError):
             await task
-        meta = store.upload_backing().meta
+        meta = store.backends.meta
         upload = await meta.get_upload("p", upload_id)
         assert upload is not None and upload.status == "completed", upload
         assert await meta.get_parts(upload_id) == []
         assert os.listdir(tmp_path / "parts") == []
         with pytest.raises(UploadNotPending):
             await uploads.complete("p", upload_id, ids, None)
-        page = await store.list_files("p", ListQuery())
+        page = await store.files.list("p", ListQuery())
         assert [f.id for f in page.files] == [upload.file_id]
     finally:
         GatedCommit.commit_gate = GatedCommit.remove_gate = None
@@ -652,19 +656,32 @@ async def test_completing_an_upload_at_exactly_the_quota(quota_client: Client) -
     await assert_over_quota(await client.post("/v1/files", data=file_form(b"x"), headers=ALPHA))
 
 
-async def test_a_part_waits_for_a_commit_between_its_quota_check_and_its_rows(
-    quota_client: Client, tmp_path: Path
-) -> None:
-    # A group commit checks the quota, links blobs and inserts rows under the store's write
-    # lock; a part counted against the same quota must not be added in between (the two
-    # checks would each miss the other's bytes).
-    client = quota_client
-    upload = await create_upload(client, 10)
-    lock = client.app[STORE].upload_backing().quota_lock
-    async with lock:  # as a group commit between its check and its rows
-        adding = asyncio.ensure_future(add_part(client, upload["id"], b"p" * 10))
-        await wait_until(lambda: part_files(tmp_path) != [], what="the part saved, not added")
-        await asyncio.sleep(0)  # let it run up to the lock (it must stop there)
-        assert not adding.done()
-    resp = await adding
-    assert resp.status == 200, await resp.json()
+async def test_a_part_and_a_file_cannot_both_slip_under_the_quota(tmp_path: Path) -> None:
+    # A group commit checks the quota early, stores the blob, then inserts the row, deciding
+    # the quota again in the insert's transaction; a part added in between (it fits: the file
+    # is not there yet) must be counted by that decision, which then refuses the file.
+    GatedCommit.commit_gate, GatedCommit.remove_gate = asyncio.Event(), None
+    GatedCommit.committing = False
+    settings = StoreSettings(tmp_path, max_bytes_per_project=10)
+    store = await Services.open(settings, wrap_blobs=GatedCommit)
+    try:
+        upload = await store.uploads.create(
+            "p",
+            filename="u",
+            purpose="batch",
+            mime_type="text/plain",
+            size=10,
+            file_expires_after=None,
+        )
+        file = await store.files.receive(chunks_of(b"f" * 10))
+        filing = asyncio.create_task(store.files.create("p", file, filename="f", purpose="batch"))
+        await wait_until(lambda: GatedCommit.committing, what="the file past its early check")
+        part = await store.uploads.receive_part(chunks_of(b"p" * 10))
+        await store.uploads.add_part("p", upload.id, part)
+        GatedCommit.commit_gate.set()
+        with pytest.raises(QuotaExceeded):
+            await filing
+        assert (await store.files.list("p", ListQuery())).total == 0
+    finally:
+        GatedCommit.commit_gate = None
+        await store.close()

@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 from ..clock import Clock
 from ..faultrules import FaultRuleError, parse_fault_rule
 from ..values import is_finite_number, is_number
-from .appkeys import CONFIG, STORE
+from .appkeys import ARCHIVES, CONFIG, MAINTENANCE
 from .auth import PROJECT, bearer_token
 from .bodies import read_json_object
 from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
@@ -97,14 +97,14 @@ async def reset(request: web.Request) -> web.Response:
     project = (await _body(request)).get("project")
     if project is not None and not isinstance(project, str):
         raise InvalidRequest("'project' must be a string.", param="project")
-    removed = await request.app[STORE].reset(project)
+    removed = await request.app[MAINTENANCE].reset(project)
     if project is None:
         request.app[JOURNAL].clear()
     return json_response({"reset": True, "project": project, "files_removed": removed})
 
 
 async def projects(request: web.Request) -> web.Response:
-    rows = await request.app[STORE].project_usage()
+    rows = await request.app[MAINTENANCE].project_usage()
     return json_response({"data": [dataclasses.asdict(row) for row in rows]})
 
 
@@ -158,7 +158,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     Damaged files (and files whose blob is gone) are left out: listed in the manifest's
     `skipped`, and counted in the `X-Filesd-Skipped` header.
     """
-    archive = await request.app[STORE].export_archive(request.query.get("project"))
+    archive = await request.app[ARCHIVES].export(request.query.get("project"))
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/x-tar",
@@ -176,7 +176,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 async def import_(request: web.Request) -> web.Response:
     """Files from an export archive, ids and times kept; 409 if any id exists already."""
-    imported = await request.app[STORE].import_archive(
+    imported = await request.app[ARCHIVES].import_(
         _body_chunks(request), request.app[CONFIG].files.purposes
     )
     return json_response({"imported": imported})

@@ -5,16 +5,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Config
-from ..services.files import FileStore
+from ..services.archive import Archives
+from ..services.batches import BatchService
+from ..services.core import Services
+from ..services.files import FileService
+from ..services.maintenance import Maintenance
 from ..services.uploads import UploadService
 from .auth import Authenticator
 from .connections import ConnectionGate
 from .drain import RequestTracker, UploadSlots
 
 CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", FileStore)
-REQUESTS = web.AppKey("requests", RequestTracker)
+SERVICES = web.AppKey("services", Services)
+FILES = web.AppKey("files", FileService)
 UPLOADS = web.AppKey("uploads", UploadService)
+BATCHES = web.AppKey("batches", BatchService)
+MAINTENANCE = web.AppKey("maintenance", Maintenance)
+ARCHIVES = web.AppKey("archives", Archives)
+REQUESTS = web.AppKey("requests", RequestTracker)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 CONNECTIONS = web.AppKey("connections", ConnectionGate)

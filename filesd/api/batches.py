@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..batches.errors import BatchesDisabled
 from ..batches.objects import COMPLETION_WINDOWS, ENDPOINTS, as_batch_object
-from ..services.batches import BatchService
+from ..services.errors import BatchesDisabled
+from .appkeys import BATCHES
 from .auth import PROJECT
 from .bodies import read_json_object
 from .errors import InvalidRequest
 from .query_params import int_param
 from .responses import json_response
 from .validation import check_expires_after, check_no_unknown, require
-
-BATCHES = web.AppKey("batches", BatchService)
 
 LIMIT_DEFAULT, LIMIT_MAX = 20, 100
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512

@@ -17,39 +17,33 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from ..batches.errors import (
+from ..services.archive import ArchiveError
+from ..services.errors import (
     BatchesDisabled,
     BatchNotCancellable,
     BatchNotFound,
-    InputFileNotFound,
-    InputFileWrongPurpose,
-)
-from ..services.archive import ArchiveError
-from ..services.files import (
+    BlobMissing,
     CursorNotFound,
-    FileIdTaken,
-    FileNotFound,
-    ImportConflict,
-    QuotaExceeded,
-)
-from ..services.uploads import (
-    MAX_MD5_MISMATCHES,
     DuplicatePart,
     EmptyPart,
+    FileIdTaken,
+    FileNotFound,
+    FileTooLarge,
+    ImportConflict,
+    InputFileNotFound,
+    InputFileWrongPurpose,
     Md5Mismatch,
     PartExceedsUpload,
     PartsSizeMismatch,
+    PartTooLarge,
+    QuotaExceeded,
+    StorageBusy,
+    StorageFull,
+    StorageUnavailable,
     TooManyParts,
     UnknownPart,
     UploadNotFound,
     UploadNotPending,
-)
-from ..storage.base import (
-    BlobMissing,
-    BlobTooLarge,
-    StorageBusy,
-    StorageFull,
-    StorageUnavailable,
     is_storage_full,
 )
 from .errors import (
@@ -129,7 +123,7 @@ ERRORS: dict[type[BaseException], Mapper] = {
     CursorNotFound: lambda request, exc: InvalidRequest(
         f"No such File object: {exc.file_id}", param="after"
     ),
-    BlobTooLarge: lambda request, exc: file_too_large(exc.limit),
+    FileTooLarge: lambda request, exc: file_too_large(exc.limit),
     QuotaExceeded: lambda request, exc: InvalidRequest(
         f"Quota exceeded: project {exc.project!r} may hold at most {exc.limit} {exc.what}.",
         code="quota_exceeded",
@@ -170,8 +164,7 @@ ERRORS: dict[type[BaseException], Mapper] = {
         f"The MD5 checksum of the parts ({exc.actual}) does not match the md5 given "
         f"({exc.expected})."
         + (
-            f" The upload was cancelled after {MAX_MD5_MISMATCHES} checksum mismatches:"
-            " create a new upload."
+            f" The upload was cancelled after {exc.tries} checksum mismatches: create a new upload."
             if exc.cancelled
             else ""
         ),
@@ -179,6 +172,11 @@ ERRORS: dict[type[BaseException], Mapper] = {
     ),
     EmptyPart: lambda request, exc: InvalidRequest(
         "The part is empty: a part must hold at least 1 byte.", param="data"
+    ),
+    PartTooLarge: lambda request, exc: InvalidRequest(
+        f"The part is too large: a part holds at most {exc.limit} bytes.",
+        param="data",
+        code="part_too_large",
     ),
     TooManyParts: lambda request, exc: InvalidRequest(
         f"The upload has {exc.limit} parts already, the most an upload may have: complete it "

@@ -7,8 +7,8 @@ would tell project B that project A stored the same bytes, and when.
 
 Conditional requests are evaluated here against those values (RFC 9110 §13.2.2), the same for
 every way of sending:
-- small files (up to `SMALL_CONTENT`) from memory (the store caches them, or reads them whole
-  in one thread hop);
+- small files (up to `SMALL_CONTENT`) from memory (the blobs' cache keeps them, or they are
+  read whole in one thread hop: that beats opening, sending and closing a file);
 - larger files with zero-copy sendfile when the blob backend keeps local files;
 - otherwise as a stream of chunks from the backend.
 """
@@ -27,13 +27,9 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETAG_ANY, ETag, must_be_empty_body
 
 from ..models import FileRecord
-from ..services.files import FileStore
-from ..storage.base import SMALL_BYTES
+from ..services.files import SMALL_CONTENT, FileService
 from .errors import ApiError, RangeNotSatisfiable
 
-# Files up to this size are sent from memory, which beats opening, sending and closing a file
-# (three thread hops) for small bodies.
-SMALL_CONTENT = SMALL_BYTES
 # Headers that describe a body: not sent with a 304.
 _BODY_HEADERS = ("Content-Type", "Content-Disposition")
 # RFC 9110 §14.1.1, strictly: no whitespace inside a range-spec.
@@ -146,7 +142,7 @@ REDIRECT_SECONDS = 300
 
 async def send_content(
     request: web.Request,
-    store: FileStore,
+    files: FileService,
     record: FileRecord,
     headers: Mapping[str, str],
     *,
@@ -174,7 +170,7 @@ async def send_content(
             headers={**validators, "Cache-Control": headers.get("Cache-Control", "no-cache")},
         )
     if redirect:
-        url = store.download_url(record, expires_in=REDIRECT_SECONDS)
+        url = files.download_url(record, expires_in=REDIRECT_SECONDS)
         if url is not None:
             return web.Response(
                 status=307,
@@ -188,12 +184,12 @@ async def send_content(
         headers["Content-Range"] = f"bytes {start}-{start + count - 1}/{size}"
     status = 206 if chosen is not None else 200
     if size <= SMALL_CONTENT:
-        body = await store.read_small(record)
+        body = await files.read_small(record)
         return web.Response(body=body[start : start + count], status=status, headers=headers)
-    local = await store.open_local(record)
+    local = await files.open_local(record)
     if local is not None:
         return _SendfileResponse(local, start, count, status=status, headers=headers)
-    chunks = store.read_range(record, start, count)
+    chunks = files.read_range(record, start, count)
     first = await anext(chunks, b"")  # a missing blob is an error answer, not a cut body
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = count

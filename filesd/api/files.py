@@ -1,23 +1,21 @@
-"""HTTP handlers of the Files API. Each one translates HTTP to a store call and back."""
+"""HTTP handlers of the Files API: each translates HTTP to a call of the files service and back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from multidict import MultiMapping
 
 from ..models import content_disposition
 from ..services.files import ListQuery
-from .appkeys import AUTHENTICATOR, CONFIG, STORE, UPLOAD_SLOTS
+from .appkeys import CONFIG, FILES, UPLOAD_SLOTS
 from .auth import PROJECT
+from .bodies import expect_continue
 from .content import send_content
 from .errors import (
-    ApiError,
     InvalidRequest,
     ServerError,
-    error_response,
     file_too_large,
 )
 from .forms import FORM_OVERHEAD, read_upload_form
@@ -43,37 +41,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/files/{file_id}/content", file_content)
 
 
-def expect_continue(check_length: Callable[[web.Request], None]) -> Any:
-    """An `Expect: 100-continue` handler: the key is checked first, then the announced length
-    (`check_length` raises for a body that cannot fit); only then is 100 Continue sent, so a
-    client without a valid key, or with too much to send, never sends its body.
-
-    aiohttp calls this before any middleware, so errors are returned, not raised.
-    """
-
-    async def expect_handler(request: web.Request) -> web.Response | None:
-        try:
-            request.app[AUTHENTICATOR].project_for(request.headers.get("Authorization"))
-            check_length(request)
-        except ApiError as error:
-            return error_response(error)
-        expect = request.headers.get("Expect", "")
-        if request.version != HttpVersion11:
-            return None
-        if expect.lower() != "100-continue":
-            return error_response(
-                ApiError(f"Unsupported Expect header: {expect}", param="Expect", status=417)
-            )
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # The interim response is not part of the response body's size.
-        request.writer.output_size = 0
-        return None
-
-    return expect_handler
-
-
 def _check_upload_length(request: web.Request) -> None:
-    limit = request.app[STORE].max_file_bytes
+    limit = request.app[FILES].max_file_bytes
     length = request.content_length
     if length is not None and length > limit + FORM_OVERHEAD:
         raise file_too_large(limit)
@@ -81,15 +50,17 @@ def _check_upload_length(request: web.Request) -> None:
 
 async def create_file(request: web.Request) -> web.Response:
     _check_upload_length(request)
-    config, store = request.app[CONFIG], request.app[STORE]
+    config, files = request.app[CONFIG], request.app[FILES]
     with request.app[UPLOAD_SLOTS].take(request[PROJECT]):
         # Refuse early only what is certainly over: the file is at least this large.
         smallest = max(0, (request.content_length or 0) - FORM_OVERHEAD)
-        await store.check_quota(request[PROJECT], smallest)
-        form = await read_upload_form(request, store, config.files.purposes)
-        record = await store.create_file(
+        await files.check_quota(request[PROJECT], smallest)
+        form = await read_upload_form(
+            request, receive=files.receive, discard=files.discard, purposes=config.files.purposes
+        )
+        record = await files.create(
             request[PROJECT],
-            form.staged,
+            form.content,
             filename=form.filename,
             purpose=form.purpose,
             expires_after=form.expires_after,
@@ -99,23 +70,23 @@ async def create_file(request: web.Request) -> web.Response:
 
 async def list_files(request: web.Request) -> web.Response:
     query = _list_query(request.query)
-    page = await request.app[STORE].list_files(request[PROJECT], query)
+    page = await request.app[FILES].list(request[PROJECT], query)
     return json_response(page.as_list_object())
 
 
 async def retrieve_file(request: web.Request) -> web.Response:
-    record = await request.app[STORE].get_file(request[PROJECT], request.match_info["file_id"])
+    record = await request.app[FILES].get(request[PROJECT], request.match_info["file_id"])
     return json_response(record.as_file_object())
 
 
 async def delete_file(request: web.Request) -> web.Response:
-    record = await request.app[STORE].delete_file(request[PROJECT], request.match_info["file_id"])
+    record = await request.app[FILES].delete(request[PROJECT], request.match_info["file_id"])
     return json_response({"id": record.id, "object": "file", "deleted": True})
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
-    record = await store.get_file(request[PROJECT], request.match_info["file_id"])
+    files = request.app[FILES]
+    record = await files.get(request[PROJECT], request.match_info["file_id"])
     if record.purpose in request.app[CONFIG].files.download_refused:
         raise InvalidRequest(f"Not allowed to download files of purpose: {record.purpose}")
     if record.status == "error":
@@ -123,7 +94,7 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
     # Validators, conditions and ranges: see filesd.content.
     redirect = request.app[CONFIG].storage.s3.redirect_downloads
-    return await send_content(request, store, record, headers, redirect=redirect)
+    return await send_content(request, files, record, headers, redirect=redirect)
 
 
 def _list_query(params: MultiMapping[str]) -> ListQuery:

@@ -1,15 +1,17 @@
 """Multipart forms read as a stream: `POST /v1/files` and the parts of an upload.
 
-Fields may come in any order. The one content field is streamed into a blob writer in large
-chunks and never held in memory; text fields are small and capped. Any error leaves nothing
-behind: staged content is removed before the error propagates.
+Fields may come in any order. The one content field is handed, as a stream of large chunks, to
+the service that receives it (`receive`), never held in memory; text fields are small and
+capped. Any error leaves nothing behind: received content is discarded before the error
+propagates.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aiohttp import BodyPartReader, web
 from aiohttp.hdrs import CONTENT_DISPOSITION
@@ -20,8 +22,6 @@ from aiohttp.multipart import (
     parse_content_disposition,
 )
 
-from ..services.files import FileStore
-from ..storage.base import BlobWriter, StagedBlob
 from .bodies import BodyPace
 from .errors import InvalidRequest
 from .validation import check_expires_after, check_filename, check_purpose
@@ -34,27 +34,36 @@ FORM_OVERHEAD = 64 * 1024
 
 _UPLOAD_TEXT_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
 
+# What a service made of the content it received (owned by the caller: use it or discard it).
+Content = TypeVar("Content")
+Receive = Callable[[AsyncIterator[bytes]], Awaitable[Content]]
+Discard = Callable[[Content], Awaitable[None]]
+
 
 @dataclass(frozen=True)
-class Form:
-    """A read form: the staged content (owned by the caller: use it or discard it) and fields."""
+class Form(Generic[Content]):
+    """A read form: the received content and the text fields."""
 
-    staged: StagedBlob
+    content: Content
     filename: str | None
     fields: dict[str, str]
 
 
 @dataclass(frozen=True)
-class UploadForm:
-    staged: StagedBlob
+class UploadForm(Generic[Content]):
+    content: Content
     filename: str
     purpose: str
     expires_after: int | None
 
 
 async def read_upload_form(
-    request: web.Request, store: FileStore, purposes: tuple[str, ...]
-) -> UploadForm:
+    request: web.Request,
+    *,
+    receive: Receive[Content],
+    discard: Discard[Content],
+    purposes: tuple[str, ...],
+) -> UploadForm[Content]:
     """The form of `POST /v1/files`: `file` (with a filename), `purpose`, `expires_after[...]`."""
 
     def check_text(name: str, value: str) -> None:
@@ -65,8 +74,8 @@ async def read_upload_form(
         request,
         content_field="file",
         text_fields=_UPLOAD_TEXT_FIELDS,
-        new_writer=store.blob_writer,
-        discard=store.discard,
+        receive=receive,
+        discard=discard,
         check_text=check_text,
     )
     try:
@@ -79,9 +88,9 @@ async def read_upload_form(
         if anchor is not None or seconds is not None:
             expires_after = check_expires_after(anchor, seconds, prefix="expires_after")
     except BaseException:
-        await store.discard(form.staged)
+        await discard(form.content)
         raise
-    return UploadForm(form.staged, filename, form.fields["purpose"], expires_after)
+    return UploadForm(form.content, filename, form.fields["purpose"], expires_after)
 
 
 async def read_form(
@@ -89,10 +98,10 @@ async def read_form(
     *,
     content_field: str,
     text_fields: tuple[str, ...],
-    new_writer: Callable[[], BlobWriter],
-    discard: Callable[[StagedBlob], Awaitable[None]],
+    receive: Receive[Content],
+    discard: Discard[Content],
     check_text: Callable[[str, str], None] | None = None,
-) -> Form:
+) -> Form[Content]:
     """Read a form with one content field (streamed) and some small text fields.
 
     The body must keep the pace of `BodyPace` (`[limits] body_timeout`, `min_body_rate`) or
@@ -110,7 +119,7 @@ async def read_form(
     except (ValueError, KeyError):  # no or a malformed boundary
         raise not_a_form from None
     fields: dict[str, str] = {}
-    staged: StagedBlob | None = None
+    received: list[Content] = []  # the content, once read (None is a valid content)
     filename: str | None = None
     pace = BodyPace.of(request)
     try:
@@ -129,24 +138,24 @@ async def read_form(
             name, part_filename = _disposition(part)
             if name is None:
                 raise InvalidRequest("Every multipart part needs a name.")
-            if name in fields or (name == content_field and staged is not None):
+            if name in fields or (name == content_field and received):
                 raise InvalidRequest(f"Duplicate field '{name}'.", param=name)
             if name == content_field:
                 filename = part_filename
-                staged = await _stream_content(part, new_writer(), pace)
+                received.append(await receive(_chunks(part, pace)))
             elif name in text_fields:
                 fields[name] = await _read_text(part, name, pace)
                 if check_text is not None:
                     check_text(name, fields[name])
             else:
                 raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
-        if staged is None:
+        if not received:
             raise InvalidRequest(f"'{content_field}' is a required property", param=content_field)
     except BaseException:
-        if staged is not None:
-            await discard(staged)
+        for content in received:
+            await discard(content)
         raise
-    return Form(staged, filename, fields)
+    return Form(received[0], filename, fields)
 
 
 def _disposition(part: BodyPartReader) -> tuple[str | None, str | None]:
@@ -176,14 +185,10 @@ def _bad_disposition() -> InvalidRequest:
     return InvalidRequest("Malformed Content-Disposition header in a multipart part.")
 
 
-async def _stream_content(part: BodyPartReader, writer: BlobWriter, pace: BodyPace) -> StagedBlob:
-    try:
-        while chunk := await _read_chunk(part, READ_CHUNK, pace):
-            await writer.write(chunk)
-        return await writer.finish()
-    except BaseException:
-        await writer.abort()
-        raise
+async def _chunks(part: BodyPartReader, pace: BodyPace) -> AsyncIterator[bytes]:
+    """The part's bytes, READ_CHUNK at a time, within the body's pace."""
+    while chunk := await _read_chunk(part, READ_CHUNK, pace):
+        yield chunk
 
 
 async def _read_chunk(part: BodyPartReader, size: int, pace: BodyPace) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .appkeys import STORE
+from .appkeys import MAINTENANCE
 from .errors import ServiceUnavailable
 from .responses import json_response
 
@@ -38,7 +38,8 @@ class Readiness:
         timeout: float = TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._check = check
+        # The check itself: a seam a test may wrap from outside.
+        self.check = check
         self._ttl = ttl
         self._timeout = timeout
         self.clock = clock
@@ -61,7 +62,7 @@ class Readiness:
 
     async def _refresh(self) -> list[str]:
         started = self.clock()
-        problems = await self._check()
+        problems = await self.check()
         self._answer, self._checked_at = problems, started
         return problems
 
@@ -70,7 +71,7 @@ READINESS = web.AppKey("readiness", Readiness)
 
 
 def setup_health_routes(app: web.Application) -> None:
-    app[READINESS] = Readiness(lambda: app[STORE].readiness_problems())
+    app[READINESS] = Readiness(lambda: app[MAINTENANCE].readiness_problems())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .appkeys import AUTHENTICATOR, STORE, UPLOAD_SLOTS
+from .appkeys import AUTHENTICATOR, MAINTENANCE, UPLOAD_SLOTS
 from .auth import bearer_token
 from .errors import STARTED, AuthenticationFailed
 
@@ -111,7 +111,7 @@ async def metrics(request: web.Request) -> web.Response:
         bearer_token(request.headers.get("Authorization"))
     ):
         raise AuthenticationFailed(_SCRAPE_REFUSED)
-    totals = await request.app[STORE].storage_totals()
+    totals = await request.app[MAINTENANCE].storage_totals()
     m.files.set(totals.files)
     m.logical.set(totals.logical_bytes)
     m.blobs.set(totals.blobs)

@@ -6,12 +6,11 @@ import re
 
 from aiohttp import web
 
-from ..storage.base import BlobTooLarge
+from ..services.errors import PartTooLarge
 from .appkeys import CONFIG, UPLOAD_SLOTS, UPLOADS
 from .auth import PROJECT
-from .bodies import read_json_object
+from .bodies import expect_continue, read_json_object
 from .errors import InvalidRequest
-from .files import expect_continue
 from .forms import FORM_OVERHEAD, read_form
 from .responses import json_response
 from .validation import (
@@ -81,17 +80,14 @@ async def add_part(request: web.Request) -> web.Response:
     await uploads.get_pending(project, upload_id)
     _check_part_length(request)
     with request.app[UPLOAD_SLOTS].take(project):
-        try:
-            form = await read_form(
-                request,
-                content_field="data",
-                text_fields=(),
-                new_writer=uploads.part_writer,
-                discard=uploads.discard,
-            )
-        except BlobTooLarge:
-            raise _part_too_large(request.app[CONFIG].limits.max_part_bytes) from None
-        part = await uploads.add_part(project, upload_id, form.staged)
+        form = await read_form(
+            request,
+            content_field="data",
+            text_fields=(),
+            receive=uploads.receive_part,
+            discard=uploads.discard,
+        )
+        part = await uploads.add_part(project, upload_id, form.content)
     return json_response(part.as_part_object())
 
 
@@ -125,12 +121,4 @@ async def cancel_upload(request: web.Request) -> web.Response:
 def _check_part_length(request: web.Request) -> None:
     limit = request.app[CONFIG].limits.max_part_bytes
     if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
-        raise _part_too_large(limit)
-
-
-def _part_too_large(limit: int) -> InvalidRequest:
-    return InvalidRequest(
-        f"The part is too large: a part holds at most {limit} bytes.",
-        param="data",
-        code="part_too_large",
-    )
+        raise PartTooLarge(limit)

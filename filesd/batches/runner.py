@@ -26,7 +26,9 @@ from typing import Any
 from ..config import BatchesConfig
 from ..ids import secret_base62
 from ..models import BatchRecord, BatchResult, FileRecord
-from ..services.files import FileIdTaken, FileNotFound, FileStore, QuotaExceeded
+from ..services.errors import FileIdTaken, FileNotFound, QuotaExceeded
+from ..services.files import FileService
+from ..services.instance import Instance
 from ..storage.base import BatchMetadata, StorageBusy
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
@@ -69,22 +71,24 @@ class _Drive:
 
 
 class BatchRunner:
-    """Drives batches in the background. `start()` once the store is open, `close()` before
-    it closes."""
+    """Drives batches in the background. `start()` once the services are open, `close()`
+    before they close."""
 
     def __init__(
         self,
-        store: FileStore,
+        files: FileService,
+        instance: Instance,
         meta: BatchMetadata,
         config: BatchesConfig,
         upstream: Upstream,
     ) -> None:
-        self._store = store
+        self._files = files
+        self._instance = instance
         self._meta = meta
         self._config = config
         self._upstream = upstream
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._lease_seconds = store.settings.lease_seconds
+        self._lease_seconds = instance.lease_seconds
         self._drives: dict[str, tuple[_Drive, asyncio.Task[None]]] = {}
         # Batches whose drive failed: (failures in a row, not again before this loop time).
         self._backoff: dict[str, tuple[int, float]] = {}
@@ -144,7 +148,7 @@ class BatchRunner:
                 break
             if batch_id in self._drives or self._backoff.get(batch_id, (0, 0.0))[1] > now:
                 continue
-            if not await self._store.take_lease(_lease(batch_id), self._lease_seconds):
+            if not await self._instance.take_lease(_lease(batch_id), self._lease_seconds):
                 continue
             drive = _Drive(batch_id)
             task = asyncio.create_task(self._drive(drive), name=f"batch {batch_id}")
@@ -184,7 +188,7 @@ class BatchRunner:
             elif drive.stop != "lost":
                 with contextlib.suppress(Exception):
                     # Free the lease (it ends now) so any instance can go on at once.
-                    await self._store.take_lease(_lease(drive.batch_id), 0)
+                    await self._instance.take_lease(_lease(drive.batch_id), 0)
 
     async def _keep_lease(self, drive: _Drive, driver: asyncio.Task[Any] | None) -> None:
         """Renew the lease every third of it; notice a cancel made on another instance and
@@ -196,7 +200,7 @@ class BatchRunner:
             try:
                 now = asyncio.get_running_loop().time()
                 if now - renewed >= self._lease_seconds / 3:
-                    if not await self._store.take_lease(
+                    if not await self._instance.take_lease(
                         _lease(drive.batch_id), self._lease_seconds
                     ):
                         log.warning("batch %s: lease lost to another instance", drive.batch_id)
@@ -215,7 +219,7 @@ class BatchRunner:
                 if drive.stop is None:
                     if batch.status == "cancelling":
                         drive.halt("cancel")
-                    elif self._store.now() >= batch.expires_at and batch.status in (
+                    elif self._files.now() >= batch.expires_at and batch.status in (
                         "validating",
                         "in_progress",
                     ):
@@ -235,10 +239,10 @@ class BatchRunner:
             if drive.stop == "cancel" and batch.status != "cancelling":
                 drive.halt(None)  # a poke for a batch that was not cancelled after all
             active = batch.status in ("validating", "in_progress")
-            if active and drive.stop is None and self._store.now() >= batch.expires_at:
+            if active and drive.stop is None and self._files.now() >= batch.expires_at:
                 drive.halt("expire")
             if drive.stop == "expire" and active:
-                now = self._store.now()
+                now = self._files.now()
                 await self._meta.update_batch(
                     batch.id,
                     {"status": "finalizing", "expired_at": now, "finalizing_at": now},
@@ -259,7 +263,7 @@ class BatchRunner:
 
     async def _validate(self, drive: _Drive, batch: BatchRecord) -> None:
         try:
-            record = await self._store.get_file(batch.project, batch.input_file_id)
+            record = await self._files.get(batch.project, batch.input_file_id)
         except FileNotFound:
             await self._fail(
                 batch,
@@ -310,7 +314,7 @@ class BatchRunner:
             batch.id,
             {
                 "status": "in_progress",
-                "in_progress_at": self._store.now(),
+                "in_progress_at": self._files.now(),
                 "total": result.total,
                 "model": result.model,
             },
@@ -321,7 +325,7 @@ class BatchRunner:
         log.info("batch %s failed validation: %s", batch.id, errors[0]["message"])
         await self._meta.update_batch(
             batch.id,
-            {"status": "failed", "failed_at": self._store.now(), "errors": errors_json(errors)},
+            {"status": "failed", "failed_at": self._files.now(), "errors": errors_json(errors)},
             statuses=["validating"],
         )
 
@@ -329,7 +333,7 @@ class BatchRunner:
         """Send every pending request (in input order, `concurrency` at a time over all
         batches), then move on to `finalizing`; return early when told to stop."""
         try:
-            record = await self._store.get_file(batch.project, batch.input_file_id)
+            record = await self._files.get(batch.project, batch.input_file_id)
         except FileNotFound:
             # Deleted (or expired) under the batch: it ends `failed`, with what was done.
             error = batch_error(
@@ -343,7 +347,7 @@ class BatchRunner:
                 batch.id,
                 {
                     "status": "finalizing",
-                    "finalizing_at": self._store.now(),
+                    "finalizing_at": self._files.now(),
                     "errors": errors_json([error]),
                 },
                 statuses=["in_progress"],
@@ -388,7 +392,7 @@ class BatchRunner:
         if not left:
             await self._meta.update_batch(
                 batch.id,
-                {"status": "finalizing", "finalizing_at": self._store.now()},
+                {"status": "finalizing", "finalizing_at": self._files.now()},
                 statuses=["in_progress"],
             )
 
@@ -450,7 +454,7 @@ class BatchRunner:
     def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
         """The input file's bytes: closing this closes the file at once (a pass that stops
         early must not leave it to the garbage collector)."""
-        return self._store.open_blob_stream(record)
+        return self._files.open_stream(record)
 
     def _body(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")
@@ -511,8 +515,8 @@ class BatchRunner:
         a crash finds its files instead of making new ones), then the final status."""
         if batch.output_file_id is None or batch.error_file_id is None:
             reserved = {
-                "output_file_id": self._store.new_file_id(),
-                "error_file_id": self._store.new_file_id(),
+                "output_file_id": self._files.new_file_id(),
+                "error_file_id": self._files.new_file_id(),
             }
             await self._meta.update_batch(batch.id, reserved, statuses=[batch.status])
             fresh = await self._meta.get_batch(batch.id)
@@ -546,7 +550,7 @@ class BatchRunner:
                 batch.id,
                 {
                     "status": "failed",
-                    "failed_at": self._store.now(),
+                    "failed_at": self._files.now(),
                     "errors": errors_json([problem]),
                     "output_file_id": None,
                     "error_file_id": None,
@@ -554,7 +558,7 @@ class BatchRunner:
                 statuses=[batch.status],
             )
             return
-        now = self._store.now()
+        now = self._files.now()
         changes: dict[str, object] = {
             "output_file_id": batch.output_file_id if output else None,
             "error_file_id": batch.error_file_id if errors else None,
@@ -579,7 +583,7 @@ class BatchRunner:
         for file_id in file_ids:
             if file_id is not None:
                 with contextlib.suppress(FileNotFound):
-                    await self._store.delete_file(batch.project, file_id)
+                    await self._files.delete(batch.project, file_id)
 
     async def _write_file(
         self, batch: BatchRecord, file_id: str, *, ok: bool, unrun: str | None = None
@@ -590,26 +594,26 @@ class BatchRunner:
         first = await anext(lines, None)
         if first is None:
             return False
-        writer = self._store.output_writer()
-        try:
+
+        async def chunks() -> AsyncIterator[bytes]:
             buffer = bytearray(first)
             async for line in lines:
                 buffer += line
                 if len(buffer) >= WRITE_CHUNK:
-                    await writer.write(bytes(buffer))
+                    yield bytes(buffer)
                     buffer.clear()
             if buffer:
-                await writer.write(bytes(buffer))
-            staged = await writer.finish()
-        except BaseException:
-            await writer.abort()
-            raise
+                yield bytes(buffer)
+
+        # Made by the server, not uploaded: `max_file_bytes` does not apply (the project's
+        # quotas do, when the file is created).
+        content = await self._files.receive(chunks(), limit=None)
         kind = "output" if ok else "error"
         # Taken: made by an earlier attempt that died before the batch's final status.
         with contextlib.suppress(FileIdTaken):
-            await self._store.create_file(
+            await self._files.create(
                 batch.project,
-                staged,
+                content,
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
                 expires_after=batch.output_expires_after or OUTPUT_EXPIRES_AFTER,

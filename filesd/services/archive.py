@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import tarfile
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from ..models import FileRecord
-from ..storage.base import BlobWriter, StagedBlob
+from ..storage.base import BlobBackend, BlobWriter, FileMetadata, StagedBlob
+from .commits import Committer
 from .manifest import FORMAT, FORMAT_VERSION, ManifestError, parse_manifest
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "filesd-export.json"
 MANIFEST_MAX = 64 * 1024 * 1024
@@ -197,3 +201,51 @@ async def _stage(reader: _Reader, size: int, writer: BlobWriter) -> StagedBlob:
     except BaseException:
         await writer.abort()
         raise
+
+
+class Archives:
+    """Export and import of the live files (the admin API's snapshots of a state)."""
+
+    def __init__(self, meta: FileMetadata, blobs: BlobBackend, committer: Committer) -> None:
+        self._meta = meta
+        self._blobs = blobs
+        self._committer = committer
+
+    async def export(self, project: str | None) -> Export:
+        """A tar archive of the live files (of `project`, or all) and their blobs. Files that
+        cannot be exported are left out and listed in `Export.skipped`: those marked damaged
+        (status `error`, e.g. quarantined by `filesd fsck --repair`) and those whose blob is
+        missing."""
+        records = await self._meta.live_files(project)
+        gone = await self._blobs.missing(sorted({r.sha256 for r in records if r.status != "error"}))
+        kept: list[FileRecord] = []
+        skipped: list[SkippedFile] = []
+        for record in records:
+            if record.status == "error":
+                details = record.status_details or "marked damaged"
+                skipped.append(SkippedFile(record.id, f"damaged: {details}"))
+            elif record.sha256 in gone:
+                skipped.append(SkippedFile(record.id, "its content is missing from storage"))
+            else:
+                kept.append(record)
+        if skipped:
+            log.warning("export leaves out %d damaged file(s); run `filesd fsck`", len(skipped))
+        return export_archive(kept, self._blobs.open_range, skipped)
+
+    async def import_(self, chunks: AsyncIterator[bytes], purposes: Collection[str]) -> int:
+        """Store the files of an export archive (ids and times kept); returns how many.
+
+        `purposes` are those this server accepts: a file of another purpose is refused.
+        Raises `ArchiveError` for a malformed archive, `ImportConflict` if any id is taken
+        already; either way nothing is stored.
+        """
+        staged: list[StagedBlob] = []
+        try:
+            records = await stage_archive(
+                chunks, lambda: self._blobs.writer(None), staged, purposes
+            )
+        except BaseException:
+            await self._blobs.discard(staged)
+            raise
+        await self._committer.import_files(records, staged)
+        return len(records)

@@ -13,20 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..batches.echo import EchoUpstream
-from ..batches.errors import (
-    BatchesDisabled,
-    BatchNotCancellable,
-    BatchNotFound,
-    InputFileNotFound,
-    InputFileWrongPurpose,
-)
 from ..batches.objects import WINDOW_SECONDS
 from ..batches.runner import BatchRunner
 from ..batches.upstream import HttpUpstream, Upstream, api_key_from
 from ..config import BatchesConfig
 from ..models import BatchRecord
 from ..storage.base import BatchMetadata
-from .files import FileNotFound, FileStore
+from .core import Services
+from .errors import (
+    BatchesDisabled,
+    BatchNotCancellable,
+    BatchNotFound,
+    FileNotFound,
+    InputFileNotFound,
+    InputFileWrongPurpose,
+)
+from .files import FileService
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ class BatchService:
     """The batches of every project. `runner` is None when no upstream is configured: then
     creating a batch raises `BatchesDisabled` (the others still answer)."""
 
-    def __init__(self, store: FileStore, meta: BatchMetadata, runner: BatchRunner | None) -> None:
-        self._store = store
+    def __init__(self, files: FileService, meta: BatchMetadata, runner: BatchRunner | None) -> None:
+        self._files = files
         self._meta = meta
         self._runner = runner
 
@@ -66,14 +68,14 @@ class BatchService:
         if self._runner is None:
             raise BatchesDisabled()
         try:
-            source = await self._store.get_file(project, input_file_id)
+            source = await self._files.get(project, input_file_id)
         except FileNotFound:
             raise InputFileNotFound(input_file_id) from None
         if source.purpose != "batch":
             raise InputFileWrongPurpose(input_file_id, source.purpose)
-        now = self._store.now()
+        now = self._files.now()
         batch = BatchRecord(
-            id=self._store.ids.prefixed("batch_"),
+            id=self._files.ids.prefixed("batch_"),
             project=project,
             endpoint=endpoint,
             input_file_id=input_file_id,
@@ -108,7 +110,7 @@ class BatchService:
         if batch.status in CANCELLABLE:
             moved = await self._meta.update_batch(
                 batch_id,
-                {"status": "cancelling", "cancelling_at": self._store.now()},
+                {"status": "cancelling", "cancelling_at": self._files.now()},
                 statuses=CANCELLABLE,
             )
             batch = await self.get(project, batch_id)
@@ -140,14 +142,13 @@ def make_upstream(config: BatchesConfig, take_fault: EchoUpstream.TakeFault) -> 
 
 
 def open_batches(
-    store: FileStore, config: BatchesConfig, take_fault: EchoUpstream.TakeFault
+    services: Services, config: BatchesConfig, take_fault: EchoUpstream.TakeFault
 ) -> tuple[BatchService, BatchRunner | None]:
-    """The batch service over `store`, and its runner (started) when an upstream is set."""
-    meta = store.upload_backing().meta
-    if not isinstance(meta, BatchMetadata):
-        raise TypeError("the metadata store does not keep batches")
+    """The batch service over `services`, and its runner (started) when an upstream is set."""
+    meta = services.backends.meta
     runner = None
     if config.upstream:
-        runner = BatchRunner(store, meta, config, make_upstream(config, take_fault))
+        upstream = make_upstream(config, take_fault)
+        runner = BatchRunner(services.files, services.instance, meta, config, upstream)
         runner.start()
-    return BatchService(store, meta, runner), runner
+    return BatchService(services.files, meta, runner), runner

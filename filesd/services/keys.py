@@ -22,7 +22,7 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-class KeyStore:
+class KeyService:
     """The keys of one metadata store."""
 
     def __init__(self, meta: KeyMetadata, clock: Callable[[], float] = time.time) -> None:
@@ -36,6 +36,10 @@ class KeyStore:
         record = KeyRecord(key_id, key_digest(key), project, key[-4:], int(self._clock()))
         await self._meta.insert_key(record)
         return key_id, key
+
+    async def add(self, key: KeyRecord) -> None:
+        """Keep a key made elsewhere (`filesd migrate`), as it is."""
+        await self._meta.insert_key(key)
 
     async def all(self) -> list[KeyRecord]:
         """Every key made, revoked ones too, oldest first."""

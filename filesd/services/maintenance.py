@@ -1,310 +1,173 @@
-"""Operator commands: fsck, gc, backup, migrate, and API keys kept in the database.
+"""Upkeep and operator views: sweeps, garbage collection, reset, usage, readiness.
 
-On the embedded backends, `fsck` and `gc` need the data directory to themselves (they take its
-lock, so they refuse to run beside a server: the server does gc itself); `backup` and the key
-commands work beside a running server: SQLite's WAL lets them read and write while it serves.
-On PostgreSQL and S3 every command works beside running instances (in a private spool dir):
-blob reclaim goes through the same claims they respect. `backup` there is the engines' own
-(pg_dump, the bucket's versioning or replication) and says so.
+The server runs `upkeep` in the background, on one instance at a time (the `upkeep` lease):
+expired files and uploads, rows deleted long ago, abandoned completions, and now and then
+blobs a crash left unreferenced. `filesd gc` runs the same steps once (`collect`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import os
-import shutil
-import tempfile
+import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-from ..storage.blobdir import BlobDir, fsync_dir
-from ..storage.sqlite import SqliteMetadata, database_path, finish_snapshot, snapshot_database
-from .files import (
-    FileStore,
-    GcReport,
-    MigrationReport,
-    StoreSettings,
-    lock_data_dir,
-    open_metadata,
-    refuse_missing_database,
-)
-from .keys import KeyStore
+from ..models import ProjectUsage, StorageTotals
+from ..storage.base import BlobBackend, Database, FileMetadata, StorageBusy, UploadMetadata
+from .instance import Instance
+from .settings import StoreSettings
+from .uploads import UploadService
 
-__all__ = [
-    "BackupReport",
-    "FsckReport",
-    "GcReport",
-    "backup",
-    "create_key",
-    "fsck",
-    "gc",
-    "list_keys",
-    "migrate",
-    "revoke_key",
-]
+log = logging.getLogger(__name__)
+
+_SWEEP_BATCH = 500
+# Blobs without a row come only from crashes (or failed commits): the whole store is listed
+# for them at start-up and then every this many sweeps, not every sweep (a bucket may hold
+# millions of objects).
+ORPHAN_SWEEP_EVERY = 10
 
 
-class NotOnTheseBackends(Exception):
-    """The command cannot work on the configured backends; the message says what to use."""
-
-
-def _embedded(settings: StoreSettings) -> bool:
-    return not settings.database and not settings.blobs
-
-
-@contextlib.asynccontextmanager
-async def _opened(settings: StoreSettings, new_database: bool = False) -> AsyncIterator[FileStore]:
-    """The store, opened as one more instance. With everything shared (PostgreSQL and S3) in
-    a private spool dir, so that it works beside a server using the configured data dir."""
-    spool = None
-    if settings.database and settings.blobs:
-        spool = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="filesd-ops-"))
-        settings = replace(settings, data_dir=spool)
-    try:
-        store = await FileStore.open(settings, new_database=new_database)
-        try:
-            yield store
-        finally:
-            await store.close()
-    finally:
-        if spool is not None:
-            await asyncio.to_thread(shutil.rmtree, spool, True)
+class MaintenanceMetadata(Database, FileMetadata, UploadMetadata, Protocol):
+    """What upkeep reads and writes: files, uploads (reset), and the database's state."""
 
 
 @dataclass
-class FsckReport:
-    checked: int = 0
-    missing: list[str] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
-    orphaned: list[str] = field(default_factory=list)
-    stray_temp_files: list[str] = field(default_factory=list)
-    stray_part_files: list[str] = field(default_factory=list)
-    # Blobs of files marked damaged whose right bytes are back (put back by an operator).
-    restored: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (
-            self.missing
-            or self.corrupt
-            or self.orphaned
-            or self.stray_temp_files
-            or self.stray_part_files
-            or self.restored
-        )
-
-    def lines(self) -> list[str]:
-        out = [f"checked {self.checked} blob(s)"]
-        for label, items in (
-            ("missing blob", self.missing),
-            ("corrupt blob", self.corrupt),
-            ("orphaned blob", self.orphaned),
-            ("stray temp file", self.stray_temp_files),
-            ("stray part file", self.stray_part_files),
-            ("restored blob (--repair serves its files again)", self.restored),
-        ):
-            out += [f"{label}: {item}" for item in items]
-        out.append("ok" if self.ok else "problems found")
-        return out
+class GcReport:
+    expired_files: int
+    purged_rows: int
+    orphaned_blobs: int
 
 
-async def fsck(settings: StoreSettings, *, repair: bool, new_database: bool = False) -> FsckReport:
-    """Check every blob against its digest and every live file against its blob.
+class Maintenance:
+    """Upkeep of the files and blobs of every project."""
 
-    Changes nothing unless `repair`: then corrupt blobs move to `quarantine/` (in S3 they stay
-    where they are) and their files get `status: "error"` (as do files whose blob is
-    missing); orphaned blobs and stray temp and part files are removed. On the embedded
-    backends it takes the data directory's lock: not beside a running server. Raises
-    `DatabaseMissing` over blobs without a database (every blob would look orphaned), unless
-    `new_database`.
-    """
-    if not _embedded(settings):
-        async with _opened(settings, new_database) as store:
-            audit = await store.audit(repair=repair)
-        return FsckReport(
-            checked=audit.checked,
-            missing=audit.missing,
-            corrupt=audit.corrupt,
-            orphaned=audit.orphaned,
-            stray_part_files=audit.stray_parts,
-            restored=audit.restored,
-        )
-    data_dir = settings.data_dir
-    report = FsckReport()
-    blobs = BlobDir(data_dir)
-    lock_fd = await asyncio.to_thread(lock_data_dir, data_dir)
-    try:
-        if not new_database:
-            await refuse_missing_database(data_dir, blobs)
-        db = await SqliteMetadata.open(database_path(data_dir))
+    def __init__(
+        self,
+        meta: MaintenanceMetadata,
+        blobs: BlobBackend,
+        instance: Instance,
+        uploads: UploadService,
+        settings: StoreSettings,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self._meta = meta
+        self._blobs = blobs
+        self._instance = instance
+        self._uploads = uploads
+        self._settings = settings
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    async def sweep_expired(self) -> int:
+        """Delete expired files for good (they are already hidden) and reclaim their blobs."""
+        swept = 0
+        while True:
+            digests = await self._meta.delete_expired_files(now=self._now(), limit=_SWEEP_BATCH)
+            await self._instance.reclaim(sorted(set(digests)))
+            swept += len(digests)
+            if len(digests) < _SWEEP_BATCH:
+                break
+        if swept:
+            log.info("swept %d expired file(s)", swept)
+        return swept
+
+    async def sweep_orphans(self) -> int:
+        """Remove blobs no file refers to (left by a crash); returns how many were removed."""
+        digests = await self._blobs.digests()
+        removed = 0
+        for start in range(0, len(digests), _SWEEP_BATCH):
+            # An upload between storing its blob and its row holds a claim on it, which keeps
+            # the reclaim off: a blob reclaimed here is truly unreferenced.
+            removed += await self._instance.reclaim(digests[start : start + _SWEEP_BATCH])
+        if removed:
+            log.info("removed %d orphaned blob(s)", removed)
+        return removed
+
+    async def purge_deleted(self) -> int:
+        """Remove the rows of files deleted over `deleted_retention` seconds ago."""
+        return await self._meta.purge_deleted(before=self._now() - self._settings.deleted_retention)
+
+    async def collect(self) -> GcReport:
+        """Garbage collection (`filesd gc`): expired files, rows soft-deleted over
+        `deleted_retention` seconds ago, and unreferenced blobs."""
+        expired = await self.sweep_expired()
+        purged = await self.purge_deleted()
+        orphans = await self.sweep_orphans()
+        return GcReport(expired, purged, orphans)
+
+    async def reset(self, project: str | None) -> int:
+        """Remove every file, upload and batch, or one project's; returns how many live files
+        went. For tests (the admin API): unlike a delete, no row is kept for audit."""
+        removed, tokens = await self._meta.delete_everything(project)
+        await self._blobs.remove_parts(tokens)
+        await self.sweep_orphans()
+        return removed
+
+    async def storage_totals(self) -> StorageTotals:
+        return await self._meta.storage_totals()
+
+    async def project_usage(self) -> list[ProjectUsage]:
+        return await self._meta.project_usage()
+
+    async def readiness_problems(self) -> list[str]:
+        """What keeps the services from serving: an unreadable database, unwritable storage."""
+        problems = []
         try:
-            if await asyncio.to_thread(blobs.temp_dir.is_dir):
-                report.stray_temp_files = sorted(
-                    await asyncio.to_thread(os.listdir, blobs.temp_dir)
-                )
-            live = set(await db.live_digests())
-            # Blobs of files already marked damaged are still theirs: not orphans (their bytes
-            # may have been restored since), and checked again below.
-            damaged = set(await db.live_digests(damaged=True)) - live
-            on_disk = set(await blobs.digests())
-            report.missing = sorted(live - on_disk)
-            report.orphaned = sorted(on_disk - live - damaged)
-            for digest in sorted(damaged & on_disk):
-                if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) == digest:
-                    report.restored.append(digest)
-            for digest in sorted(on_disk & live):
-                report.checked += 1
-                if await asyncio.to_thread(_digest_of, blobs.path_for(digest)) != digest:
-                    report.corrupt.append(digest)
-            if await asyncio.to_thread(blobs.part_dir.is_dir):
-                parts = await blobs.part_tokens_older_than(time.time() + 1)
-                report.stray_part_files = sorted(set(parts) - await db.part_tokens_in_use(parts))
-            if repair:
-                await _repair(db, blobs, report)
-        finally:
-            await db.close()
-    finally:
-        os.close(lock_fd)
-    return report
-
-
-async def _repair(db: SqliteMetadata, blobs: BlobDir, report: FsckReport) -> None:
-    quarantine = blobs.root / "quarantine"
-    for digest in report.corrupt:
-        await asyncio.to_thread(quarantine.mkdir, exist_ok=True)
-        await asyncio.to_thread(os.replace, blobs.path_for(digest), quarantine / digest)
-        await db.mark_blob_damaged(
-            digest, "The stored content does not match its SHA-256; quarantined by fsck."
-        )
-    for digest in report.missing:
-        await db.mark_blob_damaged(digest, "The stored content is missing; found by fsck.")
-    for digest in report.restored:
-        await db.clear_blob_damage(digest)
-    await blobs.delete(report.orphaned)
-    await blobs.remove_parts(report.stray_part_files)
-    for name in report.stray_temp_files:
-        await asyncio.to_thread((blobs.temp_dir / name).unlink, missing_ok=True)
-
-
-def _digest_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-async def gc(
-    settings: StoreSettings, *, deleted_retention: int, new_database: bool = False
-) -> GcReport:
-    """Delete expired files, purge rows soft-deleted over `deleted_retention` seconds ago,
-    and reclaim blobs no file refers to. The server runs the same in the background.
-    Raises `DatabaseMissing` over blobs without a database, unless `new_database`."""
-    async with _opened(settings, new_database) as store:
-        return await store.collect(deleted_retention=deleted_retention)
-
-
-async def migrate(source: StoreSettings, dest: StoreSettings) -> MigrationReport:
-    """Copy the files and keys of `source` (typically the embedded data dir; not beside its
-    server) into `dest` (typically PostgreSQL and S3), ids, names, times and bytes kept, and
-    verify the copy. Can be run again after an interruption: what is there is skipped."""
-    async with _opened(source) as origin, _opened(dest) as target:
-        return await target.migrate_from(origin)
-
-
-class BackupRefused(OSError):
-    """The backup's destination is the data directory itself, or inside it."""
-
-
-@dataclass
-class BackupReport:
-    files: int
-    blobs: int
-    deleted_meanwhile: int
-
-
-def backup(settings: StoreSettings, dest: Path) -> BackupReport:
-    """A consistent copy of a data directory, taken while a server may be running.
-
-    The database is copied with SQLite's backup API (one consistent snapshot); then every blob a
-    live file of that snapshot refers to. A blob reclaimed in between belonged to files deleted
-    after the snapshot: they are marked deleted in the copy, so the copy is a state the server
-    really passed through, minus those deletes' timing. Uploads in progress are not copied (they
-    show as expired). Everything is fsynced. `filesd serve --data-dir DEST` starts from it.
-
-    On PostgreSQL or S3, raises `NotOnTheseBackends`: their own tools make consistent copies.
-    """
-    if not _embedded(settings):
-        raise NotOnTheseBackends(
-            "filesd backup copies the embedded backends (SQLite and the blob dir). With "
-            "PostgreSQL, back up the database with pg_dump (or your provider's snapshots); with "
-            "S3, keep the bucket versioned or replicated. Restore the database first: blobs "
-            "newer than it are swept as unreferenced, never the other way round."
-        )
-    data_dir = settings.data_dir
-    resolved_source, resolved_dest = data_dir.resolve(), dest.resolve()
-    if resolved_dest == resolved_source or resolved_source in resolved_dest.parents:
-        # A copy inside its own source would be swept as stray files, or copied into itself.
-        raise BackupRefused(f"{dest} is inside the data directory {data_dir}: back up elsewhere")
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty")
-    source_db = database_path(data_dir)
-    if not source_db.is_file():
-        raise FileNotFoundError(f"no filesd database in {data_dir}")
-    source, target = BlobDir(data_dir), BlobDir(dest)
-    target.prepare_sync()
-    digests = snapshot_database(source_db, database_path(dest))
-    copied, gone = 0, []
-    for digest in digests:
+            await self._meta.schema_version()
+            gone = await self._meta.vanished()
+            if gone is not None:
+                problems.append(f"database: {gone}")
+        except Exception as error:
+            problems.append(f"database: {error}")
         try:
-            shutil.copyfile(source.path_for(digest), target.path_for(digest))
-        except FileNotFoundError:
-            gone.append(digest)
-            continue
-        with target.path_for(digest).open("rb") as f:
-            os.fsync(f.fileno())
-        copied += 1
-    files = finish_snapshot(database_path(dest), gone, now=int(time.time()))
-    for directory in (dest, target.blob_dir, *target.blob_dir.iterdir()):
-        fsync_dir(directory)
-    return BackupReport(files=files, blobs=copied, deleted_meanwhile=len(gone))
+            await self._blobs.check_writable()
+        except Exception as error:
+            problems.append(f"data directory: {error}")
+        return problems
 
+    async def upkeep(self) -> None:
+        """Background upkeep while serving, on one instance at a time (the `upkeep` lease,
+        renewed between steps and taken over by another instance once its holder stops
+        renewing it). Runs until cancelled.
 
-@contextlib.asynccontextmanager
-async def _key_store(settings: StoreSettings) -> AsyncIterator[KeyStore]:
-    """The keys of the configured database; works beside running servers (SQLite's WAL, or
-    PostgreSQL shared by every instance).
-
-    Raises `DatabaseMissing` over blobs without a SQLite database, like `serve`: making a key
-    must not make the empty database that would then let a start-up delete every blob.
-    """
-    if not settings.database:
-        data_dir = settings.data_dir
-        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-        await refuse_missing_database(data_dir, BlobDir(data_dir))
-    meta = await open_metadata(settings)
-    try:
-        yield KeyStore(meta)
-    finally:
-        await meta.close()
-
-
-async def create_key(settings: StoreSettings, project: str) -> tuple[str, str]:
-    """Make a new key for `project`; returns (key id, the key). Only its digest is stored."""
-    async with _key_store(settings) as keys:
-        return await keys.create(project)
-
-
-async def list_keys(settings: StoreSettings) -> list[tuple[str, str, str, int, int | None]]:
-    """(id, project, hint, created_at, revoked_at) of every key made with `create_key`."""
-    async with _key_store(settings) as keys:
-        return [(k.id, k.project, k.hint, k.created_at, k.revoked_at) for k in await keys.all()]
-
-
-async def revoke_key(settings: StoreSettings, key_id: str) -> bool:
-    async with _key_store(settings) as keys:
-        return await keys.revoke(key_id)
+        Every `sweep_interval` seconds: expired files (already hidden) and uploads, rows
+        deleted longer ago than `deleted_retention` (with the blobs that frees), and the
+        completions of instances that died. At start-up and every ORPHAN_SWEEP_EVERY sweeps
+        (at least two leases apart, so a dead instance's claims have run out): blobs a crash
+        left unreferenced (this instance's own uploads caught mid-completion were settled
+        before serving began).
+        """
+        settings = self._settings
+        lease = settings.sweep_interval + settings.lease_seconds
+        orphan_interval = max(
+            ORPHAN_SWEEP_EVERY * settings.sweep_interval, 2 * settings.lease_seconds
+        )
+        orphans_due = 0.0
+        while True:
+            steps: list[Callable[[], Awaitable[object]]] = [
+                self.sweep_expired,
+                self.purge_deleted,
+                self._uploads.sweep_expired,
+                self._uploads.recover,
+            ]
+            if time.monotonic() >= orphans_due:
+                steps.insert(0, self.sweep_orphans)
+            for step in steps:
+                try:
+                    if not await self._instance.take_lease("upkeep", lease):
+                        break
+                    await step()
+                    if step == self.sweep_orphans:
+                        orphans_due = time.monotonic() + orphan_interval
+                except StorageBusy as busy:
+                    # The database was busy (a sweep does not wait for a lock): the next
+                    # round does it. Not an error worth a traceback.
+                    log.warning("background %s put off: %s", step.__name__, busy)
+                except Exception:
+                    log.exception("background %s failed", step.__name__)
+            await asyncio.sleep(settings.sweep_interval)

@@ -1,14 +1,15 @@
-"""Uploads in parts (OpenAI's Uploads API), built on the file store.
+"""Uploads in parts (OpenAI's Uploads API), built on the files service.
 
 An upload is created pending and lives for `UPLOAD_TTL` seconds. Parts stream into the parts
 area (named by server tokens) and are recorded only while the upload is pending. Completing
 claims the upload (status `completing`, with the file id reserved), joins the chosen parts in a
-worker thread while hashing them, and hands the result to `FileStore.create_file`, so the file is
+worker thread while hashing them, and hands the result to `FileService.create`, so the file is
 content-addressed and deduplicated like any other. After a crash, `recover` finishes or reopens a
 claimed upload by whether its reserved file exists, and removes part files without a row.
 
 Hostile clients are bounded:
-- A part holds at least one byte and an upload has at most `MAX_PARTS` parts (each costs a
+- A part holds at least one byte and an upload has at most `[limits] max_upload_parts` parts
+  (each costs a
   file, a directory fsync and a row).
 - Parts never hold more than the upload declared, and the parts of pending uploads count
   against the project's byte quota; both are decided with the part's insert, atomically, in the
@@ -31,13 +32,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine
 from dataclasses import replace
 from typing import Any
 
 from ..models import FileRecord, PartRecord, UploadRecord
-from ..storage.base import BlobWriter, StagedBlob
-from .files import CompletionAbandoned, FileIdTaken, FileStore, QuotaExceeded
+from ..storage.base import BlobBackend, UploadMetadata
+from .errors import (
+    CompletionAbandoned,
+    DuplicatePart,
+    EmptyPart,
+    FileIdTaken,
+    Md5Mismatch,
+    PartExceedsUpload,
+    PartsSizeMismatch,
+    PartTooLarge,
+    QuotaExceeded,
+    TooManyParts,
+    UnknownPart,
+    UploadNotFound,
+    UploadNotPending,
+)
+from .files import FileService, Received
+from .instance import Instance
+from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,73 +64,6 @@ UPLOAD_TTL = 3600
 MAX_MD5_MISMATCHES = 3
 # Part orders whose MD5 is remembered (a few hundred bytes each).
 _MD5_MEMORY = 1024
-# Parts an upload may have: each costs a file, a directory fsync and a row.
-MAX_PARTS = 10_000
-
-
-class UploadNotFound(Exception):
-    def __init__(self, upload_id: str) -> None:
-        super().__init__(upload_id)
-        self.upload_id = upload_id
-
-
-class UploadNotPending(Exception):
-    """The upload is completed, cancelled or expired (or being completed)."""
-
-    def __init__(self, upload_id: str, status: str) -> None:
-        super().__init__(f"{upload_id} is {status}")
-        self.upload_id = upload_id
-        self.status = status
-
-
-class UnknownPart(Exception):
-    def __init__(self, part_id: str) -> None:
-        super().__init__(part_id)
-        self.part_id = part_id
-
-
-class DuplicatePart(Exception):
-    def __init__(self, part_id: str) -> None:
-        super().__init__(part_id)
-        self.part_id = part_id
-
-
-class PartsSizeMismatch(Exception):
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"parts hold {actual} bytes, the upload declared {expected}")
-        self.expected = expected
-        self.actual = actual
-
-
-class EmptyPart(Exception):
-    """The part holds no bytes (each part costs a file, an fsync and a row: none are free)."""
-
-
-class TooManyParts(Exception):
-    """The upload has `MAX_PARTS` parts already."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"an upload may have at most {limit} parts")
-        self.limit = limit
-
-
-class PartExceedsUpload(Exception):
-    """The part would take the upload's parts past the bytes it was created with."""
-
-    def __init__(self, declared: int, size: int) -> None:
-        super().__init__(f"a part of {size} bytes would take the parts past {declared} bytes")
-        self.declared = declared
-        self.size = size
-
-
-class Md5Mismatch(Exception):
-    """The parts' MD5 is not the one given. `cancelled`: that was the upload's last try."""
-
-    def __init__(self, expected: str, actual: str, *, cancelled: bool = False) -> None:
-        super().__init__(f"md5 {actual} does not match {expected}")
-        self.expected = expected
-        self.actual = actual
-        self.cancelled = cancelled
 
 
 # With shared metadata, a part file without a row is an orphan only once it is this old: the
@@ -121,13 +72,22 @@ ORPHAN_PART_GRACE = 3600
 
 
 class UploadService:
-    def __init__(self, files: FileStore, *, max_part_bytes: int) -> None:
+    """Uploads of every project, in parts."""
+
+    def __init__(
+        self,
+        files: FileService,
+        meta: UploadMetadata,
+        blobs: BlobBackend,
+        instance: Instance,
+        settings: StoreSettings,
+    ) -> None:
         self._files = files
-        backing = files.upload_backing()
-        self._db = backing.meta
-        self._blobs = backing.blobs
-        self._quota_lock = backing.quota_lock
-        self._max_part_bytes = max_part_bytes
+        self._db = meta
+        self._blobs = blobs
+        self._instance = instance
+        self._settings = settings
+        self._max_parts = settings.max_upload_parts
         self._started = time.time()
         self._md5s: dict[tuple[str, ...], str] = {}  # part tokens in order -> their MD5
         self._completing: dict[str, tuple[asyncio.Lock, int]] = {}  # project -> lock, users
@@ -169,41 +129,44 @@ class UploadService:
             raise UploadNotPending(upload_id, "expired")
         return upload
 
-    def part_writer(self) -> BlobWriter:
-        return self._blobs.writer(self._max_part_bytes)
+    async def receive_part(self, chunks: AsyncIterable[bytes]) -> Received:
+        """Stage a part's content as it streams: at most `max_part_bytes` (`PartTooLarge`)."""
+        return await self._files.receive(
+            chunks, limit=self._settings.max_part_bytes, too_large=PartTooLarge
+        )
 
-    async def discard(self, staged: StagedBlob) -> None:
-        await self._files.discard(staged)
+    async def discard(self, received: Received) -> None:
+        await self._files.discard(received)
 
-    async def add_part(self, project: str, upload_id: str, staged: StagedBlob) -> PartRecord:
-        """Keep staged content as the next part; consumes `staged` either way."""
+    async def add_part(self, project: str, upload_id: str, received: Received) -> PartRecord:
+        """Keep received content as the next part; consumes it either way."""
         try:
-            if staged.size == 0:
+            if received.size == 0:
                 raise EmptyPart()
             await self.get_pending(project, upload_id)
-            token = await self._blobs.save_part(staged)
+            token = await self._blobs.save_part(received.staged)
         except BaseException:
-            await self.discard(staged)
+            await self.discard(received)
             raise
         part = PartRecord(
             id=self._files.ids.prefixed("part_"),
             upload_id=upload_id,
             token=token,
-            bytes=staged.size,
+            bytes=received.size,
             created_at=self._files.now(),
         )
         # The insert re-checks the status (a part racing a complete or cancel is refused), the
-        # number of parts, the declared size and the quota, all in one transaction.
-        quota = self._files.settings.max_bytes_per_project
-        async with self._quota_lock if quota else contextlib.nullcontext():
-            verdict = await self._db.insert_part(
-                part, now=self._files.now(), max_project_bytes=quota, max_parts=MAX_PARTS
-            )
+        # number of parts, the declared size and the quota, all in one transaction (atomic
+        # against the files of the project too, whose insert decides the same quota).
+        quota = self._settings.max_bytes_per_project
+        verdict = await self._db.insert_part(
+            part, now=self._files.now(), max_project_bytes=quota, max_parts=self._max_parts
+        )
         if verdict == "added":
             return part
         await self._blobs.remove_parts([token])
         if verdict == "too_many_parts":
-            raise TooManyParts(MAX_PARTS)
+            raise TooManyParts(self._max_parts)
         if verdict == "over_declared":
             upload = await self.get_pending(project, upload_id)
             raise PartExceedsUpload(upload.bytes, part.bytes)
@@ -264,7 +227,7 @@ class UploadService:
 
         file_id = self._files.new_file_id()
         if not await self._db.set_upload_status(
-            upload_id, old="pending", new="completing", file_id=file_id, owner=self._files.instance
+            upload_id, old="pending", new="completing", file_id=file_id, owner=self._instance.id
         ):
             await self.get_pending(project, upload_id)
             raise UploadNotPending(upload_id, "completing")
@@ -283,14 +246,14 @@ class UploadService:
                     raise UploadNotPending(upload_id, upload_now.status) from None
                 raise
             if md5 is not None and joined_md5 != md5.lower():
-                await self.discard(joined)
-                raise Md5Mismatch(md5, joined_md5)
+                await self._blobs.discard([joined])
+                raise Md5Mismatch(md5, joined_md5, tries=MAX_MD5_MISMATCHES)
             # Once queued, the file's commit goes on even if this completion is cancelled
-            # (see `FileStore.create_file`): the settlement below waits for its outcome.
+            # (see `Committer.commit`): the settlement below waits for its outcome.
             creating = asyncio.ensure_future(
-                self._files.create_file(
+                self._files.create(
                     project,
-                    joined,
+                    Received(joined.size, joined.sha256, joined),
                     filename=upload.filename,
                     purpose=upload.purpose,
                     expires_after=upload.file_expires_after,
@@ -354,7 +317,7 @@ class UploadService:
         if cancelled:
             log.info("upload %s cancelled after %d checksum mismatches", upload_id, failures)
             await self._drop_parts(upload_id)
-        raise Md5Mismatch(md5, actual, cancelled=cancelled)
+        raise Md5Mismatch(md5, actual, cancelled=cancelled, tries=MAX_MD5_MISMATCHES)
 
     async def cancel(self, project: str, upload_id: str) -> UploadRecord:
         upload = await self.get_pending(project, upload_id)
@@ -387,7 +350,7 @@ class UploadService:
         parts older than `ORPHAN_PART_GRACE` are candidates.
         """
         now = int(time.time())  # real time, as heartbeats are
-        for upload in await self._db.abandoned_completions(self._files.instance, now=now):
+        for upload in await self._db.abandoned_completions(self._instance.id, now=now):
             if upload.file_id is not None and await self._db.file_exists(upload.file_id):
                 await self._finish(upload.project, upload.id, upload.file_id)
             else:
@@ -395,7 +358,7 @@ class UploadService:
                     upload.id, old="completing", new="pending", attempt=upload.file_id
                 )
         cutoff = self._started
-        if self._files.shared:
+        if self._instance.shared:
             cutoff = min(cutoff, time.time() - ORPHAN_PART_GRACE)
         on_disk = await self._blobs.part_tokens_older_than(cutoff)
         orphans = set(on_disk) - await self._db.part_tokens_in_use(on_disk)

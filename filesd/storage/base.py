@@ -171,8 +171,9 @@ class BlobBackend(Protocol):
     tokens the backend makes (never by anything a client sent); they outlive a restart.
     """
 
-    async def prepare(self) -> int:
-        """Make the backend ready; remove staged content a crash left. Returns how many.
+    async def prepare(self, *, clean: bool = True) -> int:
+        """Make the backend ready; with `clean`, remove staged content a crash left. Returns
+        how many were removed.
 
         Raises `StorageUnavailable` (naming `storage.blobs`) when the backend cannot be used,
         e.g. its bucket does not exist."""
@@ -224,6 +225,20 @@ class BlobBackend(Protocol):
 
     async def delete(self, digests: Sequence[str]) -> int:
         """Remove blobs; returns how many were there."""
+        ...
+
+    async def quarantine(self, digests: Sequence[str]) -> None:
+        """Move blobs whose bytes do not match their digest out of the way: kept where an
+        operator can look at them, no longer stored under their digest (so the right bytes
+        can be stored there again)."""
+        ...
+
+    async def leftovers(self) -> list[str]:
+        """Names of staged content a crash left (what `prepare(clean=True)` removes)."""
+        ...
+
+    async def remove_leftovers(self, names: Sequence[str]) -> int:
+        """Remove these leftovers; returns how many were there."""
         ...
 
     async def digests(self) -> list[str]:
@@ -642,8 +657,8 @@ class DelegatingBlobs:
     def __init__(self, inner: BlobBackend) -> None:
         self.inner = inner
 
-    async def prepare(self) -> int:
-        return await self.inner.prepare()
+    async def prepare(self, *, clean: bool = True) -> int:
+        return await self.inner.prepare(clean=clean)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -673,6 +688,15 @@ class DelegatingBlobs:
 
     async def delete(self, digests: Sequence[str]) -> int:
         return await self.inner.delete(digests)
+
+    async def quarantine(self, digests: Sequence[str]) -> None:
+        await self.inner.quarantine(digests)
+
+    async def leftovers(self) -> list[str]:
+        return await self.inner.leftovers()
+
+    async def remove_leftovers(self, names: Sequence[str]) -> int:
+        return await self.inner.remove_leftovers(names)
 
     async def digests(self) -> list[str]:
         return await self.inner.digests()

@@ -122,8 +122,8 @@ class BlobDir:
 
     # --- the BlobBackend protocol -------------------------------------------------------------
 
-    async def prepare(self) -> int:
-        return await _in_thread(self.prepare_sync)
+    async def prepare(self, *, clean: bool = True) -> int:
+        return await _in_thread(self.prepare_sync, clean)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._fsyncs.shutdown)
@@ -196,6 +196,17 @@ class BlobDir:
     async def check_writable(self) -> None:
         await _in_thread(self._check_writable_sync)
 
+    async def leftovers(self) -> list[str]:
+        return await _in_thread(self._leftovers_sync)
+
+    async def remove_leftovers(self, names: Sequence[str]) -> int:
+        return await _in_thread(self._remove_leftovers_sync, names)
+
+    async def quarantine(self, digests: Sequence[str]) -> None:
+        """Move the blobs to `quarantine/` beside `blobs/` (kept for a look, never served)."""
+        if digests:
+            await _in_thread(self._quarantine_sync, digests)
+
     async def save_part(self, staged: StagedBlob) -> str:
         return await _in_thread(self._save_part_sync, staged)
 
@@ -215,11 +226,10 @@ class BlobDir:
 
     # --- blocking implementations (also for operator commands) --------------------------------
 
-    def prepare_sync(self) -> int:
-        """Create the directories and remove temp files left by interrupted writes.
-
-        Must run before any writer is created. Returns how many temp files were removed.
-        """
+    def prepare_sync(self, clean: bool = True) -> int:
+        """Create the directories and (with `clean`) remove temp files left by interrupted
+        writes. Must run before any writer is created. Returns how many temp files were
+        removed."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.part_dir.mkdir(parents=True, exist_ok=True)
@@ -231,12 +241,33 @@ class BlobDir:
                 made = True
         if made:
             fsync_dir(self.blob_dir)
+        if not clean:
+            return 0
+        return self._remove_leftovers_sync(self._leftovers_sync())
+
+    def _leftovers_sync(self) -> list[str]:
+        with os.scandir(self.temp_dir) as it:
+            return sorted(e.name for e in it if e.is_file(follow_symlinks=False))
+
+    def _remove_leftovers_sync(self, names: Sequence[str]) -> int:
         removed = 0
-        for entry in os.scandir(self.temp_dir):
-            if entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-                removed += 1
+        for name in names:
+            if "/" in name or name in (".", ".."):
+                raise ValueError("not a temp file of this backend")
+            try:
+                os.unlink(self.temp_dir / name)
+            except FileNotFoundError:
+                continue
+            removed += 1
         return removed
+
+    def _quarantine_sync(self, digests: Sequence[str]) -> None:
+        quarantine = self.root / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path_for(digest), quarantine / digest)
+        fsync_dir(quarantine)
 
     def path_for(self, digest: str) -> Path:
         """The path of the blob with this digest (which need not exist)."""

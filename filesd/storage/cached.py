@@ -43,6 +43,10 @@ class CachedBlobs(DelegatingBlobs):
         self.forget(digests)
         return await self.inner.delete(digests)
 
+    async def quarantine(self, digests: Sequence[str]) -> None:
+        self.forget(digests)
+        await self.inner.quarantine(digests)
+
     def forget(self, digests: Sequence[str] | None = None) -> None:
         """Drop these digests from memory (None: all)."""
         for digest in list(self._small) if digests is None else digests:

@@ -48,11 +48,9 @@ does no I/O (see `_refresh_presign_credentials` for credentials that expire).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import hashlib
-import io
 import logging
 import math
 import os
@@ -73,8 +71,9 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # type: ignore[import-untyped]
 
 from ..models import content_disposition
-from .base import SMALL_BYTES, BlobMissing, StagedBlob, StorageUnavailable, unique_token
-from .blobdir import BATCH_BYTES, READ_CHUNK, DirWriter, HashedFile, _in_thread
+from .base import BlobMissing, StagedBlob, StorageUnavailable, unique_token
+from .blobdir import READ_CHUNK, HashedFile, _in_thread
+from .s3_spool import FileSlice, SpoolWriter, b64, md5_b64, range_md5
 
 log = logging.getLogger(__name__)
 
@@ -142,92 +141,6 @@ def _error_code(error: Exception) -> tuple[str, int]:
     return code, status
 
 
-def _md5_b64(data: bytes) -> str:
-    return _b64(hashlib.md5(data, usedforsecurity=False).digest())
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-class _FileSlice(io.RawIOBase):
-    """`length` bytes of an open file from `start`: a seekable, read-only request body whose
-    position 0 is `start` (botocore rewinds a body with seek(0) to retry a request).
-
-    Reads use pread, so the slices of one descriptor (the parts of a multipart upload) can be
-    read at once; the descriptor stays its owner's to close. Reads block: aiohttp makes them
-    in worker threads, 256 KiB at a time, each once the previous one was sent: `progress` (a
-    monotonic time) is when the body last moved on."""
-
-    def __init__(self, fd: int, start: int, length: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._start = start
-        self._length = length
-        self._pos = 0
-        self.progress = time.monotonic()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_SET:
-            position = offset
-        elif whence == os.SEEK_CUR:
-            position = self._pos + offset
-        elif whence == os.SEEK_END:
-            position = self._length + offset
-        else:
-            raise ValueError(f"invalid whence ({whence})")
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        self._pos = position
-        self.progress = time.monotonic()  # a retry starts over
-        return position
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = self._length - self._pos
-        if size is None or size < 0 or size > left:
-            size = left
-        if size <= 0:
-            return b""
-        data = os.pread(self._fd, size, self._start + self._pos)
-        if not data:  # the file was cut short: fail now, not when the store times out
-            raise OSError(errno.EIO, "spool file shorter than its content")
-        self._pos += len(data)
-        self.progress = time.monotonic()
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def fileno(self) -> int:
-        # aiohttp would take the size of the whole file for the body's (Content-Length is set).
-        raise io.UnsupportedOperation("a file slice has no descriptor of its own")
-
-
-def _range_md5(fd: int, start: int, length: int) -> bytes:
-    """The MD5 of `length` bytes of `fd` from `start` (blocking: runs in a thread)."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    end = start + length
-    while start < end:
-        data = os.pread(fd, min(BATCH_BYTES, end - start), start)
-        if not data:
-            raise OSError(errno.EIO, "spool file shorter than its content")
-        md5.update(data)
-        start += len(data)
-    return md5.digest()
-
-
 async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:
     """Run `calls` at once until all end; the first to fail cancels the others, and its
     error is raised once they ended (a cancel of the caller cancels them all, too)."""
@@ -243,75 +156,12 @@ async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-class _SpoolWriter:
-    """A `DirWriter` of a spool file (SHA-256 and the writes in one worker thread) and an MD5
-    of the same bytes (the PUT's Content-MD5) hashed batch by batch in another worker thread
-    meanwhile: MD5 is slower than SHA-256, so one thread doing both would slow spooling down.
-    When it finishes, it leaves the MD5 in `md5s` under the staged ref."""
-
-    def __init__(self, path: Path, max_bytes: int | None, md5s: dict[str, bytes]) -> None:
-        self._ref = path.name
-        self._writer = DirWriter(path, max_bytes, durable=False)
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self._md5s = md5s
-        self._batch: list[bytes] = []
-        self._batch_bytes = 0
-        self._pending: asyncio.Future[None] | None = None
-
-    @property
-    def size(self) -> int:
-        return self._writer.size
-
-    async def write(self, data: bytes) -> None:
-        await self._writer.write(data)
-        if not data:
-            return
-        self._batch.append(data)
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= BATCH_BYTES:
-            await self._hash_batch()
-
-    async def finish(self) -> StagedBlob:
-        if self._batch_bytes > SMALL_BYTES:
-            await self._hash_batch()  # beside the writer's last hop
-        try:
-            staged = await self._writer.finish()
-        finally:
-            await self._wait_pending()
-        _update(self._md5, self._batch)  # at most SMALL_BYTES: on the loop, no hop
-        self._batch = []
-        self._md5s[staged.ref] = self._md5.digest()
-        return staged
-
-    async def abort(self) -> None:
-        self._batch = []
-        self._md5s.pop(self._ref, None)
-        with contextlib.suppress(Exception):
-            await self._wait_pending()
-        await self._writer.abort()
-
-    async def _hash_batch(self) -> None:
-        await self._wait_pending()  # one update at a time, in order
-        chunks, self._batch, self._batch_bytes = self._batch, [], 0
-        self._pending = asyncio.get_running_loop().run_in_executor(None, _update, self._md5, chunks)
-
-    async def _wait_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
-
-
-def _update(md5: Any, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        md5.update(chunk)
-
-
 def _add_delete_md5(request: Any, **_: Any) -> None:
     """DeleteObjects needs Content-MD5 on S3-compatible stores that predate flexible checksums
     (botocore >= 1.36 sends a CRC32 header instead): add it when it is missing."""
     body = request.body
     if isinstance(body, bytes) and "Content-MD5" not in request.headers:
-        request.headers["Content-MD5"] = _md5_b64(body)
+        request.headers["Content-MD5"] = md5_b64(body)
 
 
 class S3Blobs:
@@ -404,15 +254,15 @@ class S3Blobs:
 
     # --- life cycle --------------------------------------------------------------------------
 
-    async def prepare(self) -> int:
-        """Create the spool directory and remove what an interrupted run left in it; open the
-        client and check that the bucket exists and answers. Returns how many spool files
-        were removed. Raises `StorageUnavailable` (naming `storage.blobs`)."""
+    async def prepare(self, *, clean: bool = True) -> int:
+        """Create the spool directory and (with `clean`) remove what an interrupted run left
+        in it; open the client and check that the bucket exists and answers. Returns how many
+        spool files were removed. Raises `StorageUnavailable` (naming `storage.blobs`)."""
         if (self._access_key_id is None) != (self._secret_access_key is None):
             raise StorageUnavailable(
                 SETTING, "give both access_key_id and secret_access_key, or neither"
             )
-        removed = await _in_thread(self._prepare_spool)
+        removed = await _in_thread(self._prepare_spool, clean)
         self._md5s.clear()
         if self._client is None:
             await self._open_client()
@@ -497,15 +347,31 @@ class S3Blobs:
         if credentials is not None:
             credentials.get_frozen_credentials()
 
-    def _prepare_spool(self) -> int:
+    def _prepare_spool(self, clean: bool = True) -> int:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        removed = 0
+        return self._remove_leftovers_sync(self._leftovers_sync()) if clean else 0
+
+    def _leftovers_sync(self) -> list[str]:
         with os.scandir(self.spool_dir) as it:
-            for entry in it:
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                    removed += 1
+            return sorted(e.name for e in it if e.is_file(follow_symlinks=False))
+
+    def _remove_leftovers_sync(self, names: Sequence[str]) -> int:
+        removed = 0
+        for name in names:
+            if "/" in name or name in (".", ".."):
+                raise ValueError("not a spool file of this backend")
+            try:
+                os.unlink(self.spool_dir / name)
+            except FileNotFoundError:
+                continue
+            removed += 1
         return removed
+
+    async def leftovers(self) -> list[str]:
+        return await _in_thread(self._leftovers_sync)
+
+    async def remove_leftovers(self, names: Sequence[str]) -> int:
+        return await _in_thread(self._remove_leftovers_sync, names)
 
     @property
     def _s3(self) -> Any:
@@ -576,8 +442,8 @@ class S3Blobs:
 
     # --- staging and committing --------------------------------------------------------------
 
-    def writer(self, max_bytes: int | None = None) -> _SpoolWriter:
-        return _SpoolWriter(self.spool_dir / f"{unique_token()}.part", max_bytes, self._md5s)
+    def writer(self, max_bytes: int | None = None) -> SpoolWriter:
+        return SpoolWriter(self.spool_dir / f"{unique_token()}.part", max_bytes, self._md5s)
 
     async def commit(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
         """Upload each staged blob unless its digest's object exists (then False), several
@@ -663,7 +529,7 @@ class S3Blobs:
         content = staged.content
         try:
             await self._put(
-                key, content, _b64(md5) if md5 else _md5_b64(content), len(content), new=True
+                key, content, b64(md5) if md5 else md5_b64(content), len(content), new=True
             )
         except _Exists:
             return False
@@ -676,15 +542,15 @@ class S3Blobs:
         md5 = self._md5s.get(staged.ref)
         if staged.content is not None:
             content = staged.content
-            await self._put(key, content, _b64(md5) if md5 else _md5_b64(content), len(content))
+            await self._put(key, content, b64(md5) if md5 else md5_b64(content), len(content))
             return
         fd = await _in_thread(_open_fd, path)
         try:
             size = staged.size
             if size < self.multipart_threshold:
                 if md5 is None:  # staged elsewhere (not by this backend's writer)
-                    md5 = await _in_thread(_range_md5, fd, 0, size)
-                await self._put(key, _FileSlice(fd, 0, size), _b64(md5), size)
+                    md5 = await _in_thread(range_md5, fd, 0, size)
+                await self._put(key, FileSlice(fd, 0, size), b64(md5), size)
             else:
                 await self._multipart(key, fd, size)
         finally:
@@ -694,13 +560,13 @@ class S3Blobs:
             # reads bytes nobody sends.)
             os.close(fd)
 
-    async def _send(self, operation: str, body: bytes | _FileSlice, **params: Any) -> Any:
+    async def _send(self, operation: str, body: bytes | FileSlice, **params: Any) -> Any:
         """`_call` of an operation with a request body, which fails (`StorageUnavailable`) once
         the endpoint took none of the body for `read_timeout` seconds: aiohttp's read timeout
         starts only once a request is sent, so an endpoint that stops reading a body, or never
         answers its `Expect: 100-continue` (botocore asks for one on every PUT), would hold the
         request forever. A body in memory is handed over at once: it has that long in all."""
-        slice_ = body if isinstance(body, _FileSlice) else None
+        slice_ = body if isinstance(body, FileSlice) else None
         started = time.monotonic()
         call = asyncio.ensure_future(self._call(operation, Body=body, **params))
         try:
@@ -722,7 +588,7 @@ class S3Blobs:
                 await asyncio.wait([call])
 
     async def _put(
-        self, key: str, body: bytes | _FileSlice, md5: str, size: int, *, new: bool = False
+        self, key: str, body: bytes | FileSlice, md5: str, size: int, *, new: bool = False
     ) -> None:
         """PUT an object; with `new`, only if it is not there (else `_Exists`)."""
         await self._send(
@@ -751,15 +617,15 @@ class S3Blobs:
             for number in numbers:  # shared: each sender takes the next part left
                 start = (number - 1) * part_size
                 length = min(part_size, size - start)
-                md5 = await _in_thread(_range_md5, fd, start, length)
+                md5 = await _in_thread(range_md5, fd, start, length)
                 sent = await self._send(
                     "upload_part",
-                    _FileSlice(fd, start, length),
+                    FileSlice(fd, start, length),
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
                     ContentLength=length,
-                    ContentMD5=_b64(md5),
+                    ContentMD5=b64(md5),
                 )
                 etags[number] = sent["ETag"]
 
@@ -859,6 +725,20 @@ class S3Blobs:
 
     async def delete(self, digests: Sequence[str]) -> int:
         return await self._delete_keys([self.blob_key(d) for d in digests])
+
+    async def quarantine(self, digests: Sequence[str]) -> None:
+        """Copy each blob to `<prefix>/quarantine/<digest>` (kept for a look, never served),
+        then delete it from under its digest."""
+        for digest in digests:
+            try:
+                await self._call(
+                    "copy_object",
+                    Key=f"{self._base}quarantine/{digest}",
+                    CopySource={"Bucket": self.bucket, "Key": self.blob_key(digest)},
+                )
+            except _NoSuchKey:
+                continue
+        await self.delete(digests)
 
     async def digests(self) -> list[str]:
         found = []

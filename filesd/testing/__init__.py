@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..api.appkeys import AUTHENTICATOR, STORE
+from ..api.appkeys import AUTHENTICATOR, SERVICES
 from ..api.server import running
 from ..config import Config, parse_config
 
@@ -84,7 +84,7 @@ class FilesdServer:
 
         if self._app[AUTHENTICATOR].open_mode:
             return f"sk-test-{uuid.uuid4().hex}"
-        _, key = await self._app[STORE].keys.create(project)
+        _, key = await self._app[SERVICES].keys.create(project)
         await reload_keys(self._app)
         return key
 
