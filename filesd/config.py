@@ -1,8 +1,11 @@
-"""Configuration: one TOML file, every key optional, validated strictly.
+"""Configuration: one TOML file, every key optional, read through declared types.
 
-`parse_config` is pure: it turns an already-parsed TOML mapping into a frozen `Config`, or raises
-`ConfigError` with a message that names the offending key. Unknown keys and wrong types are errors,
-never ignored, so a typo cannot silently fall back to a default.
+Each table of the file is a frozen dataclass (pydantic's, so `dataclasses.fields`/`replace`
+work as on any dataclass): its fields are the keys the table may hold, their types the types
+the values must have, their checks written beside them. `parse_config` validates an
+already-parsed TOML mapping against `Config` and raises `ConfigError` with a message that
+names the offending key (`server.port: must be between 0 and 65535, got 70000`). Unknown keys
+and wrong types are errors, never ignored, so a typo cannot silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -11,13 +14,30 @@ import dataclasses
 import hashlib
 import re
 import tomllib
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+import typing
+from collections.abc import Mapping
+from dataclasses import field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from .faultrules import FaultRule, FaultRuleError, parse_fault_rule
-from .values import is_finite_number, is_instance
+from .values import is_finite_number
 
 DEFAULT_PURPOSES: tuple[str, ...] = (
     "assistants",
@@ -32,52 +52,173 @@ ID_FORMATS = ("uuid", "openai")
 DEFAULT_EXPIRES_AFTER: dict[str, int] = {"batch": 30 * 24 * 3600}
 # The purposes whose files OpenAI refuses to let you download.
 OPENAI_REFUSED_DOWNLOADS: tuple[str, ...] = ("assistants", "user_data")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_T = TypeVar("_T")
+
+BATCH_UPSTREAM_HELP = (
+    'batches.upstream: expected "" (off), "echo" (the built-in model) or the base URL of an '
+    'OpenAI-compatible API, e.g. "http://127.0.0.1:11434/v1"'
+)
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names the key."""
 
 
-@dataclass(frozen=True)
+# Every table: unknown keys refused, frozen once read.
+_TABLE = ConfigDict(extra="forbid", defer_build=True)
+
+
+def _refuse(message: str, *, at: str = "", whole: bool = False) -> PydanticCustomError:
+    """A refusal worded here: `message` follows the key it is about (the field validated, and
+    `at` below it); with `whole`, the message names its key itself."""
+    return PydanticCustomError(
+        "config", "{message}", {"message": message, "at": at, "whole": whole}
+    )
+
+
+# --- checks of single values ---------------------------------------------------------------
+
+
+def _at_least(minimum: int, unit: str = "") -> AfterValidator:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise _refuse(f"must be at least {minimum}{unit}, got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _between(low: int, high: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise _refuse(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _or_more(unit: str = "") -> AfterValidator:
+    def check(value: int) -> int:
+        if value < 0:
+            raise _refuse(f"must be 0 or more{unit}, got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _seconds(value: object) -> object:
+    """A duration: an integer or a float, finite and above zero."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refuse(f"expected seconds (a number), got {_type_name(value)}")
+    if not is_finite_number(value) or value <= 0:
+        raise _refuse(f"must be a finite number of seconds above 0, got {value}")
+    return float(value)
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise _refuse("must not be empty")
+    return value
+
+
+def _token(value: str) -> str:
+    if value and len(value) < 16:
+        raise _refuse("use at least 16 characters")
+    return value
+
+
+def _strings(value: object) -> object:
+    """An array of non-empty strings, each once."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise _refuse("expected an array of non-empty strings")
+    return tuple(dict.fromkeys(value))
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+Positive = Annotated[StrictInt, _at_least(1)]
+Strings = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+
+
+# --- the tables ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, config=_TABLE)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: Annotated[StrictStr, AfterValidator(_not_empty)] = "127.0.0.1"
+    port: Annotated[StrictInt, _between(0, 65535)] = 8080
     # Seconds a client has to send a request's headers: from the connection's start, or from
     # the first byte of a later request on a kept-alive connection (slow-header clients).
-    header_timeout: float = 10.0
+    header_timeout: Seconds = 10.0
     # Seconds an idle kept-alive connection stays open (aiohttp's own default is an hour).
-    keepalive_timeout: float = 75.0
+    keepalive_timeout: Seconds = 75.0
     # Open connections at most; beyond it a new connection gets a 503 and is closed at once.
-    max_connections: int = 1024
+    max_connections: Positive = 1024
 
 
-@dataclass(frozen=True)
+def _endpoint_url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise _refuse("expected an http:// or https:// URL")
+    return value
+
+
+@dataclass(frozen=True, config=_TABLE)
 class S3Config:
     # "" = AWS (or AWS_ENDPOINT_URL); e.g. "http://127.0.0.1:9000" for a local server.
-    endpoint: str = ""
-    region: str = "us-east-1"
+    endpoint: Annotated[StrictStr, AfterValidator(_endpoint_url)] = ""
+    region: StrictStr = "us-east-1"
     # "" = the standard AWS environment variables and credential chain.
-    access_key_id: str = ""
-    secret_access_key: str = ""
+    access_key_id: StrictStr = ""
+    secret_access_key: StrictStr = ""
     # true: content is a 307 to a short-lived presigned URL.
-    redirect_downloads: bool = False
+    redirect_downloads: StrictBool = False
 
 
-@dataclass(frozen=True)
+def _data_dir(value: object, info: ValidationInfo) -> object:
+    """A path; a relative one is relative to the configuration file's directory."""
+    if isinstance(value, Path):
+        path = value
+    elif not isinstance(value, str):
+        raise _refuse(f"expected a string, got {_type_name(value)}")
+    elif not value:
+        raise _refuse("must not be empty")
+    else:
+        path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path
+
+
+def _database(value: str) -> str:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise _refuse(
+            'expected "" (SQLite in data_dir) or a URL "postgresql://user@host:5432/dbname"'
+        )
+    return value
+
+
+def _blobs(value: str) -> str:
+    if value and (not value.startswith("s3://") or not value.removeprefix("s3://").split("/")[0]):
+        raise _refuse('expected "" (data_dir/blobs), "s3://bucket" or "s3://bucket/prefix"')
+    return value
+
+
+@dataclass(frozen=True, config=_TABLE)
 class StorageConfig:
-    data_dir: Path = Path("filesd-data")
-    sweep_interval: int = 60
-    deleted_retention: int = 30 * 24 * 3600
+    data_dir: Annotated[Path, BeforeValidator(_data_dir)] = Field(
+        default=Path("filesd-data"), validate_default=True
+    )
+    sweep_interval: Annotated[StrictInt, _at_least(1, " second")] = 60
+    deleted_retention: Annotated[StrictInt, _or_more(" seconds")] = 30 * 24 * 3600
     # "" = SQLite in data_dir; else "postgresql://user@host:5432/dbname".
-    database: str = ""
+    database: Annotated[StrictStr, AfterValidator(_database)] = ""
     # "" = data_dir/blobs; else "s3://bucket" or "s3://bucket/prefix".
-    blobs: str = ""
+    blobs: Annotated[StrictStr, AfterValidator(_blobs)] = ""
     # Seconds an instance counts as alive after its last heartbeat (sent every third of it):
     # how long a killed instance's leases, claims and completions wait before others take over.
-    lease_seconds: int = 30
-    s3: S3Config = S3Config()
+    lease_seconds: Annotated[StrictInt, _at_least(3)] = 30
+    s3: S3Config = field(default_factory=S3Config)
 
     @property
     def bucket(self) -> tuple[str, str] | None:
@@ -88,36 +229,86 @@ class StorageConfig:
         return bucket, prefix.strip("/")
 
 
-@dataclass(frozen=True)
+NoLimit = Annotated[StrictInt, _at_least(0, " (no limit)")]
+
+
+@dataclass(frozen=True, config=_TABLE)
 class LimitsConfig:
-    max_file_bytes: int = 512 * 1024 * 1024
-    max_upload_bytes: int = 8 * 1024 * 1024 * 1024
-    max_part_bytes: int = 64 * 1024 * 1024
+    max_file_bytes: Positive = 512 * 1024 * 1024
+    max_upload_bytes: Positive = 8 * 1024 * 1024 * 1024
+    max_part_bytes: Positive = 64 * 1024 * 1024
     # Parts one upload may have (each costs a file, a directory fsync and a row).
-    max_upload_parts: int = 10_000
-    max_concurrent_uploads: int = 64
-    body_timeout: int = 60
+    max_upload_parts: Positive = 10_000
+    max_concurrent_uploads: Positive = 64
+    body_timeout: Positive = 60
     # Per project; 0 means no limit.
-    max_files_per_project: int = 0
-    max_bytes_per_project: int = 0
+    max_files_per_project: NoLimit = 0
+    max_bytes_per_project: NoLimit = 0
     # Bytes/s a request body must keep up, over each window of `body_timeout` seconds after its
-    # first `body_timeout` seconds (bodies.py); 0: off.
-    min_body_rate: int = 1024
+    # first `body_timeout` seconds (api/bodies.py); 0: off.
+    min_body_rate: NoLimit = 1024
     # Upload slots one project may hold, always; 0: half of max_concurrent_uploads (at least
     # 1) while more than one project has keys (not for a single tenant, nor in open mode,
     # where any token is a project).
-    max_concurrent_uploads_per_project: int = 0
+    max_concurrent_uploads_per_project: NoLimit = 0
+
+    @model_validator(mode="after")
+    def _share(self) -> LimitsConfig:
+        share = self.max_concurrent_uploads_per_project
+        if share > self.max_concurrent_uploads:
+            raise _refuse(
+                "must not exceed limits.max_concurrent_uploads "
+                f"({self.max_concurrent_uploads}), got {share}",
+                at="max_concurrent_uploads_per_project",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+def _id_format(value: str) -> str:
+    if value not in ID_FORMATS:
+        raise _refuse(f"must be one of {list(ID_FORMATS)}, got {value!r}")
+    return value
+
+
+def _purposes(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise _refuse("must list at least one purpose")
+    return value
+
+
+def _expiry_table(value: object) -> object:
+    if not isinstance(value, Mapping):
+        raise _refuse("expected a table of purpose = seconds")
+    for purpose, seconds in value.items():
+        if isinstance(seconds, bool) or not isinstance(seconds, int):
+            raise _refuse(f"expected an integer, got {_type_name(seconds)}", at=purpose)
+    return value
+
+
+@dataclass(frozen=True, config=_TABLE)
 class FilesConfig:
-    id_format: str = "uuid"
-    purposes: tuple[str, ...] = DEFAULT_PURPOSES
-    default_expires_after: Mapping[str, int] = field(
+    id_format: Annotated[StrictStr, AfterValidator(_id_format)] = "uuid"
+    purposes: Annotated[Strings, AfterValidator(_purposes)] = DEFAULT_PURPOSES
+    default_expires_after: Annotated[Mapping[str, int], BeforeValidator(_expiry_table)] = field(
         default_factory=lambda: dict(DEFAULT_EXPIRES_AFTER)
     )
-    refuse_downloads: bool = False
-    refused_download_purposes: tuple[str, ...] = OPENAI_REFUSED_DOWNLOADS
+    refuse_downloads: StrictBool = False
+    refused_download_purposes: Strings = OPENAI_REFUSED_DOWNLOADS
+
+    @model_validator(mode="after")
+    def _expiries(self) -> FilesConfig:
+        """Each default expiry names a purpose; 0 seconds means never (left out)."""
+        for purpose, seconds in self.default_expires_after.items():
+            if purpose not in self.purposes:
+                raise _refuse("not one of files.purposes", at=f"default_expires_after.{purpose}")
+            if seconds < 0:
+                raise _refuse(
+                    "must be 0 (never) or more seconds", at=f"default_expires_after.{purpose}"
+                )
+        kept = {p: s for p, s in self.default_expires_after.items() if s}
+        if kept != self.default_expires_after:
+            return replace(self, default_expires_after=kept)
+        return self
 
     @property
     def download_refused(self) -> frozenset[str]:
@@ -125,101 +316,205 @@ class FilesConfig:
         return frozenset(self.refused_download_purposes if self.refuse_downloads else ())
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+def _log_level(value: str) -> str:
+    level = value.lower()
+    if level not in LOG_LEVELS:
+        raise _refuse(f"must be one of {list(LOG_LEVELS)}, got {level!r}")
+    return level
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
+class LogConfig:
+    level: Annotated[StrictStr, AfterValidator(_log_level)] = "info"
+    access_log: StrictBool = True
+
+
+@dataclass(frozen=True, config=_TABLE)
 class AdminConfig:
     """The admin API (/admin/...): off unless `token` is set."""
 
-    token: str = ""
-    journal_size: int = 1000
+    token: Annotated[StrictStr, AfterValidator(_token)] = ""
+    journal_size: Annotated[StrictInt, _or_more()] = 1000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class MetricsConfig:
     """GET /metrics: keyless in open mode; once API keys exist (in the file or made in the
     database) it needs this token or the admin token, as its totals span every project."""
 
-    token: str = ""
+    token: Annotated[StrictStr, AfterValidator(_token)] = ""
 
 
-@dataclass(frozen=True)
+def _optional_int(value: object) -> object:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _refuse(f"expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _frozen_time(value: object) -> object:
+    if value is not None and not is_finite_number(value):
+        raise _refuse("expected Unix seconds (a finite number)")
+    return None if value is None else float(value)
+
+
+def _faults(value: object, info: ValidationInfo) -> object:
+    """Fault rules, as the admin API takes them (`faultrules.parse_fault_rule`)."""
+    if not isinstance(value, list | tuple):
+        raise _refuse("expected an array of tables")
+    try:
+        return tuple(
+            rule if isinstance(rule, FaultRule) else parse_fault_rule(rule, f"testing.faults[{i}]")
+            for i, rule in enumerate(value)
+        )
+    except FaultRuleError as error:
+        raise _refuse(str(error), whole=True) from None
+
+
+@dataclass(frozen=True, config=_TABLE)
 class TestingConfig:
     """For test runs: reproducible ids, a frozen clock, faults from the start."""
 
-    id_seed: int | None = None
-    frozen_time: float | None = None
-    faults: tuple[FaultRule, ...] = ()
+    __test__: ClassVar[bool] = False  # (not a test class, pytest)
+
+    id_seed: Annotated[int | None, BeforeValidator(_optional_int)] = None
+    frozen_time: Annotated[float | None, BeforeValidator(_frozen_time)] = None
+    faults: Annotated[tuple[FaultRule, ...], BeforeValidator(_faults)] = ()
 
 
-@dataclass(frozen=True)
-class LogConfig:
-    level: str = "info"
-    access_log: bool = True
+def _api_key(entry: object) -> object:
+    """A configured key: the secret itself (`key`, kept only as its digest) or its digest."""
+    if not isinstance(entry, Mapping):
+        raise _refuse(f"expected a table, got {_type_name(entry)}")
+    for name in entry:
+        if name not in ApiKey.toml_keys:
+            allowed = ", ".join(sorted(ApiKey.toml_keys))
+            raise _refuse(f"unknown key (allowed: {allowed})", at=name)
+    project = entry.get("project", "")
+    if not isinstance(project, str) or not project:
+        raise _refuse("required, a non-empty string", at="project")
+    if ("key" in entry) == ("key_sha256" in entry):
+        raise _refuse("set exactly one of 'key' or 'key_sha256'")
+    if "key" in entry:
+        secret = entry["key"]
+        if not isinstance(secret, str):
+            raise _refuse(f"expected a string, got {_type_name(secret)}", at="key")
+        if not secret:
+            raise _refuse("must not be empty", at="key")
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+    else:
+        given = entry["key_sha256"]
+        digest = given.lower() if isinstance(given, str) else ""
+        if not _SHA256_HEX.fullmatch(digest):
+            raise _refuse("must be 64 hexadecimal characters", at="key_sha256")
+    return {"key_sha256": digest, "project": project}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class ApiKey:
     """A configured key, kept only as the SHA-256 digest of the secret."""
 
-    key_sha256: str
-    project: str
+    # What a [[auth.keys]] table may hold: the secret itself may be given instead of its digest.
+    toml_keys: ClassVar[tuple[str, ...]] = ("key", "key_sha256", "project")
+
+    key_sha256: StrictStr
+    project: StrictStr
 
 
-@dataclass(frozen=True)
+def _keys(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise _refuse(f"expected an array of tables, got {_type_name(value)}")
+    return value
+
+
+@dataclass(frozen=True, config=_TABLE)
 class AuthConfig:
     # Whether the server runs open is the running `Authenticator`'s to say (keys made with
     # `filesd keys create` live in the database, not here), so there is no `open_mode` here.
-    keys: tuple[ApiKey, ...] = ()
+    keys: Annotated[
+        tuple[Annotated[ApiKey, BeforeValidator(_api_key)], ...], BeforeValidator(_keys)
+    ] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuthConfig:
+        seen: set[str] = set()
+        for i, key in enumerate(self.keys):
+            if key.key_sha256 in seen:
+                raise _refuse("the same key is configured twice", at=f"keys[{i}]")
+            seen.add(key.key_sha256)
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class UiConfig:
     """The web console (/ui/) and the page `GET /` shows a browser."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
-BATCH_UPSTREAM_HELP = (
-    'batches.upstream: expected "" (off), "echo" (the built-in model) or the base URL of an '
-    'OpenAI-compatible API, e.g. "http://127.0.0.1:11434/v1"'
-)
+def _upstream(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    upstream = value.rstrip("/")
+    if upstream not in ("", "echo") and not upstream.startswith(("http://", "https://")):
+        raise _refuse(BATCH_UPSTREAM_HELP, whole=True)
+    return upstream
 
 
-@dataclass(frozen=True)
+def _backoff(value: object) -> object:
+    if not is_finite_number(value) or value < 0:
+        raise _refuse("must be a number of seconds, 0 or more")
+    return float(value)
+
+
+def _model_names(value: object) -> object:
+    if not isinstance(value, Mapping):
+        return value
+    for name, target in value.items():
+        if not isinstance(target, str):
+            raise _refuse(f"expected a string, got {_type_name(target)}", at=name)
+        if not target:
+            raise _refuse("must name a model", at=name)
+    return value
+
+
+Concurrency = Annotated[StrictInt, _between(1, 1024)]
+
+
+@dataclass(frozen=True, config=_TABLE)
 class BatchesConfig:
     """The Batch API: where its requests go, and how hard they are pushed."""
 
     # "" = off (POST /v1/batches is a 400 saying how to turn it on); "echo" = the built-in
     # deterministic model; else an OpenAI-compatible base URL ("https://host/v1").
-    upstream: str = ""
+    upstream: Annotated[StrictStr, BeforeValidator(_upstream)] = ""
     # The bearer token for the upstream, or the name of an environment variable holding it.
-    api_key: str = field(default="", repr=False)
-    api_key_env: str = ""
+    api_key: StrictStr = field(default="", repr=False)
+    api_key_env: StrictStr = ""
     # Requests in flight at once, over all batches of this instance.
-    concurrency: int = 8
+    concurrency: Concurrency = 8
     # Batches driven at once by this instance (each holds its input file open while it runs).
-    max_running: int = 4
+    max_running: Concurrency = 4
     # Seconds one upstream request may take (each attempt).
-    request_timeout: float = 600.0
+    request_timeout: Seconds = 600.0
     # Seconds the upstream may stay silent while sending its answer (each read): a slow drip
     # cannot hold a request for the whole request_timeout.
-    read_timeout: float = 60.0
+    read_timeout: Seconds = 60.0
     # Bytes of one upstream answer at most; a larger one is a failed request.
-    max_response_bytes: int = 8 * 1024 * 1024
+    max_response_bytes: Positive = 8 * 1024 * 1024
     # Attempts after the first, on 429, 5xx and network errors.
-    max_retries: int = 5
+    max_retries: Annotated[StrictInt, _or_more()] = 5
     # Seconds before the first retry (doubling after each, capped at 60; Retry-After wins).
-    retry_backoff: float = 1.0
+    retry_backoff: Annotated[float, BeforeValidator(_backoff)] = 1.0
     # OpenAI's limits on an input file.
-    max_requests: int = 50_000
-    max_input_bytes: int = 200 * 1024 * 1024
+    max_requests: Positive = 50_000
+    max_input_bytes: Positive = 200 * 1024 * 1024
     # The model named in a request -> the model sent upstream (others pass through).
-    models: Mapping[str, str] = field(default_factory=dict)
+    models: Annotated[Mapping[str, str], BeforeValidator(_model_names)] = field(
+        default_factory=dict
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -232,6 +527,15 @@ class Config:
     testing: TestingConfig = field(default_factory=TestingConfig)
     batches: BatchesConfig = field(default_factory=BatchesConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_table(cls, data: Any) -> Any:
+        """A table the file leaves out is read as an empty one (so its defaults are read as
+        the file's own: a relative data_dir is the file's directory's)."""
+        if not isinstance(data, Mapping):
+            return data
+        return {**{f.name: {} for f in dataclasses.fields(cls)}, **data}
 
     def with_overrides(
         self,
@@ -252,6 +556,9 @@ class Config:
         return replace(self, server=server, storage=storage, log=log)
 
 
+_CONFIG = TypeAdapter(Config)
+
+
 def load_config(path: Path | None) -> Config:
     """Read and validate a TOML file; `None` gives the defaults (data_dir relative to the cwd)."""
     if path is None:
@@ -268,343 +575,13 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> Config:
     """Validate a parsed TOML document; relative paths are resolved against `base_dir`."""
-    _check_keys(data, "", _names(Config))
-
-    server = _table(data, "server")
-    _check_keys(server, "server.", _names(ServerConfig))
-    host = _get(server, "server.host", str, ServerConfig.host)
-    if not host:
-        raise ConfigError("server.host: must not be empty")
-    port = _get(server, "server.port", int, ServerConfig.port)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"server.port: must be between 0 and 65535, got {port}")
-    header_timeout = _get_seconds(server, "server.header_timeout", ServerConfig.header_timeout)
-    keepalive_timeout = _get_seconds(
-        server, "server.keepalive_timeout", ServerConfig.keepalive_timeout
-    )
-    max_connections = _get(server, "server.max_connections", int, ServerConfig.max_connections)
-    if max_connections < 1:
-        raise ConfigError(f"server.max_connections: must be at least 1, got {max_connections}")
-
-    storage = _table(data, "storage")
-    _check_keys(storage, "storage.", _names(StorageConfig))
-    data_dir_raw = _get(storage, "storage.data_dir", str, str(StorageConfig.data_dir))
-    if not data_dir_raw:
-        raise ConfigError("storage.data_dir: must not be empty")
-    data_dir = Path(data_dir_raw).expanduser()
-    if not data_dir.is_absolute():
-        data_dir = base_dir / data_dir
-    sweep_interval = _get(storage, "storage.sweep_interval", int, StorageConfig.sweep_interval)
-    if sweep_interval < 1:
-        raise ConfigError(
-            f"storage.sweep_interval: must be at least 1 second, got {sweep_interval}"
-        )
-    retention = _get(storage, "storage.deleted_retention", int, StorageConfig.deleted_retention)
-    if retention < 0:
-        raise ConfigError(f"storage.deleted_retention: must be 0 or more seconds, got {retention}")
-    database = _get(storage, "storage.database", str, StorageConfig.database)
-    if database and not database.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            'storage.database: expected "" (SQLite in data_dir) or a URL '
-            '"postgresql://user@host:5432/dbname"'
-        )
-    blobs = _get(storage, "storage.blobs", str, StorageConfig.blobs)
-    if blobs and (not blobs.startswith("s3://") or not blobs.removeprefix("s3://").split("/")[0]):
-        raise ConfigError(
-            'storage.blobs: expected "" (data_dir/blobs), "s3://bucket" or "s3://bucket/prefix"'
-        )
-    lease_seconds = _get(storage, "storage.lease_seconds", int, StorageConfig.lease_seconds)
-    if lease_seconds < 3:
-        raise ConfigError(f"storage.lease_seconds: must be at least 3, got {lease_seconds}")
-    s3_table = _table(storage, "s3")
-    _check_keys(s3_table, "storage.s3.", _names(S3Config))
-    s3 = S3Config(
-        endpoint=_get(s3_table, "storage.s3.endpoint", str, S3Config.endpoint),
-        region=_get(s3_table, "storage.s3.region", str, S3Config.region),
-        access_key_id=_get(s3_table, "storage.s3.access_key_id", str, S3Config.access_key_id),
-        secret_access_key=_get(
-            s3_table, "storage.s3.secret_access_key", str, S3Config.secret_access_key
-        ),
-        redirect_downloads=_get(
-            s3_table, "storage.s3.redirect_downloads", bool, S3Config.redirect_downloads
-        ),
-    )
-    if s3.endpoint and not s3.endpoint.startswith(("http://", "https://")):
-        raise ConfigError("storage.s3.endpoint: expected an http:// or https:// URL")
-
-    limits = _table(data, "limits")
-    positive = (
-        "max_file_bytes",
-        "max_upload_bytes",
-        "max_part_bytes",
-        "max_upload_parts",
-        "max_concurrent_uploads",
-        "body_timeout",
-    )
-    _check_keys(limits, "limits.", _names(LimitsConfig))
-    sizes = {
-        name: _get(limits, f"limits.{name}", int, getattr(LimitsConfig, name))
-        for name in _names(LimitsConfig)
-    }
-    for name, value in sizes.items():
-        if value < (1 if name in positive else 0):
-            minimum = 1 if name in positive else "0 (no limit)"
-            raise ConfigError(f"limits.{name}: must be at least {minimum}, got {value}")
-    share = sizes["max_concurrent_uploads_per_project"]
-    if share > sizes["max_concurrent_uploads"]:
-        raise ConfigError(
-            "limits.max_concurrent_uploads_per_project: must not exceed "
-            f"limits.max_concurrent_uploads ({sizes['max_concurrent_uploads']}), got {share}"
-        )
-
-    files = _table(data, "files")
-    _check_keys(files, "files.", _names(FilesConfig))
-    id_format = _get(files, "files.id_format", str, FilesConfig.id_format)
-    if id_format not in ID_FORMATS:
-        raise ConfigError(f"files.id_format: must be one of {list(ID_FORMATS)}, got {id_format!r}")
-    purposes = _get_str_list(files, "files.purposes", DEFAULT_PURPOSES)
-    if not purposes:
-        raise ConfigError("files.purposes: must list at least one purpose")
-    default_expires_after = _parse_expiry_defaults(files, purposes)
-    refuse_downloads = _get(files, "files.refuse_downloads", bool, FilesConfig.refuse_downloads)
-    refused = _get_str_list(files, "files.refused_download_purposes", OPENAI_REFUSED_DOWNLOADS)
-
-    auth = _table(data, "auth")
-    _check_keys(auth, "auth.", _names(AuthConfig))
-    keys = _parse_keys(auth.get("keys", []))
-
-    log_table = _table(data, "log")
-    _check_keys(log_table, "log.", _names(LogConfig))
-    level = _get(log_table, "log.level", str, LogConfig.level).lower()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"log.level: must be one of {list(LOG_LEVELS)}, got {level!r}")
-    access_log = _get(log_table, "log.access_log", bool, LogConfig.access_log)
-
-    admin = _table(data, "admin")
-    _check_keys(admin, "admin.", _names(AdminConfig))
-    admin_token = _get(admin, "admin.token", str, "")
-    if admin_token and len(admin_token) < 16:
-        raise ConfigError("admin.token: use at least 16 characters")
-    journal_size = _get(admin, "admin.journal_size", int, AdminConfig.journal_size)
-    if journal_size < 0:
-        raise ConfigError(f"admin.journal_size: must be 0 or more, got {journal_size}")
-
-    metrics = _table(data, "metrics")
-    _check_keys(metrics, "metrics.", _names(MetricsConfig))
-    metrics_token = _get(metrics, "metrics.token", str, "")
-    if metrics_token and len(metrics_token) < 16:
-        raise ConfigError("metrics.token: use at least 16 characters")
-
-    testing = _table(data, "testing")
-    _check_keys(testing, "testing.", _names(TestingConfig))
-    id_seed = _get(testing, "testing.id_seed", int, None)
-    frozen = testing.get("frozen_time")
-    if frozen is not None and not is_finite_number(frozen):
-        raise ConfigError("testing.frozen_time: expected Unix seconds (a finite number)")
-    raw_faults = testing.get("faults", [])
-    if not isinstance(raw_faults, list):
-        raise ConfigError("testing.faults: expected an array of tables")
     try:
-        faults = tuple(
-            parse_fault_rule(rule, f"testing.faults[{i}]") for i, rule in enumerate(raw_faults)
-        )
-    except FaultRuleError as e:
-        raise ConfigError(str(e)) from None
-
-    return Config(
-        server=ServerConfig(
-            host=host,
-            port=port,
-            header_timeout=header_timeout,
-            keepalive_timeout=keepalive_timeout,
-            max_connections=max_connections,
-        ),
-        storage=StorageConfig(
-            data_dir=data_dir,
-            sweep_interval=sweep_interval,
-            deleted_retention=retention,
-            database=database,
-            blobs=blobs,
-            lease_seconds=lease_seconds,
-            s3=s3,
-        ),
-        limits=LimitsConfig(**sizes),
-        files=FilesConfig(
-            id_format=id_format,
-            purposes=purposes,
-            default_expires_after=default_expires_after,
-            refuse_downloads=refuse_downloads,
-            refused_download_purposes=refused,
-        ),
-        auth=AuthConfig(keys=keys),
-        log=LogConfig(level=level, access_log=access_log),
-        admin=AdminConfig(token=admin_token, journal_size=journal_size),
-        metrics=MetricsConfig(token=metrics_token),
-        testing=TestingConfig(
-            id_seed=id_seed,
-            frozen_time=None if frozen is None else float(frozen),
-            faults=faults,
-        ),
-        batches=_parse_batches(data),
-        ui=_parse_ui(data),
-    )
+        return _CONFIG.validate_python(data, context={"base_dir": base_dir})
+    except ValidationError as error:
+        raise _config_error(error) from None
 
 
-def _parse_ui(data: Mapping[str, Any]) -> UiConfig:
-    table = _table(data, "ui")
-    _check_keys(table, "ui.", _names(UiConfig))
-    return UiConfig(enabled=_get(table, "ui.enabled", bool, UiConfig.enabled))
-
-
-def _parse_batches(data: Mapping[str, Any]) -> BatchesConfig:
-    table = _table(data, "batches")
-    _check_keys(table, "batches.", _names(BatchesConfig))
-    upstream = _get(table, "batches.upstream", str, BatchesConfig.upstream).rstrip("/")
-    if upstream not in ("", "echo") and not upstream.startswith(("http://", "https://")):
-        raise ConfigError(BATCH_UPSTREAM_HELP)
-    concurrency = _get(table, "batches.concurrency", int, BatchesConfig.concurrency)
-    if not 1 <= concurrency <= 1024:
-        raise ConfigError(f"batches.concurrency: must be between 1 and 1024, got {concurrency}")
-    max_running = _get(table, "batches.max_running", int, BatchesConfig.max_running)
-    if not 1 <= max_running <= 1024:
-        raise ConfigError(f"batches.max_running: must be between 1 and 1024, got {max_running}")
-    max_retries = _get(table, "batches.max_retries", int, BatchesConfig.max_retries)
-    if max_retries < 0:
-        raise ConfigError(f"batches.max_retries: must be 0 or more, got {max_retries}")
-    retry_backoff = table.get("retry_backoff", BatchesConfig.retry_backoff)
-    if not is_finite_number(retry_backoff) or retry_backoff < 0:
-        raise ConfigError("batches.retry_backoff: must be a number of seconds, 0 or more")
-    limits = {
-        name: _get(table, f"batches.{name}", int, getattr(BatchesConfig, name))
-        for name in ("max_requests", "max_input_bytes", "max_response_bytes")
-    }
-    for name, value in limits.items():
-        if value < 1:
-            raise ConfigError(f"batches.{name}: must be at least 1, got {value}")
-    models_table = _table(table, "models")
-    models = {name: _get(models_table, f"batches.models.{name}", str, "") for name in models_table}
-    for name, target in models.items():
-        if not target:
-            raise ConfigError(f"batches.models.{name}: must name a model")
-    return BatchesConfig(
-        upstream=upstream,
-        api_key=_get(table, "batches.api_key", str, BatchesConfig.api_key),
-        api_key_env=_get(table, "batches.api_key_env", str, BatchesConfig.api_key_env),
-        concurrency=concurrency,
-        max_running=max_running,
-        request_timeout=_get_seconds(
-            table, "batches.request_timeout", BatchesConfig.request_timeout
-        ),
-        read_timeout=_get_seconds(table, "batches.read_timeout", BatchesConfig.read_timeout),
-        max_retries=max_retries,
-        retry_backoff=float(retry_backoff),
-        models=models,
-        **limits,
-    )
-
-
-def _parse_expiry_defaults(files: Mapping[str, Any], purposes: tuple[str, ...]) -> dict[str, int]:
-    name = "files.default_expires_after"
-    if "default_expires_after" not in files:
-        return dict(DEFAULT_EXPIRES_AFTER)
-    table = files["default_expires_after"]
-    if not isinstance(table, dict):
-        raise ConfigError(f"{name}: expected a table of purpose = seconds")
-    defaults: dict[str, int] = {}
-    for purpose in table:
-        seconds = _get(table, f"{name}.{purpose}", int, 0)
-        if purpose not in purposes:
-            raise ConfigError(f"{name}.{purpose}: not one of files.purposes")
-        if seconds < 0:
-            raise ConfigError(f"{name}.{purpose}: must be 0 (never) or more seconds")
-        if seconds:
-            defaults[purpose] = seconds
-    return defaults
-
-
-def _parse_keys(raw: object) -> tuple[ApiKey, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"auth.keys: expected an array of tables, got {_type_name(raw)}")
-    keys: list[ApiKey] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(raw):
-        where = f"auth.keys[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a table, got {_type_name(entry)}")
-        # The secret itself may be given instead of its digest.
-        _check_keys(entry, f"{where}.", {"key", *_names(ApiKey)})
-        project = _get(entry, f"{where}.project", str, "")
-        if not project:
-            raise ConfigError(f"{where}.project: required, a non-empty string")
-        if ("key" in entry) == ("key_sha256" in entry):
-            raise ConfigError(f"{where}: set exactly one of 'key' or 'key_sha256'")
-        if "key" in entry:
-            secret = _get(entry, f"{where}.key", str, "")
-            if not secret:
-                raise ConfigError(f"{where}.key: must not be empty")
-            digest = hashlib.sha256(secret.encode()).hexdigest()
-        else:
-            digest = _get(entry, f"{where}.key_sha256", str, "").lower()
-            if not _SHA256_HEX.fullmatch(digest):
-                raise ConfigError(f"{where}.key_sha256: must be 64 hexadecimal characters")
-        if digest in seen:
-            raise ConfigError(f"{where}: the same key is configured twice")
-        seen.add(digest)
-        keys.append(ApiKey(key_sha256=digest, project=project))
-    return tuple(keys)
-
-
-def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name}: expected a table, got {_type_name(value)}")
-    return value
-
-
-def _names(table: type) -> tuple[str, ...]:
-    """The keys a TOML table may hold: the fields of the dataclass it becomes."""
-    return tuple(f.name for f in dataclasses.fields(table))
-
-
-def _check_keys(table: Mapping[str, Any], prefix: str, allowed: Collection[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _get(table: Mapping[str, Any], name: str, kind: type[_T], default: _T) -> _T:
-    key = name.rsplit(".", 1)[-1]
-    if key not in table:
-        return default
-    value = table[key]
-    # bool is a subclass of int in Python, but `port = true` is a mistake, not a port.
-    if not is_instance(value, kind):
-        raise ConfigError(f"{name}: expected {_type_name_of(kind)}, got {_type_name(value)}")
-    return cast(_T, value)
-
-
-def _get_seconds(table: Mapping[str, Any], name: str, default: float) -> float:
-    """A duration in seconds: an integer or a float, finite and above zero."""
-    key = name.rsplit(".", 1)[-1]
-    if key not in table:
-        return default
-    value = table[key]
-    if not is_instance(value, (int, float)):
-        raise ConfigError(f"{name}: expected seconds (a number), got {_type_name(value)}")
-    if not is_finite_number(value) or value <= 0:
-        raise ConfigError(f"{name}: must be a finite number of seconds above 0, got {value}")
-    return float(value)
-
-
-def _get_str_list(table: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    key = name.rsplit(".", 1)[-1]
-    if key not in table:
-        return default
-    value = table[key]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{name}: expected an array of non-empty strings")
-    return tuple(dict.fromkeys(value))
-
+# --- refusals, worded by the key they are about --------------------------------------------
 
 # bool before int: bool is a subclass of int, and `true` is not an integer here.
 _TYPE_NAMES: tuple[tuple[type, str], ...] = (
@@ -613,13 +590,119 @@ _TYPE_NAMES: tuple[tuple[type, str], ...] = (
     (float, "a float"),
     (str, "a string"),
     (list, "an array"),
+    (tuple, "an array"),
     (dict, "a table"),
 )
-
-
-def _type_name_of(kind: type) -> str:
-    return next((name for t, name in _TYPE_NAMES if t is kind), kind.__name__)
+# What a value of the wrong type should have been, by pydantic's error type.
+_EXPECTED = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "float_type": "a float",
+    "tuple_type": "an array",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "dataclass_type": "a table",
+}
 
 
 def _type_name(value: object) -> str:
     return next((name for t, name in _TYPE_NAMES if isinstance(value, t)), type(value).__name__)
+
+
+def _config_error(error: ValidationError) -> ConfigError:
+    """The `ConfigError` for the first problem: an unknown key before anything else."""
+    problems = error.errors(include_url=False)
+    unknown = [p for p in problems if p["type"] == "unexpected_keyword_argument"]
+    problem = (unknown or problems)[0]
+    path = _key(problem["loc"])
+    kind = problem["type"]
+    if kind == "config":
+        context: dict[str, Any] = dict(problem.get("ctx") or {})
+        if context["whole"]:
+            return ConfigError(context["message"])
+        where = _join(path, context["at"])
+        return ConfigError(f"{where}: {context['message']}")
+    if kind == "unexpected_keyword_argument":
+        allowed = ", ".join(sorted(_allowed(problem["loc"][:-1])))
+        return ConfigError(f"{path}: unknown key (allowed: {allowed})")
+    if kind in _EXPECTED:
+        return ConfigError(
+            f"{path}: expected {_EXPECTED[kind]}, got {_type_name(problem['input'])}"
+        )
+    return ConfigError(f"{path}: {problem['msg']}")
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """`('auth', 'keys', 0, 'project')` -> `auth.keys[0].project`."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif not _is_validator_step(part):
+            key = _join(key, part)
+    return key
+
+
+def _is_validator_step(part: str) -> bool:
+    # pydantic names some steps of a validation in the location (a function it ran, a union
+    # member it tried); they are not keys of the file.
+    return part.startswith(("function-", "function[")) or "[" in part
+
+
+def _join(path: str, key: str) -> str:
+    if not key:
+        return path
+    if not path or key.startswith("["):
+        return path + key
+    return f"{path}.{key}"
+
+
+def _allowed(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The keys the table at `loc` may hold: its dataclass's fields."""
+    table: Any = Config
+    for part in loc:
+        if isinstance(part, str) and _is_validator_step(part):
+            continue
+        if isinstance(part, int):
+            table = _element(table)
+            continue
+        hints = typing.get_type_hints(table)
+        table = _unwrap(hints[part])
+    if table is ApiKey:
+        return ApiKey.toml_keys
+    return tuple(f.name for f in dataclasses.fields(table))
+
+
+def _unwrap(hint: Any) -> Any:
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+def _element(hint: Any) -> Any:
+    return _unwrap(typing.get_args(_unwrap(hint))[0])
+
+
+__all__ = [
+    "BATCH_UPSTREAM_HELP",
+    "DEFAULT_PURPOSES",
+    "LOG_LEVELS",
+    "AdminConfig",
+    "ApiKey",
+    "AuthConfig",
+    "BatchesConfig",
+    "Config",
+    "ConfigError",
+    "FilesConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "S3Config",
+    "ServerConfig",
+    "StorageConfig",
+    "TestingConfig",
+    "UiConfig",
+    "load_config",
+    "parse_config",
+]

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
+
+from .objects import BatchStatus, FileList, FileObject, UploadObject, UploadPartObject
+
+# A file is `processed` once stored, `error` once marked damaged (by fsck).
+FileStatus = Literal["processed", "error"]
+# An upload: `completing` while a completion joins its parts (shown as pending).
+UploadStatus = Literal["pending", "completing", "completed", "cancelled", "expired"]
+_SHOWN_UPLOAD_STATUS: dict[
+    UploadStatus, Literal["pending", "completed", "cancelled", "expired"]
+] = {
+    "pending": "pending",
+    "completing": "pending",
+    "completed": "completed",
+    "cancelled": "cancelled",
+    "expired": "expired",
+}
 
 
 def content_disposition(filename: str) -> str:
@@ -30,7 +46,7 @@ class FileRecord:
     sha256: str
     created_at: int
     expires_at: int | None
-    status: str = "processed"
+    status: FileStatus = "processed"
     status_details: str | None = None
 
     @classmethod
@@ -45,7 +61,7 @@ class FileRecord:
         record.__dict__.update(zip(_FILE_FIELDS, row))  # noqa: B905 (a row has them all)
         return record
 
-    def as_file_object(self) -> dict[str, Any]:
+    def as_file_object(self) -> FileObject:
         """The OpenAI `file` object."""
         return {
             "id": self.id,
@@ -71,7 +87,7 @@ class FilePage:
     total: int
     has_more: bool
 
-    def as_list_object(self) -> dict[str, Any]:
+    def as_list_object(self) -> FileList:
         """The OpenAI `list` object."""
         return {
             "object": "list",
@@ -96,10 +112,10 @@ class UploadRecord:
     created_at: int
     expires_at: int
     file_expires_after: int | None
-    status: str
+    status: UploadStatus
     file_id: str | None = None
 
-    def as_upload_object(self, file: FileRecord | None = None) -> dict[str, Any]:
+    def as_upload_object(self, file: FileRecord | None = None) -> UploadObject:
         """The OpenAI `upload` object; a `completing` upload still shows as pending."""
         return {
             "id": self.id,
@@ -108,7 +124,7 @@ class UploadRecord:
             "created_at": self.created_at,
             "filename": self.filename,
             "purpose": self.purpose,
-            "status": "pending" if self.status == "completing" else self.status,
+            "status": _SHOWN_UPLOAD_STATUS[self.status],
             "expires_at": self.expires_at,
             "file": file.as_file_object() if file is not None else None,
         }
@@ -124,7 +140,7 @@ class PartRecord:
     bytes: int
     created_at: int
 
-    def as_part_object(self) -> dict[str, Any]:
+    def as_part_object(self) -> UploadPartObject:
         return {
             "id": self.id,
             "object": "upload.part",
@@ -176,7 +192,7 @@ class BatchRecord:
     endpoint: str
     input_file_id: str
     completion_window: str
-    status: str
+    status: BatchStatus
     created_at: int
     expires_at: int
     metadata: str | None = None

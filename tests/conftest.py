@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from filesd.api.app import create_app
 from filesd.api.appkeys import CONFIG
-from filesd.api.openapi import openapi_document
+from filesd.api.openapi import ROUTES, openapi_document
 from filesd.config import Config, parse_config
 from filesd.testing.process import ServerProcess
 
@@ -94,7 +94,7 @@ async def _check_against_openapi(request: web.Request, handler: Any) -> web.Stre
     resource = request.match_info.route.resource
     if resource is None:
         return response
-    document = openapi_document(request.app[CONFIG])
+    document = openapi_document(request.app[CONFIG], request.app[ROUTES])
     method = "get" if request.method == "HEAD" else request.method.lower()
     operation = document["paths"].get(resource.canonical, {}).get(method)
     if operation is None:

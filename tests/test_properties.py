@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filesd.api.validation import FILENAME_MAX
+from filesd.api.schemas import FILENAME_MAX
 
 from .conftest import ServerProcess
 

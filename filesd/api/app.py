@@ -15,6 +15,7 @@ from ..services.batches import open_batches
 from ..services.core import Services
 from ..services.keys import KeyService
 from ..services.settings import StoreSettings
+from . import batches, files, health, uploads
 from .admin import setup_admin
 from .appkeys import (
     ARCHIVES,
@@ -29,17 +30,13 @@ from .appkeys import (
     UPLOADS,
 )
 from .auth import Authenticator, auth_middleware
-from .batches import setup_batch_routes
 from .boundary import error_middleware
 from .console import setup_console
 from .drain import RequestTracker, UploadSlots
 from .errors import add_api_headers
 from .faults import FAULTS, Faults, faults_middleware
-from .files import setup_routes
-from .health import setup_health_routes
 from .metrics import METRICS, Metrics, metrics
-from .openapi import openapi_json
-from .uploads import setup_upload_routes
+from .openapi import ROUTES, openapi_json
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +131,11 @@ def create_app(
             config.admin.journal_size,
             clock if isinstance(clock, Clock) else None,
         )
-    setup_routes(app)
-    setup_health_routes(app)
-    setup_upload_routes(app)
-    setup_batch_routes(app)
+    # The public routes, side by side: each module declares its own (see routing.py).
+    app[ROUTES] = [files.routes, health.routes, uploads.routes, batches.routes]
+    for table in app[ROUTES]:
+        table.mount(app)
+    health.setup_readiness(app)
     if config.ui.enabled:
         setup_console(app)
     return app

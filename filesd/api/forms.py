@@ -21,10 +21,12 @@ from aiohttp.multipart import (
     content_disposition_filename,
     parse_content_disposition,
 )
+from pydantic_core import PydanticCustomError
 
 from .bodies import BodyPace
 from .errors import InvalidRequest
-from .validation import check_expires_after, check_filename, check_purpose
+from .schemas import FileForm, check_filename, check_purpose
+from .validation import limits, refused, validate
 
 READ_CHUNK = 1024 * 1024
 TEXT_FIELD_MAX = 1024
@@ -32,7 +34,6 @@ TEXT_FIELD_MAX = 1024
 # Content-Length exceeds the content limit by more than this cannot hold acceptable content.
 FORM_OVERHEAD = 64 * 1024
 
-_UPLOAD_TEXT_FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
 
 # What a service made of the content it received (owned by the caller: use it or discard it).
 Content = TypeVar("Content")
@@ -53,44 +54,40 @@ class Form(Generic[Content]):
 class UploadForm(Generic[Content]):
     content: Content
     filename: str
-    purpose: str
-    expires_after: int | None
+    fields: FileForm
 
 
 async def read_upload_form(
-    request: web.Request,
-    *,
-    receive: Receive[Content],
-    discard: Discard[Content],
-    purposes: tuple[str, ...],
+    request: web.Request, *, receive: Receive[Content], discard: Discard[Content]
 ) -> UploadForm[Content]:
-    """The form of `POST /v1/files`: `file` (with a filename), `purpose`, `expires_after[...]`."""
+    """The form of `POST /v1/files`: `file` (with a filename) and the fields of `FileForm`."""
+    context = limits(request)
 
     def check_text(name: str, value: str) -> None:
         if name == "purpose":  # fail before the file is read, when purpose comes first
-            check_purpose(value, purposes)
+            try:
+                check_purpose(value, context.purposes)
+            except PydanticCustomError as error:
+                raise refused(error) from None
 
     form = await read_form(
         request,
-        content_field="file",
-        text_fields=_UPLOAD_TEXT_FIELDS,
+        content_field=FileForm.content_field,
+        text_fields=FileForm.input_names(),
         receive=receive,
         discard=discard,
         check_text=check_text,
     )
     try:
-        filename = check_filename(form.filename)
-        if "purpose" not in form.fields:
-            raise InvalidRequest("'purpose' is a required property", param="purpose")
-        anchor = form.fields.get("expires_after[anchor]")
-        seconds = form.fields.get("expires_after[seconds]")
-        expires_after = None
-        if anchor is not None or seconds is not None:
-            expires_after = check_expires_after(anchor, seconds, prefix="expires_after")
+        try:
+            filename = check_filename(form.filename, FileForm.content_field)
+        except PydanticCustomError as error:
+            raise refused(error) from None
+        fields = validate(FileForm, form.fields, context)
     except BaseException:
         await discard(form.content)
         raise
-    return UploadForm(form.content, filename, form.fields["purpose"], expires_after)
+    return UploadForm(form.content, filename, fields)
 
 
 async def read_form(

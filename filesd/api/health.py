@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from aiohttp import web
+from typing_extensions import TypedDict
 
 from .appkeys import MAINTENANCE
 from .errors import ServiceUnavailable
 from .responses import json_response
+from .routing import Routes
 
 
 class Readiness:
@@ -70,17 +73,41 @@ class Readiness:
 READINESS = web.AppKey("readiness", Readiness)
 
 
-def setup_health_routes(app: web.Application) -> None:
+class Health(TypedDict):
+    status: Literal["ok", "ready"]
+
+
+routes = Routes()
+
+
+def setup_readiness(app: web.Application) -> None:
     app[READINESS] = Readiness(lambda: app[MAINTENANCE].readiness_problems())
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
 
 
+@routes.route(
+    "GET",
+    "/healthz",
+    id="healthz",
+    summary="Liveness",
+    ok=Health,
+    ok_description="Alive",
+    secured=False,
+)
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and answering."""
     return json_response({"status": "ok"})
 
 
+@routes.route(
+    "GET",
+    "/readyz",
+    id="readyz",
+    summary="Readiness",
+    ok=Health,
+    ok_description="Ready",
+    secured=False,
+    errors=(503,),
+)
 async def readyz(request: web.Request) -> web.Response:
     """The database answers and is still in place, and the data directory takes writes;
     503 naming what failed. Answers may be up to `Readiness.TTL` seconds old."""

@@ -1,110 +1,112 @@
-"""Checks of client input shared by the multipart and JSON routes; each raises `InvalidRequest`."""
+"""Requests checked against their declared types (`schemas.py`): the refusal, in OpenAI's
+envelope and words, names the field in its `param`.
+
+A request with several problems is answered with one, as OpenAI does: an unknown top-level
+field first, then the first problem in the order the type declares its fields.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from ..values import has_control_characters, is_instance, is_int
+from aiohttp import web
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from .appkeys import CONFIG
+from .bodies import read_json_object
 from .errors import InvalidRequest
+from .schemas import Limits, Request, json_type
 
-FILENAME_MAX = 1024
-EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
+R = TypeVar("R", bound=Request)
+
+# What a type error's field expected, by pydantic's error type.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "bool_type": "a boolean",
+    "float_type": "a number",
+}
 
 
-def check_filename(filename: object, *, param: str = "file") -> str:
-    if not isinstance(filename, str) or not filename:
-        raise InvalidRequest(
-            "'file' must be a file upload: a multipart part with a filename.", param=param
-        )
+def limits(request: web.Request) -> Limits:
+    """What validation takes from the server's configuration."""
+    config = request.app[CONFIG]
+    return Limits(config.files.purposes, config.limits.max_upload_bytes)
+
+
+def validate(model: type[R], data: object, context: Limits) -> R:
+    """`data` as `model`, or `InvalidRequest` naming the first problem."""
+    if isinstance(data, dict) and model.model_config.get("extra") == "forbid":
+        # Before pydantic, which cannot even read a key that is no valid Unicode (JSON can
+        # spell a lone surrogate): whatever it is, it is not a field.
+        names = model.input_names()
+        for name in data:
+            if name not in names:
+                raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
     try:
-        filename.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("The filename is not valid UTF-8.", param=param) from None
-    if has_control_characters(filename):
-        raise InvalidRequest("The filename must not contain control characters.", param=param)
-    # A file's name, not a path: no directories, no "." or "..".
-    if "/" in filename or "\\" in filename or filename in (".", ".."):
-        raise InvalidRequest(
-            "The filename must be a plain name, without '/' or '\\' or '..'.", param=param
+        return model.model_validate(data, context=context)
+    except ValidationError as error:
+        raise refusal(model, error) from None
+
+
+async def json_body(request: web.Request, model: type[R], *, allow_empty: bool = False) -> R:
+    """The request's JSON body as `model` (see `bodies.read_json_object`)."""
+    return validate(
+        model, await read_json_object(request, allow_empty=allow_empty), limits(request)
+    )
+
+
+def query(request: web.Request, model: type[R]) -> R:
+    """The request's query string as `model`: each of its fields given at most once (others
+    are ignored, as OpenAI ignores them)."""
+    values: dict[str, str] = {}
+    for name in model.model_fields:
+        given = request.query.getall(name, [])
+        if len(given) > 1:
+            raise InvalidRequest(f"Duplicate query parameter '{name}'.", param=name)
+        if given:
+            values[name] = given[0]
+    return validate(model, values, limits(request))
+
+
+def refused(error: PydanticCustomError) -> InvalidRequest:
+    """A refusal of `schemas.refuse`, as the API answers it."""
+    context: dict[str, Any] = error.context or {}
+    return InvalidRequest(context["message"], param=context["param"], code=context["code"])
+
+
+def refusal(model: type[Request], error: ValidationError) -> InvalidRequest:
+    """The `InvalidRequest` for the first problem of a failed validation of `model`."""
+    errors = error.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+    return _answer(model, (unknown or errors)[0])
+
+
+def _answer(model: type[Request], problem: ErrorDetails) -> InvalidRequest:
+    kind = problem["type"]
+    if kind == "filesd":
+        context: dict[str, Any] = dict(problem.get("ctx") or {})
+        return InvalidRequest(context["message"], param=context["param"], code=context["code"])
+    name = str(problem["loc"][-1]) if problem["loc"] else None
+    given = problem.get("input")
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
+    if kind == "missing" or (kind in _EXPECTED and given is None):
+        return InvalidRequest(model.missing.format(name=name), param=name)
+    if kind == "string_unicode":
+        return InvalidRequest(
+            f"Invalid '{name}': the string is not valid Unicode.", param=name, code="invalid_value"
         )
-    if len(filename) > FILENAME_MAX:
-        raise InvalidRequest(
-            f"The filename is too long (at most {FILENAME_MAX} characters).", param=param
-        )
-    return filename
-
-
-def check_purpose(purpose: object, purposes: tuple[str, ...]) -> str:
-    if not isinstance(purpose, str) or purpose not in purposes:
-        listed = ", ".join(repr(p) for p in purposes)
-        raise InvalidRequest(f"{purpose!r} is not one of [{listed}] - 'purpose'", param="purpose")
-    return purpose
-
-
-def check_expires_after(anchor: object, seconds: object, *, prefix: str) -> int:
-    """Validate an `expires_after` policy; `prefix` names its fields in errors."""
-    if anchor is None:
-        raise InvalidRequest(
-            f"'{prefix}[anchor]' is required with '{prefix}[seconds]'", param=f"{prefix}[anchor]"
-        )
-    if anchor != "created_at":
-        raise InvalidRequest(
-            f"Invalid value: {anchor!r}. Supported values are: 'created_at'.",
-            param=f"{prefix}[anchor]",
-            code="invalid_value",
-        )
-    if seconds is None:
-        raise InvalidRequest(
-            f"'{prefix}[seconds]' is required with '{prefix}[anchor]'", param=f"{prefix}[seconds]"
-        )
-    if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit():
-        seconds = int(seconds)
-    if not is_int(seconds):
-        raise InvalidRequest(
-            f"Invalid type for '{prefix}[seconds]': expected an integer, got {seconds!r}.",
-            param=f"{prefix}[seconds]",
-            code="invalid_type",
-        )
-    if not EXPIRES_MIN <= seconds <= EXPIRES_MAX:
-        raise InvalidRequest(
-            f"Invalid '{prefix}[seconds]': expected a value between {EXPIRES_MIN} and "
-            f"{EXPIRES_MAX}, but got {seconds} instead.",
-            param=f"{prefix}[seconds]",
-            code="invalid_value",
-        )
-    return seconds
-
-
-def check_no_unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
-    for name in body:
-        if name not in allowed:
-            raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
-
-
-def require(body: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
-    """`body[name]`, which must be present and of `kind` (bool is never an int)."""
-    if name not in body or body[name] is None:
-        raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
-    value = body[name]
-    if not is_instance(value, kind):
-        raise InvalidRequest(
-            f"Invalid type for '{name}': expected {what}, but got {_json_type(value)} instead.",
+    if kind in _EXPECTED:
+        return InvalidRequest(
+            f"Invalid type for '{name}': expected {_EXPECTED[kind]}, but got "
+            f"{json_type(given)} instead.",
             param=name,
             code="invalid_type",
         )
-    return value
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
+    return InvalidRequest(f"Invalid '{name}': {problem['msg']}.", param=name, code="invalid_value")

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..models import BatchRecord
+from ..objects import BatchObject
 
 # Statuses after which a batch's output files are final (and shown).
 FINISHED = ("completed", "failed", "expired", "cancelled")
@@ -17,7 +18,7 @@ WINDOW_SECONDS = {"24h": 24 * 3600}
 OUTPUT_EXPIRES_AFTER = 30 * 24 * 3600
 
 
-def as_batch_object(batch: BatchRecord) -> dict[str, Any]:
+def as_batch_object(batch: BatchRecord) -> BatchObject:
     """The OpenAI `batch` object (every field of openai-python's `types.Batch`)."""
     finished = batch.status in FINISHED
     return {
