@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from ..batches.service import open_batches
 from ..clock import Clock
 from ..config import Config
-from ..services.batches import open_batches
 from ..services.core import Services
 from ..services.keys import KeyService
 from ..services.settings import StoreSettings

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..batches.service import BatchService
 from ..config import Config
 from ..services.archive import Archives
-from ..services.batches import BatchService
 from ..services.core import Services
 from ..services.files import FileService
 from ..services.maintenance import Maintenance

@@ -7,9 +7,7 @@ from typing import Any
 
 from ..models import BatchRecord
 from ..objects import BatchObject
-
-# Statuses after which a batch's output files are final (and shown).
-FINISHED = ("completed", "failed", "expired", "cancelled")
+from . import states
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
 COMPLETION_WINDOWS = ("24h",)
@@ -20,7 +18,7 @@ OUTPUT_EXPIRES_AFTER = 30 * 24 * 3600
 
 def as_batch_object(batch: BatchRecord) -> BatchObject:
     """The OpenAI `batch` object (every field of openai-python's `types.Batch`)."""
-    finished = batch.status in FINISHED
+    finished = batch.status in states.FINAL
     return {
         "id": batch.id,
         "object": "batch",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,10 +26,12 @@ from typing import Any
 from ..config import BatchesConfig
 from ..ids import secret_base62
 from ..models import BatchRecord, BatchResult, FileRecord
+from ..retry import Backoff, Retry
 from ..services.errors import FileIdTaken, FileNotFound, QuotaExceeded
 from ..services.files import FileService
 from ..services.instance import Instance
 from ..storage.base import BatchMetadata, StorageBusy
+from . import states
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
 from .upstream import Answer, BadAnswer, Unreachable, Upstream
@@ -38,7 +40,6 @@ from .validate import MAX_LINE_BYTES, batch_error, validate_input
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-FINAL = ("completed", "failed", "expired", "cancelled")
 # Pending requests read from the database at once.
 PAGE = 500
 # Results group-committed at once, at most, and their bytes at most (one result may be as
@@ -49,6 +50,10 @@ RECORD_BYTES = 16 * 1024 * 1024
 PAGE_BYTES = 16 * 1024 * 1024
 # Longest wait between two attempts, whatever the backoff or the upstream asks for.
 MAX_RETRY_WAIT = 300.0
+# A batch whose drive failed is taken up again after 1, 2, 4... seconds, not every poll.
+DRIVING = Backoff(first=1.0, cap=MAX_RETRY_WAIT)
+# Results meeting a busy database: 5 attempts in about a second.
+RECORDING = Retry(Backoff(first=0.05, cap=0.8), attempts=5)
 # Bytes gathered before a write into an output file.
 WRITE_CHUNK = 256 * 1024
 
@@ -88,6 +93,13 @@ class BatchRunner:
         self._config = config
         self._upstream = upstream
         self._slots = asyncio.Semaphore(config.concurrency)
+        # Each request: at most 1 + max_retries attempts; exponential waits with jitter (so
+        # that many requests do not retry in step), or what the upstream asks for.
+        self._sending = Retry(
+            Backoff(first=config.retry_backoff, cap=60.0, jitter=0.5),
+            attempts=config.max_retries + 1,
+            longest=MAX_RETRY_WAIT,
+        )
         self._lease_seconds = instance.lease_seconds
         self._drives: dict[str, tuple[_Drive, asyncio.Task[None]]] = {}
         # Batches whose drive failed: (failures in a row, not again before this loop time).
@@ -137,8 +149,8 @@ class BatchRunner:
         `max_running` drives are under way here (each reads its input file), the oldest
         first. The others wait, holding nothing."""
         now = asyncio.get_running_loop().time()
-        ending = await self._meta.active_batches(("finalizing", "cancelling"))
-        starting = await self._meta.active_batches(("validating", "in_progress"))
+        ending = await self._meta.active_batches(states.ENDING)
+        starting = await self._meta.active_batches(states.OPEN)
         # Backoff entries of batches no longer active go (the dict must not grow forever).
         active = set(ending) | set(starting)
         for batch_id in [b for b in self._backoff if b not in active]:
@@ -164,10 +176,9 @@ class BatchRunner:
             if drive.stop != "lost":
                 raise
         except Exception:
-            # Left for later (or another instance): nothing recorded is lost. Retried after
-            # 1, 2, 4... seconds (at most MAX_RETRY_WAIT), not every poll.
+            # Left for later (or another instance): nothing recorded is lost (see DRIVING).
             failures = self._backoff.get(drive.batch_id, (0, 0.0))[0] + 1
-            wait = min(MAX_RETRY_WAIT, 2.0 ** (failures - 1))
+            wait = DRIVING.delay(failures - 1)
             self._backoff[drive.batch_id] = (failures, asyncio.get_running_loop().time() + wait)
             log.exception(
                 "batch %s: driving it failed (%d in a row); retried in %g s",
@@ -217,49 +228,52 @@ class BatchRunner:
                     drive.halt("gone")
                     return
                 if drive.stop is None:
-                    if batch.status == "cancelling":
+                    if batch.status in states.MOVES["cancelled"].sources:
                         drive.halt("cancel")
-                    elif self._files.now() >= batch.expires_at and batch.status in (
-                        "validating",
-                        "in_progress",
-                    ):
+                    elif self._files.now() >= batch.expires_at and batch.status in states.OPEN:
                         drive.halt("expire")
             except Exception:
                 log.exception("batch %s: renewing its lease failed", drive.batch_id)
 
     # --- the states -----------------------------------------------------------------------------
 
+    async def _move(self, batch: BatchRecord, name: states.Move, **changes: object) -> bool:
+        """Make a move of the state table (`states.MOVES`) now; False if the batch had
+        moved on meanwhile."""
+        return await states.move(self._meta, batch.id, name, now=self._files.now(), changes=changes)
+
     async def _work(self, drive: _Drive) -> bool:
-        """Drive the batch as far as it goes here; True once it is in a final status or
-        gone (removed by a reset): nothing is left to do for it, anywhere."""
+        """Drive the batch as far as it goes here, a step of its status at a time; True once
+        it is in a final status or gone (removed by a reset): nothing is left to do for it,
+        anywhere."""
+        steps = {
+            "validating": self._validate,
+            "in_progress": self._execute,
+            "finalizing": self._end,
+            "cancelling": self._end,
+        }
         while True:
             batch = await self._meta.get_batch(drive.batch_id)
             if batch is None:
                 return True
-            if drive.stop == "cancel" and batch.status != "cancelling":
+            if drive.stop == "cancel" and batch.status not in states.MOVES["cancelled"].sources:
                 drive.halt(None)  # a poke for a batch that was not cancelled after all
-            active = batch.status in ("validating", "in_progress")
-            if active and drive.stop is None and self._files.now() >= batch.expires_at:
+            still_open = batch.status in states.OPEN
+            if still_open and drive.stop is None and self._files.now() >= batch.expires_at:
                 drive.halt("expire")
-            if drive.stop == "expire" and active:
-                now = self._files.now()
-                await self._meta.update_batch(
-                    batch.id,
-                    {"status": "finalizing", "expired_at": now, "finalizing_at": now},
-                    statuses=["validating", "in_progress"],
-                )
+            if drive.stop == "expire" and still_open:
+                await self._move(batch, "expire")
                 continue
-            if batch.status == "validating":
-                await self._validate(drive, batch)
-            elif batch.status == "in_progress":
-                await self._execute(drive, batch)
-            elif batch.status in ("finalizing", "cancelling"):
-                if batch.in_progress_at is None:
-                    # Stopped while validating: the rows so far are no requests of a batch.
-                    await self._meta.clear_batch_requests(batch.id)
-                await self._finalize(batch)
-            else:
-                return batch.status in FINAL
+            step = steps.get(batch.status)
+            if step is None:
+                return batch.status in states.FINAL
+            await step(drive, batch)
+
+    async def _end(self, drive: _Drive, batch: BatchRecord) -> None:
+        if batch.in_progress_at is None:
+            # Stopped while validating: the rows so far are no requests of a batch.
+            await self._meta.clear_batch_requests(batch.id)
+        await self._finalize(batch)
 
     async def _validate(self, drive: _Drive, batch: BatchRecord) -> None:
         try:
@@ -310,24 +324,11 @@ class BatchRunner:
             await self._meta.clear_batch_requests(batch.id)
             await self._fail(batch, result.errors)
             return
-        await self._meta.update_batch(
-            batch.id,
-            {
-                "status": "in_progress",
-                "in_progress_at": self._files.now(),
-                "total": result.total,
-                "model": result.model,
-            },
-            statuses=["validating"],
-        )
+        await self._move(batch, "validated", total=result.total, model=result.model)
 
     async def _fail(self, batch: BatchRecord, errors: list[dict[str, Any]]) -> None:
         log.info("batch %s failed validation: %s", batch.id, errors[0]["message"])
-        await self._meta.update_batch(
-            batch.id,
-            {"status": "failed", "failed_at": self._files.now(), "errors": errors_json(errors)},
-            statuses=["validating"],
-        )
+        await self._move(batch, "invalid", errors=errors_json(errors))
 
     async def _execute(self, drive: _Drive, batch: BatchRecord) -> None:
         """Send every pending request (in input order, `concurrency` at a time over all
@@ -343,15 +344,7 @@ class BatchRunner:
                 line=None,
                 param="input_file_id",
             )
-            await self._meta.update_batch(
-                batch.id,
-                {
-                    "status": "finalizing",
-                    "finalizing_at": self._files.now(),
-                    "errors": errors_json([error]),
-                },
-                statuses=["in_progress"],
-            )
+            await self._move(batch, "input_deleted", errors=errors_json([error]))
             return
         recorder = _Recorder(self._meta, batch.id, self._commits)
         inflight: set[asyncio.Task[None]] = set()
@@ -390,11 +383,7 @@ class BatchRunner:
             # Never expected (the rows come from this file): fail loudly rather than loop.
             raise RuntimeError(f"pending request on line {left[0][0]} not found in the input")
         if not left:
-            await self._meta.update_batch(
-                batch.id,
-                {"status": "finalizing", "finalizing_at": self._files.now()},
-                statuses=["in_progress"],
-            )
+            await self._move(batch, "sent")
 
     async def _take_slot(self, drive: _Drive) -> bool:
         """Wait for a concurrency slot; False (and no slot) once the drive is told to stop."""
@@ -484,29 +473,18 @@ class BatchRunner:
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
         network error) once `max_retries` retries are spent. An unusable answer (too large,
         or a 2xx without a JSON object) is final at once."""
-        config = self._config
-        outcome: Answer | Unreachable
-        for attempt in range(config.max_retries + 1):
-            wait: float | None = None
+
+        async def attempt() -> Answer | Unreachable | BadAnswer:
             try:
-                outcome = await self._upstream.send(batch.endpoint, body, batch.project)
+                return await self._upstream.send(batch.endpoint, body, batch.project)
             except BadAnswer as error:
                 log.warning("batch %s: unusable upstream answer: %s", batch.id, error)
                 return error
             except Unreachable as error:
                 log.warning("batch %s: upstream unreachable: %s", batch.id, error.detail)
-                outcome = error
-            else:
-                if not outcome.retryable:
-                    return outcome
-                wait = outcome.retry_after
-            if attempt == config.max_retries:
-                break
-            if wait is None:
-                # Exponential, with jitter so that many requests do not retry in step.
-                wait = min(60.0, config.retry_backoff * 2**attempt) * random.uniform(0.5, 1.0)
-            await asyncio.sleep(min(wait, MAX_RETRY_WAIT))
-        return outcome
+                return error
+
+        return await self._sending.run(attempt, again=_retryable, hint=_retry_after)
 
     # --- finalizing -----------------------------------------------------------------------------
 
@@ -524,14 +502,8 @@ class BatchRunner:
                 return  # changed meanwhile: the next round sees it as it is now
             batch = fresh
         assert batch.output_file_id is not None and batch.error_file_id is not None
-        cancelled = batch.status == "cancelling"
-        unrun: str | None = None
-        if cancelled:
-            unrun = "batch_cancelled"
-        elif batch.expired_at is not None:
-            unrun = "batch_expired"
-        elif batch.errors is not None:
-            unrun = "batch_failed"
+        ending = states.final_move(batch)
+        unrun = _UNRUN_CODE.get(ending)
         try:
             output = await self._write_file(batch, batch.output_file_id, ok=True)
             errors = await self._write_file(batch, batch.error_file_id, ok=False, unrun=unrun)
@@ -546,37 +518,26 @@ class BatchRunner:
                 line=None,
             )
             log.warning("batch %s failed: its output is over the project's quota", batch.id)
-            await self._meta.update_batch(
-                batch.id,
-                {
-                    "status": "failed",
-                    "failed_at": self._files.now(),
-                    "errors": errors_json([problem]),
-                    "output_file_id": None,
-                    "error_file_id": None,
-                },
-                statuses=[batch.status],
+            await self._move(
+                batch,
+                "output_refused",
+                errors=errors_json([problem]),
+                output_file_id=None,
+                error_file_id=None,
             )
             return
-        now = self._files.now()
-        changes: dict[str, object] = {
-            "output_file_id": batch.output_file_id if output else None,
-            "error_file_id": batch.error_file_id if errors else None,
-        }
-        if cancelled:
-            changes.update(status="cancelled", cancelled_at=now)
-        elif batch.expired_at is not None:
-            changes.update(status="expired")
-        elif batch.errors is not None:
-            changes.update(status="failed", failed_at=now)
-        else:
-            changes.update(status="completed", completed_at=now)
-        if not await self._meta.update_batch(batch.id, changes, statuses=[batch.status]):
+        moved = await self._move(
+            batch,
+            ending,
+            output_file_id=batch.output_file_id if output else None,
+            error_file_id=batch.error_file_id if errors else None,
+        )
+        if not moved:
             if await self._meta.get_batch(batch.id) is None:
                 # Removed meanwhile (a reset): its files must not outlive it.
                 await self._drop_files(batch, [batch.output_file_id, batch.error_file_id])
             return
-        log.info("batch %s %s", batch.id, changes["status"])
+        log.info("batch %s %s", batch.id, states.MOVES[ending].to)
 
     async def _drop_files(self, batch: BatchRecord, file_ids: list[str | None]) -> None:
         """Delete the files made for a batch that will not name them (gone, or failed)."""
@@ -655,7 +616,13 @@ class BatchRunner:
             after = pending[-1][0]
 
 
-# Why a request was never sent, in the error file of a batch that ended before it.
+# Why a request was never sent, in the error file of a batch that ended before it: by how the
+# batch ends, and the message of that code.
+_UNRUN_CODE: dict[states.Move, str] = {
+    "cancelled": "batch_cancelled",
+    "expired": "batch_expired",
+    "failed": "batch_failed",
+}
 _UNRUN = {
     "batch_cancelled": "This request was not executed because the batch was cancelled.",
     "batch_expired": "This request could not be executed before the completion window expired.",
@@ -699,18 +666,15 @@ class _Recorder:
                 size += len(self._queue[take][0].result)
                 take += 1
             group, self._queue = self._queue[:take], self._queue[take:]
+            results = [r for r, _ in group]
             error: BaseException | None = None
-            for attempt in range(5):
-                try:
-                    await self._meta.record_batch_results(self._batch_id, [r for r, _ in group])
-                    error = None
-                    break
-                except StorageBusy as busy:
-                    error = busy
-                    await asyncio.sleep(0.05 * 2**attempt)
-                except Exception as failure:
-                    error = failure
-                    break
+            try:
+                await RECORDING.run(
+                    functools.partial(self._meta.record_batch_results, self._batch_id, results),
+                    again_after=StorageBusy,
+                )
+            except Exception as failure:
+                error = failure
             for _, done in group:
                 if done.done():
                     continue
@@ -718,6 +682,16 @@ class _Recorder:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
+
+
+def _retryable(outcome: Answer | Unreachable | BadAnswer) -> bool:
+    """429s, 5xx (unless the upstream says `x-should-retry: false`) and network errors are
+    tried again; an unusable answer (too large, a 2xx without a JSON object) never is."""
+    return isinstance(outcome, Unreachable) or (isinstance(outcome, Answer) and outcome.retryable)
+
+
+def _retry_after(outcome: Answer | Unreachable | BadAnswer) -> float | None:
+    return outcome.retry_after if isinstance(outcome, Answer) else None
 
 
 def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer) -> BatchResult:

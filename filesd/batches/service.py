@@ -12,15 +12,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..batches.echo import EchoUpstream
-from ..batches.objects import WINDOW_SECONDS
-from ..batches.runner import BatchRunner
-from ..batches.upstream import HttpUpstream, Upstream, api_key_from
 from ..config import BatchesConfig
 from ..models import BatchRecord
-from ..storage.base import BatchMetadata
-from .core import Services
-from .errors import (
+from ..services.core import Services
+from ..services.errors import (
     BatchesDisabled,
     BatchNotCancellable,
     BatchNotFound,
@@ -28,11 +23,15 @@ from .errors import (
     InputFileNotFound,
     InputFileWrongPurpose,
 )
-from .files import FileService
+from ..services.files import FileService
+from ..storage.base import BatchMetadata
+from . import states
+from .echo import EchoUpstream
+from .objects import WINDOW_SECONDS
+from .runner import BatchRunner
+from .upstream import HttpUpstream, Upstream, api_key_from
 
 log = logging.getLogger(__name__)
-
-CANCELLABLE = ("validating", "in_progress")
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class BatchService:
             endpoint=endpoint,
             input_file_id=input_file_id,
             completion_window=completion_window,
-            status="validating",
+            status=states.INITIAL,
             created_at=now,
             expires_at=now + WINDOW_SECONDS[completion_window],
             metadata=json.dumps(dict(metadata)) if metadata else None,
@@ -107,16 +106,12 @@ class BatchService:
         sending and finalizes what is done); a batch cancelling or cancelled already is
         answered as it is."""
         batch = await self.get(project, batch_id)
-        if batch.status in CANCELLABLE:
-            moved = await self._meta.update_batch(
-                batch_id,
-                {"status": "cancelling", "cancelling_at": self._files.now()},
-                statuses=CANCELLABLE,
-            )
+        if batch.status in states.CANCELLABLE:
+            moved = await states.move(self._meta, batch_id, "cancel", now=self._files.now())
             batch = await self.get(project, batch_id)
             if moved and self._runner is not None:
                 self._runner.poke(batch_id, cancel=True)
-        if batch.status not in ("cancelling", "cancelled"):
+        if batch.status not in (states.MOVES["cancel"].to, states.MOVES["cancelled"].to):
             raise BatchNotCancellable(batch_id, batch.status)
         return batch
 
