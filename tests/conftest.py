@@ -22,8 +22,9 @@ from aiohttp.test_utils import TestClient
 from filesd.api.app import create_app
 from filesd.api.appkeys import CONFIG
 from filesd.api.openapi import ROUTES, openapi_document
+from filesd.api.routing import Routes
 from filesd.config import Config, parse_config
-from filesd.testing.process import ServerProcess
+from filesd.testing.process import ServerProcess as ServerProcess
 
 from .pg_service import PostgresServer
 from .pg_service import start_server as start_postgres
@@ -90,11 +91,12 @@ _VIOLATIONS = web.AppKey("openapi_violations", list)
 @web.middleware
 async def _check_against_openapi(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every response of the end-to-end tests, checked against /openapi.json's document."""
-    response = await handler(request)
+    response: web.StreamResponse = await handler(request)
     resource = request.match_info.route.resource
     if resource is None:
         return response
-    document = openapi_document(request.app[CONFIG], request.app[ROUTES])
+    routes: list[Routes] = request.app[ROUTES]
+    document = openapi_document(request.app[CONFIG], routes)
     method = "get" if request.method == "HEAD" else request.method.lower()
     operation = document["paths"].get(resource.canonical, {}).get(method)
     if operation is None:
@@ -108,8 +110,8 @@ async def _check_against_openapi(request: web.Request, handler: Any) -> web.Stre
         validator = jsonschema.Draft202012Validator(
             {**schema, "components": document["components"]}
         )
-        assert response.body is not None
-        for error in validator.iter_errors(json.loads(bytes(response.body))):  # type: ignore[arg-type]
+        assert isinstance(response.body, bytes | bytearray)
+        for error in validator.iter_errors(json.loads(bytes(response.body))):
             request.app[_VIOLATIONS].append(f"{where}: {error.message}")
     return response
 

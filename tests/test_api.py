@@ -855,7 +855,8 @@ async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
 
     async def counting_check() -> list[str]:
         probes.append(time.monotonic())
-        return await real_check()
+        problems: list[str] = await real_check()
+        return problems
 
     readiness.check = counting_check
     clock = readiness.clock = StepClock()

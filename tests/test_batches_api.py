@@ -65,7 +65,8 @@ async def slow_batch_under_way(client: Client) -> dict[str, Any]:
     batch = await start_batch(client, [chat_line(f"r{n}") for n in range(200)])
 
     async def some_done() -> bool:
-        return (await get_batch(client, batch["id"]))["request_counts"]["completed"] >= 4
+        counts = (await get_batch(client, batch["id"]))["request_counts"]
+        return bool(counts["completed"] >= 4)
 
     await wait_until(some_done, what="some requests done")
     return batch
@@ -782,7 +783,7 @@ async def test_queued_batches_wait_for_a_run_slot_without_holding_their_input_op
 
     async def some_done() -> bool:
         counts = [(await get_batch(client, b["id"]))["request_counts"] for b in batches]
-        return sum(c["completed"] for c in counts) >= 3
+        return bool(sum(c["completed"] for c in counts) >= 3)
 
     await wait_until(some_done, what="some requests done")
     assert _open_blob_files(tmp_path / "data") <= 2

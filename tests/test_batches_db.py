@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from filesd.models import BatchRecord, BatchResult
+from filesd.objects import BatchStatus
 from filesd.storage.base import BatchMetadata, MetadataStore
 
 from . import test_db
@@ -21,7 +22,7 @@ def db(backend: test_db.Backend) -> MetadataStore:
     return backend.db
 
 
-def batch(batch_id: str, *, project: str = "p", status: str = "validating") -> BatchRecord:
+def batch(batch_id: str, *, project: str = "p", status: BatchStatus = "validating") -> BatchRecord:
     return BatchRecord(
         id=batch_id,
         project=project,
@@ -125,7 +126,7 @@ async def test_concurrent_recorders_of_one_result_count_it_once(db: MetadataStor
 
 @pytest.mark.parametrize("status", ["validating", "finalizing", "cancelling", "completed"])
 async def test_results_are_recorded_only_while_the_batch_is_in_progress(
-    db: MetadataStore, status: str
+    db: MetadataStore, status: BatchStatus
 ) -> None:
     """Once a batch has left `in_progress`, its output is being (or has been) written from
     the rows: a late result must change neither the rows nor the counts."""
@@ -174,7 +175,8 @@ async def test_forget_batch_drops_result_payloads_and_the_lease(db: MetadataStor
     assert await db.take_lease("batch:batch_a", "one", now=100, ttl=60)
     assert not await db.take_lease("batch:batch_a", "two", now=100, ttl=60)
     await db.forget_batch("batch_a", "batch:batch_a")
-    assert await db.batch_results("batch_a", ok=True, after_line=0, limit=10) == [(1, None)]
+    forgotten: list[tuple[int, str | None]] = [(1, None)]
+    assert await db.batch_results("batch_a", ok=True, after_line=0, limit=10) == forgotten
     # The row of the request still says it is done; the lease is free (and gone).
     assert await db.pending_batch_requests("batch_a", after_line=0, limit=10) == [(2, "b")]
     assert await db.take_lease("batch:batch_a", "two", now=100, ttl=60)

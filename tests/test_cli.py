@@ -178,6 +178,7 @@ def test_sigterm_finishes_requests_in_flight(start_server: StartServer) -> None:
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(request[:half])
         data_dir = server.data_dir
+        assert data_dir is not None
         # The upload is in flight once its first batch reached a temp file.
         wait_until_sync(
             lambda: any(p.stat().st_size > 0 for p in temp_files(data_dir)),

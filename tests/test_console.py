@@ -43,7 +43,10 @@ NOT_FOUND_ROOT = {
 @pytest.fixture
 async def off(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
     """An app with the console turned off."""
-    return await aiohttp_client(create_app(make_config(tmp_path / "off", ui={"enabled": False})))
+    client: Client = await aiohttp_client(
+        create_app(make_config(tmp_path / "off", ui={"enabled": False}))
+    )
+    return client
 
 
 def assert_secure(headers: Any) -> None:

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 
-from filesd.models import FileRecord, KeyRecord, PartRecord, UploadRecord
+from filesd.models import FileRecord, KeyRecord, PartRecord, UploadRecord, UploadStatus
 from filesd.storage.base import (
     MetadataStore,
     SchemaTooNew,
@@ -48,7 +48,7 @@ def record(file_id: str, *, project: str = "p", created_at: int = 1000, **kw: ob
 
 
 def upload_record(
-    upload_id: str, *, project: str = "p", declared: int = 100, status: str = "pending"
+    upload_id: str, *, project: str = "p", declared: int = 100, status: UploadStatus = "pending"
 ) -> UploadRecord:
     return UploadRecord(
         upload_id, project, "f", "batch", "text/plain", declared, 1, 10**10, None, status
@@ -655,7 +655,7 @@ def test_sqlite_neutral_errors_come_from_error_codes_not_messages() -> None:
 
     def error(code: int, message: str) -> sqlite3.Error:
         e = sqlite3.OperationalError(message)
-        e.sqlite_errorcode = code  # type: ignore[attr-defined]
+        e.sqlite_errorcode = code
         return e
 
     assert isinstance(neutral_error(error(sqlite3.SQLITE_FULL, "whatever")), StorageFull)

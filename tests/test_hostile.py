@@ -150,7 +150,8 @@ async def test_another_projects_upload_cannot_be_touched(client: Client) -> None
         headers=ALPHA,
     )
     upload_id = (await resp.json())["id"]
-    for path, body in [("complete", {"part_ids": []}), ("cancel", {})]:
+    bodies: list[tuple[str, dict[str, object]]] = [("complete", {"part_ids": []}), ("cancel", {})]
+    for path, body in bodies:
         resp = await client.post(f"/v1/uploads/{upload_id}/{path}", json=body, headers=BETA)
         assert resp.status == 404
     resp = await client.post(f"/v1/uploads/{upload_id}/cancel", json={}, headers=ALPHA)

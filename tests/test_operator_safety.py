@@ -79,7 +79,7 @@ async def test_storage_totals_read_no_file_rows(tmp_path: Path) -> None:
     try:
         await db._reader.set_trace_callback(statements.append)
         await db.storage_totals()
-        await db._reader.set_trace_callback(None)
+        await db._reader.set_trace_callback(None)  # type: ignore[arg-type]
     finally:
         await db.close()
     assert statements

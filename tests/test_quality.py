@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "--strict", "filesd"],
+        ["mypy", "--strict", "filesd", "tests"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )

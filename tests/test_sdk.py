@@ -169,7 +169,7 @@ def test_retrieve_content_delete_and_wait(client: OpenAI) -> None:
 def test_errors_are_the_sdks_exceptions(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.files.create(file=b"x", purpose="nonsense")  # type: ignore[arg-type]
-    assert bad.value.param == "purpose"  # type: ignore[attr-defined]
+    assert bad.value.param == "purpose"
     assert bad.value.request_id is not None and bad.value.request_id.startswith("req_")
     with pytest.raises(openai.BadRequestError):
         client.files.list(limit=0).data  # noqa: B018
@@ -180,7 +180,7 @@ def test_keys_through_the_sdk(keyed_server: ServerProcess) -> None:
     wrong = OpenAI(base_url=server.base_url, api_key="sk-not-a-configured-key", max_retries=0)
     with wrong, pytest.raises(openai.AuthenticationError) as info:
         wrong.files.list()
-    assert info.value.code == "invalid_api_key"  # type: ignore[attr-defined]
+    assert info.value.code == "invalid_api_key"
     with OpenAI(base_url=server.base_url, api_key=ALPHA_KEY, max_retries=0) as alpha:
         created = alpha.files.create(file=b"alpha", purpose="assistants")
     beta = OpenAI(base_url=server.base_url, api_key=BETA_KEY, max_retries=0)
@@ -307,7 +307,7 @@ def test_the_sdk_retries_a_500_then_raises(server: ServerProcess, storage: Stora
         with pytest.raises(openai.InternalServerError) as info:
             client.files.content(created.id)
     assert info.value.status_code == 500
-    assert info.value.code == "blob_missing"  # type: ignore[attr-defined]
+    assert info.value.code == "blob_missing"
 
     def attempts() -> list[str]:
         lines = server.stderr_text().splitlines()

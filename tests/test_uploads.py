@@ -221,7 +221,11 @@ async def test_unknown_and_foreign_uploads_are_404(client: Client) -> None:
         resp = await add_part(client, target, b"x", headers=headers)
         message = await assert_400(resp, "upload_id", status=404)
         assert message == f"No such Upload object: {target}"
-        for action, body in (("complete", {"part_ids": []}), ("cancel", {})):
+        bodies: tuple[tuple[str, dict[str, object]], ...] = (
+            ("complete", {"part_ids": []}),
+            ("cancel", {}),
+        )
+        for action, body in bodies:
             resp = await client.post(f"/v1/uploads/{target}/{action}", json=body, headers=headers)
             await assert_400(resp, "upload_id", status=404)
     # The owner still sees it pending.
@@ -616,7 +620,8 @@ def file_form(content: bytes) -> aiohttp.FormData:
 @pytest.fixture
 async def quota_client(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
     config = make_config(tmp_path / "data", limits={"max_bytes_per_project": 1000})
-    return await aiohttp_client(create_app(config))
+    client: Client = await aiohttp_client(create_app(config))
+    return client
 
 
 async def assert_over_quota(resp: Any) -> None:

@@ -308,6 +308,7 @@ async def conversation(r: Recorder) -> None:
             "purpose": "batch",
         },
     )
+    bad: object
     for bad in (
         {"filename": "a", "mime_type": "text/plain", "purpose": "batch"},
         {"bytes": "9", "filename": "a", "mime_type": "text/plain", "purpose": "batch"},

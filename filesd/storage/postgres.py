@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mappi
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from ..models import (
     BatchRecord,

@@ -63,12 +63,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import botocore.loaders  # type: ignore[import-untyped]
-import botocore.session  # type: ignore[import-untyped]
-from aiobotocore.session import get_session  # type: ignore[import-untyped]
+import botocore.loaders
+import botocore.session
+from aiobotocore.session import get_session
 from aiohttp import ClientError as HttpClientError
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError  # type: ignore[import-untyped]
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..models import content_disposition
 from .base import BlobMissing, StagedBlob, StorageUnavailable, unique_token
