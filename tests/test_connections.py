@@ -100,7 +100,8 @@ def test_a_dribbling_client_is_closed_although_bytes_keep_coming(
     header = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 1000
     for byte in header:  # one byte every 20 ms: never idle, never done
         time.sleep(0.02)
-        assert time.monotonic() - started < 5, "a client took 5 s over its headers"
+        # The whole header takes ~20 s to drip; the server must give up long before.
+        assert time.monotonic() - started < 15, "a client took 15 s over its headers"
         try:
             sock.sendall(bytes([byte]))
             sock.recv(65536)  # the 408, or the end: either way the server gave up on it
@@ -177,7 +178,7 @@ def test_a_half_sent_head_on_a_kept_alive_connection_is_closed_after_header_time
     sock.sendall(b"GET /healthz HT")
     answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408 ") and b'"code": "timeout"' in answer, answer
-    assert 0.4 <= time.monotonic() - started < 5
+    assert 0.4 <= time.monotonic() - started < 30  # header_timeout, not keepalive's 60 s
 
 
 def test_a_partial_head_right_behind_a_complete_one_is_closed_after_header_timeout(
@@ -191,7 +192,7 @@ def test_a_partial_head_right_behind_a_complete_one_is_closed_after_header_timeo
     answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert b"HTTP/1.1 408 " in answer and b'"code": "timeout"' in answer, answer
-    assert 0.4 <= time.monotonic() - started < 5
+    assert 0.4 <= time.monotonic() - started < 30  # header_timeout, not keepalive's 60 s
 
 
 def test_pipelined_requests_are_all_answered(guarded: Callable[..., FilesdServer]) -> None:
@@ -221,7 +222,7 @@ def test_idle_keepalive_connections_make_room_for_new_ones(
     for _ in range(3):
         newcomer = _connect(server)
         assert _ask_healthz(newcomer).startswith(b"HTTP/1.1 200 ")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # at once, not after keepalive_timeout (60 s)
     # The oldest idle ones went first, without a word; the newest idle one is still open.
     for sock in idle[:3]:
         assert _read_until_closed(sock) == b""
@@ -257,7 +258,7 @@ def test_silent_and_stalled_connections_make_room_for_new_ones(
     wait_until_sync(lambda: _census(server) == {SILENT: 4}, what="a silent full house")
     assert _healthz(server.url) == 200
     assert _read_until_closed(silent[0]) == b""  # the oldest, closed without a word
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # at once, not after keepalive_timeout (60 s)
     wait_until_sync(lambda: _census(server) == {SILENT: 3}, what="the others still open")
 
 
