@@ -55,6 +55,7 @@ def test_fsck_reports_everything_changes_nothing_and_repairs(
     blobs[digest[corrupt["id"]]].write_bytes(b"bit rot")
     blobs[digest[missing["id"]]].unlink()
     orphan = "f" * 64
+    (data / "blobs" / "ff").mkdir(exist_ok=True)
     (data / "blobs" / "ff" / orphan).write_bytes(b"nobody's")
     (data / "tmp" / "leftover.part").write_bytes(b"half an upload")
     (data / "parts" / ("a" * 32)).write_bytes(b"a part without a row")

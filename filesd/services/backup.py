@@ -59,6 +59,7 @@ def backup(settings: StoreSettings, dest: Path) -> BackupReport:
     digests = snapshot_database(source_db, database_path(dest))
     copied, gone = 0, []
     for digest in digests:
+        target.path_for(digest).parent.mkdir(exist_ok=True)
         try:
             shutil.copyfile(source.path_for(digest), target.path_for(digest))
         except FileNotFoundError:
