@@ -203,6 +203,33 @@ async def test_the_clock_freezes_and_moves(client: Client) -> None:
     assert state["frozen"] is False and abs(state["time"] - time.time()) < 5
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "message", "param"),
+    [
+        ("POST", "reset", {"project": 5}, "'project' must be a string.", "project"),
+        ("GET", "requests?limit=ten", None, "'limit' and 'status' must be integers.", None),
+        ("GET", "requests?status=", None, "'limit' and 'status' must be integers.", None),
+        ("POST", "clock", {"resume": "yes"}, 'Give {"freeze": true}, {"advance": seconds}', None),
+        ("POST", "clock", {"advance": "x"}, 'Give {"freeze": true}, {"advance": seconds}', None),
+        ("POST", "clock", {"freeze": True, "time": "now"}, "'time' must be Unix seconds", "time"),
+        ("POST", "faults", {"status": "503"}, "fault.status: wrong type (str)", None),
+    ],
+)
+async def test_admin_requests_are_checked_against_their_types(
+    client: Client, method: str, path: str, payload: Any, message: str, param: str | None
+) -> None:
+    await upload(client, b"kept")
+    resp = await client.request(method, f"/admin/{path}", json=payload, headers=ADMIN)
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"]["message"].startswith(message) and body["error"]["param"] == param
+    assert body["error"]["type"] == "invalid_request_error"
+    # Nothing changed: the file is there, the clock runs, no rule was added.
+    assert len((await admin(client, "GET", "projects"))["data"]) == 1
+    assert (await admin(client, "GET", "clock"))["frozen"] is False
+    assert (await admin(client, "GET", "faults"))["data"] == []
+
+
 def test_two_failures_then_success_is_one_success_for_the_sdk() -> None:
     rule = {"method": "GET", "route": "/v1/files/{file_id}", "status": 500, "count": 2}
     with serve(admin={"token": TOKEN}, testing={"faults": [rule]}) as server:

@@ -6,6 +6,10 @@ Its own bearer token (compared in constant time), never under /v1:
 - GET /admin/requests: the last requests to /v1 (filter: method, path, project, status);
 - GET|POST|DELETE /admin/faults, DELETE /admin/faults/{id}: fault injection rules;
 - GET|POST /admin/clock: freeze, advance or resume the server's clock.
+
+Its routes are declared like the public ones (`routing.Routes`, their requests' types in
+`schemas.py`), but mounted here and left out of the OpenAPI document: the admin API is
+filesd's own, not OpenAI's.
 """
 
 from __future__ import annotations
@@ -22,14 +26,24 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..clock import Clock
-from ..faultrules import FaultRuleError, parse_fault_rule
-from ..values import is_finite_number, is_number
+from ..values import is_finite_number
 from .appkeys import ARCHIVES, CONFIG, MAINTENANCE
 from .auth import PROJECT, bearer_token
-from .bodies import read_json_object
 from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
 from .faults import FAULTS
 from .responses import json_response
+from .routing import Routes
+from .schemas import (
+    CLOCK_CHOICES,
+    CLOCK_MAX,
+    JournalQuery,
+    NewFaultRule,
+    ResetBody,
+    SetClock,
+    is_clock_time,
+)
+
+routes = Routes()
 
 JOURNAL: web.AppKey[collections.deque[dict[str, Any]]] = web.AppKey("journal")
 CLOCK = web.AppKey("clock", Clock)
@@ -43,18 +57,7 @@ def setup_admin(app: web.Application, token: str, journal_size: int, clock: Cloc
     app[CLOCK_ADJUSTABLE] = clock is not None
     app.middlewares.append(_admin_auth(hashlib.sha256(token.encode()).digest()))
     app.on_response_prepare.append(_record)
-    r = app.router
-    r.add_post("/admin/reset", reset)
-    r.add_get("/admin/projects", projects)
-    r.add_get("/admin/requests", requests)
-    r.add_get("/admin/faults", list_faults)
-    r.add_post("/admin/faults", add_fault)
-    r.add_delete("/admin/faults", clear_faults)
-    r.add_delete("/admin/faults/{rule_id}", remove_fault)
-    r.add_get("/admin/export", export)
-    r.add_post("/admin/import", import_)
-    r.add_get("/admin/clock", get_clock)
-    r.add_post("/admin/clock", set_clock)
+    routes.mount(app)
 
 
 def _admin_auth(digest: bytes) -> Any:
@@ -89,62 +92,92 @@ async def _record(request: web.BaseRequest, response: web.StreamResponse) -> Non
     )
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    return await read_json_object(request, allow_empty=True)
-
-
-async def reset(request: web.Request) -> web.Response:
-    project = (await _body(request)).get("project")
-    if project is not None and not isinstance(project, str):
-        raise InvalidRequest("'project' must be a string.", param="project")
-    removed = await request.app[MAINTENANCE].reset(project)
-    if project is None:
+@routes.route(
+    "POST",
+    "/admin/reset",
+    id="adminReset",
+    summary="Everything, or one project, gone",
+    body=ResetBody,
+    secured=False,
+)
+async def reset(request: web.Request, body: ResetBody) -> web.Response:
+    removed = await request.app[MAINTENANCE].reset(body.project)
+    if body.project is None:
         request.app[JOURNAL].clear()
-    return json_response({"reset": True, "project": project, "files_removed": removed})
+    return json_response({"reset": True, "project": body.project, "files_removed": removed})
 
 
+@routes.route(
+    "GET",
+    "/admin/projects",
+    id="adminProjects",
+    summary="Each project's files and bytes",
+    secured=False,
+)
 async def projects(request: web.Request) -> web.Response:
     rows = await request.app[MAINTENANCE].project_usage()
     return json_response({"data": [dataclasses.asdict(row) for row in rows]})
 
 
-async def requests(request: web.Request) -> web.Response:
-    q = request.query
-    try:
-        limit = int(q.get("limit", "100"))
-        status = int(q["status"]) if "status" in q else None
-    except ValueError:
-        raise InvalidRequest("'limit' and 'status' must be integers.") from None
+@routes.route(
+    "GET",
+    "/admin/requests",
+    id="adminRequests",
+    summary="The last requests to /v1",
+    query=JournalQuery,
+    secured=False,
+)
+async def requests(request: web.Request, query: JournalQuery) -> web.Response:
+    method = query.method.upper() if query.method is not None else None
     journal = request.app[JOURNAL]
     entries = [
         e
         for e in reversed(journal)
-        if ("method" not in q or e["method"] == q["method"].upper())
-        and ("path" not in q or e["path"].startswith(q["path"]))
-        and ("project" not in q or e["project"] == q["project"])
-        and (status is None or e["status"] == status)
+        if (method is None or e["method"] == method)
+        and (query.path is None or e["path"].startswith(query.path))
+        and (query.project is None or e["project"] == query.project)
+        and (query.status is None or e["status"] == query.status)
     ]
-    return json_response({"data": entries[: max(0, limit)]})
+    return json_response({"data": entries[: max(0, query.limit)]})
 
 
+@routes.route("GET", "/admin/faults", id="adminFaults", summary="The fault rules", secured=False)
 async def list_faults(request: web.Request) -> web.Response:
     return json_response({"data": request.app[FAULTS].describe()})
 
 
-async def add_fault(request: web.Request) -> web.Response:
-    try:
-        rule = parse_fault_rule(await _body(request))
-    except FaultRuleError as e:
-        raise InvalidRequest(str(e)) from None
-    rule_id = request.app[FAULTS].add(rule)
+@routes.route(
+    "POST",
+    "/admin/faults",
+    id="adminAddFault",
+    summary="Add a fault rule",
+    body=NewFaultRule,
+    secured=False,
+)
+async def add_fault(request: web.Request, body: NewFaultRule) -> web.Response:
+    rule_id = request.app[FAULTS].add(body.rule)
     return json_response({"id": rule_id})
 
 
+@routes.route(
+    "DELETE",
+    "/admin/faults",
+    id="adminClearFaults",
+    summary="Remove every fault rule",
+    secured=False,
+)
 async def clear_faults(request: web.Request) -> web.Response:
     request.app[FAULTS].clear()
     return json_response({"cleared": True})
 
 
+@routes.route(
+    "DELETE",
+    "/admin/faults/{rule_id}",
+    id="adminRemoveFault",
+    summary="Remove a fault rule",
+    secured=False,
+)
 async def remove_fault(request: web.Request) -> web.Response:
     raw = request.match_info["rule_id"]
     if not raw.isdigit() or not request.app[FAULTS].remove(int(raw)):
@@ -152,6 +185,13 @@ async def remove_fault(request: web.Request) -> web.Response:
     return json_response({"id": int(raw), "deleted": True})
 
 
+@routes.route(
+    "GET",
+    "/admin/export",
+    id="adminExport",
+    summary="The live files as a tar archive",
+    secured=False,
+)
 async def export(request: web.Request) -> web.StreamResponse:
     """A tar archive of the live files (of `?project=`, or all) and their blobs.
 
@@ -174,6 +214,9 @@ async def export(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.route(
+    "POST", "/admin/import", id="adminImport", summary="Files from an export archive", secured=False
+)
 async def import_(request: web.Request) -> web.Response:
     """Files from an export archive, ids and times kept; 409 if any id exists already."""
     imported = await request.app[ARCHIVES].import_(
@@ -187,43 +230,38 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-# The last second of year 9999: a clock beyond it (or NaN) breaks dates and SQLite integers.
-CLOCK_MAX = 253402300799
-
-
-def _valid_time(value: object) -> bool:
-    return is_finite_number(value) and 0 <= value <= CLOCK_MAX
-
-
 def _clock_state(clock: Clock) -> dict[str, Any]:
     return {"time": clock(), "frozen": clock.frozen}
 
 
+@routes.route("GET", "/admin/clock", id="adminClock", summary="The server's clock", secured=False)
 async def get_clock(request: web.Request) -> web.Response:
     return json_response(_clock_state(request.app[CLOCK]))
 
 
-async def set_clock(request: web.Request) -> web.Response:
-    """{"freeze": true, "time"?: T} | {"advance": S} | {"resume": true}."""
-    body, clock = await _body(request), request.app[CLOCK]
+@routes.route(
+    "POST",
+    "/admin/clock",
+    id="adminSetClock",
+    summary="Freeze, advance or resume the clock",
+    body=SetClock,
+    secured=False,
+)
+async def set_clock(request: web.Request, body: SetClock) -> web.Response:
+    clock = request.app[CLOCK]
     if not request.app[CLOCK_ADJUSTABLE]:
         raise InvalidRequest("This server's clock is not adjustable (it was given its own).")
-    if body.get("resume") is True:
+    if body.resume:
         clock.resume()
-    elif body.get("freeze") is True:
-        at = body.get("time")
-        if at is not None and not _valid_time(at):
-            raise InvalidRequest(
-                f"'time' must be Unix seconds between 0 and {CLOCK_MAX}.", param="time"
-            )
-        clock.freeze(at)
-    elif is_number(advance := body.get("advance")):
-        if not is_finite_number(advance) or not _valid_time(clock() + advance):
+    elif body.freeze:
+        clock.freeze(body.time)
+    elif body.advance is not None:
+        if not is_finite_number(body.advance) or not is_clock_time(clock() + body.advance):
             raise InvalidRequest(
                 f"'advance' must keep the clock between 0 and {CLOCK_MAX} Unix seconds.",
                 param="advance",
             )
-        clock.advance(advance)
+        clock.advance(body.advance)
     else:
-        raise InvalidRequest('Give {"freeze": true}, {"advance": seconds} or {"resume": true}.')
+        raise InvalidRequest(CLOCK_CHOICES)
     return json_response(_clock_state(clock))

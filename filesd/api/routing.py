@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .bodies import expect_continue
-from .schemas import Empty, Request
+from .schemas import Request
 from .validation import json_body, query
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -61,7 +61,9 @@ class Operation:
         if self.query is not None:
             arguments["query"] = query(request, self.query)
         if self.body is not None:
-            arguments["body"] = await json_body(request, self.body, allow_empty=self.body is Empty)
+            arguments["body"] = await json_body(
+                request, self.body, allow_empty=self.body.body_optional
+            )
         return await self.handler(request, **arguments)
 
 

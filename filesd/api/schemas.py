@@ -30,7 +30,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..batches.objects import COMPLETION_WINDOWS, ENDPOINTS
-from ..values import has_control_characters, is_int
+from ..faultrules import FaultRule, FaultRuleError, parse_fault_rule
+from ..values import has_control_characters, is_finite_number, is_int, is_number
 
 FILENAME_MAX = 1024
 EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
@@ -209,6 +210,8 @@ class Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
     missing: ClassVar[str] = "Missing required parameter: '{name}'."
+    # Whether a JSON body may be left out altogether (read as `{}`).
+    body_optional: ClassVar[bool] = False
 
     @classmethod
     def input_names(cls) -> tuple[str, ...]:
@@ -375,6 +378,8 @@ class CompleteUpload(Request):
 class Empty(Request):
     """A body of nothing (or `{}`): cancels."""
 
+    body_optional = True
+
 
 # --- the Batch API -------------------------------------------------------------------------
 
@@ -460,3 +465,95 @@ class ListBatchesQuery(Request):
 
     limit: Annotated[int, Field(ge=1, le=BATCH_LIMIT_MAX), BeforeValidator(_batch_limit)] = 20
     after: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
+
+
+# --- the admin API (filesd's own: outside /v1 and the OpenAPI document) ---------------------
+
+# The last second of year 9999: a clock beyond it (or NaN) breaks dates and SQLite integers.
+CLOCK_MAX = 253402300799
+CLOCK_CHOICES = 'Give {"freeze": true}, {"advance": seconds} or {"resume": true}.'
+
+
+class AdminRequest(Request):
+    """A request of the admin API: the body may be left out, unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
+    body_optional = True
+
+
+def _project_string(value: object) -> object:
+    if value is not None and not isinstance(value, str):
+        raise refuse("'project' must be a string.", "project")
+    return value
+
+
+class ResetBody(AdminRequest):
+    """POST /admin/reset: everything, or one project."""
+
+    project: Annotated[str | None, BeforeValidator(_project_string)] = None
+
+
+def _journal_int(raw: object) -> object:
+    if isinstance(raw, str):
+        try:
+            return int(raw)
+        except ValueError:
+            raise refuse("'limit' and 'status' must be integers.", None) from None
+    return raw
+
+
+class JournalQuery(AdminRequest):
+    """GET /admin/requests: the last requests to /v1, newest first, filtered."""
+
+    limit: Annotated[int, BeforeValidator(_journal_int)] = 100
+    status: Annotated[int | None, BeforeValidator(_journal_int)] = None
+    method: str | None = None
+    path: str | None = None
+    project: str | None = None
+
+
+def is_clock_time(value: object) -> bool:
+    """Unix seconds the clock can show."""
+    return is_finite_number(value) and 0 <= value <= CLOCK_MAX
+
+
+def _clock_time(value: object) -> object:
+    if value is not None and not is_clock_time(value):
+        raise refuse(f"'time' must be Unix seconds between 0 and {CLOCK_MAX}.", "time")
+    return value
+
+
+def _advance(value: object) -> object:
+    # Not a number: not an advance (the request is one of the others, or none of them).
+    return value if is_number(value) else None
+
+
+def _flag(value: object) -> bool:
+    return value is True
+
+
+class SetClock(AdminRequest):
+    """POST /admin/clock: one of {"resume": true}, {"freeze": true, "time"?: T} (Unix
+    seconds) or {"advance": S} (seconds, may be negative), tried in that order."""
+
+    resume: Annotated[bool, BeforeValidator(_flag)] = False
+    freeze: Annotated[bool, BeforeValidator(_flag)] = False
+    time: Annotated[int | float | None, BeforeValidator(_clock_time)] = None
+    advance: Annotated[int | float | None, BeforeValidator(_advance)] = None
+
+
+class NewFaultRule(AdminRequest):
+    """POST /admin/faults: a fault rule, read as the configuration's `[testing] faults` are
+    (`faultrules.parse_fault_rule`, whose refusals name the field)."""
+
+    rule: FaultRule
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            return data
+        try:
+            return {"rule": parse_fault_rule(data)}
+        except FaultRuleError as error:
+            raise refuse(str(error), None) from None
