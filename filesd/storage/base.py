@@ -303,7 +303,7 @@ class UploadMetadata(Protocol):
         """Move an upload from status `old` to `new`; False if it was not in `old`.
 
         `owner` names the instance that takes the upload into `completing` (see
-        `abandoned_completions`); it is kept while the upload is `completing`. With `attempt`
+        `abandoned_completions`); a move without one clears it. With `attempt`
         (the file id a completion was started with), only that completion is moved on: a
         completion that was settled by another instance meanwhile, and started again, is not
         the caller's to finish."""

@@ -810,12 +810,11 @@ class PostgresMetadata(SharedMetadata):
         attempt: str | None = None,
     ) -> bool:
         """Move an upload from status `old` to `new`; False if it was not in `old` (or, with
-        `attempt`, if its completion is another's). `owner` is kept only while `completing`."""
+        `attempt`, if its completion is another's)."""
         sql = (
             "UPDATE uploads SET status = $1, file_id = $2, owner = $3 WHERE id = $4 AND status = $5"
             " AND ($6::text IS NULL OR file_id = $6)"
         )
-        owner = owner if new == "completing" else None
         return await self._execute(sql, new, file_id, owner, upload_id, old, attempt) == 1
 
     async def note_failed_completion(self, upload_id: str) -> int:

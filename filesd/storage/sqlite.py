@@ -636,7 +636,6 @@ class SqliteMetadata(SharedMetadata):
             "UPDATE uploads SET status = ?, file_id = ?, owner = ? "
             "WHERE id = ? AND status = ? AND (? IS NULL OR file_id = ?) RETURNING 1"
         )
-        owner = owner if new == "completing" else None
         params = (new, file_id, owner, upload_id, old, attempt, attempt)
         return len(await self._write(sql, params)) == 1
 
