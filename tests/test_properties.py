@@ -84,7 +84,7 @@ def _control(code: int) -> bool:
 
 
 def acceptable(filename: str) -> bool:
-    """The documented rule for filenames (README; filesd.validation)."""
+    """The documented rule for filenames (README; filesd.api.schemas.check_filename)."""
     return (
         0 < len(filename) <= FILENAME_MAX
         and not any(_control(ord(c)) for c in filename)

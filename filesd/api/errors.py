@@ -2,8 +2,8 @@
 
 Every error response is `{"error": {"message", "type", "param", "code"}}` with
 `Content-Type: application/json`. Which exception becomes which error is decided in one place,
-`filesd.boundary`; this module knows nothing of the store (so `import filesd.auth` does not
-load the database).
+`boundary.py`; this module knows nothing of the services (so `import filesd.api.auth` does
+not load the database).
 """
 
 from __future__ import annotations
