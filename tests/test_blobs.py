@@ -32,7 +32,7 @@ from filesd.storage.base import (
     StorageUnavailable,
     neutral_os_error,
 )
-from filesd.storage.blobdir import BATCH_BYTES, BlobDir
+from filesd.storage.blobdir import BATCH_BYTES, BlobDir, fsync_dir
 from filesd.storage.cached import CachedBlobs
 from filesd.storage.s3 import MIN_PART_BYTES, S3Blobs
 from filesd.storage.s3_spool import FileSlice
@@ -284,6 +284,67 @@ async def test_commit_moves_into_a_path_made_of_the_digest(local: BlobDir) -> No
     assert local.download_url(digest, filename="x", expires_in=60) is None
 
 
+class SyncedDirs:
+    """A `sync_dir` for BlobDir that records what was synced, and fails where told to."""
+
+    def __init__(self) -> None:
+        self.synced: list[Path] = []
+        self.failing: set[Path] = set()
+
+    def __call__(self, path: Path) -> None:
+        if path in self.failing:
+            raise OSError(errno.EIO, "the disk said no")
+        fsync_dir(path)
+        self.synced.append(path)
+
+
+def same_fan_out(n: int) -> list[bytes]:
+    """`n` different contents whose digests share their first two hex digits."""
+    by_prefix: dict[str, list[bytes]] = {}
+    for i in range(100_000):
+        content = f"content {i}".encode()
+        found = by_prefix.setdefault(hashlib.sha256(content).hexdigest()[:2], [])
+        found.append(content)
+        if len(found) == n:
+            return found
+    raise AssertionError("unreachable: 256 prefixes")
+
+
+async def test_a_new_fan_out_directory_is_durable_before_its_blobs_count(tmp_path: Path) -> None:
+    """A blob's directory entry in `blobs/` is synced before the blob is reported stored,
+    whichever blob of the commit made the directory, and again until a sync succeeded."""
+    sync = SyncedDirs()
+    blobs = BlobDir(tmp_path, sync_dir=sync)
+    await blobs.prepare()
+    first, second, third, fourth, fifth = same_fan_out(5)
+    fan_out = tmp_path / "blobs" / hashlib.sha256(first).hexdigest()[:2]
+    assert not fan_out.exists()  # made with its first blob, not ahead
+
+    sync.failing = {blobs.blob_dir}
+    results = await blobs.commit([await write(blobs, [first]), await write(blobs, [second])])
+    assert all(isinstance(r, OSError) for r in results), results
+
+    sync.failing = set()
+    sync.synced.clear()
+    assert await blobs.commit([await write(blobs, [third])]) == [True]
+    assert blobs.blob_dir in sync.synced and fan_out in sync.synced
+
+    sync.synced.clear()
+    assert await blobs.commit([await write(blobs, [fourth])]) == [True]
+    assert sync.synced == [fan_out]  # known durable now: its own directory only
+
+    # A restart syncs `blobs/` once, and then trusts the fan-outs it found.
+    sync.synced.clear()
+    again = BlobDir(tmp_path, sync_dir=sync)
+    await again.prepare()
+    assert sync.synced == [again.blob_dir]
+    sync.synced.clear()
+    assert await again.commit([await write(again, [fifth])]) == [True]
+    assert sync.synced == [fan_out]
+    await blobs.close()
+    await again.close()
+
+
 @pytest.mark.parametrize("digest", ["../../etc/passwd", "ABC", "a" * 63, "g" * 64, "A" * 64])
 def test_blob_paths_are_made_of_digests_only(local: BlobDir, digest: str) -> None:
     with pytest.raises(ValueError):
@@ -372,6 +433,35 @@ async def test_large_content_goes_up_in_parts(s3_bucket: S3Bucket, tmp_path: Pat
         assert md5 == md5_hex(content)
         await blobs.discard([joined])
         assert staging(blobs) == []
+    finally:
+        await blobs.close()
+
+
+@pytest.mark.slow
+async def test_quarantine_moves_blobs_aside_whole_in_one_copy_or_in_parts(
+    s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    blobs = s3_blobs(
+        s3_bucket, tmp_path, multipart_threshold=MIN_PART_BYTES, part_size=MIN_PART_BYTES
+    )
+    await blobs.prepare()
+    client = s3_bucket.client()
+    try:
+        small, large = b"bit rot", os.urandom(2 * MIN_PART_BYTES + 12_345)
+        digests = []
+        for content in (small, large):
+            staged = await write(blobs, [content])
+            assert await blobs.commit([staged]) == [True]
+            digests.append(staged.sha256)
+        await blobs.quarantine([*digests, "e" * 64])  # one never stored: passed over
+        for digest, content in zip(digests, (small, large), strict=True):
+            assert await blobs.missing([digest]) == {digest}
+            kept = client.get_object(Bucket=s3_bucket.bucket, Key=f"{PREFIX}/quarantine/{digest}")
+            assert kept["Body"].read() == content
+        head = client.head_object(Bucket=s3_bucket.bucket, Key=f"{PREFIX}/quarantine/{digests[1]}")
+        assert head["ETag"].strip('"').endswith("-3")  # copied in three parts
+        assert client.list_multipart_uploads(Bucket=s3_bucket.bucket).get("Uploads", []) == []
+        assert sorted(await blobs.digests()) == []  # quarantine is not under blobs/
     finally:
         await blobs.close()
 

@@ -825,6 +825,42 @@ async def test_postgres_a_part_never_lands_beside_a_status_change(postgres_dsn: 
         await store.close()
 
 
+async def test_postgres_a_lease_taken_meanwhile_by_an_earlier_release_is_not_overwritten(
+    postgres_dsn: str,
+) -> None:
+    # During a rolling upgrade an instance of an earlier release takes leases with one
+    # statement and none of this release's advisory locks: between reading an expired lease
+    # and writing it, this instance must not overwrite what that one wrote (two holders).
+    store = await PostgresMetadata.open(postgres_dsn)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        assert await store.take_lease("upkeep", "a", now=100, ttl=10)
+        earlier = other.transaction()
+        await earlier.start()
+        await other.execute("SELECT * FROM leases WHERE name = 'upkeep' FOR UPDATE")
+        taking = asyncio.create_task(store.take_lease("upkeep", "b", now=200, ttl=10))
+
+        async def take_waits() -> bool:
+            waiting = await other.fetchval(
+                "SELECT COUNT(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return taking.done() or waiting > 0
+
+        await wait_until(take_waits, what="the take waits for the earlier release's write")
+        await other.execute(
+            "UPDATE leases SET holder = 'earlier', until = 300 WHERE name = 'upkeep'"
+        )
+        await earlier.commit()
+        assert await taking is False
+        holder = await other.fetchrow("SELECT holder, until FROM leases WHERE name = 'upkeep'")
+        assert tuple(holder) == ("earlier", 300)
+        assert await store.take_lease("upkeep", "b", now=300, ttl=10)  # expired: taken over
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def test_postgres_a_lost_connection_is_storage_busy_then_recovers(postgres_dsn: str) -> None:
     # The server ends filesd's sessions (a restart, a failover, an operator): a call meeting
     # the dead connection is a StorageBusy (a 503 to retry; never the driver's own error),

@@ -105,11 +105,13 @@ async def fsck(
 async def _repair(
     meta: FileMetadata, blobs: BlobBackend, instance: Instance, report: FsckReport
 ) -> None:
-    await blobs.quarantine(report.corrupt)
+    # Files first, then their blobs: a file is never left pointing at a blob that is gone
+    # without saying why (a repair cut short is taken up again by the next fsck).
     for digest in report.corrupt:
         await meta.mark_blob_damaged(
             digest, "The stored content does not match its SHA-256; quarantined by fsck."
         )
+    await blobs.quarantine(report.corrupt)
     for digest in sorted(await blobs.missing(report.missing)):
         await meta.mark_blob_damaged(digest, "The stored content is missing; found by fsck.")
     for digest in report.restored:

@@ -113,14 +113,23 @@ class BlobDir:
     Implements `filesd.storage.base.BlobBackend`, and offers `local_path` for sendfile.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync_dir: Callable[[Path], None] | None = None) -> None:
+        """`sync_dir` makes a directory's entries durable (`fsync_dir`; a test may give one
+        that records or fails the calls, as a transport wraps a seam from outside)."""
         self.root = root
+        self._sync_dir = sync_dir or fsync_dir
         self.blob_dir = root / "blobs"
         self.temp_dir = root / "tmp"
         self.part_dir = root / "parts"
         # Directory fsyncs of a commit run side by side (they can share a journal commit), in
         # threads kept for it: starting threads for every commit cost more than the fsyncs.
         self._fsyncs = ThreadPoolExecutor(max_workers=8, thread_name_prefix="filesd-fsync")
+        # Fan-out directories whose entries in `blobs/` are known to be on disk: those found by
+        # `prepare` (which fsyncs `blobs/`) and those a commit's fsync of `blobs/` covered. A
+        # blob in any other directory waits on an fsync of `blobs/` too, however its directory
+        # came to be (made by another commit whose fsync failed, or is still running). Only
+        # ever added to after an fsync succeeded, so a stale read costs an fsync, never safety.
+        self._durable_fan_outs: set[str] = set()
 
     # --- the BlobBackend protocol -------------------------------------------------------------
 
@@ -239,6 +248,10 @@ class BlobDir:
                 made = True
         if made:
             fsync_dir(self.root)
+        with os.scandir(self.blob_dir) as it:
+            fan_outs = {e.name for e in it if e.is_dir(follow_symlinks=False)}
+        if fan_outs and self._try_sync(self.blob_dir) is None:
+            self._durable_fan_outs |= fan_outs
         if not clean:
             return 0
         return self._remove_leftovers_sync(self._leftovers_sync())
@@ -317,50 +330,60 @@ class BlobDir:
 
     def _commit_sync(self, staged: Sequence[StagedBlob]) -> list[bool | Exception]:
         """Move staged content into place under its digest, with one fsync per directory that
-        gained entries (concurrent fsyncs can share one journal commit). Every temp file is
-        gone afterwards."""
+        gained entries (concurrent fsyncs can share one journal commit). A blob whose fan-out
+        directory is not yet known durable (the first of its directory) also waits on an fsync
+        of `blobs/`, so an acknowledged blob never hangs on a directory entry a crash could
+        lose. Every temp file is gone afterwards."""
         results: list[bool | Exception] = []
         gained: dict[Path, list[int]] = {}
+        new_fan_outs: set[str] = set()
         for i, item in enumerate(staged):
             try:
                 temp = self.staged_path(item)
                 target = self.path_for(item.sha256)
-                new_fan_out = False
+                fan_out = target.parent
                 try:
                     if target.exists():
                         results.append(False)
-                        continue
-                    try:
-                        os.replace(temp, target)
-                    except FileNotFoundError:
-                        if not temp.exists():
-                            raise
-                        # The first blob of its fan-out: the directory is made here, and its
-                        # entry is fsynced with the blob's (below).
-                        target.parent.mkdir(exist_ok=True)
-                        new_fan_out = True
-                        os.replace(temp, target)
+                    else:
+                        try:
+                            os.replace(temp, target)
+                        except FileNotFoundError:
+                            if not temp.exists():
+                                raise
+                            fan_out.mkdir(exist_ok=True)  # the first blob of its fan-out
+                            os.replace(temp, target)
+                        results.append(True)
+                        gained.setdefault(fan_out, []).append(i)
                 finally:
                     temp.unlink(missing_ok=True)
             except Exception as error:
                 results.append(error)
                 continue
-            results.append(True)
-            gained.setdefault(target.parent, []).append(i)
-            if new_fan_out:
+            if fan_out.name not in self._durable_fan_outs:
                 gained.setdefault(self.blob_dir, []).append(i)
+                new_fan_outs.add(fan_out.name)
         outcomes: Iterable[OSError | None]
         try:
             if len(gained) <= 1:
                 raise RuntimeError("one directory: no need for the pool")
-            outcomes = list(self._fsyncs.map(_try_fsync_dir, gained))
+            outcomes = list(self._fsyncs.map(self._try_sync, gained))
         except RuntimeError:  # also: a commit still running after `close` shut the pool
-            outcomes = [_try_fsync_dir(path) for path in gained]
-        for (_, indexes), failure in zip(gained.items(), outcomes, strict=True):
+            outcomes = [self._try_sync(path) for path in gained]
+        for (path, indexes), failure in zip(gained.items(), outcomes, strict=True):
             if failure is not None:
                 for i in indexes:
                     results[i] = failure
+            elif path == self.blob_dir:
+                self._durable_fan_outs |= new_fan_outs
         return results
+
+    def _try_sync(self, path: Path) -> OSError | None:
+        try:
+            self._sync_dir(path)
+        except OSError as error:
+            return error
+        return None
 
     def _discard_sync(self, staged: Sequence[StagedBlob]) -> None:
         for item in staged:
@@ -511,14 +534,6 @@ def _subdirs(path: Path) -> Iterator[Path]:
         for entry in it:
             if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False):
                 yield Path(entry.path)
-
-
-def _try_fsync_dir(path: Path) -> OSError | None:
-    try:
-        fsync_dir(path)
-    except OSError as error:
-        return error
-    return None
 
 
 def fsync_dir(path: Path) -> None:

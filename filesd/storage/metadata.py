@@ -127,7 +127,14 @@ class CoordinationState(Protocol):
         """(holder, until) of lease `name`, or None."""
         ...
 
-    async def set_lease(self, name: str, holder: str, until: int) -> None: ...
+    async def set_lease(
+        self, name: str, holder: str, until: int, *, was: tuple[str, int] | None
+    ) -> bool:
+        """Hold lease `name` for `holder` until `until`, only if it is still `was` (what
+        `lease` answered); False if it changed meanwhile. The write checks its own fact: a
+        writer that does not take this transaction's locks (an instance of an earlier
+        release, during a rolling upgrade) cannot be overwritten."""
+        ...
 
     async def drop_lease(self, name: str) -> None: ...
 
@@ -327,8 +334,7 @@ class SharedMetadata(abc.ABC):
             holder, until = current if current is not None else (None, None)
             if not rules.lease_free(holder, until, instance, now):
                 return False
-            await state.set_lease(name, instance, now + ttl)
-        return True
+            return await state.set_lease(name, instance, now + ttl, was=current)
 
     async def claim_blobs(self, digests: Sequence[str], instance: str, *, now: int) -> set[str]:
         if not digests:
@@ -517,8 +523,13 @@ class _BoundState:
     async def lease(self, name: str) -> tuple[str, int] | None:
         return self._m.leases.get(name)
 
-    async def set_lease(self, name: str, holder: str, until: int) -> None:
+    async def set_lease(
+        self, name: str, holder: str, until: int, *, was: tuple[str, int] | None
+    ) -> bool:
+        if self._m.leases.get(name) != was:
+            return False
         self._m.leases[name] = (holder, until)
+        return True
 
     async def drop_lease(self, name: str) -> None:
         self._m.leases.pop(name, None)

@@ -64,7 +64,7 @@ from .base import (
 )
 from .metadata import SharedMetadata
 from .postgres_schema import MIGRATIONS
-from .postgres_writes import COLUMNS, USAGE, BatchWrites, Coordination, Writes
+from .postgres_writes import COLUMNS, USAGE, BatchWrites, Coordination, Writes, status_count
 from .rules import Usage
 
 __all__ = ["MIGRATIONS", "PostgresMetadata", "describe_dsn", "lock_key", "neutral_error"]
@@ -184,11 +184,6 @@ def _neutral_errors() -> Iterator[None]:
         if neutral is None:
             raise
         raise neutral from error
-
-
-def _status_count(status: str) -> int:
-    """The row count of a command tag ("DELETE 3" -> 3)."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 def _record(row: Record) -> FileRecord:
@@ -349,7 +344,7 @@ class PostgresMetadata(SharedMetadata):
     async def _execute(self, sql: str, *args: Any) -> int:
         """Run one statement; returns how many rows it changed."""
         async with self._connection() as conn:
-            return _status_count(await conn.execute(sql, *args))
+            return status_count(await conn.execute(sql, *args))
 
     async def _migrate(self) -> None:
         """Apply the migrations this database lacks, all in one transaction under an advisory
@@ -734,7 +729,7 @@ class PostgresMetadata(SharedMetadata):
         """Remove rows soft-deleted before `before`, and finished uploads created before it,
         in one transaction."""
         async with self._transaction() as conn:
-            purged = _status_count(
+            purged = status_count(
                 await conn.execute(
                     "DELETE FROM files WHERE deleted_at IS NOT NULL AND deleted_at < $1", before
                 )

@@ -14,6 +14,12 @@ from typing import Any
 from ..models import BatchResult, FileRecord, PartRecord
 from .rules import BatchSums, PartFacts, Usage
 
+
+def status_count(status: str) -> int:
+    """The row count of a command tag ("DELETE 3" -> 3)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 # asyncpg has no type information: its connections are Any here.
 Connection = Any
 
@@ -258,14 +264,22 @@ class Coordination:
         row = await self._conn.fetchrow("SELECT holder, until FROM leases WHERE name = $1", name)
         return None if row is None else (row[0], int(row[1]))
 
-    async def set_lease(self, name: str, holder: str, until: int) -> None:
-        await self._conn.execute(
-            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) "
-            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
-            name,
-            holder,
-            until,
-        )
+    async def set_lease(
+        self, name: str, holder: str, until: int, *, was: tuple[str, int] | None
+    ) -> bool:
+        if was is None:
+            sql = (
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) "
+                "ON CONFLICT (name) DO NOTHING"
+            )
+            status = await self._conn.execute(sql, name, holder, until)
+        else:
+            sql = (
+                "UPDATE leases SET holder = $2, until = $3 "
+                "WHERE name = $1 AND holder = $4 AND until = $5"
+            )
+            status = await self._conn.execute(sql, name, holder, until, *was)
+        return status_count(status) == 1
 
     async def drop_lease(self, name: str) -> None:
         await self._conn.execute("DELETE FROM leases WHERE name = $1", name)

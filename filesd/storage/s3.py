@@ -20,6 +20,8 @@ Cloud Storage (interoperability, HMAC keys) and Ceph RGW:
   of them at once);
 - GetObject, with a `Range` header for partial reads;
 - DeleteObjects (batches of 1000, with Content-MD5), ListObjectsV2 (paginated);
+- CopyObject, and UploadPartCopy from `multipart_threshold` on (`filesd fsck --repair` moving a
+  corrupt blob to `<prefix>/quarantine/`);
 - presigned GET URLs (SigV4 query auth) with `response-content-disposition`.
 
 Nothing newer is relied on: no flexible checksums (x-amz-checksum-*, which GCS and older
@@ -728,17 +730,58 @@ class S3Blobs:
 
     async def quarantine(self, digests: Sequence[str]) -> None:
         """Copy each blob to `<prefix>/quarantine/<digest>` (kept for a look, never served),
-        then delete it from under its digest."""
+        then delete it from under its digest. The copy is made inside the store (nothing
+        crosses this process), in parts as uploads are (S3 copies at most 5 GiB at once)."""
         for digest in digests:
+            source = self.blob_key(digest)
+            target = f"{self._base}quarantine/{digest}"
             try:
-                await self._call(
-                    "copy_object",
-                    Key=f"{self._base}quarantine/{digest}",
-                    CopySource={"Bucket": self.bucket, "Key": self.blob_key(digest)},
-                )
+                size = int((await self._call("head_object", Key=source))["ContentLength"])
+                if size < self.multipart_threshold:
+                    await self._call(
+                        "copy_object",
+                        Key=target,
+                        CopySource={"Bucket": self.bucket, "Key": source},
+                    )
+                else:
+                    await self._copy_in_parts(source, target, size)
             except _NoSuchKey:
                 continue
         await self.delete(digests)
+
+    async def _copy_in_parts(self, source: str, target: str, size: int) -> None:
+        part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
+        count = math.ceil(size / part_size)
+        created = await self._call(
+            "create_multipart_upload", Key=target, ContentType="application/octet-stream"
+        )
+        upload_id = created["UploadId"]
+        try:
+            etags = []
+            for number in range(1, count + 1):
+                start = (number - 1) * part_size
+                end = min(size, start + part_size) - 1
+                copied = await self._call(
+                    "upload_part_copy",
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                etags.append(copied["CopyPartResult"]["ETag"])
+            await self._call(
+                "complete_multipart_upload",
+                Key=target,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+                },
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._call("abort_multipart_upload", Key=target, UploadId=upload_id)
+            raise
 
     async def digests(self) -> list[str]:
         found = []
