@@ -230,6 +230,36 @@ async def test_admin_requests_are_checked_against_their_types(
     assert (await admin(client, "GET", "faults"))["data"] == []
 
 
+async def test_the_admin_api_reads_what_it_uses_and_ignores_the_rest(client: Client) -> None:
+    """Of a query parameter given twice the first counts; a clock request's unused fields are
+    not looked at (as before the requests were declared types)."""
+    await upload(client, b"one")
+    await upload(client, b"two")
+    journal = await admin(client, "GET", "requests?limit=1&limit=5&method=POST&method=GET")
+    assert len(journal["data"]) == 1 and journal["data"][0]["method"] == "POST"
+    state = await admin(client, "POST", "clock", json={"freeze": True, "time": 1_800_000_000})
+    state = await admin(client, "POST", "clock", json={"advance": 60, "time": "soon"})
+    assert state == {"time": 1_800_000_060, "frozen": True}
+    state = await admin(client, "POST", "clock", json={"resume": True, "time": -1})
+    assert state["frozen"] is False
+    resp = await client.post("/admin/clock", json={"time": -5}, headers=ADMIN)
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["message"].startswith('Give {"freeze": true}')
+
+
+async def test_a_clock_given_by_the_test_is_not_adjusted(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path / "data", admin={"token": TOKEN})
+    client = await aiohttp_client(create_app(config, clock=lambda: 1_700_000_000.0))
+    for payload in ({"freeze": True}, {"advance": "x"}, {}):
+        resp = await client.post("/admin/clock", json=payload, headers=ADMIN)
+        body = await resp.json()
+        assert resp.status == 400 and "not adjustable" in body["error"]["message"], body
+    created = await upload(client, b"x")
+    assert created["created_at"] == 1_700_000_000
+
+
 def test_two_failures_then_success_is_one_success_for_the_sdk() -> None:
     rule = {"method": "GET", "route": "/v1/files/{file_id}", "status": 500, "count": 2}
     with serve(admin={"token": TOKEN}, testing={"faults": [rule]}) as server:

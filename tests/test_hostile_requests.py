@@ -43,6 +43,16 @@ async def admin_client(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
     return client
 
 
+@pytest.fixture
+async def echo_client(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
+    """The admin API on, and the Batch API on the built-in echo model."""
+    config = make_config(
+        tmp_path / "data", admin={"token": ADMIN_TOKEN}, batches={"upstream": "echo"}
+    )
+    client: Client = await aiohttp_client(create_app(config))
+    return client
+
+
 async def assert_400(resp: Any, param: str | None = None) -> dict[str, Any]:
     body = await resp.json()
     assert resp.status == 400, body
@@ -75,6 +85,60 @@ async def test_a_lone_surrogate_echoed_in_an_error_is_still_a_json_400(client: C
     )
     error = await assert_400(resp)
     assert "\ud800" in error["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "quoted"),
+    [
+        ("/v1/uploads", {**UPLOAD, "expires_after": {"\ud800": 1}}, "\ud800"),
+        ("/v1/uploads", {**UPLOAD, "purpose": "nope", "expires_after": {"\ud800": 1}}, "nope"),
+        ("/v1/batches", {"output_expires_after": {"\ud800": 1}}, "\ud800"),
+        ("/v1/batches", {"metadata": {"\ud800": 1}}, "\ud800"),
+        ("/v1/batches", {"metadata": {"\ud800": "v" * 513}}, "512"),
+        ("/admin/faults", {"\ud800": 1}, "\ud800"),
+    ],
+)
+async def test_a_lone_surrogate_quoted_by_a_refusal_is_a_400(
+    echo_client: Client, path: str, body: dict[str, Any], quoted: str
+) -> None:
+    """A refusal worded by filesd that quotes the client's words: the validation library must
+    not choke on them (it renders its messages as UTF-8)."""
+    if path == "/v1/batches":
+        body = {
+            "input_file_id": "file-x",
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            **body,
+        }
+    headers = {
+        **(ADMIN if path.startswith("/admin") else ALPHA),
+        "Content-Type": "application/json",
+    }
+    resp = await echo_client.post(path, data=json.dumps(body), headers=headers)
+    error = await assert_400(resp)
+    assert quoted in error["error"]["message"]
+    # Nothing was made.
+    listed = await echo_client.get("/admin/faults", headers=ADMIN)
+    assert (await listed.json())["data"] == []
+    listed = await echo_client.get("/v1/batches", headers=ALPHA)
+    assert (await listed.json())["data"] == []
+
+
+async def test_a_metadata_value_that_is_no_valid_unicode_is_named_by_its_path(
+    echo_client: Client,
+) -> None:
+    body = {
+        "input_file_id": "file-x",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"k": "\ud800"},
+    }
+    resp = await echo_client.post(
+        "/v1/batches",
+        data=json.dumps(body),
+        headers={**ALPHA, "Content-Type": "application/json"},
+    )
+    await assert_400(resp, param="metadata.k")
 
 
 async def test_a_fault_rule_with_a_huge_count_is_listed(admin_client: Client) -> None:

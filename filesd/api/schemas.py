@@ -52,11 +52,22 @@ class Limits:
     max_upload_bytes: int
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The words of a refusal, as the API answers them (400, with this param and code)."""
+
+    message: str
+    param: str | None
+    code: str | None = None
+
+
 def refuse(message: str, param: str | None, code: str | None = None) -> PydanticCustomError:
-    """A refusal worded in full here: the API answers it as it is (400, this param and code)."""
-    return PydanticCustomError(
-        "filesd", "{message}", {"message": message, "param": param, "code": code}
-    )
+    """A refusal worded in full here: the API answers it as it is (400, this param and code).
+
+    The words travel inside an object, never as the error's template or a string of its
+    context: pydantic renders those as UTF-8, and a message may quote what a client sent,
+    lone surrogates included (JSON can spell them)."""
+    return PydanticCustomError("filesd", "refused", {"refusal": Refusal(message, param, code)})
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -212,6 +223,8 @@ class Request(BaseModel):
     missing: ClassVar[str] = "Missing required parameter: '{name}'."
     # Whether a JSON body may be left out altogether (read as `{}`).
     body_optional: ClassVar[bool] = False
+    # Whether a query parameter given twice is refused (else the first counts).
+    duplicates_refused: ClassVar[bool] = True
 
     @classmethod
     def input_names(cls) -> tuple[str, ...]:
@@ -475,10 +488,12 @@ CLOCK_CHOICES = 'Give {"freeze": true}, {"advance": seconds} or {"resume": true}
 
 
 class AdminRequest(Request):
-    """A request of the admin API: the body may be left out, unknown fields are ignored."""
+    """A request of the admin API: the body may be left out, unknown fields are ignored, and
+    of a query parameter given twice the first counts."""
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
     body_optional = True
+    duplicates_refused = False
 
 
 def _project_string(value: object) -> object:
@@ -517,29 +532,31 @@ def is_clock_time(value: object) -> bool:
     return is_finite_number(value) and 0 <= value <= CLOCK_MAX
 
 
-def _clock_time(value: object) -> object:
-    if value is not None and not is_clock_time(value):
-        raise refuse(f"'time' must be Unix seconds between 0 and {CLOCK_MAX}.", "time")
-    return value
-
-
-def _advance(value: object) -> object:
-    # Not a number: not an advance (the request is one of the others, or none of them).
-    return value if is_number(value) else None
-
-
-def _flag(value: object) -> bool:
-    return value is True
-
-
 class SetClock(AdminRequest):
-    """POST /admin/clock: one of {"resume": true}, {"freeze": true, "time"?: T} (Unix
-    seconds) or {"advance": S} (seconds, may be negative), tried in that order."""
+    """POST /admin/clock: the first that applies of {"resume": true}, {"freeze": true,
+    "time"?: T} (Unix seconds) and {"advance": S} (seconds, may be negative); what the
+    chosen one does not use is not looked at."""
 
-    resume: Annotated[bool, BeforeValidator(_flag)] = False
-    freeze: Annotated[bool, BeforeValidator(_flag)] = False
-    time: Annotated[int | float | None, BeforeValidator(_clock_time)] = None
-    advance: Annotated[int | float | None, BeforeValidator(_advance)] = None
+    resume: bool = False
+    freeze: bool = False
+    time: int | float | None = None
+    advance: int | float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choice(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            return data
+        if data.get("resume") is True:
+            return {"resume": True}
+        if data.get("freeze") is True:
+            at = data.get("time")
+            if at is not None and not is_clock_time(at):
+                raise refuse(f"'time' must be Unix seconds between 0 and {CLOCK_MAX}.", "time")
+            return {"freeze": True, "time": at}
+        if is_number(advance := data.get("advance")):
+            return {"advance": advance}
+        raise refuse(CLOCK_CHOICES, None)
 
 
 class NewFaultRule(AdminRequest):

@@ -7,7 +7,7 @@ field first, then the first problem in the order the type declares its fields.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from .appkeys import CONFIG
 from .bodies import read_json_object
 from .errors import InvalidRequest
-from .schemas import Limits, Request, json_type
+from .schemas import Limits, Refusal, Request, json_type
 
 R = TypeVar("R", bound=Request)
 
@@ -67,7 +67,7 @@ def query(request: web.Request, model: type[R]) -> R:
     values: dict[str, str] = {}
     for name in model.model_fields:
         given = request.query.getall(name, [])
-        if len(given) > 1:
+        if len(given) > 1 and model.duplicates_refused:
             raise InvalidRequest(f"Duplicate query parameter '{name}'.", param=name)
         if given:
             values[name] = given[0]
@@ -76,8 +76,11 @@ def query(request: web.Request, model: type[R]) -> R:
 
 def refused(error: PydanticCustomError) -> InvalidRequest:
     """A refusal of `schemas.refuse`, as the API answers it."""
-    context: dict[str, Any] = error.context or {}
-    return InvalidRequest(context["message"], param=context["param"], code=context["code"])
+    return _refused((error.context or {})["refusal"])
+
+
+def _refused(refusal: Refusal) -> InvalidRequest:
+    return InvalidRequest(refusal.message, param=refusal.param, code=refusal.code)
 
 
 def refusal(model: type[Request], error: ValidationError) -> InvalidRequest:
@@ -90,9 +93,9 @@ def refusal(model: type[Request], error: ValidationError) -> InvalidRequest:
 def _answer(model: type[Request], problem: ErrorDetails) -> InvalidRequest:
     kind = problem["type"]
     if kind == "filesd":
-        context: dict[str, Any] = dict(problem.get("ctx") or {})
-        return InvalidRequest(context["message"], param=context["param"], code=context["code"])
-    name = str(problem["loc"][-1]) if problem["loc"] else None
+        return _refused((problem.get("ctx") or {})["refusal"])
+    # A field of a field (a metadata value) is named by its path, as OpenAI names it.
+    name = ".".join(str(part) for part in problem["loc"]) if problem["loc"] else None
     given = problem.get("input")
     if kind == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
