@@ -276,7 +276,7 @@ async def test_commit_moves_into_a_path_made_of_the_digest(local: BlobDir) -> No
     staged = await write(local, [b"hello"])
     assert await local.commit([staged]) == [True]
     digest = hashlib.sha256(b"hello").hexdigest()
-    path = local.local_path(digest)
+    path = local.path_for(digest)
     assert path == local.blob_dir / digest[:2] / digest
     assert path.read_bytes() == b"hello"
     assert not local.staged_path(staged).exists()
@@ -389,7 +389,7 @@ async def test_keys_are_made_of_the_prefix_and_digests(
         assert s3_bucket.object_keys() == sorted(
             [f"{base}blobs/{digest[:2]}/{digest}", f"{base}parts/{token}"]
         )
-        assert blobs.local_path(digest) is None  # type: ignore[func-returns-value]
+        assert await blobs.open_local(digest) is None  # type: ignore[func-returns-value]
         for bad in ("../../etc/passwd", "A" * 64, "a" * 63):
             with pytest.raises(ValueError):
                 blobs.blob_key(bad)

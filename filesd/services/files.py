@@ -11,7 +11,6 @@ Errors are the plain exceptions of `errors.py`; mapping them to HTTP is the call
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -233,19 +232,8 @@ class FileService:
         """A file's bytes opened for reading (for zero-copy sendfile; the caller closes it),
         or None when the blob backend keeps no local files. Raises `BlobMissing`."""
         try:
-            path = self._blobs.local_path(record.sha256)
-            if path is None:
-                return None
-            opening: asyncio.Future[IO[bytes]] = asyncio.get_running_loop().run_in_executor(
-                None, path.open, "rb"
-            )
-            try:
-                return await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                # The open goes on in its thread: close what it opens, or the descriptor leaks.
-                opening.add_done_callback(_close_opened)
-                raise
-        except (BlobMissing, FileNotFoundError):
+            return await self._blobs.open_local(record.sha256)
+        except BlobMissing:
             raise _missing(record) from None
 
     def download_url(self, record: FileRecord, *, expires_in: int) -> str | None:
@@ -277,8 +265,3 @@ class FileService:
 def _missing(record: FileRecord) -> BlobMissing:
     log.error("file %s: blob %s is missing from storage", record.id, record.sha256)
     return BlobMissing(record.sha256, file_id=record.id)
-
-
-def _close_opened(opening: asyncio.Future[IO[bytes]]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()

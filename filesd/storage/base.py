@@ -19,8 +19,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ..models import (
     BatchRecord,
@@ -218,9 +217,10 @@ class BlobBackend(Protocol):
         """
         ...
 
-    def local_path(self, digest: str) -> Path | None:
-        """Where the blob lives on this machine's filesystem (for zero-copy sendfile), or None
-        for backends without local files. No I/O: the file need not exist."""
+    async def open_local(self, digest: str) -> BinaryIO | None:
+        """The blob opened for reading from this machine's filesystem (for zero-copy
+        sendfile; the caller closes it), or None for backends without local files. Raises
+        `BlobMissing` if the blob is not there."""
         ...
 
     async def delete(self, digests: Sequence[str]) -> int:
@@ -683,8 +683,8 @@ class DelegatingBlobs:
     ) -> AsyncIterator[bytes]:
         return self.inner.open_range(digest, start, length)
 
-    def local_path(self, digest: str) -> Path | None:
-        return self.inner.local_path(digest)
+    async def open_local(self, digest: str) -> BinaryIO | None:
+        return await self.inner.open_local(digest)
 
     async def delete(self, digests: Sequence[str]) -> int:
         return await self.inner.delete(digests)

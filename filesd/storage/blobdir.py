@@ -110,7 +110,7 @@ class HashedFile:
 class BlobDir:
     """Blobs under `root/blobs`, temp files under `root/tmp`, upload parts under `root/parts`.
 
-    Implements `filesd.storage.base.BlobBackend`, and offers `local_path` for sendfile.
+    Implements `filesd.storage.base.BlobBackend` (with `open_local`, for sendfile).
     """
 
     def __init__(self, root: Path, *, sync_dir: Callable[[Path], None] | None = None) -> None:
@@ -159,18 +159,16 @@ class BlobDir:
         except FileNotFoundError:
             raise BlobMissing(digest) from None
 
+    async def open_local(self, digest: str) -> BinaryIO:
+        try:
+            return await _opened(self.path_for(digest))
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
+
     async def open_range(
         self, digest: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        opening = asyncio.ensure_future(_in_thread(_open_read, self.path_for(digest)))
-        try:
-            f = await asyncio.shield(opening)
-        except FileNotFoundError:
-            raise BlobMissing(digest) from None
-        except asyncio.CancelledError:
-            # The open goes on in its thread: close what it opens, or the descriptor leaks.
-            opening.add_done_callback(_close_opened)
-            raise
+        f = await self.open_local(digest)
         try:
             await asyncio.to_thread(f.seek, start)
             left = length
@@ -187,9 +185,6 @@ class BlobDir:
             # first (a reader stopped at shutdown), and closing a file read from writes nothing.
             # A read still running in a worker thread then fails, or reads bytes nobody takes.
             f.close()
-
-    def local_path(self, digest: str) -> Path:
-        return self.path_for(digest)
 
     async def delete(self, digests: Sequence[str]) -> int:
         if not digests:
@@ -522,6 +517,17 @@ class DirWriter:
 
 def _open_read(path: Path) -> BinaryIO:
     return path.open("rb")
+
+
+async def _opened(path: Path) -> BinaryIO:
+    """`path` opened for reading in a worker thread. If the caller is cancelled meanwhile, the
+    open goes on in its thread: what it opens is closed then, never a leaked descriptor."""
+    opening = asyncio.ensure_future(_in_thread(_open_read, path))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
 
 
 def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:

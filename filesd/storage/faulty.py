@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import BinaryIO
 
 from ..faultrules import storage_fault
 from .base import BlobMissing, BlobWriter, DelegatingBlobs, StagedBlob, StorageFull
@@ -55,9 +55,9 @@ class FaultyBlobs(DelegatingBlobs):
         async for chunk in self.inner.open_range(digest, start, length):
             yield chunk
 
-    def local_path(self, digest: str) -> Path | None:
+    async def open_local(self, digest: str) -> BinaryIO | None:
         _read_fault(digest)
-        return self.inner.local_path(digest)
+        return await self.inner.open_local(digest)
 
 
 class _FaultyWriter:

@@ -720,7 +720,7 @@ class S3Blobs:
             raise self._unavailable(error) from error
         return chunk
 
-    def local_path(self, digest: str) -> None:
+    async def open_local(self, digest: str) -> None:
         return None
 
     # --- listing and removing ----------------------------------------------------------------
