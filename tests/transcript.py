@@ -31,6 +31,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from filesd.api.app import create_app
 from filesd.config import parse_config
 
+from .conftest import wait_until
+
 GOLDEN = Path(__file__).parent / "golden" / "transcript.json"
 
 ALPHA = "sk-transcript-alpha-0123"
@@ -418,10 +420,15 @@ async def conversation(r: Recorder) -> None:
         "metadata": {"run": "transcript"},
     }
     batch = await r.send("POST", "/v1/batches", json_body=create)
+
     final = batch
-    while final["status"] not in ("completed", "failed", "expired", "cancelled"):
-        await asyncio.sleep(0.02)
+
+    async def ended() -> bool:
+        nonlocal final
         final = await r.send("GET", f"/v1/batches/{batch['id']}", record=False)
+        return final["status"] in ("completed", "failed", "expired", "cancelled")
+
+    await wait_until(ended, timeout=60, what="the batch ends")
     await r.send("GET", f"/v1/batches/{batch['id']}")
     await r.send("GET", f"/v1/batches/{batch['id']}", key=BETA)
     await r.send("GET", "/v1/batches")
