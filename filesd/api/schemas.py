@@ -467,16 +467,12 @@ class CreateBatch(Request):
     output_expires_after: Annotated[ExpiresAfter | None, _policy("output_expires_after")] = None
 
 
-def _batch_limit(raw: object) -> object:
-    return query_int(raw, "limit", 20, 1, BATCH_LIMIT_MAX)
-
-
 class ListBatchesQuery(Request):
     """GET /v1/batches: a page of the project's batches, newest first."""
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
 
-    limit: Annotated[int, Field(ge=1, le=BATCH_LIMIT_MAX), BeforeValidator(_batch_limit)] = 20
+    limit: Annotated[int, Field(ge=1, le=BATCH_LIMIT_MAX), _limit_query(20, BATCH_LIMIT_MAX)] = 20
     after: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
 
 
