@@ -58,8 +58,6 @@ from .errors import (
     ServerError,
     ServiceUnavailable,
     error_response,
-    file_not_found,
-    file_too_large,
     invalid_url,
     new_request_id,
 )
@@ -119,11 +117,15 @@ def _blob_missing(request: web.Request, exc: BlobMissing) -> ApiError:
 ERRORS: dict[type[BaseException], Mapper] = {
     ApiError: lambda request, exc: exc,
     # the store and the storage
-    FileNotFound: lambda request, exc: file_not_found(exc.file_id),
+    FileNotFound: lambda request, exc: NotFound(f"No such File object: {exc.file_id}", param="id"),
     CursorNotFound: lambda request, exc: InvalidRequest(
         f"No such File object: {exc.file_id}", param="after"
     ),
-    FileTooLarge: lambda request, exc: file_too_large(exc.limit),
+    FileTooLarge: lambda request, exc: PayloadTooLarge(
+        f"File is too large: the maximum size is {exc.limit} bytes.",
+        param="file",
+        code="file_too_large",
+    ),
     QuotaExceeded: lambda request, exc: InvalidRequest(
         f"Quota exceeded: project {exc.project!r} may hold at most {exc.limit} {exc.what}.",
         code="quota_exceeded",

@@ -117,18 +117,6 @@ def invalid_url(request: web.BaseRequest, headers: Mapping[str, str] | None = No
     return NotFound(f"Invalid URL ({request.method} {request.path})", headers=headers)
 
 
-def file_not_found(file_id: str) -> NotFound:
-    return NotFound(f"No such File object: {file_id}", param="id")
-
-
-def file_too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"File is too large: the maximum size is {limit} bytes.",
-        param="file",
-        code="file_too_large",
-    )
-
-
 async def add_api_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: the headers OpenAI sends that clients read, on every response."""
     response.headers["x-request-id"] = request.get(REQUEST_ID) or new_request_id()
