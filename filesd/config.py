@@ -251,6 +251,10 @@ class LimitsConfig:
     # 1) while more than one project has keys (not for a single tenant, nor in open mode,
     # where any token is a project).
     max_concurrent_uploads_per_project: NoLimit = 0
+    # Downloads reading from the blob backend at once (S3; local files are sent by the kernel
+    # and need none); the next one waits. One project holds at most half while more than one
+    # project has keys.
+    max_concurrent_downloads: Positive = 64
 
     @model_validator(mode="after")
     def _share(self) -> LimitsConfig:

@@ -22,6 +22,7 @@ from .appkeys import (
     AUTHENTICATOR,
     BATCHES,
     CONFIG,
+    DOWNLOAD_SLOTS,
     FILES,
     MAINTENANCE,
     REQUESTS,
@@ -32,7 +33,7 @@ from .appkeys import (
 from .auth import Authenticator, auth_middleware
 from .boundary import error_middleware
 from .console import setup_console
-from .drain import RequestTracker, UploadSlots
+from .drain import DownloadSlots, RequestTracker, UploadSlots
 from .errors import add_api_headers
 from .faults import FAULTS, Faults, faults_middleware
 from .metrics import METRICS, Metrics, metrics
@@ -76,6 +77,10 @@ def create_app(
     app[UPLOAD_SLOTS] = UploadSlots(
         config.limits.max_concurrent_uploads,
         per_project=config.limits.max_concurrent_uploads_per_project or None,
+        project_count=lambda: authenticator.project_count,
+    )
+    app[DOWNLOAD_SLOTS] = DownloadSlots(
+        config.limits.max_concurrent_downloads,
         project_count=lambda: authenticator.project_count,
     )
 

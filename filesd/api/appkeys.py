@@ -13,7 +13,7 @@ from ..services.maintenance import Maintenance
 from ..services.uploads import UploadService
 from .auth import Authenticator
 from .connections import ConnectionGate
-from .drain import RequestTracker, UploadSlots
+from .drain import DownloadSlots, RequestTracker, UploadSlots
 
 CONFIG = web.AppKey("config", Config)
 SERVICES = web.AppKey("services", Services)
@@ -24,5 +24,6 @@ MAINTENANCE = web.AppKey("maintenance", Maintenance)
 ARCHIVES = web.AppKey("archives", Archives)
 REQUESTS = web.AppKey("requests", RequestTracker)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+DOWNLOAD_SLOTS = web.AppKey("download_slots", DownloadSlots)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 CONNECTIONS = web.AppKey("connections", ConnectionGate)

@@ -10,15 +10,17 @@ every way of sending:
 - small files (up to `SMALL_CONTENT`) from memory (the blobs' cache keeps them, or they are
   read whole in one thread hop: that beats opening, sending and closing a file);
 - larger files with zero-copy sendfile when the blob backend keeps local files;
-- otherwise as a stream of chunks from the backend.
+- otherwise as a stream of chunks from the backend, holding a download slot (and on S3 a
+  pooled connection to the bucket) only while the client keeps reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from email.utils import formatdate
 from typing import IO
 
@@ -28,7 +30,10 @@ from aiohttp.helpers import ETAG_ANY, ETag, must_be_empty_body
 
 from ..models import FileRecord
 from ..services.files import SMALL_CONTENT, FileService
+from .drain import DownloadSlots
 from .errors import ApiError, RangeNotSatisfiable
+
+log = logging.getLogger(__name__)
 
 # Headers that describe a body: not sent with a 304.
 _BODY_HEADERS = ("Content-Type", "Content-Disposition")
@@ -138,6 +143,9 @@ def _position(digits: str) -> int | None:
 
 # How long a presigned download URL stays valid (redirect_downloads).
 REDIRECT_SECONDS = 300
+# Seconds a streamed download may wait for its client to take a chunk before it gives back
+# its backend stream and its download slot (until the client comes back for more).
+RELEASE_AFTER = 1.0
 
 
 async def send_content(
@@ -146,13 +154,17 @@ async def send_content(
     record: FileRecord,
     headers: Mapping[str, str],
     *,
+    slots: DownloadSlots,
+    project: str,
     redirect: bool = False,
 ) -> web.StreamResponse:
     """The response for a download of `record` (after the caller checked access and Range).
 
     With `redirect`, and a blob backend that has URLs of its own (S3), a 307 to a short-lived
     presigned URL (which answers with the file's Content-Disposition) once the preconditions
-    hold: the client fetches the bytes from the backend, Range included."""
+    hold: the client fetches the bytes from the backend, Range included. A body streamed
+    from the backend takes one of `slots` for `project` while it is read (see
+    `_read_while_read`)."""
     validators = {
         "ETag": strong_etag(record),
         "Last-Modified": formatdate(record.created_at, usegmt=True),
@@ -189,17 +201,87 @@ async def send_content(
     local = await files.open_local(record)
     if local is not None:
         return _SendfileResponse(local, start, count, status=status, headers=headers)
-    chunks = files.read_range(record, start, count)
-    first = await anext(chunks, b"")  # a missing blob is an error answer, not a cut body
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = count
-    await response.prepare(request)
-    if not must_be_empty_body(request.method, status):
-        await response.write(first)
-        async for chunk in chunks:
-            await response.write(chunk)
-    await response.write_eof()
+    chunks = _read_while_read(files, record, start, count, slots, project)
+    try:
+        first = await anext(chunks, b"")  # a missing blob is an error answer, not a cut body
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = count
+        try:
+            await response.prepare(request)
+            if not must_be_empty_body(request.method, status):
+                await response.write(first)
+                async for chunk in chunks:
+                    await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            # The client left mid-body: answered as far as it listened, as aiohttp ends a
+            # sendfile it left, not an error in the handler (the status sent is the one
+            # logged and counted).
+            log.info("client left a download of %s mid-body", record.id)
+    finally:
+        # At once, not whenever the garbage collector gets to it: the stream holds a
+        # download slot and (on S3) a pooled connection.
+        await chunks.aclose()
     return response
+
+
+async def _read_while_read(
+    files: FileService,
+    record: FileRecord,
+    start: int,
+    count: int,
+    slots: DownloadSlots,
+    project: str,
+) -> AsyncGenerator[bytes, None]:
+    """`count` bytes of `record` from `start`, holding a download slot and the backend's
+    stream (on S3: a pooled connection to the bucket) only while the client keeps reading.
+
+    Whoever sends the chunks comes back for the next one once the client has taken enough of
+    the last: when that takes more than `RELEASE_AFTER` seconds (a slow or stalled client,
+    its send queue full), the stream is closed and the slot given back, and both are taken
+    again, from the position reached, when the client comes back. Otherwise 130 downloads
+    that never read hold every pooled connection (and slot) for as long as they like, and
+    every other download and upload on the instance waits for them.
+    """
+    loop = asyncio.get_running_loop()
+    position, end = start, start + count
+    stream: AsyncGenerator[bytes, None] | None = None
+    releasing: asyncio.Task[None] | None = None
+
+    async def release() -> None:
+        nonlocal stream
+        held, stream = stream, None
+        try:
+            if held is not None:
+                await held.aclose()
+        finally:
+            slots.release(project)
+
+    def release_soon() -> None:
+        nonlocal releasing
+        releasing = loop.create_task(release())
+
+    try:
+        while position < end:
+            if stream is None:
+                await slots.acquire(project)
+                stream = files.read_range(record, position, end - position)
+            try:
+                chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            position += len(chunk)
+            timer = loop.call_later(RELEASE_AFTER, release_soon)
+            try:
+                yield chunk
+            finally:
+                timer.cancel()
+                if releasing is not None:
+                    await releasing
+                    releasing = None
+    finally:
+        if stream is not None:
+            await release()
 
 
 class _SendfileResponse(web.StreamResponse):

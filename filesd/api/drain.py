@@ -1,4 +1,4 @@
-"""Requests in flight: the graceful drain, and the cap on concurrent uploads.
+"""Requests in flight: the graceful drain, and the caps on concurrent uploads and downloads.
 
 Graceful drain: let requests in flight finish, including ones still reading their body.
 
@@ -54,14 +54,32 @@ class RequestTracker:
         await self._idle.wait()
 
 
-class UploadSlots:
-    """At most `limit` uploads stream at once, and one project holds at most its share of
-    them. The next one is refused with 429 at once.
+class _Share:
+    """How many slots one project may hold: `per_project` when configured, always. Otherwise
+    half the slots, and only while `project_count()` says more than one project has keys: a
+    single tenant (one CI key) has nobody to share with, and in open mode any token is a new
+    project, so a share per project would bind nobody."""
 
-    The share is `per_project` when configured, always. Otherwise it is half the slots, and
-    only while `project_count()` says more than one project has keys: a single tenant (one CI
-    key) has nobody to share with, and in open mode any token is a new project, so a share
-    per project would bind nobody.
+    def __init__(
+        self, limit: int, per_project: int | None, project_count: Callable[[], int]
+    ) -> None:
+        self.limit = limit
+        self._explicit = per_project
+        self._project_count = project_count
+
+    @property
+    def per_project(self) -> int | None:
+        """The share one project may hold now; None: no share applies."""
+        if self._explicit is not None:
+            return self._explicit
+        if self._project_count() > 1:
+            return max(1, self.limit // 2)
+        return None
+
+
+class UploadSlots(_Share):
+    """At most `limit` uploads stream at once, and one project holds at most its share of
+    them (see `_Share`). The next one is refused with 429 at once.
 
     Uploads hold a slot while their body arrives, so slow clients cannot take them all.
     """
@@ -73,20 +91,9 @@ class UploadSlots:
         per_project: int | None = None,
         project_count: Callable[[], int] = lambda: 2,
     ) -> None:
-        self.limit = limit
-        self._explicit = per_project
-        self._project_count = project_count
+        super().__init__(limit, per_project, project_count)
         self.in_use = 0
         self._by_project: collections.Counter[str] = collections.Counter()
-
-    @property
-    def per_project(self) -> int | None:
-        """The share one project may hold now; None: no share applies."""
-        if self._explicit is not None:
-            return self._explicit
-        if self._project_count() > 1:
-            return max(1, self.limit // 2)
-        return None
 
     @contextlib.contextmanager
     def take(self, project: str | None = None) -> Iterator[None]:
@@ -110,6 +117,72 @@ class UploadSlots:
                 self._by_project[project] -= 1
                 if not self._by_project[project]:
                     del self._by_project[project]
+
+
+class DownloadSlots(_Share):
+    """At most `limit` downloads read from the blob backend at once (on S3 each holds a pooled
+    connection to the bucket while it reads), and one project at most its share of them (see
+    `_Share`). A download waits for its slot, first come first served among those a slot may
+    go to: slots turn over fast, since a reader that stops reading gives its slot back within
+    a second (`filesd.api.content`), so waiting is bounded by honest readers' pace, never by a
+    stalled one's.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        per_project: int | None = None,
+        project_count: Callable[[], int] = lambda: 2,
+    ) -> None:
+        super().__init__(limit, per_project, project_count)
+        self.in_use = 0
+        self._by_project: collections.Counter[str] = collections.Counter()
+        self._waiting: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()
+
+    def _may_take(self, project: str) -> bool:
+        share = self.per_project
+        return self.in_use < self.limit and (share is None or self._by_project[project] < share)
+
+    def _take(self, project: str) -> None:
+        self.in_use += 1
+        self._by_project[project] += 1
+
+    async def acquire(self, project: str) -> None:
+        """Wait for a slot for `project`; give it back with `release`."""
+        if self._may_take(project):
+            self._take(project)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (project, waiter)
+        self._waiting.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(project)  # granted just as the wait was cancelled
+            else:
+                self._waiting.remove(entry)
+            raise
+
+    def release(self, project: str) -> None:
+        self.in_use -= 1
+        self._by_project[project] -= 1
+        if not self._by_project[project]:
+            del self._by_project[project]
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Grant waiting downloads in order, skipping those whose project is at its share
+        (they keep their place: the next slot their project gives back is theirs)."""
+        for entry in list(self._waiting):
+            if self.in_use >= self.limit:
+                return
+            project, waiter = entry
+            if not waiter.done() and self._may_take(project):
+                self._waiting.remove(entry)
+                self._take(project)
+                waiter.set_result(None)
 
 
 def _too_many(message: str) -> TooManyRequests:

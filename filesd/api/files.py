@@ -8,7 +8,7 @@ from ..models import content_disposition
 from ..objects import FileDeleted, FileList, FileObject
 from ..services.errors import FileTooLarge
 from ..services.files import ListQuery
-from .appkeys import CONFIG, FILES, UPLOAD_SLOTS
+from .appkeys import CONFIG, DOWNLOAD_SLOTS, FILES, UPLOAD_SLOTS
 from .auth import PROJECT
 from .content import send_content
 from .errors import InvalidRequest, ServerError
@@ -127,4 +127,12 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     headers = {**_CONTENT_HEADERS, "Content-Disposition": content_disposition(record.filename)}
     # Validators, conditions and ranges: see filesd.api.content.
     redirect = request.app[CONFIG].storage.s3.redirect_downloads
-    return await send_content(request, files, record, headers, redirect=redirect)
+    return await send_content(
+        request,
+        files,
+        record,
+        headers,
+        slots=request.app[DOWNLOAD_SLOTS],
+        project=request[PROJECT],
+        redirect=redirect,
+    )

@@ -12,7 +12,7 @@ Errors are the plain exceptions of `errors.py`; mapping them to HTTP is the call
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import IO, Literal
 
@@ -252,7 +252,7 @@ class FileService:
 
     async def read_range(
         self, record: FileRecord, start: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """`length` bytes (None: to the end) of a file from `start`, as a stream of chunks.
         Raises `BlobMissing` (on the first iteration) if they are gone."""
         try:
