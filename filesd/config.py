@@ -494,9 +494,11 @@ class BatchesConfig:
     # The bearer token for the upstream, or the name of an environment variable holding it.
     api_key: StrictStr = field(default="", repr=False)
     api_key_env: StrictStr = ""
-    # Requests in flight at once, over all batches of this instance.
+    # Requests in flight at once, over all batches of this instance, shared fairly between
+    # projects (`batches/fairness.py`); also the most requests of one batch under way.
     concurrency: Concurrency = 8
-    # Batches driven at once by this instance (each holds its input file open while it runs).
+    # Batches driven at once by this instance (each holds its input file open while it runs);
+    # projects take turns (`rules.claim_order`, `fairness.to_yield`).
     max_running: Concurrency = 4
     # Seconds one upstream request may take (each attempt).
     request_timeout: Seconds = 600.0

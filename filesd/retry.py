@@ -85,10 +85,13 @@ class Retry:
         again: Callable[[T], bool] = lambda outcome: False,
         again_after: type[BaseException] | tuple[type[BaseException], ...] = (),
         hint: Callable[[T], float | None] = _no_hint,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> T:
         """The outcome of `attempt()`, attempted again while `again(outcome)` holds or it
         raises one of `again_after`. Once the attempts or the time are spent: the last
-        outcome, or the last exception raised."""
+        outcome, or the last exception raised. Each wait between attempts is `sleep(seconds)`
+        (a caller may give back what it holds while it waits); what `sleep` raises ends the
+        run with it."""
         if self.attempts is not None and self.attempts <= 1:
             return await attempt()
         started = time.monotonic()
@@ -113,8 +116,9 @@ class Retry:
                     raise failure
                 return first
             stop = stop | tenacity.stop_before_delay(left - wait)
-        await asyncio.sleep(min(wait, self.longest))
+        await sleep(min(wait, self.longest))
         retrying = tenacity.AsyncRetrying(
+            sleep=sleep,
             stop=stop,
             wait=_Wait(self.backoff, hint, self.longest),  # type: ignore[arg-type]
             retry=tenacity.retry_if_exception_type(again_after) | tenacity.retry_if_result(again),

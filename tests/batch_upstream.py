@@ -8,7 +8,8 @@ tests use the custom_id) and `mode` says what to answer:
 - `429xN` / `500xN` / `dropxN`: the first N calls get a 429 (with `Retry-After`), a 500 or a
   dropped connection, the next ones a 200;
 - `500` / `400`: always that status;
-- `slow`: a 200 after `slow_seconds`.
+- `slow`: a 200 after `slow_seconds`;
+- `hold`: a 200 once the test sets `gate` (an upstream on the test's own event loop only).
 
 Every call also waits `delay` seconds first (settable while running), so a test can catch a
 batch mid-way.
@@ -35,6 +36,7 @@ class Behaviour:
         self.retry_after = retry_after
         self.slow_seconds = slow_seconds
         self.delay = 0.0
+        self.gate = asyncio.Event()
         self.calls: collections.Counter[str] = collections.Counter()
         self.authorization: set[str] = set()
         self.models: set[str] = set()
@@ -73,6 +75,8 @@ def make_upstream(behaviour: Behaviour) -> web.Application:
             return web.Response()
         if kind == "slow":
             await asyncio.sleep(behaviour.slow_seconds)
+        if kind == "hold":
+            await behaviour.gate.wait()
         return web.json_response(
             {
                 "id": f"chatcmpl-{key}",

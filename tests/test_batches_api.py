@@ -104,12 +104,14 @@ async def get_batch(client: Client, batch_id: str, headers: dict[str, str] = ALP
     return await resp.json()
 
 
-async def finished(client: Client, batch_id: str, timeout: float = 20) -> dict[str, Any]:
+async def finished(
+    client: Client, batch_id: str, timeout: float = 20, headers: dict[str, str] = ALPHA
+) -> dict[str, Any]:
     """The batch once it is in a final status (waiting for it, with a deadline)."""
     seen: dict[str, Any] = {}
 
     async def done() -> bool:
-        seen.update(await get_batch(client, batch_id))
+        seen.update(await get_batch(client, batch_id, headers))
         return seen["status"] in FINAL
 
     await wait_until(done, timeout=timeout, what=f"batch {batch_id} finished")

@@ -9,7 +9,7 @@ import pytest
 
 from filesd.models import BatchRecord, BatchResult
 from filesd.objects import BatchStatus
-from filesd.storage.base import BatchMetadata, MetadataStore
+from filesd.storage.base import BatchMetadata, MetadataStore, batch_lease
 
 from . import test_db
 
@@ -74,6 +74,32 @@ async def test_update_batch_moves_only_from_the_statuses_named(db: MetadataStore
     assert await db.active_batches() == []
     with pytest.raises(ValueError, match="project"):
         await db.update_batch("batch_a", {"project": "evil"})
+
+
+async def test_batches_are_claimed_in_turns_over_every_instances_leases(
+    db: MetadataStore,
+) -> None:
+    async def order(now: int = 1000) -> list[str]:
+        return [b.id for b in await db.batches_to_claim(("validating", "in_progress"), now=now)]
+
+    # p started a batch at 500 (done since) and has three waiting; q has one, the newest.
+    await db.insert_batch(batch("batch_p0"))
+    await db.update_batch("batch_p0", {"status": "completed", "in_progress_at": 500})
+    for n in (1, 2, 3):
+        await db.insert_batch(batch(f"batch_p{n}"))
+    await db.insert_batch(batch("batch_q1", project="q"))
+    # q never started one: its turn first, p's backlog however old.
+    assert await order() == ["batch_q1", "batch_p1", "batch_p2", "batch_p3"]
+    # q started one more recently than p: p's turn.
+    await db.insert_batch(batch("batch_q0", project="q", status="completed"))
+    await db.update_batch("batch_q0", {"in_progress_at": 900})
+    assert await order() == ["batch_p1", "batch_q1", "batch_p2", "batch_p3"]
+    # Another instance drives p1 (its lease): not to claim, and p drives one more than q.
+    assert await db.take_lease(batch_lease("batch_p1"), "other", now=1000, ttl=30)
+    assert await order() == ["batch_q1", "batch_p2", "batch_p3"]
+    # Its lease run out (the instance died), p1 waits like the others.
+    assert await order(now=1030) == ["batch_p1", "batch_q1", "batch_p2", "batch_p3"]
+    assert await order(now=1029) == ["batch_q1", "batch_p2", "batch_p3"]
 
 
 async def test_a_result_is_recorded_once_and_counted_once(db: MetadataStore) -> None:

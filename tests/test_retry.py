@@ -86,3 +86,24 @@ async def test_no_attempt_starts_after_the_time_allowed() -> None:
     started = time.monotonic()
     assert await retry.run(attempt, again=lambda ok: not ok) is False
     assert 2 <= tried <= 9 and time.monotonic() - started < 30
+
+
+async def test_every_wait_is_the_callers_sleep_and_what_it_raises_ends_the_run() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:
+            raise LookupError("told to stop waiting")
+
+    async def attempt() -> float:
+        return 7.0  # "retry after 7 s"
+
+    retry = Retry(Backoff(first=30.0, cap=30.0), attempts=10)
+    # Both the first wait (before tenacity starts) and tenacity's are the caller's.
+    with pytest.raises(LookupError, match="told to stop"):
+        await retry.run(attempt, again=lambda _: True, hint=lambda after: after, sleep=sleep)
+    assert slept == [7.0, 7.0, 7.0]
+    slept.clear()
+    assert await Retry(QUICK, attempts=3).run(attempt, again=lambda _: True, sleep=sleep) == 7.0
+    assert len(slept) == 2

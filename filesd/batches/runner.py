@@ -9,17 +9,25 @@ is renewed while the batch is driven; an instance that dies stops renewing it, a
 Durability: a request's result is recorded in the database (group-committed, see `_Recorder`)
 before its concurrency slot is given back, and a request is sent only while its row is
 `pending`; so after a crash at most the requests in flight then (at most `concurrency`) are
-sent again, and each request has exactly one line in the output.
+sent again, besides those waiting to be retried (they had only a 429, a 5xx or no answer),
+and each request has exactly one line in the output.
+
+Fairness between projects (`fairness.py`): a request waiting out a 429 (or a backoff) gives
+its concurrency slot back while it waits, and slots go to the waiting project holding the
+fewest; the batches to start are claimed in `rules.claim_order` (projects take turns), and a
+project holding more than its share of this instance's run slots while another project's
+batch waits gives one back (`_make_room`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +37,11 @@ from ..models import BatchRecord, BatchResult, FileRecord
 from ..retry import Backoff, Retry
 from ..services.errors import FileIdTaken, FileNotFound, QuotaExceeded
 from ..services.files import FileService
-from ..services.instance import Instance
-from ..storage.base import BatchMetadata, StorageBusy
+from ..services.instance import Instance, wall
+from ..storage.base import BatchMetadata, StorageBusy, batch_lease
+from ..storage.rules import QueuedBatch
 from . import states
+from .fairness import FairSlots, to_yield
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
 from .upstream import Answer, BadAnswer, Unreachable, Upstream
@@ -58,14 +68,23 @@ RECORDING = Retry(Backoff(first=0.05, cap=0.8), attempts=5)
 WRITE_CHUNK = 256 * 1024
 
 
+class _Halted(Exception):
+    """A request stops waiting to be tried again: its drive was told to stop."""
+
+
 @dataclass
 class _Drive:
-    """A batch this instance drives: why to stop sending (None: go on), and an event set
-    when a reason is given (a drive waiting for a concurrency slot stops at once)."""
+    """A batch this instance drives: its project (None: taken up ending, it sends nothing),
+    why to stop sending (None: go on), and an event set when a reason is given (a drive
+    waiting for a concurrency slot stops at once); `sending` while it sends requests."""
 
     batch_id: str
-    stop: str | None = None  # "cancel", "expire", "lost" or "gone" (deleted by a reset)
+    project: str | None = None
+    # "cancel", "expire", "lost", "gone" (deleted by a reset) or "yield" (its run slot is
+    # another project's turn: the requests being sent finish, and the batch waits its turn)
+    stop: str | None = None
     halted: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: bool = False
 
     def halt(self, reason: str | None) -> None:
         self.stop = reason
@@ -92,7 +111,7 @@ class BatchRunner:
         self._meta = meta
         self._config = config
         self._upstream = upstream
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._slots = FairSlots(config.concurrency)
         # Each request: at most 1 + max_retries attempts; exponential waits with jitter (so
         # that many requests do not retry in step), or what the upstream asks for.
         self._sending = Retry(
@@ -146,25 +165,57 @@ class BatchRunner:
     async def _schedule(self) -> None:
         """Take up batches to drive: those ending (finalizing, cancelling: no input to read,
         quick) whenever they come; those to validate or run only while fewer than
-        `max_running` drives are under way here (each reads its input file), the oldest
-        first. The others wait, holding nothing."""
+        `max_running` drives are under way here (each reads its input file), in the claim
+        order (`rules.claim_order`: projects take turns). The others wait, holding nothing;
+        a project over its share of the run slots while another's batch waits gives one
+        back (`_make_room`)."""
         now = asyncio.get_running_loop().time()
         ending = await self._meta.active_batches(states.ENDING)
-        starting = await self._meta.active_batches(states.OPEN)
-        # Backoff entries of batches no longer active go (the dict must not grow forever).
-        active = set(ending) | set(starting)
+        queue = await self._meta.batches_to_claim(states.OPEN, now=wall())
+        # Backoff entries of batches no longer waiting go (the dict must not grow forever).
+        active = set(ending) | {b.id for b in queue}
         for batch_id in [b for b in self._backoff if b not in active]:
             del self._backoff[batch_id]
-        for batch_id in ending + starting:
-            if batch_id not in ending and len(self._drives) >= self._config.max_running:
+        waiting = [
+            b
+            for b in queue
+            if b.id not in self._drives and self._backoff.get(b.id, (0, 0.0))[1] <= now
+        ]
+        for batch_id in ending:
+            if batch_id not in self._drives and self._backoff.get(batch_id, (0, 0.0))[1] <= now:
+                await self._claim(_Drive(batch_id))
+        claimed = set()
+        for batch in waiting:
+            if len(self._drives) >= self._config.max_running:
                 break
-            if batch_id in self._drives or self._backoff.get(batch_id, (0, 0.0))[1] > now:
-                continue
-            if not await self._instance.take_lease(_lease(batch_id), self._lease_seconds):
-                continue
-            drive = _Drive(batch_id)
-            task = asyncio.create_task(self._drive(drive), name=f"batch {batch_id}")
-            self._drives[batch_id] = (drive, task)
+            if await self._claim(_Drive(batch.id, batch.project)):
+                claimed.add(batch.id)
+        self._make_room([b for b in waiting if b.id not in claimed])
+
+    async def _claim(self, drive: _Drive) -> bool:
+        """Drive the batch here if its lease can be taken."""
+        if not await self._instance.take_lease(batch_lease(drive.batch_id), self._lease_seconds):
+            return False
+        task = asyncio.create_task(self._drive(drive), name=f"batch {drive.batch_id}")
+        self._drives[drive.batch_id] = (drive, task)
+        return True
+
+    def _make_room(self, waiting: list[QueuedBatch]) -> None:
+        """With every run slot in use and batches waiting: tell the newest drive of a project
+        over its share to yield (one at a time), so that a waiting project gets its turn
+        before that project's long batches are done (the yielding batch waits its turn)."""
+        drives = [drive for drive, _ in self._drives.values()]
+        if len(drives) < self._config.max_running or not waiting:
+            return
+        if any(drive.stop == "yield" for drive in drives):
+            return
+        running = collections.Counter(d.project for d in drives if d.project is not None)
+        project = to_yield(running, {b.project for b in waiting}, self._config.max_running)
+        candidates = [d for d in drives if d.project == project and d.sending and not d.stop]
+        if candidates:
+            drive = candidates[-1]
+            log.info("batch %s yields its run slot: other projects' batches wait", drive.batch_id)
+            drive.halt("yield")
 
     async def _drive(self, drive: _Drive) -> None:
         keeper = asyncio.create_task(self._keep_lease(drive, asyncio.current_task()))
@@ -191,15 +242,17 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             self._drives.pop(drive.batch_id, None)
-            self._wake.set()  # a run slot is free: a queued batch may start now
             if finished:
                 with contextlib.suppress(Exception):
                     # Final: its result payloads (in the output files now) and its lease go.
-                    await self._meta.forget_batch(drive.batch_id, _lease(drive.batch_id))
+                    await self._meta.forget_batch(drive.batch_id, batch_lease(drive.batch_id))
             elif drive.stop != "lost":
                 with contextlib.suppress(Exception):
                     # Free the lease (it ends now) so any instance can go on at once.
-                    await self._instance.take_lease(_lease(drive.batch_id), 0)
+                    await self._instance.take_lease(batch_lease(drive.batch_id), 0)
+            # A run slot is free: a queued batch may start now (once the lease is free, so
+            # that the claim order counts this batch as waiting, not driven).
+            self._wake.set()
 
     async def _keep_lease(self, drive: _Drive, driver: asyncio.Task[Any] | None) -> None:
         """Renew the lease every third of it; notice a cancel made on another instance and
@@ -212,7 +265,7 @@ class BatchRunner:
                 now = asyncio.get_running_loop().time()
                 if now - renewed >= self._lease_seconds / 3:
                     if not await self._instance.take_lease(
-                        _lease(drive.batch_id), self._lease_seconds
+                        batch_lease(drive.batch_id), self._lease_seconds
                     ):
                         log.warning("batch %s: lease lost to another instance", drive.batch_id)
                         drive.halt("lost")
@@ -256,6 +309,8 @@ class BatchRunner:
             batch = await self._meta.get_batch(drive.batch_id)
             if batch is None:
                 return True
+            if drive.stop == "yield":
+                return False  # its turn is over: it waits, holding nothing
             if drive.stop == "cancel" and batch.status not in states.MOVES["cancelled"].sources:
                 drive.halt(None)  # a poke for a batch that was not cancelled after all
             still_open = batch.status in states.OPEN
@@ -332,7 +387,8 @@ class BatchRunner:
 
     async def _execute(self, drive: _Drive, batch: BatchRecord) -> None:
         """Send every pending request (in input order, `concurrency` at a time over all
-        batches), then move on to `finalizing`; return early when told to stop."""
+        batches, and at most `concurrency` of this batch under way, waiting to be retried
+        included), then move on to `finalizing`; return early when told to stop."""
         try:
             record = await self._files.get(batch.project, batch.input_file_id)
         except FileNotFound:
@@ -350,12 +406,15 @@ class BatchRunner:
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
         sent = 0
+        drive.sending = True
         try:
             async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
                 async for line, body in bodies:
-                    if not await self._take_slot(drive):
+                    if not await self._room(drive, inflight):
                         break
-                    task = asyncio.create_task(self._request(batch, line, body, recorder))
+                    if not await self._take_slot(drive, batch.project):
+                        break
+                    task = asyncio.create_task(self._request(drive, batch, line, body, recorder))
                     sent += 1
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
@@ -363,10 +422,13 @@ class BatchRunner:
                     if failures:
                         break
             # Wait for the requests in flight, unless told to stop: then they are dropped
-            # (not recorded, so never in the output as done).
-            while inflight and drive.stop is None:
+            # (not recorded, so never in the output as done). A drive that yields lets
+            # those being sent finish (the upstream is doing the work); those waiting to be
+            # tried again stop by themselves (`_Halted`).
+            while inflight and drive.stop in (None, "yield"):
                 await asyncio.wait(set(inflight), timeout=0.2)
         finally:
+            drive.sending = False
             for task in inflight:
                 task.cancel()
             if inflight:
@@ -385,11 +447,24 @@ class BatchRunner:
         if not left:
             await self._move(batch, "sent")
 
-    async def _take_slot(self, drive: _Drive) -> bool:
-        """Wait for a concurrency slot; False (and no slot) once the drive is told to stop."""
+    async def _room(self, drive: _Drive, inflight: set[asyncio.Task[None]]) -> bool:
+        """Wait until fewer than `concurrency` of the batch's requests are under way (those
+        waiting out a 429 hold no slot, but their bodies are in memory); False once the
+        drive is told to stop."""
+        while len(inflight) >= self._config.concurrency and drive.stop is None:
+            halting = asyncio.ensure_future(drive.halted.wait())
+            try:
+                await asyncio.wait({*inflight, halting}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                halting.cancel()
+        return drive.stop is None
+
+    async def _take_slot(self, drive: _Drive, project: str) -> bool:
+        """Wait for a concurrency slot for `project`; False (and no slot) once the drive is
+        told to stop."""
         if drive.stop is not None:
             return False
-        taking = asyncio.ensure_future(self._slots.acquire())
+        taking = asyncio.ensure_future(self._slots.acquire(project))
         halting = asyncio.ensure_future(drive.halted.wait())
         try:
             await asyncio.wait({taking, halting}, return_when=asyncio.FIRST_COMPLETED)
@@ -397,7 +472,7 @@ class BatchRunner:
             # Cancelled while waiting: a slot taken meanwhile goes back.
             halting.cancel()
             if not taking.cancel() and not taking.cancelled():
-                self._slots.release()
+                self._slots.release(project)
             raise
         halting.cancel()
         taking.cancel()  # no-op if the slot was taken already
@@ -405,7 +480,7 @@ class BatchRunner:
             await taking
         got = not taking.cancelled()
         if got and drive.stop is not None:
-            self._slots.release()
+            self._slots.release(project)
             return False
         return got
 
@@ -452,22 +527,46 @@ class BatchRunner:
 
     async def _request(
         self,
+        drive: _Drive,
         batch: BatchRecord,
         request: tuple[int, str],
         body: dict[str, Any],
         recorder: _Recorder,
     ) -> None:
-        """Send one request (retrying), record its result; the slot is held until the result
-        is durable."""
+        """Send one request (retrying), record its result; the slot (taken by the caller) is
+        held until the result is durable, but not while the request waits to be tried again
+        (a project waiting out its rate limit must not keep the others from the upstream).
+        A request whose drive stops while it waits is left pending."""
         line, custom_id = request
+        holding = True
+
+        async def pause(seconds: float) -> None:
+            nonlocal holding
+            self._slots.release(batch.project)
+            holding = False
+            halting = asyncio.ensure_future(drive.halted.wait())
+            try:
+                await asyncio.wait({halting}, timeout=seconds)
+            finally:
+                halting.cancel()
+            if not await self._take_slot(drive, batch.project):
+                raise _Halted()
+            holding = True
+
         try:
-            outcome = await self._send(batch, body)
+            outcome = await self._send(batch, body, pause)
             await recorder.record(_result(line, custom_id, outcome))
+        except _Halted:
+            pass
         finally:
-            self._slots.release()
+            if holding:
+                self._slots.release(batch.project)
 
     async def _send(
-        self, batch: BatchRecord, body: dict[str, Any]
+        self,
+        batch: BatchRecord,
+        body: dict[str, Any],
+        pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> Answer | Unreachable | BadAnswer:
         """The final answer for a request: the first that is not to be retried (429s and
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
@@ -484,7 +583,7 @@ class BatchRunner:
                 log.warning("batch %s: upstream unreachable: %s", batch.id, error.detail)
                 return error
 
-        return await self._sending.run(attempt, again=_retryable, hint=_retry_after)
+        return await self._sending.run(attempt, again=_retryable, hint=_retry_after, sleep=pause)
 
     # --- finalizing -----------------------------------------------------------------------------
 
@@ -725,10 +824,6 @@ def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer
 
 def _request_id() -> str:
     return f"batch_req_{secret_base62(24)}"
-
-
-def _lease(batch_id: str) -> str:
-    return f"batch:{batch_id}"
 
 
 def _note_failure(task: asyncio.Task[None], failures: list[BaseException]) -> None:

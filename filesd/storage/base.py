@@ -31,7 +31,7 @@ from ..models import (
     StorageTotals,
     UploadRecord,
 )
-from .rules import NO_QUOTA, InsertVerdict, PartVerdict, Quota, Usage
+from .rules import NO_QUOTA, InsertVerdict, PartVerdict, QueuedBatch, Quota, Usage
 
 # Content up to this size is kept in memory by its writer (see StagedBlob.content).
 SMALL_BYTES = 64 * 1024
@@ -411,6 +411,13 @@ class Coordination(Protocol):
 
 # The statuses of a batch someone still has to work on (the runner picks these up).
 BATCH_ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+def batch_lease(batch_id: str) -> str:
+    """The lease an instance holds while it drives the batch (see `Coordination`)."""
+    return f"batch:{batch_id}"
+
+
 # The columns of `batches` that `BatchMetadata.update_batch` may change.
 BATCH_MUTABLE = frozenset(
     {
@@ -474,6 +481,12 @@ class BatchMetadata(Protocol):
     async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
         """Ids of the batches in one of `statuses` (by default all of BATCH_ACTIVE), oldest
         first."""
+        ...
+
+    async def batches_to_claim(self, statuses: Sequence[str], *, now: int) -> list[QueuedBatch]:
+        """The batches in one of `statuses` that no instance drives at `now` (no live
+        `batch_lease`), in the order to claim them: `rules.claim_order`, over the facts of
+        every instance (the leases, and when each project's batches last started)."""
         ...
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:

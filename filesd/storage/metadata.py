@@ -14,7 +14,8 @@ through the pure functions of `rules.py`. A backend gives it:
 - `_coordination`: the state of instances, leases, claims and reclaims (`CoordinationState`),
   atomic for the digests and lease named (PostgreSQL: tables under advisory locks; a database
   only one process opens keeps it in memory: `InProcessCoordination`);
-- `_batch_writes`, `_completing_uploads`, `_result_sizes`, `_results`, `_forget_results`.
+- `_batch_writes`, `_completing_uploads`, `_result_sizes`, `_results`, `_forget_results`,
+  `_active_batches`, `_last_started`.
 
 Everything else a backend implements is a plain statement: a read, or a write with no choice
 in it. A third backend costs its primitives and its statements, nothing more.
@@ -31,8 +32,8 @@ from typing import Protocol
 
 from ..models import BatchResult, FileRecord, PartRecord, UploadRecord
 from . import rules
-from .base import StorageBusy
-from .rules import NO_QUOTA, InsertVerdict, PartFacts, PartVerdict, Quota, Usage
+from .base import BATCH_ACTIVE, StorageBusy, batch_lease
+from .rules import NO_QUOTA, InsertVerdict, PartFacts, PartVerdict, QueuedBatch, Quota, Usage
 
 # An instance dead for longer than this is forgotten (with its claims) by the next heartbeat.
 FORGET_DEAD_AFTER = 86_400
@@ -127,6 +128,10 @@ class CoordinationState(Protocol):
         """(holder, until) of lease `name`, or None."""
         ...
 
+    async def leases(self, names: Collection[str]) -> dict[str, tuple[str, int]]:
+        """(holder, until) of each lease of `names` that exists."""
+        ...
+
     async def set_lease(
         self, name: str, holder: str, until: int, *, was: tuple[str, int] | None
     ) -> bool:
@@ -201,6 +206,15 @@ class SharedMetadata(abc.ABC):
     @abc.abstractmethod
     async def _forget_results(self, batch_id: str) -> None:
         """Drop the result payloads of a finished batch (its rows stay)."""
+
+    @abc.abstractmethod
+    async def _active_batches(self, statuses: Sequence[str]) -> list[tuple[str, str]]:
+        """(id, project) of the batches in one of `statuses`, oldest first."""
+
+    @abc.abstractmethod
+    async def _last_started(self, projects: Collection[str]) -> dict[str, int]:
+        """The latest `in_progress_at` of each project's batches (projects with none left
+        out); by index, whatever number of batches a project has had."""
 
     # --- files ----------------------------------------------------------------------------------
 
@@ -423,6 +437,26 @@ class SharedMetadata(abc.ABC):
             limit = rules.rows_within(sizes, max_bytes)
         return await self._results(batch_id, ok=ok, after_line=after_line, limit=limit)
 
+    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
+        """See `BatchMetadata.active_batches`."""
+        return [batch_id for batch_id, _ in await self._active_batches(statuses)]
+
+    async def batches_to_claim(self, statuses: Sequence[str], *, now: int) -> list[QueuedBatch]:
+        """See `BatchMetadata.batches_to_claim`. The facts are read without locks: the order
+        is advice, and taking the lease of the batch chosen decides who drives it."""
+        rows = await self._active_batches(statuses)
+        if not rows:
+            return []
+        async with self._coordination() as state:
+            leases = await state.leases([batch_lease(batch_id) for batch_id, _ in rows])
+        untils = {name: until for name, (_, until) in leases.items()}
+        queue = [
+            QueuedBatch(batch_id, project, rules.lease_live(untils.get(batch_lease(batch_id)), now))
+            for batch_id, project in rows
+        ]
+        last_started = await self._last_started({project for _, project in rows})
+        return rules.claim_order(queue, last_started)
+
     async def forget_batch(self, batch_id: str, lease: str) -> None:
         """See `BatchMetadata.forget_batch`."""
         await self._forget_results(batch_id)
@@ -522,6 +556,9 @@ class _BoundState:
 
     async def lease(self, name: str) -> tuple[str, int] | None:
         return self._m.leases.get(name)
+
+    async def leases(self, names: Collection[str]) -> dict[str, tuple[str, int]]:
+        return {name: self._m.leases[name] for name in names if name in self._m.leases}
 
     async def set_lease(
         self, name: str, holder: str, until: int, *, was: tuple[str, int] | None

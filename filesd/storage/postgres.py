@@ -54,7 +54,6 @@ from ..models import (
     UploadRecord,
 )
 from .base import (
-    BATCH_ACTIVE,
     BATCH_COLUMNS,
     BATCH_MUTABLE,
     SchemaTooNew,
@@ -900,9 +899,17 @@ class PostgresMetadata(SharedMetadata):
             args.append(list(statuses))
         return await self._execute(sql, *args) == 1
 
-    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
-        sql = "SELECT id FROM batches WHERE status = ANY($1::text[]) ORDER BY seq"
-        return [row[0] for row in await self._rows(sql, list(statuses))]
+    async def _active_batches(self, statuses: Sequence[str]) -> list[tuple[str, str]]:
+        sql = "SELECT id, project FROM batches WHERE status = ANY($1::text[]) ORDER BY seq"
+        return [(row[0], row[1]) for row in await self._rows(sql, list(statuses))]
+
+    async def _last_started(self, projects: Collection[str]) -> dict[str, int]:
+        sql = (
+            "SELECT p, (SELECT max(in_progress_at) FROM batches WHERE project = p) "
+            "FROM unnest($1::text[]) AS p"
+        )
+        rows = await self._rows(sql, sorted(projects))
+        return {row[0]: int(row[1]) for row in rows if row[1] is not None}
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
         sql = """

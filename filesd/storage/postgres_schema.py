@@ -229,4 +229,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, line)
     );
     """,
+    # 4: when each project's batches last started, by index (the claim order lets projects
+    # take turns: `rules.claim_order`)
+    """
+    CREATE INDEX batches_started ON batches (project, in_progress_at);
+    """,
 )

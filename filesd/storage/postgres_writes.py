@@ -264,6 +264,12 @@ class Coordination:
         row = await self._conn.fetchrow("SELECT holder, until FROM leases WHERE name = $1", name)
         return None if row is None else (row[0], int(row[1]))
 
+    async def leases(self, names: Collection[str]) -> dict[str, tuple[str, int]]:
+        rows = await self._conn.fetch(
+            "SELECT name, holder, until FROM leases WHERE name = ANY($1::text[])", list(names)
+        )
+        return {row[0]: (row[1], int(row[2])) for row in rows}
+
     async def set_lease(
         self, name: str, holder: str, until: int, *, was: tuple[str, int] | None
     ) -> bool:

@@ -12,6 +12,7 @@ No I/O here, and no clock: `now` is always given.
 from __future__ import annotations
 
 import collections
+import heapq
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -161,10 +162,15 @@ def is_alive(alive_until: int | None, now: int) -> bool:
     return alive_until is not None and alive_until > now
 
 
+def lease_live(until: int | None, now: int) -> bool:
+    """A lease held until `until` still holds at `now` (None: no lease)."""
+    return until is not None and until > now
+
+
 def lease_free(holder: str | None, until: int | None, instance: str, now: int) -> bool:
     """`instance` may take a lease held by `holder` until `until`: it is free, expired, or its
     own already."""
-    return holder is None or holder == instance or until is None or until <= now
+    return holder is None or holder == instance or not lease_live(until, now)
 
 
 def refused_claims(
@@ -243,3 +249,44 @@ def rows_within(sizes: Sequence[tuple[int, int | None]], max_bytes: int) -> int:
         if total > max_bytes:
             return max(1, count)
     return len(sizes)
+
+
+@dataclass(frozen=True)
+class QueuedBatch:
+    """A batch someone still has to work on, as the claim order sees it: its project, and
+    whether some instance drives it now (a live lease holds it)."""
+
+    id: str
+    project: str
+    driven: bool = False
+
+
+def claim_order(queue: Sequence[QueuedBatch], last_started: Mapping[str, int]) -> list[QueuedBatch]:
+    """The batches of `queue` (oldest first) that no instance drives, in the order to claim
+    them, the projects taking turns: next is always the oldest waiting batch of the project
+    driving the fewest batches (those ordered before it counting as driven); among equals,
+    the project whose last batch started longest ago (`last_started`, by project: the
+    latest `in_progress_at` of its batches; none yet: first), then the one whose oldest
+    waiting batch is oldest. So one project's backlog, however long, never keeps another
+    project's batch from being next."""
+    driving = collections.Counter(b.project for b in queue if b.driven)
+    waiting: dict[str, collections.deque[tuple[int, QueuedBatch]]] = {}
+    for index, batch in enumerate(queue):
+        if not batch.driven:
+            waiting.setdefault(batch.project, collections.deque()).append((index, batch))
+    # A project given a turn in this order has started after every batch so far: its last
+    # start becomes later than any known, later still for each next turn.
+    turn = max(last_started.values(), default=0) + 1
+    heap = [
+        (driving[p], last_started.get(p, -1), batches[0][0], p) for p, batches in waiting.items()
+    ]
+    heapq.heapify(heap)
+    order: list[QueuedBatch] = []
+    while heap:
+        count, _, _, project = heapq.heappop(heap)
+        batches = waiting[project]
+        order.append(batches.popleft()[1])
+        if batches:
+            heapq.heappush(heap, (count + 1, turn, batches[0][0], project))
+            turn += 1
+    return order

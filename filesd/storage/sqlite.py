@@ -29,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
@@ -46,7 +47,7 @@ from ..models import (
     StorageTotals,
     UploadRecord,
 )
-from .base import BATCH_ACTIVE, BATCH_COLUMNS, BATCH_MUTABLE, SchemaTooNew
+from .base import BATCH_COLUMNS, BATCH_MUTABLE, SchemaTooNew
 from .metadata import CoordinationState, InProcessCoordination, SharedMetadata
 from .rules import Usage
 from .sqlite_schema import DB_NAME, MIGRATIONS, database_initialized, database_path
@@ -720,10 +721,18 @@ class SqliteMetadata(SharedMetadata):
             params += statuses
         return bool(await self._write(sql + " RETURNING 1", params))
 
-    async def active_batches(self, statuses: Sequence[str] = BATCH_ACTIVE) -> list[str]:
+    async def _active_batches(self, statuses: Sequence[str]) -> list[tuple[str, str]]:
         marks = ",".join("?" * len(statuses))
-        sql = f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq"
-        return [row[0] for row in await self._rows(sql, tuple(statuses))]
+        sql = f"SELECT id, project FROM batches WHERE status IN ({marks}) ORDER BY seq"
+        return [(row[0], row[1]) for row in await self._rows(sql, tuple(statuses))]
+
+    async def _last_started(self, projects: Collection[str]) -> dict[str, int]:
+        sql = (
+            "SELECT p.value, (SELECT max(in_progress_at) FROM batches WHERE project = p.value) "
+            "FROM json_each(?) AS p"
+        )
+        rows = await self._rows(sql, (json.dumps(sorted(projects)),))
+        return {row[0]: int(row[1]) for row in rows if row[1] is not None}
 
     async def add_batch_requests(self, batch_id: str, requests: Sequence[tuple[int, str]]) -> None:
         sql = "INSERT OR IGNORE INTO batch_requests (batch_id, line, custom_id) VALUES (?, ?, ?)"
