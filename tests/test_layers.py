@@ -28,6 +28,7 @@ BOTTOM = (
     "filesd.models",
     "filesd.objects",
     "filesd.retry",
+    "filesd.slots",
     "filesd.values",
 )
 ABOVE_BOTTOM = ("filesd.api", "filesd.services", "filesd.batches", "filesd.storage", "filesd.cli")

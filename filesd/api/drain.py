@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..slots import FairSlots
 from .errors import TooManyRequests
 
 
@@ -119,13 +120,13 @@ class UploadSlots(_Share):
                     del self._by_project[project]
 
 
-class DownloadSlots(_Share):
+class DownloadSlots(FairSlots):
     """At most `limit` downloads read from the blob backend at once (on S3 each holds a pooled
     connection to the bucket while it reads), and one project at most its share of them (see
-    `_Share`). A download waits for its slot, first come first served among those a slot may
-    go to: slots turn over fast, since a reader that stops reading gives its slot back within
-    a second (`filesd.api.content`), so waiting is bounded by honest readers' pace, never by a
-    stalled one's.
+    `_Share`); the next slot goes to the waiting project holding the fewest. A download waits
+    for its slot rather than being refused: slots turn over fast, since a reader that stops
+    reading gives its slot back within a second (`filesd.api.content`), so a wait is bounded
+    by honest readers' pace, never by a stalled one's.
     """
 
     def __init__(
@@ -135,54 +136,8 @@ class DownloadSlots(_Share):
         per_project: int | None = None,
         project_count: Callable[[], int] = lambda: 2,
     ) -> None:
-        super().__init__(limit, per_project, project_count)
-        self.in_use = 0
-        self._by_project: collections.Counter[str] = collections.Counter()
-        self._waiting: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()
-
-    def _may_take(self, project: str) -> bool:
-        share = self.per_project
-        return self.in_use < self.limit and (share is None or self._by_project[project] < share)
-
-    def _take(self, project: str) -> None:
-        self.in_use += 1
-        self._by_project[project] += 1
-
-    async def acquire(self, project: str) -> None:
-        """Wait for a slot for `project`; give it back with `release`."""
-        if self._may_take(project):
-            self._take(project)
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (project, waiter)
-        self._waiting.append(entry)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release(project)  # granted just as the wait was cancelled
-            else:
-                self._waiting.remove(entry)
-            raise
-
-    def release(self, project: str) -> None:
-        self.in_use -= 1
-        self._by_project[project] -= 1
-        if not self._by_project[project]:
-            del self._by_project[project]
-        self._hand_out()
-
-    def _hand_out(self) -> None:
-        """Grant waiting downloads in order, skipping those whose project is at its share
-        (they keep their place: the next slot their project gives back is theirs)."""
-        for entry in list(self._waiting):
-            if self.in_use >= self.limit:
-                return
-            project, waiter = entry
-            if not waiter.done() and self._may_take(project):
-                self._waiting.remove(entry)
-                self._take(project)
-                waiter.set_result(None)
+        rule = _Share(limit, per_project, project_count)
+        super().__init__(limit, share=lambda: rule.per_project)
 
 
 def _too_many(message: str) -> TooManyRequests:

@@ -451,7 +451,7 @@ class SharedMetadata(abc.ABC):
             leases = await state.leases([batch_lease(batch_id) for batch_id, _ in rows])
         untils = {name: until for name, (_, until) in leases.items()}
         queue = [
-            QueuedBatch(batch_id, project, rules.lease_live(untils.get(batch_lease(batch_id)), now))
+            QueuedBatch(batch_id, project, rules.is_alive(untils.get(batch_lease(batch_id)), now))
             for batch_id, project in rows
         ]
         last_started = await self._last_started({project for _, project in rows})

@@ -158,19 +158,15 @@ def part_verdict(
 
 
 def is_alive(alive_until: int | None, now: int) -> bool:
-    """An instance is alive while its last heartbeat's promise holds (no heartbeat: dead)."""
+    """An instance is alive while its last heartbeat's promise holds (no heartbeat: dead);
+    a lease holds while its `until` is ahead (None: no lease)."""
     return alive_until is not None and alive_until > now
-
-
-def lease_live(until: int | None, now: int) -> bool:
-    """A lease held until `until` still holds at `now` (None: no lease)."""
-    return until is not None and until > now
 
 
 def lease_free(holder: str | None, until: int | None, instance: str, now: int) -> bool:
     """`instance` may take a lease held by `holder` until `until`: it is free, expired, or its
     own already."""
-    return holder is None or holder == instance or not lease_live(until, now)
+    return holder is None or holder == instance or not is_alive(until, now)
 
 
 def refused_claims(
