@@ -313,6 +313,16 @@ async def test_export_and_import_round_trip_exactly(client: Client, tmp_path: Pa
     assert temp_files(tmp_path / "data") == []
 
 
+async def test_a_head_of_the_export_is_its_headers_alone(client: Client) -> None:
+    await upload(client, b"kept")
+    head = await client.head("/admin/export", headers=ADMIN)
+    assert head.status == 200 and head.headers["Content-Type"] == "application/x-tar"
+    assert await head.read() == b""
+    # No archive followed the headers on the connection: the next answer on it is read whole.
+    resp = await client.get("/admin/export", headers=ADMIN)
+    assert resp.status == 200 and len(await resp.read()) == int(head.headers["Content-Length"])
+
+
 @pytest.mark.parametrize(
     "archive",
     [

@@ -207,8 +207,10 @@ async def export(request: web.Request) -> web.StreamResponse:
     )
     response.content_length = archive.length
     await response.prepare(request)
-    async for chunk in archive.chunks:
-        await response.write(chunk)
+    # A HEAD gets the headers alone: aiohttp would send whatever is written, even then.
+    if request.method != "HEAD":
+        async for chunk in archive.chunks:
+            await response.write(chunk)
     await response.write_eof()
     return response
 
