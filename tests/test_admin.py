@@ -207,12 +207,12 @@ async def test_the_clock_freezes_and_moves(client: Client) -> None:
     ("method", "path", "payload", "message", "param"),
     [
         ("POST", "reset", {"project": 5}, "'project' must be a string.", "project"),
-        ("GET", "requests?limit=ten", None, "'limit' and 'status' must be integers.", None),
-        ("GET", "requests?status=", None, "'limit' and 'status' must be integers.", None),
+        ("GET", "requests?limit=ten", None, "'limit' must be an integer.", "limit"),
+        ("GET", "requests?status=", None, "'status' must be an integer.", "status"),
         ("POST", "clock", {"resume": "yes"}, 'Give {"freeze": true}, {"advance": seconds}', None),
         ("POST", "clock", {"advance": "x"}, 'Give {"freeze": true}, {"advance": seconds}', None),
         ("POST", "clock", {"freeze": True, "time": "now"}, "'time' must be Unix seconds", "time"),
-        ("POST", "faults", {"status": "503"}, "fault.status: wrong type (str)", None),
+        ("POST", "faults", {"status": "503"}, "fault.status: wrong type (str)", "status"),
     ],
 )
 async def test_admin_requests_are_checked_against_their_types(
