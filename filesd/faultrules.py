@@ -24,7 +24,12 @@ storage_fault: contextvars.ContextVar[FaultRule | None] = contextvars.ContextVar
 
 
 class FaultRuleError(ValueError):
-    """A rule is malformed; the message names the field."""
+    """A rule is malformed; the message names the field, and so does `field` (None when the
+    rule as a whole is at fault)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class FaultRule:
         )
 
 
-_FIELDS: dict[str, tuple[type, ...]] = {
+_KINDS: dict[str, tuple[type, ...]] = {
     "method": (str,),
     "route": (str,),
     "project": (str,),
@@ -70,6 +75,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "count": (int,),
     "probability": (int, float),
 }
+# The fields a rule may give.
+FAULT_RULE_FIELDS = tuple(_KINDS)
 
 
 def parse_fault_rule(raw: Mapping[str, Any], where: str = "fault") -> FaultRule:
@@ -77,13 +84,13 @@ def parse_fault_rule(raw: Mapping[str, Any], where: str = "fault") -> FaultRule:
     if not isinstance(raw, Mapping):
         raise FaultRuleError(f"{where}: expected a table/object")
     for name, value in raw.items():
-        kinds = _FIELDS.get(name)
+        kinds = _KINDS.get(name)
         if kinds is None:
-            raise FaultRuleError(f"{where}.{name}: unknown field")
+            raise FaultRuleError(f"{where}.{name}: unknown field", name)
         if not is_instance(value, kinds):
-            raise FaultRuleError(f"{where}.{name}: wrong type ({type(value).__name__})")
+            raise FaultRuleError(f"{where}.{name}: wrong type ({type(value).__name__})", name)
         if isinstance(value, float) and not is_finite_number(value):
-            raise FaultRuleError(f"{where}.{name}: must be a finite number")
+            raise FaultRuleError(f"{where}.{name}: must be a finite number", name)
     rule = FaultRule(**{**raw, "method": str(raw.get("method", "*")).upper()})
     actions = [rule.status is not None, rule.disconnect, rule.storage is not None]
     if sum(actions) > 1:
@@ -93,13 +100,13 @@ def parse_fault_rule(raw: Mapping[str, Any], where: str = "fault") -> FaultRule:
             f"{where}: does nothing (give status, disconnect, storage or latency_ms)"
         )
     if rule.status is not None and not 400 <= rule.status <= 599:
-        raise FaultRuleError(f"{where}.status: must be 400-599")
+        raise FaultRuleError(f"{where}.status: must be 400-599", "status")
     if rule.storage is not None and rule.storage not in STORAGE_FAULTS:
-        raise FaultRuleError(f"{where}.storage: must be one of {list(STORAGE_FAULTS)}")
+        raise FaultRuleError(f"{where}.storage: must be one of {list(STORAGE_FAULTS)}", "storage")
     if not 0 <= rule.probability <= 1:
-        raise FaultRuleError(f"{where}.probability: must be between 0 and 1")
+        raise FaultRuleError(f"{where}.probability: must be between 0 and 1", "probability")
     if rule.count is not None and rule.count < 1:
-        raise FaultRuleError(f"{where}.count: must be at least 1")
+        raise FaultRuleError(f"{where}.count: must be at least 1", "count")
     if rule.latency_ms < 0 or rule.slow_ms < 0:
         raise FaultRuleError(f"{where}: latency_ms and slow_ms must be 0 or more")
     return rule

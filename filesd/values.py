@@ -52,3 +52,17 @@ def _is_control(c: str) -> bool:
     """C0 and C1 control characters, DEL, and the bidirectional formatting controls."""
     code = ord(c)
     return code < 0x20 or 0x7F <= code <= 0x9F or c in _BIDI_CONTROLS
+
+
+def text_refusal(text: str, name: str) -> str | None:
+    """Why the string `name` cannot be taken as text, worded for the client; None if it can.
+
+    Text holds no NUL (PostgreSQL's text refuses one) and no lone surrogate (JSON can spell
+    one, as `\\ud800`; no UTF-8 encodes it, so neither database takes it)."""
+    if "\x00" in text:
+        return f"Invalid '{name}': the string holds a NUL character (U+0000)."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"Invalid '{name}': the string holds a lone surrogate, which is not valid Unicode."
+    return None

@@ -77,6 +77,12 @@ async def test_a_valid_file_saves_every_request_with_its_line() -> None:
         (line(body={"model": "other"}), "mismatched_model", "body.model"),
         (line(body={"model": "m", "stream": True}), "streaming_unsupported", "body.stream"),
         (line("first"), "duplicate_custom_id", "custom_id"),
+        # What is stored of a line must be text: no lone surrogate (no UTF-8 encodes one, and
+        # the custom_id is hashed as UTF-8), no NUL (PostgreSQL's text refuses it).
+        (line("\ud800"), "invalid_value", "custom_id"),
+        (line("a\x00"), "invalid_value", "custom_id"),
+        (line(body={"model": "\udfff"}), "invalid_value", "body.model"),
+        (line(body={"model": "m\x00"}), "invalid_value", "body.model"),
     ],
 )
 async def test_each_failure_names_its_line(bad: bytes, code: str, param: str | None) -> None:

@@ -35,6 +35,7 @@ from .responses import json_response
 from .routing import Routes
 from .schemas import (
     CLOCK_MAX,
+    ExportQuery,
     JournalQuery,
     NewFaultRule,
     ResetBody,
@@ -189,15 +190,16 @@ async def remove_fault(request: web.Request) -> web.Response:
     "/admin/export",
     id="adminExport",
     summary="The live files as a tar archive",
+    query=ExportQuery,
     secured=False,
 )
-async def export(request: web.Request) -> web.StreamResponse:
+async def export(request: web.Request, query: ExportQuery) -> web.StreamResponse:
     """A tar archive of the live files (of `?project=`, or all) and their blobs.
 
     Damaged files (and files whose blob is gone) are left out: listed in the manifest's
     `skipped`, and counted in the `X-Filesd-Skipped` header.
     """
-    archive = await request.app[ARCHIVES].export(request.query.get("project"))
+    archive = await request.app[ARCHIVES].export(query.project)
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/x-tar",
@@ -207,8 +209,10 @@ async def export(request: web.Request) -> web.StreamResponse:
     )
     response.content_length = archive.length
     await response.prepare(request)
-    async for chunk in archive.chunks:
-        await response.write(chunk)
+    # A HEAD gets the headers alone: aiohttp would send whatever is written, even then.
+    if request.method != "HEAD":
+        async for chunk in archive.chunks:
+            await response.write(chunk)
     await response.write_eof()
     return response
 

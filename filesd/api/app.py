@@ -38,6 +38,7 @@ from .errors import add_api_headers
 from .faults import FAULTS, Faults, faults_middleware
 from .metrics import METRICS, Metrics, metrics
 from .openapi import ROUTES, openapi_json
+from .validation import path_params_middleware
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ def create_app(
             config.admin.journal_size,
             clock if isinstance(clock, Clock) else None,
         )
+    # Last, after the admin API's own authentication (setup_admin adds it).
+    app.middlewares.append(path_params_middleware)
     # The public routes, side by side: each module declares its own (see routing.py).
     app[ROUTES] = [files.routes, health.routes, uploads.routes, batches.routes]
     for table in app[ROUTES]:

@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..batches.objects import COMPLETION_WINDOWS, ENDPOINTS
-from ..faultrules import FaultRule, FaultRuleError, parse_fault_rule
+from ..faultrules import FAULT_RULE_FIELDS, FaultRule, FaultRuleError, parse_fault_rule
 from ..values import has_control_characters, is_finite_number, is_int, is_number
 
 FILENAME_MAX = 1024
@@ -504,12 +504,12 @@ class ResetBody(AdminRequest):
     project: Annotated[str | None, BeforeValidator(_project_string)] = None
 
 
-def _journal_int(raw: object) -> object:
+def _journal_int(raw: object, info: ValidationInfo) -> object:
     if isinstance(raw, str):
         try:
             return int(raw)
         except ValueError:
-            raise refuse("'limit' and 'status' must be integers.", None) from None
+            raise refuse(f"'{info.field_name}' must be an integer.", info.field_name) from None
     return raw
 
 
@@ -520,6 +520,12 @@ class JournalQuery(AdminRequest):
     status: Annotated[int | None, BeforeValidator(_journal_int)] = None
     method: str | None = None
     path: str | None = None
+    project: str | None = None
+
+
+class ExportQuery(AdminRequest):
+    """GET /admin/export: the live files of one project, or of all."""
+
     project: str | None = None
 
 
@@ -569,4 +575,8 @@ class NewFaultRule(AdminRequest):
         try:
             return {"rule": parse_fault_rule(data)}
         except FaultRuleError as error:
-            raise refuse(str(error), None) from None
+            raise refuse(str(error), error.field) from None
+
+    @classmethod
+    def input_names(cls) -> tuple[str, ...]:
+        return FAULT_RULE_FIELDS

@@ -1,7 +1,8 @@
 """Validation of a batch's input file, as OpenAI does it, streamed line by line.
 
 Each line must be a JSON object with a unique `custom_id`, `method` "POST", a `url` equal to
-the batch's endpoint and a `body` object naming a `model`; one model per file; at most
+the batch's endpoint and a `body` object naming a `model`; one model per file; the `custom_id`
+and the `model`, which are stored, must be text (no NUL, no lone surrogate); at most
 `max_requests` requests. A file with problems fails the batch with `errors.data` naming each
 line and problem (`code`, `message`, `param`, `line`), up to MAX_ERRORS of them.
 
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..values import text_refusal
 from .lines import LineTooLong, numbered_lines
 
 # Errors reported at most (the first ones, by line).
@@ -87,6 +89,8 @@ class _Checker:
                 number,
                 "custom_id",
             )
+        if isinstance(custom_id, str) and not self._is_text(number, custom_id, "custom_id"):
+            custom_id = None  # no further look: it cannot even be hashed (a lone surrogate)
         if method is not None and method != "POST":
             self.error(
                 "invalid_method",
@@ -123,6 +127,13 @@ class _Checker:
             return None
         return custom_id
 
+    def _is_text(self, number: int, value: str, param: str) -> bool:
+        """Whether `value` is text the databases can store, else False (its error noted)."""
+        message = text_refusal(value, param)
+        if message is not None:
+            self.error("invalid_value", message, number, param)
+        return message is None
+
     def _check_body(self, number: int, body: dict[str, Any]) -> None:
         model = body.get("model")
         if model is None:
@@ -139,6 +150,8 @@ class _Checker:
                 number,
                 "body.model",
             )
+        elif not self._is_text(number, model, "body.model"):
+            pass  # never the batch's model: it is stored
         elif self.result.model is None:
             self.result.model = model
         elif model != self.result.model:
