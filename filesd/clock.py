@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import TypeGuard
+
+from .values import is_finite_number
+
+# The last second of year 9999: a clock beyond it (or NaN) breaks dates and SQLite integers.
+CLOCK_MAX = 253402300799
+
+
+def is_clock_time(value: object) -> TypeGuard[int | float]:
+    """Unix seconds the clock can show: a finite number from 0 to CLOCK_MAX (where it is set:
+    `[testing] frozen_time`, POST /admin/clock)."""
+    return is_finite_number(value) and 0 <= value <= CLOCK_MAX
 
 
 class Clock:

@@ -36,8 +36,9 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from .clock import CLOCK_MAX, is_clock_time
 from .faultrules import FaultRule, FaultRuleError, parse_fault_rule
-from .values import is_finite_number
+from .values import is_finite_number, is_number
 
 DEFAULT_PURPOSES: tuple[str, ...] = (
     "assistants",
@@ -356,9 +357,16 @@ def _optional_int(value: object) -> object:
 
 
 def _frozen_time(value: object) -> object:
-    if value is not None and not is_finite_number(value):
-        raise _refuse("expected Unix seconds (a finite number)")
-    return None if value is None else float(value)
+    # The bound POST /admin/clock keeps to: a later time overflows the integers that times
+    # are stored as, and every request would fail.
+    if value is None:
+        return None
+    if not is_clock_time(value):
+        shown = value if is_number(value) else _type_name(value)
+        raise _refuse(
+            f"expected Unix seconds from 0 to {CLOCK_MAX} (the end of year 9999), got {shown}"
+        )
+    return float(value)
 
 
 def _faults(value: object, info: ValidationInfo) -> object:

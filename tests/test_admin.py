@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from filesd.api.app import create_app
+from filesd.clock import CLOCK_MAX
 from filesd.testing import serve
 
 from .conftest import (
@@ -245,6 +246,20 @@ async def test_the_admin_api_reads_what_it_uses_and_ignores_the_rest(client: Cli
     resp = await client.post("/admin/clock", json={"time": -5}, headers=ADMIN)
     body = await resp.json()
     assert resp.status == 400 and body["error"]["message"].startswith('Give {"freeze": true}')
+
+
+async def test_the_latest_clock_time_start_up_takes_still_serves(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """[testing] frozen_time is refused past CLOCK_MAX (test_config.py); at CLOCK_MAX itself
+    every request works, a batch file's expiry 30 days later included."""
+    config = make_config(tmp_path / "data", testing={"frozen_time": CLOCK_MAX})
+    client = await aiohttp_client(create_app(config))
+    created = await upload(client, b'{"a": 1}\n', purpose="batch")
+    assert created["created_at"] == CLOCK_MAX
+    assert created["expires_at"] == CLOCK_MAX + 30 * 24 * 3600
+    listed = await (await client.get("/v1/files", headers=ALPHA)).json()
+    assert [f["id"] for f in listed["data"]] == [created["id"]]
 
 
 async def test_a_clock_given_by_the_test_is_not_adjusted(

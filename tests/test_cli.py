@@ -84,6 +84,9 @@ def test_config_errors_exit_2_and_name_the_key(
     config.write_text('[limits]\nmax_file_bytes = "big"\n')
     assert main(["serve", "--config", str(config)]) == 2
     assert "limits.max_file_bytes: expected an integer" in capsys.readouterr().err
+    config.write_text("[testing]\nfrozen_time = 1e19\n")  # would start, then fail every request
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "testing.frozen_time: expected Unix seconds from 0" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err
 

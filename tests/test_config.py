@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from filesd.clock import CLOCK_MAX
 from filesd.config import (
     DEFAULT_PURPOSES,
     Config,
@@ -115,6 +116,11 @@ def test_overrides_replace_only_what_is_given(tmp_path: Path) -> None:
         ),
         ({"testing": {"frozen_time": float("nan")}}, "testing.frozen_time: expected Unix seconds"),
         ({"testing": {"frozen_time": float("inf")}}, "testing.frozen_time: expected Unix seconds"),
+        # Past year 9999 times overflow the stored integers: every request would be a 500.
+        ({"testing": {"frozen_time": 1e19}}, "testing.frozen_time: expected Unix seconds from 0"),
+        ({"testing": {"frozen_time": 1e300}}, "testing.frozen_time: expected Unix seconds"),
+        ({"testing": {"frozen_time": CLOCK_MAX + 1}}, f"to {CLOCK_MAX} (the end of year 9999)"),
+        ({"testing": {"frozen_time": -1}}, "testing.frozen_time: expected Unix seconds from 0"),
         (
             {"testing": {"faults": [{"status": 503, "retry_after": float("nan")}]}},
             "testing.faults[0].retry_after: must be a finite number",
@@ -183,11 +189,19 @@ def test_example_parses_and_documents_every_key(tmp_path: Path) -> None:
     assert config.auth.keys == ()
 
 
-def test_frozen_time_nan_in_a_toml_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written", ["nan", "1e19", "1e300", "-0.5"])
+def test_a_frozen_time_the_clock_cannot_show_in_a_toml_file_is_refused(
+    tmp_path: Path, written: str
+) -> None:
     path = tmp_path / "filesd.toml"
-    path.write_text("[testing]\nfrozen_time = nan\n")
+    path.write_text(f"[testing]\nfrozen_time = {written}\n")
     with pytest.raises(ConfigError, match=r"testing\.frozen_time: expected Unix seconds"):
         load_config(path)
+
+
+def test_the_last_second_of_year_9999_is_a_frozen_time(tmp_path: Path) -> None:
+    config = parse_config({"testing": {"frozen_time": CLOCK_MAX}}, base_dir=tmp_path)
+    assert config.testing.frozen_time == CLOCK_MAX
 
 
 def test_the_allowed_keys_are_the_dataclass_fields(tmp_path: Path) -> None:

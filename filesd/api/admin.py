@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..clock import Clock
+from ..clock import CLOCK_MAX, Clock, is_clock_time
 from ..values import is_finite_number
 from .appkeys import ARCHIVES, CONFIG, MAINTENANCE
 from .auth import PROJECT, bearer_token
@@ -33,15 +33,7 @@ from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, N
 from .faults import FAULTS
 from .responses import json_response
 from .routing import Routes
-from .schemas import (
-    CLOCK_MAX,
-    ExportQuery,
-    JournalQuery,
-    NewFaultRule,
-    ResetBody,
-    SetClock,
-    is_clock_time,
-)
+from .schemas import ExportQuery, JournalQuery, NewFaultRule, ResetBody, SetClock
 
 routes = Routes()
 

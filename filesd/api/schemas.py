@@ -30,8 +30,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..batches.objects import COMPLETION_WINDOWS, ENDPOINTS
+from ..clock import CLOCK_MAX, is_clock_time
 from ..faultrules import FAULT_RULE_FIELDS, FaultRule, FaultRuleError, parse_fault_rule
-from ..values import has_control_characters, is_finite_number, is_int, is_number
+from ..values import has_control_characters, is_int, is_number
 
 FILENAME_MAX = 1024
 EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
@@ -478,8 +479,6 @@ class ListBatchesQuery(Request):
 
 # --- the admin API (filesd's own: outside /v1 and the OpenAPI document) ---------------------
 
-# The last second of year 9999: a clock beyond it (or NaN) breaks dates and SQLite integers.
-CLOCK_MAX = 253402300799
 CLOCK_CHOICES = 'Give {"freeze": true}, {"advance": seconds} or {"resume": true}.'
 
 
@@ -527,11 +526,6 @@ class ExportQuery(AdminRequest):
     """GET /admin/export: the live files of one project, or of all."""
 
     project: str | None = None
-
-
-def is_clock_time(value: object) -> bool:
-    """Unix seconds the clock can show."""
-    return is_finite_number(value) and 0 <= value <= CLOCK_MAX
 
 
 class SetClock(AdminRequest):
