@@ -15,7 +15,7 @@ import hashlib
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -542,6 +542,14 @@ class Config:
     batches: BatchesConfig = field(default_factory=BatchesConfig)
     ui: UiConfig = field(default_factory=UiConfig)
 
+    @model_validator(mode="after")
+    def _tokens_of_their_own(self) -> Config:
+        keys = ((k.key_sha256, f"auth.keys[{i}]") for i, k in enumerate(self.auth.keys))
+        reused = reused_token(self.admin.token, self.metrics.token, keys)
+        if reused is not None:
+            raise _refuse(reused, whole=True)
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _every_table(cls, data: Any) -> Any:
@@ -571,6 +579,43 @@ class Config:
 
 
 _CONFIG = TypeAdapter(Config)
+
+
+def reused_token(admin: str, metrics: str, keys: Iterable[tuple[str, str]]) -> str | None:
+    """Why `[admin] token` (`admin`) or `[metrics] token` (`metrics`) cannot be used beside
+    the API keys `keys` ((hex SHA-256 of a key, where that key is kept)), or None.
+
+    An admin token that is also a key makes the key's holder an admin of every project; a
+    metrics token that is one shows the key's holder every project's totals. A metrics token
+    equal to the admin token is refused too: it adds nothing (the admin token opens /metrics
+    already), and a scraper given it could reset every project. Keys revoked count: their
+    holders still know them. The message names the settings and where the key is kept, never
+    a token."""
+    if admin and admin == metrics:
+        return (
+            "metrics.token: is the admin token: a scraper given it could also reset every "
+            "project; leave metrics.token empty (the admin token opens /metrics too) or give "
+            "it a token of its own"
+        )
+    digests = {_token_digest(t): name for name, t in (("admin", admin), ("metrics", metrics)) if t}
+    for digest, where in keys:
+        name = digests.get(digest)
+        if name == "admin":
+            return (
+                f"admin.token: is also an API key ({where}): whoever holds that key would be "
+                "an admin of every project; give the admin API a token of its own"
+            )
+        if name == "metrics":
+            return (
+                f"metrics.token: is also an API key ({where}): whoever holds that key would "
+                "read every project's totals at /metrics; give it a token of its own"
+            )
+    return None
+
+
+def _token_digest(token: str) -> str:
+    # As a presented key is hashed (api/auth.py).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def load_config(path: Path | None) -> Config:
@@ -719,4 +764,5 @@ __all__ = [
     "UiConfig",
     "load_config",
     "parse_config",
+    "reused_token",
 ]

@@ -204,6 +204,68 @@ def test_the_last_second_of_year_9999_is_a_frozen_time(tmp_path: Path) -> None:
     assert config.testing.frozen_time == CLOCK_MAX
 
 
+ADMIN_TOKEN = "admin-token-0123456789"
+KEY = "sk-tenant-key-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        (
+            {"admin": {"token": KEY}, "auth": {"keys": [{"key": KEY, "project": "p"}]}},
+            "admin.token: is also an API key (auth.keys[0]): whoever holds that key would be "
+            "an admin of every project",
+        ),
+        (
+            {
+                "admin": {"token": KEY},
+                "auth": {
+                    "keys": [
+                        {"key": "sk-other-key-0123456789", "project": "q"},
+                        {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "project": "p"},
+                    ]
+                },
+            },
+            "admin.token: is also an API key (auth.keys[1])",
+        ),
+        (
+            {"metrics": {"token": KEY}, "auth": {"keys": [{"key": KEY, "project": "p"}]}},
+            "metrics.token: is also an API key (auth.keys[0]): whoever holds that key would "
+            "read every project's totals",
+        ),
+        (
+            {"admin": {"token": ADMIN_TOKEN}, "metrics": {"token": ADMIN_TOKEN}},
+            "metrics.token: is the admin token: a scraper given it could also reset",
+        ),
+    ],
+    ids=[
+        "admin-is-a-key",
+        "admin-is-a-key-given-by-digest",
+        "metrics-is-a-key",
+        "metrics-is-admin",
+    ],
+)
+def test_a_token_that_is_a_key_or_the_admin_token_is_refused_unshown(
+    tmp_path: Path, tables: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tables, base_dir=tmp_path)
+    assert str(info.value).startswith(message)
+    assert KEY not in str(info.value) and ADMIN_TOKEN not in str(info.value)
+
+
+def test_tokens_of_their_own_are_taken(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "admin": {"token": ADMIN_TOKEN},
+            "metrics": {"token": "metrics-token-0123456789"},
+            "auth": {"keys": [{"key": KEY, "project": "p"}]},
+        },
+        base_dir=tmp_path,
+    )
+    assert config.admin.token == ADMIN_TOKEN
+
+
 def test_the_allowed_keys_are_the_dataclass_fields(tmp_path: Path) -> None:
     """Adding a field to a settings dataclass makes its key accepted; the error lists them."""
     with pytest.raises(ConfigError) as info:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -163,6 +165,45 @@ def test_keys_made_in_the_database_work_and_revoke(
     finally:
         assert server.stop() == 0
     assert key not in server.stderr_text()
+
+
+@pytest.mark.parametrize(
+    ("setting", "revoked"), [("admin", False), ("admin", True), ("metrics", False)]
+)
+def test_a_token_that_is_a_key_made_in_the_database_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, revoked: bool
+) -> None:
+    """The token would make the key's holder an admin of every project (or a reader of every
+    project's totals); a revoked key counts, its holder still knows it. Only the key's id is
+    named, never the token."""
+    data = tmp_path / "data"
+    _, out = run(capsys, "keys", "create", "--project", "team", "--data-dir", str(data))
+    key_id, key = out.split()[0], out.splitlines()[1]
+    if revoked:
+        assert run(capsys, "keys", "revoke", key_id, "--data-dir", str(data))[0] == 0
+    config = tmp_path / "filesd.toml"
+    config.write_text(f'[storage]\ndata_dir = "{data}"\n[{setting}]\ntoken = "{key}"\n')
+    started = subprocess.run(
+        [sys.executable, "-m", "filesd", "serve", "--port", "0", "--config", str(config)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert f"{setting}.token: is also an API key (key {key_id} of `filesd keys list`)" in (
+        started.stderr
+    )
+    assert "Traceback" not in started.stderr
+    assert key not in started.stdout + started.stderr
+    # Nothing was left behind that keeps the next start from the data dir.
+    config.write_text(f'[storage]\ndata_dir = "{data}"\n')
+    server = ServerProcess(["--config", str(config)], cwd=tmp_path)
+    try:
+        assert _status(f"{server.url}/v1/files", key) == (401 if revoked else 200)
+    finally:
+        assert server.stop() == 0
 
 
 def test_toml_and_database_keys_together(

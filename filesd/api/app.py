@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..batches.service import open_batches
 from ..clock import Clock
-from ..config import Config
+from ..config import Config, ConfigError, reused_token
 from ..services.core import Services
 from ..services.keys import KeyService
 from ..services.settings import StoreSettings
@@ -101,19 +101,21 @@ def create_app(
         # leftover, which a completion that is really under way is not.
         await services.uploads.recover()
         app[BATCHES], batch_runner = open_batches(services, config.batches, app[FAULTS].take)
-        await _load_keys(services.keys, authenticator)
-        if authenticator.open_mode:
-            log.warning(
-                "no API keys configured: running open, any bearer token is accepted "
-                "and each distinct token is its own project"
-            )
-        elif not app[METRICS].has_token:
-            log.info("GET /metrics answers 401: set [metrics] token to scrape it")
-        tasks = [
-            asyncio.create_task(services.maintenance.upkeep()),
-            asyncio.create_task(_refresh_keys(services.keys, authenticator)),
-        ]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # A token that is a key made in the database stops start-up (ConfigError).
+            await _load_keys(services.keys, authenticator, config)
+            if authenticator.open_mode:
+                log.warning(
+                    "no API keys configured: running open, any bearer token is accepted "
+                    "and each distinct token is its own project"
+                )
+            elif not app[METRICS].has_token:
+                log.info("GET /metrics answers 401: set [metrics] token to scrape it")
+            tasks = [
+                asyncio.create_task(services.maintenance.upkeep()),
+                asyncio.create_task(_refresh_keys(services.keys, authenticator, config)),
+            ]
             yield
         finally:
             for task in tasks:
@@ -152,8 +154,19 @@ def create_app(
 KEY_REFRESH_SECONDS = 2.0
 
 
-async def _load_keys(keys_service: KeyService, authenticator: Authenticator) -> None:
+async def _load_keys(
+    keys_service: KeyService, authenticator: Authenticator, config: Config
+) -> None:
+    """Take the database's keys into use; raises `ConfigError` (nothing taken) if the admin or
+    metrics token is one of them (`reused_token`)."""
     keys = await keys_service.all()
+    reused = reused_token(
+        config.admin.token,
+        config.metrics.token,
+        ((k.key_sha256, f"key {k.id} of `filesd keys list`") for k in keys),
+    )
+    if reused is not None:
+        raise ConfigError(reused)
     authenticator.use_made_keys(
         ((k.key_sha256, k.project) for k in keys if k.revoked_at is None), any_made=bool(keys)
     )
@@ -161,14 +174,14 @@ async def _load_keys(keys_service: KeyService, authenticator: Authenticator) -> 
 
 async def reload_keys(app: web.Application) -> None:
     """Take keys made or revoked in the database into use now (instead of within 2 s)."""
-    await _load_keys(app[SERVICES].keys, app[AUTHENTICATOR])
+    await _load_keys(app[SERVICES].keys, app[AUTHENTICATOR], app[CONFIG])
 
 
-async def _refresh_keys(keys: KeyService, authenticator: Authenticator) -> None:
+async def _refresh_keys(keys: KeyService, authenticator: Authenticator, config: Config) -> None:
     """Keys made or revoked with `filesd keys` take effect within KEY_REFRESH_SECONDS."""
     while True:
         await asyncio.sleep(KEY_REFRESH_SECONDS)
         try:
-            await _load_keys(keys, authenticator)
+            await _load_keys(keys, authenticator, config)
         except Exception:
             log.exception("reloading API keys failed")
