@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -196,7 +197,32 @@ def _database(value: str) -> str:
         raise _refuse(
             'expected "" (SQLite in data_dir) or a URL "postgresql://user@host:5432/dbname"'
         )
+    problem = postgres_url_problem(value) if value else None
+    if problem is not None:
+        # The URL itself is never shown: it may hold the password.
+        raise _refuse(
+            f"not a usable PostgreSQL URL ({problem}); in the user name and password, "
+            'percent-encode "@", "/", "?", "#", "[" and "]" (e.g. %40 for "@")'
+        )
     return value
+
+
+def postgres_url_problem(url: str) -> str | None:
+    """What keeps a PostgreSQL URL from being read alike by every parser, or None.
+
+    A user name or password holding an unencoded "@", "/", "?", "#" or bracket spills into
+    the host, port, path or query: parsers then disagree on where it ends (the driver splits
+    at the first "@", urllib at the last), and the parts that messages show (host, port,
+    database: `storage/postgres.py`'s `describe_dsn`) would hold a piece of the password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (read for its ValueError)
+    except ValueError:
+        return "its host or port cannot be read"
+    userinfo = parts.netloc.rpartition("@")[0]
+    if "@" in userinfo or "@" in parts.path + parts.query + parts.fragment:
+        return 'an "@" that does not end the user name and password'
+    return None
 
 
 def _blobs(value: str) -> str:
@@ -764,5 +790,6 @@ __all__ = [
     "UiConfig",
     "load_config",
     "parse_config",
+    "postgres_url_problem",
     "reused_token",
 ]

@@ -204,6 +204,41 @@ def test_the_last_second_of_year_9999_is_a_frozen_time(tmp_path: Path) -> None:
     assert config.testing.frozen_time == CLOCK_MAX
 
 
+SPILLS = 'an "@" that does not end the user name and password'
+UNREADABLE = "its host or port cannot be read"
+
+
+@pytest.mark.parametrize(
+    ("database", "problem"),
+    [
+        ("postgresql://filesd:Zq@7k@db.example:5432/files", SPILLS),
+        ("postgresql://filesd:12/Zq7k@db.example:5432/files", SPILLS),
+        ("postgresql://filesd:Zq/7k@db.example:5432/files", UNREADABLE),
+        ("postgresql://filesd:Zq?7k@db.example/files", UNREADABLE),
+        ("postgresql://filesd:Zq#7k@db.example/files", UNREADABLE),
+        ("postgresql://filesd:Zq[7k@db.example/files", UNREADABLE),
+        ("postgresql://filesd@db.example:port/files", UNREADABLE),
+    ],
+)
+def test_a_database_url_whose_password_spills_is_refused_unshown(
+    tmp_path: Path, database: str, problem: str
+) -> None:
+    """A password with an unencoded @ / ? # [ would be read into the host or database, which
+    messages show; the URL is never shown, not a piece of it."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"storage": {"database": database}}, base_dir=tmp_path)
+    assert str(info.value) == (
+        f"storage.database: not a usable PostgreSQL URL ({problem}); in the user name and "
+        'password, percent-encode "@", "/", "?", "#", "[" and "]" (e.g. %40 for "@")'
+    )
+
+
+def test_a_percent_encoded_password_is_a_database_url(tmp_path: Path) -> None:
+    url = "postgresql://filesd:p%40s%2Fs%3F%23@db.example:5432/files?sslmode=require"
+    config = parse_config({"storage": {"database": url}}, base_dir=tmp_path)
+    assert config.storage.database == url
+
+
 ADMIN_TOKEN = "admin-token-0123456789"
 KEY = "sk-tenant-key-0123456789"
 

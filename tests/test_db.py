@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -913,6 +916,105 @@ async def test_postgres_unusable_databases_are_named_without_the_password(
     assert str(caught.value).startswith("storage.database: ")
     assert password not in str(caught.value)
     assert caught.value.__cause__ is None  # nothing chained that could print the URL
+
+
+@pytest.fixture
+async def password_role(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A role that must give its password (`scram-sha-256` in pg_hba.conf, for this role
+    alone: the rest of the cluster stays `trust`); yields its name."""
+    role = f"pw_{os.getpid()}"
+    hba = postgres_server.data / "pg_hba.conf"
+    original = hba.read_text()
+    admin = await asyncpg.connect(postgres_server.dsn())
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'the-right-password'")
+        hba.write_text(f"host all {role} {postgres_server.host}/32 scram-sha-256\n{original}")
+        await admin.execute("SELECT pg_reload_conf()")
+        yield role
+    finally:
+        hba.write_text(original)
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
+# Passwords the old masking (every occurrence replaced by "***") garbled the server's message
+# with, telling a reader the password: parts of `role "filesd" does not exist`, of `password
+# authentication failed for user ...`, and the user name itself.
+PASSWORDS = ["x", "e", "ole", "filesd", "s3cret-pass", "pw_"]
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+@pytest.mark.parametrize("given", ["in-url", "PGPASSWORD"])
+async def test_postgres_refused_credentials_read_as_the_server_said_them(
+    postgres_server: PostgresServer,
+    password_role: str,
+    monkeypatch: pytest.MonkeyPatch,
+    password: str,
+    given: str,
+) -> None:
+    host, port = postgres_server.host, postgres_server.port
+    in_url = f":{password}" if given == "in-url" else ""
+    if given == "PGPASSWORD":
+        monkeypatch.setenv("PGPASSWORD", password)
+    # No such role; a role whose password is another. The expected messages are the server's
+    # words and the URL's parts, whatever the password: nothing of it, nothing masked.
+    for user, says in [
+        ("filesd", 'SQLSTATE 28000: role "filesd" does not exist'),
+        (
+            password_role,
+            f'SQLSTATE 28P01: password authentication failed for user "{password_role}"',
+        ),
+    ]:
+        url = f"postgresql://{user}{in_url}@{host}:{port}/postgres"
+        with pytest.raises(StorageUnavailable) as caught:
+            await PostgresMetadata.open(url)
+        assert str(caught.value) == (
+            f"storage.database: PostgreSQL {user}@{host}:{port}, database 'postgres': "
+            f"the server refused the credentials ({says})"
+        )
+        assert "***" not in str(caught.value)
+        assert caught.value.__cause__ is None
+
+
+async def test_postgres_urls_the_driver_cannot_use_are_named_without_its_words(
+    postgres_server: PostgresServer,
+) -> None:
+    # The driver quotes the URL's pieces in such errors: here a piece of an unencoded password.
+    host, port = postgres_server.host, postgres_server.port
+    url = f"postgresql://postgres@{host}:{port}/postgres?password=a&s3cret"
+    with pytest.raises(StorageUnavailable) as caught:
+        await PostgresMetadata.open(url)
+    assert str(caught.value) == (
+        f"storage.database: PostgreSQL postgres@{host}:{port}, database 'postgres': the "
+        "PostgreSQL driver cannot use this URL (ValueError; its message is not shown, as it "
+        "may quote the URL): check its parameters"
+    )
+
+
+def test_postgres_refused_at_start_up_exits_2_with_the_servers_words(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The review's case: `PGPASSWORD=x filesd serve` read `role "filesd" does not e***ist`."""
+    host, port = postgres_server.host, postgres_server.port
+    config = tmp_path / "filesd.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'database = "postgresql://filesd@{host}:{port}/postgres"\n'
+    )
+    started = subprocess.run(
+        [sys.executable, "-m", "filesd", "serve", "--port", "0", "--config", str(config)],
+        env={**os.environ, "PGPASSWORD": "x"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert started.stderr == (
+        f"filesd: storage.database: PostgreSQL filesd@{host}:{port}, database 'postgres': the "
+        'server refused the credentials (SQLSTATE 28000: role "filesd" does not exist)\n'
+    )
 
 
 async def _stores(dsn: str, count: int) -> list[PostgresMetadata]:

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import os
 import socket
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -44,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from ..config import postgres_url_problem
 from ..models import (
     BatchRecord,
     FileRecord,
@@ -240,14 +240,14 @@ class PostgresMetadata(SharedMetadata):
                     },
                 )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as error:
-            raise StorageUnavailable(SETTING, _redact(_why(error, where), dsn)) from None
+            raise StorageUnavailable(SETTING, _why(error, where)) from None
         db = cls(pool, acquire_timeout=max(statement_timeout_ms / 1000, 1.0))
         try:
             await db._migrate()
         except asyncpg.InsufficientPrivilegeError as error:
             await db.close()
-            message = f"{where}: filesd cannot create its tables there ({error})"
-            raise StorageUnavailable(SETTING, _redact(message, dsn)) from None
+            message = f"{where}: filesd cannot create its tables there ({_server_says(error)})"
+            raise StorageUnavailable(SETTING, message) from None
         except BaseException:
             await db.close()
             raise
@@ -936,53 +936,48 @@ class PostgresMetadata(SharedMetadata):
 
 
 def describe_dsn(dsn: str) -> str:
-    """Where a DSN points, for messages: user, host, port and database, never the password."""
-    try:
-        parts = urlsplit(dsn)
-        host = parts.hostname or "localhost"
-        try:
-            port = parts.port or 5432
-        except ValueError:
-            port = None
-        user = f"{unquote(parts.username)}@" if parts.username else ""
-        database = unquote(parts.path.lstrip("/")) or "(default)"
-    except ValueError:
+    """Where a DSN points, for messages: user, host, port and database, never the password
+    (nor, for a URL whose password would spill into them, these parts: `postgres_url_problem`)."""
+    if postgres_url_problem(dsn) is not None:
         return "the PostgreSQL server of storage.database"
-    address = f"{host}:{port}" if port is not None else host
+    parts = urlsplit(dsn)
+    user = f"{unquote(parts.username)}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    address = f"{f'[{host}]' if ':' in host else host}:{parts.port or 5432}"
+    database = unquote(parts.path.lstrip("/")) or "(default)"
     return f"PostgreSQL {user}{address}, database {database!r}"
 
 
 def _why(error: BaseException, where: str) -> str:
-    """A plain sentence for a failure to connect, by the error's type (SQLSTATE for the
-    server's refusals)."""
+    """A plain sentence for a failure to connect, by the error's type, built only of parts
+    that hold no secret: `where` (`describe_dsn`), the server's SQLSTATE and message (words of
+    the server, which never repeats a password it was sent), and the account of a failed
+    connection by the system, the TLS library or the driver's network layer (naming only the
+    address connected to, which `where` shows already). Never the driver's wording of a URL it
+    could not use: that may quote any part of it, the password too."""
     if isinstance(error, asyncpg.InvalidCatalogNameError):
         return f"{where}: the database does not exist (create it; filesd creates only tables)"
     if isinstance(
         error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
     ):
-        return f"{where}: the server refused the credentials ({error})"
+        return f"{where}: the server refused the credentials ({_server_says(error)})"
     if isinstance(error, asyncpg.PostgresError):
-        return f"{where}: the server refused the connection ({error})"
+        return f"{where}: the server refused the connection ({_server_says(error)})"
     if isinstance(error, TimeoutError):
         return f"{where}: no answer within {CONNECT_TIMEOUT:g} s"
     if isinstance(error, socket.gaierror):
         return f"{where}: unknown host ({error.strerror})"
     if isinstance(error, ConnectionRefusedError):
         return f"{where}: connection refused (is PostgreSQL running and listening there?)"
-    if isinstance(error, ValueError):
-        return f"not a usable PostgreSQL URL ({error})"
-    return f"{where}: cannot connect ({error})"
+    if isinstance(error, OSError):
+        return f"{where}: cannot connect ({error})"
+    # ValueError, asyncpg's InterfaceError (its ClientConfigurationError is both).
+    return (
+        f"{where}: the PostgreSQL driver cannot use this URL ({type(error).__name__}; its "
+        "message is not shown, as it may quote the URL): check its parameters"
+    )
 
 
-def _redact(message: str, dsn: str) -> str:
-    """`message` without the password of `dsn` (as written or decoded) or of PGPASSWORD."""
-    secrets: set[str] = set()
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(dsn)
-        if parts.password:
-            secrets |= {parts.password, unquote(parts.password)}
-    if os.environ.get("PGPASSWORD"):
-        secrets.add(os.environ["PGPASSWORD"])
-    for secret in sorted(secrets, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message
+def _server_says(error: asyncpg.PostgresError) -> str:
+    """The server's own account of an error: its SQLSTATE and message."""
+    return f"SQLSTATE {error.sqlstate}: {error.as_dict().get('message', '')}"
