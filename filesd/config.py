@@ -161,6 +161,12 @@ class ServerConfig:
 def _endpoint_url(value: str) -> str:
     if value and not value.startswith(("http://", "https://")):
         raise _refuse("expected an http:// or https:// URL")
+    # Messages about the endpoint show its URL: it must hold no credentials (nor is the URL
+    # shown here: it may).
+    if "@" in urlsplit(value).netloc:
+        raise _refuse(
+            "must not hold a user or password: set access_key_id and secret_access_key instead"
+        )
     return value
 
 
@@ -171,7 +177,7 @@ class S3Config:
     region: StrictStr = "us-east-1"
     # "" = the standard AWS environment variables and credential chain.
     access_key_id: StrictStr = ""
-    secret_access_key: StrictStr = ""
+    secret_access_key: StrictStr = field(default="", repr=False)
     # true: content is a 307 to a short-lived presigned URL.
     redirect_downloads: StrictBool = False
 
@@ -238,8 +244,9 @@ class StorageConfig:
     )
     sweep_interval: Annotated[StrictInt, _at_least(1, " second")] = 60
     deleted_retention: Annotated[StrictInt, _or_more(" seconds")] = 30 * 24 * 3600
-    # "" = SQLite in data_dir; else "postgresql://user@host:5432/dbname".
-    database: Annotated[StrictStr, AfterValidator(_database)] = ""
+    # "" = SQLite in data_dir; else "postgresql://user@host:5432/dbname". Not in the repr:
+    # it may hold the password.
+    database: Annotated[StrictStr, AfterValidator(_database)] = field(default="", repr=False)
     # "" = data_dir/blobs; else "s3://bucket" or "s3://bucket/prefix".
     blobs: Annotated[StrictStr, AfterValidator(_blobs)] = ""
     # Seconds an instance counts as alive after its last heartbeat (sent every third of it):
@@ -364,7 +371,7 @@ class LogConfig:
 class AdminConfig:
     """The admin API (/admin/...): off unless `token` is set."""
 
-    token: Annotated[StrictStr, AfterValidator(_token)] = ""
+    token: Annotated[StrictStr, AfterValidator(_token)] = field(default="", repr=False)
     journal_size: Annotated[StrictInt, _or_more()] = 1000
 
 
@@ -373,7 +380,7 @@ class MetricsConfig:
     """GET /metrics: keyless in open mode; once API keys exist (in the file or made in the
     database) it needs this token or the admin token, as its totals span every project."""
 
-    token: Annotated[StrictStr, AfterValidator(_token)] = ""
+    token: Annotated[StrictStr, AfterValidator(_token)] = field(default="", repr=False)
 
 
 def _optional_int(value: object) -> object:

@@ -20,6 +20,7 @@ from filesd.config import (
     parse_config,
 )
 from filesd.faultrules import FaultRule
+from filesd.services.settings import StoreSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "filesd.toml.example"
@@ -62,6 +63,25 @@ def test_keys_are_kept_only_as_digests(tmp_path: Path) -> None:
     ]
     assert "sk-alpha" not in repr(config)
     assert len(config.auth.keys) == 2
+
+
+def test_no_secret_is_in_the_reprs_of_the_settings(tmp_path: Path) -> None:
+    """A repr in a log line or a traceback must not carry a password, key or token."""
+    secrets = ["pg-Zq7k", "s3-Zq7k-secret", "admin-Zq7k-0123456789", "metrics-Zq7k-0123456789"]
+    config = parse_config(
+        {
+            "storage": {
+                "database": f"postgresql://filesd:{secrets[0]}@db.example/files",
+                "s3": {"access_key_id": "AKIAEXAMPLE", "secret_access_key": secrets[1]},
+            },
+            "admin": {"token": secrets[2]},
+            "metrics": {"token": secrets[3]},
+        },
+        base_dir=tmp_path,
+    )
+    settings = StoreSettings.from_config(config)
+    for shown in (repr(config), repr(settings), repr(settings.backends)):
+        assert not [secret for secret in secrets if secret in shown], shown
 
 
 def test_overrides_replace_only_what_is_given(tmp_path: Path) -> None:
@@ -230,6 +250,17 @@ def test_a_database_url_whose_password_spills_is_refused_unshown(
     assert str(info.value) == (
         f"storage.database: not a usable PostgreSQL URL ({problem}); in the user name and "
         'password, percent-encode "@", "/", "?", "#", "[" and "]" (e.g. %40 for "@")'
+    )
+
+
+def test_an_s3_endpoint_with_credentials_in_it_is_refused_unshown(tmp_path: Path) -> None:
+    """The endpoint's URL is in the messages of a failed S3 call: no secret may ride in it."""
+    s3 = {"endpoint": "http://AKIAEXAMPLE:Zq7k-secret@127.0.0.1:9000"}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"storage": {"s3": s3}}, base_dir=tmp_path)
+    assert str(info.value) == (
+        "storage.s3.endpoint: must not hold a user or password: set access_key_id and "
+        "secret_access_key instead"
     )
 
 

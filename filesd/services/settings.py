@@ -28,7 +28,7 @@ class StoreSettings:
     max_bytes_per_project: int = 0
     id_seed: int | None = None
     # The shared backends (SPEC §5): "" means SQLite / the blob dir in data_dir.
-    database: str = ""
+    database: str = field(default="", repr=False)  # may hold the password
     blobs: str = ""
     s3: S3Config = field(default_factory=S3Config)
     lease_seconds: int = 30

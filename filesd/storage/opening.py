@@ -63,7 +63,7 @@ class BackendSettings:
     (SPEC §5)."""
 
     data_dir: Path
-    database: str = ""
+    database: str = field(default="", repr=False)  # may hold the password
     blobs: str = ""
     s3: S3Config = field(default_factory=S3Config)
     small_cache_bytes: int = SMALL_CACHE_BYTES
