@@ -26,6 +26,7 @@ from filesd.api.app import create_app, reload_keys
 from filesd.api.appkeys import SERVICES
 from filesd.api.health import READINESS, Readiness
 from filesd.config import Config, ConfigError, parse_config
+from filesd.services.maintenance import Unready
 
 from .conftest import (
     ALPHA,
@@ -836,9 +837,9 @@ async def test_health_and_readiness_need_no_key(client: Client, backend: Backend
     tmp_dir.write_text("not a directory")
     try:
         resp = await client.get("/readyz")
-        await assert_error(resp, 503)
-        body = await resp.json()
-        assert body["error"]["code"] == "not_ready" and "data directory" in body["error"]["message"]
+        error = await assert_error(resp, 503)
+        assert error["code"] == "not_ready"
+        assert error["message"] == "Not ready: the blob storage does not take writes"
     finally:
         tmp_dir.unlink()
         moved.rename(tmp_dir)
@@ -853,9 +854,9 @@ async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
     readiness = client.app[READINESS]
     real_check = readiness.check
 
-    async def counting_check() -> list[str]:
+    async def counting_check() -> list[Unready]:
         probes.append(time.monotonic())
-        problems: list[str] = await real_check()
+        problems: list[Unready] = await real_check()
         return problems
 
     readiness.check = counting_check
@@ -871,9 +872,10 @@ async def test_readiness_is_checked_once_a_second_and_probes_share_a_check(
 
 
 async def test_a_database_moved_aside_while_running_is_not_ready(
-    embedded_client: Client, tmp_path: Path
+    aiohttp_client: ClientFactory, embedded: Backend, tmp_path: Path
 ) -> None:
-    client = embedded_client  # the SQLite file
+    config = embedded.config(metrics={"token": METRICS_TOKEN})  # the SQLite file
+    client = await aiohttp_client(create_app(config))
     clock = client.app[READINESS].clock = StepClock()
     assert (await client.get("/readyz")).status == 200
     database = tmp_path / "data" / "filesd.db"
@@ -884,12 +886,13 @@ async def test_a_database_moved_aside_while_running_is_not_ready(
     resp = await client.get("/readyz")
     error = await assert_error(resp, 503)
     assert error["code"] == "not_ready"
-    assert "filesd.db was moved or deleted" in error["message"]
-    assert str(tmp_path) not in error["message"]  # keyless: no paths of the server's disk
+    assert error["message"] == "Not ready: the database is not usable"  # keyless: no more
+    resp = await client.get("/readyz", headers=METRICS)
+    assert "filesd.db was moved or deleted" in (await assert_error(resp, 503))["message"]
     # ...and another file put at the path is not the database the server writes to.
     database.write_bytes(b"")
     clock.step()
-    resp = await client.get("/readyz")
+    resp = await client.get("/readyz", headers=METRICS)
     assert "filesd.db is no longer the file" in (await assert_error(resp, 503))["message"]
     database.unlink()
     (tmp_path / "moved.db").rename(database)
@@ -898,6 +901,7 @@ async def test_a_database_moved_aside_while_running_is_not_ready(
 
 
 METRICS_TOKEN = "metrics-token-0123456789"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 ADMIN_TOKEN = "admin-token-0123456789"
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from filesd.services import operator as ops
 from filesd.services.core import Services
 from filesd.services.errors import DatabaseMissing
 from filesd.services.files import Received
+from filesd.services.maintenance import Unready
 from filesd.services.settings import StoreSettings
 from filesd.storage.blobdir import BlobDir
 from filesd.storage.sqlite import DB_NAME, SqliteMetadata
@@ -38,9 +40,12 @@ from .conftest import (
     upload,
     wait_until,
 )
+from .pg_service import start_server
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+METRICS_TOKEN = "metrics-token-0123456789"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 # --- /metrics totals: counters kept with the rows ----------------------------------------------
@@ -376,16 +381,57 @@ async def test_fsck_keeps_a_damaged_files_blob_and_serves_it_again_once_restored
 async def test_a_hanging_readiness_check_answers_not_ready_in_time() -> None:
     never = asyncio.Event()
 
-    async def hangs() -> list[str]:
+    async def hangs() -> list[Unready]:
         await never.wait()
         return []
 
     readiness = Readiness(hangs, timeout=0.05)
     problems = await readiness.problems()
-    assert problems and "took over" in problems[0]
+    assert problems and "took over" in problems[0].what
     never.set()  # the check that went on finishes: the next probes are ready again
 
     async def ready() -> bool:
         return await readiness.problems() == []
 
     await wait_until(ready, what="ready once the check finished")
+
+
+async def test_a_keyless_probe_is_not_told_where_the_database_is(
+    aiohttp_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL gone: a keyless /readyz says what is wrong in general words; the error with
+    the server's host and port goes to the log, and to a probe carrying the metrics token."""
+    caplog.set_level(logging.WARNING, logger="filesd.api.health")
+    server = start_server()  # a cluster of this test's own, to stop
+    try:
+        data = tmp_path / "data"
+        config = make_config(
+            data,
+            storage={"data_dir": str(data), "database": server.dsn()},
+            metrics={"token": METRICS_TOKEN},
+        )
+        client = await aiohttp_client(create_app(config))
+        assert (await client.get("/readyz")).status == 200
+        server.stop()
+
+        async def port_told_to_the_token() -> bool:
+            resp = await client.get("/readyz", headers=METRICS)
+            return (
+                resp.status == 503 and str(server.port) in (await resp.json())["error"]["message"]
+            )
+
+        await wait_until(port_told_to_the_token, timeout=60, what="the refusal told in detail")
+        for headers in ({}, ALPHA, {"Authorization": "Bearer not-the-metrics-token-0123"}):
+            resp = await client.get("/readyz", headers=headers)
+            assert resp.status == 503
+            error = (await resp.json())["error"]
+            assert error == {
+                "message": "Not ready: the database is not usable",
+                "type": "server_error",
+                "param": None,
+                "code": "not_ready",
+            }
+        logged = [r.getMessage() for r in caplog.records if r.name == "filesd.api.health"]
+        assert any(str(server.port) in line for line in logged), logged
+    finally:
+        server.stop()

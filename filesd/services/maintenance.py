@@ -33,6 +33,20 @@ class MaintenanceMetadata(Database, FileMetadata, UploadMetadata, Protocol):
     """What upkeep reads and writes: files, uploads (reset), and the database's state."""
 
 
+@dataclass(frozen=True)
+class Unready:
+    """What keeps the services from serving. `what` says it in words that tell nothing of the
+    set-up (all a keyless probe is told); `detail` is the error itself, with its hosts, ports
+    and paths (for the log, and for a holder of the admin or metrics token)."""
+
+    what: str
+    detail: str
+
+
+DATABASE_UNREADY = "the database is not usable"
+BLOBS_UNREADY = "the blob storage does not take writes"
+
+
 @dataclass
 class GcReport:
     expired_files: int
@@ -114,20 +128,20 @@ class Maintenance:
     async def project_usage(self) -> list[ProjectUsage]:
         return await self._meta.project_usage()
 
-    async def readiness_problems(self) -> list[str]:
+    async def readiness_problems(self) -> list[Unready]:
         """What keeps the services from serving: an unreadable database, unwritable storage."""
         problems = []
         try:
             await self._meta.schema_version()
             gone = await self._meta.vanished()
             if gone is not None:
-                problems.append(f"database: {gone}")
+                problems.append(Unready(DATABASE_UNREADY, f"database: {gone}"))
         except Exception as error:
-            problems.append(f"database: {error}")
+            problems.append(Unready(DATABASE_UNREADY, f"database: {error}"))
         try:
             await self._blobs.check_writable()
         except Exception as error:
-            problems.append(f"data directory: {error}")
+            problems.append(Unready(BLOBS_UNREADY, f"blob storage: {error}"))
         return problems
 
     async def upkeep(self) -> None:
