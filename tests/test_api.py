@@ -674,8 +674,9 @@ async def test_wrong_key_is_401_with_a_masked_key(client: Client, backend: Backe
     )
     error = await assert_error(resp, 401)
     assert error["code"] == "invalid_api_key"
-    assert error["message"].startswith("Incorrect API key provided: sk-wr***yz.")
-    assert "sk-wrong-key-abcdefyz" not in error["message"]
+    assert error["message"].startswith("Incorrect API key provided. ")
+    # No part of the key, masked or not (OpenAI echoes `sk-wr***yz`).
+    assert "sk-wr" not in error["message"] and "***" not in error["message"]
     resp = await client.get("/v1/files", headers={"Authorization": "Bearer short"})
     error = await assert_error(resp, 401)
     assert "short" not in error["message"]

@@ -67,18 +67,13 @@ class Authenticator:
             for known, project in keys.items():
                 if hmac.compare_digest(known, digest):
                     return project
+        # OpenAI echoes a masked key here (`sk-ab***yz`); filesd shows no part of a key in
+        # any message: a log line or a proxy's error page would carry it on.
         raise AuthenticationFailed(
-            f"Incorrect API key provided: {mask_key(token)}. "
-            "You can find your API key in the filesd configuration ([[auth.keys]]).",
+            "Incorrect API key provided. You can find your API key in the filesd "
+            "configuration ([[auth.keys]]) or ask the operator (`filesd keys create`).",
             code="invalid_api_key",
         )
-
-
-def mask_key(key: str) -> str:
-    """A form of the key that is safe to show: a few characters at each end, at most."""
-    if len(key) < 12:
-        return "***"
-    return f"{key[:5]}***{key[-2:]}"
 
 
 def bearer_token(authorization: str | None) -> str | None:
