@@ -13,6 +13,9 @@ tests use the custom_id) and `mode` says what to answer:
 
 Every call also waits `delay` seconds first (settable while running), so a test can catch a
 batch mid-way.
+
+`GET /v1/models` lists `listed` (settable while running; None: a 404, as from an upstream
+that offers no list) and counts the calls in `model_lists`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Behaviour:
         self.calls: collections.Counter[str] = collections.Counter()
         self.authorization: set[str] = set()
         self.models: set[str] = set()
+        self.listed: list[str] | None = None
+        self.model_lists = 0
         # time.monotonic() of the last call (0: none yet).
         self.last_call = 0.0
 
@@ -95,8 +100,16 @@ def make_upstream(behaviour: Behaviour) -> web.Application:
             headers={"x-request-id": f"req_up_{key}_{count}"},
         )
 
+    async def models(request: web.Request) -> web.StreamResponse:
+        behaviour.model_lists += 1
+        if behaviour.listed is None:
+            raise web.HTTPNotFound()
+        data = [{"id": name, "object": "model", "owned_by": "test"} for name in behaviour.listed]
+        return web.json_response({"object": "list", "data": data})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
     return app
 
 

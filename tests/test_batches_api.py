@@ -28,7 +28,9 @@ Client = TestClient[Any, Any]
 FINAL = ("completed", "failed", "expired", "cancelled")
 
 
-def chat_line(custom_id: str, text: str | None = None, *, model: str = "m") -> dict[str, Any]:
+def chat_line(
+    custom_id: str, text: str | None = None, *, model: str = "gpt-4o-mini"
+) -> dict[str, Any]:
     return {
         "custom_id": custom_id,
         "method": "POST",
@@ -162,7 +164,7 @@ async def test_a_chat_batch_runs_to_completion_with_openais_objects(
     batch = await finished(client, created["id"])
     assert batch["status"] == "completed"
     assert batch["request_counts"] == {"total": 30, "completed": 30, "failed": 0}
-    assert batch["model"] == "m"
+    assert batch["model"] == "gpt-4o-mini"
     assert batch["error_file_id"] is None
     for stamp in ("in_progress_at", "finalizing_at", "completed_at"):
         assert batch[stamp] is not None
@@ -205,7 +207,7 @@ async def test_embeddings_and_responses_on_echo_are_deterministic(
             "custom_id": name,
             "method": "POST",
             "url": "/v1/embeddings",
-            "body": {"model": "e", "input": text, "dimensions": 8},
+            "body": {"model": "text-embedding-3-small", "input": text, "dimensions": 8},
         }
         for name, text in (("a", "same text"), ("b", "same text"), ("c", ["x", "y"]))
     ]
@@ -228,7 +230,7 @@ async def test_embeddings_and_responses_on_echo_are_deterministic(
             "custom_id": "q",
             "method": "POST",
             "url": "/v1/responses",
-            "body": {"model": "r", "input": [{"role": "user", "content": "echo me"}]},
+            "body": {"model": "gpt-4o-mini", "input": [{"role": "user", "content": "echo me"}]},
         }
     ]
     batch = await finished(
@@ -316,6 +318,68 @@ async def test_the_input_file_must_exist_in_the_project_and_be_for_batches(
     assert (resp.status, (await resp.json())["error"]["param"]) == (400, "input_file_id")
 
 
+async def test_a_metadata_value_of_the_wrong_type_is_refused_in_openais_words(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(aiohttp_client, tmp_path, batches={"upstream": "echo"})
+    file = await upload(client, jsonl([chat_line("a")]), purpose="batch")
+    body = {"input_file_id": file["id"], "endpoint": "/v1/chat/completions"}
+    body |= {"completion_window": "24h", "metadata": {"k": ["v"]}}
+    resp = await client.post("/v1/batches", json=body, headers=ALPHA)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == {
+        "message": "Invalid type for 'metadata.k': expected a string, but got an array instead.",
+        "type": "invalid_request_error",
+        "param": "metadata.k",
+        "code": "invalid_type",
+    }
+
+
+async def test_every_endpoint_openai_batches_is_taken_and_echo_answers_or_says_it_cannot(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(aiohttp_client, tmp_path, batches={"upstream": "echo"})
+    bodies = {
+        "/v1/moderations": {"model": "omni-moderation-latest", "input": "hello"},
+        "/v1/images/generations": {"model": "gpt-image-1", "prompt": "a cat"},
+        "/v1/images/edits": {"model": "gpt-image-1", "prompt": "a hat"},
+        "/v1/videos": {"model": "sora-2", "prompt": "a cat"},
+    }
+    done = {}
+    for endpoint, body in bodies.items():
+        line = {"custom_id": "a", "method": "POST", "url": endpoint, "body": body}
+        created = await start_batch(client, [line], endpoint=endpoint)
+        done[endpoint] = await finished(client, created["id"])
+    moderated = done.pop("/v1/moderations")
+    assert moderated["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    [answer] = await content_lines(client, moderated["output_file_id"])
+    assert answer["response"]["body"]["results"][0]["flagged"] is False
+    for endpoint, batch in done.items():
+        assert batch["status"] == "completed", batch["errors"]
+        assert batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+        [refused] = await content_lines(client, batch["error_file_id"])
+        error = refused["response"]["body"]["error"]
+        assert (refused["response"]["status_code"], error["code"]) == (400, "unsupported_endpoint")
+        assert f"cannot answer {endpoint}" in error["message"]
+
+
+async def test_a_model_echo_does_not_serve_fails_validation(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await app_client(aiohttp_client, tmp_path, batches={"upstream": "echo"})
+    lines = [chat_line("a", model="m"), chat_line("b", model="m")]
+    batch = await finished(client, (await start_batch(client, lines))["id"])
+    assert batch["status"] == "failed"
+    assert batch["errors"]["data"] == [
+        {
+            "code": "model_not_found",
+            "message": "The provided model 'm' is not supported by the Batch API.",
+            "param": "body.model",
+            "line": 1,
+        }
+    ]
+
+
 async def test_a_bad_file_fails_the_batch_naming_each_line(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -392,7 +456,7 @@ async def test_a_disconnect_rule_drops_an_echo_request(
             "custom_id": name,
             "method": "POST",
             "url": "/v1/embeddings",
-            "body": {"model": "e", "input": "x"},
+            "body": {"model": "text-embedding-3-small", "input": "x"},
         }
         for name in ("dropped", "fine")
     ]

@@ -1,11 +1,15 @@
 """The echo model's bounds: OpenAI's 2048 inputs per embeddings request, a cap on the numbers
-in one answer, and heavy answers computed off the event loop."""
+in one answer, and heavy answers computed off the event loop; the models it serves; the
+endpoints it answers (moderations) and those it says it cannot (images, videos)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+
+import pytest
+from openai.types import ModerationCreateResponse
 
 from filesd.batches.echo import MAX_EMBEDDING_VALUES, EchoUpstream
 
@@ -60,3 +64,53 @@ async def test_a_heavy_answer_does_not_block_the_event_loop() -> None:
     assert answer.status == 200 and len(answer.body["data"]) == 512
     # The answer takes ~0.1 s of CPU; the loop never stalls for a large part of it.
     assert max(gaps) < max(0.05, took / 2), (max(gaps), took)
+
+
+async def test_it_serves_echo_and_openais_model_families_only() -> None:
+    served = ["echo", "echo-1", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "o3", "o4-mini"]
+    served += ["text-embedding-3-small", "omni-moderation-latest", "gpt-image-1", "davinci-002"]
+    for model in served:
+        assert await echo().knows_model(model), model
+    for model in ("m", "llama3.2:3b", "echoes", "o5", "gpt4", ""):
+        assert not await echo().knows_model(model), model
+
+
+async def test_moderations_are_answered_in_openais_shape() -> None:
+    inputs: list[object] = [
+        "hello",
+        ["one", "two"],
+        [{"type": "text", "text": "a cat"}, {"type": "image_url", "image_url": {"url": "x"}}],
+    ]
+    for given in inputs:
+        body = {"model": "omni-moderation-latest", "input": given}
+        answer = await echo().send("/v1/moderations", body, "p")
+        assert answer.status == 200, answer.body
+        parsed = ModerationCreateResponse.model_validate(answer.body)
+        assert parsed.model == "omni-moderation-latest"
+        assert len(parsed.results) == (2 if given == ["one", "two"] else 1)
+        assert not any(result.flagged for result in parsed.results)
+        assert answer == await echo().send("/v1/moderations", body, "p")
+    images = answer.body["results"][0]["category_applied_input_types"]
+    assert images["violence"] == ["text", "image"] and images["hate"] == ["text"]
+    answer = await echo().send("/v1/moderations", {"model": "omni-moderation-latest"}, "p")
+    assert (answer.status, answer.body["error"]["param"]) == (400, "input")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "made"),
+    [
+        ("/v1/images/generations", "images"),
+        ("/v1/images/edits", "images"),
+        ("/v1/videos", "videos"),
+    ],
+)
+async def test_what_it_cannot_make_it_refuses_saying_so(endpoint: str, made: str) -> None:
+    answer = await echo().send(endpoint, {"model": "gpt-image-1", "prompt": "a cat"}, "p")
+    assert answer.status == 400
+    assert not answer.retryable
+    error = answer.body["error"]
+    assert error["code"] == "unsupported_endpoint"
+    assert error["message"] == (
+        f"The built-in echo model makes no {made}, so it cannot answer {endpoint}: run this "
+        "batch on an upstream that does ([batches] upstream)."
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .batch_upstream import request_line
+from .batch_upstream import Behaviour, make_upstream, request_line
 from .test_batches_api import app_client, content_lines, finished, start_batch
 
 MIB = 1024 * 1024
@@ -129,3 +129,73 @@ async def test_a_silent_upstream_fails_after_the_read_timeout(
     assert error["code"] == "upstream_unreachable"
     # The tenant is not told where the upstream is.
     assert "127.0.0.1" not in error["message"]
+
+
+# --- which models a batch may name ------------------------------------------------------------
+
+
+def _model_not_found(model: str, line: int = 1) -> list[dict[str, Any]]:
+    message = f"The provided model '{model}' is not supported by the Batch API."
+    return [{"code": "model_not_found", "message": message, "param": "body.model", "line": line}]
+
+
+async def test_the_model_must_be_one_the_upstream_lists_asked_once_in_a_while(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    behaviour = Behaviour()
+    behaviour.listed = ["gpt-test", "other"]
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    client = await app_client(
+        aiohttp_client, tmp_path, batches={"upstream": str(upstream.make_url("/v1"))}
+    )
+    for key in ("a", "b"):
+        batch = await finished(client, (await start_batch(client, [request_line(key)]))["id"])
+        assert batch["status"] == "completed", batch["errors"]
+    # The list is kept: the second batch did not ask again.
+    assert behaviour.model_lists == 1
+    lines = [request_line("c", model="gpt-nope"), request_line("d", model="gpt-nope")]
+    batch = await finished(client, (await start_batch(client, lines))["id"])
+    assert batch["status"] == "failed"
+    assert batch["errors"]["data"] == _model_not_found("gpt-nope")
+    assert behaviour.calls["c"] == behaviour.calls["d"] == 0
+
+
+async def test_an_upstream_without_a_model_list_takes_any_model(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    behaviour = Behaviour()  # GET /v1/models is a 404
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    client = await app_client(
+        aiohttp_client, tmp_path, batches={"upstream": str(upstream.make_url("/v1"))}
+    )
+    lines = [request_line("a", model="whatever-it-serves")]
+    batch = await finished(client, (await start_batch(client, lines))["id"])
+    assert batch["status"] == "completed", batch["errors"]
+    assert behaviour.model_lists == 1
+    assert behaviour.models == {"whatever-it-serves"}
+
+
+async def test_batches_models_names_the_models_when_set_without_asking_the_upstream(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    behaviour = Behaviour()
+    behaviour.listed = ["local-model", "gpt-listed"]
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={
+            "upstream": str(upstream.make_url("/v1")),
+            "models": {"gpt-test": "local-model", "local-model": "local-model"},
+        },
+    )
+    for model in ("gpt-test", "local-model"):
+        lines = [request_line(model, model=model)]
+        batch = await finished(client, (await start_batch(client, lines))["id"])
+        assert batch["status"] == "completed", batch["errors"]
+    # Listed by the upstream, but not in [batches.models]: that table decides.
+    lines = [request_line("x", model="gpt-listed")]
+    batch = await finished(client, (await start_batch(client, lines))["id"])
+    assert batch["errors"]["data"] == _model_not_found("gpt-listed")
+    assert behaviour.model_lists == 0
+    assert behaviour.models == {"local-model"}

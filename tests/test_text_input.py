@@ -110,7 +110,7 @@ def headers_for(path: str) -> dict[str, str]:
     return ADMIN if path.startswith("/admin") else ALPHA
 
 
-def chat_line(custom_id: str, *, model: str = "m", content: str = "hi") -> bytes:
+def chat_line(custom_id: str, *, model: str = "gpt-4o-mini", content: str = "hi") -> bytes:
     line = {
         "custom_id": custom_id,
         "method": "POST",

@@ -431,7 +431,8 @@ def _metadata(raw: object) -> object:
             )
         if not isinstance(value, str):
             raise refuse(
-                f"Invalid type for 'metadata.{key}': expected a string.",
+                f"Invalid type for 'metadata.{key}': expected a string, but got "
+                f"{json_type(value)} instead.",
                 f"metadata.{key}",
                 "invalid_type",
             )

@@ -1,11 +1,14 @@
 """`upstream = "echo"`: a deterministic model in process, for tests and CI.
 
 Chat completions, completions and responses answer with the last user message (the prompt),
-embeddings with unit vectors derived from each input's SHA-256; `usage` counts about four
-characters a token, as real tokenizers do for English. The same request always gets the same
-answer (ids included), whatever the time. The fault rules (`[testing] faults`, POST
-/admin/faults) apply: a rule whose route is the batch's endpoint ("/v1/chat/completions")
-adds latency, answers its status, or drops the connection, for these requests as for the API's.
+embeddings with unit vectors derived from each input's SHA-256, moderations with nothing
+flagged; `usage` counts about four characters a token, as real tokenizers do for English.
+Images and videos it cannot make: such a request gets a 400 saying so (its line in the error
+file). It serves "echo" and the names of OpenAI's model families (`knows_model`). The same
+request always gets the same answer (ids included), whatever the time. The fault rules
+(`[testing] faults`, POST /admin/faults) apply: a rule whose route is the batch's endpoint
+("/v1/chat/completions") adds latency, answers its status, or drops the connection, for these
+requests as for the API's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,58 @@ MAX_EMBEDDING_VALUES = 2**19
 # Work above these (~0.5 ms) runs in a thread, not on the event loop.
 INLINE_VALUES = 1024
 INLINE_CHARS = 64 * 1024
+
+# The models it serves: these names, and any name that starts with one of them and "-"
+# ("gpt-4o-mini-2024-07-18"), so a job written for OpenAI runs on it unchanged.
+MODEL_FAMILIES = (
+    "echo",
+    "gpt",
+    "chatgpt",
+    "o1",
+    "o3",
+    "o4",
+    "text-embedding",
+    "omni-moderation",
+    "text-moderation",
+    "dall-e",
+    "sora",
+    "davinci",
+    "babbage",
+    "computer-use",
+    "codex",
+)
+# The endpoints it cannot answer, and what they would make.
+MAKES_NOTHING_FOR = {
+    "/v1/images/generations": "images",
+    "/v1/images/edits": "images",
+    "/v1/videos": "videos",
+}
+# OpenAI's moderation categories, and those it also applies to images.
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+IMAGE_CATEGORIES = frozenset(
+    {
+        "self-harm",
+        "self-harm/intent",
+        "self-harm/instructions",
+        "sexual",
+        "violence",
+        "violence/graphic",
+    }
+)
 
 _FAULT_MESSAGES = {
     429: "Rate limit reached for requests.",
@@ -66,6 +121,9 @@ class EchoUpstream:
             return await asyncio.to_thread(_respond, endpoint, body)
         return _respond(endpoint, body)
 
+    async def knows_model(self, model: str) -> bool:
+        return any(model == f or model.startswith(f + "-") for f in MODEL_FAMILIES)
+
     async def close(self) -> None:
         pass
 
@@ -75,7 +133,8 @@ def _respond(endpoint: str, body: dict[str, Any]) -> Answer:
     try:
         answer = _answer(endpoint, body)
     except _BadRequest as error:
-        return Answer(400, _error(str(error), "invalid_request_error", error.param), request_id)
+        refusal = _error(str(error), "invalid_request_error", error.param, error.code)
+        return Answer(400, refusal, request_id)
     return Answer(200, answer, request_id)
 
 
@@ -108,9 +167,10 @@ def _chars_over(value: object, budget: int) -> int:
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 def _answer(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +238,49 @@ def _answer(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         }
     if endpoint == "/v1/embeddings":
         return _embeddings(body, model)
-    raise _BadRequest(f"The echo model does not serve {endpoint}.")
+    if endpoint == "/v1/moderations":
+        return _moderations(body, model, key)
+    made = MAKES_NOTHING_FOR.get(endpoint, "answers")
+    raise _BadRequest(
+        f"The built-in echo model makes no {made}, so it cannot answer {endpoint}: run this "
+        "batch on an upstream that does ([batches] upstream).",
+        code="unsupported_endpoint",
+    )
+
+
+def _moderations(body: dict[str, Any], model: str, key: str) -> dict[str, Any]:
+    """Nothing flagged: one result per input (a list of strings is as many inputs; a list of
+    parts, text and images, is one)."""
+    given = body.get("input")
+    if isinstance(given, list) and given and all(isinstance(item, str) for item in given):
+        inputs: list[object] = list(given)
+    elif isinstance(given, str) or (isinstance(given, list) and given):
+        inputs = [given]
+    else:
+        raise _BadRequest("'input' must be a string or a non-empty array.", "input")
+    return {
+        "id": f"modr-{key[:24]}",
+        "model": model,
+        "results": [_moderation(item) for item in inputs],
+    }
+
+
+def _moderation(given: object) -> dict[str, Any]:
+    parts = given if isinstance(given, list) else [given]
+    images = any(isinstance(p, dict) and p.get("type") == "image_url" for p in parts)
+    texts = any(
+        isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text") for p in parts
+    )
+    kinds = ["text"] if texts or not images else []
+    return {
+        "flagged": False,
+        "categories": dict.fromkeys(MODERATION_CATEGORIES, False),
+        "category_scores": dict.fromkeys(MODERATION_CATEGORIES, 0.0),
+        "category_applied_input_types": {
+            name: kinds + (["image"] if images and name in IMAGE_CATEGORIES else [])
+            for name in MODERATION_CATEGORIES
+        },
+    }
 
 
 def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -273,8 +375,10 @@ def _digest(endpoint: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _error(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+def _error(
+    message: str, kind: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def _fault_answer(rule: FaultRule) -> Answer:

@@ -9,7 +9,17 @@ from ..models import BatchRecord
 from ..objects import BatchObject
 from . import states
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+# Every endpoint OpenAI's API lists for batches (openai-python's `batches.create`).
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
 COMPLETION_WINDOWS = ("24h",)
 WINDOW_SECONDS = {"24h": 24 * 3600}
 # OpenAI's default expiry of a batch's output and error files: 30 days.

@@ -371,6 +371,7 @@ class BatchRunner:
             endpoint=batch.endpoint,
             max_requests=self._config.max_requests,
             save=save,
+            knows_model=self._knows_model,
             stopped=lambda: drive.stop is not None,
         )
         if drive.stop is not None:
@@ -380,6 +381,13 @@ class BatchRunner:
             await self._fail(batch, result.errors)
             return
         await self._move(batch, "validated", total=result.total, model=result.model)
+
+    async def _knows_model(self, model: str) -> bool:
+        """Whether a batch may use `model`: one `[batches.models]` names, when it names any;
+        else one the upstream serves (or any, when it cannot say)."""
+        if self._config.models:
+            return model in self._config.models
+        return await self._upstream.knows_model(model)
 
     async def _fail(self, batch: BatchRecord, errors: list[dict[str, Any]]) -> None:
         log.info("batch %s failed validation: %s", batch.id, errors[0]["message"])

@@ -3,7 +3,9 @@ model, `echo.py`), behind one small interface the runner retries around."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -12,8 +14,16 @@ from typing import Any, Protocol
 
 import aiohttp
 
+log = logging.getLogger(__name__)
+
 # Bytes of an upstream answer read at most, unless configured ([batches] max_response_bytes).
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# Seconds the upstream's list of models (GET /v1/models) is trusted; a model missing from it
+# asks again once the list is MODELS_RECHECK seconds old (a model just added upstream).
+MODELS_TTL = 300.0
+MODELS_RECHECK = 10.0
+# Seconds the list may take to come, at most: a batch waits for it before it is validated.
+MODELS_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,11 @@ class Upstream(Protocol):
     async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
         """Send one request (`endpoint` is the batch's, e.g. "/v1/chat/completions").
         Raises `Unreachable` when no answer came."""
+        ...
+
+    async def knows_model(self, model: str) -> bool:
+        """Whether the upstream serves `model`; True when it cannot say (a model is never
+        refused for want of a list)."""
         ...
 
     async def close(self) -> None: ...
@@ -104,15 +119,22 @@ class HttpUpstream:
         self._connections = connections
         self._max_answer = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
+        # (time.monotonic() it was fetched, the model names or None: no list offered).
+        self._models: tuple[float, frozenset[str] | None] | None = None
+        self._models_lock = asyncio.Lock()
 
-    async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
+    def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
+        session = self._open()
         url = self._base + endpoint.removeprefix("/v1")
         data = json.dumps(body).encode()
         try:
-            async with self._session.post(url, data=data, headers=self._headers) as response:
+            async with session.post(url, data=data, headers=self._headers) as response:
                 raw = await _read_capped(response, self._max_answer)
                 status = response.status
                 if raw is None:
@@ -141,6 +163,46 @@ class HttpUpstream:
                 f"The upstream could not be reached ({kind}).",
                 f"{url}: {type(error).__name__}: {error}",
             ) from error
+
+    async def knows_model(self, model: str) -> bool:
+        """Whether `model` is in the upstream's `GET /v1/models` list (kept MODELS_TTL
+        seconds); True when it offers none (no such route, an error, no answer within
+        MODELS_TIMEOUT seconds, not a list of models)."""
+        async with self._models_lock:
+            now = time.monotonic()
+            if self._models is not None:
+                fetched, names = self._models
+                known = names is None or model in names
+                age = now - fetched
+                if age < MODELS_TTL and (known or age < MODELS_RECHECK):
+                    return known
+            names = await self._fetch_models()
+            self._models = (time.monotonic(), names)
+        return names is None or model in names
+
+    async def _fetch_models(self) -> frozenset[str] | None:
+        url = self._base + "/models"
+        timeout = aiohttp.ClientTimeout(total=min(MODELS_TIMEOUT, self._timeout.total or 1e9))
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        try:
+            async with self._open().get(url, headers=headers, timeout=timeout) as response:
+                raw = await _read_capped(response, self._max_answer)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            log.info("no model list from %s (%s): batches may name any model", url, error)
+            return None
+        listed = _json_object(raw) if raw is not None and status == 200 else None
+        data = listed.get("data") if listed is not None else None
+        if not isinstance(data, list):
+            log.info(
+                "no model list from %s (it answered %d): batches may name any model", url, status
+            )
+            return None
+        return frozenset(
+            item["id"]
+            for item in data
+            if isinstance(item, dict) and isinstance(item.get("id"), str)
+        )
 
     async def close(self) -> None:
         if self._session is not None:

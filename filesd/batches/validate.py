@@ -1,10 +1,11 @@
 """Validation of a batch's input file, as OpenAI does it, streamed line by line.
 
 Each line must be a JSON object with a unique `custom_id`, `method` "POST", a `url` equal to
-the batch's endpoint and a `body` object naming a `model`; one model per file; the `custom_id`
-and the `model`, which are stored, must be text (no NUL, no lone surrogate); at most
-`max_requests` requests. A file with problems fails the batch with `errors.data` naming each
-line and problem (`code`, `message`, `param`, `line`), up to MAX_ERRORS of them.
+the batch's endpoint and a `body` object naming a `model` the batch may use (`knows_model`)
+and holding the fields its endpoint requires (`BODY_REQUIRES`); one model per file; the
+`custom_id` and the `model`, which are stored, must be text (no NUL, no lone surrogate); at
+most `max_requests` requests. A file with problems fails the batch with `errors.data` naming
+each line and problem (`code`, `message`, `param`, `line`), up to MAX_ERRORS of them.
 
 Memory stays bounded whatever the file: one line at a time, the request rows handed on in
 chunks, and custom_ids remembered as 16-byte digests (at most `max_requests` of them).
@@ -29,6 +30,33 @@ CHUNK = 1000
 # A line (one request) may be at most this large: it is held in memory to be parsed.
 MAX_LINE_BYTES = 32 * 1024 * 1024
 
+# The field each endpoint's body must hold besides `model` (the parameter openai-python's types
+# mark `Required`), and the fields that may stand in for it: a Response's input may come from
+# a stored prompt, or from the response or conversation it continues.
+BODY_REQUIRES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "/v1/chat/completions": ("messages", ()),
+    "/v1/completions": ("prompt", ()),
+    "/v1/embeddings": ("input", ()),
+    "/v1/responses": ("input", ("prompt", "previous_response_id", "conversation")),
+    "/v1/moderations": ("input", ()),
+    "/v1/images/generations": ("prompt", ()),
+    "/v1/images/edits": ("prompt", ()),
+    "/v1/videos": ("prompt", ()),
+}
+# How OpenAI names each endpoint's API at the head of a message ("Chat Completions: ...").
+API_NAMES: dict[str, str] = {
+    "/v1/chat/completions": "Chat Completions",
+    "/v1/completions": "Completions",
+    "/v1/embeddings": "Embeddings",
+    "/v1/responses": "Responses",
+    "/v1/moderations": "Moderations",
+    "/v1/images/generations": "Images",
+    "/v1/images/edits": "Images",
+    "/v1/videos": "Videos",
+}
+
+KnowsModel = Callable[[str], Awaitable[bool]]
+
 
 @dataclass
 class Validation:
@@ -52,12 +80,15 @@ class _Checker:
         self.max_requests = max_requests
         self.result = Validation()
         self.seen: set[bytes] = set()
+        # The model of the line checked last, if it names the file's model.
+        self.line_model: str | None = None
 
     def error(self, code: str, message: str, line: int | None, param: str | None = None) -> None:
         self.result.errors.append(batch_error(code, message, line=line, param=param))
 
     def check(self, number: int, raw: bytes) -> str | None:
         """The custom_id of a valid request line, else None (its errors noted)."""
+        self.line_model = None
         try:
             request = json.loads(raw)
         except (ValueError, RecursionError):
@@ -101,8 +132,7 @@ class _Checker:
         if url is not None and url != self.endpoint:
             self.error(
                 "invalid_url",
-                "The URL provided for this request does not match the batch endpoint "
-                f"({self.endpoint}).",
+                "The URL provided for this request does not match the batch endpoint.",
                 number,
                 "url",
             )
@@ -137,12 +167,7 @@ class _Checker:
     def _check_body(self, number: int, body: dict[str, Any]) -> None:
         model = body.get("model")
         if model is None:
-            self.error(
-                "missing_required_parameter",
-                "Missing required parameter: 'body.model'.",
-                number,
-                "body.model",
-            )
+            self._missing(number, "model")
         elif not isinstance(model, str):
             self.error(
                 "invalid_type",
@@ -153,8 +178,10 @@ class _Checker:
         elif not self._is_text(number, model, "body.model"):
             pass  # never the batch's model: it is stored
         elif self.result.model is None:
-            self.result.model = model
-        elif model != self.result.model:
+            self.result.model = self.line_model = model
+        elif model == self.result.model:
+            self.line_model = model
+        else:
             self.error(
                 "mismatched_model",
                 f"The model of this request ({model!r}) differs from the model of the "
@@ -162,13 +189,27 @@ class _Checker:
                 number,
                 "body.model",
             )
+        required, stand_ins = BODY_REQUIRES.get(self.endpoint, ("", ()))
+        if required and all(body.get(name) is None for name in (required, *stand_ins)):
+            self._missing(number, required)
         if body.get("stream") is True:
             self.error(
                 "streaming_unsupported",
-                "Streaming is not supported in a batch: remove 'stream' from the body.",
+                f"{API_NAMES.get(self.endpoint, 'This API')}: Streaming is not supported in "
+                "the Batch API.",
                 number,
                 "body.stream",
             )
+
+    def _missing(self, number: int, name: str) -> None:
+        """A field the body must hold is absent (or null): OpenAI's "Model parameter is
+        required." for `model`, and in its words for the others."""
+        self.error(
+            "invalid_request",
+            f"{name.capitalize()} parameter is required.",
+            number,
+            f"body.{name}",
+        )
 
 
 async def validate_input(
@@ -177,14 +218,18 @@ async def validate_input(
     endpoint: str,
     max_requests: int,
     save: Callable[[Sequence[tuple[int, str]]], Awaitable[None]],
+    knows_model: KnowsModel,
     stopped: Callable[[], bool] = lambda: False,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Validation:
     """Check every line of the input; the valid requests (line, custom_id) go to `save` in
     chunks as long as no error has been found (the caller discards them if errors follow).
-    Returns early (with what it has) once `stopped()` is true."""
+    `knows_model(model)` says whether the file's model may be used (asked once); an unknown
+    one is `model_not_found` on the first line naming it. Returns early (with what it has)
+    once `stopped()` is true."""
     checker = _Checker(endpoint, max_requests)
     result = checker.result
+    model_known: bool | None = None
     rows: list[tuple[int, str]] = []
     lines = numbered_lines(chunks, max_line_bytes=max_line_bytes)
     try:
@@ -202,6 +247,17 @@ async def validate_input(
                     break
                 result.total += 1
                 custom_id = checker.check(number, raw)
+                if checker.line_model is not None and model_known is None:
+                    model_known = await knows_model(checker.line_model)
+                    if not model_known:
+                        checker.error(
+                            "model_not_found",
+                            f"The provided model '{checker.line_model}' is not supported by "
+                            "the Batch API.",
+                            number,
+                            "body.model",
+                        )
+                        custom_id = None
                 if custom_id is not None and not result.errors:
                     rows.append((number, custom_id))
                     if len(rows) >= CHUNK:
