@@ -555,7 +555,9 @@ class BatchesConfig:
     # OpenAI's limits on an input file.
     max_requests: Positive = 50_000
     max_input_bytes: Positive = 200 * 1024 * 1024
-    # The model named in a request -> the model sent upstream (others pass through).
+    # The model named in a request -> the model sent upstream. When it names any, these are
+    # the only models a batch may name (else the upstream's GET /v1/models decides, or echo's
+    # own names; `BatchRunner._knows_model`).
     models: Annotated[Mapping[str, str], BeforeValidator(_model_names)] = field(
         default_factory=dict
     )
