@@ -332,7 +332,16 @@ async def test_a_bad_file_fails_the_batch_naming_each_line(
     ]
     assert batch["output_file_id"] is None and batch["error_file_id"] is None
     resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
-    assert resp.status == 409
+    # As OpenAI answers it: a 409 with no code.
+    assert (resp.status, (await resp.json())["error"]) == (
+        409,
+        {
+            "message": "Cannot cancel a batch with status 'failed'.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        },
+    )
 
 
 async def test_a_too_large_input_fails_the_batch(

@@ -207,10 +207,9 @@ ERRORS: dict[type[BaseException], Mapper] = {
         param="input_file_id",
         code="invalid_value",
     ),
+    # OpenAI's words, and its code: none.
     BatchNotCancellable: lambda request, exc: ApiError(
-        f"Cannot cancel a batch with status '{exc.status}'.",
-        code="batch_not_cancellable",
-        status=409,
+        f"Cannot cancel a batch with status '{exc.status}'.", status=409
     ),
     # aiohttp
     web.HTTPMethodNotAllowed: lambda request, exc: MethodNotAllowed(
