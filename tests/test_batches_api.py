@@ -297,19 +297,49 @@ async def test_bad_parameters_are_400s_naming_them(
         assert error["param"].startswith("output_expires_after")
 
 
-async def test_the_input_file_must_exist_in_the_project_and_be_for_batches(
+async def test_an_input_file_missing_or_another_projects_fails_the_batch_as_openai_does(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
+    """OpenAI makes the batch and fails it in validation (param `file_id`); another project's
+    file is answered exactly as one that never was: the same status, fields and words but
+    for the id. A file of the project for another purpose is refused at once."""
     client = await app_client(aiohttp_client, tmp_path, batches={"upstream": "echo"})
     theirs = await upload(client, jsonl([chat_line("a")]), BETA, purpose="batch")
     mine = await upload(client, jsonl([chat_line("a")]), purpose="assistants")
     base = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
-    resp = await client.post(
-        "/v1/batches", json={**base, "input_file_id": theirs["id"]}, headers=ALPHA
-    )
-    error = (await resp.json())["error"]
-    assert (resp.status, error["param"]) == (404, "input_file_id")
-    assert error["message"] == f"No such File object: {theirs['id']}"
+    failed = []
+    for file_id in (theirs["id"], "file-nope"):
+        resp = await client.post(
+            "/v1/batches", json={**base, "input_file_id": file_id}, headers=ALPHA
+        )
+        created = await resp.json()
+        assert (resp.status, created["status"]) == (200, "validating"), created
+        batch = await finished(client, created["id"])
+        assert batch["status"] == "failed"
+        assert batch["failed_at"] is not None and batch["in_progress_at"] is None
+        assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+        assert batch["output_file_id"] is None and batch["error_file_id"] is None
+        assert batch["errors"] == {
+            "object": "list",
+            "data": [
+                {
+                    "code": "invalid_request",
+                    "message": f"Cannot find file {file_id}, or the project does not have "
+                    "access to it.",
+                    "param": "file_id",
+                    "line": None,
+                }
+            ],
+        }
+        failed.append(batch)
+    varying = ("id", "input_file_id", "errors", "created_at", "expires_at", "failed_at")
+    same = [{k: v for k, v in b.items() if k not in varying} for b in failed]
+    assert same[0] == same[1]
+    # The other project still has its file, untouched, and sees none of ALPHA's batches.
+    resp = await client.get(f"/v1/files/{theirs['id']}", headers=BETA)
+    assert resp.status == 200
+    resp = await client.get("/v1/batches", headers=BETA)
+    assert (await resp.json())["data"] == []
     resp = await client.post(
         "/v1/batches", json={**base, "input_file_id": mine["id"]}, headers=ALPHA
     )

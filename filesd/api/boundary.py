@@ -30,7 +30,6 @@ from ..services.errors import (
     FileNotFound,
     FileTooLarge,
     ImportConflict,
-    InputFileNotFound,
     InputFileWrongPurpose,
     Md5Mismatch,
     PartExceedsUpload,
@@ -197,9 +196,6 @@ ERRORS: dict[type[BaseException], Mapper] = {
         InvalidRequest(f"No such Batch object: {exc.batch_id}", param="after")
         if exc.param == "after"
         else NotFound(f"No such Batch object: {exc.batch_id}", param="batch_id")
-    ),
-    InputFileNotFound: lambda request, exc: NotFound(
-        f"No such File object: {exc.file_id}", param="input_file_id"
     ),
     InputFileWrongPurpose: lambda request, exc: InvalidRequest(
         f"The input file {exc.file_id} has purpose '{exc.purpose}': a batch's input file must "
