@@ -178,7 +178,17 @@ Purpose = Annotated[str, BeforeValidator(_purpose), WithJsonSchema({"x-filesd-pu
 
 
 def _filename(param: str) -> Any:
+    """A filename given as a JSON string (check_filename's words for an empty one are about a
+    multipart part)."""
+
     def check(value: object) -> object:
+        if value == "":
+            raise refuse(
+                f"Invalid '{param}': string too short. Expected a string with minimum length "
+                "1, but got an empty string instead.",
+                param,
+                "string_below_min_length",
+            )
         return check_filename(value, param) if isinstance(value, str) else value
 
     return BeforeValidator(check)
