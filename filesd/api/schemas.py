@@ -13,6 +13,7 @@ validation context (`Limits`), so one declared type serves every server.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -318,20 +319,40 @@ class FileForm(Request):
 
     @model_validator(mode="before")
     @classmethod
-    def _bracketed(cls, fields: Any) -> Any:
-        """A form names the policy's fields `expires_after[anchor]`, `expires_after[seconds]`."""
+    def _policy_parts(cls, fields: Any) -> Any:
+        """The policy comes in one of two shapes: its fields as parts of their own,
+        `expires_after[anchor]` and `expires_after[seconds]` (what OpenAI's SDKs send), or one
+        part `expires_after` holding the object as JSON (OpenAPI's encoding of an object in a
+        form, what generated clients send). Both at once is refused: they could disagree."""
         if not isinstance(fields, Mapping):
             return fields
         flat = dict(fields)
         anchor = flat.pop("expires_after[anchor]", None)
         seconds = flat.pop("expires_after[seconds]", None)
-        if anchor is not None or seconds is not None:
+        whole = flat.pop("expires_after", None)
+        if whole is not None and (anchor is not None or seconds is not None):
+            raise refuse(
+                "Give 'expires_after' either as one part holding a JSON object or as the parts "
+                "'expires_after[anchor]' and 'expires_after[seconds]', not both.",
+                "expires_after",
+            )
+        if isinstance(whole, str):
+            try:
+                flat["expires_after"] = json.loads(whole)
+            except (ValueError, RecursionError):
+                raise refuse(
+                    "Invalid 'expires_after': expected a JSON object such as "
+                    '{"anchor": "created_at", "seconds": 3600}, but the part is not valid JSON.',
+                    "expires_after",
+                    "invalid_value",
+                ) from None
+        elif anchor is not None or seconds is not None:
             flat["expires_after"] = {"anchor": anchor, "seconds": seconds}
         return flat
 
     @classmethod
     def input_names(cls) -> tuple[str, ...]:
-        return ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+        return ("purpose", "expires_after", "expires_after[anchor]", "expires_after[seconds]")
 
 
 # --- the Uploads API -----------------------------------------------------------------------
