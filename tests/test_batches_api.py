@@ -491,12 +491,49 @@ async def test_cancel_stops_sending_and_keeps_what_is_done(
     assert 4 <= done < 200
     out = await content_lines(client, batch["output_file_id"])
     unrun = await content_lines(client, batch["error_file_id"])
-    assert len(out) == done
+    # As OpenAI counts a cancelled batch: the requests never sent count in `total` only (not
+    # as failed), and each has its line in the error file.
+    assert batch["request_counts"] == {"total": 200, "completed": len(out), "failed": 0}
+    assert len(unrun) == 200 - len(out)
     assert {o["error"]["code"] for o in unrun} == {"batch_cancelled"}
     assert sorted(o["custom_id"] for o in out + unrun) == sorted(f"r{n}" for n in range(200))
     # Cancelling again answers the cancelled batch.
     resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
     assert (resp.status, (await resp.json())["status"]) == (200, "cancelled")
+
+
+async def test_a_cancelled_batchs_counts_and_files_agree_as_openai_counts_them(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`completed`: the output file's lines; `failed`: the requests sent that failed (error
+    lines with a response); the requests never sent: the rest of the error file, counted in
+    `total` only (a cancelled OpenAI batch of 8 with 4 done reads total 8, completed 4,
+    failed 0)."""
+    route = "/v1/chat/completions"
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 2, "max_retries": 0},
+        testing={
+            "faults": [
+                {"route": route, "status": 400, "count": 3},
+                {"route": route, "latency_ms": 50},
+            ]
+        },
+    )
+    batch = await slow_batch_under_way(client)
+    resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
+    assert resp.status == 200
+    batch = await finished(client, batch["id"])
+    assert batch["status"] == "cancelled"
+    out = await content_lines(client, batch["output_file_id"])
+    errors = await content_lines(client, batch["error_file_id"])
+    sent_failed = [e for e in errors if e["response"] is not None]
+    unrun = [e for e in errors if e["response"] is None]
+    assert [e["response"]["status_code"] for e in sent_failed] == [400] * 3
+    assert {e["error"]["code"] for e in unrun} == {"batch_cancelled"}
+    assert batch["request_counts"] == {"total": 200, "completed": len(out), "failed": 3}
+    assert len(out) + len(sent_failed) + len(unrun) == 200 and unrun
 
 
 async def test_cancel_does_not_wait_for_slow_requests(
@@ -519,6 +556,7 @@ async def test_cancel_does_not_wait_for_slow_requests(
     batch = await finished(client, batch["id"], timeout=5)
     assert batch["status"] == "cancelled"
     assert batch["output_file_id"] is None
+    assert batch["request_counts"] == {"total": 5, "completed": 0, "failed": 0}
     unrun = await content_lines(client, batch["error_file_id"])
     assert [o["custom_id"] for o in unrun] == [f"r{n}" for n in range(5)]
 
