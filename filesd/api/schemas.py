@@ -198,7 +198,12 @@ def _filename(param: str) -> Any:
 class ExpiresAfter(BaseModel):
     """An expiry policy: the file expires `seconds` after it was created."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        defer_build=True,
+        json_schema_extra={"examples": [{"anchor": "created_at", "seconds": 86400}]},
+    )
 
     anchor: Literal["created_at"]
     seconds: Annotated[int, Field(ge=EXPIRES_MIN, le=EXPIRES_MAX)]
@@ -301,7 +306,9 @@ class ListFilesQuery(Request):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
 
     order: Annotated[Literal["asc", "desc"], BeforeValidator(_order)] = "desc"
-    limit: Annotated[int, Field(ge=1, le=LIMIT_MAX), _limit_query(100, LIMIT_MAX)] = 100
+    limit: Annotated[
+        int, Field(ge=1, le=LIMIT_MAX, examples=[10]), _limit_query(100, LIMIT_MAX)
+    ] = 100
     offset: Annotated[int, Field(ge=0), BeforeValidator(_offset)] = 0
     purpose: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
     after: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
@@ -504,7 +511,9 @@ class ListBatchesQuery(Request):
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
 
-    limit: Annotated[int, Field(ge=1, le=BATCH_LIMIT_MAX), _limit_query(20, BATCH_LIMIT_MAX)] = 20
+    limit: Annotated[
+        int, Field(ge=1, le=BATCH_LIMIT_MAX, examples=[10]), _limit_query(20, BATCH_LIMIT_MAX)
+    ] = 20
     after: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
 
 
