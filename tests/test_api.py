@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import time
@@ -210,6 +211,14 @@ async def test_upload_with_expiry(client: Client) -> None:
     assert body["expires_at"] == body["created_at"] + 3600
 
 
+async def test_upload_with_expiry_as_one_json_part(client: Client) -> None:
+    """OpenAPI's encoding of an object in a form (what generated clients send), beside the
+    SDK's bracketed parts."""
+    policy = json.dumps({"anchor": "created_at", "seconds": 7200})
+    body = await upload(client, b"x", extra={"expires_after": policy})
+    assert body["expires_at"] == body["created_at"] + 7200
+
+
 async def test_openai_id_format(aiohttp_client: ClientFactory, backend: Backend) -> None:
     config = backend.config(files={"id_format": "openai"})
     client = await aiohttp_client(create_app(config))
@@ -283,6 +292,38 @@ BAD_PURPOSE = (
             {"extra": {"expires_after[anchor]": "created_at", "expires_after[seconds]": "1h"}},
             None,
             "expires_after[seconds]",
+        ),
+        (
+            {"extra": {"expires_after": '{"anchor": "created_at", "seconds": 3600'}},
+            "Invalid 'expires_after': expected a JSON object such as "
+            '{"anchor": "created_at", "seconds": 3600}, but the part is not valid JSON.',
+            "expires_after",
+        ),
+        (
+            {"extra": {"expires_after": "3600"}},
+            "Invalid type for 'expires_after': expected an object, but got a number instead.",
+            "expires_after",
+        ),
+        (
+            {"extra": {"expires_after": '{"anchor": "created_at", "seconds": 60}'}},
+            None,
+            "expires_after[seconds]",
+        ),
+        (
+            {"extra": {"expires_after": '{"anchor": "created_at", "seconds": 3600, "x": 1}'}},
+            "Unrecognized request argument supplied: x",
+            "x",
+        ),
+        (
+            {
+                "extra": {
+                    "expires_after": '{"anchor": "created_at", "seconds": 3600}',
+                    "expires_after[seconds]": "3600",
+                }
+            },
+            "Give 'expires_after' either as one part holding a JSON object or as the parts "
+            "'expires_after[anchor]' and 'expires_after[seconds]', not both.",
+            "expires_after",
         ),
     ],
 )

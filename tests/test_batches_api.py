@@ -299,19 +299,49 @@ async def test_bad_parameters_are_400s_naming_them(
         assert error["param"].startswith("output_expires_after")
 
 
-async def test_the_input_file_must_exist_in_the_project_and_be_for_batches(
+async def test_an_input_file_missing_or_another_projects_fails_the_batch_as_openai_does(
     aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
+    """OpenAI makes the batch and fails it in validation (param `file_id`); another project's
+    file is answered exactly as one that never was: the same status, fields and words but
+    for the id. A file of the project for another purpose is refused at once."""
     client = await app_client(aiohttp_client, tmp_path, batches={"upstream": "echo"})
     theirs = await upload(client, jsonl([chat_line("a")]), BETA, purpose="batch")
     mine = await upload(client, jsonl([chat_line("a")]), purpose="assistants")
     base = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
-    resp = await client.post(
-        "/v1/batches", json={**base, "input_file_id": theirs["id"]}, headers=ALPHA
-    )
-    error = (await resp.json())["error"]
-    assert (resp.status, error["param"]) == (404, "input_file_id")
-    assert error["message"] == f"No such File object: {theirs['id']}"
+    failed = []
+    for file_id in (theirs["id"], "file-nope"):
+        resp = await client.post(
+            "/v1/batches", json={**base, "input_file_id": file_id}, headers=ALPHA
+        )
+        created = await resp.json()
+        assert (resp.status, created["status"]) == (200, "validating"), created
+        batch = await finished(client, created["id"])
+        assert batch["status"] == "failed"
+        assert batch["failed_at"] is not None and batch["in_progress_at"] is None
+        assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+        assert batch["output_file_id"] is None and batch["error_file_id"] is None
+        assert batch["errors"] == {
+            "object": "list",
+            "data": [
+                {
+                    "code": "invalid_request",
+                    "message": f"Cannot find file {file_id}, or the project does not have "
+                    "access to it.",
+                    "param": "file_id",
+                    "line": None,
+                }
+            ],
+        }
+        failed.append(batch)
+    varying = ("id", "input_file_id", "errors", "created_at", "expires_at", "failed_at")
+    same = [{k: v for k, v in b.items() if k not in varying} for b in failed]
+    assert same[0] == same[1]
+    # The other project still has its file, untouched, and sees none of ALPHA's batches.
+    resp = await client.get(f"/v1/files/{theirs['id']}", headers=BETA)
+    assert resp.status == 200
+    resp = await client.get("/v1/batches", headers=BETA)
+    assert (await resp.json())["data"] == []
     resp = await client.post(
         "/v1/batches", json={**base, "input_file_id": mine["id"]}, headers=ALPHA
     )
@@ -396,7 +426,16 @@ async def test_a_bad_file_fails_the_batch_naming_each_line(
     ]
     assert batch["output_file_id"] is None and batch["error_file_id"] is None
     resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
-    assert resp.status == 409
+    # As OpenAI answers it: a 409 with no code.
+    assert (resp.status, (await resp.json())["error"]) == (
+        409,
+        {
+            "message": "Cannot cancel a batch with status 'failed'.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        },
+    )
 
 
 async def test_a_too_large_input_fails_the_batch(
@@ -516,12 +555,49 @@ async def test_cancel_stops_sending_and_keeps_what_is_done(
     assert 4 <= done < 200
     out = await content_lines(client, batch["output_file_id"])
     unrun = await content_lines(client, batch["error_file_id"])
-    assert len(out) == done
+    # As OpenAI counts a cancelled batch: the requests never sent count in `total` only (not
+    # as failed), and each has its line in the error file.
+    assert batch["request_counts"] == {"total": 200, "completed": len(out), "failed": 0}
+    assert len(unrun) == 200 - len(out)
     assert {o["error"]["code"] for o in unrun} == {"batch_cancelled"}
     assert sorted(o["custom_id"] for o in out + unrun) == sorted(f"r{n}" for n in range(200))
     # Cancelling again answers the cancelled batch.
     resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
     assert (resp.status, (await resp.json())["status"]) == (200, "cancelled")
+
+
+async def test_a_cancelled_batchs_counts_and_files_agree_as_openai_counts_them(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`completed`: the output file's lines; `failed`: the requests sent that failed (error
+    lines with a response); the requests never sent: the rest of the error file, counted in
+    `total` only (a cancelled OpenAI batch of 8 with 4 done reads total 8, completed 4,
+    failed 0)."""
+    route = "/v1/chat/completions"
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={"upstream": "echo", "concurrency": 2, "max_retries": 0},
+        testing={
+            "faults": [
+                {"route": route, "status": 400, "count": 3},
+                {"route": route, "latency_ms": 50},
+            ]
+        },
+    )
+    batch = await slow_batch_under_way(client)
+    resp = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
+    assert resp.status == 200
+    batch = await finished(client, batch["id"])
+    assert batch["status"] == "cancelled"
+    out = await content_lines(client, batch["output_file_id"])
+    errors = await content_lines(client, batch["error_file_id"])
+    sent_failed = [e for e in errors if e["response"] is not None]
+    unrun = [e for e in errors if e["response"] is None]
+    assert [e["response"]["status_code"] for e in sent_failed] == [400] * 3
+    assert {e["error"]["code"] for e in unrun} == {"batch_cancelled"}
+    assert batch["request_counts"] == {"total": 200, "completed": len(out), "failed": 3}
+    assert len(out) + len(sent_failed) + len(unrun) == 200 and unrun
 
 
 async def test_cancel_does_not_wait_for_slow_requests(
@@ -544,6 +620,7 @@ async def test_cancel_does_not_wait_for_slow_requests(
     batch = await finished(client, batch["id"], timeout=5)
     assert batch["status"] == "cancelled"
     assert batch["output_file_id"] is None
+    assert batch["request_counts"] == {"total": 5, "completed": 0, "failed": 0}
     unrun = await content_lines(client, batch["error_file_id"])
     assert [o["custom_id"] for o in unrun] == [f"r{n}" for n in range(5)]
 

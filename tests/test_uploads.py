@@ -301,6 +301,22 @@ async def test_bad_upload_bodies(client: Client, body: dict[str, Any], param: st
     await assert_400(await client.post("/v1/uploads", json=body, headers=ALPHA), param)
 
 
+async def test_an_empty_filename_is_refused_in_words_about_the_filename(client: Client) -> None:
+    """A JSON route: nothing about multipart parts (the words of a form without a file)."""
+    body = {"bytes": 1, "filename": "", "mime_type": "t", "purpose": "batch"}
+    resp = await client.post("/v1/uploads", json=body, headers=ALPHA)
+    assert (resp.status, (await resp.json())["error"]) == (
+        400,
+        {
+            "message": "Invalid 'filename': string too short. Expected a string with minimum "
+            "length 1, but got an empty string instead.",
+            "type": "invalid_request_error",
+            "param": "filename",
+            "code": "string_below_min_length",
+        },
+    )
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"[1]", b"\xff\xfe", b"null"])
 async def test_bodies_that_are_not_json_objects(client: Client, raw: bytes) -> None:
     resp = await client.post(

@@ -32,7 +32,7 @@ def _enabled(request: web.Request) -> None:
     body=CreateBatch,
     ok=BatchObject,
     ok_description="The new batch (validating)",
-    errors=(404, 408),
+    errors=(408,),
     guard=_enabled,
 )
 async def create_batch(request: web.Request, body: CreateBatch) -> web.Response:

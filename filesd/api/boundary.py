@@ -30,7 +30,6 @@ from ..services.errors import (
     FileNotFound,
     FileTooLarge,
     ImportConflict,
-    InputFileNotFound,
     InputFileWrongPurpose,
     Md5Mismatch,
     PartExceedsUpload,
@@ -198,19 +197,15 @@ ERRORS: dict[type[BaseException], Mapper] = {
         if exc.param == "after"
         else NotFound(f"No such Batch object: {exc.batch_id}", param="batch_id")
     ),
-    InputFileNotFound: lambda request, exc: NotFound(
-        f"No such File object: {exc.file_id}", param="input_file_id"
-    ),
     InputFileWrongPurpose: lambda request, exc: InvalidRequest(
         f"The input file {exc.file_id} has purpose '{exc.purpose}': a batch's input file must "
         "be uploaded with purpose 'batch'.",
         param="input_file_id",
         code="invalid_value",
     ),
+    # OpenAI's words, and its code: none.
     BatchNotCancellable: lambda request, exc: ApiError(
-        f"Cannot cancel a batch with status '{exc.status}'.",
-        code="batch_not_cancellable",
-        status=409,
+        f"Cannot cancel a batch with status '{exc.status}'.", status=409
     ),
     # aiohttp
     web.HTTPMethodNotAllowed: lambda request, exc: MethodNotAllowed(

@@ -111,33 +111,20 @@ def _generated(declared: Any) -> dict[str, Any]:
 
 
 def _form_schema(form: Any, components: dict[str, Any]) -> dict[str, Any]:
-    """A multipart form: its text fields (a policy's fields bracketed: `expires_after[seconds]`)
-    and its content field, binary."""
+    """A multipart form: its text fields and its content field, binary. An object field (a
+    policy: `expires_after`) is declared as the object, which OpenAPI encodes as one part of
+    JSON (what generated clients send); the form takes its fields as bracketed parts too
+    (`expires_after[seconds]`, what OpenAI's SDKs send), as OpenAI's own document declares it."""
     schema = _generated(form)
-    properties: dict[str, Any] = {}
-    for name, prop in schema.get("properties", {}).items():
-        nested = _nested_object(prop, schema.get("$defs", {}))
-        if nested is None:
-            properties[name] = prop
-        else:
-            for sub, sub_prop in nested.get("properties", {}).items():
-                properties[f"{name}[{sub}]"] = sub_prop
+    components.update(schema.get("$defs", {}))
+    properties = dict(schema.get("properties", {}))
     properties[form.content_field] = {"type": "string", "format": "binary"}
     return {
         "type": "object",
         "required": [form.content_field, *schema.get("required", [])],
         "properties": properties,
+        "additionalProperties": False,
     }
-
-
-def _nested_object(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
-    """The object schema a form field holds (possibly nullable), if it holds one."""
-    for option in prop.get("anyOf", [prop]):
-        ref = option.get("$ref")
-        if ref is not None:
-            found: dict[str, Any] = defs[ref.rsplit("/", 1)[-1]]
-            return found
-    return None
 
 
 def _path_parameter(name: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ validation context (`Limits`), so one declared type serves every server.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -178,7 +179,17 @@ Purpose = Annotated[str, BeforeValidator(_purpose), WithJsonSchema({"x-filesd-pu
 
 
 def _filename(param: str) -> Any:
+    """A filename given as a JSON string (check_filename's words for an empty one are about a
+    multipart part)."""
+
     def check(value: object) -> object:
+        if value == "":
+            raise refuse(
+                f"Invalid '{param}': string too short. Expected a string with minimum length "
+                "1, but got an empty string instead.",
+                param,
+                "string_below_min_length",
+            )
         return check_filename(value, param) if isinstance(value, str) else value
 
     return BeforeValidator(check)
@@ -187,7 +198,12 @@ def _filename(param: str) -> Any:
 class ExpiresAfter(BaseModel):
     """An expiry policy: the file expires `seconds` after it was created."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        defer_build=True,
+        json_schema_extra={"examples": [{"anchor": "created_at", "seconds": 86400}]},
+    )
 
     anchor: Literal["created_at"]
     seconds: Annotated[int, Field(ge=EXPIRES_MIN, le=EXPIRES_MAX)]
@@ -290,7 +306,9 @@ class ListFilesQuery(Request):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
 
     order: Annotated[Literal["asc", "desc"], BeforeValidator(_order)] = "desc"
-    limit: Annotated[int, Field(ge=1, le=LIMIT_MAX), _limit_query(100, LIMIT_MAX)] = 100
+    limit: Annotated[
+        int, Field(ge=1, le=LIMIT_MAX, examples=[10]), _limit_query(100, LIMIT_MAX)
+    ] = 100
     offset: Annotated[int, Field(ge=0), BeforeValidator(_offset)] = 0
     purpose: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
     after: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
@@ -308,20 +326,40 @@ class FileForm(Request):
 
     @model_validator(mode="before")
     @classmethod
-    def _bracketed(cls, fields: Any) -> Any:
-        """A form names the policy's fields `expires_after[anchor]`, `expires_after[seconds]`."""
+    def _policy_parts(cls, fields: Any) -> Any:
+        """The policy comes in one of two shapes: its fields as parts of their own,
+        `expires_after[anchor]` and `expires_after[seconds]` (what OpenAI's SDKs send), or one
+        part `expires_after` holding the object as JSON (OpenAPI's encoding of an object in a
+        form, what generated clients send). Both at once is refused: they could disagree."""
         if not isinstance(fields, Mapping):
             return fields
         flat = dict(fields)
         anchor = flat.pop("expires_after[anchor]", None)
         seconds = flat.pop("expires_after[seconds]", None)
-        if anchor is not None or seconds is not None:
+        whole = flat.pop("expires_after", None)
+        if whole is not None and (anchor is not None or seconds is not None):
+            raise refuse(
+                "Give 'expires_after' either as one part holding a JSON object or as the parts "
+                "'expires_after[anchor]' and 'expires_after[seconds]', not both.",
+                "expires_after",
+            )
+        if isinstance(whole, str):
+            try:
+                flat["expires_after"] = json.loads(whole)
+            except (ValueError, RecursionError):
+                raise refuse(
+                    "Invalid 'expires_after': expected a JSON object such as "
+                    '{"anchor": "created_at", "seconds": 3600}, but the part is not valid JSON.',
+                    "expires_after",
+                    "invalid_value",
+                ) from None
+        elif anchor is not None or seconds is not None:
             flat["expires_after"] = {"anchor": anchor, "seconds": seconds}
         return flat
 
     @classmethod
     def input_names(cls) -> tuple[str, ...]:
-        return ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+        return ("purpose", "expires_after", "expires_after[anchor]", "expires_after[seconds]")
 
 
 # --- the Uploads API -----------------------------------------------------------------------
@@ -474,7 +512,9 @@ class ListBatchesQuery(Request):
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, defer_build=True)
 
-    limit: Annotated[int, Field(ge=1, le=BATCH_LIMIT_MAX), _limit_query(20, BATCH_LIMIT_MAX)] = 20
+    limit: Annotated[
+        int, Field(ge=1, le=BATCH_LIMIT_MAX, examples=[10]), _limit_query(20, BATCH_LIMIT_MAX)
+    ] = 20
     after: Annotated[str | None, BeforeValidator(_blank_is_none)] = None
 
 

@@ -334,18 +334,17 @@ class BatchRunner:
         try:
             record = await self._files.get(batch.project, batch.input_file_id)
         except FileNotFound:
-            await self._fail(
-                batch,
-                [
-                    batch_error(
-                        "invalid_request",
-                        f"No such File object: {batch.input_file_id} (it was deleted or "
-                        "expired before the batch began).",
-                        line=None,
-                        param="input_file_id",
-                    )
-                ],
+            # Never there, another project's, or deleted or expired since the batch was made:
+            # the same failure (OpenAI's code and param; its words, with a project for its
+            # organization), so that nothing tells another project's file from none.
+            problem = batch_error(
+                "invalid_request",
+                f"Cannot find file {batch.input_file_id}, or the project does not have "
+                "access to it.",
+                line=None,
+                param="file_id",
             )
+            await self._fail(batch, [problem])
             return
         if record.bytes > self._config.max_input_bytes:
             mib = self._config.max_input_bytes / 2**20

@@ -7,6 +7,7 @@ project's batch is answered exactly like a missing one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -20,7 +21,6 @@ from ..services.errors import (
     BatchNotCancellable,
     BatchNotFound,
     FileNotFound,
-    InputFileNotFound,
     InputFileWrongPurpose,
 )
 from ..services.files import FileService
@@ -64,14 +64,17 @@ class BatchService:
         metadata: Mapping[str, str] | None,
         output_expires_after: int | None,
     ) -> BatchRecord:
+        """Record a new batch (`validating`) and wake the runner. An input file the project
+        does not have (none of that id, or another project's) is no refusal here: as OpenAI
+        does, the batch is made and then fails its validation (`errors.data`, param
+        `file_id`), so another project's file is answered exactly like a missing one. One the
+        project has, of a purpose other than `batch`, is refused at once."""
         if self._runner is None:
             raise BatchesDisabled()
-        try:
+        with contextlib.suppress(FileNotFound):
             source = await self._files.get(project, input_file_id)
-        except FileNotFound:
-            raise InputFileNotFound(input_file_id) from None
-        if source.purpose != "batch":
-            raise InputFileWrongPurpose(input_file_id, source.purpose)
+            if source.purpose != "batch":
+                raise InputFileWrongPurpose(input_file_id, source.purpose)
         now = self._files.now()
         batch = BatchRecord(
             id=self._files.ids.prefixed("batch_"),

@@ -32,7 +32,6 @@ __all__ = [
     "FileNotFound",
     "FileTooLarge",
     "ImportConflict",
-    "InputFileNotFound",
     "InputFileWrongPurpose",
     "Md5Mismatch",
     "MigrationError",
@@ -228,12 +227,6 @@ class BatchNotFound(Exception):
         super().__init__(f"no batch {batch_id}")
         self.batch_id = batch_id
         self.param = param
-
-
-class InputFileNotFound(Exception):
-    def __init__(self, file_id: str) -> None:
-        super().__init__(f"no file {file_id}")
-        self.file_id = file_id
 
 
 class InputFileWrongPurpose(Exception):
