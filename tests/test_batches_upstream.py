@@ -1,9 +1,12 @@
 """Reading an HTTP upstream's answers: whole however they arrive (large, chunked with pauses),
-bounded in size and in silence, and a 2xx without a JSON object is a failed request."""
+bounded in size and in silence, and a 2xx without a JSON object is a failed request.
+Whatever an upstream answers (a redirect, ...) is that request's line, and the request is
+sent once (these tests allow no retry)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +32,23 @@ def _answer(key: str, text: str) -> bytes:
     return json.dumps(body).encode()
 
 
-def shaped_upstream() -> web.Application:
+def shaped_upstream(
+    calls: collections.Counter[str] | None = None, elsewhere: str = ""
+) -> web.Application:
     """The last user message is `<key>|<mode>`: `big` (a 1 MB answer in one go), `drip`
     (a chunked answer sent in pieces with pauses), `huge` (3 MB), `stall` (a piece, then
-    silence for 5 s), `text` (200 with text), `list` (200 with a JSON array)."""
+    silence for 5 s), `text` (200 with text), `list` (200 with a JSON array), `307` / `302`
+    (a redirect to `elsewhere`). `calls` counts the calls per key."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         key, _, mode = body["messages"][-1]["content"].partition("|")
+        if calls is not None:
+            calls[key] += 1
+        if mode in ("307", "302"):
+            raise (
+                web.HTTPTemporaryRedirect(elsewhere) if mode == "307" else web.HTTPFound(elsewhere)
+            )
         if mode == "big":
             return web.Response(body=_answer(key, "x" * MIB), content_type="application/json")
         if mode == "huge":
@@ -61,14 +73,28 @@ def shaped_upstream() -> web.Application:
     return app
 
 
+def elsewhere_app(hits: list[str]) -> web.Application:
+    """Another host, which answers any request with a chat completion (and notes it)."""
+
+    async def anything(request: web.Request) -> web.Response:
+        hits.append(f"{request.method} {request.path}")
+        return web.json_response({"id": "chatcmpl-elsewhere", "object": "chat.completion"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    return app
+
+
 async def _run(
     aiohttp_client: Callable[..., Any],
     aiohttp_server: Callable[..., Any],
     tmp_path: Path,
     modes: dict[str, str],
+    *,
+    upstream_app: web.Application | None = None,
     **settings: Any,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    upstream: Any = await aiohttp_server(shaped_upstream())
+    upstream: Any = await aiohttp_server(upstream_app or shaped_upstream())
     client = await app_client(
         aiohttp_client,
         tmp_path,
@@ -129,3 +155,29 @@ async def test_a_silent_upstream_fails_after_the_read_timeout(
     assert error["code"] == "upstream_unreachable"
     # The tenant is not told where the upstream is.
     assert "127.0.0.1" not in error["message"]
+
+
+async def test_redirects_are_not_followed(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    # A 307 would send the tenant's prompt to another host; a 302 would fetch any URL (an
+    # internal one) and record what it answers as the tenant's result.
+    hits: list[str] = []
+    other: Any = await aiohttp_server(elsewhere_app(hits))
+    calls: collections.Counter[str] = collections.Counter()
+    elsewhere = str(other.make_url("/v1/chat/completions"))
+    batch, ok, bad = await _run(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        {"temporary": "307", "found": "302"},
+        upstream_app=shaped_upstream(calls, elsewhere),
+    )
+    assert batch["request_counts"] == {"total": 2, "completed": 0, "failed": 2}, ok
+    assert hits == []
+    assert calls == {"temporary": 1, "found": 1}
+    for key, status in (("temporary", "307"), ("found", "302")):
+        error = bad[key]["error"]
+        assert error["code"] == "upstream_bad_response"
+        assert f"answered {status}, a redirect" in error["message"]
+        assert str(other.port) not in error["message"]

@@ -471,8 +471,8 @@ class BatchRunner:
     ) -> Answer | Unreachable | BadAnswer:
         """The final answer for a request: the first that is not to be retried (429s and
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
-        network error) once `max_retries` retries are spent. An unusable answer (too large,
-        or a 2xx without a JSON object) is final at once."""
+        network error) once `max_retries` retries are spent. An unusable answer (`BadAnswer`:
+        too large, a redirect, a 2xx without a JSON object) is final at once."""
 
         async def attempt() -> Answer | Unreachable | BadAnswer:
             try:
@@ -686,7 +686,7 @@ class _Recorder:
 
 def _retryable(outcome: Answer | Unreachable | BadAnswer) -> bool:
     """429s, 5xx (unless the upstream says `x-should-retry: false`) and network errors are
-    tried again; an unusable answer (too large, a 2xx without a JSON object) never is."""
+    tried again; an unusable answer (`BadAnswer`) never is."""
     return isinstance(outcome, Unreachable) or (isinstance(outcome, Answer) and outcome.retryable)
 
 

@@ -47,8 +47,9 @@ class Unreachable(Exception):
 
 
 class BadAnswer(Exception):
-    """The upstream answered, but not with something usable: a body over the size limit, or
-    a 2xx whose body is not a JSON object. Not retried (the same request gets the same)."""
+    """The upstream answered, but not with something usable: a body over the size limit, a
+    redirect, or a 2xx whose body is not a JSON object. Not retried (the same request gets
+    the same). The message is for the tenant: it names no host."""
 
 
 class Upstream(Protocol):
@@ -83,7 +84,9 @@ def retry_after(headers: Any, now: float) -> float | None:
 
 class HttpUpstream:
     """An OpenAI-compatible API at `base_url` ("https://host/v1"): a request of endpoint
-    "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token."""
+    "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token. Redirects are not
+    followed: a redirect is an unusable answer (following one would send a tenant's prompt
+    to, or record as its answer what is fetched from, wherever the upstream points)."""
 
     def __init__(
         self,
@@ -112,9 +115,15 @@ class HttpUpstream:
         url = self._base + endpoint.removeprefix("/v1")
         data = json.dumps(body).encode()
         try:
-            async with self._session.post(url, data=data, headers=self._headers) as response:
-                raw = await _read_capped(response, self._max_answer)
+            async with self._session.post(
+                url, data=data, headers=self._headers, allow_redirects=False
+            ) as response:
                 status = response.status
+                if 300 <= status < 400:
+                    raise BadAnswer(
+                        f"The upstream answered {status}, a redirect: redirects are not followed."
+                    )
+                raw = await _read_capped(response, self._max_answer)
                 if raw is None:
                     raise BadAnswer(
                         f"The upstream's answer ({status}) is larger than {self._max_answer} "
