@@ -6,15 +6,20 @@ sent once (these tests allow no retry)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import contextlib
 import json
+import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
-from .batch_upstream import request_line
+from .batch_upstream import Behaviour, make_upstream, request_line
 from .test_batches_api import app_client, content_lines, finished, start_batch
 
 MIB = 1024 * 1024
@@ -181,3 +186,84 @@ async def test_redirects_are_not_followed(
         assert error["code"] == "upstream_bad_response"
         assert f"answered {status}, a redirect" in error["message"]
         assert str(other.port) not in error["message"]
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (one the system just gave out, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def _garbage_server() -> asyncio.Server:
+    """A server answering every request with no HTTP (aiohttp's error then quotes the URL it
+    requested, query and all)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"garbage\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("failure", ["refused", "garbage"])
+async def test_the_upstreams_credentials_are_never_logged(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    failure: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with contextlib.AsyncExitStack() as stack:
+        if failure == "refused":
+            port = _closed_port()
+        else:
+            server = await _garbage_server()
+            stack.push_async_callback(server.wait_closed)
+            stack.callback(server.close)
+            port = server.sockets[0].getsockname()[1]
+        client = await app_client(
+            aiohttp_client,
+            tmp_path,
+            batches={
+                "upstream": f"http://someone:pw-s3cret@127.0.0.1:{port}/v1?key=q-s3cret",
+                "max_retries": 0,
+            },
+        )
+        batch = await finished(client, (await start_batch(client, [request_line("k")]))["id"])
+    [line] = await content_lines(client, batch["error_file_id"])
+    assert line["error"]["code"] == "upstream_unreachable"
+    assert "s3cret" not in json.dumps(line)
+    # The operator is told where the request went, without what the URL holds besides.
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "someone" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("api_key", "expected"),
+    [
+        ("", "Basic " + base64.b64encode(b"someone:pw-s3cret").decode()),
+        ("sk-upstream", "Bearer sk-upstream"),
+    ],
+)
+async def test_credentials_in_the_upstream_url_are_basic_auth_unless_a_key_is_set(
+    aiohttp_client: Callable[..., Any],
+    aiohttp_server: Callable[..., Any],
+    tmp_path: Path,
+    api_key: str,
+    expected: str,
+) -> None:
+    behaviour = Behaviour()
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    url = str(upstream.make_url("/v1")).replace("http://", "http://someone:pw-s3cret@")
+    client = await app_client(
+        aiohttp_client, tmp_path, batches={"upstream": url, "api_key": api_key, "max_retries": 0}
+    )
+    batch = await finished(client, (await start_batch(client, [request_line("k")]))["id"])
+    assert batch["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    assert behaviour.authorization == {expected}
+    assert behaviour.calls == {"k": 1}

@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
+from yarl import URL
 
 # Bytes of an upstream answer read at most, unless configured ([batches] max_response_bytes).
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
@@ -61,6 +62,18 @@ class Upstream(Protocol):
     async def close(self) -> None: ...
 
 
+def shown_url(url: str | URL) -> str:
+    """`url` as logs and messages may show it: scheme://host:port/path, built from those parts
+    alone, so that no user, password, query or fragment (where a secret may sit) is ever
+    written anywhere."""
+    parsed = URL(url) if isinstance(url, str) else url
+    host = parsed.host or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    port = f":{parsed.explicit_port}" if parsed.explicit_port is not None else ""
+    return f"{parsed.scheme}://{host}{port}{parsed.path}"
+
+
 def retry_after(headers: Any, now: float) -> float | None:
     """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
     millis = headers.get("retry-after-ms")
@@ -84,7 +97,9 @@ def retry_after(headers: Any, now: float) -> float | None:
 
 class HttpUpstream:
     """An OpenAI-compatible API at `base_url` ("https://host/v1"): a request of endpoint
-    "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token. Redirects are not
+    "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token; without a key,
+    credentials in the URL ("https://user:password@host/v1") go as HTTP basic auth (with a
+    key they are not sent: a request has one Authorization). Redirects are not
     followed: a redirect is an unusable answer (following one would send a tenant's prompt
     to, or record as its answer what is fetched from, wherever the upstream points)."""
 
@@ -98,10 +113,17 @@ class HttpUpstream:
         read_timeout: float | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
-        self._base = base_url.rstrip("/")
+        url = URL(base_url.rstrip("/"))
+        # aiohttp never sees the URL's credentials, so none of its errors can quote them.
+        self._base = str(url.with_user(None))
+        self._shown = shown_url(url)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        elif url.user is not None or url.password is not None:
+            self._headers["Authorization"] = aiohttp.encode_basic_auth(
+                url.user or "", url.password or ""
+            )
         # sock_read bounds each read of the answer, so a slow drip fails early.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=read_timeout)
         self._connections = connections
@@ -112,11 +134,11 @@ class HttpUpstream:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        url = self._base + endpoint.removeprefix("/v1")
+        path = endpoint.removeprefix("/v1")
         data = json.dumps(body).encode()
         try:
             async with self._session.post(
-                url, data=data, headers=self._headers, allow_redirects=False
+                self._base + path, data=data, headers=self._headers, allow_redirects=False
             ) as response:
                 status = response.status
                 if 300 <= status < 400:
@@ -148,12 +170,22 @@ class HttpUpstream:
             kind = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
             raise Unreachable(
                 f"The upstream could not be reached ({kind}).",
-                f"{url}: {type(error).__name__}: {error}",
+                f"{self._shown}{path}: {type(error).__name__}: {_error_text(error)}",
             ) from error
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _error_text(error: BaseException) -> str:
+    """What a network error says, without the URL some of aiohttp's quote whole (its query
+    may hold a key): their status and message, or nothing."""
+    if isinstance(error, aiohttp.InvalidURL):
+        return "invalid URL"
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"{error.status}, {error.message}"
+    return str(error)
 
 
 def _should_retry(value: str | None) -> bool | None:
