@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from filesd.batches.runner import BatchRunner
+from filesd.batches.service import BatchService
+from filesd.batches.upstream import Answer
+from filesd.services.core import Services
+from filesd.services.settings import StoreSettings
+
 from .batch_upstream import Behaviour, make_upstream, request_line
+from .conftest import chunks_of, make_config, wait_until
 from .test_batches_api import app_client, content_lines, finished, start_batch
 
 MIB = 1024 * 1024
@@ -267,3 +274,81 @@ async def test_credentials_in_the_upstream_url_are_basic_auth_unless_a_key_is_se
     assert batch["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
     assert behaviour.authorization == {expected}
     assert behaviour.calls == {"k": 1}
+
+
+class UnforeseenUpstream:
+    """An `Upstream` (the runner's seam) whose answers nothing in filesd foresees: the last
+    user message `raises` makes `send` raise a RuntimeError, `deep` answers a body nested
+    5,000 levels deep (as a parser without Python's limit would give it), anything else a
+    plain chat completion. `calls` counts the calls per message."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
+        key = body["messages"][-1]["content"]
+        self.calls[key] += 1
+        if key == "raises":
+            raise RuntimeError("nothing foresaw this")
+        answer: dict[str, Any] = {"object": "chat.completion", "choices": []}
+        if key == "deep":
+            for _ in range(5000):
+                answer = {"nested": answer}
+        return Answer(200, answer)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_unforeseen_failure_is_that_requests_error_line_and_sent_once(
+    tmp_path: Path,
+) -> None:
+    # An exception while sending a request or writing its answer ends that request, not the
+    # batch's drive: a drive that failed is taken up again later, sending its requests anew.
+    config = make_config(tmp_path / "data", batches={"upstream": "echo", "max_retries": 3})
+    services = await Services.open(StoreSettings.from_config(config))
+    upstream = UnforeseenUpstream()
+    meta = services.backends.meta
+    runner = BatchRunner(services.files, services.instance, meta, config.batches, upstream)
+    runner.start()
+    try:
+        batches = BatchService(services.files, meta, runner)
+        lines = [request_line(key, "") for key in ("raises", "deep", "fine")]
+        for line in lines:
+            line["body"]["messages"][-1]["content"] = line["custom_id"]
+        data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        received = await services.files.receive(chunks_of(data))
+        source = await services.files.create("p", received, filename="in.jsonl", purpose="batch")
+        batch = await batches.create(
+            "p",
+            input_file_id=source.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata=None,
+            output_expires_after=None,
+        )
+
+        async def done() -> bool:
+            return (await batches.get("p", batch.id)).status == "completed"
+
+        await wait_until(done, timeout=20, what="the batch completed")
+        batch = await batches.get("p", batch.id)
+        assert (batch.completed, batch.failed) == (1, 2)
+        assert upstream.calls == {"raises": 1, "deep": 1, "fine": 1}
+        assert batch.error_file_id is not None
+        record = await services.files.get("p", batch.error_file_id)
+        content = b"".join([chunk async for chunk in services.files.open_stream(record)])
+        errors = {e["custom_id"]: e["error"] for e in map(json.loads, content.splitlines())}
+        assert errors == {
+            "raises": {
+                "code": "upstream_bad_response",
+                "message": "Handling this request failed (RuntimeError); it was not retried.",
+            },
+            "deep": {
+                "code": "upstream_bad_response",
+                "message": "Handling this request failed (RecursionError); it was not retried.",
+            },
+        }
+    finally:
+        await runner.close()
+        await services.close()

@@ -458,11 +458,20 @@ class BatchRunner:
         recorder: _Recorder,
     ) -> None:
         """Send one request (retrying), record its result; the slot is held until the result
-        is durable."""
+        is durable. Whatever fails in sending it or in writing its answer is its error line:
+        only recording it may fail the drive (which, taken up again, sends the requests not
+        recorded anew)."""
         line, custom_id = request
         try:
-            outcome = await self._send(batch, body)
-            await recorder.record(_result(line, custom_id, outcome))
+            try:
+                result = _result(line, custom_id, await self._send(batch, body))
+            except Exception as error:
+                log.exception("batch %s: handling the request of line %d failed", batch.id, line)
+                message = (
+                    f"Handling this request failed ({type(error).__name__}); it was not retried."
+                )
+                result = BatchResult(line, False, _error_line(custom_id, _BAD_ANSWER, message))
+            await recorder.record(result)
         finally:
             self._slots.release()
 
@@ -604,13 +613,7 @@ class BatchRunner:
                 batch.id, after_line=after, limit=PAGE
             )
             for _, custom_id in pending:
-                line = {
-                    "id": _request_id(),
-                    "custom_id": custom_id,
-                    "response": None,
-                    "error": {"code": unrun, "message": message},
-                }
-                yield json.dumps(line).encode() + b"\n"
+                yield _error_line(custom_id, unrun, message).encode() + b"\n"
             if len(pending) < PAGE:
                 break
             after = pending[-1][0]
@@ -697,18 +700,9 @@ def _retry_after(outcome: Answer | Unreachable | BadAnswer) -> float | None:
 def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer) -> BatchResult:
     """The output line of a request, as OpenAI writes it. Only a 2xx with a JSON object
     counts as completed."""
-    output: dict[str, Any]
     if isinstance(outcome, (Unreachable, BadAnswer)):
-        code = (
-            "upstream_unreachable" if isinstance(outcome, Unreachable) else "upstream_bad_response"
-        )
-        output = {
-            "id": _request_id(),
-            "custom_id": custom_id,
-            "response": None,
-            "error": {"code": code, "message": str(outcome)},
-        }
-        return BatchResult(line, False, json.dumps(output))
+        code = "upstream_unreachable" if isinstance(outcome, Unreachable) else _BAD_ANSWER
+        return BatchResult(line, False, _error_line(custom_id, code, str(outcome)))
     output = {
         "id": _request_id(),
         "custom_id": custom_id,
@@ -721,6 +715,16 @@ def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer
     }
     ok = 200 <= outcome.status < 300 and isinstance(outcome.body, dict)
     return BatchResult(line, ok, json.dumps(output), usage_of(outcome.body) if ok else (0, 0, 0, 0))
+
+
+_BAD_ANSWER = "upstream_bad_response"
+
+
+def _error_line(custom_id: str, code: str, message: str) -> str:
+    """The output line of a request that got no answer to record."""
+    error = {"code": code, "message": message}
+    output = {"id": _request_id(), "custom_id": custom_id, "response": None, "error": error}
+    return json.dumps(output)
 
 
 def _request_id() -> str:
