@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from filesd.batches.objects import MAX_TOKENS
 from filesd.batches.runner import BatchRunner
 from filesd.batches.service import BatchService
 from filesd.batches.upstream import Answer
@@ -32,16 +33,38 @@ from .test_batches_api import app_client, content_lines, finished, start_batch
 MIB = 1024 * 1024
 
 
-def _answer(key: str, text: str) -> bytes:
+def _answer(key: str, text: str, usage: dict[str, Any] | None = None) -> bytes:
     body = {
         "id": f"chatcmpl-{key}",
         "object": "chat.completion",
         "created": 1,
         "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": usage or {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
     return json.dumps(body).encode()
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+# Token counts no int64 holds (the database's integers), and two that overflow one together.
+HUGE_USAGE = {
+    "prompt_tokens": 2**63,
+    "completion_tokens": 2**64,
+    "prompt_tokens_details": {"cached_tokens": 2**70},
+    "completion_tokens_details": {"reasoning_tokens": 10**30},
+}
+HALF_USAGE = {"prompt_tokens": 2**62, "completion_tokens": 2**62}
+
+
+def _raw_answer(key: str, mode: str) -> tuple[int, bytes] | None:
+    """(status, body) of the modes answered in one piece, else None."""
+    answers = {
+        "deep": (200, b'{"choices": ' + DEEP + b"}"),
+        "deep400": (400, b'{"error": ' + DEEP + b"}"),
+        "huge-usage": (200, _answer(key, "many", HUGE_USAGE)),
+        "half-usage": (200, _answer(key, "half", HALF_USAGE)),
+    }
+    return answers.get(mode)
 
 
 def shaped_upstream(
@@ -50,7 +73,7 @@ def shaped_upstream(
     """The last user message is `<key>|<mode>`: `big` (a 1 MB answer in one go), `drip`
     (a chunked answer sent in pieces with pauses), `huge` (3 MB), `stall` (a piece, then
     silence for 5 s), `text` (200 with text), `list` (200 with a JSON array), `307` / `302`
-    (a redirect to `elsewhere`). `calls` counts the calls per key."""
+    (a redirect to `elsewhere`), those of `_raw_answer`. `calls` counts the calls per key."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -61,6 +84,9 @@ def shaped_upstream(
             raise (
                 web.HTTPTemporaryRedirect(elsewhere) if mode == "307" else web.HTTPFound(elsewhere)
             )
+        raw = _raw_answer(key, mode)
+        if raw is not None:
+            return web.Response(status=raw[0], body=raw[1], content_type="application/json")
         if mode == "big":
             return web.Response(body=_answer(key, "x" * MIB), content_type="application/json")
         if mode == "huge":
@@ -83,6 +109,56 @@ def shaped_upstream(
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     return app
+
+
+async def test_an_answer_nested_too_deeply_is_that_requests_error_line(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    calls: collections.Counter[str] = collections.Counter()
+    batch, _, bad = await _run(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        {"deep": "deep", "refused": "deep400", "fine": "big"},
+        upstream_app=shaped_upstream(calls),
+    )
+    assert batch["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    assert calls == {"deep": 1, "refused": 1, "fine": 1}
+    assert bad["deep"]["error"] == {
+        "code": "upstream_bad_response",
+        "message": "The upstream answered 200, but its JSON is nested too deeply to be read.",
+    }
+    refused = bad["refused"]["response"]
+    assert refused["status_code"] == 400
+    assert refused["body"]["error"]["message"] == (
+        "The upstream answered 400, but its JSON is nested too deeply to be read."
+    )
+
+
+async def test_token_counts_beyond_any_real_one_are_bounded(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    # 2**63 is more than the database's integers hold, two 2**62 overflow one; each request's
+    # count is capped (its output line keeps what the upstream said).
+    calls: collections.Counter[str] = collections.Counter()
+    batch, ok, _ = await _run(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        {"huge": "huge-usage", "half": "half-usage", "other-half": "half-usage"},
+        upstream_app=shaped_upstream(calls),
+    )
+    assert batch["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    assert calls == {"huge": 1, "half": 1, "other-half": 1}
+    cap = MAX_TOKENS
+    assert batch["usage"] == {
+        "input_tokens": 3 * cap,
+        "input_tokens_details": {"cached_tokens": cap},
+        "output_tokens": 3 * cap,
+        "output_tokens_details": {"reasoning_tokens": cap},
+        "total_tokens": 6 * cap,
+    }
+    assert ok["huge"]["response"]["body"]["usage"] == HUGE_USAGE
 
 
 def elsewhere_app(hits: list[str]) -> web.Application:

@@ -49,8 +49,9 @@ class Unreachable(Exception):
 
 class BadAnswer(Exception):
     """The upstream answered, but not with something usable: a body over the size limit, a
-    redirect, or a 2xx whose body is not a JSON object. Not retried (the same request gets
-    the same). The message is for the tenant: it names no host."""
+    redirect, or a 2xx whose body is not a JSON object (or is nested deeper than the parser
+    goes). Not retried (the same request gets the same). The message is for the tenant: it
+    names no host."""
 
 
 class Upstream(Protocol):
@@ -153,9 +154,7 @@ class HttpUpstream:
                     )
                 answer: Any
                 if 200 <= status < 300:
-                    answer = _json_object(raw)
-                    if answer is None:
-                        raise BadAnswer(f"The upstream answered {status} without a JSON object.")
+                    answer = _json_object(raw, status)
                 else:
                     answer = _json_body(raw, status)
                 return Answer(
@@ -206,17 +205,38 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | No
     return bytes(body)
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
+class _Unreadable(ValueError):
+    """JSON that `_read_json` refuses, in words for the tenant."""
+
+
+def _read_json(raw: bytes) -> Any:
+    """The JSON value of `raw`. Raises ValueError if it is none, `_Unreadable` if it is
+    nested deeper than Python's parser goes (which raises RecursionError for it)."""
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
+    except RecursionError:
+        raise _Unreadable("its JSON is nested too deeply to be read") from None
+
+
+def _json_object(raw: bytes, status: int) -> dict[str, Any]:
+    """The JSON object of a 2xx answer; anything else is a `BadAnswer`."""
+    try:
+        body = _read_json(raw)
+    except _Unreadable as error:
+        raise BadAnswer(f"The upstream answered {status}, but {error}.") from None
     except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        body = None
+    if not isinstance(body, dict):
+        raise BadAnswer(f"The upstream answered {status} without a JSON object.")
+    return body
 
 
 def _json_body(raw: bytes, status: int) -> Any:
+    """The JSON body of an answer that is no success, else an error object saying why."""
     try:
-        return json.loads(raw)
+        return _read_json(raw)
+    except _Unreadable as error:
+        return _error_body(f"The upstream answered {status}, but {error}.")
     except ValueError:
         text = raw[:500].decode("utf-8", "replace")
         return _error_body(f"The upstream answered {status} without JSON: {text}")
