@@ -27,8 +27,8 @@ from filesd.services.core import Services
 from filesd.services.settings import StoreSettings
 
 from .batch_upstream import Behaviour, make_upstream, request_line
-from .conftest import chunks_of, make_config, wait_until
-from .test_batches_api import app_client, content_lines, finished, start_batch
+from .conftest import ALPHA, chunks_of, make_config, wait_until
+from .test_batches_api import Client, app_client, finished, start_batch
 
 MIB = 1024 * 1024
 
@@ -63,6 +63,9 @@ def _raw_answer(key: str, mode: str) -> tuple[int, bytes] | None:
         "deep400": (400, b'{"error": ' + DEEP + b"}"),
         "huge-usage": (200, _answer(key, "many", HUGE_USAGE)),
         "half-usage": (200, _answer(key, "half", HALF_USAGE)),
+        "nan": (200, b'{"object": "chat.completion", "choices": [], "score": NaN}'),
+        "infinity400": (400, b'{"error": {"message": "no", "limit": -Infinity}}'),
+        "overflow": (200, b'{"object": "chat.completion", "choices": [], "score": 1e400}'),
     }
     return answers.get(mode)
 
@@ -161,6 +164,36 @@ async def test_token_counts_beyond_any_real_one_are_bounded(
     assert ok["huge"]["response"]["body"]["usage"] == HUGE_USAGE
 
 
+async def test_nan_and_infinity_never_reach_the_output(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    # An answer holding NaN or Infinity is no JSON (RFC 8259): the request fails, rather than
+    # its body being changed (null would put a value there the upstream never sent), and every
+    # line of the output and error files stays JSON any parser reads (`_run` reads them so).
+    calls: collections.Counter[str] = collections.Counter()
+    modes = {"nan": "nan", "refused": "infinity400", "overflow": "overflow", "fine": "big"}
+    batch, ok, bad = await _run(
+        aiohttp_client, aiohttp_server, tmp_path, modes, upstream_app=shaped_upstream(calls)
+    )
+    assert batch["request_counts"] == {"total": 4, "completed": 1, "failed": 3}
+    assert calls == dict.fromkeys(modes, 1)
+    assert set(ok) == {"fine"}
+    assert bad["nan"]["error"] == {
+        "code": "upstream_bad_response",
+        "message": "The upstream answered 200, but its body holds NaN, which is not JSON.",
+    }
+    assert bad["overflow"]["error"] == {
+        "code": "upstream_bad_response",
+        "message": "The upstream answered 200, but its body holds a number beyond a double's "
+        "range, which JSON cannot carry.",
+    }
+    refused = bad["refused"]["response"]
+    assert refused["status_code"] == 400
+    assert refused["body"]["error"]["message"] == (
+        "The upstream answered 400, but its body holds -Infinity, which is not JSON."
+    )
+
+
 def elsewhere_app(hits: list[str]) -> web.Application:
     """Another host, which answers any request with a chat completion (and notes it)."""
 
@@ -197,10 +230,22 @@ async def _run(
     batch = await finished(client, (await start_batch(client, lines))["id"])
     ok, bad = {}, {}
     if batch["output_file_id"]:
-        ok = {o["custom_id"]: o for o in await content_lines(client, batch["output_file_id"])}
+        ok = {o["custom_id"]: o for o in await strict_lines(client, batch["output_file_id"])}
     if batch["error_file_id"]:
-        bad = {o["custom_id"]: o for o in await content_lines(client, batch["error_file_id"])}
+        bad = {o["custom_id"]: o for o in await strict_lines(client, batch["error_file_id"])}
     return batch, ok, bad
+
+
+async def strict_lines(client: Client, file_id: str) -> list[Any]:
+    """The lines of a file, each read as RFC 8259 JSON (Python's parser takes NaN and
+    Infinity too): whatever the upstream answered, every output line is JSON."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    resp = await client.get(f"/v1/files/{file_id}/content", headers=ALPHA)
+    assert resp.status == 200
+    return [json.loads(line, parse_constant=refuse) for line in (await resp.read()).splitlines()]
 
 
 async def test_large_and_dripped_answers_come_through_whole(
@@ -317,7 +362,7 @@ async def test_the_upstreams_credentials_are_never_logged(
             },
         )
         batch = await finished(client, (await start_batch(client, [request_line("k")]))["id"])
-    [line] = await content_lines(client, batch["error_file_id"])
+    [line] = await strict_lines(client, batch["error_file_id"])
     assert line["error"]["code"] == "upstream_unreachable"
     assert "s3cret" not in json.dumps(line)
     # The operator is told where the request went, without what the URL holds besides.

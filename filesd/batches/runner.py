@@ -698,8 +698,8 @@ def _retry_after(outcome: Answer | Unreachable | BadAnswer) -> float | None:
 
 
 def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer) -> BatchResult:
-    """The output line of a request, as OpenAI writes it. Only a 2xx with a JSON object
-    counts as completed."""
+    """The output line of a request, as OpenAI writes it: strict JSON (RFC 8259), always.
+    Only a 2xx with a JSON object counts as completed."""
     if isinstance(outcome, (Unreachable, BadAnswer)):
         code = "upstream_unreachable" if isinstance(outcome, Unreachable) else _BAD_ANSWER
         return BatchResult(line, False, _error_line(custom_id, code, str(outcome)))
@@ -713,8 +713,18 @@ def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer
         },
         "error": None,
     }
+    try:
+        text = json.dumps(output, allow_nan=False)
+    except ValueError:
+        # An answer holding NaN or Infinity is refused as it is read: what is left is a
+        # number beyond a double, which Python reads as infinity (1e400).
+        message = (
+            f"The upstream answered {outcome.status}, but its body holds a number beyond a "
+            "double's range, which JSON cannot carry."
+        )
+        return BatchResult(line, False, _error_line(custom_id, _BAD_ANSWER, message))
     ok = 200 <= outcome.status < 300 and isinstance(outcome.body, dict)
-    return BatchResult(line, ok, json.dumps(output), usage_of(outcome.body) if ok else (0, 0, 0, 0))
+    return BatchResult(line, ok, text, usage_of(outcome.body) if ok else (0, 0, 0, 0))
 
 
 _BAD_ANSWER = "upstream_bad_response"

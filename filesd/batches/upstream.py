@@ -49,9 +49,9 @@ class Unreachable(Exception):
 
 class BadAnswer(Exception):
     """The upstream answered, but not with something usable: a body over the size limit, a
-    redirect, or a 2xx whose body is not a JSON object (or is nested deeper than the parser
-    goes). Not retried (the same request gets the same). The message is for the tenant: it
-    names no host."""
+    redirect, or a 2xx whose body is not a JSON object (holding NaN or Infinity, which are
+    no JSON, or nested deeper than the parser goes). Not retried (the same request gets the
+    same). The message is for the tenant: it names no host."""
 
 
 class Upstream(Protocol):
@@ -210,12 +210,18 @@ class _Unreadable(ValueError):
 
 
 def _read_json(raw: bytes) -> Any:
-    """The JSON value of `raw`. Raises ValueError if it is none, `_Unreadable` if it is
-    nested deeper than Python's parser goes (which raises RecursionError for it)."""
+    """The JSON value of `raw`, as RFC 8259 has it. Raises ValueError if it is none,
+    `_Unreadable` if it holds NaN or Infinity (Python's parser takes them, and an output line
+    holding them would be no JSON either) or is nested deeper than Python's parser goes
+    (which raises RecursionError for it)."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise _Unreadable("its JSON is nested too deeply to be read") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unreadable(f"its body holds {name}, which is not JSON")
 
 
 def _json_object(raw: bytes, status: int) -> dict[str, Any]:
