@@ -11,7 +11,7 @@ tests use the custom_id) and `mode` says what to answer:
 - `slow`: a 200 after `slow_seconds`.
 
 Every call also waits `delay` seconds first (settable while running), so a test can catch a
-batch mid-way.
+batch mid-way. Requests of up to 64 MiB are taken (a batch's line may be 32 MiB).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def make_upstream(behaviour: Behaviour) -> web.Application:
             headers={"x-request-id": f"req_up_{key}_{count}"},
         )
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
     return app
 

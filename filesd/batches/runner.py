@@ -32,6 +32,7 @@ from ..services.files import FileService
 from ..services.instance import Instance
 from ..storage.base import BatchMetadata, StorageBusy
 from . import states
+from .budget import ByteBudget
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
 from .upstream import Answer, BadAnswer, Unreachable, Upstream
@@ -56,6 +57,10 @@ DRIVING = Backoff(first=1.0, cap=MAX_RETRY_WAIT)
 RECORDING = Retry(Backoff(first=0.05, cap=0.8), attempts=5)
 # Bytes gathered before a write into an output file.
 WRITE_CHUNK = 256 * 1024
+# Bytes of request lines in flight at once over all batches here (a longer line goes alone):
+# as much as one line may be. Each request in flight holds its body parsed, encoded and
+# answered, a few times its line; concurrency alone would let that be `concurrency` times.
+IN_FLIGHT_BYTES = MAX_LINE_BYTES
 
 
 @dataclass
@@ -93,6 +98,7 @@ class BatchRunner:
         self._config = config
         self._upstream = upstream
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._in_flight = ByteBudget(IN_FLIGHT_BYTES)
         # Each request: at most 1 + max_retries attempts; exponential waits with jitter (so
         # that many requests do not retry in step), or what the upstream asks for.
         self._sending = Retry(
@@ -332,7 +338,8 @@ class BatchRunner:
 
     async def _execute(self, drive: _Drive, batch: BatchRecord) -> None:
         """Send every pending request (in input order, `concurrency` at a time over all
-        batches), then move on to `finalizing`; return early when told to stop."""
+        batches, and no more than IN_FLIGHT_BYTES of their lines), then move on to
+        `finalizing`; return early when told to stop."""
         try:
             record = await self._files.get(batch.project, batch.input_file_id)
         except FileNotFound:
@@ -351,11 +358,16 @@ class BatchRunner:
         failures: list[BaseException] = []
         sent = 0
         try:
-            async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
-                async for line, body in bodies:
-                    if not await self._take_slot(drive):
+            async with contextlib.aclosing(self._pending_lines(batch, record)) as pending:
+                async for line, raw in pending:
+                    size = len(raw)
+                    if not await self._in_flight.take(size, drive.halted):
                         break
-                    task = asyncio.create_task(self._request(batch, line, body, recorder))
+                    if not await self._take_slot(drive):
+                        self._in_flight.give(size)
+                        break
+                    task = asyncio.create_task(self._request(batch, line, raw, recorder))
+                    self._in_flight.give_when_done(task, size)
                     sent += 1
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
@@ -409,11 +421,11 @@ class BatchRunner:
             return False
         return got
 
-    async def _pending_bodies(
+    async def _pending_lines(
         self, batch: BatchRecord, record: FileRecord
-    ) -> AsyncGenerator[tuple[tuple[int, str], dict[str, Any]]]:
-        """((line, custom_id), request body) of each pending request, reading the input file
-        once from the start and the pending rows a page at a time."""
+    ) -> AsyncGenerator[tuple[tuple[int, str], bytes]]:
+        """((line, custom_id), the line's bytes) of each pending request, reading the input
+        file once from the start and the pending rows a page at a time."""
         page: list[tuple[int, str]] = []
         index = 0
         after = 0
@@ -436,8 +448,7 @@ class BatchRunner:
                     index += 1
                 if number != page[index][0]:
                     continue
-                request = json.loads(raw)
-                yield page[index], self._body(request["body"])
+                yield page[index], raw
                 index += 1
 
     def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
@@ -445,25 +456,25 @@ class BatchRunner:
         early must not leave it to the garbage collector)."""
         return self._files.open_stream(record)
 
-    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _body(self, raw: bytes) -> dict[str, Any]:
+        """The body to send of a (validated) request line, its model mapped."""
+        body: dict[str, Any] = json.loads(raw)["body"]
         model = body.get("model")
         mapped = self._config.models.get(model) if isinstance(model, str) else None
         return {**body, "model": mapped} if mapped else body
 
     async def _request(
-        self,
-        batch: BatchRecord,
-        request: tuple[int, str],
-        body: dict[str, Any],
-        recorder: _Recorder,
+        self, batch: BatchRecord, request: tuple[int, str], raw: bytes, recorder: _Recorder
     ) -> None:
-        """Send one request (retrying), record its result; the slot is held until the result
-        is durable. Whatever fails in sending it or in writing its answer is its error line:
-        only recording it may fail the drive (which, taken up again, sends the requests not
-        recorded anew)."""
+        """Send the request of line `raw` (retrying), record its result; the slot is held
+        until the result is durable. Whatever fails in reading, sending it or writing its
+        answer is its error line: only recording it may fail the drive (which, taken up again,
+        sends the requests not recorded anew)."""
         line, custom_id = request
         try:
             try:
+                body = self._body(raw)
+                del raw  # not held while the request is in flight: its body is
                 result = _result(line, custom_id, await self._send(batch, body))
             except Exception as error:
                 log.exception("batch %s: handling the request of line %d failed", batch.id, line)
