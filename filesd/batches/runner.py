@@ -575,20 +575,11 @@ class BatchRunner:
         first = await anext(lines, None)
         if first is None:
             return False
-
-        async def chunks() -> AsyncIterator[bytes]:
-            buffer = bytearray(first)
-            async for line in lines:
-                buffer += line
-                if len(buffer) >= WRITE_CHUNK:
-                    yield bytes(buffer)
-                    buffer.clear()
-            if buffer:
-                yield bytes(buffer)
-
+        writes = _in_writes(first, lines)
+        del first  # held by `writes` until it is written, not here until the file is made
         # Made by the server, not uploaded: `max_file_bytes` does not apply (the project's
         # quotas do, when the file is created).
-        content = await self._files.receive(chunks(), limit=None)
+        content = await self._files.receive(writes, limit=None)
         kind = "output" if ok else "error"
         # Taken: made by an earlier attempt that died before the batch's final status.
         with contextlib.suppress(FileIdTaken):
@@ -605,13 +596,14 @@ class BatchRunner:
     async def _output_lines(
         self, batch: BatchRecord, *, ok: bool, unrun: str | None
     ) -> AsyncIterator[bytes]:
+        """The lines of an output or error file, without their ends of line."""
         after = 0
         while True:
             rows = await self._meta.batch_results(
                 batch.id, ok=ok, after_line=after, limit=PAGE, max_bytes=PAGE_BYTES
             )
             for _, result in rows:
-                yield result.encode() + b"\n"
+                yield result.encode()
             if not rows:
                 break
             after = rows[-1][0]
@@ -624,7 +616,7 @@ class BatchRunner:
                 batch.id, after_line=after, limit=PAGE
             )
             for _, custom_id in pending:
-                yield _error_line(custom_id, unrun, message).encode() + b"\n"
+                yield _error_line(custom_id, unrun, message).encode()
             if len(pending) < PAGE:
                 break
             after = pending[-1][0]
@@ -642,6 +634,29 @@ _UNRUN = {
     "batch_expired": "This request could not be executed before the completion window expired.",
     "batch_failed": "This request was not executed because the batch failed.",
 }
+
+
+async def _in_writes(line: bytes | None, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Output lines, `line` then `lines` (each without its end of line), as writes of about
+    WRITE_CHUNK bytes; a line that long goes as it is (copied into the buffer, it would be in
+    memory twice, and the buffer would grow to its size and beyond)."""
+    buffer = bytearray()
+    while line is not None:
+        if len(line) >= WRITE_CHUNK:
+            if buffer:
+                yield bytes(buffer)
+                buffer.clear()
+            yield line
+        else:
+            buffer += line
+        line = None  # not held while the next one is read
+        buffer += b"\n"
+        if len(buffer) >= WRITE_CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+        line = await anext(lines, None)
+    if buffer:
+        yield bytes(buffer)
 
 
 class _Recorder:
