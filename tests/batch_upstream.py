@@ -12,7 +12,7 @@ tests use the custom_id) and `mode` says what to answer:
 - `hold`: a 200 once the test sets `gate` (an upstream on the test's own event loop only).
 
 Every call also waits `delay` seconds first (settable while running), so a test can catch a
-batch mid-way.
+batch mid-way. Requests of up to 64 MiB are taken (a batch's line may be 32 MiB).
 
 `GET /v1/models` lists `listed` (settable while running; None: a 404, as from an upstream
 that offers no list) and counts the calls in `model_lists`.
@@ -107,7 +107,7 @@ def make_upstream(behaviour: Behaviour) -> web.Application:
         data = [{"id": name, "object": "model", "owned_by": "test"} for name in behaviour.listed]
         return web.json_response({"object": "list", "data": data})
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     return app

@@ -19,6 +19,7 @@ import json
 import math
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..faultrules import FaultRule
@@ -107,6 +108,10 @@ class EchoUpstream:
 
     def __init__(self, take_fault: TakeFault) -> None:
         self._take_fault = take_fault
+        # Heavy answers are worked out in one thread of their own: they hold the GIL, so more
+        # threads would not answer sooner, and each thread that once made a copy of a long
+        # prompt keeps the memory it took (glibc gives every thread an arena of its own).
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="filesd-echo")
 
     async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
         rule = self._take_fault("POST", endpoint, project)
@@ -118,20 +123,23 @@ class EchoUpstream:
             if rule.status is not None:
                 return _fault_answer(rule)
         if _heavy(endpoint, body):
-            return await asyncio.to_thread(_respond, endpoint, body)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._worker, _respond, endpoint, body)
         return _respond(endpoint, body)
 
     async def knows_model(self, model: str) -> bool:
         return any(model == f or model.startswith(f + "-") for f in MODEL_FAMILIES)
 
     async def close(self) -> None:
-        pass
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
 
 def _respond(endpoint: str, body: dict[str, Any]) -> Answer:
-    request_id = "req_" + _digest(endpoint, body)[:32]
+    # Once per request: it encodes the whole body (a copy of a long prompt).
+    key = _digest(endpoint, body)
+    request_id = "req_" + key[:32]
     try:
-        answer = _answer(endpoint, body)
+        answer = _answer(endpoint, body, key)
     except _BadRequest as error:
         refusal = _error(str(error), "invalid_request_error", error.param, error.code)
         return Answer(400, refusal, request_id)
@@ -173,9 +181,9 @@ class _BadRequest(Exception):
         self.code = code
 
 
-def _answer(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+def _answer(endpoint: str, body: dict[str, Any], key: str) -> dict[str, Any]:
+    """The answer to `body` (`key`: its digest, which its ids are made of)."""
     model = str(body.get("model", ""))
-    key = _digest(endpoint, body)
     if endpoint == "/v1/chat/completions":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

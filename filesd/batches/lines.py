@@ -30,24 +30,39 @@ async def numbered_lines(
 async def _lines(
     chunks: AsyncIterator[bytes], max_line_bytes: int
 ) -> AsyncGenerator[tuple[int, bytes]]:
+    # A line spread over chunks is gathered as its pieces and joined once: a bytearray grown
+    # chunk by chunk, then copied out, took two buffers of the line's size and every size on
+    # the way (a 24 MiB line left the allocator holding several times that).
     number = 0
-    pending = bytearray()
+    pieces: list[bytes] = []
+    held = 0
     async for chunk in chunks:
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             number += 1
-            if len(pending) + end - start > max_line_bytes:
+            if held + end - start > max_line_bytes:
                 raise LineTooLong(number, max_line_bytes)
-            if pending:
-                pending += chunk[start:end]
-                line = bytes(pending)
-                pending.clear()
-            else:
-                line = chunk[start:end]
-            yield number, line.removesuffix(b"\r")
+            pieces.append(chunk[start:end])
+            yield number, _take(pieces)
+            held = 0
             start = end + 1
-        pending += chunk[start:]
-        if len(pending) > max_line_bytes:
-            raise LineTooLong(number + 1, max_line_bytes)
-    if pending:
-        yield number + 1, bytes(pending).removesuffix(b"\r")
+        if start < len(chunk):
+            pieces.append(chunk[start:])
+            held += len(chunk) - start
+            if held > max_line_bytes:
+                raise LineTooLong(number + 1, max_line_bytes)
+    if held:
+        yield number + 1, _take(pieces)
+
+
+def _take(pieces: list[bytes]) -> bytes:
+    """The line of `pieces` (the last may be empty), without the \\r of a \\r\\n end of line
+    (dropped from its piece, so that the line is not copied again to lose it); `pieces` is
+    emptied (nothing here holds the line or its pieces while the reader has it)."""
+    while len(pieces) > 1 and not pieces[-1]:
+        pieces.pop()
+    if pieces[-1].endswith(b"\r"):
+        pieces[-1] = pieces[-1][:-1]
+    line = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    pieces.clear()
+    return line

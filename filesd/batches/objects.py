@@ -24,6 +24,12 @@ COMPLETION_WINDOWS = ("24h",)
 WINDOW_SECONDS = {"24h": 24 * 3600}
 # OpenAI's default expiry of a batch's output and error files: 30 days.
 OUTPUT_EXPIRES_AFTER = 30 * 24 * 3600
+# Tokens one request is counted for at most, each kind: ~1,000 times the longest context of
+# any model, so only a broken upstream's count is cut. The sums of a batch are a database's
+# int64 (beyond it SQLite turns them into floats, PostgreSQL refuses the write): at this cap
+# they stay exact (below 2**53, JavaScript's integers) up to 4 million requests, and within
+# an int64 up to 4 billion, more than any input file holds.
+MAX_TOKENS = 2**31 - 1
 
 
 def as_batch_object(batch: BatchRecord) -> BatchObject:
@@ -73,7 +79,8 @@ def errors_json(errors: list[dict[str, Any]]) -> str:
 def usage_of(body: object) -> tuple[int, int, int, int]:
     """(input, output, cached input, reasoning) tokens of a response body's `usage`, whichever
     endpoint's names it uses (chat/completions/embeddings: prompt_/completion_tokens;
-    responses: input_/output_tokens)."""
+    responses: input_/output_tokens): each an int from 0 to MAX_TOKENS, whatever was sent
+    (what is no count, a float or a negative number, counts 0)."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return (0, 0, 0, 0)
@@ -87,4 +94,6 @@ def usage_of(body: object) -> tuple[int, int, int, int]:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return 0
+    return min(value, MAX_TOKENS)

@@ -41,6 +41,7 @@ from ..services.instance import Instance, wall
 from ..storage.base import BatchMetadata, StorageBusy, batch_lease
 from ..storage.rules import QueuedBatch
 from . import states
+from .budget import ByteBudget
 from .fairness import FairSlots, to_yield
 from .lines import numbered_lines
 from .objects import OUTPUT_EXPIRES_AFTER, errors_json, usage_of
@@ -66,10 +67,33 @@ DRIVING = Backoff(first=1.0, cap=MAX_RETRY_WAIT)
 RECORDING = Retry(Backoff(first=0.05, cap=0.8), attempts=5)
 # Bytes gathered before a write into an output file.
 WRITE_CHUNK = 256 * 1024
+# Bytes of request lines in flight at once over all batches here (a longer line goes alone):
+# as much as one line may be. Each request in flight holds its body parsed, encoded and
+# answered, a few times its line; concurrency alone would let that be `concurrency` times.
+IN_FLIGHT_BYTES = MAX_LINE_BYTES
 
 
 class _Halted(Exception):
     """A request stops waiting to be tried again: its drive was told to stop."""
+
+
+@dataclass
+class _SlotHold:
+    """A request's concurrency slot, taken by the caller before the request's task starts:
+    given back at most once, when the task is done however it ends (even cancelled before it
+    ran at all, when no `finally` of its own would), or earlier while it waits."""
+
+    slots: FairSlots
+    project: str
+    held: bool = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release(self.project)
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.release()
 
 
 @dataclass
@@ -112,6 +136,7 @@ class BatchRunner:
         self._config = config
         self._upstream = upstream
         self._slots = FairSlots(config.concurrency)
+        self._in_flight = ByteBudget(IN_FLIGHT_BYTES)
         # Each request: at most 1 + max_retries attempts; exponential waits with jitter (so
         # that many requests do not retry in step), or what the upstream asks for.
         self._sending = Retry(
@@ -394,8 +419,9 @@ class BatchRunner:
 
     async def _execute(self, drive: _Drive, batch: BatchRecord) -> None:
         """Send every pending request (in input order, `concurrency` at a time over all
-        batches, and at most `concurrency` of this batch under way, waiting to be retried
-        included), then move on to `finalizing`; return early when told to stop."""
+        batches, at most `concurrency` of this batch under way, waiting to be retried
+        included, and no more than IN_FLIGHT_BYTES of their lines), then move on to
+        `finalizing`; return early when told to stop."""
         try:
             record = await self._files.get(batch.project, batch.input_file_id)
         except FileNotFound:
@@ -415,13 +441,22 @@ class BatchRunner:
         sent = 0
         drive.sending = True
         try:
-            async with contextlib.aclosing(self._pending_bodies(batch, record)) as bodies:
-                async for line, body in bodies:
+            async with contextlib.aclosing(self._pending_lines(batch, record)) as pending:
+                async for line, raw in pending:
                     if not await self._room(drive, inflight):
                         break
-                    if not await self._take_slot(drive, batch.project):
+                    size = len(raw)
+                    if not await self._in_flight.take(size, drive.halted):
                         break
-                    task = asyncio.create_task(self._request(drive, batch, line, body, recorder))
+                    if not await self._take_slot(drive, batch.project):
+                        self._in_flight.give(size)
+                        break
+                    hold = _SlotHold(self._slots, batch.project)
+                    task = asyncio.create_task(
+                        self._request(drive, batch, line, raw, recorder, hold)
+                    )
+                    task.add_done_callback(hold.done)
+                    self._in_flight.give_when_done(task, size)
                     sent += 1
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
@@ -491,11 +526,11 @@ class BatchRunner:
             return False
         return got
 
-    async def _pending_bodies(
+    async def _pending_lines(
         self, batch: BatchRecord, record: FileRecord
-    ) -> AsyncGenerator[tuple[tuple[int, str], dict[str, Any]]]:
-        """((line, custom_id), request body) of each pending request, reading the input file
-        once from the start and the pending rows a page at a time."""
+    ) -> AsyncGenerator[tuple[tuple[int, str], bytes]]:
+        """((line, custom_id), the line's bytes) of each pending request, reading the input
+        file once from the start and the pending rows a page at a time."""
         page: list[tuple[int, str]] = []
         index = 0
         after = 0
@@ -518,8 +553,7 @@ class BatchRunner:
                     index += 1
                 if number != page[index][0]:
                     continue
-                request = json.loads(raw)
-                yield page[index], self._body(request["body"])
+                yield page[index], raw
                 index += 1
 
     def _input(self, record: FileRecord) -> AsyncIterator[bytes]:
@@ -527,7 +561,9 @@ class BatchRunner:
         early must not leave it to the garbage collector)."""
         return self._files.open_stream(record)
 
-    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _body(self, raw: bytes) -> dict[str, Any]:
+        """The body to send of a (validated) request line, its model mapped."""
+        body: dict[str, Any] = json.loads(raw)["body"]
         model = body.get("model")
         mapped = self._config.models.get(model) if isinstance(model, str) else None
         return {**body, "model": mapped} if mapped else body
@@ -537,20 +573,21 @@ class BatchRunner:
         drive: _Drive,
         batch: BatchRecord,
         request: tuple[int, str],
-        body: dict[str, Any],
+        raw: bytes,
         recorder: _Recorder,
+        hold: _SlotHold,
     ) -> None:
-        """Send one request (retrying), record its result; the slot (taken by the caller) is
-        held until the result is durable, but not while the request waits to be tried again
-        (a project waiting out its rate limit must not keep the others from the upstream).
-        A request whose drive stops while it waits is left pending."""
+        """Send the request of line `raw` (retrying), record its result; the slot (`hold`,
+        taken by the caller, given back once this is done) is held until the result is
+        durable, but not while the request waits to be tried again (a project waiting out its
+        rate limit must not keep the others from the upstream). A request whose drive stops
+        while it waits is left pending. Whatever
+        fails in reading, sending it or writing its answer is its error line: only recording
+        it may fail the drive (which, taken up again, sends the requests not recorded anew)."""
         line, custom_id = request
-        holding = True
 
         async def pause(seconds: float) -> None:
-            nonlocal holding
-            self._slots.release(batch.project)
-            holding = False
+            hold.release()
             halting = asyncio.ensure_future(drive.halted.wait())
             try:
                 await asyncio.wait({halting}, timeout=seconds)
@@ -558,16 +595,24 @@ class BatchRunner:
                 halting.cancel()
             if not await self._take_slot(drive, batch.project):
                 raise _Halted()
-            holding = True
+            hold.held = True
 
         try:
-            outcome = await self._send(batch, body, pause)
-            await recorder.record(_result(line, custom_id, outcome))
+            try:
+                body = self._body(raw)
+                del raw  # not held while the request is in flight: its body is
+                result = _result(line, custom_id, await self._send(batch, body, pause))
+            except _Halted:
+                raise
+            except Exception as error:
+                log.exception("batch %s: handling the request of line %d failed", batch.id, line)
+                message = (
+                    f"Handling this request failed ({type(error).__name__}); it was not retried."
+                )
+                result = BatchResult(line, False, _error_line(custom_id, _BAD_ANSWER, message))
+            await recorder.record(result)
         except _Halted:
             pass
-        finally:
-            if holding:
-                self._slots.release(batch.project)
 
     async def _send(
         self,
@@ -577,8 +622,8 @@ class BatchRunner:
     ) -> Answer | Unreachable | BadAnswer:
         """The final answer for a request: the first that is not to be retried (429s and
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
-        network error) once `max_retries` retries are spent. An unusable answer (too large,
-        or a 2xx without a JSON object) is final at once."""
+        network error) once `max_retries` retries are spent. An unusable answer (`BadAnswer`:
+        too large, a redirect, a 2xx without a JSON object) is final at once."""
 
         async def attempt() -> Answer | Unreachable | BadAnswer:
             try:
@@ -661,20 +706,11 @@ class BatchRunner:
         first = await anext(lines, None)
         if first is None:
             return False
-
-        async def chunks() -> AsyncIterator[bytes]:
-            buffer = bytearray(first)
-            async for line in lines:
-                buffer += line
-                if len(buffer) >= WRITE_CHUNK:
-                    yield bytes(buffer)
-                    buffer.clear()
-            if buffer:
-                yield bytes(buffer)
-
+        writes = _in_writes(first, lines)
+        del first  # held by `writes` until it is written, not here until the file is made
         # Made by the server, not uploaded: `max_file_bytes` does not apply (the project's
         # quotas do, when the file is created).
-        content = await self._files.receive(chunks(), limit=None)
+        content = await self._files.receive(writes, limit=None)
         kind = "output" if ok else "error"
         # Taken: made by an earlier attempt that died before the batch's final status.
         with contextlib.suppress(FileIdTaken):
@@ -691,13 +727,14 @@ class BatchRunner:
     async def _output_lines(
         self, batch: BatchRecord, *, ok: bool, unrun: str | None
     ) -> AsyncIterator[bytes]:
+        """The lines of an output or error file, without their ends of line."""
         after = 0
         while True:
             rows = await self._meta.batch_results(
                 batch.id, ok=ok, after_line=after, limit=PAGE, max_bytes=PAGE_BYTES
             )
             for _, result in rows:
-                yield result.encode() + b"\n"
+                yield result.encode()
             if not rows:
                 break
             after = rows[-1][0]
@@ -710,13 +747,7 @@ class BatchRunner:
                 batch.id, after_line=after, limit=PAGE
             )
             for _, custom_id in pending:
-                line = {
-                    "id": _request_id(),
-                    "custom_id": custom_id,
-                    "response": None,
-                    "error": {"code": unrun, "message": message},
-                }
-                yield json.dumps(line).encode() + b"\n"
+                yield _error_line(custom_id, unrun, message).encode()
             if len(pending) < PAGE:
                 break
             after = pending[-1][0]
@@ -734,6 +765,29 @@ _UNRUN = {
     "batch_expired": "This request could not be executed before the completion window expired.",
     "batch_failed": "This request was not executed because the batch failed.",
 }
+
+
+async def _in_writes(line: bytes | None, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Output lines, `line` then `lines` (each without its end of line), as writes of about
+    WRITE_CHUNK bytes; a line that long goes as it is (copied into the buffer, it would be in
+    memory twice, and the buffer would grow to its size and beyond)."""
+    buffer = bytearray()
+    while line is not None:
+        if len(line) >= WRITE_CHUNK:
+            if buffer:
+                yield bytes(buffer)
+                buffer.clear()
+            yield line
+        else:
+            buffer += line
+        line = None  # not held while the next one is read
+        buffer += b"\n"
+        if len(buffer) >= WRITE_CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+        line = await anext(lines, None)
+    if buffer:
+        yield bytes(buffer)
 
 
 class _Recorder:
@@ -792,7 +846,7 @@ class _Recorder:
 
 def _retryable(outcome: Answer | Unreachable | BadAnswer) -> bool:
     """429s, 5xx (unless the upstream says `x-should-retry: false`) and network errors are
-    tried again; an unusable answer (too large, a 2xx without a JSON object) never is."""
+    tried again; an unusable answer (`BadAnswer`) never is."""
     return isinstance(outcome, Unreachable) or (isinstance(outcome, Answer) and outcome.retryable)
 
 
@@ -801,20 +855,11 @@ def _retry_after(outcome: Answer | Unreachable | BadAnswer) -> float | None:
 
 
 def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer) -> BatchResult:
-    """The output line of a request, as OpenAI writes it. Only a 2xx with a JSON object
-    counts as completed."""
-    output: dict[str, Any]
+    """The output line of a request, as OpenAI writes it: strict JSON (RFC 8259), always.
+    Only a 2xx with a JSON object counts as completed."""
     if isinstance(outcome, (Unreachable, BadAnswer)):
-        code = (
-            "upstream_unreachable" if isinstance(outcome, Unreachable) else "upstream_bad_response"
-        )
-        output = {
-            "id": _request_id(),
-            "custom_id": custom_id,
-            "response": None,
-            "error": {"code": code, "message": str(outcome)},
-        }
-        return BatchResult(line, False, json.dumps(output))
+        code = "upstream_unreachable" if isinstance(outcome, Unreachable) else _BAD_ANSWER
+        return BatchResult(line, False, _error_line(custom_id, code, str(outcome)))
     output = {
         "id": _request_id(),
         "custom_id": custom_id,
@@ -825,8 +870,28 @@ def _result(line: int, custom_id: str, outcome: Answer | Unreachable | BadAnswer
         },
         "error": None,
     }
+    try:
+        text = json.dumps(output, allow_nan=False)
+    except ValueError:
+        # An answer holding NaN or Infinity is refused as it is read: what is left is a
+        # number beyond a double, which Python reads as infinity (1e400).
+        message = (
+            f"The upstream answered {outcome.status}, but its body holds a number beyond a "
+            "double's range, which JSON cannot carry."
+        )
+        return BatchResult(line, False, _error_line(custom_id, _BAD_ANSWER, message))
     ok = 200 <= outcome.status < 300 and isinstance(outcome.body, dict)
-    return BatchResult(line, ok, json.dumps(output), usage_of(outcome.body) if ok else (0, 0, 0, 0))
+    return BatchResult(line, ok, text, usage_of(outcome.body) if ok else (0, 0, 0, 0))
+
+
+_BAD_ANSWER = "upstream_bad_response"
+
+
+def _error_line(custom_id: str, code: str, message: str) -> str:
+    """The output line of a request that got no answer to record."""
+    error = {"code": code, "message": message}
+    output = {"id": _request_id(), "custom_id": custom_id, "response": None, "error": error}
+    return json.dumps(output)
 
 
 def _request_id() -> str:

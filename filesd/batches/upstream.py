@@ -4,6 +4,7 @@ model, `echo.py`), behind one small interface the runner retries around."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,10 @@ class Unreachable(Exception):
 
 
 class BadAnswer(Exception):
-    """The upstream answered, but not with something usable: a body over the size limit, or
-    a 2xx whose body is not a JSON object. Not retried (the same request gets the same)."""
+    """The upstream answered, but not with something usable: a body over the size limit, a
+    redirect, or a 2xx whose body is not a JSON object (holding NaN or Infinity, which are
+    no JSON, or nested deeper than the parser goes). Not retried (the same request gets the
+    same). The message is for the tenant: it names no host."""
 
 
 class Upstream(Protocol):
@@ -73,6 +77,18 @@ class Upstream(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def shown_url(url: str | URL) -> str:
+    """`url` as logs and messages may show it: scheme://host:port/path, built from those parts
+    alone, so that no user, password, query or fragment (where a secret may sit) is ever
+    written anywhere."""
+    parsed = URL(url) if isinstance(url, str) else url
+    host = parsed.host or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    port = f":{parsed.explicit_port}" if parsed.explicit_port is not None else ""
+    return f"{parsed.scheme}://{host}{port}{parsed.path}"
 
 
 def retry_after(headers: Any, now: float) -> float | None:
@@ -98,7 +114,11 @@ def retry_after(headers: Any, now: float) -> float | None:
 
 class HttpUpstream:
     """An OpenAI-compatible API at `base_url` ("https://host/v1"): a request of endpoint
-    "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token."""
+    "/v1/x" goes to `base_url` + "/x", with the API key as a bearer token; without a key,
+    credentials in the URL ("https://user:password@host/v1") go as HTTP basic auth (with a
+    key they are not sent: a request has one Authorization). Redirects are not
+    followed: a redirect is an unusable answer (following one would send a tenant's prompt
+    to, or record as its answer what is fetched from, wherever the upstream points)."""
 
     def __init__(
         self,
@@ -110,10 +130,17 @@ class HttpUpstream:
         read_timeout: float | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
-        self._base = base_url.rstrip("/")
+        url = URL(base_url.rstrip("/"))
+        # aiohttp never sees the URL's credentials, so none of its errors can quote them.
+        self._base = str(url.with_user(None))
+        self._shown = shown_url(url)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        elif url.user is not None or url.password is not None:
+            self._headers["Authorization"] = aiohttp.encode_basic_auth(
+                url.user or "", url.password or ""
+            )
         # sock_read bounds each read of the answer, so a slow drip fails early.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=read_timeout)
         self._connections = connections
@@ -131,12 +158,18 @@ class HttpUpstream:
 
     async def send(self, endpoint: str, body: dict[str, Any], project: str) -> Answer:
         session = self._open()
-        url = self._base + endpoint.removeprefix("/v1")
+        path = endpoint.removeprefix("/v1")
         data = json.dumps(body).encode()
         try:
-            async with session.post(url, data=data, headers=self._headers) as response:
-                raw = await _read_capped(response, self._max_answer)
+            async with session.post(
+                self._base + path, data=data, headers=self._headers, allow_redirects=False
+            ) as response:
                 status = response.status
+                if 300 <= status < 400:
+                    raise BadAnswer(
+                        f"The upstream answered {status}, a redirect: redirects are not followed."
+                    )
+                raw = await _read_capped(response, self._max_answer)
                 if raw is None:
                     raise BadAnswer(
                         f"The upstream's answer ({status}) is larger than {self._max_answer} "
@@ -144,9 +177,7 @@ class HttpUpstream:
                     )
                 answer: Any
                 if 200 <= status < 300:
-                    answer = _json_object(raw)
-                    if answer is None:
-                        raise BadAnswer(f"The upstream answered {status} without a JSON object.")
+                    answer = _json_object(raw, status)
                 else:
                     answer = _json_body(raw, status)
                 return Answer(
@@ -161,7 +192,7 @@ class HttpUpstream:
             kind = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
             raise Unreachable(
                 f"The upstream could not be reached ({kind}).",
-                f"{url}: {type(error).__name__}: {error}",
+                f"{self._shown}{path}: {type(error).__name__}: {_error_text(error)}",
             ) from error
 
     async def knows_model(self, model: str) -> bool:
@@ -185,17 +216,28 @@ class HttpUpstream:
         timeout = aiohttp.ClientTimeout(total=min(MODELS_TIMEOUT, self._timeout.total or 1e9))
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         try:
-            async with self._open().get(url, headers=headers, timeout=timeout) as response:
+            async with self._open().get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
                 raw = await _read_capped(response, self._max_answer)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            log.info("no model list from %s (%s): batches may name any model", url, error)
+            log.info(
+                "no model list from %s/models (%s): batches may name any model",
+                self._shown,
+                _error_text(error),
+            )
             return None
-        listed = _json_object(raw) if raw is not None and status == 200 else None
+        listed = None
+        if raw is not None and status == 200:
+            with contextlib.suppress(BadAnswer):
+                listed = _json_object(raw, status)
         data = listed.get("data") if listed is not None else None
         if not isinstance(data, list):
             log.info(
-                "no model list from %s (it answered %d): batches may name any model", url, status
+                "no model list from %s/models (it answered %d): batches may name any model",
+                self._shown,
+                status,
             )
             return None
         return frozenset(
@@ -207,6 +249,16 @@ class HttpUpstream:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _error_text(error: BaseException) -> str:
+    """What a network error says, without the URL some of aiohttp's quote whole (its query
+    may hold a key): their status and message, or nothing."""
+    if isinstance(error, aiohttp.InvalidURL):
+        return "invalid URL"
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"{error.status}, {error.message}"
+    return str(error)
 
 
 def _should_retry(value: str | None) -> bool | None:
@@ -227,17 +279,44 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | No
     return bytes(body)
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
+class _Unreadable(ValueError):
+    """JSON that `_read_json` refuses, in words for the tenant."""
+
+
+def _read_json(raw: bytes) -> Any:
+    """The JSON value of `raw`, as RFC 8259 has it. Raises ValueError if it is none,
+    `_Unreadable` if it holds NaN or Infinity (Python's parser takes them, and an output line
+    holding them would be no JSON either) or is nested deeper than Python's parser goes
+    (which raises RecursionError for it)."""
     try:
-        body = json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise _Unreadable("its JSON is nested too deeply to be read") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unreadable(f"its body holds {name}, which is not JSON")
+
+
+def _json_object(raw: bytes, status: int) -> dict[str, Any]:
+    """The JSON object of a 2xx answer; anything else is a `BadAnswer`."""
+    try:
+        body = _read_json(raw)
+    except _Unreadable as error:
+        raise BadAnswer(f"The upstream answered {status}, but {error}.") from None
     except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        body = None
+    if not isinstance(body, dict):
+        raise BadAnswer(f"The upstream answered {status} without a JSON object.")
+    return body
 
 
 def _json_body(raw: bytes, status: int) -> Any:
+    """The JSON body of an answer that is no success, else an error object saying why."""
     try:
-        return json.loads(raw)
+        return _read_json(raw)
+    except _Unreadable as error:
+        return _error_body(f"The upstream answered {status}, but {error}.")
     except ValueError:
         text = raw[:500].decode("utf-8", "replace")
         return _error_body(f"The upstream answered {status} without JSON: {text}")
