@@ -111,6 +111,42 @@ async def test_a_project_over_its_share_of_run_slots_gives_one_back(
         assert seen["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
 
 
+async def test_a_request_is_sent_at_most_1_plus_max_retries_times_however_its_batch_yields(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A yield leaves the requests waiting out a 429 pending; taken up again, each has only
+    the sends it had left (they used to start over, as often as another project came)."""
+    behaviour = Behaviour(retry_after=FOREVER)
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    client = await app_client(
+        aiohttp_client,
+        tmp_path,
+        batches={
+            "upstream": str(upstream.make_url("/v1")),
+            "max_retries": 1,
+            "max_running": 2,
+            "concurrency": 2,
+        },
+    )
+    limited = [await start_batch(client, [request_line(f"a{b}", "429")]) for b in range(2)]
+    await wait_until(lambda: _calls(behaviour, "a") >= 2, what="A's two batches running")
+    other = await start_batch(client, [request_line("b0")], headers=BETA)
+    assert (await finished(client, other["id"], timeout=60, headers=BETA))["status"] == (
+        "completed"
+    )
+    # The batch that yielded, taken up again, sends its request once more (its second and
+    # last send: max_retries = 1), and that 429 is its answer.
+    await wait_until(
+        lambda: any(behaviour.calls[f"a{n}"] == 2 for n in range(2)),
+        timeout=60,
+        what="the yielded batch's request sent again",
+    )
+    done = [n for n in range(2) if behaviour.calls[f"a{n}"] == 2]
+    batch = await finished(client, limited[done[0]]["id"], timeout=60)
+    assert batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+    assert behaviour.calls[f"a{done[0]}"] == 2
+
+
 # --- the rules ----------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -148,6 +149,10 @@ class BatchRunner:
         self._drives: dict[str, tuple[_Drive, asyncio.Task[None]]] = {}
         # Batches whose drive failed: (failures in a row, not again before this loop time).
         self._backoff: dict[str, tuple[int, float]] = {}
+        # Sends already made of requests a yielding drive left pending while they waited to be
+        # tried again, by (batch id, line): a request is sent at most 1 + max_retries times
+        # here, however often its batch yields.
+        self._sent_before: dict[tuple[str, int], int] = {}
         # Commits of results under way: waited for on close, before the store closes.
         self._commits: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -198,9 +203,12 @@ class BatchRunner:
         ending = await self._meta.active_batches(states.ENDING)
         queue = await self._meta.batches_to_claim(states.OPEN, now=wall())
         # Backoff entries of batches no longer waiting go (the dict must not grow forever).
-        active = set(ending) | {b.id for b in queue}
+        # (Batches driven here are active too: their lease keeps them out of the queue.)
+        active = set(ending) | {b.id for b in queue} | set(self._drives)
         for batch_id in [b for b in self._backoff if b not in active]:
             del self._backoff[batch_id]
+        for key in [k for k in self._sent_before if k[0] not in active]:
+            del self._sent_before[key]
         waiting = [
             b
             for b in queue
@@ -585,6 +593,7 @@ class BatchRunner:
         fails in reading, sending it or writing its answer is its error line: only recording
         it may fail the drive (which, taken up again, sends the requests not recorded anew)."""
         line, custom_id = request
+        sends = [self._sent_before.pop((batch.id, line), 0)]
 
         async def pause(seconds: float) -> None:
             hold.release()
@@ -601,7 +610,7 @@ class BatchRunner:
             try:
                 body = self._body(raw)
                 del raw  # not held while the request is in flight: its body is
-                result = _result(line, custom_id, await self._send(batch, body, pause))
+                result = _result(line, custom_id, await self._send(batch, body, pause, sends))
             except _Halted:
                 raise
             except Exception as error:
@@ -612,20 +621,27 @@ class BatchRunner:
                 result = BatchResult(line, False, _error_line(custom_id, _BAD_ANSWER, message))
             await recorder.record(result)
         except _Halted:
-            pass
+            self._sent_before[(batch.id, line)] = sends[0]
 
     async def _send(
         self,
         batch: BatchRecord,
         body: dict[str, Any],
         pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sends: list[int] | None = None,
     ) -> Answer | Unreachable | BadAnswer:
         """The final answer for a request: the first that is not to be retried (429s and
         5xx are, unless the upstream says `x-should-retry: false`), or the last one (or the
-        network error) once `max_retries` retries are spent. An unusable answer (`BadAnswer`:
-        too large, a redirect, a 2xx without a JSON object) is final at once."""
+        network error) once `max_retries` retries are spent, counting the `sends[0]` made
+        before (each send counts there). An unusable answer (`BadAnswer`: too large, a
+        redirect, a 2xx without a JSON object) is final at once."""
+        sends = [0] if sends is None else sends
+        sending = self._sending
+        if sends[0] and sending.attempts is not None:
+            sending = dataclasses.replace(sending, attempts=max(1, sending.attempts - sends[0]))
 
         async def attempt() -> Answer | Unreachable | BadAnswer:
+            sends[0] += 1
             try:
                 return await self._upstream.send(batch.endpoint, body, batch.project)
             except BadAnswer as error:
@@ -635,7 +651,7 @@ class BatchRunner:
                 log.warning("batch %s: upstream unreachable: %s", batch.id, error.detail)
                 return error
 
-        return await self._sending.run(attempt, again=_retryable, hint=_retry_after, sleep=pause)
+        return await sending.run(attempt, again=_retryable, hint=_retry_after, sleep=pause)
 
     # --- finalizing -----------------------------------------------------------------------------
 
