@@ -15,7 +15,8 @@ Every call also waits `delay` seconds first (settable while running), so a test 
 batch mid-way. Requests of up to 64 MiB are taken (a batch's line may be 32 MiB).
 
 `GET /v1/models` lists `listed` (settable while running; None: a 404, as from an upstream
-that offers no list) and counts the calls in `model_lists`.
+that offers no list; `models_body`, when set, is answered instead, as it is) and counts the
+calls in `model_lists`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Behaviour:
         self.authorization: set[str] = set()
         self.models: set[str] = set()
         self.listed: list[str] | None = None
+        self.models_body: bytes | None = None
         self.model_lists = 0
         # time.monotonic() of the last call (0: none yet).
         self.last_call = 0.0
@@ -102,6 +104,8 @@ def make_upstream(behaviour: Behaviour) -> web.Application:
 
     async def models(request: web.Request) -> web.StreamResponse:
         behaviour.model_lists += 1
+        if behaviour.models_body is not None:
+            return web.Response(body=behaviour.models_body, content_type="application/json")
         if behaviour.listed is None:
             raise web.HTTPNotFound()
         data = [{"id": name, "object": "model", "owned_by": "test"} for name in behaviour.listed]

@@ -334,6 +334,23 @@ async def test_an_upstream_without_a_model_list_takes_any_model(
     assert behaviour.models == {"whatever-it-serves"}
 
 
+async def test_a_model_list_no_parser_reads_is_no_list_not_a_stuck_batch(
+    aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`GET /v1/models` answering JSON nested deeper than the parser goes left every batch
+    validating (the parser's RecursionError escaped the fetch): it is no list, any model."""
+    behaviour = Behaviour()
+    behaviour.models_body = b"[" * 200_000
+    upstream: Any = await aiohttp_server(make_upstream(behaviour))
+    client = await app_client(
+        aiohttp_client, tmp_path, batches={"upstream": str(upstream.make_url("/v1"))}
+    )
+    lines = [request_line("a", model="whatever-it-serves")]
+    batch = await finished(client, (await start_batch(client, lines))["id"])
+    assert batch["status"] == "completed", batch["errors"]
+    assert behaviour.model_lists == 1
+
+
 async def test_batches_models_names_the_models_when_set_without_asking_the_upstream(
     aiohttp_client: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from filesd.api.appkeys import SERVICES
 from filesd.cli import main
+from filesd.models import KeyRecord
+from filesd.services.keys import key_digest
+from filesd.testing import serve
 
 from .conftest import ALPHA_KEY, KEYS_TOML, ServerProcess, blob_files, wait_until_sync
 from .test_cli import api, upload
@@ -251,3 +256,37 @@ def test_backup_into_the_data_dir_itself_is_refused(
     code, out = run(capsys, "backup", str(data / where), "--data-dir", str(data))
     assert code == 1 and "inside the data directory" in out
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_a_key_clashing_with_the_admin_token_at_run_time_is_left_out_not_the_reload(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key whose secret is the admin token (only `filesd migrate` could copy one in while
+    the server runs) used to make every reload fail: revocations and new keys stopped taking
+    effect, with a traceback every 2 s. It is left out, and said once."""
+    token = "admin-token-for-this-test-0123456789"
+    file_keys = {"keys": [{"key": ALPHA_KEY, "project": "alpha"}]}
+    with serve(admin={"token": token}, auth=file_keys) as server:
+        kept, revoked = server.new_project(), server.new_project()
+        services = server._app[SERVICES]
+        clash = KeyRecord(
+            id="key_clash",
+            key_sha256=key_digest(token),
+            project="copied",
+            hint="adm...89",
+            created_at=int(time.time()),
+        )
+        asyncio.run_coroutine_threadsafe(services.keys.add(clash), server._loop).result(30)
+        keys = asyncio.run_coroutine_threadsafe(services.keys.all(), server._loop).result(30)
+        revoked_id = next(k.id for k in keys if k.key_sha256 == key_digest(revoked.api_key))
+        asyncio.run_coroutine_threadsafe(services.keys.revoke(revoked_id), server._loop).result(30)
+        wait_until_sync(
+            lambda: _status(f"{server.base_url}/files", revoked.api_key) == 401,
+            what="the revocation taken into use by the reload",
+        )
+        assert _status(f"{server.base_url}/files", kept.api_key) == 200
+        # The admin token is no project's key.
+        assert _status(f"{server.base_url}/files", token) == 401
+    said = [r for r in caplog.records if "key_clash" in r.getMessage()]
+    assert len(said) == 1 and token not in said[0].getMessage()
+    assert not [r for r in caplog.records if "reloading API keys failed" in r.getMessage()]

@@ -155,33 +155,49 @@ KEY_REFRESH_SECONDS = 2.0
 
 
 async def _load_keys(
-    keys_service: KeyService, authenticator: Authenticator, config: Config
+    keys_service: KeyService,
+    authenticator: Authenticator,
+    config: Config,
+    *,
+    refused: set[str] | None = None,
 ) -> None:
-    """Take the database's keys into use; raises `ConfigError` (nothing taken) if the admin or
-    metrics token is one of them (`reused_token`)."""
+    """Take the database's keys into use. At start-up (`refused` None) raises `ConfigError`
+    (nothing taken) if the admin or metrics token is one of them (`reused_token`). While
+    running, such a key (only `filesd migrate` could bring one) is left out and logged once
+    (its id added to `refused`): the others, revocations too, still take effect."""
     keys = await keys_service.all()
-    reused = reused_token(
-        config.admin.token,
-        config.metrics.token,
-        ((k.key_sha256, f"key {k.id} of `filesd keys list`") for k in keys),
-    )
-    if reused is not None:
-        raise ConfigError(reused)
+    clashing = set()
+    for key in keys:
+        reused = reused_token(
+            config.admin.token,
+            config.metrics.token,
+            [(key.key_sha256, f"key {key.id} of `filesd keys list`")],
+        )
+        if reused is None:
+            continue
+        if refused is None:
+            raise ConfigError(reused)
+        clashing.add(key.id)
+        if key.id not in refused:
+            refused.add(key.id)
+            log.error("API key %s is not taken into use: %s", key.id, reused)
     authenticator.use_made_keys(
-        ((k.key_sha256, k.project) for k in keys if k.revoked_at is None), any_made=bool(keys)
+        ((k.key_sha256, k.project) for k in keys if k.revoked_at is None and k.id not in clashing),
+        any_made=bool(keys),
     )
 
 
 async def reload_keys(app: web.Application) -> None:
     """Take keys made or revoked in the database into use now (instead of within 2 s)."""
-    await _load_keys(app[SERVICES].keys, app[AUTHENTICATOR], app[CONFIG])
+    await _load_keys(app[SERVICES].keys, app[AUTHENTICATOR], app[CONFIG], refused=set())
 
 
 async def _refresh_keys(keys: KeyService, authenticator: Authenticator, config: Config) -> None:
     """Keys made or revoked with `filesd keys` take effect within KEY_REFRESH_SECONDS."""
+    refused: set[str] = set()
     while True:
         await asyncio.sleep(KEY_REFRESH_SECONDS)
         try:
-            await _load_keys(keys, authenticator, config)
+            await _load_keys(keys, authenticator, config, refused=refused)
         except Exception:
             log.exception("reloading API keys failed")

@@ -4,7 +4,6 @@ model, `echo.py`), behind one small interface the runner retries around."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -198,40 +197,53 @@ class HttpUpstream:
     async def knows_model(self, model: str) -> bool:
         """Whether `model` is in the upstream's `GET /v1/models` list (kept MODELS_TTL
         seconds); True when it offers none (no such route, an error, no answer within
-        MODELS_TIMEOUT seconds, not a list of models)."""
+        MODELS_TIMEOUT seconds, not a list of models). While the list is fetched again, the
+        last one answers (a batch of one project does not wait on another's refetch), and a
+        fetch that fails keeps the last list that came."""
+        cached = self._models
+        if cached is not None:
+            fetched, names = cached
+            age = time.monotonic() - fetched
+            known = names is None or model in names
+            if self._models_lock.locked() or (age < MODELS_TTL and (known or age < MODELS_RECHECK)):
+                return known
         async with self._models_lock:
-            now = time.monotonic()
-            if self._models is not None:
-                fetched, names = self._models
-                known = names is None or model in names
-                age = now - fetched
-                if age < MODELS_TTL and (known or age < MODELS_RECHECK):
-                    return known
-            names = await self._fetch_models()
-            self._models = (time.monotonic(), names)
-        return names is None or model in names
+            current = self._models
+            if current is None or current is cached:  # nobody fetched it while this waited
+                names = await self._fetch_models()
+                if names is None and cached is not None:
+                    names = cached[1]
+                current = self._models = (time.monotonic(), names)
+        return current[1] is None or model in current[1]
 
     async def _fetch_models(self) -> frozenset[str] | None:
+        """The upstream's model names, or None however that fails. Its own session: a fetch
+        never waits for a connection the batches' requests hold."""
         url = self._base + "/models"
         timeout = aiohttp.ClientTimeout(total=min(MODELS_TIMEOUT, self._timeout.total or 1e9))
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        status = 0
         try:
-            async with self._open().get(
-                url, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url, headers=headers, allow_redirects=False) as response,
+            ):
                 raw = await _read_capped(response, self._max_answer)
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            listed = _json_object(raw, status) if raw is not None and status == 200 else None
+        except Exception as error:  # whatever it is, the list is not to be had
+            if isinstance(error, BadAnswer):
+                error_text = "not a JSON object"
+            elif isinstance(error, aiohttp.ClientError | OSError):
+                error_text = _error_text(error)
+            else:
+                error_text = type(error).__name__
             log.info(
                 "no model list from %s/models (%s): batches may name any model",
                 self._shown,
-                _error_text(error),
+                error_text,
             )
             return None
-        listed = None
-        if raw is not None and status == 200:
-            with contextlib.suppress(BadAnswer):
-                listed = _json_object(raw, status)
         data = listed.get("data") if listed is not None else None
         if not isinstance(data, list):
             log.info(
