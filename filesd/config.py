@@ -82,6 +82,17 @@ def _refuse(message: str, *, at: str = "", whole: bool = False) -> PydanticCusto
 # --- checks of single values ---------------------------------------------------------------
 
 
+def _s3_connections(value: int) -> int:
+    # More would take every connection of an instance's pool to the bucket (128), which its
+    # uploads and batch runs need too.
+    if value > 128:
+        raise _refuse(f"must be at most 128 (an instance's connections to S3), got {value}")
+    return value
+
+
+_at_most_s3_connections = AfterValidator(_s3_connections)
+
+
 def _at_least(minimum: int, unit: str = "") -> AfterValidator:
     def check(value: int) -> int:
         if value < minimum:
@@ -288,7 +299,7 @@ class LimitsConfig:
     # Downloads reading from the blob backend at once (S3; local files are sent by the kernel
     # and need none); the next one waits. One project holds at most half while more than one
     # project has keys.
-    max_concurrent_downloads: Positive = 64
+    max_concurrent_downloads: Annotated[StrictInt, _at_least(1), _at_most_s3_connections] = 64
 
     @model_validator(mode="after")
     def _share(self) -> LimitsConfig:

@@ -37,14 +37,14 @@ class FairSlots:
     async def acquire(self, project: str) -> None:
         """Take a slot for `project`, waiting for one if none is free. Cancelled while
         waiting, it holds none (a slot handed to it meanwhile goes on to the next)."""
-        if self._free > 0 and self._may_take(project):
-            # (Waiters left while a slot is free are all at their share: `_hand_out` runs
-            # at every release.)
+        if self._free > 0 and project not in self._waiting and self._under(project, self._share()):
             self._take(project)
             return
         served: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (next(self._arrivals), served)
         self._waiting.setdefault(project, collections.deque()).append(entry)
+        # Slots may be free for a waiter whose share has grown since (fewer projects now).
+        self._hand_out()
         try:
             await served
         except asyncio.CancelledError:
@@ -66,8 +66,13 @@ class FairSlots:
     def in_use(self) -> int:
         return self.limit - self._free
 
-    def _may_take(self, project: str) -> bool:
-        share = self._share()
+    @property
+    def contended(self) -> bool:
+        """Whether a taker waits for a slot."""
+        return any(not served.done() for q in self._waiting.values() for _, served in q)
+
+    def _under(self, project: str, share: int | None) -> bool:
+        """Whether `project` holds fewer than `share` slots (None: no cap)."""
         return share is None or self._held[project] < share
 
     def _take(self, project: str) -> None:
@@ -75,8 +80,9 @@ class FairSlots:
         self._held[project] += 1
 
     def _hand_out(self) -> None:
+        share = self._share()  # once: it may cost (counting projects)
         while self._free > 0:
-            eligible = [p for p in self._waiting if self._may_take(p)]
+            eligible = [p for p in self._waiting if self._under(p, share)]
             if not eligible:
                 return
             project = min(eligible, key=lambda p: (self._held[p], self._waiting[p][0][0]))

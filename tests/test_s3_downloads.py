@@ -225,3 +225,22 @@ async def test_download_slots_go_to_projects_below_their_share_in_order() -> Non
     await lone.acquire("a")
     await asyncio.wait_for(lone.acquire("a"), 60)
     assert lone.in_use == 2
+
+
+async def test_a_waiter_whose_share_grew_is_served_before_a_newcomer() -> None:
+    """A project's waiting download keeps its place when its share grows (fewer projects):
+    the next take of that project serves the older one first."""
+    projects = [2]
+    slots = DownloadSlots(3, project_count=lambda: projects[0])  # a share of 1
+    await slots.acquire("a")
+    await slots.acquire("b")
+    older = asyncio.ensure_future(slots.acquire("a"))
+    await asyncio.sleep(0)
+    assert not older.done() and slots.contended
+    projects[0] = 1  # no share any more: the one free slot may go to a
+    newer = asyncio.ensure_future(slots.acquire("a"))
+    await asyncio.wait_for(older, 60)
+    assert not newer.done() and slots.in_use == 3
+    slots.release("b")
+    await asyncio.wait_for(newer, 60)
+    assert not slots.contended

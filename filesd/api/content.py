@@ -29,6 +29,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETAG_ANY, ETag, must_be_empty_body
 
 from ..models import FileRecord
+from ..services.errors import BlobMissing, StorageUnavailable
 from ..services.files import SMALL_CONTENT, FileService
 from .drain import DownloadSlots
 from .errors import ApiError, RangeNotSatisfiable
@@ -143,9 +144,12 @@ def _position(digits: str) -> int | None:
 
 # How long a presigned download URL stays valid (redirect_downloads).
 REDIRECT_SECONDS = 300
-# Seconds a streamed download may wait for its client to take a chunk before it gives back
-# its backend stream and its download slot (until the client comes back for more).
+# A streamed download whose client has not taken its last chunk for RELEASE_AFTER seconds
+# gives back its backend stream and its download slot once another download waits for a slot,
+# and after RELEASE_IDLE seconds anyway (an idle pooled connection, which the store may drop);
+# it takes both again when its client reads on.
 RELEASE_AFTER = 1.0
+RELEASE_IDLE = 10.0
 
 
 async def send_content(
@@ -218,6 +222,15 @@ async def send_content(
             # sendfile it left, not an error in the handler (the status sent is the one
             # logged and counted).
             log.info("client left a download of %s mid-body", record.id)
+        except (BlobMissing, StorageUnavailable) as error:
+            if not response.prepared:
+                raise
+            # Taken up again mid-body (its client had stopped reading), the blob was gone or
+            # the store failed: the status is sent, so the body is cut (the client sees a
+            # short read), as a store failing mid-stream cut it before.
+            log.warning("download of %s cut mid-body: %s", record.id, error)
+            if request.transport is not None:
+                request.transport.abort()
     finally:
         # At once, not whenever the garbage collector gets to it: the stream holds a
         # download slot and (on S3) a pooled connection.
@@ -238,10 +251,12 @@ async def _read_while_read(
 
     Whoever sends the chunks comes back for the next one once the client has taken enough of
     the last: when that takes more than `RELEASE_AFTER` seconds (a slow or stalled client,
-    its send queue full), the stream is closed and the slot given back, and both are taken
-    again, from the position reached, when the client comes back. Otherwise 130 downloads
-    that never read hold every pooled connection (and slot) for as long as they like, and
-    every other download and upload on the instance waits for them.
+    its send queue full) while another download waits for a slot, or more than
+    `RELEASE_IDLE` seconds, the stream is closed and the slot given back, and both are taken
+    again, from the position reached, when the client comes back (a new ranged GET on S3:
+    only under contention or after a long stall, so a slow honest reader costs few).
+    Otherwise 130 downloads that never read hold every pooled connection (and slot) for as
+    long as they like, and every other download and upload on the instance waits for them.
     """
     loop = asyncio.get_running_loop()
     position, end = start, start + count
@@ -257,9 +272,16 @@ async def _read_while_read(
         finally:
             slots.release(project)
 
+    timer: asyncio.TimerHandle | None = None
+    idle_since = 0.0
+
     def release_soon() -> None:
-        nonlocal releasing
-        releasing = loop.create_task(release())
+        nonlocal releasing, timer
+        if slots.contended or loop.time() - idle_since >= RELEASE_IDLE:
+            timer = None
+            releasing = loop.create_task(release())
+        else:
+            timer = loop.call_later(RELEASE_AFTER, release_soon)
 
     try:
         while position < end:
@@ -271,11 +293,13 @@ async def _read_while_read(
             except StopAsyncIteration:
                 return
             position += len(chunk)
+            idle_since = loop.time()
             timer = loop.call_later(RELEASE_AFTER, release_soon)
             try:
                 yield chunk
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
                 if releasing is not None:
                     await releasing
                     releasing = None

@@ -125,8 +125,8 @@ class DownloadSlots(FairSlots):
     connection to the bucket while it reads), and one project at most its share of them (see
     `_Share`); the next slot goes to the waiting project holding the fewest. A download waits
     for its slot rather than being refused: slots turn over fast, since a reader that stops
-    reading gives its slot back within a second (`filesd.api.content`), so a wait is bounded
-    by honest readers' pace, never by a stalled one's.
+    reading gives its slot back once another download waits (`filesd.api.content`), so a
+    wait is bounded by honest readers' pace, never by a stalled one's.
     """
 
     def __init__(

@@ -255,11 +255,17 @@ class FileService:
     ) -> AsyncGenerator[bytes, None]:
         """`length` bytes (None: to the end) of a file from `start`, as a stream of chunks.
         Raises `BlobMissing` (on the first iteration) if they are gone."""
+        stream = self._blobs.open_range(record.sha256, start, length)
         try:
-            async for chunk in self._blobs.open_range(record.sha256, start, length):
+            async for chunk in stream:
                 yield chunk
         except BlobMissing:
             raise _missing(record) from None
+        finally:
+            # Closed with this one (its file or connection at once), not by the collector.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _missing(record: FileRecord) -> BlobMissing:

@@ -60,7 +60,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -673,12 +673,14 @@ class S3Blobs:
     ) -> AsyncIterator[bytes]:
         key = self.blob_key(digest)
         try:
-            async for chunk in self._get(key, start, length):
-                yield chunk
+            # Closed with this one: the object's body (a pooled connection) at once.
+            async with contextlib.aclosing(self._get(key, start, length)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         except _NoSuchKey:
             raise BlobMissing(digest) from None
 
-    async def _get(self, key: str, start: int, length: int | None) -> AsyncIterator[bytes]:
+    async def _get(self, key: str, start: int, length: int | None) -> AsyncGenerator[bytes, None]:
         """`length` bytes (None: to the end) of an object from `start`, streamed; nothing when
         `start` is past the end. Raises `_NoSuchKey` first if it is not there."""
         if length == 0:
