@@ -7,6 +7,7 @@ request body `true` is never a number. Every number check goes through these hel
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import TypeGuard
 
 
@@ -66,3 +67,40 @@ def text_refusal(text: str, name: str) -> str | None:
     except UnicodeEncodeError:
         return f"Invalid '{name}': the string holds a lone surrogate, which is not valid Unicode."
     return None
+
+
+# The most characters of a value a client sent that a message quotes: a batch stores its
+# errors' messages, and a value quoted whole (a 1 MB model name, on each of 100 lines) would be
+# stored, listed and held as often.
+QUOTED_CHARS = 100
+
+# A repr of at most a few items a level, two levels deep, each string and number cut short:
+# whatever the array or object, a few KB at most, made without walking all of it.
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 2
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = _SHORT_REPR.maxlong = QUOTED_CHARS
+
+
+def too_long(name: str, most: int, length: int) -> str:
+    """OpenAI's words for a string `name` of `length` characters, over its `most`."""
+    return (
+        f"Invalid '{name}': string too long. Expected a string with maximum length {most}, "
+        f"but got a string with length {length} instead."
+    )
+
+
+def shortened(text: str, most: int = QUOTED_CHARS) -> str:
+    """`text` if it has at most `most` characters, else its first `most` and an ellipsis:
+    what a message may say of a value a client sent."""
+    return text if len(text) <= most else text[:most] + "\u2026"
+
+
+def quoted(value: object) -> str:
+    """A value a client sent (any JSON value), as a message quotes it: a string in quotes
+    (`repr`, so that a control character or lone surrogate shows as its escape), cut
+    `shortened`; anything else as a short repr. Never much over a thousand characters
+    however large the value (an escape such as `\\U000e0001` is ten characters of one)."""
+    if isinstance(value, str):
+        return repr(shortened(value))
+    return shortened(_SHORT_REPR.repr(value))

@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 from ..batches.objects import COMPLETION_WINDOWS, ENDPOINTS
 from ..clock import CLOCK_MAX, is_clock_time
 from ..faultrules import FAULT_RULE_FIELDS, FaultRule, FaultRuleError, parse_fault_rule
-from ..values import has_control_characters, is_int, is_number
+from ..values import has_control_characters, is_int, is_number, too_long
 
 FILENAME_MAX = 1024
 EXPIRES_MIN, EXPIRES_MAX = 3600, 2592000
@@ -42,6 +42,9 @@ METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 LIMIT_MAX = 1000
 OFFSET_MAX = 2**63 - 1  # SQLite's largest integer: beyond it the query itself would fail
 BATCH_LIMIT_MAX = 100
+# The longest file id a request may name: filesd's are 36 characters (a UUID) or 29 (`file-`
+# and 24), OpenAI's 29; what is longer names no file, and a batch would store it.
+FILE_ID_CHARS = 256
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _INT = re.compile(r"-?[0-9]+")
 
@@ -476,9 +479,7 @@ def _metadata(raw: object) -> object:
             )
         if len(value) > METADATA_VALUE_CHARS:
             raise refuse(
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
-                f"length {METADATA_VALUE_CHARS}, but got a string with length {len(value)} "
-                "instead.",
+                too_long(f"metadata.{key}", METADATA_VALUE_CHARS, len(value)),
                 f"metadata.{key}",
                 "string_above_max_length",
             )
@@ -495,10 +496,24 @@ Metadata = Annotated[
 ]
 
 
+def _file_id(param: str) -> Any:
+    """A file id of at most FILE_ID_CHARS characters (any other string is left to name no
+    file, as OpenAI answers it)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and len(value) > FILE_ID_CHARS:
+            raise refuse(
+                too_long(param, FILE_ID_CHARS, len(value)), param, "string_above_max_length"
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
 class CreateBatch(Request):
     """POST /v1/batches."""
 
-    input_file_id: str
+    input_file_id: Annotated[str, Field(max_length=FILE_ID_CHARS), _file_id("input_file_id")]
     endpoint: Annotated[str, BeforeValidator(_endpoint), WithJsonSchema({"enum": list(ENDPOINTS)})]
     completion_window: Annotated[
         str, BeforeValidator(_window), WithJsonSchema({"enum": list(COMPLETION_WINDOWS)})

@@ -41,6 +41,7 @@ from ..services.files import FileService
 from ..services.instance import Instance, wall
 from ..storage.base import BatchMetadata, StorageBusy, batch_lease
 from ..storage.rules import QueuedBatch
+from ..values import shortened
 from . import states
 from .budget import ByteBudget
 from .fairness import FairSlots, to_yield
@@ -372,7 +373,7 @@ class BatchRunner:
             # organization), so that nothing tells another project's file from none.
             problem = batch_error(
                 "invalid_request",
-                f"Cannot find file {batch.input_file_id}, or the project does not have "
+                f"Cannot find file {shortened(batch.input_file_id)}, or the project does not have "
                 "access to it.",
                 line=None,
                 param="file_id",

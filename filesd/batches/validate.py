@@ -3,9 +3,11 @@
 Each line must be a JSON object with a unique `custom_id`, `method` "POST", a `url` equal to
 the batch's endpoint and a `body` object naming a `model` the batch may use (`knows_model`)
 and holding the fields its endpoint requires (`BODY_REQUIRES`); one model per file; the
-`custom_id` and the `model`, which are stored, must be text (no NUL, no lone surrogate); at
-most `max_requests` requests. A file with problems fails the batch with `errors.data` naming
-each line and problem (`code`, `message`, `param`, `line`), up to MAX_ERRORS of them.
+`custom_id` and the `model`, which are stored, must be text (no NUL, no lone surrogate), the
+`model` at most MODEL_CHARS long; at most `max_requests` requests. A file with problems fails
+the batch with `errors.data` naming each line and problem (`code`, `message`, `param`,
+`line`), up to MAX_ERRORS of them; a message quotes a value of the file only `quoted` (cut
+short), since the batch stores its errors.
 
 Memory stays bounded whatever the file: one line at a time, the request rows handed on in
 chunks, and custom_ids remembered as 16-byte digests (at most `max_requests` of them).
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..values import text_refusal
+from ..values import quoted, text_refusal, too_long
 from .lines import LineTooLong, numbered_lines
 
 # Errors reported at most (the first ones, by line).
@@ -29,6 +31,9 @@ MAX_ERRORS = 100
 CHUNK = 1000
 # A line (one request) may be at most this large: it is held in memory to be parsed.
 MAX_LINE_BYTES = 32 * 1024 * 1024
+# The longest `body.model` taken: it is stored as the batch's model (real names are tens of
+# characters).
+MODEL_CHARS = 256
 
 # The field each endpoint's body must hold besides `model` (the parameter openai-python's types
 # mark `Required`), and the fields that may stand in for it: a Response's input may come from
@@ -125,7 +130,7 @@ class _Checker:
         if method is not None and method != "POST":
             self.error(
                 "invalid_method",
-                f"Invalid value for 'method': {method!r}. Only 'POST' is supported.",
+                f"Invalid value for 'method': {quoted(method)}. Only 'POST' is supported.",
                 number,
                 "method",
             )
@@ -177,6 +182,13 @@ class _Checker:
             )
         elif not self._is_text(number, model, "body.model"):
             pass  # never the batch's model: it is stored
+        elif len(model) > MODEL_CHARS:
+            self.error(
+                "invalid_value",
+                too_long("body.model", MODEL_CHARS, len(model)),
+                number,
+                "body.model",
+            )
         elif self.result.model is None:
             self.result.model = self.line_model = model
         elif model == self.result.model:
@@ -184,8 +196,8 @@ class _Checker:
         else:
             self.error(
                 "mismatched_model",
-                f"The model of this request ({model!r}) differs from the model of the "
-                f"requests before it ({self.result.model!r}): a batch uses one model.",
+                f"The model of this request ({quoted(model)}) differs from the model of the "
+                f"requests before it ({quoted(self.result.model)}): a batch uses one model.",
                 number,
                 "body.model",
             )
@@ -252,8 +264,8 @@ async def validate_input(
                     if not model_known:
                         checker.error(
                             "model_not_found",
-                            f"The provided model '{checker.line_model}' is not supported by "
-                            "the Batch API.",
+                            f"The provided model {quoted(checker.line_model)} is not supported "
+                            "by the Batch API.",
                             number,
                             "body.model",
                         )
