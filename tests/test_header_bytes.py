@@ -132,3 +132,27 @@ def test_expect_100_continue_still_gets_100_continue_everywhere(server: FilesdSe
             ),
         )
         assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 "), (method, path, answer)
+
+
+@pytest.mark.parametrize(
+    ("header", "secrets"),
+    [
+        (b"Authorization: Bearer " + KEY.encode() + b"\x00", (KEY, "sk-alpha", "0123456789")),
+        (b"X-Foo: " + SECRET.encode() + b"\x01", (SECRET, "secret")),
+    ],
+    ids=["nul-in-key", "control-in-header"],
+)
+def test_a_header_the_parser_refuses_is_neither_logged_nor_echoed(
+    server: FilesdServer, caplog: pytest.LogCaptureFixture, header: bytes, secrets: tuple[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for method, path in _swept_requests(server):
+        answer = _exchange(server, _request(method, path, header))
+        status, body = _final(answer, "GET")  # the parser never got as far as the method
+        assert status == 400 and body["error"]["code"] == "malformed_request", (path, answer)
+        assert not any(secret.encode() in answer for secret in secrets), answer
+    assert caplog.records
+    for record in caplog.records:
+        assert record.levelno < logging.WARNING and not record.exc_info, caplog.text
+    assert not any(secret in caplog.text for secret in secrets), caplog.text
+    assert "refused a malformed request" in caplog.text
