@@ -35,6 +35,7 @@ from .boundary import error_middleware
 from .console import setup_console
 from .drain import DownloadSlots, RequestTracker, UploadSlots
 from .errors import add_api_headers
+from .expectations import EXPECT, refuse_unmatched_expectations
 from .faults import FAULTS, Faults, faults_middleware
 from .metrics import METRICS, Metrics, metrics
 from .openapi import ROUTES, openapi_json
@@ -130,8 +131,8 @@ def create_app(
     app.on_response_prepare.append(add_api_headers)
     app[METRICS] = Metrics((config.metrics.token, config.admin.token))
     app.on_response_prepare.append(app[METRICS].on_response_prepare)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/metrics", metrics, expect_handler=EXPECT)
+    app.router.add_get("/openapi.json", openapi_json, expect_handler=EXPECT)
     if config.admin.token:
         setup_admin(
             app,
@@ -148,6 +149,8 @@ def create_app(
     health.setup_readiness(app)
     if config.ui.enabled:
         setup_console(app)
+    # After every route: it answers what none of them matches.
+    refuse_unmatched_expectations(app)
     return app
 
 

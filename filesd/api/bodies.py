@@ -1,5 +1,5 @@
-"""Reading request bodies: `Expect: 100-continue`, the pace a client must keep, disconnects, and
-JSON objects.
+"""Reading request bodies: the pace a client must keep, disconnects, and JSON objects
+(`Expect: 100-continue`, answered before the body is read, is in `expectations.py`).
 
 A body must keep coming: no gap between reads longer than `[limits] body_timeout` seconds, and
 after its first `body_timeout` seconds every further window of `body_timeout` seconds must
@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
-from .appkeys import AUTHENTICATOR, CONFIG
-from .boundary import to_api_error
-from .errors import ApiError, InvalidRequest, RequestTimeout, error_response
+from .appkeys import CONFIG
+from .errors import InvalidRequest, RequestTimeout
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -182,33 +181,3 @@ def _finite_float(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is out of range")
     return value
-
-
-def expect_continue(check_length: Callable[[web.Request], None]) -> Any:
-    """An `Expect: 100-continue` handler: the key is checked first, then the announced length
-    (`check_length` raises for a body that cannot fit); only then is 100 Continue sent, so a
-    client without a valid key, or with too much to send, never sends its body.
-
-    aiohttp calls this before any middleware, so errors are returned (through the error
-    boundary's table), not raised.
-    """
-
-    async def expect_handler(request: web.Request) -> web.Response | None:
-        try:
-            request.app[AUTHENTICATOR].project_for(request.headers.get("Authorization"))
-            check_length(request)
-        except Exception as error:
-            return error_response(to_api_error(request, error))
-        expect = request.headers.get("Expect", "")
-        if request.version != HttpVersion11:
-            return None
-        if expect.lower() != "100-continue":
-            return error_response(
-                ApiError(f"Unsupported Expect header: {expect}", param="Expect", status=417)
-            )
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # The interim response is not part of the response body's size.
-        request.writer.output_size = 0
-        return None
-
-    return expect_handler

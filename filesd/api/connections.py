@@ -34,7 +34,9 @@ needs room.
 The guard relies on attributes of aiohttp's `RequestHandler`: `_waiter` (pending while it waits
 for the next request's head), `_request_count` (one more per parsed head), `_messages` (parsed,
 not yet handled), `_next_keepalive_close_time` and `_keepalive_timeout`.
-tests/test_connections.py fails if a new aiohttp changes them.
+tests/test_connections.py fails if a new aiohttp changes them. A request its parser refuses is
+answered by `handle_error`, given the parser's `HttpProcessingError`, which quotes the refused
+bytes: the guard answers it without them (tests/test_header_bytes.py fails if that changes).
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
+
+from .errors import InvalidRequest, error_response
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +321,31 @@ class GuardedRequestHandler(web.RequestHandler):
             # Part of the next request's head arrived; the rest must follow in time.
             self._head_started = True
             self._arm_header_timer()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp's HTTP parser refused (an `HttpProcessingError`: a control byte
+        in a header, a line too long, no HTTP at all) is logged as one line naming the kind of
+        error and answered with a 400 in OpenAI's envelope that says no more. aiohttp's own
+        answer quotes the bytes it refused, in its ERROR log (with a traceback) and back to
+        the client, and those bytes may be a key (`Authorization: Bearer sk-...` ending in a
+        NUL). Other errors are aiohttp's (a handler's exception: a 500 and its traceback)."""
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        kind = type(exc).__name__
+        log.info("refused a malformed request from %s (%s)", request.remote, kind)
+        if request.writer.output_size > 0:  # as aiohttp: too late for an answer
+            raise ConnectionError("a response was sent already; cannot answer the error")
+        response = error_response(
+            InvalidRequest(f"The request is not valid HTTP ({kind}).", code="malformed_request")
+        )
+        response.force_close()
+        return response
 
     def _holds_a_partial_head(self, data: bytes) -> bool:
         """Whether the parser kept bytes of a next head from `data`, which completed a head.

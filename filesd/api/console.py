@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .errors import invalid_url
+from .expectations import EXPECT
 
 # The console's own files: name -> Content-Type. Nothing else under /ui/ is served, so no
 # request path ever reaches the file system.
@@ -82,10 +83,10 @@ LANDING_PAGE = """<!doctype html>
 def setup_console(app: web.Application) -> None:
     """Mount `GET /` and /ui/. Other methods on these paths stay the JSON 404 of any unknown
     route (so they are routed for every method, and the handlers refuse what is not a read)."""
-    app.router.add_route("*", "/", landing)
-    app.router.add_route("*", "/ui", to_console)
-    app.router.add_route("*", "/ui/", console_file)
-    app.router.add_route("*", "/ui/{name}", console_file)
+    app.router.add_route("*", "/", landing, expect_handler=EXPECT)
+    app.router.add_route("*", "/ui", to_console, expect_handler=EXPECT)
+    app.router.add_route("*", "/ui/", console_file, expect_handler=EXPECT)
+    app.router.add_route("*", "/ui/{name}", console_file, expect_handler=EXPECT)
 
 
 def wants_html(request: web.Request) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .bodies import expect_continue
+from .expectations import EXPECT, expect_handler
 from .schemas import Request
 from .validation import json_body, query
 
@@ -86,7 +86,7 @@ class Routes:
 
     def mount(self, app: web.Application) -> None:
         for op in self.operations:
-            expect = expect_continue(op.expect) if op.expect is not None else None
+            expect = expect_handler(op.expect) if op.expect is not None else EXPECT
             handler = _handler(op)
             if op.method == "GET":  # as aiohttp's add_get: HEAD too
                 app.router.add_route("HEAD", op.path, handler, expect_handler=expect)
