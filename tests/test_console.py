@@ -20,7 +20,7 @@ from filesd.api.app import create_app
 from filesd.api.console import UI_FILES
 from filesd.config import ConfigError, parse_config
 
-from .conftest import ALPHA, Client, ClientFactory, make_config
+from .conftest import ALPHA, ALPHA_KEY, Client, ClientFactory, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UI = ROOT / "filesd" / "api" / "ui"
@@ -70,6 +70,8 @@ async def test_a_browser_gets_a_page_about_the_server(client: Client) -> None:
     page = await resp.text()
     for link in ("/ui/", "/openapi.json", "/healthz", "/metrics"):
         assert f'href="{link}"' in page
+    # Its own (empty) icon: no request for /favicon.ico, whose 404 the browser logs as an error.
+    assert '<link rel="icon" href="data:,">' in page
     assert "x-request-id" in resp.headers
 
 
@@ -236,11 +238,12 @@ async def test_pages_hold_no_inline_script_or_style(client: Client, path: str) -
 
 
 def test_the_script_talks_only_to_the_api_and_the_admin_api() -> None:
-    """Every absolute path in app.js is under /v1/ or /admin/ (no other endpoint, no origin)."""
+    """Every absolute path in app.js is under /v1/ or /admin/, or the console's own
+    /ui/session (no other endpoint, no origin)."""
     script = (UI / "app.js").read_text()
     paths = re.findall(r"""["'`](/[a-z][^"'`]*)""", script)
     assert paths, "no paths found: the pattern no longer matches the script"
-    assert [p for p in paths if not p.startswith(("/v1/", "/admin/"))] == []
+    assert [p for p in paths if not p.startswith(("/v1/", "/admin/")) and p != "/ui/session"] == []
     assert re.search(r"https?://(?!www\.w3\.org/2000/svg)", script) is None
     # Text from the server is set with textContent: nothing in the script parses HTML.
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "srcdoc", "document.write"):
@@ -292,3 +295,42 @@ def test_a_built_wheel_ships_the_console(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"filesd/api/ui/{name}" for name in UI_FILES} <= names
     assert "filesd/api/console.py" in names
+
+
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("keys", "token", "opens"),
+    [
+        (True, ALPHA_KEY, {"api": True, "admin": False, "open_mode": False}),
+        (True, ADMIN_TOKEN, {"api": False, "admin": True, "open_mode": False}),
+        (True, "sk-nobody-0000000000", {"api": False, "admin": False, "open_mode": False}),
+        (True, None, {"api": False, "admin": False, "open_mode": False}),
+        (False, ADMIN_TOKEN, {"api": True, "admin": True, "open_mode": True}),
+        (False, "any-token", {"api": True, "admin": False, "open_mode": True}),
+    ],
+)
+async def test_the_session_says_what_a_token_opens_with_a_200(
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    keys: bool,
+    token: str | None,
+    opens: dict[str, bool],
+) -> None:
+    """The console's sign-in asks /ui/session: never a 401 (which the browser logs as an
+    error) for a key that opens only /v1 or only /admin."""
+    config = make_config(tmp_path / "data", admin={"token": ADMIN_TOKEN})
+    if not keys:
+        config = parse_config(
+            {"storage": {"data_dir": str(tmp_path / "data")}, "admin": {"token": ADMIN_TOKEN}},
+            base_dir=tmp_path,
+        )
+    client: Client = await aiohttp_client(create_app(config))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = await client.get("/ui/session", headers=headers)
+    assert resp.status == 200
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert await resp.json() == opens
+    # Only a read: another method is the unknown route's 404.
+    assert (await client.post("/ui/session", headers=headers)).status == 404

@@ -12,12 +12,16 @@ With `[ui] enabled = false` none of these routes exist.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
-from .errors import invalid_url
+from .appkeys import AUTHENTICATOR, CONFIG
+from .auth import bearer_token
+from .errors import AuthenticationFailed, invalid_url
 from .expectations import EXPECT
 
 # The console's own files: name -> Content-Type. Nothing else under /ui/ is served, so no
@@ -61,6 +65,7 @@ LANDING_PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>filesd</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/ui/app.css">
 </head>
 <body class="landing">
@@ -86,6 +91,7 @@ def setup_console(app: web.Application) -> None:
     app.router.add_route("*", "/", landing, expect_handler=EXPECT)
     app.router.add_route("*", "/ui", to_console, expect_handler=EXPECT)
     app.router.add_route("*", "/ui/", console_file, expect_handler=EXPECT)
+    app.router.add_route("*", "/ui/session", session, expect_handler=EXPECT)
     app.router.add_route("*", "/ui/{name}", console_file, expect_handler=EXPECT)
 
 
@@ -143,4 +149,29 @@ async def console_file(request: web.Request) -> web.FileResponse:
         raise invalid_url(request, SECURITY_HEADERS)
     return web.FileResponse(
         UI_DIR / name, headers={**SECURITY_HEADERS, "Content-Type": content_type}
+    )
+
+
+async def session(request: web.Request) -> web.Response:
+    """What the bearer token opens: `{"api": bool, "admin": bool, "open_mode": bool}`, always a
+    200. The console asks this at sign-in instead of probing /v1 and /admin, whose 401 for a
+    token that opens only one of them the browser logs as an error. It tells no more than
+    those probes do."""
+    _only_reads(request)
+    authorization = request.headers.get("Authorization")
+    authenticator = request.app[AUTHENTICATOR]
+    try:
+        authenticator.project_for(authorization)
+        api = True
+    except AuthenticationFailed:
+        api = False
+    admin = False
+    admin_token = request.app[CONFIG].admin.token
+    token = bearer_token(authorization)
+    if admin_token and token:
+        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        admin = hmac.compare_digest(given, hashlib.sha256(admin_token.encode()).digest())
+    return web.json_response(
+        {"api": api, "admin": admin, "open_mode": authenticator.open_mode},
+        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
     )

@@ -14,6 +14,8 @@ const JOURNAL_POLL_MS = 2000;
 const BATCH_POLL_MS = 2000;
 const RUNNING = ["validating", "in_progress", "finalizing", "cancelling"];
 const KEY_STORAGE = "filesd.key";
+// A fault rule's fields that every rule has, at these values when not given (faultrules.py).
+const FAULT_DEFAULTS = { method: "*", route: "*", latency_ms: 0, probability: 1 };
 const PURPOSES = ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"];
 
 const $ = (id) => document.getElementById(id);
@@ -282,13 +284,17 @@ async function signIn(key) {
   state.key = key;
   state.session += 1;
   resetPlace();
-  const [api, admin] = await Promise.all([probe("/v1/files?limit=1"), probe("/admin/projects")]);
-  if (!api.ok && !admin.ok) {
+  // What the key opens, asked of the server in one 200: probing /v1 and /admin would log a 401
+  // in the browser's console for every key that opens only one of them.
+  const opens = await call("GET", "/ui/session");
+  if (!opens.api && !opens.admin) {
+    // The refusal's own words (the envelope's message of /v1's 401).
+    const api = await probe("/v1/files?limit=1");
     state.key = null;
-    throw api.err;
+    throw api.ok ? new ApiError("This key opens nothing on this server.", 401) : api.err;
   }
-  state.api = api.ok;
-  state.admin = admin.ok;
+  state.api = opens.api;
+  state.admin = opens.admin;
   sessionStorage.setItem(KEY_STORAGE, key);
   // The key lives in sessionStorage only: not in a form field left in the page.
   $("key").value = "";
@@ -303,7 +309,9 @@ async function signIn(key) {
   for (const b of document.querySelectorAll("#nav button")) {
     b.hidden = b.dataset.needs === "api" ? !state.api : !state.admin;
   }
-  await show(state.api ? "files" : "usage");
+  // The admin token's place is the usage of every project (its own project, in open mode, is
+  // empty unless someone uploads with the admin token).
+  await show(state.admin ? "usage" : "files");
 }
 
 function signOut() {
@@ -316,7 +324,7 @@ function signOut() {
   for (const abort of uploadsInFlight) abort();
   uploadsInFlight.clear();
   $("uploads").replaceChildren();
-  $("uploads-empty").hidden = false;
+  $("uploads-block").hidden = true;
   resetPlace();
   state.api = state.admin = false;
   stopJournal();
@@ -356,6 +364,8 @@ function showView(name) {
 
 async function show(name) {
   clearError();
+  // A message is about the view it was said in.
+  say("");
   if (name !== "journal") stopJournal();
   showView(name);
   if (name === "files") await loadFiles();
@@ -385,8 +395,9 @@ async function loadFiles() {
 }
 
 function fileRow(file) {
-  const name = button(file.filename, () => guarded(() => openDetail(file.id)), null, "link");
-  name.title = file.id;
+  const name = button(file.filename, () => guarded(() => openDetail(file.id)), null, "link name");
+  // A long name is cut with an ellipsis (CSS): its whole text and the id are in the tooltip.
+  name.title = `${file.filename}\n${file.id}`;
   const size = el("span", humanBytes(file.bytes), "nowrap");
   size.title = `${file.bytes} bytes`;
   const actions = el("span", null, "actions");
@@ -441,9 +452,9 @@ async function remove(file) {
     return;
   }
   await call("DELETE", `/v1/files/${encodeURIComponent(file.id)}`);
-  say(`Deleted ${file.filename}.`);
   if (state.view === "detail") await show("files");
   else await loadFiles();
+  say(`Deleted ${file.filename}.`);
 }
 
 async function openDetail(id) {
@@ -521,7 +532,7 @@ async function uploadOne(file, purpose) {
   item.append(label, bar, note, cancel);
   item.dataset.filename = file.name;
   $("uploads").append(item);
-  $("uploads-empty").hidden = true;
+  $("uploads-block").hidden = false;
   const registerAbort = (abort) => aborts.push(abort);
   try {
     if (file.size >= PART_THRESHOLD) {
@@ -544,14 +555,14 @@ async function uploadOne(file, purpose) {
     cancel.remove();
     item.append(button("Dismiss", () => {
       item.remove();
-      $("uploads-empty").hidden = $("uploads").children.length > 0;
+      $("uploads-block").hidden = $("uploads").children.length === 0;
     }, `Dismiss ${file.name}`));
   } finally {
     uploadsInFlight.delete(stop);
   }
   // Signed out (or in again) meanwhile: the item is gone with the list, nothing to refresh.
   if (state.session !== session) return;
-  $("uploads-empty").hidden = $("uploads").children.length > 0;
+  $("uploads-block").hidden = $("uploads").children.length === 0;
   if (state.view === "files") await guarded(loadFiles);
 }
 
@@ -643,7 +654,22 @@ function batchRow(batch) {
         "link"));
     }
   }
-  return row([el("code", batch.id), batch.status, progress, timeCell(batch.created_at), links]);
+  return row([el("code", batch.id), batchStatus(batch), progress, timeCell(batch.created_at),
+    links]);
+}
+
+/** A batch's status and, for one that failed, why: each of its `errors` with its line. */
+function batchStatus(batch) {
+  const errors = (batch.errors && batch.errors.data) || [];
+  if (errors.length === 0) return batch.status;
+  const cell = el("span", batch.status);
+  const list = el("ul", null, "batch-errors");
+  for (const e of errors) {
+    const where = e.line === null || e.line === undefined ? "" : `line ${e.line}: `;
+    list.append(el("li", `${where}${e.message || e.code || "error"}`, "error-text"));
+  }
+  cell.append(list);
+  return cell;
 }
 
 // --- admin: usage -----------------------------------------------------------------------
@@ -651,7 +677,7 @@ function batchRow(batch) {
 async function loadUsage() {
   const usage = (await call("GET", "/admin/projects")).data;
   $("usage").tBodies[0].replaceChildren(...usage.map((p) => {
-    const tr = row([p.project, p.files, humanBytes(p.bytes), humanBytes(p.physical_bytes),
+    const tr = row([projectName(p.project), p.files, humanBytes(p.bytes), humanBytes(p.physical_bytes),
       p.physical_bytes ? `${(p.bytes / p.physical_bytes).toFixed(2)}×` : "–"]);
     tr.dataset.project = p.project;
     tr.dataset.files = String(p.files);
@@ -659,6 +685,16 @@ async function loadUsage() {
     return tr;
   }));
   $("usage-chart").replaceChildren(usageChart(usage));
+}
+
+/** A project's name and, for an open-mode project (named from a token's digest), what it is. */
+function projectName(project) {
+  if (!project.startsWith("open-")) return project;
+  const cell = el("span", null, "project");
+  const name = el("code", project, "name");
+  name.title = project;
+  cell.append(name, el("span", "open-mode token project", "muted note"));
+  return cell;
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -755,8 +791,11 @@ async function loadFaults() {
   const rules = (await call("GET", "/admin/faults")).data;
   $("faults").tBodies[0].replaceChildren(...rules.map((rule) => {
     const { id, remaining, ...fields } = rule;
+    // Only what the rule sets: a field at its default (slow_ms with no storage fault, a
+    // probability of 1, a `*` method) was never given.
     const shown = Object.entries(fields)
-      .filter(([, v]) => v !== null && v !== "" && v !== false)
+      .filter(([k, v]) => v !== null && v !== "" && v !== false && v !== FAULT_DEFAULTS[k])
+      .filter(([k]) => k !== "slow_ms" || fields.storage === "slow")
       .map(([k, v]) => `${k}=${v}`)
       .join(" ");
     return row([id, el("code", shown), remaining === null ? "∞" : remaining,
