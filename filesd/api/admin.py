@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import hmac
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +27,7 @@ from aiohttp.typedefs import Handler
 from ..clock import CLOCK_MAX, Clock, is_clock_time
 from ..values import is_finite_number
 from .appkeys import ARCHIVES, CONFIG, MAINTENANCE
-from .auth import PROJECT, bearer_token
+from .auth import PROJECT, is_token
 from .errors import REQUEST_ID, STARTED, AuthenticationFailed, InvalidRequest, NotFound
 from .faults import FAULTS
 from .responses import json_response
@@ -55,11 +54,10 @@ def setup_admin(app: web.Application, token: str, journal_size: int, clock: Cloc
 def _admin_auth(digest: bytes) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/admin/"):
-            token = bearer_token(request.headers.get("Authorization")) or ""
-            given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-            if not token or not hmac.compare_digest(given, digest):
-                raise AuthenticationFailed("The admin API needs the admin token ([admin] token).")
+        if request.path.startswith("/admin/") and not is_token(
+            request.headers.get("Authorization"), digest
+        ):
+            raise AuthenticationFailed("The admin API needs the admin token ([admin] token).")
         return await handler(request)
 
     return middleware

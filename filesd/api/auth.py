@@ -97,3 +97,13 @@ def auth_middleware(authenticator: Authenticator) -> Middleware:
         return await handler(request)
 
     return middleware
+
+
+def is_token(authorization: str | None, digest: bytes) -> bool:
+    """Whether the bearer token of `authorization` is the secret whose SHA-256 is `digest`,
+    compared in constant time (no token: False)."""
+    token = bearer_token(authorization)
+    if not token:
+        return False
+    given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(given, digest)

@@ -13,14 +13,13 @@ With `[ui] enabled = false` none of these routes exist.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
 from .appkeys import AUTHENTICATOR, CONFIG
-from .auth import bearer_token
+from .auth import is_token
 from .errors import AuthenticationFailed, invalid_url
 from .expectations import EXPECT
 
@@ -165,12 +164,10 @@ async def session(request: web.Request) -> web.Response:
         api = True
     except AuthenticationFailed:
         api = False
-    admin = False
     admin_token = request.app[CONFIG].admin.token
-    token = bearer_token(authorization)
-    if admin_token and token:
-        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        admin = hmac.compare_digest(given, hashlib.sha256(admin_token.encode()).digest())
+    admin = bool(admin_token) and is_token(
+        authorization, hashlib.sha256(admin_token.encode()).digest()
+    )
     return web.json_response(
         {"api": api, "admin": admin, "open_mode": authenticator.open_mode},
         headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
