@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import sys
 import time
@@ -13,8 +14,9 @@ from pathlib import Path
 from . import __version__
 from .api.server import serve
 from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .exit_codes import ExitCode, epilog
 from .services import operator
-from .services.backup import backup
+from .services.backup import BackupRefused, backup
 from .services.errors import (
     DatabaseMissing,
     DataDirLocked,
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="filesd",
         description="A self-hosted server for the OpenAI-compatible Files API. "
         "With no command, runs `serve`.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"filesd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsck_parser = command(
         "fsck",
-        "check every blob and file; exit status 1 if anything is wrong (server stopped)",
+        f"check every blob and file; exit status {ExitCode.CHECK_FAILED:d} if anything is wrong "
+        "(server stopped)",
         new_database,
     )
     fsck_parser.add_argument(
@@ -91,31 +96,57 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_parser.add_argument(
         "--to", required=True, type=Path, metavar="CONFIG", help="the destination's config file"
     )
-    keys_parser = commands.add_parser(
-        "keys", help="API keys kept in the database (beside [[auth.keys]])"
-    )
+    keys_help = "API keys kept in the database (beside [[auth.keys]])"
+    keys_parser = commands.add_parser("keys", help=keys_help, description=keys_help)
     keys = keys_parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create = keys.add_parser(
-        "create", help="make a key; it is printed once, only its digest kept", parents=[common]
+
+    def keys_action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return keys.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    create = keys_action(
+        "create",
+        "make a key for a project; the key is printed once, only its SHA-256 is kept",
     )
-    create.add_argument("--project", required=True, type=_project)
-    keys.add_parser(
-        "list", help="list the keys (id, project, last characters, dates)", parents=[common]
+    create.add_argument(
+        "--project",
+        required=True,
+        type=_project,
+        help="the project whose files the key reaches (a new name makes a new project)",
     )
-    revoke = keys.add_parser(
-        "revoke", help="revoke a key by its id (takes effect in ~2 s)", parents=[common]
+    keys_action(
+        "list",
+        "list the keys: those made here (id, project, last characters, dates, state) and "
+        "those of the config file's [[auth.keys]] (project and the start of their SHA-256)",
     )
-    revoke.add_argument("key_id")
+    revoke = keys_action(
+        "revoke", "revoke a key made with `keys create` (a running server stops taking it in ~2 s)"
+    )
+    revoke.add_argument("key_id", help="the key's id, as `keys create` and `keys list` print it")
     return parser
+
+
+def _unknown_command(argv: Sequence[str]) -> str | None:
+    """Why `argv` names no command, with the closest one; None if it names one or starts with
+    an option (`filesd --port 8000` is `filesd serve --port 8000`)."""
+    if not argv or argv[0].startswith("-") or argv[0] in COMMANDS:
+        return None
+    close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (choose from {', '.join(COMMANDS)})"
+    return f"unknown command {argv[0]!r}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if unknown := _unknown_command(args_list):
+        parser.print_usage(sys.stderr)
+        print(f"filesd: error: {unknown}", file=sys.stderr)
+        return ExitCode.USAGE
     if not args_list or (
         args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")
     ):
         args_list.insert(0, "serve")
-    args = build_parser().parse_args(args_list)
+    args = parser.parse_args(args_list)
     try:
         config = load_config(args.config).with_overrides(
             host=getattr(args, "host", None),
@@ -125,26 +156,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     _configure_logging(config.log.level)
     try:
         return _run(args, config)
     except ConfigError as e:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
-        return 2
-    except (DatabaseMissing, StorageUnavailable, NotOnTheseBackends) as e:
+        return ExitCode.USAGE
+    except (DatabaseMissing, StorageUnavailable, NotOnTheseBackends, BackupRefused) as e:
         print(f"filesd: {e}", file=sys.stderr)
-        return 2
-    except (DataDirLocked, SchemaTooNew, MigrationError, OSError) as e:
+        return ExitCode.USAGE
+    except DataDirLocked as e:
         print(f"filesd: {e}", file=sys.stderr)
-        return 1
+        return ExitCode.IN_USE
+    except (SchemaTooNew, MigrationError, OSError) as e:
+        print(f"filesd: {e}", file=sys.stderr)
+        return ExitCode.FAILED
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     settings = StoreSettings.from_config(config)
     if args.command == "serve":
         asyncio.run(serve(config, new_database=args.new_database))
-        return 0
+        return ExitCode.OK
     if args.command == "fsck":
         report = asyncio.run(
             operator.fsck(settings, repair=args.repair, new_database=args.new_database)
@@ -152,14 +186,14 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         print("\n".join(report.lines()))
         if args.repair and not report.ok:
             print("repaired")
-        return 0 if report.ok else 1
+        return ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
     if args.command == "gc":
         result = asyncio.run(operator.gc(settings, new_database=args.new_database))
         print(
             f"expired files deleted: {result.expired_files}, deleted rows purged: "
             f"{result.purged_rows}, unused blobs reclaimed: {result.orphaned_blobs}"
         )
-        return 0
+        return ExitCode.OK
     if args.command == "backup":
         copied = backup(settings, args.dest)
         print(
@@ -170,9 +204,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
                 else ""
             )
         )
-        return 0
+        return ExitCode.OK
     if args.command == "migrate":
-        dest = StoreSettings.from_config(load_config(args.to))
+        dest_config = load_config(args.to)
+        dest = StoreSettings.from_config(dest_config)
         if (dest.database, dest.blobs, dest.data_dir) == (
             settings.database,
             settings.blobs,
@@ -190,13 +225,14 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             print(f"verification failed: {line}")
         if not migrated.problems:
             print("verified: every file is in the destination, as it was, with its bytes")
-        return 1 if migrated.problems or migrated.skipped else 0
+        _print_projects(migrated.projects, dest, dest_config, args.to)
+        return ExitCode.CHECK_FAILED if migrated.problems or migrated.skipped else ExitCode.OK
     if args.keys_command == "create":
         key_id, key = asyncio.run(operator.create_key(settings, args.project))
         print(f"{key_id} project={args.project}")
         print(key)
         print("(the key is shown this once; filesd keeps only its SHA-256)", file=sys.stderr)
-        return 0
+        return ExitCode.OK
     if args.keys_command == "list":
         for made in asyncio.run(operator.list_keys(settings)):
             state = f"revoked {_when(made.revoked_at)}" if made.revoked_at else "active"
@@ -204,12 +240,36 @@ def _run(args: argparse.Namespace, config: Config) -> int:
                 f"{made.id}  {made.project}  ...{made.hint}  created {_when(made.created_at)}  "
                 f"{state}"
             )
-        return 0
+        for configured in config.auth.keys:
+            # The digest's start tells the entries apart; no part of a secret is shown.
+            print(
+                f"(config)  {configured.project}  sha256:{configured.key_sha256[:8]}  "
+                "from the config file ([[auth.keys]])"
+            )
+        return ExitCode.OK
     if not asyncio.run(operator.revoke_key(settings, args.key_id)):
         print(f"filesd: no active key {args.key_id!r}", file=sys.stderr)
-        return 1
+        return ExitCode.USAGE
     print(f"revoked {args.key_id}")
-    return 0
+    return ExitCode.OK
+
+
+def _print_projects(
+    projects: dict[str, int], dest: StoreSettings, dest_config: Config, dest_path: Path
+) -> None:
+    """The projects now in the destination, and for each without an active key there the
+    command that makes one: open-mode projects (`open-<hash>`) are reached by no key once the
+    destination's server has keys, and their old tokens then get a 401."""
+    keyed = {k.project for k in dest_config.auth.keys} | {
+        k.project for k in asyncio.run(operator.list_keys(dest)) if not k.revoked_at
+    }
+    for project, count in sorted(projects.items()):
+        reach = (
+            "has a key there"
+            if project in keyed
+            else f"make a key for it: filesd keys create --project {project} --config {dest_path}"
+        )
+        print(f"project {project}: {count} file(s); {reach}")
 
 
 def _when(timestamp: int) -> str:

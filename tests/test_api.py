@@ -716,6 +716,8 @@ async def test_wrong_key_is_401_with_a_masked_key(client: Client, backend: Backe
     error = await assert_error(resp, 401)
     assert error["code"] == "invalid_api_key"
     assert error["message"].startswith("Incorrect API key provided. ")
+    # Keys come from the config file or from `filesd keys create`: the text names both.
+    assert "[[auth.keys]]" in error["message"] and "`filesd keys create`" in error["message"]
     # No part of the key, masked or not (OpenAI echoes `sk-wr***yz`).
     assert "sk-wr" not in error["message"] and "***" not in error["message"]
     resp = await client.get("/v1/files", headers={"Authorization": "Bearer short"})
@@ -758,6 +760,16 @@ async def test_unknown_routes_and_methods_use_the_envelope(client: Client) -> No
     resp = await client.put("/v1/files", headers=ALPHA)
     await assert_error(resp, 405, "Invalid method for URL (PUT /v1/files)")
     assert "POST" in resp.headers["Allow"]
+    # A client whose base_url lacks /v1 is told where the API lives.
+    host = f"{client.host}:{client.port}"
+    for method, path in [("GET", "/files"), ("POST", "/batches"), ("GET", "/uploads/x/y")]:
+        resp = await client.request(method, path, headers=ALPHA)
+        await assert_error(
+            resp,
+            404,
+            f"Invalid URL ({method} {path}): the API is served under /v1, "
+            f"e.g. base_url='http://{host}/v1'",
+        )
     resp = await client.post("/v1/files/abc", headers=ALPHA)
     await assert_error(resp, 405)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -11,13 +12,14 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from filesd.cli import main
+from filesd.cli import build_parser, main
+from filesd.exit_codes import ExitCode, epilog, markdown
 
 from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, temp_files, wait_until_sync
 
@@ -35,7 +37,9 @@ def api(server: ServerProcess, path: str, key: str = ALPHA_KEY, method: str = "G
     return json.loads(body) if path.endswith("/content") is False else body
 
 
-def raw_upload_request(host: str, port: int, content: bytes, *, total: int | None = None) -> bytes:
+def raw_upload_request(
+    host: str, port: int, content: bytes, *, total: int | None = None, key: str = ALPHA_KEY
+) -> bytes:
     """Headers and the start of a multipart upload whose file part holds `content`."""
     boundary = "crash-test-boundary"
     head = (
@@ -47,7 +51,7 @@ def raw_upload_request(host: str, port: int, content: bytes, *, total: int | Non
     length = len(head) + (len(content) if total is None else total) + len(tail)
     request = (
         f"POST /v1/files HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Authorization: Bearer {ALPHA_KEY}\r\n"
+        f"Authorization: Bearer {key}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
     ).encode()
@@ -57,7 +61,7 @@ def raw_upload_request(host: str, port: int, content: bytes, *, total: int | Non
 def upload(server: ServerProcess, content: bytes, key: str = ALPHA_KEY) -> dict[str, Any]:
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(raw_upload_request(host, int(port), content))
+        sock.sendall(raw_upload_request(host, int(port), content, key=key))
         response = _read_all(sock)
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), response[:500]
@@ -99,6 +103,51 @@ def test_bad_flags_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -
     assert "error" in capsys.readouterr().err
 
 
+def test_the_exit_status_table_is_in_help_and_the_readme(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == ExitCode.OK
+    assert epilog() in capsys.readouterr().out
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<!-- exit codes:")
+    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- end of exit codes -->")]
+    assert table == markdown() + "\n"
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("server", "serve"), ("key", "keys"), ("fsk", "fsck"), ("backups", "backup")],
+)
+def test_a_mistyped_command_names_the_closest_one(
+    typo: str, meant: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main([typo, "--data-dir", str(tmp_path / "data")]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"unknown command {typo!r}; did you mean {meant!r}?" in err
+    assert "unrecognized arguments" not in err
+    assert not (tmp_path / "data").exists()  # nothing ran
+
+
+def test_every_command_and_argument_has_help() -> None:
+    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = [
+        f"{parser.prog} {action.dest}"
+        for parser in parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+    assert all(parser.description for parser in parsers(build_parser()))
+
+
 def test_version_and_module_entry_point() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "filesd", "--version"], capture_output=True, text=True, timeout=30
@@ -135,7 +184,7 @@ def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServ
         text=True,
         timeout=30,
     )
-    assert second.returncode == 1
+    assert second.returncode == ExitCode.IN_USE
     assert "in use by another filesd process" in second.stderr
 
 

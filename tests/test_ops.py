@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -18,11 +19,20 @@ import pytest
 
 from filesd.api.appkeys import SERVICES
 from filesd.cli import main
+from filesd.exit_codes import ExitCode
 from filesd.models import KeyRecord
 from filesd.services.keys import key_digest
 from filesd.testing import serve
 
-from .conftest import ALPHA_KEY, KEYS_TOML, ServerProcess, blob_files, wait_until_sync
+from .conftest import (
+    ALPHA_KEY,
+    BETA_KEY,
+    KEYS_TOML,
+    ServerProcess,
+    blob_files,
+    wait_until_sync,
+    write_config,
+)
 from .test_cli import api, upload
 
 pytestmark = pytest.mark.slow
@@ -119,7 +129,7 @@ def test_fsck_and_gc_refuse_beside_a_running_server(
     config = str(tmp_path / "filesd-0.toml")
     for command in ("fsck", "gc"):
         code, out = run(capsys, command, "--config", config)
-        assert code == 1 and "in use by another filesd process" in out
+        assert code == ExitCode.IN_USE and "in use by another filesd process" in out
 
 
 def test_gc_purges_old_deleted_rows_and_reclaims(
@@ -166,7 +176,7 @@ def test_keys_made_in_the_database_work_and_revoke(
         assert run(capsys, "keys", "revoke", key_id, "--data-dir", str(data))[0] == 0
         wait_until_sync(lambda: _status(files, key) == 401, what="the revocation in effect")
         assert "revoked" in run(capsys, "keys", "list", "--data-dir", str(data))[1]
-        assert run(capsys, "keys", "revoke", key_id, "--data-dir", str(data))[0] == 1
+        assert run(capsys, "keys", "revoke", key_id, "--data-dir", str(data))[0] == ExitCode.USAGE
     finally:
         assert server.stop() == 0
     assert key not in server.stderr_text()
@@ -242,7 +252,8 @@ def test_backup_while_serving_restores_exactly(
     assert api(restored, "/v1/files") == listing
     for file_id, content in contents.items():
         assert api(restored, f"/v1/files/{file_id}/content") == content
-    assert run(capsys, "backup", str(dest), "--data-dir", str(tmp_path / "data"))[0] == 1
+    code, out = run(capsys, "backup", str(dest), "--data-dir", str(tmp_path / "data"))
+    assert code == ExitCode.USAGE and f"{dest} is not empty" in out
     assert restored.stop() == 0
 
 
@@ -254,7 +265,7 @@ def test_backup_into_the_data_dir_itself_is_refused(
     assert run(capsys, "keys", "create", "--project", "p", "--data-dir", str(data))[0] == 0
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     code, out = run(capsys, "backup", str(data / where), "--data-dir", str(data))
-    assert code == 1 and "inside the data directory" in out
+    assert code == ExitCode.USAGE and "inside the data directory" in out
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
 
 
@@ -290,3 +301,83 @@ def test_a_key_clashing_with_the_admin_token_at_run_time_is_left_out_not_the_rel
     said = [r for r in caplog.records if "key_clash" in r.getMessage()]
     assert len(said) == 1 and token not in said[0].getMessage()
     assert not [r for r in caplog.records if "reloading API keys failed" in r.getMessage()]
+
+
+def test_backup_of_a_data_dir_without_a_database_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out = run(capsys, "backup", str(tmp_path / "dest"), "--data-dir", str(tmp_path / "empty"))
+    assert code == ExitCode.USAGE and "no filesd database in" in out
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_database_of_a_newer_filesd_fails_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    assert run(capsys, "keys", "create", "--project", "p", "--data-dir", str(data))[0] == 0
+    with contextlib.closing(sqlite3.connect(data / "filesd.db")) as conn:
+        conn.execute("PRAGMA user_version = 9999")
+    for command in ("fsck", "gc"):
+        code, out = run(capsys, command, "--data-dir", str(data))
+        assert code == ExitCode.FAILED and "newer than this filesd supports" in out
+
+
+def test_keys_list_shows_the_config_files_keys_without_their_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "filesd.toml", tmp_path / "data")
+    code, out = run(capsys, "keys", "create", "--project", "made", "--config", str(config))
+    key = out.splitlines()[1]
+    code, out = run(capsys, "keys", "list", "--config", str(config))
+    assert code == ExitCode.OK
+    lines = out.splitlines()
+    assert len(lines) == 3 and "made" in lines[0] and f"...{key[-4:]}" in lines[0]
+    for line, project, secret in zip(
+        lines[1:], ["alpha", "beta"], [ALPHA_KEY, BETA_KEY], strict=True
+    ):
+        assert line == (
+            f"(config)  {project}  sha256:{key_digest(secret)[:8]}  "
+            "from the config file ([[auth.keys]])"
+        )
+        assert secret not in out and secret[-4:] not in out
+
+
+def test_migrate_from_open_mode_says_how_to_reach_each_project_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Open mode's projects are named from the tokens' digests; once the destination has keys
+    those tokens get a 401, so migrate names each project and the command that makes it a key."""
+    source = tmp_path / "open.toml"
+    source.write_text(f'[storage]\ndata_dir = "{tmp_path / "open-data"}"\n')
+    server = ServerProcess(["--config", str(source)], cwd=tmp_path)
+    try:
+        first = upload(server, b"first token's file", key="token-one-0123456789")
+        upload(server, b"second token's file", key="token-two-0123456789")
+        upload(server, b"second token's other file", key="token-two-0123456789")
+    finally:
+        assert server.stop() == 0
+    dest = write_config(tmp_path / "shared.toml", tmp_path / "shared-data")  # alpha and beta
+    code, out = run(capsys, "migrate", "--to", str(dest), "--config", str(source))
+    assert code == ExitCode.OK, out
+    one, two = (
+        "open-" + key_digest(token)[:32]
+        for token in ("token-one-0123456789", "token-two-0123456789")
+    )
+    make_one = f"filesd keys create --project {one} --config {dest}"
+    assert f"project {one}: 1 file(s); make a key for it: {make_one}" in out, out
+    assert f"project {two}: 2 file(s); make a key for it: filesd keys create --project {two}" in out
+
+    code, made = run(capsys, *make_one.split()[1:])
+    assert code == ExitCode.OK
+    key = made.splitlines()[1]
+    # Run again, the project now has a key; the files are there already.
+    code, out = run(capsys, "migrate", "--to", str(dest), "--config", str(source))
+    assert code == ExitCode.OK and f"project {one}: 1 file(s); has a key there" in out
+    server = ServerProcess(["--config", str(dest)], cwd=tmp_path)
+    try:
+        assert _status(f"{server.url}/v1/files/{first['id']}", key) == 200
+        assert _status(f"{server.url}/v1/files/{first['id']}", "token-one-0123456789") == 401
+    finally:
+        assert server.stop() == 0

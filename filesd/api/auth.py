@@ -70,8 +70,8 @@ class Authenticator:
         # OpenAI echoes a masked key here (`sk-ab***yz`); filesd shows no part of a key in
         # any message: a log line or a proxy's error page would carry it on.
         raise AuthenticationFailed(
-            "Incorrect API key provided. You can find your API key in the filesd "
-            "configuration ([[auth.keys]]) or ask the operator (`filesd keys create`).",
+            "Incorrect API key provided. This server accepts the keys of its configuration "
+            "([[auth.keys]]) and those made with `filesd keys create`: ask its operator for one.",
             code="invalid_api_key",
         )
 

@@ -113,8 +113,18 @@ def error_response(error: ApiError) -> web.Response:
 
 
 def invalid_url(request: web.BaseRequest, headers: Mapping[str, str] | None = None) -> NotFound:
-    """OpenAI's 404 for a route that does not exist."""
-    return NotFound(f"Invalid URL ({request.method} {request.path})", headers=headers)
+    """OpenAI's 404 for a route that does not exist; a path of the API without its `/v1`
+    (a client's `base_url` missing it) is told where the API lives."""
+    message = f"Invalid URL ({request.method} {request.path})"
+    if request.path.split("/")[1] in _API_ROOTS:
+        message += (
+            f": the API is served under /v1, e.g. base_url='{request.scheme}://{request.host}/v1'"
+        )
+    return NotFound(message, headers=headers)
+
+
+# The first segments of the API's paths after /v1.
+_API_ROOTS = frozenset({"files", "batches", "uploads"})
 
 
 async def add_api_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:

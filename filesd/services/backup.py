@@ -15,8 +15,9 @@ from .errors import NotOnTheseBackends
 from .settings import StoreSettings
 
 
-class BackupRefused(OSError):
-    """The backup's destination is the data directory itself, or inside it."""
+class BackupRefused(Exception):
+    """The backup cannot be taken as asked: the destination is inside the data directory or
+    not empty, or the data directory holds no filesd database. Nothing was written."""
 
 
 @dataclass
@@ -50,10 +51,10 @@ def backup(settings: StoreSettings, dest: Path) -> BackupReport:
         # A copy inside its own source would be swept as stray files, or copied into itself.
         raise BackupRefused(f"{dest} is inside the data directory {data_dir}: back up elsewhere")
     if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty")
+        raise BackupRefused(f"{dest} is not empty: back up into an empty or new directory")
     source_db = database_path(data_dir)
     if not source_db.is_file():
-        raise FileNotFoundError(f"no filesd database in {data_dir}")
+        raise BackupRefused(f"no filesd database in {data_dir}")
     source, target = BlobDir(data_dir), BlobDir(dest)
     target.prepare_sync()
     digests = snapshot_database(source_db, database_path(dest))

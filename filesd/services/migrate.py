@@ -24,6 +24,8 @@ class MigrationReport:
     keys: int = 0
     skipped: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Files in the destination by project, copied now or by an earlier run.
+    projects: dict[str, int] = field(default_factory=dict)
 
 
 async def migrate(source: Services, dest: Services, *, batch: int = 200) -> MigrationReport:
@@ -41,6 +43,7 @@ async def migrate(source: Services, dest: Services, *, batch: int = 200) -> Migr
         try:
             for record in chunk:
                 if record.id in present:
+                    _count(report.projects, record.project)
                     continue
                 if record.status == "error":
                     report.skipped.append(f"{record.id}: marked damaged")
@@ -63,6 +66,8 @@ async def migrate(source: Services, dest: Services, *, batch: int = 200) -> Migr
         if todo:
             await dest.committer.import_files(todo, staged)
         report.copied += len(todo)
+        for record in todo:
+            _count(report.projects, record.project)
     known = {k.id for k in await dest.keys.all()}
     for key in await source.keys.all():
         if key.id not in known:
@@ -70,6 +75,10 @@ async def migrate(source: Services, dest: Services, *, batch: int = 200) -> Migr
             report.keys += 1
     report.problems = await _verify_copy(dest, [r for r in records if r.status != "error"], report)
     return report
+
+
+def _count(projects: dict[str, int], project: str) -> None:
+    projects[project] = projects.get(project, 0) + 1
 
 
 async def _verify_copy(
