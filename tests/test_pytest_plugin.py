@@ -88,3 +88,65 @@ def test_serve_with_configured_keys_mints_working_keys() -> None:
         )
         with stranger, pytest.raises(openai.AuthenticationError):
             stranger.files.list()
+
+
+LEFT_OPEN = """
+import gc
+
+
+def test_sync_client_left_open(filesd):
+    assert filesd.openai().files.list().data == []  # never closed, as tests often do
+
+
+async def test_async_client_left_open(filesd):
+    assert (await filesd.async_openai().files.list()).data == []
+
+
+def test_project_of_the_session_server_left_open(filesd_server):
+    assert filesd_server.new_project().openai().files.list().data == []
+
+
+def test_an_unrelated_test_that_collects_garbage():
+    gc.collect()
+"""
+
+
+def test_the_plugin_closes_the_clients_it_made(pytester: pytest.Pytester) -> None:
+    """A client a test left open is closed by the plugin, not left for the garbage collector
+    to warn about in whichever test happens to collect it."""
+    pytester.makepyfile(test_left_open=LEFT_OPEN)
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-W",
+        "error::ResourceWarning",
+        "-W",
+        "error::pytest.PytestUnraisableExceptionWarning",
+    )
+    result.assert_outcomes(passed=4)
+
+
+def test_without_openai_the_plugin_says_what_to_install(pytester: pytest.Pytester) -> None:
+    # The import fails as it does where openai is not installed (None in sys.modules makes
+    # `import openai` raise ModuleNotFoundError), before any test asks for a client.
+    pytester.makeconftest("import sys\nsys.modules['openai'] = None\n")
+    pytester.makepyfile(
+        test_no_sdk="""
+def test_the_plugin_loads_and_serves(filesd_server):
+    assert filesd_server.url.startswith("http://127.0.0.1:")
+
+
+def test_asking_for_a_client(filesd):
+    filesd.openai()
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * ModuleNotFoundError: filesd's test clients need the `openai` package, which "
+            "filesd does not install: pip install openai"
+        ]
+    )

@@ -20,8 +20,9 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -34,26 +35,73 @@ if TYPE_CHECKING:
     import openai as openai_sdk  # the methods below are named `openai`
 
 
+OPENAI_MISSING = (
+    "filesd's test clients need the `openai` package, which filesd does not install: "
+    "pip install openai"
+)
+
+
+def _openai_sdk() -> ModuleType:
+    """The `openai` module, or an ImportError that says in one sentence what to install."""
+    try:
+        import openai
+    except ModuleNotFoundError as error:
+        if error.name != "openai":
+            raise
+        raise ModuleNotFoundError(OPENAI_MISSING, name="openai") from None
+    return openai
+
+
 @dataclass(frozen=True)
 class FilesdProject:
-    """One project on a server: its API key, and clients for it."""
+    """One project on a server: its API key, and clients for it.
+
+    The clients it makes are its own to close: `close()` closes them (the pytest plugin calls it
+    when the test ends, `serve()` when its block ends), so a test that never closes its client
+    leaves no socket open. An async client is closed on the event loop it was made in while that
+    loop is open; one made outside a running loop and used in a loop that has since closed (as
+    with `asyncio.run`) cannot be, and is for its user to close (`async with`).
+    """
 
     base_url: str
     api_key: str
+    _clients: list[openai_sdk.OpenAI] = field(default_factory=list, repr=False, compare=False)
+    # each with the loop it was made in, when one was running
+    _async_clients: list[tuple[openai_sdk.AsyncOpenAI, asyncio.AbstractEventLoop | None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An `openai.OpenAI` for this project (max_retries=0 unless given)."""
-        import openai
-
         kwargs.setdefault("max_retries", 0)
-        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+        client: openai_sdk.OpenAI = _openai_sdk().OpenAI(
+            base_url=self.base_url, api_key=self.api_key, **kwargs
+        )
+        self._clients.append(client)
+        return client
 
     def async_openai(self, **kwargs: Any) -> openai_sdk.AsyncOpenAI:
         """An `openai.AsyncOpenAI` for this project (max_retries=0 unless given)."""
-        import openai
-
         kwargs.setdefault("max_retries", 0)
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+        client: openai_sdk.AsyncOpenAI = _openai_sdk().AsyncOpenAI(
+            base_url=self.base_url, api_key=self.api_key, **kwargs
+        )
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._async_clients.append((client, loop))
+        return client
+
+    def close(self) -> None:
+        """Close the clients this project made that are still open (see the class's note)."""
+        clients, self._clients[:] = list(self._clients), []
+        for client in clients:
+            client.close()
+        async_clients, self._async_clients[:] = list(self._async_clients), []
+        for async_client, loop in async_clients:
+            if loop is not None and not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(async_client.close())
 
 
 class FilesdServer:
@@ -66,6 +114,7 @@ class FilesdServer:
         self.data_dir = config.storage.data_dir
         self._loop = loop
         self._app: web.Application = app
+        self._projects: list[FilesdProject] = []
 
     def new_project(self, name: str | None = None) -> FilesdProject:
         """A project no other caller sees, with its own key.
@@ -77,7 +126,14 @@ class FilesdServer:
         """
         project = name or f"test-{uuid.uuid4().hex[:12]}"
         future = asyncio.run_coroutine_threadsafe(self._new_key(project), self._loop)
-        return FilesdProject(self.base_url, future.result(timeout=30))
+        made = FilesdProject(self.base_url, future.result(timeout=30))
+        self._projects.append(made)
+        return made
+
+    def close_clients(self) -> None:
+        """Close the clients of every project this server handed out (`FilesdProject.close`)."""
+        for project in self._projects:
+            project.close()
 
     async def _new_key(self, project: str) -> str:
         from ..api.app import reload_keys
@@ -118,6 +174,7 @@ def serve(
         try:
             yield server
         finally:
+            server.close_clients()
             started["loop"].call_soon_threadsafe(started["stop"].set)
             thread.join(60)
 

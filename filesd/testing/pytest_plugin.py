@@ -9,7 +9,8 @@
   directory; `.url`, `.base_url`, `.data_dir`, `.new_project()`.
 - `filesd` (function): a fresh, empty project on it for each test (tests never see each other's
   files, under pytest-xdist too: every worker has its own server); `.base_url`, `.api_key`,
-  `.openai()`, `.async_openai()` (max_retries=0 unless given).
+  `.openai()`, `.async_openai()` (max_retries=0 unless given; the clients are closed when the
+  test ends).
 - Settings: the ini option `filesd_config` (TOML, added to the server's configuration), and the
   marker `@pytest.mark.filesd(limits={...})`, which gives that test a server of its own with
   those tables added.
@@ -38,6 +39,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "filesd(**tables): run this test against its own filesd with these settings"
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Close the test's clients as soon as it returns: an async test's event loop (pytest-asyncio's
+    or pytest-aiohttp's) is still open then, and is closed before the fixture's teardown."""
+    try:
+        return (yield)
+    finally:
+        project = getattr(item, "funcargs", {}).get("filesd")
+        if isinstance(project, FilesdProject):
+            project.close()
 
 
 def _ini_tables(config: pytest.Config) -> dict[str, Any]:
@@ -72,7 +85,11 @@ def filesd(
     marker = request.node.get_closest_marker("filesd")
     if marker is None:
         server: FilesdServer = request.getfixturevalue("filesd_server")
-        yield server.new_project()
+        project = server.new_project()
+        yield project
+        # now, not at the session's end: a socket left to the garbage collector warns in
+        # whichever later test happens to collect it
+        project.close()
         return
     tables = _merged(_ini_tables(pytestconfig), dict(marker.kwargs))
     with serve(data_dir=tmp_path_factory.mktemp("filesd"), **tables) as own:
