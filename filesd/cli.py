@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -12,7 +13,15 @@ from pathlib import Path
 
 from . import __version__
 from .api.server import serve
-from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .config import (
+    CONFIG_ENV,
+    CONFIG_IN_CWD,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    find_config,
+    load_config,
+)
 from .services import operator
 from .services.backup import backup
 from .services.errors import (
@@ -37,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"filesd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML configuration file")
+    common.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML configuration file (default: ${CONFIG_ENV}, else ./{CONFIG_IN_CWD} if there)",
+    )
     common.add_argument(
         "--data-dir", type=Path, help="where files are kept (overrides storage.data_dir)"
     )
@@ -117,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     try:
-        config = load_config(args.config).with_overrides(
+        config_path, found_by = find_config(args.config, os.environ, Path.cwd())
+        config = load_config(config_path).with_overrides(
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             data_dir=args.data_dir.resolve() if args.data_dir else None,
@@ -127,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return 2
     _configure_logging(config.log.level)
+    _say_which_config(config_path, found_by)
     try:
         return _run(args, config)
     except ConfigError as e:
@@ -210,6 +225,18 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return 1
     print(f"revoked {args.key_id}")
     return 0
+
+
+def _say_which_config(path: Path | None, found_by: str) -> None:
+    """One line on stderr (stdout is each command's output): the file read, or none."""
+    if path is None:
+        print(
+            f"filesd: no configuration file (no --config, {CONFIG_ENV} or ./{CONFIG_IN_CWD}): "
+            "defaults",
+            file=sys.stderr,
+        )
+    else:
+        print(f"filesd: configuration from {path.resolve()} ({found_by})", file=sys.stderr)
 
 
 def _when(timestamp: int) -> str:

@@ -664,6 +664,26 @@ def _token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+CONFIG_ENV = "FILESD_CONFIG"
+CONFIG_IN_CWD = "filesd.toml"
+
+
+def find_config(
+    explicit: Path | None, environ: Mapping[str, str], cwd: Path
+) -> tuple[Path | None, str]:
+    """The configuration file to read and why it is that one: `--config` (`explicit`), else
+    the file `FILESD_CONFIG` names (a missing one is `load_config`'s error, not a fallback),
+    else `filesd.toml` in the working directory when there is one, else `(None, "")`: the
+    defaults. An empty `FILESD_CONFIG` counts as unset."""
+    if explicit is not None:
+        return explicit, "--config"
+    if named := environ.get(CONFIG_ENV, ""):
+        return Path(named), CONFIG_ENV
+    if (cwd / CONFIG_IN_CWD).is_file():
+        return cwd / CONFIG_IN_CWD, "the working directory"
+    return None, ""
+
+
 def load_config(path: Path | None) -> Config:
     """Read and validate a TOML file; `None` gives the defaults (data_dir relative to the cwd)."""
     if path is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +119,100 @@ def test_starts_on_defaults_in_the_working_directory(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert "running open" in server.stderr_text()
+
+
+def _post_json(server: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {ALPHA_KEY}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_batch_apis_advice_to_edit_filesd_toml_and_restart_works(tmp_path: Path) -> None:
+    # The 400 says: set [batches] upstream in filesd.toml, then restart filesd. Done as told,
+    # with `filesd` started the same way both times (no --config), it takes effect.
+    env = {"FILESD_CONFIG": ""}
+    batch = {"input_file_id": "file-x", "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    server = ServerProcess([], cwd=tmp_path, env=env)
+    try:
+        status, body = _post_json(server, "/v1/batches", batch)
+    finally:
+        assert server.stop() == 0
+    assert (status, body["error"]["code"]) == (400, "batches_disabled")
+    assert "filesd.toml" in body["error"]["message"]
+    assert "no configuration file" in server.stderr_text()
+    (tmp_path / "filesd.toml").write_text('[batches]\nupstream = "echo"\n')
+    server = ServerProcess([], cwd=tmp_path, env=env)
+    try:
+        status, body = _post_json(server, "/v1/batches", batch)
+    finally:
+        assert server.stop() == 0
+    assert (status, body["object"]) == (200, "batch"), body
+    loaded = f"configuration from {tmp_path / 'filesd.toml'} (the working directory)"
+    assert loaded in server.stderr_text()
+
+
+def test_config_file_precedence_flag_then_variable_then_working_directory(
+    tmp_path: Path,
+) -> None:
+    for name in ("flag", "variable", "cwd"):
+        (tmp_path / f"{name}.toml").write_text(f'[storage]\ndata_dir = "{name}-data"\n')
+    (tmp_path / "cwd.toml").rename(tmp_path / "filesd.toml")
+
+    def run(*args: str, variable: str = "") -> tuple[str, str]:
+        """The data dir `filesd keys list` made, and its line about the configuration."""
+        before = set(tmp_path.iterdir())
+        result = subprocess.run(
+            [sys.executable, "-m", "filesd", "keys", "list", *args],
+            cwd=tmp_path,
+            env={**os.environ, "FILESD_CONFIG": variable},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        made = [p.name for p in set(tmp_path.iterdir()) - before]
+        assert len(made) == 1, made
+        shutil.rmtree(tmp_path / made[0])
+        return made[0], result.stderr.strip()
+
+    flag, variable = tmp_path / "flag.toml", tmp_path / "variable.toml"
+    assert run("--config", str(flag), variable=str(variable)) == (
+        "flag-data",
+        f"filesd: configuration from {flag} (--config)",
+    )
+    assert run(variable=str(variable)) == (
+        "variable-data",
+        f"filesd: configuration from {variable} (FILESD_CONFIG)",
+    )
+    assert run() == (
+        "cwd-data",
+        f"filesd: configuration from {tmp_path / 'filesd.toml'} (the working directory)",
+    )
+    (tmp_path / "filesd.toml").unlink()
+    made, said = run()
+    assert made == "filesd-data"
+    assert said.startswith("filesd: no configuration file")
+    # A variable that names no file is a mistake to report, not a reason to fall back.
+    (tmp_path / "filesd.toml").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "filesd", "gc"],
+        cwd=tmp_path,
+        env={**os.environ, "FILESD_CONFIG": str(tmp_path / "missing.toml")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"config file not found: {tmp_path / 'missing.toml'}" in result.stderr
+    assert not (tmp_path / "filesd-data").exists()
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServer) -> None:
