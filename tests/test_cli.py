@@ -215,6 +215,60 @@ def test_config_file_precedence_flag_then_variable_then_working_directory(
     assert not (tmp_path / "filesd-data").exists()
 
 
+def _filesd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "filesd", *args],
+        cwd=cwd,
+        env={**os.environ, "FILESD_CONFIG": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _filesd("serve", "--port", str(port), "--data-dir", "data", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"server.port (--port): port {port} on 127.0.0.1 is already in use by another process"
+        in result.stderr
+    )
+    assert "Errno" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        ("192.0.2.1", "'192.0.2.1' is not an address of this machine"),  # TEST-NET-1
+        ("no-such-host.invalid", "cannot resolve 'no-such-host.invalid'"),
+    ],
+)
+def test_a_host_to_listen_on_that_cannot_be_is_a_configuration_error(
+    tmp_path: Path, host: str, said: str
+) -> None:
+    result = _filesd("serve", "--host", host, "--port", "0", "--data-dir", "data", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"server.host (--host): {said}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "gc"])
+def test_an_unusable_data_dir_is_a_configuration_error_naming_the_setting(
+    tmp_path: Path, command: str
+) -> None:
+    # Under a regular file: no directory can be made there, not even by root (whom a chmod
+    # would not stop).
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "data"
+    result = _filesd(command, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"storage.data_dir: cannot use {data_dir} as the data directory" in result.stderr
+    assert "Errno" not in result.stderr and "filesd.lock" not in result.stderr
+
+
 def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServer) -> None:
     first = start_server()
     second = subprocess.run(

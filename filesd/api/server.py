@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from ..config import Config
+from ..config import Config, ConfigError
 from .accesslog import AccessLogger
 from .app import create_app
 from .appkeys import CONNECTIONS, REQUESTS
@@ -82,19 +84,38 @@ async def running(
             access_log_class=AccessLogger,
             access_log=logging.getLogger("aiohttp.access") if log_access else None,
         )
-        listener = await loop.create_server(
-            factory,
-            config.server.host,
-            config.server.port,
-            reuse_address=True,
-            backlog=BACKLOG,
-        )
+        listener = await _listen(loop, factory, config)
         urls = [format_url(sock.getsockname()) for sock in listener.sockets]
         yield RunningServer(app, urls, listener)
     finally:
         if listener is not None:
             listener.close()
         await runner.cleanup()
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], config: Config
+) -> asyncio.Server:
+    """Listen on `[server] host` and `port`; a failure is a `ConfigError` naming the setting
+    to change (the raw errno names neither)."""
+    host, port = config.server.host, config.server.port
+    try:
+        return await loop.create_server(factory, host, port, reuse_address=True, backlog=BACKLOG)
+    except socket.gaierror as e:
+        raise ConfigError(
+            f"server.host (--host): cannot resolve {host!r} ({e.strerror or e})"
+        ) from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"server.port (--port): port {port} on {host} is already in use by another "
+                "process; choose another port, or 0 for a free one"
+            ) from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"server.host (--host): {host!r} is not an address of this machine"
+            ) from None
+        raise
 
 
 async def serve(config: Config, *, new_database: bool = False) -> None:
