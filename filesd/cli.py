@@ -260,6 +260,9 @@ def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # "Found credentials in ..." at INFO on every command that opens S3: noise, not news.
+    for noisy in ("botocore.credentials", "aiobotocore.credentials"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _lean_log_records() -> None:

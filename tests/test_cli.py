@@ -16,12 +16,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from filesd.cli import main
 
-from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, temp_files, wait_until_sync
+from .conftest import ALPHA_KEY, BETA_KEY, KEYS_TOML, ServerProcess, temp_files, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -267,6 +268,52 @@ def test_an_unusable_data_dir_is_a_configuration_error_naming_the_setting(
     assert result.returncode == 2, result.stderr
     assert f"storage.data_dir: cannot use {data_dir} as the data directory" in result.stderr
     assert "Errno" not in result.stderr and "filesd.lock" not in result.stderr
+
+
+def test_the_start_line_names_the_database_and_bucket_and_no_credentials_line_is_logged(
+    tmp_path: Path, postgres_dsn: str, s3_bucket: Any
+) -> None:
+    dsn = urlsplit(postgres_dsn)
+    password = dsn.password or "never-shown-password"  # trust auth ignores one it did not need
+    user = dsn.username or "postgres"
+    netloc = f"{user}:{password}@{dsn.hostname}:{dsn.port}"
+    endpoint = urlsplit(s3_bucket.endpoint)
+    config = tmp_path / "shared.toml"
+    # Credentials from the environment: the chain that logs "Found credentials in ...".
+    config.write_text(
+        "[storage]\n"
+        f'data_dir = "{tmp_path / "spool"}"\n'
+        f'database = "{dsn._replace(netloc=netloc).geturl()}"\n'
+        f'blobs = "{s3_bucket.blobs_url("team")}"\n'
+        f'[storage.s3]\nendpoint = "{s3_bucket.endpoint}"\n'
+        f"{KEYS_TOML}"
+    )
+    env = {**s3_bucket.env(), "FILESD_CONFIG": str(config)}
+    server = ServerProcess(["--log-level", "info"], cwd=tmp_path, env=env)
+    try:
+        assert api(server, "/v1/files")["object"] == "list"
+    finally:
+        assert server.stop() == 0
+    start_line = server.stdout_text().splitlines()[0]
+    assert start_line == (
+        f"filesd listening on {server.url} (metadata in PostgreSQL {user}@{dsn.hostname}:"
+        f"{dsn.port}, database {dsn.path.lstrip('/')!r}; blobs in s3://{s3_bucket.bucket}/team"
+        f" at {endpoint.hostname}:{endpoint.port}; local data in {tmp_path / 'spool'})"
+    )
+    assert server.data_dir == tmp_path / "spool"
+    assert password not in server.stdout_text() + server.stderr_text()
+    assert "INFO" in server.stderr_text()  # the level lets INFO lines through...
+    assert "Found credentials" not in server.stderr_text()  # ...but not botocore's
+    listed = subprocess.run(
+        [sys.executable, "-m", "filesd", "keys", "list", "--log-level", "info"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "Found credentials" not in listed.stderr
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServer) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, describe_storage
 from .accesslog import AccessLogger
 from .app import create_app
 from .appkeys import CONNECTIONS, REQUESTS
@@ -123,7 +123,7 @@ async def serve(config: Config, *, new_database: bool = False) -> None:
     fit_descriptor_limit(config.server.max_connections)
     async with running(config, new_database=new_database) as server:
         print(
-            f"filesd listening on {', '.join(server.urls)} (data in {config.storage.data_dir})",
+            f"filesd listening on {', '.join(server.urls)} ({describe_storage(config.storage)})",
             flush=True,
         )
         stop = asyncio.Event()
