@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import difflib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -13,7 +14,15 @@ from pathlib import Path
 
 from . import __version__
 from .api.server import serve
-from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .config import (
+    CONFIG_ENV,
+    CONFIG_IN_CWD,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    find_config,
+    load_config,
+)
 from .exit_codes import ExitCode, epilog
 from .services import operator
 from .services.backup import BackupRefused, backup
@@ -41,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"filesd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML configuration file")
+    common.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML configuration file (default: ${CONFIG_ENV}, else ./{CONFIG_IN_CWD} if there)",
+    )
     common.add_argument(
         "--data-dir", type=Path, help="where files are kept (overrides storage.data_dir)"
     )
@@ -148,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "serve")
     args = parser.parse_args(args_list)
     try:
-        config = load_config(args.config).with_overrides(
+        config_path, found_by = find_config(args.config, os.environ, Path.cwd())
+        config = load_config(config_path).with_overrides(
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             data_dir=args.data_dir.resolve() if args.data_dir else None,
@@ -158,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"filesd: configuration error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     _configure_logging(config.log.level)
+    _say_which_config(config_path, found_by)
     try:
         return _run(args, config)
     except ConfigError as e:
@@ -272,6 +287,18 @@ def _print_projects(
         print(f"project {project}: {count} file(s); {reach}")
 
 
+def _say_which_config(path: Path | None, found_by: str) -> None:
+    """One line on stderr (stdout is each command's output): the file read, or none."""
+    if path is None:
+        print(
+            f"filesd: no configuration file (no --config, {CONFIG_ENV} or ./{CONFIG_IN_CWD}): "
+            "defaults",
+            file=sys.stderr,
+        )
+    else:
+        print(f"filesd: configuration from {path.resolve()} ({found_by})", file=sys.stderr)
+
+
 def _when(timestamp: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp)) + "Z"
 
@@ -293,6 +320,9 @@ def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # "Found credentials in ..." at INFO on every command that opens S3: noise, not news.
+    for noisy in ("botocore.credentials", "aiobotocore.credentials"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _lean_log_records() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -230,7 +230,7 @@ def postgres_url_problem(url: str) -> str | None:
     A user name or password holding an unencoded "@", "/", "?", "#" or bracket spills into
     the host, port, path or query: parsers then disagree on where it ends (the driver splits
     at the first "@", urllib at the last), and the parts that messages show (host, port,
-    database: `storage/postgres.py`'s `describe_dsn`) would hold a piece of the password."""
+    database: `describe_dsn`) would hold a piece of the password."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (read for its ValueError)
@@ -240,6 +240,36 @@ def postgres_url_problem(url: str) -> str | None:
     if "@" in userinfo or "@" in parts.path + parts.query + parts.fragment:
         return 'an "@" that does not end the user name and password'
     return None
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, for messages: user, host, port and database, never the password
+    (nor, for a URL whose password would spill into them, these parts: `postgres_url_problem`)."""
+    if postgres_url_problem(dsn) is not None:
+        return "the PostgreSQL server of storage.database"
+    parts = urlsplit(dsn)
+    user = f"{unquote(parts.username)}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    address = f"{f'[{host}]' if ':' in host else host}:{parts.port or 5432}"
+    database = unquote(parts.path.lstrip("/")) or "(default)"
+    return f"PostgreSQL {user}{address}, database {database!r}"
+
+
+def describe_storage(storage: StorageConfig) -> str:
+    """Where the metadata and the bytes are, for the start line, without secrets: the data dir
+    alone when it holds both; else the database (`describe_dsn`), the bucket and its endpoint's
+    host, and the data dir (then only the local spool, or the blobs beside PostgreSQL)."""
+    if not storage.database and not storage.blobs:
+        return f"data in {storage.data_dir}"
+    metadata = describe_dsn(storage.database) if storage.database else "SQLite"
+    if storage.blobs:
+        endpoint = urlsplit(storage.s3.endpoint)
+        # The host and port only: an endpoint URL could carry a user and password.
+        at = f" at {endpoint.hostname}" + (f":{endpoint.port}" if endpoint.port else "")
+        blobs = storage.blobs + (at if endpoint.hostname else "")
+    else:
+        blobs = "the data dir"
+    return f"metadata in {metadata}; blobs in {blobs}; local data in {storage.data_dir}"
 
 
 def _blobs(value: str) -> str:
@@ -662,6 +692,26 @@ def reused_token(admin: str, metrics: str, keys: Iterable[tuple[str, str]]) -> s
 def _token_digest(token: str) -> str:
     # As a presented key is hashed (api/auth.py).
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+CONFIG_ENV = "FILESD_CONFIG"
+CONFIG_IN_CWD = "filesd.toml"
+
+
+def find_config(
+    explicit: Path | None, environ: Mapping[str, str], cwd: Path
+) -> tuple[Path | None, str]:
+    """The configuration file to read and why it is that one: `--config` (`explicit`), else
+    the file `FILESD_CONFIG` names (a missing one is `load_config`'s error, not a fallback),
+    else `filesd.toml` in the working directory when there is one, else `(None, "")`: the
+    defaults. An empty `FILESD_CONFIG` counts as unset."""
+    if explicit is not None:
+        return explicit, "--config"
+    if named := environ.get(CONFIG_ENV, ""):
+        return Path(named), CONFIG_ENV
+    if (cwd / CONFIG_IN_CWD).is_file():
+        return cwd / CONFIG_IN_CWD, "the working directory"
+    return None, ""
 
 
 def load_config(path: Path | None) -> Config:

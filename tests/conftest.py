@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import io
 import json
+import os
 import signal
 import tarfile
 import time
@@ -23,12 +24,16 @@ from filesd.api.app import create_app
 from filesd.api.appkeys import CONFIG
 from filesd.api.openapi import ROUTES, openapi_document
 from filesd.api.routing import Routes
-from filesd.config import Config, parse_config
+from filesd.config import CONFIG_ENV, Config, parse_config
 from filesd.testing.process import ServerProcess as ServerProcess
 
 from .pg_service import PostgresServer
 from .pg_service import start_server as start_postgres
 from .s3_service import S3Bucket, fresh_bucket, moto_server
+
+# The servers and commands the tests start read the config they are given, not one the
+# developer's shell names (tests about FILESD_CONFIG set it themselves).
+os.environ.pop(CONFIG_ENV, None)
 
 ALPHA_KEY = "sk-test-alpha-0123456789"
 BETA_KEY = "sk-test-beta-9876543210"

@@ -6,22 +6,25 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from filesd.cli import build_parser, main
 from filesd.exit_codes import ExitCode, epilog, markdown
 
-from .conftest import ALPHA_KEY, BETA_KEY, ServerProcess, temp_files, wait_until_sync
+from .conftest import ALPHA_KEY, BETA_KEY, KEYS_TOML, ServerProcess, temp_files, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +169,200 @@ def test_starts_on_defaults_in_the_working_directory(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert "running open" in server.stderr_text()
+
+
+def _post_json(server: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {ALPHA_KEY}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_batch_apis_advice_to_edit_filesd_toml_and_restart_works(tmp_path: Path) -> None:
+    # The 400 says: set [batches] upstream in filesd.toml, then restart filesd. Done as told,
+    # with `filesd` started the same way both times (no --config), it takes effect.
+    env = {"FILESD_CONFIG": ""}
+    batch = {"input_file_id": "file-x", "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    server = ServerProcess([], cwd=tmp_path, env=env)
+    try:
+        status, body = _post_json(server, "/v1/batches", batch)
+    finally:
+        assert server.stop() == 0
+    assert (status, body["error"]["code"]) == (400, "batches_disabled")
+    assert "filesd.toml" in body["error"]["message"]
+    assert "no configuration file" in server.stderr_text()
+    (tmp_path / "filesd.toml").write_text('[batches]\nupstream = "echo"\n')
+    server = ServerProcess([], cwd=tmp_path, env=env)
+    try:
+        status, body = _post_json(server, "/v1/batches", batch)
+    finally:
+        assert server.stop() == 0
+    assert (status, body["object"]) == (200, "batch"), body
+    loaded = f"configuration from {tmp_path / 'filesd.toml'} (the working directory)"
+    assert loaded in server.stderr_text()
+
+
+def test_config_file_precedence_flag_then_variable_then_working_directory(
+    tmp_path: Path,
+) -> None:
+    for name in ("flag", "variable", "cwd"):
+        (tmp_path / f"{name}.toml").write_text(f'[storage]\ndata_dir = "{name}-data"\n')
+    (tmp_path / "cwd.toml").rename(tmp_path / "filesd.toml")
+
+    def run(*args: str, variable: str = "") -> tuple[str, str]:
+        """The data dir `filesd keys list` made, and its line about the configuration."""
+        before = set(tmp_path.iterdir())
+        result = subprocess.run(
+            [sys.executable, "-m", "filesd", "keys", "list", *args],
+            cwd=tmp_path,
+            env={**os.environ, "FILESD_CONFIG": variable},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        made = [p.name for p in set(tmp_path.iterdir()) - before]
+        assert len(made) == 1, made
+        shutil.rmtree(tmp_path / made[0])
+        return made[0], result.stderr.strip()
+
+    flag, variable = tmp_path / "flag.toml", tmp_path / "variable.toml"
+    assert run("--config", str(flag), variable=str(variable)) == (
+        "flag-data",
+        f"filesd: configuration from {flag} (--config)",
+    )
+    assert run(variable=str(variable)) == (
+        "variable-data",
+        f"filesd: configuration from {variable} (FILESD_CONFIG)",
+    )
+    assert run() == (
+        "cwd-data",
+        f"filesd: configuration from {tmp_path / 'filesd.toml'} (the working directory)",
+    )
+    (tmp_path / "filesd.toml").unlink()
+    made, said = run()
+    assert made == "filesd-data"
+    assert said.startswith("filesd: no configuration file")
+    # A variable that names no file is a mistake to report, not a reason to fall back.
+    (tmp_path / "filesd.toml").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "filesd", "gc"],
+        cwd=tmp_path,
+        env={**os.environ, "FILESD_CONFIG": str(tmp_path / "missing.toml")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"config file not found: {tmp_path / 'missing.toml'}" in result.stderr
+    assert not (tmp_path / "filesd-data").exists()
+
+
+def _filesd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "filesd", *args],
+        cwd=cwd,
+        env={**os.environ, "FILESD_CONFIG": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _filesd("serve", "--port", str(port), "--data-dir", "data", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"server.port (--port): port {port} on 127.0.0.1 is already in use by another process"
+        in result.stderr
+    )
+    assert "Errno" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        ("192.0.2.1", "'192.0.2.1' is not an address of this machine"),  # TEST-NET-1
+        ("no-such-host.invalid", "cannot resolve 'no-such-host.invalid'"),
+    ],
+)
+def test_a_host_to_listen_on_that_cannot_be_is_a_configuration_error(
+    tmp_path: Path, host: str, said: str
+) -> None:
+    result = _filesd("serve", "--host", host, "--port", "0", "--data-dir", "data", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"server.host (--host): {said}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "gc"])
+def test_an_unusable_data_dir_is_a_configuration_error_naming_the_setting(
+    tmp_path: Path, command: str
+) -> None:
+    # Under a regular file: no directory can be made there, not even by root (whom a chmod
+    # would not stop).
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "data"
+    result = _filesd(command, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"storage.data_dir: cannot use {data_dir} as the data directory" in result.stderr
+    assert "Errno" not in result.stderr and "filesd.lock" not in result.stderr
+
+
+def test_the_start_line_names_the_database_and_bucket_and_no_credentials_line_is_logged(
+    tmp_path: Path, postgres_dsn: str, s3_bucket: Any
+) -> None:
+    dsn = urlsplit(postgres_dsn)
+    password = dsn.password or "never-shown-password"  # trust auth ignores one it did not need
+    user = dsn.username or "postgres"
+    netloc = f"{user}:{password}@{dsn.hostname}:{dsn.port}"
+    endpoint = urlsplit(s3_bucket.endpoint)
+    config = tmp_path / "shared.toml"
+    # Credentials from the environment: the chain that logs "Found credentials in ...".
+    config.write_text(
+        "[storage]\n"
+        f'data_dir = "{tmp_path / "spool"}"\n'
+        f'database = "{dsn._replace(netloc=netloc).geturl()}"\n'
+        f'blobs = "{s3_bucket.blobs_url("team")}"\n'
+        f'[storage.s3]\nendpoint = "{s3_bucket.endpoint}"\n'
+        f"{KEYS_TOML}"
+    )
+    env = {**s3_bucket.env(), "FILESD_CONFIG": str(config)}
+    server = ServerProcess(["--log-level", "info"], cwd=tmp_path, env=env)
+    try:
+        assert api(server, "/v1/files")["object"] == "list"
+    finally:
+        assert server.stop() == 0
+    start_line = server.stdout_text().splitlines()[0]
+    assert start_line == (
+        f"filesd listening on {server.url} (metadata in PostgreSQL {user}@{dsn.hostname}:"
+        f"{dsn.port}, database {dsn.path.lstrip('/')!r}; blobs in s3://{s3_bucket.bucket}/team"
+        f" at {endpoint.hostname}:{endpoint.port}; local data in {tmp_path / 'spool'})"
+    )
+    assert server.data_dir == tmp_path / "spool"
+    assert password not in server.stdout_text() + server.stderr_text()
+    assert "INFO" in server.stderr_text()  # the level lets INFO lines through...
+    assert "Found credentials" not in server.stderr_text()  # ...but not botocore's
+    listed = subprocess.run(
+        [sys.executable, "-m", "filesd", "keys", "list", "--log-level", "info"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "Found credentials" not in listed.stderr
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(start_server: StartServer) -> None:

@@ -1012,6 +1012,7 @@ def test_postgres_refused_at_start_up_exits_2_with_the_servers_words(
     )
     assert started.returncode == 2, started.stdout + started.stderr
     assert started.stderr == (
+        f"filesd: configuration from {config} (--config)\n"
         f"filesd: storage.database: PostgreSQL filesd@{host}:{port}, database 'postgres': the "
         'server refused the credentials (SQLSTATE 28000: role "filesd" does not exist)\n'
     )

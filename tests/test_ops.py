@@ -41,9 +41,13 @@ StartServer = Callable[..., ServerProcess]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """The exit status and the output, less the line saying which configuration file was read
+    (every command's first, checked in test_cli.py)."""
     code = main(list(argv))
     out = capsys.readouterr()
-    return code, out.out + out.err
+    first, _, rest = out.err.partition("\n")
+    loaded = first.startswith(("filesd: configuration from ", "filesd: no configuration file"))
+    return code, out.out + (rest if loaded else out.err)
 
 
 def _status(url: str, key: str) -> int:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from ..config import Config
+from ..config import Config, ConfigError, describe_storage
 from .accesslog import AccessLogger
 from .app import create_app
 from .appkeys import CONNECTIONS, REQUESTS
@@ -82,13 +84,7 @@ async def running(
             access_log_class=AccessLogger,
             access_log=logging.getLogger("aiohttp.access") if log_access else None,
         )
-        listener = await loop.create_server(
-            factory,
-            config.server.host,
-            config.server.port,
-            reuse_address=True,
-            backlog=BACKLOG,
-        )
+        listener = await _listen(loop, factory, config)
         urls = [format_url(sock.getsockname()) for sock in listener.sockets]
         yield RunningServer(app, urls, listener)
     finally:
@@ -97,12 +93,37 @@ async def running(
         await runner.cleanup()
 
 
+async def _listen(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], config: Config
+) -> asyncio.Server:
+    """Listen on `[server] host` and `port`; a failure is a `ConfigError` naming the setting
+    to change (the raw errno names neither)."""
+    host, port = config.server.host, config.server.port
+    try:
+        return await loop.create_server(factory, host, port, reuse_address=True, backlog=BACKLOG)
+    except socket.gaierror as e:
+        raise ConfigError(
+            f"server.host (--host): cannot resolve {host!r} ({e.strerror or e})"
+        ) from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"server.port (--port): port {port} on {host} is already in use by another "
+                "process; choose another port, or 0 for a free one"
+            ) from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"server.host (--host): {host!r} is not an address of this machine"
+            ) from None
+        raise
+
+
 async def serve(config: Config, *, new_database: bool = False) -> None:
     """Serve until SIGTERM/SIGINT; requests in flight are finished (up to SHUTDOWN_TIMEOUT)."""
     fit_descriptor_limit(config.server.max_connections)
     async with running(config, new_database=new_database) as server:
         print(
-            f"filesd listening on {', '.join(server.urls)} (data in {config.storage.data_dir})",
+            f"filesd listening on {', '.join(server.urls)} ({describe_storage(config.storage)})",
             flush=True,
         )
         stop = asyncio.Event()

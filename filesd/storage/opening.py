@@ -140,9 +140,21 @@ async def open_backends(
 
 
 def lock_data_dir(data_dir: Path) -> int:
-    """Take the data directory's lock (one process at a time); returns the fd holding it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Take the data directory's lock (one process at a time); returns the fd holding it.
+    Raises `DataDirLocked` if another process holds it, `StorageUnavailable` (naming
+    `storage.data_dir`) if the directory cannot be made or written in."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        # The first write filesd makes there: a wrong path or permissions show up here, and
+        # the raw errno would name the lock file rather than the setting to change.
+        raise StorageUnavailable(
+            "storage.data_dir",
+            f"cannot use {data_dir} as the data directory ({e.strerror or e}): filesd must be "
+            "able to create it and write in it; set storage.data_dir (or --data-dir) to such "
+            "a directory",
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -39,11 +39,10 @@ import hashlib
 import socket
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from ..config import postgres_url_problem
+from ..config import describe_dsn
 from ..models import (
     BatchRecord,
     FileRecord,
@@ -933,19 +932,6 @@ class PostgresMetadata(SharedMetadata):
 
 
 # --- connecting: clear messages, no secrets -----------------------------------------------------
-
-
-def describe_dsn(dsn: str) -> str:
-    """Where a DSN points, for messages: user, host, port and database, never the password
-    (nor, for a URL whose password would spill into them, these parts: `postgres_url_problem`)."""
-    if postgres_url_problem(dsn) is not None:
-        return "the PostgreSQL server of storage.database"
-    parts = urlsplit(dsn)
-    user = f"{unquote(parts.username)}@" if parts.username else ""
-    host = parts.hostname or "localhost"
-    address = f"{f'[{host}]' if ':' in host else host}:{parts.port or 5432}"
-    database = unquote(parts.path.lstrip("/")) or "(default)"
-    return f"PostgreSQL {user}{address}, database {database!r}"
 
 
 def _why(error: BaseException, where: str) -> str:

@@ -60,7 +60,8 @@ class ServerProcess:
             time.sleep(0.02)
         self.url = match.group(0)
         self.base_url = self.url + "/v1"
-        data = re.search(r"\(data in (.+)\)", self.stdout_text())
+        # "(data in DIR)", or "(metadata in ...; blobs in ...; local data in DIR)".
+        data = re.search(r"(?:\(|; local )data in (.+)\)", self.stdout_text())
         self.data_dir = Path(data.group(1)) if data else None
 
     @property
