@@ -170,17 +170,26 @@ def test_the_postgres_set_up_gives_filesd_a_database_it_can_build_in(
         **os.environ, "PGHOST": postgres_server.host, "PGPORT": str(postgres_server.port),
         "PGUSER": "postgres",
     }  # fmt: skip
-    for command in setup:
-        done = subprocess.run(
-            [str(postgres_server.bin_dir / shlex.split(command)[0]), *shlex.split(command)[1:]],
-            env=env, input="secret-1\nsecret-1\n", capture_output=True, text=True, timeout=60,
+
+    def run(command: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(postgres_server.bin_dir / command[0]), *command[1:]],
+            env=env, input=stdin, capture_output=True, text=True, timeout=60,
             check=False, start_new_session=True,  # no terminal: the password prompt reads stdin
         )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-    dsn = f"postgresql://filesd@{postgres_server.host}:{postgres_server.port}/filesd"
-    with serve(storage={"database": dsn}) as server, server.new_project().openai() as client:
-        created = client.files.create(file=b"in postgres", purpose="batch")
-        assert client.files.content(created.id).read() == b"in postgres"
+
+    try:
+        for command in setup:
+            done = run(shlex.split(command), "secret-1\nsecret-1\n")
+            assert done.returncode == 0, done.stderr
+        dsn = f"postgresql://filesd@{postgres_server.host}:{postgres_server.port}/filesd"
+        with serve(storage={"database": dsn}) as server, server.new_project().openai() as client:
+            created = client.files.create(file=b"in postgres", purpose="batch")
+            assert client.files.content(created.id).read() == b"in postgres"
+    finally:
+        # The session's cluster is shared: other tests count on there being no `filesd` role.
+        run(["dropdb", "--if-exists", "filesd"])
+        run(["dropuser", "--if-exists", "filesd"])
 
 
 def test_the_several_instances_block_says_where_its_tools_come_from() -> None:
